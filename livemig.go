@@ -95,3 +95,11 @@ type VM interface {
 // WordsFor returns the number of uint64 words a dirty bitmap of pages pages
 // takes.
 func WordsFor(pages uint64) int { return int((pages + 63) / 64) }
+
+// Throttler is an optional extension of VM: SetThrottle slows the guest's
+// vCPUs so that they run only (1-fraction) of the time, as QEMU's
+// auto-converge does; 0 lifts the throttle. Pre-copy calls it when its
+// non-convergence policy is to throttle.
+type Throttler interface {
+	SetThrottle(fraction float64)
+}

@@ -1,0 +1,124 @@
+package precopy
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/livemig/livemig"
+)
+
+// Config configures a pre-copy migration. Its zero value is the default:
+// QEMU's downtime target of 300 ms, at most 30 rounds, stop-and-copy when
+// the guest does not converge, the wall clock, no logging, end-to-end
+// verification on.
+type Config struct {
+	// DowntimeTarget is the longest pause the migration aims for: it stops
+	// iterating when what is left can be sent within it at the bandwidth
+	// measured in the last round. Default 300 ms.
+	DowntimeTarget time.Duration
+	// MaxRounds bounds the rounds, the bulk round included. Default 30.
+	MaxRounds int
+	// StallRounds is how many rounds in a row may fail to shrink the dirty
+	// set before the migration is declared not converging. Default 3.
+	StallRounds int
+	// OnNonConvergence says what to do then. Default StopAndCopy.
+	OnNonConvergence NonConvergence
+	// ThrottleTrigger, ThrottleInitial, ThrottleIncrement and ThrottleMax
+	// tune the Throttle policy; defaults 0.5, 0.2, 0.1 and 0.99 (QEMU's
+	// throttle-trigger-threshold and cpu-throttle-* parameters). The VM must
+	// implement livemig.Throttler.
+	ThrottleTrigger   float64
+	ThrottleInitial   float64
+	ThrottleIncrement float64
+	ThrottleMax       float64
+	// NoVerify turns off the end-to-end digest. Completeness (every page
+	// received at least once) is checked regardless.
+	NoVerify bool
+	// Clock is where time is read; the wall clock by default, a
+	// *livemig.VirtualClock in simulations.
+	Clock livemig.Clock
+	// Logger receives progress at Debug and decisions at Info; nil
+	// discards.
+	Logger *slog.Logger
+	// OnEvent, if set, is called synchronously from the migrating goroutine
+	// at each step. It must return quickly.
+	OnEvent func(Event)
+}
+
+func (c *Config) setDefaults() {
+	if c.DowntimeTarget == 0 {
+		c.DowntimeTarget = 300 * time.Millisecond
+	}
+	if c.MaxRounds == 0 {
+		c.MaxRounds = 30
+	}
+	if c.StallRounds == 0 {
+		c.StallRounds = 3
+	}
+	if c.ThrottleTrigger == 0 {
+		c.ThrottleTrigger = 0.5
+	}
+	if c.ThrottleInitial == 0 {
+		c.ThrottleInitial = 0.2
+	}
+	if c.ThrottleIncrement == 0 {
+		c.ThrottleIncrement = 0.1
+	}
+	if c.ThrottleMax == 0 {
+		c.ThrottleMax = 0.99
+	}
+	if c.Clock == nil {
+		c.Clock = livemig.WallClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.DowntimeTarget < 0:
+		return fmt.Errorf("precopy: negative downtime target %v", c.DowntimeTarget)
+	case c.MaxRounds < 1:
+		return fmt.Errorf("precopy: MaxRounds %d < 1", c.MaxRounds)
+	case c.StallRounds < 1:
+		return fmt.Errorf("precopy: StallRounds %d < 1", c.StallRounds)
+	case c.OnNonConvergence < StopAndCopy || c.OnNonConvergence > Throttle:
+		return fmt.Errorf("precopy: unknown non-convergence policy %d", c.OnNonConvergence)
+	case c.ThrottleInitial <= 0 || c.ThrottleInitial > 1 || c.ThrottleMax <= 0 || c.ThrottleMax >= 1 ||
+		c.ThrottleIncrement <= 0 || c.ThrottleTrigger <= 0:
+		return fmt.Errorf("precopy: throttle parameters out of range (initial %v, increment %v, max %v, trigger %v)",
+			c.ThrottleInitial, c.ThrottleIncrement, c.ThrottleMax, c.ThrottleTrigger)
+	}
+	return nil
+}
+
+// EventKind names a step of a migration.
+type EventKind int
+
+// Steps reported to Config.OnEvent.
+const (
+	RoundStarted EventKind = iota
+	RoundEnded
+	Throttled
+	Stopping // the source is about to pause: stop-and-copy begins
+	Finished // the destination resumed
+)
+
+func (k EventKind) String() string {
+	return [...]string{"round-started", "round-ended", "throttled", "stopping", "finished"}[k]
+}
+
+// Event is one step of a migration, as seen by the source.
+type Event struct {
+	Kind             EventKind
+	Round            int
+	DirtyPages       uint64        // pages to send in this round (RoundStarted) or left after it (RoundEnded)
+	PagesSent        uint64        // so far
+	BytesSent        uint64        // so far
+	Elapsed          time.Duration // since the migration started
+	ExpectedDowntime time.Duration // at the bandwidth of the last round
+	Throttle         float64
+	Reason           string
+}

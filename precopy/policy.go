@@ -1,0 +1,200 @@
+package precopy
+
+import (
+	"fmt"
+	"time"
+)
+
+// NonConvergence says what to do when pre-copy does not converge: the
+// guest dirties pages faster than the link drains them for StallRounds
+// rounds, or MaxRounds is reached.
+type NonConvergence int
+
+const (
+	// StopAndCopy pauses the guest and sends what is left anyway, with a
+	// downtime above the target (QEMU's behaviour without auto-converge).
+	StopAndCopy NonConvergence = iota
+	// Abort gives up: the migration fails with livemig.ErrNotConverged and
+	// the source guest keeps running.
+	Abort
+	// Throttle asks the hypervisor to slow the guest's vCPUs, as QEMU's
+	// auto-converge does: 20 % first, then 10 % more each time the guest
+	// is still too fast, up to 99 %. At MaxRounds it stops and copies.
+	Throttle
+)
+
+func (n NonConvergence) String() string {
+	switch n {
+	case StopAndCopy:
+		return "stop-and-copy"
+	case Abort:
+		return "abort"
+	case Throttle:
+		return "throttle"
+	}
+	return fmt.Sprintf("NonConvergence(%d)", int(n))
+}
+
+// Action is what the policy decides after a round.
+type Action int
+
+const (
+	// Continue with another round.
+	Continue Action = iota
+	// Stop pauses the guest and sends the rest (stop-and-copy).
+	Stop
+	// Fail aborts the migration; the source keeps running.
+	Fail
+)
+
+func (a Action) String() string {
+	switch a {
+	case Continue:
+		return "continue"
+	case Stop:
+		return "stop"
+	case Fail:
+		return "abort"
+	}
+	return fmt.Sprintf("Action(%d)", int(a))
+}
+
+// RoundFacts are what the policy knows after a round and the sync that
+// follows it.
+type RoundFacts struct {
+	Round      int           // the round that just ended, from 1
+	SentBytes  uint64        // bytes the round put on the link
+	SentPages  uint64        // pages the round sent
+	Duration   time.Duration // how long the round took
+	DirtyPages uint64        // pages dirty at the sync after the round: what is left
+	PageSize   int
+}
+
+// Decision is the policy's answer.
+type Decision struct {
+	Action Action
+	// Throttle, when above zero, is the vCPU throttle (0..0.99) to ask for
+	// before the next round.
+	Throttle float64
+	// Bandwidth is the rate measured in the round, in bytes per second (0
+	// when the round took no measurable time).
+	Bandwidth float64
+	// ExpectedDowntime is how long sending what is left would take at
+	// that rate.
+	ExpectedDowntime time.Duration
+	// Converged says whether the stop is within the downtime target.
+	Converged bool
+	// Reason says why, for logs and reports.
+	Reason string
+}
+
+// Policy decides, round by round, whether pre-copy goes on, stops and
+// copies, or gives up. It has no I/O and no clock: it is fed the facts of
+// each round. A Policy is used by one migration at a time.
+type Policy struct {
+	cfg      Config
+	stalls   int     // consecutive rounds that did not shrink the dirty set
+	strikes  int     // consecutive rounds that dirtied > ThrottleTrigger of what they sent
+	throttle float64 // current throttle
+}
+
+// NewPolicy returns the policy of cfg (defaults applied).
+func NewPolicy(cfg Config) *Policy {
+	cfg.setDefaults()
+	return &Policy{cfg: cfg}
+}
+
+// Throttle returns the throttle currently asked for.
+func (p *Policy) Throttle() float64 { return p.throttle }
+
+// Decide takes the facts of the round that just ended and decides.
+//
+// The rules, in order:
+//  1. Measure the bandwidth of the round (bytes / duration) and the
+//     expected downtime (dirty bytes left / bandwidth). If it is within
+//     DowntimeTarget (or nothing is left, or the round took no measurable
+//     time), stop: converged (QEMU's switchover rule).
+//  2. A round whose sync found at least as many dirty pages as the round
+//     sent did not shrink the dirty set: a stall. StallRounds stalls in a
+//     row, or reaching MaxRounds, is non-convergence, handled by
+//     OnNonConvergence (Abort fails; StopAndCopy and Throttle stop; Throttle
+//     stops only at MaxRounds).
+//  3. Under the Throttle policy, a round that dirtied more than
+//     ThrottleTrigger of the pages it sent is a strike; two strikes in a row
+//     raise the throttle (20 %, then +10 %, at most 99 %), as QEMU's
+//     auto-converge does.
+//  4. Otherwise, continue.
+func (p *Policy) Decide(f RoundFacts) Decision {
+	var d Decision
+	left := float64(f.DirtyPages) * float64(f.PageSize)
+	if f.Duration > 0 {
+		d.Bandwidth = float64(f.SentBytes) / f.Duration.Seconds()
+	}
+	switch {
+	case f.DirtyPages == 0:
+		d.Converged, d.Action, d.Reason = true, Stop, "nothing left to send"
+		return d
+	case d.Bandwidth == 0 && f.SentBytes > 0:
+		d.Converged, d.Action, d.Reason = true, Stop, "round took no measurable time"
+		return d
+	case d.Bandwidth > 0:
+		d.ExpectedDowntime = time.Duration(left / d.Bandwidth * float64(time.Second))
+		if d.ExpectedDowntime <= p.cfg.DowntimeTarget {
+			d.Converged, d.Action = true, Stop
+			d.Reason = fmt.Sprintf("expected downtime %v within target %v", d.ExpectedDowntime.Round(time.Microsecond), p.cfg.DowntimeTarget)
+			return d
+		}
+	}
+	if f.DirtyPages >= f.SentPages {
+		p.stalls++
+	} else {
+		p.stalls = 0
+	}
+	if p.cfg.OnNonConvergence == Throttle {
+		if float64(f.DirtyPages) > p.cfg.ThrottleTrigger*float64(f.SentPages) {
+			p.strikes++
+		} else {
+			p.strikes = 0
+		}
+		if p.strikes >= 2 {
+			p.strikes = 0
+			switch {
+			case p.throttle == 0:
+				p.throttle = p.cfg.ThrottleInitial
+			default:
+				p.throttle += p.cfg.ThrottleIncrement
+			}
+			if p.throttle > p.cfg.ThrottleMax {
+				p.throttle = p.cfg.ThrottleMax
+			}
+			d.Throttle = p.throttle
+		}
+	}
+	maxed := f.Round >= p.cfg.MaxRounds
+	stalled := p.stalls >= p.cfg.StallRounds
+	if !maxed && !stalled {
+		d.Action, d.Reason = Continue, "dirty set still shrinking"
+		if p.stalls > 0 {
+			d.Reason = fmt.Sprintf("stalled %d of %d rounds", p.stalls, p.cfg.StallRounds)
+		}
+		return d
+	}
+	why := fmt.Sprintf("round limit %d reached", p.cfg.MaxRounds)
+	if !maxed {
+		why = fmt.Sprintf("dirty set did not shrink for %d rounds", p.stalls)
+	}
+	switch p.cfg.OnNonConvergence {
+	case Abort:
+		d.Action, d.Reason = Fail, why
+	case Throttle:
+		if maxed {
+			d.Action, d.Reason = Stop, why+"; stopping with throttle "+fmt.Sprintf("%.0f%%", 100*p.throttle)
+		} else {
+			d.Action, d.Reason = Continue, why+"; throttling"
+			p.stalls = 0
+		}
+	default:
+		d.Action, d.Reason = Stop, why+"; stopping anyway"
+	}
+	return d
+}

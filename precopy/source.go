@@ -1,0 +1,457 @@
+package precopy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/bits"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+)
+
+// Source is the guest being migrated away: its memory, its dirty log and
+// its control.
+type Source struct {
+	Memory livemig.Memory
+	Dirty  livemig.DirtySource
+	VM     livemig.VM
+}
+
+// recordOverhead is the wire cost of a page record besides its data: page
+// number, encoding and length.
+const recordOverhead = 13
+
+// Migrate migrates src to the destination at the other end of conn with the
+// iterative pre-copy algorithm, and returns its report.
+//
+// conn must have completed its handshake (transport.Open) with a peer of the
+// same page geometry. Migrate owns conn from then on and closes it before it
+// returns. The destination runs Receive.
+//
+// Round 1 sends every page; each later round syncs the dirty log and sends
+// the pages written meanwhile, until the policy (see Policy.Decide) says to
+// stop. Then the source pauses, sends the rest and the CPU/device state, and
+// hands the guest over once the destination has verified everything.
+//
+// On failure before the hand-over (a cut link, a peer error, a cancelled
+// ctx, non-convergence under the Abort policy) the source guest is left
+// running, the destination is told (when the link still works) and does not
+// resume, and the error says what happened; the report returned with it
+// holds the figures up to the failure. If the link fails after the hand-over
+// was sent, the destination may have resumed: the source stays paused and
+// the error wraps livemig.ErrIncomplete.
+func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (*livemig.Report, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if src.Memory == nil || src.Dirty == nil || src.VM == nil {
+		conn.Close()
+		return nil, errors.New("precopy: Source needs Memory, Dirty and VM")
+	}
+	m := &migration{
+		cfg:    cfg,
+		src:    src,
+		conn:   conn,
+		policy: NewPolicy(cfg),
+		pages:  src.Memory.PageCount(),
+		ps:     src.Memory.PageSize(),
+		ret:    make(chan retMsg, 4),
+		stop:   make(chan struct{}),
+	}
+	m.report = &livemig.Report{Algorithm: "pre-copy", GuestPages: m.pages, PageSize: m.ps}
+	if !cfg.NoVerify {
+		m.digest = verify.New(m.pages, m.ps)
+	}
+	m.view, _ = src.Memory.(livemig.PageView)
+	m.buf = make([]byte, m.ps)
+	m.zero = make([]byte, m.ps)
+	m.dirty = make([]uint64, livemig.WordsFor(m.pages))
+
+	go m.readReturnPath(ctx)
+	err := m.run(ctx)
+	conn.Close()
+	close(m.stop)
+	for range m.ret { // wait for the reader to end
+	}
+	return m.report, err
+}
+
+type retMsg struct {
+	m   transport.Msg
+	err error
+}
+
+type migration struct {
+	cfg    Config
+	src    Source
+	conn   transport.Conn
+	policy *Policy
+	report *livemig.Report
+	digest *verify.Digest
+	view   livemig.PageView
+
+	pages uint64
+	ps    int
+	buf   []byte
+	zero  []byte
+	dirty []uint64
+	sent  []uint64 // pages sent at least once, for PagesResent
+
+	start   time.Time
+	paused  bool
+	handed  bool
+	ret     chan retMsg
+	stop    chan struct{}
+	retErr  error
+	pending int // pages since the last look at the return path
+}
+
+// readReturnPath forwards what the destination says, so that a peer error
+// stops the source at once rather than at the end.
+func (m *migration) readReturnPath(ctx context.Context) {
+	defer close(m.ret)
+	for {
+		var msg transport.Msg
+		err := m.conn.Recv(ctx, &msg)
+		if err == nil {
+			msg.Data = bytes.Clone(msg.Data)
+		}
+		select {
+		case m.ret <- retMsg{msg, err}:
+		case <-m.stop:
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (m *migration) event(k EventKind, round int, dirty uint64, reason string, expected time.Duration) {
+	if m.cfg.OnEvent == nil {
+		return
+	}
+	m.cfg.OnEvent(Event{
+		Kind: k, Round: round, DirtyPages: dirty, PagesSent: m.report.PagesSent,
+		BytesSent: m.report.BytesSent, Elapsed: m.cfg.Clock.Now().Sub(m.start),
+		ExpectedDowntime: expected, Throttle: m.policy.Throttle(), Reason: reason,
+	})
+}
+
+func (m *migration) run(ctx context.Context) (err error) {
+	log := m.cfg.Logger
+	m.start = m.cfg.Clock.Now()
+	m.sent = make([]uint64, livemig.WordsFor(m.pages))
+	defer func() {
+		m.report.TotalTime = m.cfg.Clock.Now().Sub(m.start)
+		if err == nil {
+			return
+		}
+		if m.handed {
+			err = fmt.Errorf("precopy: guest handed over but not confirmed: %w (%w)", livemig.ErrIncomplete, err)
+			return
+		}
+		// Clean failure: tell the destination, resume the source.
+		bg := context.WithoutCancel(ctx)
+		tell, cancel := context.WithTimeout(bg, 2*time.Second) // best effort: the link may be gone
+		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		cancel()
+		if m.paused {
+			if rerr := m.src.VM.Resume(bg); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("precopy: resume source after failure: %w", rerr))
+			}
+			m.paused = false
+		}
+		if th, ok := m.src.VM.(livemig.Throttler); ok && m.policy.Throttle() > 0 {
+			th.SetThrottle(0)
+		}
+		log.Info("pre-copy failed; source resumed", "err", err)
+	}()
+
+	// Start from a clean log: pages written before now are sent in round 1.
+	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
+		return fmt.Errorf("precopy: start dirty log: %w", err)
+	}
+	clear(m.dirty)
+
+	round := 1
+	var left uint64
+	for {
+		r := livemig.Round{Index: round, Start: m.cfg.Clock.Now().Sub(m.start)}
+		if round == 1 {
+			r.DirtyPages = m.pages
+		} else {
+			r.DirtyPages = left
+		}
+		m.event(RoundStarted, round, r.DirtyPages, "", 0)
+		t0 := m.cfg.Clock.Now()
+		if err := m.sendRound(ctx, &r, round == 1); err != nil {
+			return err
+		}
+		if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
+			return m.linkErr(fmt.Sprintf("end of round %d", round), err)
+		}
+		r.Duration = m.cfg.Clock.Now().Sub(t0)
+		m.report.Rounds = append(m.report.Rounds, r)
+
+		if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
+			return fmt.Errorf("precopy: sync dirty log after round %d: %w", round, err)
+		}
+		left = countBits(m.dirty)
+		d := m.policy.Decide(RoundFacts{
+			Round: round, SentBytes: r.Bytes, SentPages: r.PagesSent, Duration: r.Duration,
+			DirtyPages: left, PageSize: m.ps,
+		})
+		m.event(RoundEnded, round, left, d.Reason, d.ExpectedDowntime)
+		log.Debug("round ended", "round", round, "sent", r.PagesSent, "left", left,
+			"bandwidth", d.Bandwidth, "expected_downtime", d.ExpectedDowntime, "decision", d.Action, "reason", d.Reason)
+		if d.Throttle > 0 {
+			th, ok := m.src.VM.(livemig.Throttler)
+			if !ok {
+				return fmt.Errorf("precopy: throttle policy but the VM does not implement livemig.Throttler: %w", livemig.ErrNotSupported)
+			}
+			th.SetThrottle(d.Throttle)
+			m.report.Throttle = d.Throttle
+			m.event(Throttled, round, left, d.Reason, d.ExpectedDowntime)
+			log.Info("throttling guest", "throttle", d.Throttle, "round", round)
+		}
+		switch d.Action {
+		case Fail:
+			log.Info("pre-copy did not converge; aborting", "reason", d.Reason)
+			return fmt.Errorf("precopy: %s after round %d: %w", d.Reason, round, livemig.ErrNotConverged)
+		case Stop:
+			m.report.Converged = d.Converged
+			log.Info("stop-and-copy", "round", round+1, "left", left, "expected_downtime", d.ExpectedDowntime, "reason", d.Reason)
+			m.event(Stopping, round+1, left, d.Reason, d.ExpectedDowntime)
+			return m.stopAndCopy(ctx, round+1)
+		}
+		round++
+	}
+}
+
+// stopAndCopy pauses the source, sends what is left and the state, and
+// hands the guest over.
+func (m *migration) stopAndCopy(ctx context.Context, round int) error {
+	pauseAt := m.cfg.Clock.Now()
+	if err := m.src.VM.Pause(ctx); err != nil {
+		return fmt.Errorf("precopy: pause source: %w", err)
+	}
+	m.paused = true
+	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindSwitchover, Arg: uint64(round)}); err != nil {
+		return m.linkErr("switchover", err)
+	}
+	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
+		return fmt.Errorf("precopy: final sync of the dirty log: %w", err)
+	}
+	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: countBits(m.dirty)}
+	if err := m.sendRound(ctx, &r, false); err != nil {
+		return err
+	}
+	state, err := m.src.VM.SaveState(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("precopy: save source state: %w", err)
+	}
+	m.report.StateBytes = uint64(len(state))
+	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindState, Data: state}); err != nil {
+		return m.linkErr("state", err)
+	}
+	var sum uint64
+	if m.digest != nil {
+		sum = m.digest.Sum()
+	}
+	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
+		return m.linkErr("done", err)
+	}
+	r.Bytes += uint64(len(state)) + 2*recordOverhead
+	m.report.BytesSent += uint64(len(state)) + 2*recordOverhead
+	ack, err := m.await(ctx, transport.AckReady)
+	if err != nil {
+		return err
+	}
+	if m.digest != nil {
+		if ack.Page != sum {
+			return fmt.Errorf("precopy: destination digest %016x, source %016x: %w", ack.Page, sum, livemig.ErrVerify)
+		}
+		m.report.Verified = true
+	}
+	m.handed = true
+	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
+		return m.linkErr("commit", err)
+	}
+	if _, err := m.await(ctx, transport.AckResumed); err != nil {
+		return err
+	}
+	now := m.cfg.Clock.Now()
+	r.Duration = now.Sub(pauseAt)
+	m.report.Rounds = append(m.report.Rounds, r)
+	m.report.Downtime = now.Sub(pauseAt)
+	m.event(Finished, round, 0, "", 0)
+	return nil
+}
+
+// await waits on the return path for an Ack with code want.
+func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, error) {
+	for {
+		var rm retMsg
+		var ok bool
+		select {
+		case rm, ok = <-m.ret:
+		case <-ctx.Done():
+			return transport.Msg{}, fmt.Errorf("precopy: waiting for the destination: %w", ctx.Err())
+		}
+		if !ok {
+			return transport.Msg{}, m.linkErr("waiting for the destination", m.retErr)
+		}
+		if err := m.handleReturn(rm); err != nil {
+			return transport.Msg{}, err
+		}
+		if rm.m.Kind == transport.KindAck && rm.m.Arg == want {
+			return rm.m, nil
+		}
+	}
+}
+
+// handleReturn turns a return-path message into an error when it is one.
+func (m *migration) handleReturn(rm retMsg) error {
+	if rm.err != nil {
+		m.retErr = rm.err
+		return m.linkErr("return path", rm.err)
+	}
+	switch rm.m.Kind {
+	case transport.KindError:
+		return fmt.Errorf("precopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer)
+	case transport.KindAck, transport.KindRequest:
+		return nil
+	}
+	return fmt.Errorf("precopy: unexpected %d message on the return path: %w", rm.m.Kind, livemig.ErrCorrupt)
+}
+
+// pollReturn looks at the return path without blocking.
+func (m *migration) pollReturn() error {
+	select {
+	case rm, ok := <-m.ret:
+		if !ok {
+			return m.linkErr("return path", m.retErr)
+		}
+		return m.handleReturn(rm)
+	default:
+		return nil
+	}
+}
+
+func (m *migration) linkErr(what string, err error) error {
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	var pe error
+	// A peer's error message explains a broken link better than the break.
+	select {
+	case rm, ok := <-m.ret:
+		if ok && rm.err == nil && rm.m.Kind == transport.KindError {
+			pe = fmt.Errorf("precopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer)
+		}
+	default:
+	}
+	if pe != nil {
+		return errors.Join(pe, fmt.Errorf("precopy: %s: %w", what, err))
+	}
+	return fmt.Errorf("precopy: %s: %w", what, err)
+}
+
+// sendRound sends every page (all) or the pages set in m.dirty, clearing it.
+func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) error {
+	if all {
+		for n := uint64(0); n < m.pages; n++ {
+			if err := m.sendPage(ctx, r, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for i, w := range m.dirty {
+		if w == 0 {
+			continue
+		}
+		m.dirty[i] = 0
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			w &= w - 1
+			n := uint64(i)*64 + uint64(b)
+			if n >= m.pages {
+				return fmt.Errorf("precopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
+			}
+			if err := m.sendPage(ctx, r, n); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (m *migration) sendPage(ctx context.Context, r *livemig.Round, n uint64) error {
+	if m.pending++; m.pending >= 256 {
+		m.pending = 0
+		if err := m.pollReturn(); err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("precopy: round %d: %w", r.Index, err)
+		}
+	}
+	var page []byte
+	if m.view != nil {
+		v, err := m.view.View(n)
+		if err != nil {
+			return &livemig.PageError{Op: "read", Page: n, Err: err}
+		}
+		page = v
+	} else {
+		if err := m.src.Memory.ReadPage(n, m.buf); err != nil {
+			return &livemig.PageError{Op: "read", Page: n, Err: err}
+		}
+		page = m.buf
+	}
+	msg := transport.Msg{Kind: transport.KindPage, Page: n}
+	if bytes.Equal(page, m.zero) {
+		msg.Enc = transport.EncZero
+		r.ZeroPages++
+		m.report.ZeroPages++
+		if m.digest != nil {
+			m.digest.Zero(n)
+		}
+	} else {
+		msg.Enc, msg.Data = transport.EncRaw, page
+		if m.digest != nil {
+			m.digest.Update(n, page)
+		}
+	}
+	if err := m.conn.Send(ctx, msg); err != nil {
+		return m.linkErr(fmt.Sprintf("round %d, page %d", r.Index, n), err)
+	}
+	size := uint64(recordOverhead + len(msg.Data))
+	r.PagesSent++
+	r.Bytes += size
+	m.report.PagesSent++
+	m.report.BytesSent += size
+	w, bit := n/64, uint64(1)<<(n%64)
+	if m.sent[w]&bit != 0 {
+		m.report.PagesResent++
+	}
+	m.sent[w] |= bit
+	return nil
+}
+
+func countBits(words []uint64) uint64 {
+	var c int
+	for _, w := range words {
+		c += bits.OnesCount64(w)
+	}
+	return uint64(c)
+}

@@ -1,0 +1,13 @@
+//go:build unix
+
+package region
+
+import "golang.org/x/sys/unix"
+
+func mapMemory(size int) ([]byte, func() error, error) {
+	b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() error { return unix.Munmap(b) }, nil
+}

@@ -1,0 +1,73 @@
+package verify
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+func TestDigestNewestWins(t *testing.T) {
+	const pages, ps = 64, 4096
+	rng := rand.New(rand.NewPCG(1, 2))
+	src, dst := New(pages, ps), New(pages, ps)
+	final := make([][]byte, pages)
+	for round := 0; round < 3; round++ {
+		for n := uint64(0); n < pages; n++ {
+			p := make([]byte, ps)
+			for i := range p {
+				p[i] = byte(rng.Uint32())
+			}
+			src.Update(n, p)
+			final[n] = p
+		}
+	}
+	for n := uint64(0); n < pages; n++ {
+		dst.Update(n, final[n])
+	}
+	if src.Sum() != dst.Sum() {
+		t.Fatalf("same final pages, different sums %x %x", src.Sum(), dst.Sum())
+	}
+	// A stale page at the destination changes the sum.
+	stale := append([]byte(nil), final[7]...)
+	stale[100] ^= 1
+	dst.Update(7, stale)
+	if src.Sum() == dst.Sum() {
+		t.Fatal("a flipped bit went unnoticed")
+	}
+	// Pages swapped between two numbers change the sum.
+	dst.Update(7, final[8])
+	dst.Update(8, final[7])
+	if src.Sum() == dst.Sum() {
+		t.Fatal("swapped pages went unnoticed")
+	}
+	dst.Update(7, final[7])
+	dst.Update(8, final[8])
+	if src.Sum() != dst.Sum() {
+		t.Fatal("restored pages, different sums")
+	}
+}
+
+func TestDigestZeroAndUnseen(t *testing.T) {
+	a, b := New(4, 4096), New(4, 4096)
+	a.Zero(2)
+	b.Update(2, make([]byte, 4096))
+	if a.Sum() != b.Sum() {
+		t.Fatal("a zero record and a page of zeros must agree")
+	}
+	if !a.Seen(2) || a.Seen(1) {
+		t.Fatal("Seen wrong")
+	}
+	c := New(4, 4096)
+	if c.Sum() == a.Sum() {
+		t.Fatal("a missing page must change the sum")
+	}
+}
+
+func BenchmarkUpdate(b *testing.B) {
+	d := New(1024, 4096)
+	p := make([]byte, 4096)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		d.Update(uint64(i&1023), p)
+	}
+}
