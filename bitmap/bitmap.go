@@ -174,7 +174,6 @@ func (b *Bitmap) common(o *Bitmap) int {
 	return min(len(b.words), len(o.words))
 }
 
-
 // Union marks in b every page marked in o (b |= o). Pages of o at or past
 // b.Len() are ignored. o may be b or nil (an empty bitmap).
 func (b *Bitmap) Union(o *Bitmap) {
@@ -221,7 +220,8 @@ func (b *Bitmap) word(i int) uint64 {
 //
 // next is where the following call should start: one past the last page in
 // out when out filled buf, else Len(). The iteration is over when out is
-// empty (always so when start >= Len() or len(buf) == 0):
+// empty (always so when start >= Len() or len(buf) == 0, which both return
+// next == Len()), so a loop may also run while next < Len():
 //
 //	for next := uint64(0); ; {
 //		next, out = b.NextSetMany(next, buf)
@@ -232,7 +232,7 @@ func (b *Bitmap) word(i int) uint64 {
 //	}
 func (b *Bitmap) NextSetMany(start uint64, buf []uint64) (next uint64, out []uint64) {
 	if start >= b.pages || len(buf) == 0 {
-		return max(start, b.pages), buf[:0]
+		return b.pages, buf[:0]
 	}
 	words := b.words
 	last := len(words) - 1
