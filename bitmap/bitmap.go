@@ -234,30 +234,40 @@ func (b *Bitmap) NextSetMany(start uint64, buf []uint64) (next uint64, out []uin
 	if start >= b.pages || len(buf) == 0 {
 		return b.pages, buf[:0]
 	}
+	// The full words before the last one are scanned in a tight loop; the
+	// last word, whose bits past Len() are masked off, is done apart.
 	words := b.words
 	last := len(words) - 1
 	i := int(start / 64)
-	w := words[i] &^ (1<<(start%64) - 1)
+	first := words[i] &^ (1<<(start%64) - 1)
 	k := 0
-	for {
-		if i == last {
-			w &= b.tail
-		}
-		base := uint64(i) * 64
-		for w != 0 {
-			buf[k] = base + uint64(bits.TrailingZeros64(w))
-			k++
-			if k == len(buf) {
-				return buf[k-1] + 1, buf[:k]
+	if i < last {
+		w := first
+		for j, full := range words[i+1 : last+1] {
+			base := uint64(i+j) * 64
+			for w != 0 {
+				buf[k] = base + uint64(bits.TrailingZeros64(w))
+				k++
+				if k == len(buf) {
+					return buf[k-1] + 1, buf[:k]
+				}
+				w &= w - 1
 			}
-			w &= w - 1
+			w = full
 		}
-		i++
-		if i > last {
-			return b.pages, buf[:k]
-		}
-		w = words[i]
+		first = words[last]
 	}
+	w := first & b.tail
+	base := uint64(last) * 64
+	for w != 0 {
+		buf[k] = base + uint64(bits.TrailingZeros64(w))
+		k++
+		if k == len(buf) {
+			return buf[k-1] + 1, buf[:k]
+		}
+		w &= w - 1
+	}
+	return b.pages, buf[:k]
 }
 
 // ForEach calls f with every marked page in ascending order until f returns
