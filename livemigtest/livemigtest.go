@@ -1,0 +1,475 @@
+// Package livemigtest holds conformance checks for implementations of
+// livemig's interfaces: a hypervisor author runs them against their own
+// Memory, DirtySource and PageSink from a test, with one call each.
+//
+// Each check reports failures through t (t.Errorf for a broken rule, which
+// lets the check go on; t.Fatalf when it cannot) and calls t only from the
+// goroutine that called the check. Run them with -race: the concurrent parts
+// of the checks find data races only then.
+//
+// # Usage
+//
+//	func TestConformance(t *testing.T) {
+//		g := newMyGuest(t) // quiescent: the guest itself writes nothing
+//		livemigtest.TestMemory(t, g)
+//		livemigtest.TestDirtySource(t, g, g.PageCount(), func(n uint64) { g.Poke(n) })
+//		s := newMySink(t)
+//		livemigtest.TestPageSink(t, s, s, s.PageSize(), s.PageCount(), nil)
+//	}
+package livemigtest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+
+	"github.com/livemig/livemig"
+)
+
+// TB is the part of testing.TB the checks use; *testing.T and *testing.B
+// satisfy it.
+type TB interface {
+	Helper()
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+}
+
+// samplePages returns up to max distinct page numbers spread over [0,
+// pages): the first, the last, the 64-page word boundaries around them, and
+// seeded random ones.
+func samplePages(pages uint64, max int, seed uint64) []uint64 {
+	seen := map[uint64]bool{}
+	var out []uint64
+	add := func(n uint64) {
+		if n < pages && !seen[n] && len(out) < max {
+			seen[n] = true
+			out = append(out, n)
+		}
+	}
+	for _, n := range []uint64{0, pages - 1, 63, 64, pages / 2, pages - 2, 1} {
+		add(n)
+	}
+	r := rand.New(rand.NewPCG(seed, 0x6c6d74))
+	for i := 0; len(out) < max && uint64(len(out)) < pages && i < 8*max; i++ {
+		add(r.Uint64N(pages))
+	}
+	return out
+}
+
+// guard is the number of guard bytes around the buffers handed to
+// implementations, to catch writes outside them.
+const guard = 16
+
+// TestMemory checks m against the livemig.Memory contract: a positive page
+// size and count that do not change; ReadPage fills exactly the caller's
+// buffer of PageSize bytes (it writes nothing around it) for pages across
+// the whole range; a page past the end returns an error wrapping
+// livemig.ErrPageRange; reads from several goroutines at once all succeed
+// (run with -race to find data races).
+func TestMemory(t TB, m livemig.Memory) {
+	t.Helper()
+	ps, pages := m.PageSize(), m.PageCount()
+	if ps <= 0 || pages == 0 {
+		t.Fatalf("livemigtest: Memory: PageSize %d, PageCount %d: both must be positive", ps, pages)
+		return
+	}
+	buf := make([]byte, ps+2*guard)
+	for i := range buf {
+		buf[i] = 0xA5
+	}
+	dst := buf[guard : guard+ps : guard+ps]
+	for _, n := range samplePages(pages, 64, 1) {
+		if err := m.ReadPage(n, dst); err != nil {
+			t.Errorf("livemigtest: Memory.ReadPage(%d): %v", n, err)
+			continue
+		}
+		if !allByte(buf[:guard], 0xA5) || !allByte(buf[guard+ps:], 0xA5) {
+			t.Errorf("livemigtest: Memory.ReadPage(%d) wrote outside its %d-byte buffer", n, ps)
+			for i := range buf {
+				buf[i] = 0xA5
+			}
+		}
+	}
+	for _, n := range []uint64{pages, pages + 1, pages + 64, math.MaxUint64} {
+		if n < pages {
+			continue
+		}
+		err := m.ReadPage(n, dst)
+		if !errors.Is(err, livemig.ErrPageRange) {
+			t.Errorf("livemigtest: Memory.ReadPage(%d) of a %d-page memory: got %v, want an error wrapping livemig.ErrPageRange", n, pages, err)
+		}
+	}
+	if m.PageSize() != ps || m.PageCount() != pages {
+		t.Errorf("livemigtest: Memory geometry changed from %d×%d to %d×%d", pages, ps, m.PageCount(), m.PageSize())
+	}
+
+	// Concurrent reads of the same and different pages.
+	const readers, each = 4, 64
+	sample := samplePages(pages, each, 2)
+	errc := make(chan error, readers)
+	var wg sync.WaitGroup
+	for r := 0; r < readers; r++ {
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			b := make([]byte, ps)
+			for i := range sample {
+				n := sample[(i+r*7)%len(sample)]
+				if err := m.ReadPage(n, b); err != nil {
+					errc <- fmt.Errorf("concurrent ReadPage(%d): %w", n, err)
+					return
+				}
+			}
+		}(r)
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Errorf("livemigtest: Memory: %v", err)
+	}
+}
+
+func allByte(b []byte, v byte) bool {
+	for _, c := range b {
+		if c != v {
+			return false
+		}
+	}
+	return true
+}
+
+// bitmap helpers over KVM's layout.
+func bitSet(b []uint64, n uint64) bool { return b[n/64]&(1<<(n%64)) != 0 }
+func setBit(b []uint64, n uint64)      { b[n/64] |= 1 << (n % 64) }
+
+// TestDirtySource checks ds, the dirty log of a guest of pages pages,
+// against the livemig.DirtySource contract. write(n) must write page n of
+// that guest so that the dirty log sees it; it is called from several
+// goroutines at once. The guest must write nothing by itself while the
+// check runs (pause its vCPUs or give it nothing to do), or the exact
+// checks below fail.
+//
+// It checks that a write shows in the next sync and not in the one after
+// (fetch-and-clear); that a sync with no writes between reports nothing;
+// that bits past the page count are never set, even in a longer dst; that
+// bits already set in dst stay set (OR semantics); and that pages written by
+// several goroutines while another syncs in a loop all show in the union of
+// the syncs (a write racing with a sync is never lost).
+func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n uint64)) {
+	t.Helper()
+	if pages == 0 {
+		t.Fatalf("livemigtest: DirtySource: pages must be positive")
+		return
+	}
+	words := livemig.WordsFor(pages)
+	const extra = 2
+	sync1 := func(what string) []uint64 {
+		t.Helper()
+		dst := make([]uint64, words+extra)
+		if err := ds.SyncDirty(dst); err != nil {
+			t.Fatalf("livemigtest: DirtySource.SyncDirty (%s): %v", what, err)
+			return nil
+		}
+		checkPast(t, dst, pages, what)
+		return dst
+	}
+	if sync1("drain") == nil { // forget what was dirty before the check
+		return
+	}
+	if d := sync1("no writes"); d != nil {
+		if c := count(d); c != 0 {
+			t.Errorf("livemigtest: DirtySource: a sync with no writes since the previous one reported %d pages (first %d); the guest must be quiescent, or SyncDirty does not clear", c, first(d))
+		}
+	}
+
+	// Written pages show once.
+	written := samplePages(pages, 32, 3)
+	for _, n := range written {
+		write(n)
+	}
+	d1 := sync1("after writes")
+	if d1 == nil {
+		return
+	}
+	for _, n := range written {
+		if !bitSet(d1, n) {
+			t.Errorf("livemigtest: DirtySource: page %d was written but the next SyncDirty did not report it", n)
+		}
+	}
+	if c := count(d1); c != uint64(len(written)) {
+		t.Errorf("livemigtest: DirtySource: %d pages written, SyncDirty reported %d", len(written), c)
+	}
+	if d2 := sync1("second sync"); d2 != nil {
+		for _, n := range written {
+			if bitSet(d2, n) {
+				t.Errorf("livemigtest: DirtySource: page %d was reported again by the sync after the one that reported it (SyncDirty must clear)", n)
+				break
+			}
+		}
+	}
+
+	// OR semantics: pre-set bits stay set, including a guard bit past the
+	// page count in an extra word.
+	dst := make([]uint64, words+extra)
+	pre := samplePages(pages, 16, 4)
+	for _, n := range pre {
+		setBit(dst, n)
+	}
+	dst[words+1] = 1 << 7
+	w := pages / 2
+	write(w)
+	if err := ds.SyncDirty(dst); err != nil {
+		t.Fatalf("livemigtest: DirtySource.SyncDirty (OR): %v", err)
+		return
+	}
+	for _, n := range pre {
+		if !bitSet(dst, n) {
+			t.Errorf("livemigtest: DirtySource: SyncDirty cleared bit %d that was set in dst (it must OR)", n)
+			break
+		}
+	}
+	if !bitSet(dst, w) {
+		t.Errorf("livemigtest: DirtySource: page %d written before a sync into a non-empty dst was not reported", w)
+	}
+	if dst[words+1] != 1<<7 {
+		t.Errorf("livemigtest: DirtySource: SyncDirty changed dst word %d past the bitmap's %d words", words+1, words)
+	}
+
+	// Writes racing with syncs are never lost.
+	const writers, perWriter = 4, 2000
+	want := make([]uint64, words)
+	var targets [writers][]uint64
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := range targets {
+		for j := 0; j < perWriter; j++ {
+			n := r.Uint64N(pages)
+			targets[i] = append(targets[i], n)
+			setBit(want, n)
+		}
+	}
+	union := make([]uint64, words+extra)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range targets {
+		wg.Add(1)
+		go func(ns []uint64) {
+			defer wg.Done()
+			for _, n := range ns {
+				write(n)
+			}
+		}(targets[i])
+	}
+	go func() { wg.Wait(); close(done) }()
+	syncs := 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if err := ds.SyncDirty(union); err != nil {
+			t.Fatalf("livemigtest: DirtySource.SyncDirty (concurrent): %v", err)
+			<-done
+			return
+		}
+		syncs++
+	}
+	checkPast(t, union, pages, "concurrent")
+	var lost uint64
+	firstLost := -1
+	for i := range want {
+		if m := want[i] &^ union[i]; m != 0 {
+			if firstLost < 0 {
+				firstLost = i
+			}
+			lost += count([]uint64{m})
+		}
+	}
+	if lost > 0 {
+		t.Errorf("livemigtest: DirtySource: %d pages written while SyncDirty ran (%d syncs) were never reported, the first in word %d", lost, syncs, firstLost)
+	}
+}
+
+func checkPast(t TB, dst []uint64, pages uint64, what string) {
+	t.Helper()
+	words := livemig.WordsFor(pages)
+	if pages%64 != 0 && dst[words-1]>>(pages%64) != 0 {
+		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits past page count %d in the last word: %#x", what, pages, dst[words-1])
+	}
+	for i := words; i < len(dst); i++ {
+		if dst[i] != 0 {
+			t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits in word %d, past the %d words of %d pages", what, i, words, pages)
+			return
+		}
+	}
+}
+
+func count(b []uint64) uint64 {
+	var c uint64
+	for _, w := range b {
+		for ; w != 0; w &= w - 1 {
+			c++
+		}
+	}
+	return c
+}
+
+func first(b []uint64) int64 {
+	for i, w := range b {
+		for j := 0; j < 64; j++ {
+			if w&(1<<j) != 0 {
+				return int64(i*64 + j)
+			}
+		}
+	}
+	return -1
+}
+
+// TestPageSink checks s, a sink of pages pages of pageSize bytes, against
+// the livemig.PageSink contract, reading back through r when r is not nil
+// (often s itself).
+//
+// fill(n, k, dst) must write into dst a valid k-th version (k = 0, 1, ...)
+// of page n, different from its other versions and not all zeros; a nil fill
+// writes seeded random bytes, which suits any sink that stores what it is
+// given. Sinks that accept only certain contents (such as sim.Sink) pass
+// their own.
+//
+// It checks that a written page reads back equal; that a newer copy
+// replaces an older one; that the sink keeps no reference to the caller's
+// buffer; that ZeroPage makes a page all zeros and a later WritePage
+// replaces the zeros; that pages written from several goroutines at once
+// (distinct pages) all read back; and that WritePage, ZeroPage and ReadPage
+// of a page past the end return errors wrapping livemig.ErrPageRange.
+func TestPageSink(t TB, s livemig.PageSink, r livemig.PageReader, pageSize int, pages uint64, fill func(n uint64, k int, dst []byte)) {
+	t.Helper()
+	if pageSize <= 0 || pages == 0 {
+		t.Fatalf("livemigtest: PageSink: pageSize %d, pages %d: both must be positive", pageSize, pages)
+		return
+	}
+	if fill == nil {
+		fill = func(n uint64, k int, dst []byte) {
+			rr := rand.New(rand.NewPCG(n, uint64(k)+0x66696c6c))
+			for i := range dst {
+				dst[i] = byte(rr.Uint32())
+			}
+			dst[0] |= 1
+		}
+	}
+	readBack := func(n uint64, want []byte, what string) {
+		t.Helper()
+		if r == nil {
+			return
+		}
+		got := make([]byte, pageSize)
+		if err := r.ReadPage(n, got); err != nil {
+			t.Errorf("livemigtest: PageSink: ReadPage(%d) %s: %v", n, what, err)
+			return
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("livemigtest: PageSink: page %d %s: read back differs from what was written at byte %d", n, what, diffAt(got, want))
+		}
+	}
+	zeros := make([]byte, pageSize)
+	sample := samplePages(pages, 16, 7)
+	v0 := make([][]byte, len(sample))
+	for i, n := range sample {
+		v0[i] = make([]byte, pageSize)
+		fill(n, 0, v0[i])
+		data := append([]byte(nil), v0[i]...)
+		if err := s.WritePage(n, data); err != nil {
+			t.Errorf("livemigtest: PageSink.WritePage(%d): %v", n, err)
+			continue
+		}
+		for j := range data { // the sink must have copied it
+			data[j] ^= 0xFF
+		}
+		readBack(n, v0[i], "after WritePage (with the caller's buffer changed since)")
+	}
+	// Newer copies win; zero pages; content after zero.
+	for i, n := range sample {
+		v1 := make([]byte, pageSize)
+		fill(n, 1, v1)
+		if bytes.Equal(v1, v0[i]) {
+			t.Fatalf("livemigtest: PageSink: fill gave page %d equal versions 0 and 1", n)
+			return
+		}
+		if err := s.WritePage(n, v1); err != nil {
+			t.Errorf("livemigtest: PageSink.WritePage(%d) of a newer copy: %v", n, err)
+			continue
+		}
+		readBack(n, v1, "after a newer copy")
+		if i%2 == 0 {
+			if err := s.ZeroPage(n); err != nil {
+				t.Errorf("livemigtest: PageSink.ZeroPage(%d): %v", n, err)
+				continue
+			}
+			readBack(n, zeros, "after ZeroPage")
+			v2 := make([]byte, pageSize)
+			fill(n, 2, v2)
+			if err := s.WritePage(n, v2); err != nil {
+				t.Errorf("livemigtest: PageSink.WritePage(%d) after ZeroPage: %v", n, err)
+				continue
+			}
+			readBack(n, v2, "written after ZeroPage")
+		}
+	}
+	// Concurrent writes of distinct pages.
+	const writers = 4
+	conc := samplePages(pages, 64, 8)
+	errc := make(chan error, writers)
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			b := make([]byte, pageSize)
+			for i := w; i < len(conc); i += writers {
+				fill(conc[i], 3, b)
+				if err := s.WritePage(conc[i], b); err != nil {
+					errc <- fmt.Errorf("concurrent WritePage(%d): %w", conc[i], err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Errorf("livemigtest: PageSink: %v", err)
+	}
+	want := make([]byte, pageSize)
+	for _, n := range conc {
+		fill(n, 3, want)
+		readBack(n, want, "written concurrently")
+	}
+	// Out of range.
+	data := make([]byte, pageSize)
+	fill(0, 0, data)
+	for _, n := range []uint64{pages, math.MaxUint64} {
+		if err := s.WritePage(n, data); !errors.Is(err, livemig.ErrPageRange) {
+			t.Errorf("livemigtest: PageSink.WritePage(%d) of a %d-page sink: got %v, want an error wrapping livemig.ErrPageRange", n, pages, err)
+		}
+		if err := s.ZeroPage(n); !errors.Is(err, livemig.ErrPageRange) {
+			t.Errorf("livemigtest: PageSink.ZeroPage(%d) of a %d-page sink: got %v, want an error wrapping livemig.ErrPageRange", n, pages, err)
+		}
+		if r != nil {
+			if err := r.ReadPage(n, data); !errors.Is(err, livemig.ErrPageRange) {
+				t.Errorf("livemigtest: PageReader.ReadPage(%d) of a %d-page sink: got %v, want an error wrapping livemig.ErrPageRange", n, pages, err)
+			}
+		}
+	}
+}
+
+func diffAt(a, b []byte) int {
+	for i := range a {
+		if i >= len(b) || a[i] != b[i] {
+			return i
+		}
+	}
+	return len(a)
+}
