@@ -434,6 +434,26 @@ func TestNextSetManyDifferential(t *testing.T) {
 		if !slices.Equal(got, wantFrom) {
 			t.Fatalf("iter %d (n %d, start %d, buf %d): NextSetMany gave %d pages, want %d", iter, n, start, len(buf), len(got), len(wantFrom))
 		}
+		// SnapshotInto then DrainInto move exactly the model's pages
+		for _, drain := range []bool{false, true} {
+			dst := New(n)
+			f := b.SnapshotInto
+			if drain {
+				f = b.DrainInto
+			}
+			if k, err := f(dst.Words()); err != nil || k != uint64(len(want)) {
+				t.Fatalf("iter %d: drain %v moved %d, %v; want %d", iter, drain, k, err, len(want))
+			}
+			if got := collect(dst); !slices.Equal(got, append([]uint64{}, want...)) {
+				t.Fatalf("iter %d: drain %v gave other pages", iter, drain)
+			}
+		}
+		if b.Count() != 0 {
+			t.Fatalf("iter %d: %d pages left after DrainInto", iter, b.Count())
+		}
+		for _, p := range want {
+			_ = b.Set(p)
+		}
 		// the bitset view agrees too (tail bits aside)
 		if c := b.BitSet().Count(); c < uint(len(want)) {
 			t.Fatalf("iter %d: BitSet().Count %d < %d", iter, c, len(want))
