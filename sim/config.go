@@ -41,7 +41,8 @@ var ErrBufferSize = errors.New("sim: buffer has the wrong size")
 
 // GuestConfig describes a simulated guest. Its zero value, with Pages set,
 // is a valid configuration; a Sink built from the same GuestConfig as a
-// Guest can check that guest's pages.
+// Guest can check that guest's pages. Guest.Config returns it with the
+// defaults filled in and the knobs turned off by a negative value set to -1.
 type GuestConfig struct {
 	// Pages is the number of pages, 1..MaxPages. Required.
 	Pages uint64
@@ -74,8 +75,10 @@ type GuestConfig struct {
 	StateSize int
 }
 
-// normalize returns cfg with its defaults filled in, or an error wrapping
-// ErrConfig.
+// normalize returns cfg with its defaults filled in and the knobs turned
+// off (negative) set to -1, or an error wrapping ErrConfig. It is
+// idempotent, so a normalized configuration passed to NewSink describes the
+// same guest.
 func (cfg GuestConfig) normalize() (GuestConfig, error) {
 	c := cfg
 	if c.PageSize == 0 {
@@ -84,22 +87,22 @@ func (cfg GuestConfig) normalize() (GuestConfig, error) {
 	if c.ZeroFraction == 0 {
 		c.ZeroFraction = DefaultZeroFraction
 	} else if c.ZeroFraction < 0 {
-		c.ZeroFraction = 0
+		c.ZeroFraction = -1
 	}
 	if c.Entropy == 0 {
 		c.Entropy = DefaultEntropy
 	} else if c.Entropy < 0 {
-		c.Entropy = 0
+		c.Entropy = -1
 	}
 	if c.WriteWords == 0 {
 		c.WriteWords = DefaultWriteWords
 	} else if c.WriteWords < 0 {
-		c.WriteWords = 0
+		c.WriteWords = -1
 	}
 	if c.StateSize == 0 {
 		c.StateSize = DefaultStateSize
 	} else if c.StateSize < 0 {
-		c.StateSize = 0
+		c.StateSize = -1
 	}
 	switch {
 	case c.Pages == 0 || c.Pages > MaxPages:
@@ -112,7 +115,7 @@ func (cfg GuestConfig) normalize() (GuestConfig, error) {
 		return c, fmt.Errorf("%w: Entropy %v above 1", ErrConfig, cfg.Entropy)
 	case c.WriteWords > c.PageSize/8-2:
 		return c, fmt.Errorf("%w: WriteWords %d not in 0..%d", ErrConfig, c.WriteWords, c.PageSize/8-2)
-	case c.StateSize != 0 && (c.StateSize < MinStateSize || c.StateSize > MaxStateSize || c.StateSize%8 != 0):
+	case c.StateSize > 0 && (c.StateSize < MinStateSize || c.StateSize > MaxStateSize || c.StateSize%8 != 0):
 		return c, fmt.Errorf("%w: StateSize %d is not a multiple of 8 in %d..%d", ErrConfig, c.StateSize, MinStateSize, MaxStateSize)
 	}
 	return c, nil

@@ -104,6 +104,7 @@ type layout struct {
 	pageSize int
 	words    int
 	counters int
+	state    int // bytes of CPU/device state, 0 for none
 	zero     threshold
 	line     threshold
 }
@@ -114,7 +115,8 @@ func newLayout(c GuestConfig) layout {
 		tag:      mix(c.Seed ^ 0x6c6976656d696721),
 		pageSize: c.PageSize,
 		words:    c.PageSize / 8,
-		counters: c.WriteWords,
+		counters: max(c.WriteWords, 0),
+		state:    max(c.StateSize, 0),
 		zero:     newThreshold(c.ZeroFraction),
 		line:     newThreshold(c.Entropy),
 	}

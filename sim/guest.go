@@ -122,6 +122,21 @@ func (g *Guest) ReadPage(n uint64, dst []byte) error {
 	return nil
 }
 
+// Contents writes to dst, which must be exactly PageSize bytes, the
+// contents page n has in state s, whatever state it is in now: pairs of
+// versions of a page for codec tests, or pages a Sink accepts. Errors are
+// as ReadPage's.
+func (g *Guest) Contents(n uint64, s PageState, dst []byte) error {
+	if n >= g.cfg.Pages {
+		return &livemig.PageError{Op: "read", Page: n, Err: livemig.ErrPageRange}
+	}
+	if len(dst) != g.cfg.PageSize {
+		return &livemig.PageError{Op: "read", Page: n, Err: fmt.Errorf("%w: %d bytes, want %d", ErrBufferSize, len(dst), g.cfg.PageSize)}
+	}
+	g.lay.fill(dst, n, s)
+	return nil
+}
+
 // Page returns the state of page n (which determines its contents), after
 // applying the writes due.
 func (g *Guest) Page(n uint64) (PageState, error) {
@@ -325,7 +340,7 @@ func (g *Guest) SaveState(ctx context.Context, dst []byte) ([]byte, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.advance()
-	return appendState(dst, &g.lay, g.cfg.StateSize, g.run, g.stats.Writes), nil
+	return appendState(dst, &g.lay, g.run, g.stats.Writes), nil
 }
 
 // LoadState checks that state is one that a guest of this configuration
@@ -336,7 +351,7 @@ func (g *Guest) LoadState(ctx context.Context, state []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return checkState(state, &g.lay, g.cfg.StateSize)
+	return checkState(state, &g.lay)
 }
 
 // Stats returns the guest's figures, after applying the writes due.

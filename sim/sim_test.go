@@ -85,8 +85,11 @@ func TestConfigErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := g.Config(); c.ZeroFraction != 0 || c.Entropy != 0 || c.WriteWords != 0 || c.StateSize != 0 || c.PageSize != 4096 {
-		t.Errorf("negative knobs normalized to %+v, want zeros and PageSize 4096", c)
+	if c := g.Config(); c.ZeroFraction != -1 || c.Entropy != -1 || c.WriteWords != -1 || c.StateSize != -1 || c.PageSize != 4096 {
+		t.Errorf("negative knobs normalized to %+v, want -1 and PageSize 4096", c)
+	}
+	if s, err := NewSink(g.Config()); err != nil || s.Config() != g.Config() {
+		t.Errorf("NewSink(g.Config()) changed the configuration: %+v, %v", s.Config(), err)
 	}
 }
 

@@ -214,7 +214,7 @@ func (s *Sink) LoadState(ctx context.Context, state []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkState(state, &s.lay, s.cfg.StateSize); err != nil {
+	if err := checkState(state, &s.lay); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -282,7 +282,7 @@ func (s *Sink) Verify(g *Guest) error {
 	}
 	var state []byte
 	if s.loaded {
-		state = appendState(nil, &g.lay, g.cfg.StateSize, g.run, g.stats.Writes)
+		state = appendState(nil, &g.lay, g.run, g.stats.Writes)
 	}
 	g.mu.Unlock()
 	var errs []string

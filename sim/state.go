@@ -30,7 +30,8 @@ func stateCheck(tag, t, writes uint64, size int) uint64 {
 
 // appendState appends the state of a guest of layout l at running time t
 // after writes writes.
-func appendState(dst []byte, l *layout, size int, t time.Duration, writes uint64) []byte {
+func appendState(dst []byte, l *layout, t time.Duration, writes uint64) []byte {
+	size := l.state
 	if size == 0 {
 		return dst
 	}
@@ -48,10 +49,10 @@ func appendState(dst []byte, l *layout, size int, t time.Duration, writes uint64
 	return dst
 }
 
-// checkState returns nil if state is one a guest of layout l and state
-// size size saves, and an error wrapping livemig.ErrCorrupt naming the first
+// checkState returns nil if state is one a guest of layout l saves, and an error wrapping livemig.ErrCorrupt naming the first
 // bad byte otherwise. It allocates nothing.
-func checkState(state []byte, l *layout, size int) error {
+func checkState(state []byte, l *layout) error {
+	size := l.state
 	if len(state) != size {
 		return fmt.Errorf("sim: load state: %w: %d bytes, want %d", livemig.ErrCorrupt, len(state), size)
 	}
