@@ -108,76 +108,112 @@ func Encode(dst, old, new []byte, limit int) ([]byte, error) {
 // encode writes the delta of new against old into out and returns its
 // length, 0 for unchanged or -1 for overflow. len(old) == len(new) > 0,
 // limit >= 2, len(out) >= min(limit, 2n+16).
+//
+// It first computes, for each 64-byte block, a mask with bit k set where
+// byte k of the block is unchanged (eqMasks: AVX2 or eight bytes at a time in
+// Go), then walks the run boundaries of each mask with bit tricks, so that
+// a block inside a long run costs a few instructions and a short run no
+// branch of its own. It makes the same room checks as QEMU's scalar encoder
+// with the same values of d: before each unchanged run (even the final one,
+// which is not written), after each unchanged run's header, and after each
+// changed run's header; so it fails exactly when QEMU's does.
 func encode(out, old, new []byte, limit int) int {
 	n := len(new)
 	old = old[:n]
 	w := len(out)
-	d, i := 0, 0
-	for i < n {
-		// Room for a run header (QEMU checks before scanning each zrun).
-		if d+2 > limit {
-			return -1
-		}
-		// Maximal unchanged run from i.
-		j := i
-		if j+8 <= n {
-			if x := load64(old, j) ^ load64(new, j); x != 0 {
-				j += bits.TrailingZeros64(x) >> 3
-			} else {
-				j += 8
-				j += eqLen(old[j:], new[j:])
+	d := 0
+	start := 0  // first byte of the current run
+	inZ := true // whether the current run is of unchanged bytes
+	var masks [chunkBlocks]uint64
+	for c := 0; c < n; c += 64 * chunkBlocks {
+		nb := min(chunkBlocks, (n-c+63)/64)
+		full := min(nb, (n-c)/64)
+		all, any := eqMasks(masks[:full], old[c:], new[c:])
+		if full < nb {
+			// The last partial block, byte by byte; the bytes past the
+			// page count as unchanged, so a changed run at the end of
+			// the page closes at n like any other.
+			m := ^uint64(0)
+			for k := c + full*64; k < n; k++ {
+				if old[k] != new[k] {
+					m &^= 1 << (k - c - full*64)
+				}
 			}
-		} else {
-			for j < n && old[j] == new[j] {
-				j++
+			masks[full] = m
+			all &= m
+			any |= m
+		}
+		if (inZ && all == ^uint64(0)) || (!inZ && any == 0 && full == nb) {
+			continue // the whole chunk continues the current run
+		}
+		for b, m := range masks[:nb] {
+			// Bit k of t is set where byte k's state differs from byte
+			// k-1's; byte -1's state is the current run's.
+			carry := uint64(0)
+			if inZ {
+				carry = 1
+			}
+			t := m ^ (m<<1 | carry)
+			for t != 0 {
+				p := c + b*64 + bits.TrailingZeros64(t)
+				t &= t - 1
+				if inZ {
+					if d+2 > limit {
+						return -1
+					}
+					d += putUleb(out[d:], p-start)
+					if d+2 > limit {
+						return -1
+					}
+				} else {
+					m := p - start
+					d += putUleb(out[d:], m)
+					if d+m > limit {
+						return -1
+					}
+					if m <= 8 && d+8 <= w && start+8 <= n {
+						// One 8-byte store; the bytes past d+m are
+						// overwritten later or lie beyond the result.
+						binary.LittleEndian.PutUint64(out[d:], load64(new, start))
+					} else {
+						copy(out[d:d+m], new[start:p])
+					}
+					d += m
+				}
+				inZ = !inZ
+				start = p
 			}
 		}
-		if j == n {
-			if i == 0 {
-				return 0
-			}
-			return d // the final unchanged run is not written
-		}
-		d += putUleb(out[d:], j-i)
-		if d+2 > limit {
-			return -1
-		}
-		// Maximal changed run from j (old[j] != new[j]).
-		k := j
-		if k+8 <= n {
-			x := load64(old, k) ^ load64(new, k)
-			// High bit of each byte of z set where that byte of x is 0.
-			z := ^(((x & lo7) + lo7) | x) & hi8
-			if z != 0 {
-				k += bits.TrailingZeros64(z) >> 3
-			} else {
-				k += 8
-				k += neLen(old[k:], new[k:])
-			}
-		} else {
-			for k < n && old[k] != new[k] {
-				k++
-			}
-		}
-		m := k - j
+	}
+	if !inZ {
+		// The page ends with a changed run (n is a multiple of 64).
+		m := n - start
 		d += putUleb(out[d:], m)
 		if d+m > limit {
 			return -1
 		}
-		if m < 8 && d+8 <= w && j+8 <= n {
-			// Short run: one 8-byte store; the bytes past d+m are
-			// overwritten later or lie beyond the returned length.
-			binary.LittleEndian.PutUint64(out[d:], load64(new, j))
-		} else {
-			copy(out[d:], new[j:k])
-		}
-		d += m
-		i = k
+		copy(out[d:d+m], new[start:n])
+		return d + m
 	}
-	return d
+	switch {
+	case start == 0:
+		return 0 // no boundary at all: unchanged
+	case start == n:
+		return d // the last changed run ended the page
+	case d+2 > limit:
+		return -1 // no room before the final unchanged run
+	}
+	return d // the final unchanged run is not written
 }
 
+// chunkBlocks is how many 64-byte blocks encode compares per call of
+// eqMasks.
+const chunkBlocks = 16
+
 func load64(b []byte, i int) uint64 { return binary.LittleEndian.Uint64(b[i:]) }
+
+// le64 is binary.LittleEndian.Uint64 for slices of proven length.
+func le64(b []byte) uint64 { return binary.LittleEndian.Uint64(b) }
 
 // putUleb writes v (< 0x4000) as ULEB128 and returns its length.
 func putUleb(b []byte, v int) int {
@@ -191,60 +227,39 @@ func putUleb(b []byte, v int) int {
 	return 2
 }
 
-// eqLenGeneric returns the length of the longest common prefix of a and b
-// (len(b) >= len(a)), eight bytes at a time.
-func eqLenGeneric(a, b []byte) int {
-	n := len(a)
-	b = b[:n]
-	i := 0
-	for ; i+32 <= n; i += 32 {
-		x0 := load64(a, i) ^ load64(b, i)
-		x1 := load64(a, i+8) ^ load64(b, i+8)
-		x2 := load64(a, i+16) ^ load64(b, i+16)
-		x3 := load64(a, i+24) ^ load64(b, i+24)
-		if x0|x1|x2|x3 != 0 {
-			break
+// eqMasksGeneric sets masks[j] bit k where a[64j+k] == b[64j+k], for
+// len(masks) blocks (len(a), len(b) >= 64*len(masks)), eight bytes at a
+// time, and returns the AND and the OR of the masks.
+func eqMasksGeneric(masks []uint64, a, b []byte) (all, any uint64) {
+	all = ^uint64(0)
+	for j := range masks {
+		pa, pb := (*[64]byte)(a[64*j:64*j+64]), (*[64]byte)(b[64*j:64*j+64])
+		x := [8]uint64{
+			le64(pa[0:]) ^ le64(pb[0:]), le64(pa[8:]) ^ le64(pb[8:]),
+			le64(pa[16:]) ^ le64(pb[16:]), le64(pa[24:]) ^ le64(pb[24:]),
+			le64(pa[32:]) ^ le64(pb[32:]), le64(pa[40:]) ^ le64(pb[40:]),
+			le64(pa[48:]) ^ le64(pb[48:]), le64(pa[56:]) ^ le64(pb[56:]),
 		}
-	}
-	for ; i+8 <= n; i += 8 {
-		if x := load64(a, i) ^ load64(b, i); x != 0 {
-			return i + bits.TrailingZeros64(x)>>3
+		m := ^uint64(0)
+		if x[0]|x[1]|x[2]|x[3]|x[4]|x[5]|x[6]|x[7] != 0 {
+			// High bit of each byte set where that byte of x is 0.
+			var e [8]uint64
+			for k, v := range x {
+				e[k] = ^(((v & lo7) + lo7) | v) & hi8
+			}
+			m = 0
+			if e[0]|e[1]|e[2]|e[3]|e[4]|e[5]|e[6]|e[7] != 0 {
+				for k, v := range e {
+					// The eight high bits gathered into one byte.
+					m |= ((v >> 7) * 0x0102040810204080 >> 56) << (8 * k)
+				}
+			}
 		}
+		masks[j] = m
+		all &= m
+		any |= m
 	}
-	for i < n && a[i] == b[i] {
-		i++
-	}
-	return i
-}
-
-// neLenGeneric returns the length of the longest prefix where a and b
-// differ in every byte (len(b) >= len(a)), eight bytes at a time.
-func neLenGeneric(a, b []byte) int {
-	n := len(a)
-	b = b[:n]
-	i := 0
-	for ; i+32 <= n; i += 32 {
-		x0 := load64(a, i) ^ load64(b, i)
-		x1 := load64(a, i+8) ^ load64(b, i+8)
-		x2 := load64(a, i+16) ^ load64(b, i+16)
-		x3 := load64(a, i+24) ^ load64(b, i+24)
-		// High bit of each byte set where that byte is non-zero.
-		t := (((x0 & lo7) + lo7) | x0) & (((x1 & lo7) + lo7) | x1) &
-			(((x2 & lo7) + lo7) | x2) & (((x3 & lo7) + lo7) | x3)
-		if t&hi8 != hi8 {
-			break
-		}
-	}
-	for ; i+8 <= n; i += 8 {
-		x := load64(a, i) ^ load64(b, i)
-		if z := ^(((x & lo7) + lo7) | x) & hi8; z != 0 {
-			return i + bits.TrailingZeros64(z)>>3
-		}
-	}
-	for i < n && a[i] != b[i] {
-		i++
-	}
-	return i
+	return all, any
 }
 
 // Decode applies delta to page in place: page holds the previous version

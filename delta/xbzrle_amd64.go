@@ -15,34 +15,19 @@ var (
 	useAVX2 = hasAVX2
 )
 
-// eqLenAVX2 returns the length of the common prefix of a[:n] and b[:n];
-// n >= 32.
+// eqMasksAVX2 sets masks[j] bit k where a[64j+k] == b[64j+k], for
+// j < nblocks (nblocks >= 1), and returns the AND and the OR of the masks.
 //
 //go:noescape
-func eqLenAVX2(a, b *byte, n int) int
+func eqMasksAVX2(a, b *byte, nblocks int, masks *uint64) (all, any uint64)
 
-// neLenAVX2 returns the length of the prefix of a[:n] and b[:n] that differs
-// in every byte; n >= 32.
-//
-//go:noescape
-func neLenAVX2(a, b *byte, n int) int
-
-// eqLen returns the length of the longest common prefix of a and b
-// (len(b) >= len(a)).
-func eqLen(a, b []byte) int {
-	if useAVX2 && len(a) >= 32 {
-		_ = b[len(a)-1]
-		return eqLenAVX2(unsafe.SliceData(a), unsafe.SliceData(b), len(a))
+// eqMasks sets masks[j] bit k where a[64j+k] == b[64j+k], for len(masks)
+// blocks (len(a), len(b) >= 64*len(masks)), and returns the AND and the OR
+// of the masks.
+func eqMasks(masks []uint64, a, b []byte) (all, any uint64) {
+	if useAVX2 && len(masks) > 0 {
+		_, _ = a[64*len(masks)-1], b[64*len(masks)-1]
+		return eqMasksAVX2(unsafe.SliceData(a), unsafe.SliceData(b), len(masks), unsafe.SliceData(masks))
 	}
-	return eqLenGeneric(a, b)
-}
-
-// neLen returns the length of the longest prefix where a and b differ in
-// every byte (len(b) >= len(a)).
-func neLen(a, b []byte) int {
-	if useAVX2 && len(a) >= 32 {
-		_ = b[len(a)-1]
-		return neLenAVX2(unsafe.SliceData(a), unsafe.SliceData(b), len(a))
-	}
-	return neLenGeneric(a, b)
+	return eqMasksGeneric(masks, a, b)
 }

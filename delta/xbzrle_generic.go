@@ -8,6 +8,6 @@ var (
 	useAVX2 = false
 )
 
-func eqLen(a, b []byte) int { return eqLenGeneric(a, b) }
-
-func neLen(a, b []byte) int { return neLenGeneric(a, b) }
+func eqMasks(masks []uint64, a, b []byte) (all, any uint64) {
+	return eqMasksGeneric(masks, a, b)
+}

@@ -299,31 +299,38 @@ func TestEncodeDifferential(t *testing.T) {
 	})
 }
 
-// TestScanners compares the scanners of every path with a byte loop, for
-// every length up to 200 and every position of the first mismatch.
-func TestScanners(t *testing.T) {
+// TestMasks compares eqMasks on every path with a byte loop, on blocks
+// with every density of unchanged bytes.
+func TestMasks(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	forEachPath(t, func(t *testing.T) {
-		for n := 0; n <= 200; n++ {
-			for pos := 0; pos <= n; pos++ {
-				a := make([]byte, n+8)
-				for i := range a {
-					a[i] = byte(rng.Uint32())
+		for nb := 1; nb <= 70; nb++ {
+			a := make([]byte, 64*nb)
+			b := make([]byte, 64*nb)
+			want := make([]uint64, nb)
+			prob := rng.Float64()
+			for i := range a {
+				a[i] = byte(rng.Uint32())
+				b[i] = a[i]
+				if rng.Float64() < prob {
+					b[i] ^= byte(1 + rng.IntN(255))
+				} else {
+					want[i/64] |= 1 << (i % 64)
 				}
-				eq := append([]byte(nil), a...)
-				ne := append([]byte(nil), a...)
-				for i := range ne {
-					ne[i] ^= byte(1 + rng.IntN(255))
-				}
-				if pos < n {
-					eq[pos] ^= 0x40
-					ne[pos] = a[pos]
-				}
-				if got := eqLen(a[:n], eq[:n]); got != pos {
-					t.Fatalf("eqLen n=%d: %d, want %d", n, got, pos)
-				}
-				if got := neLen(a[:n], ne[:n]); got != pos {
-					t.Fatalf("neLen n=%d: %d, want %d", n, got, pos)
+			}
+			got := make([]uint64, nb)
+			all, any := eqMasks(got, a, b)
+			wantAll, wantAny := ^uint64(0), uint64(0)
+			for _, m := range want {
+				wantAll &= m
+				wantAny |= m
+			}
+			if all != wantAll || any != wantAny {
+				t.Fatalf("nb=%d: and/or %x %x, want %x %x", nb, all, any, wantAll, wantAny)
+			}
+			for j := range got {
+				if got[j] != want[j] {
+					t.Fatalf("nb=%d block %d: mask %016x, want %016x", nb, j, got[j], want[j])
 				}
 			}
 		}
