@@ -3,6 +3,7 @@ package sim
 import (
 	"encoding/binary"
 	"math/bits"
+	"strconv"
 )
 
 // PageState is what a simulated page is, instead of its bytes: Version
@@ -17,21 +18,10 @@ type PageState struct {
 
 func (s PageState) pack() uint64 { return uint64(s.Generation)<<32 | uint64(s.Version) }
 func unpack(x uint64) PageState  { return PageState{Version: uint32(x), Generation: uint32(x >> 32)} }
+
+// String returns the state as "v<Version>/g<Generation>".
 func (s PageState) String() string {
-	return "v" + utoa(uint64(s.Version)) + "/g" + utoa(uint64(s.Generation))
-}
-func utoa(x uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + x%10)
-		x /= 10
-		if x == 0 {
-			break
-		}
-	}
-	return string(b[i:])
+	return "v" + strconv.FormatUint(uint64(s.Version), 10) + "/g" + strconv.FormatUint(uint64(s.Generation), 10)
 }
 
 // Page layout, for a page that is not all zeros (words are little-endian

@@ -419,12 +419,11 @@ func TestPauseAndThrottle(t *testing.T) {
 		g.Advance()
 	}
 	st := g.Stats()
-	want := 1000 * time.Duration(0) // computed below
 	var total time.Duration
 	for i := 0; i < 1000; i++ {
 		total += time.Duration(7*i%13+1) * 1001 * time.Microsecond
 	}
-	want = time.Second + time.Second + 5*time.Second + total/10
+	want := time.Second + time.Second + 5*time.Second + total/10
 	if d := st.RunTime - want; d < -1 || d > 1 {
 		t.Errorf("run time %v, want %v±1ns", st.RunTime, want)
 	}
