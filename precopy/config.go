@@ -22,6 +22,10 @@ type Config struct {
 	// StallRounds is how many rounds in a row may fail to shrink the dirty
 	// set before the migration is declared not converging. Default 3.
 	StallRounds int
+	// MinShrink is how much a round must shrink the dirty set, as a share
+	// of the pages it sent, not to count as a stall. Default 0.1: a round
+	// that leaves more than 90 % of what it sent dirty again is a stall.
+	MinShrink float64
 	// OnNonConvergence says what to do then. Default StopAndCopy.
 	OnNonConvergence NonConvergence
 	// ThrottleTrigger, ThrottleInitial, ThrottleIncrement and ThrottleMax
@@ -56,6 +60,9 @@ func (c *Config) setDefaults() {
 	if c.StallRounds == 0 {
 		c.StallRounds = 3
 	}
+	if c.MinShrink == 0 {
+		c.MinShrink = 0.1
+	}
 	if c.ThrottleTrigger == 0 {
 		c.ThrottleTrigger = 0.5
 	}
@@ -84,6 +91,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("precopy: MaxRounds %d < 1", c.MaxRounds)
 	case c.StallRounds < 1:
 		return fmt.Errorf("precopy: StallRounds %d < 1", c.StallRounds)
+	case c.MinShrink < 0 || c.MinShrink >= 1:
+		return fmt.Errorf("precopy: MinShrink %v outside [0,1)", c.MinShrink)
 	case c.OnNonConvergence < StopAndCopy || c.OnNonConvergence > Throttle:
 		return fmt.Errorf("precopy: unknown non-convergence policy %d", c.OnNonConvergence)
 	case c.ThrottleInitial <= 0 || c.ThrottleInitial > 1 || c.ThrottleMax <= 0 || c.ThrottleMax >= 1 ||

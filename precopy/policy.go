@@ -114,8 +114,9 @@ func (p *Policy) Throttle() float64 { return p.throttle }
 //     expected downtime (dirty bytes left / bandwidth). If it is within
 //     DowntimeTarget (or nothing is left, or the round took no measurable
 //     time), stop: converged (QEMU's switchover rule).
-//  2. A round whose sync found at least as many dirty pages as the round
-//     sent did not shrink the dirty set: a stall. StallRounds stalls in a
+//  2. A round whose sync found more than (1-MinShrink) times the pages the
+//     round sent did not shrink the dirty set enough: a stall (the guest
+//     dirties about as fast as the link drains). StallRounds stalls in a
 //     row, or reaching MaxRounds, is non-convergence, handled by
 //     OnNonConvergence (Abort fails; StopAndCopy and Throttle stop; Throttle
 //     stops only at MaxRounds).
@@ -145,7 +146,7 @@ func (p *Policy) Decide(f RoundFacts) Decision {
 			return d
 		}
 	}
-	if f.DirtyPages >= f.SentPages {
+	if float64(f.DirtyPages) > (1-p.cfg.MinShrink)*float64(f.SentPages) {
 		p.stalls++
 	} else {
 		p.stalls = 0

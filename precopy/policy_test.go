@@ -35,8 +35,12 @@ func TestPolicyDecide(t *testing.T) {
 		{"three stalls stop", Config{}, []RoundFacts{
 			facts(1, 100000, 100000, time.Second), facts(2, 100000, 100000, time.Second), facts(3, 100000, 120000, time.Second)}, Stop, false, 0},
 		{"a shrinking round resets the stalls", Config{}, []RoundFacts{
-			facts(1, 100000, 100000, time.Second), facts(2, 100000, 100000, time.Second), facts(3, 100000, 90000, time.Second),
-			facts(4, 90000, 95000, time.Second)}, Continue, false, 0},
+			facts(1, 100000, 100000, time.Second), facts(2, 100000, 100000, time.Second), facts(3, 100000, 89000, time.Second),
+			facts(4, 89000, 95000, time.Second)}, Continue, false, 0},
+		{"shrinking by less than MinShrink is a stall", Config{}, []RoundFacts{
+			facts(1, 100000, 95000, time.Second), facts(2, 95000, 90000, time.Second), facts(3, 90000, 85000, time.Second)}, Stop, false, 0},
+		{"a smaller MinShrink accepts slow progress", Config{MinShrink: 0.01}, []RoundFacts{
+			facts(1, 100000, 95000, time.Second), facts(2, 95000, 90000, time.Second), facts(3, 90000, 85000, time.Second)}, Continue, false, 0},
 		{"three stalls abort", Config{OnNonConvergence: Abort}, []RoundFacts{
 			facts(1, 100000, 100000, time.Second), facts(2, 100000, 100000, time.Second), facts(3, 100000, 120000, time.Second)}, Fail, false, 0},
 		{"throttle on the second strike", Config{OnNonConvergence: Throttle}, []RoundFacts{

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// The JSON rows carry the documented keys, and two runs print the same bytes.
+func TestJSONRowsAreExactAndStable(t *testing.T) {
+	args := []string{"-q", "-json", "-guest", "64MiB", "-workload", "hotcold", "-rate", "3000", "-hot", "4MiB"}
+	var a, b bytes.Buffer
+	if err := run(context.Background(), args, &a, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), append(args, "-parallel", "1"), &b, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if a.String() != b.String() {
+		t.Fatalf("two runs differ:\n%s\n%s", a.String(), b.String())
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal(a.Bytes(), &rows); err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 2 {
+		t.Fatalf("%d rows, want one per default algorithm", len(rows))
+	}
+	for _, k := range []string{"scenario", "algorithm", "total_ms", "downtime_ms", "bytes_sent", "pages_sent", "pages_resent", "rounds", "verified"} {
+		if _, ok := rows[0][k]; !ok {
+			t.Errorf("row lacks %q: %v", k, rows[0])
+		}
+	}
+	if rows[0]["verified"] != true || rows[0]["pages_sent"].(float64) < 16384 {
+		t.Fatalf("row %v", rows[0])
+	}
+}
+
+func TestTable(t *testing.T) {
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-q", "-guest", "32MiB", "-workload", "idle", "-algorithms", "precopy"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"scenario", "downtime", "idle", "pre-copy", "true"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+}
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-algorithms", "nosuch"}, {"-bandwidth", "fast"}, {"-guest", "lots"}, {"-workload", "bogus", "-guest", "1MiB"},
+	} {
+		if err := run(context.Background(), append(args, "-q"), &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	for s, want := range map[string]float64{"1Gbit": 1e9, "100Mbit/s": 1e8, "10G": 1e10, "2.5gbps": 2.5e9} {
+		if got, err := parseBandwidth(s); err != nil || got != want {
+			t.Errorf("parseBandwidth(%q) = %v, %v", s, got, err)
+		}
+	}
+	for s, want := range map[string]uint64{"4GiB": 4 << 30, "512MiB": 512 << 20, "64K": 64 << 10, "4096": 4096} {
+		if got, err := parseBytes(s); err != nil || got != want {
+			t.Errorf("parseBytes(%q) = %v, %v", s, got, err)
+		}
+	}
+}

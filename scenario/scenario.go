@@ -1,0 +1,224 @@
+// Package scenario runs migration algorithms on simulated guests over
+// simulated links, in virtual time: the evaluation of examples/compare and of
+// the simulated benchmarks.
+//
+// A Scenario is a guest (size, workload, seed) and a link (bandwidth,
+// latency). Run migrates it with an Algorithm — the same engine code that
+// migrates real memory over TCP — between a sim.Guest and a sim.Sink joined
+// by a transport.SimLink, and returns the engine's report and whether the
+// destination verified every page against the paused source. Everything is
+// deterministic: the same scenario gives the same figures on every run.
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/sim"
+	"github.com/livemig/livemig/transport"
+)
+
+// Workload describes a simulated guest's writes, in a form that prints and
+// parses from flags.
+type Workload struct {
+	// Kind is idle, uniform, hotcold, stream or mix.
+	Kind string `json:"kind"`
+	// Rate is the pages the guest writes per second of its running time.
+	Rate float64 `json:"rate,omitempty"`
+	// HotBytes is the hot set of hotcold and the buffer of stream (and of
+	// the stream part of mix).
+	HotBytes uint64 `json:"hot_bytes,omitempty"`
+	// HotFraction is the share of hotcold's writes that go to the hot set.
+	HotFraction float64 `json:"hot_fraction,omitempty"`
+	// Whole makes every write rewrite the whole page instead of a few words.
+	Whole bool `json:"whole,omitempty"`
+}
+
+func (w Workload) String() string {
+	switch w.Kind {
+	case "idle":
+		return "idle"
+	case "hotcold":
+		return fmt.Sprintf("hotcold %.0f pages/s, %d%% to %s", w.Rate, int(100*w.HotFraction+0.5), livemig.FormatBytes(w.HotBytes))
+	case "stream":
+		return fmt.Sprintf("stream %.0f pages/s over %s", w.Rate, livemig.FormatBytes(w.HotBytes))
+	}
+	return fmt.Sprintf("%s %.0f pages/s", w.Kind, w.Rate)
+}
+
+// build returns the sim workload for a guest of pages pages of pageSize.
+func (w Workload) build(pages uint64, pageSize int) (sim.Workload, error) {
+	hot := w.HotBytes / uint64(pageSize)
+	if hot == 0 {
+		hot = pages / 64
+	}
+	if hot > pages {
+		hot = pages
+	}
+	switch w.Kind {
+	case "idle", "":
+		return sim.Idle(), nil
+	case "uniform":
+		return sim.Uniform(w.Rate, w.Whole), nil
+	case "hotcold":
+		f := w.HotFraction
+		if f == 0 {
+			f = 0.9
+		}
+		return sim.HotCold(w.Rate, hot, f, w.Whole), nil
+	case "stream":
+		// A streaming server fills a buffer sequentially (whole pages of new
+		// data) while a little bookkeeping dirties pages anywhere.
+		return sim.Mix(sim.Sequential(w.Rate*0.95, pages/4, hot, true), sim.Uniform(w.Rate*0.05, false)), nil
+	case "mix":
+		return sim.Mix(sim.HotCold(w.Rate*0.6, hot, 0.9, w.Whole), sim.Sequential(w.Rate*0.3, pages/2, hot, true),
+			sim.Uniform(w.Rate*0.1, w.Whole)), nil
+	}
+	return nil, fmt.Errorf("scenario: unknown workload %q (want idle, uniform, hotcold, stream or mix)", w.Kind)
+}
+
+// Scenario is a guest and a link.
+type Scenario struct {
+	Name       string        `json:"name"`
+	GuestBytes uint64        `json:"guest_bytes"`
+	PageSize   int           `json:"page_size,omitempty"` // default 4096
+	Workload   Workload      `json:"workload"`
+	Bandwidth  float64       `json:"bandwidth_bps"` // bits per second
+	Latency    time.Duration `json:"latency"`       // one way
+	Seed       uint64        `json:"seed"`
+	// StateBytes is the CPU/device state; default 256 KiB, about what a
+	// small QEMU guest's device sections take.
+	StateBytes int `json:"state_bytes,omitempty"`
+}
+
+// Algorithm is a migration algorithm with its options.
+type Algorithm struct {
+	Name    string
+	PreCopy precopy.Config // Clock is set by Run
+}
+
+// Result is one scenario run by one algorithm.
+type Result struct {
+	Scenario  Scenario
+	Algorithm string
+	Report    *livemig.Report
+	Receive   *precopy.ReceiveReport
+	// Verified is true when the engine's end-to-end digest matched and the
+	// sink, checked page by page against the paused source, agreed.
+	Verified bool
+	// Err is the migration's error, if it failed (an aborted migration is a
+	// result, not a failure of the evaluation).
+	Err error
+	// Guest is the source guest's figures at the end.
+	Guest sim.Stats
+}
+
+// Row is a Result as the flat record examples/compare prints.
+type Row struct {
+	Scenario    string  `json:"scenario"`
+	Algorithm   string  `json:"algorithm"`
+	TotalMS     float64 `json:"total_ms"`
+	DowntimeMS  float64 `json:"downtime_ms"`
+	BytesSent   uint64  `json:"bytes_sent"`
+	PagesSent   uint64  `json:"pages_sent"`
+	PagesResent uint64  `json:"pages_resent"`
+	Rounds      int     `json:"rounds"`
+	Verified    bool    `json:"verified"`
+	Converged   bool    `json:"converged"`
+	Error       string  `json:"error,omitempty"`
+}
+
+// Row flattens r.
+func (r Result) Row() Row {
+	row := Row{Scenario: r.Scenario.Name, Algorithm: r.Algorithm, Verified: r.Verified}
+	if rep := r.Report; rep != nil {
+		row.TotalMS = float64(rep.TotalTime) / float64(time.Millisecond)
+		row.DowntimeMS = float64(rep.Downtime) / float64(time.Millisecond)
+		row.BytesSent, row.PagesSent, row.PagesResent = rep.BytesSent, rep.PagesSent, rep.PagesResent
+		row.Rounds, row.Converged = len(rep.Rounds), rep.Converged
+	}
+	if r.Err != nil {
+		row.Error = r.Err.Error()
+	}
+	return row
+}
+
+// Run migrates the scenario's guest with alg in virtual time. It returns an
+// error only when the scenario cannot be set up or the destination's check
+// fails; a migration that ends in an error of its own (an abort) is reported
+// in Result.Err.
+func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
+	res := Result{Scenario: sc, Algorithm: alg.Name}
+	ps := sc.PageSize
+	if ps == 0 {
+		ps = livemig.DefaultPageSize
+	}
+	if sc.GuestBytes < uint64(ps) {
+		return res, fmt.Errorf("scenario %s: guest of %d bytes", sc.Name, sc.GuestBytes)
+	}
+	pages := sc.GuestBytes / uint64(ps)
+	state := sc.StateBytes
+	if state == 0 {
+		state = 256 << 10
+	}
+	w, err := sc.Workload.build(pages, ps)
+	if err != nil {
+		return res, err
+	}
+	srcClock, dstClock := livemig.NewVirtualClock(), livemig.NewVirtualClock()
+	gcfg := sim.GuestConfig{Pages: pages, PageSize: ps, Seed: sc.Seed, StateSize: state}
+	guest, err := sim.NewGuest(gcfg, w, srcClock)
+	if err != nil {
+		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	sink, err := sim.NewSink(guest.Config())
+	if err != nil {
+		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	a, b := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, srcClock, dstClock)
+	hello := transport.Hello{PageSize: uint32(ps), PageCount: pages, Features: transport.FeatDigest}
+
+	var wg sync.WaitGroup
+	var derr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conn, _, err := transport.Open(ctx, b, hello, transport.Config{})
+		if err != nil {
+			b.Close()
+			derr = err
+			return
+		}
+		res.Receive, derr = precopy.Receive(ctx, conn, precopy.Destination{Sink: sink, VM: sink, Pages: pages, PageSize: ps},
+			precopy.Config{Clock: dstClock})
+	}()
+	conn, _, err := transport.Open(ctx, a, hello, transport.Config{})
+	if err != nil {
+		a.Close()
+		wg.Wait()
+		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
+	}
+	cfg := alg.PreCopy
+	cfg.Clock = srcClock
+	res.Report, res.Err = precopy.Migrate(ctx, conn, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
+	wg.Wait()
+	res.Guest = guest.Stats()
+	if res.Err != nil {
+		if res.Receive != nil && res.Receive.Resumed {
+			return res, fmt.Errorf("scenario %s: %s failed (%v) but the destination resumed", sc.Name, alg.Name, res.Err)
+		}
+		return res, nil
+	}
+	if derr != nil {
+		return res, fmt.Errorf("scenario %s: source succeeded, destination failed: %w", sc.Name, derr)
+	}
+	if err := sink.Verify(guest); err != nil {
+		return res, fmt.Errorf("scenario %s: %s: %w", sc.Name, alg.Name, err)
+	}
+	res.Verified = res.Report.Verified
+	return res, nil
+}

@@ -1,0 +1,148 @@
+package scenario
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/precopy"
+)
+
+const mib = 1 << 20
+
+func small(name string, w Workload) Scenario {
+	// 256 MiB over 1 Gbit/s: about 2 s of virtual time for the bulk round.
+	return Scenario{Name: name, GuestBytes: 256 * mib, Workload: w, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 7}
+}
+
+var preCopy = Algorithm{Name: "pre-copy"}
+
+// An idle guest migrates in one round plus a stop-and-copy that carries only
+// the state: its downtime is the state over the link plus the hand-over's
+// round trips.
+func TestIdleGuest(t *testing.T) {
+	sc := small("idle", Workload{Kind: "idle"})
+	res, err := Run(context.Background(), sc, preCopy)
+	if err != nil || res.Err != nil {
+		t.Fatal(err, res.Err)
+	}
+	rep := res.Report
+	if len(rep.Rounds) != 2 || rep.Rounds[1].PagesSent != 0 || rep.PagesResent != 0 || !rep.Converged || !res.Verified {
+		t.Fatalf("idle guest: %v", rep)
+	}
+	stateTime := time.Duration(float64(rep.StateBytes+64) * 8 / sc.Bandwidth * float64(time.Second))
+	lo, hi := stateTime, stateTime+4*sc.Latency+50*time.Microsecond
+	if rep.Downtime < lo || rep.Downtime > hi {
+		t.Fatalf("downtime %v, want within [%v, %v] (state %d bytes)", rep.Downtime, lo, hi, rep.StateBytes)
+	}
+	pages := sc.GuestBytes / livemig.DefaultPageSize
+	if rep.PagesSent != pages {
+		t.Fatalf("sent %d pages of %d", rep.PagesSent, pages)
+	}
+	// The bulk round moves the non-zero pages at the link's rate.
+	bulk := time.Duration(float64(rep.Rounds[0].Bytes) * 8 / sc.Bandwidth * float64(time.Second))
+	if d := rep.Rounds[0].Duration; d < bulk || d > bulk+bulk/50 {
+		t.Fatalf("bulk round %v, %d bytes at the link's rate take %v", d, rep.Rounds[0].Bytes, bulk)
+	}
+}
+
+// A guest that dirties pages faster than the link drains them never
+// converges: stop-and-copy goes over the downtime target, abort fails with
+// the source running, throttling brings it within the target.
+func TestNonConvergencePolicies(t *testing.T) {
+	sc := small("uniform-high", Workload{Kind: "uniform", Rate: 40000})
+	target := 300 * time.Millisecond
+
+	res, err := Run(context.Background(), sc, Algorithm{Name: "stop", PreCopy: precopy.Config{DowntimeTarget: target}})
+	if err != nil || res.Err != nil {
+		t.Fatal(err, res.Err)
+	}
+	if res.Report.Converged || res.Report.Downtime <= target || !res.Verified {
+		t.Fatalf("stop-and-copy: converged %v downtime %v verified %v", res.Report.Converged, res.Report.Downtime, res.Verified)
+	}
+
+	res, err = Run(context.Background(), sc, Algorithm{Name: "abort", PreCopy: precopy.Config{DowntimeTarget: target, OnNonConvergence: precopy.Abort}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(res.Err, livemig.ErrNotConverged) || res.Guest.Paused || res.Receive.Resumed {
+		t.Fatalf("abort: err %v, source paused %v, destination resumed %v", res.Err, res.Guest.Paused, res.Receive.Resumed)
+	}
+
+	res, err = Run(context.Background(), sc, Algorithm{Name: "throttle", PreCopy: precopy.Config{DowntimeTarget: target, OnNonConvergence: precopy.Throttle}})
+	if err != nil || res.Err != nil {
+		t.Fatal(err, res.Err)
+	}
+	if !res.Report.Converged || res.Report.Downtime > target || res.Report.Throttle < 0.2 || !res.Verified {
+		t.Fatalf("throttle: converged %v downtime %v throttle %v", res.Report.Converged, res.Report.Downtime, res.Report.Throttle)
+	}
+}
+
+// The same scenario gives the same figures, to the nanosecond and the byte.
+func TestDeterministic(t *testing.T) {
+	for _, w := range []Workload{
+		{Kind: "hotcold", Rate: 20000, HotBytes: 16 * mib, HotFraction: 0.9},
+		{Kind: "stream", Rate: 20000, HotBytes: 32 * mib},
+		{Kind: "mix", Rate: 30000, HotBytes: 16 * mib},
+	} {
+		sc := small(w.Kind, w)
+		alg := Algorithm{Name: "pre-copy", PreCopy: precopy.Config{DowntimeTarget: 20 * time.Millisecond}}
+		a, err := Run(context.Background(), sc, alg)
+		if err != nil || a.Err != nil {
+			t.Fatal(err, a.Err)
+		}
+		b, err := Run(context.Background(), sc, alg)
+		if err != nil || b.Err != nil {
+			t.Fatal(err, b.Err)
+		}
+		if a.Row() != b.Row() || a.Report.String() != b.Report.String() {
+			t.Fatalf("%s: two runs differ:\n%v\n%v", w.Kind, a.Report, b.Report)
+		}
+		if !a.Verified || len(a.Report.Rounds) < 3 || a.Report.PagesResent == 0 {
+			t.Fatalf("%s: a busy guest should take several rounds: %v", w.Kind, a.Report)
+		}
+	}
+}
+
+func TestUnknownWorkload(t *testing.T) {
+	if _, err := Run(context.Background(), small("x", Workload{Kind: "bogus"}), preCopy); err == nil {
+		t.Fatal("unknown workload accepted")
+	}
+}
+
+func benchScenario(b *testing.B, sc Scenario, alg Algorithm) {
+	b.ReportAllocs()
+	var res Result
+	for b.Loop() {
+		var err error
+		res, err = Run(context.Background(), sc, alg)
+		if err != nil || res.Err != nil {
+			b.Fatal(err, res.Err)
+		}
+	}
+	rep := res.Report
+	b.SetBytes(int64(sc.GuestBytes))
+	b.ReportMetric(float64(rep.Downtime)/float64(time.Millisecond), "downtime-ms")
+	b.ReportMetric(float64(rep.TotalTime)/float64(time.Millisecond), "total-ms")
+	b.ReportMetric(float64(rep.BytesSent)/1e6, "MB-sent")
+	b.ReportMetric(float64(rep.PagesResent), "pages-resent")
+}
+
+// BenchmarkSimulated runs 1 GiB guests over 1 Gbit/s in virtual time: the
+// custom metrics are the simulated figures (exact), ns/op and MB/s the cost
+// of simulating.
+func BenchmarkSimulated(b *testing.B) {
+	base := Scenario{GuestBytes: 1 << 30, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 2012}
+	for _, w := range []Workload{
+		{Kind: "idle"},
+		{Kind: "uniform", Rate: 5000},
+		{Kind: "hotcold", Rate: 20000, HotBytes: 64 * mib, HotFraction: 0.9},
+		{Kind: "stream", Rate: 10000, HotBytes: 128 * mib},
+	} {
+		sc := base
+		sc.Name, sc.Workload = w.Kind, w
+		b.Run(w.Kind, func(b *testing.B) { benchScenario(b, sc, preCopy) })
+	}
+}
