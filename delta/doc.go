@@ -23,8 +23,8 @@
 // [Cache] is the source's store of the last version it sent of each page.
 // [DirectMapped] is QEMU's policy (slot = page mod slots, a page refreshed in
 // the last two dirty syncs is never evicted); [SetAssoc] is a set-associative
-// cache with CLOCK replacement that keeps pages which are dirtied again and
-// again. [Encoder] ties a cache to Encode the way QEMU's save_xbzrle_page does
+// cache that evicts by recency and frequency of hits, keeping the pages that
+// are dirtied again and again. [Encoder] ties a cache to Encode the way QEMU's save_xbzrle_page does
 // and counts hits, misses, overflows and bytes saved.
 //
 // # Usage

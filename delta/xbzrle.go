@@ -231,28 +231,31 @@ func putUleb(b []byte, v int) int {
 // len(masks) blocks (len(a), len(b) >= 64*len(masks)), eight bytes at a
 // time, and returns the AND and the OR of the masks.
 func eqMasksGeneric(masks []uint64, a, b []byte) (all, any uint64) {
+	n := 64 * len(masks)
+	a, b = a[:n], b[:n]
+	if string(a) == string(b) {
+		// Unchanged stretches are common: let the runtime's memequal
+		// find them.
+		for j := range masks {
+			masks[j] = ^uint64(0)
+		}
+		return ^uint64(0), ^uint64(0)
+	}
 	all = ^uint64(0)
 	for j := range masks {
 		pa, pb := (*[64]byte)(a[64*j:64*j+64]), (*[64]byte)(b[64*j:64*j+64])
-		x := [8]uint64{
-			le64(pa[0:]) ^ le64(pb[0:]), le64(pa[8:]) ^ le64(pb[8:]),
-			le64(pa[16:]) ^ le64(pb[16:]), le64(pa[24:]) ^ le64(pb[24:]),
-			le64(pa[32:]) ^ le64(pb[32:]), le64(pa[40:]) ^ le64(pb[40:]),
-			le64(pa[48:]) ^ le64(pb[48:]), le64(pa[56:]) ^ le64(pb[56:]),
-		}
+		x0, x1 := le64(pa[0:])^le64(pb[0:]), le64(pa[8:])^le64(pb[8:])
+		x2, x3 := le64(pa[16:])^le64(pb[16:]), le64(pa[24:])^le64(pb[24:])
+		x4, x5 := le64(pa[32:])^le64(pb[32:]), le64(pa[40:])^le64(pb[40:])
+		x6, x7 := le64(pa[48:])^le64(pb[48:]), le64(pa[56:])^le64(pb[56:])
 		m := ^uint64(0)
-		if x[0]|x[1]|x[2]|x[3]|x[4]|x[5]|x[6]|x[7] != 0 {
-			// High bit of each byte set where that byte of x is 0.
-			var e [8]uint64
-			for k, v := range x {
-				e[k] = ^(((v & lo7) + lo7) | v) & hi8
-			}
+		if x0|x1|x2|x3|x4|x5|x6|x7 != 0 {
+			e0, e1, e2, e3 := zeroBytes(x0), zeroBytes(x1), zeroBytes(x2), zeroBytes(x3)
+			e4, e5, e6, e7 := zeroBytes(x4), zeroBytes(x5), zeroBytes(x6), zeroBytes(x7)
 			m = 0
-			if e[0]|e[1]|e[2]|e[3]|e[4]|e[5]|e[6]|e[7] != 0 {
-				for k, v := range e {
-					// The eight high bits gathered into one byte.
-					m |= ((v >> 7) * 0x0102040810204080 >> 56) << (8 * k)
-				}
+			if e0|e1|e2|e3|e4|e5|e6|e7 != 0 {
+				m = gather(e0) | gather(e1)<<8 | gather(e2)<<16 | gather(e3)<<24 |
+					gather(e4)<<32 | gather(e5)<<40 | gather(e6)<<48 | gather(e7)<<56
 			}
 		}
 		masks[j] = m
@@ -261,6 +264,14 @@ func eqMasksGeneric(masks []uint64, a, b []byte) (all, any uint64) {
 	}
 	return all, any
 }
+
+// zeroBytes returns v's zero bytes as their high bit set (exact: no borrow
+// crosses bytes).
+func zeroBytes(v uint64) uint64 { return ^(((v & lo7) + lo7) | v) & hi8 }
+
+// gather packs the high bits of e's eight bytes (e has no other bits set)
+// into one byte, byte k's bit at bit k.
+func gather(e uint64) uint64 { return (e >> 7) * 0x0102040810204080 >> 56 }
 
 // Decode applies delta to page in place: page holds the previous version
 // and ends up holding the new one. The page length is len(page); bytes the
