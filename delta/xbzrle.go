@@ -354,11 +354,17 @@ func apply(page, delta []byte) {
 		d += z
 		m, l := getUleb(delta[i], delta[i+1])
 		i += l
-		if m <= 8 {
-			for k := range m {
-				page[d+k] = delta[i+k]
-			}
-		} else {
+		switch {
+		case m == 1:
+			page[d] = delta[i]
+		case m <= 3:
+			// Two 2-byte stores that overlap when m is 3.
+			binary.LittleEndian.PutUint16(page[d:], binary.LittleEndian.Uint16(delta[i:]))
+			binary.LittleEndian.PutUint16(page[d+m-2:], binary.LittleEndian.Uint16(delta[i+m-2:]))
+		case m <= 8:
+			binary.LittleEndian.PutUint32(page[d:], binary.LittleEndian.Uint32(delta[i:]))
+			binary.LittleEndian.PutUint32(page[d+m-4:], binary.LittleEndian.Uint32(delta[i+m-4:]))
+		default:
 			copy(page[d:d+m], delta[i:i+m])
 		}
 		i += m
