@@ -1,0 +1,449 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"github.com/livemig/livemig"
+)
+
+// Config configures a Conn. The zero value is the default for every field.
+type Config struct {
+	// PageSize is the size of a raw page record: livemig.DefaultPageSize
+	// if 0. It must not exceed MaxPageSize.
+	PageSize int
+	// PageCount, if not 0, bounds page numbers: a page record or a Request
+	// past it is refused on Send and is corrupt on Recv. Open sets it from
+	// the hello.
+	PageCount uint64
+	// BatchBytes is how many bytes of page records (data and record
+	// headers) a batch frame collects before it goes out:
+	// DefaultBatchBytes if 0. It is lowered to MaxFrame if larger.
+	BatchBytes int
+	// MaxFrame bounds a frame's payload, sent and received: DefaultMaxFrame
+	// if 0. It is raised to fit one page record of the largest encoded size
+	// (MaxEncodedLen) if smaller. Both peers must use the same value or the
+	// receiver's must be larger.
+	MaxFrame int
+	// MaxState bounds a state blob, sent and reassembled on receipt:
+	// DefaultMaxState if 0.
+	MaxState int
+	// Logger receives debug records about failures (a corrupt frame, a cut
+	// link). Nil means no logging.
+	Logger *slog.Logger
+}
+
+var (
+	errConnSendClosed = fmt.Errorf("transport: send: %w", livemig.ErrClosed)
+	errConnRecvClosed = fmt.Errorf("transport: recv: %w", livemig.ErrClosed)
+)
+
+// NewConn returns a Conn that frames messages over link, which it owns from
+// now on (Close closes it). It does not handshake: see Open and Handshake.
+//
+// Page records go out in batch frames of about cfg.BatchBytes; any other
+// message flushes the batch and then goes out as its own frame. Every frame
+// goes to the link in one Write. A state blob longer than a frame goes as
+// several KindState frames, which Recv reassembles into one message.
+//
+// Recv's Data is borrowed from the Conn until the next Recv. Sending or
+// receiving a 4 KiB page record allocates nothing; with a ctx whose Done is
+// not nil, each frame read or written costs one small allocation (the
+// context.AfterFunc that closes the link if ctx ends while it is blocked).
+//
+// Close does not flush: call Flush first to send a pending batch. After
+// Close, Send, Flush and Recv return errors wrapping livemig.ErrClosed. After
+// any other error from the link or a corrupt frame, the direction that saw
+// it (Send and Flush, or Recv) keeps returning that error.
+func NewConn(link Link, cfg Config) Conn {
+	c := &conn{link: link, log: cfg.Logger, pageCount: cfg.PageCount}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	c.abortFn = c.abort
+	c.pageSize = cfg.PageSize
+	if c.pageSize <= 0 {
+		c.pageSize = livemig.DefaultPageSize
+	}
+	if c.pageSize > MaxPageSize {
+		c.cfgErr = fmt.Errorf("transport: page size %d over %d: %w", c.pageSize, MaxPageSize, ErrInvalid)
+		c.werr, c.rerr = c.cfgErr, c.cfgErr
+		c.pageSize = livemig.DefaultPageSize
+	}
+	c.maxFrame = cfg.MaxFrame
+	if c.maxFrame <= 0 {
+		c.maxFrame = DefaultMaxFrame
+	}
+	c.maxFrame = max(c.maxFrame, recordHeaderSize+MaxEncodedLen(c.pageSize), controlHeaderSize+4096)
+	c.batchBytes = cfg.BatchBytes
+	if c.batchBytes <= 0 {
+		c.batchBytes = DefaultBatchBytes
+	}
+	c.batchBytes = min(c.batchBytes, c.maxFrame)
+	c.maxState = cfg.MaxState
+	if c.maxState <= 0 {
+		c.maxState = DefaultMaxState
+	}
+	return c
+}
+
+// conn is the single-link Conn. The fields under "sender" belong to the
+// goroutine calling Send and Flush, those under "receiver" to the one calling
+// Recv; closed and once may be used by any.
+type conn struct {
+	link       Link
+	log        *slog.Logger
+	pageSize   int
+	pageCount  uint64
+	batchBytes int
+	maxFrame   int
+	maxState   int
+	cfgErr     error
+	abortFn    func()
+
+	closed   atomic.Bool
+	once     sync.Once
+	closeErr error
+
+	// sender
+	wbuf   []byte // the frame being built: header room, then the payload
+	wcount int    // records in wbuf
+	werr   error  // sticky send error
+
+	// receiver
+	rbuf     []byte // the current frame, header included
+	roff     int64  // stream offset of the next frame
+	foff     int64  // stream offset of the current frame
+	rpos     int    // offset in rbuf of the next record to return
+	rleft    int    // records of the current batch not yet returned
+	rerr     error  // sticky receive error
+	state    []byte // a state blob being reassembled
+	inState  bool   // a State frame with the "more" flag came last
+	stateOff int64  // stream offset of the blob's first frame
+}
+
+// Close closes the Conn and its link, unblocking any Send, Flush or Recv.
+// It returns the link's Close error the first time, nil after.
+func (c *conn) Close() error {
+	first := false
+	c.once.Do(func() {
+		first = true
+		c.closed.Store(true)
+		c.closeErr = c.link.Close()
+	})
+	if first {
+		return c.closeErr
+	}
+	return nil
+}
+
+// abort closes the conn when a ctx ends during a blocking call.
+func (c *conn) abort() { c.Close() }
+
+// ctxDone returns ctx.Err() if ctx is done, nil otherwise, without allocating.
+func ctxDone(ctx context.Context) error {
+	done := ctx.Done()
+	if done == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return ctx.Err()
+	default:
+		return nil
+	}
+}
+
+// Send queues m; see Conn.
+func (c *conn) Send(ctx context.Context, m Msg) error {
+	if c.closed.Load() {
+		return errConnSendClosed
+	}
+	if c.werr != nil {
+		return c.werr
+	}
+	if err := ctxDone(ctx); err != nil {
+		return fmt.Errorf("transport: send: %w", err)
+	}
+	if c.wbuf == nil {
+		c.wbuf = make([]byte, frameHeaderSize,
+			frameHeaderSize+max(c.batchBytes, recordHeaderSize+MaxEncodedLen(c.pageSize))+frameTrailerSize)
+	}
+	if m.Kind == KindPage {
+		return c.sendPage(ctx, m.Page, m.Enc, m.Data)
+	}
+	return c.sendControl(ctx, m.Kind, m.Page, m.Arg, m.Data)
+}
+
+func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []byte) error {
+	if bad := checkRecord(enc, len(data), c.pageSize); bad != "" {
+		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %s (encoding %d, %d bytes)", ErrInvalid, bad, enc, len(data))}
+	}
+	if c.pageCount != 0 && page >= c.pageCount {
+		return &livemig.PageError{Op: "send", Page: page, Err: livemig.ErrPageRange}
+	}
+	rec := recordHeaderSize + len(data)
+	if c.wcount > 0 && (len(c.wbuf)+rec > frameHeaderSize+c.batchBytes || c.wcount == maxBatchCount) {
+		if err := c.flush(ctx); err != nil {
+			return err
+		}
+	}
+	// wbuf's capacity holds a full batch or one largest record, plus the CRC.
+	off := len(c.wbuf)
+	b := c.wbuf[:off+rec]
+	binary.LittleEndian.PutUint64(b[off:], page)
+	b[off+8] = byte(enc)
+	binary.LittleEndian.PutUint32(b[off+9:], uint32(len(data)))
+	copy(b[off+recordHeaderSize:], data)
+	c.wbuf = b
+	c.wcount++
+	return nil
+}
+
+func (c *conn) sendControl(ctx context.Context, kind Kind, page, arg uint64, data []byte) error {
+	if kind <= KindPage || kind > KindAck {
+		return fmt.Errorf("transport: send: kind %d: %w", kind, ErrInvalid)
+	}
+	if kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
+		return &livemig.PageError{Op: "request", Page: page, Err: livemig.ErrPageRange}
+	}
+	chunk := c.maxFrame - controlHeaderSize
+	if len(data) > chunk && (kind != KindState || len(data) > c.maxState) {
+		return fmt.Errorf("transport: send %v: %d bytes: %w", kind, len(data), ErrTooLarge)
+	}
+	if err := c.flush(ctx); err != nil {
+		return err
+	}
+	for {
+		n := min(len(data), chunk)
+		var flags uint8
+		if n < len(data) {
+			flags = frameFlagMore
+		}
+		need := frameHeaderSize + controlHeaderSize + n + frameTrailerSize
+		if cap(c.wbuf) < need {
+			c.wbuf = make([]byte, frameHeaderSize, need)
+		}
+		b := c.wbuf[:frameHeaderSize]
+		b = binary.LittleEndian.AppendUint64(b, page)
+		b = binary.LittleEndian.AppendUint64(b, arg)
+		b = append(b, data[:n]...)
+		putFrameHeader(b, len(b)-frameHeaderSize, kind, flags, 0)
+		c.wbuf = b
+		if err := c.writeFrame(ctx); err != nil {
+			return err
+		}
+		data = data[n:]
+		if len(data) == 0 {
+			return nil
+		}
+	}
+}
+
+// Flush sends the pending batch, if any.
+func (c *conn) Flush(ctx context.Context) error {
+	if c.closed.Load() {
+		return errConnSendClosed
+	}
+	if c.werr != nil {
+		return c.werr
+	}
+	if err := ctxDone(ctx); err != nil {
+		return fmt.Errorf("transport: flush: %w", err)
+	}
+	return c.flush(ctx)
+}
+
+func (c *conn) flush(ctx context.Context) error {
+	if c.wcount == 0 {
+		return nil
+	}
+	putFrameHeader(c.wbuf, len(c.wbuf)-frameHeaderSize, KindPage, 0, c.wcount)
+	return c.writeFrame(ctx)
+}
+
+// writeFrame appends the CRC to the frame in wbuf, writes it and empties wbuf.
+func (c *conn) writeFrame(ctx context.Context) error {
+	b := c.wbuf
+	b = binary.LittleEndian.AppendUint32(b, crc32.Update(0, castagnoli, b))
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, c.abortFn)
+	}
+	_, err := c.link.Write(b)
+	c.wbuf = b[:frameHeaderSize]
+	c.wcount = 0
+	if stop != nil && !stop() {
+		c.werr = fmt.Errorf("transport: send: %w", ctx.Err())
+		return c.werr
+	}
+	if err != nil {
+		if c.closed.Load() {
+			return errConnSendClosed
+		}
+		c.werr = fmt.Errorf("transport: send: %w", err)
+		c.log.LogAttrs(ctx, slog.LevelDebug, "transport: send failed", slog.Any("err", err))
+		return c.werr
+	}
+	return nil
+}
+
+// Recv receives the next message; see Conn.
+func (c *conn) Recv(ctx context.Context, m *Msg) error {
+	if c.closed.Load() {
+		return errConnRecvClosed
+	}
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if c.rleft > 0 {
+		c.nextRecord(m)
+		return nil
+	}
+	if err := ctxDone(ctx); err != nil {
+		return fmt.Errorf("transport: recv: %w", err)
+	}
+	err := c.recvFrame(ctx, m)
+	if err != nil {
+		c.rerr = err
+		if err != io.EOF {
+			c.log.LogAttrs(ctx, slog.LevelDebug, "transport: recv failed", slog.Any("err", err))
+		}
+	}
+	return err
+}
+
+func (c *conn) nextRecord(m *Msg) {
+	b := c.rbuf[c.rpos:]
+	n := int(binary.LittleEndian.Uint32(b[9:]))
+	m.Kind = KindPage
+	m.Enc = Encoding(b[8])
+	m.Page = binary.LittleEndian.Uint64(b)
+	m.Arg = 0
+	if n == 0 {
+		m.Data = nil
+	} else {
+		end := recordHeaderSize + n
+		m.Data = b[recordHeaderSize:end:end]
+	}
+	c.rpos += recordHeaderSize + n
+	c.rleft--
+}
+
+// recvFrame reads frames until it has a message for m.
+func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
+	c.state = c.state[:0]
+	c.inState = false
+	for {
+		h, err := c.readFrame(ctx)
+		if err != nil {
+			return err
+		}
+		p := c.rbuf[frameHeaderSize : frameHeaderSize+h.length]
+		if c.inState && h.kind != KindState {
+			return corruptf(c.foff, fmt.Sprintf("%v frame inside a state blob begun at offset %d", h.kind, c.stateOff))
+		}
+		if h.kind == KindPage {
+			off, what, outOfRange := checkBatch(p, h.count, c.pageSize, c.pageCount)
+			if what != "" {
+				if outOfRange {
+					return corruptf(c.foff+frameHeaderSize+int64(off), what, livemig.ErrPageRange)
+				}
+				return corruptf(c.foff+frameHeaderSize+int64(off), what)
+			}
+			c.rpos, c.rleft = frameHeaderSize, h.count
+			c.nextRecord(m)
+			return nil
+		}
+		page := binary.LittleEndian.Uint64(p)
+		arg := binary.LittleEndian.Uint64(p[8:])
+		data := p[controlHeaderSize:]
+		if h.kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
+			return corruptf(c.foff, fmt.Sprintf("request for %d pages from page %d of %d", arg, page, c.pageCount), livemig.ErrPageRange)
+		}
+		if h.kind == KindState && (c.inState || h.flags&frameFlagMore != 0) {
+			if !c.inState {
+				c.stateOff = c.foff
+			}
+			if len(c.state)+len(data) > c.maxState {
+				return corruptf(c.stateOff, fmt.Sprintf("state blob over the limit %d", c.maxState))
+			}
+			c.state = append(c.state, data...)
+			c.inState = h.flags&frameFlagMore != 0
+			if c.inState {
+				continue
+			}
+			data = c.state
+		}
+		m.Kind, m.Enc, m.Page, m.Arg = h.kind, 0, page, arg
+		if len(data) == 0 {
+			m.Data = nil
+		} else {
+			m.Data = data[:len(data):len(data)]
+		}
+		return nil
+	}
+}
+
+// readFrame reads one whole frame into rbuf and checks its header and CRC.
+func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
+	if c.rbuf == nil {
+		c.rbuf = make([]byte, frameHeaderSize+min(c.maxFrame, DefaultBatchBytes+recordHeaderSize+c.pageSize)+frameTrailerSize)
+	}
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, c.abortFn)
+	}
+	h, err := c.readFrameBody()
+	if stop != nil && !stop() {
+		return h, fmt.Errorf("transport: recv: %w", ctx.Err())
+	}
+	if err != nil && !errors.Is(err, livemig.ErrCorrupt) && c.closed.Load() {
+		return h, errConnRecvClosed
+	}
+	return h, err
+}
+
+func (c *conn) readFrameBody() (frameHeader, error) {
+	c.foff = c.roff
+	hb := c.rbuf[:frameHeaderSize]
+	if n, err := io.ReadFull(c.link, hb); err != nil {
+		if err == io.EOF && !c.inState {
+			return frameHeader{}, io.EOF
+		}
+		if n > 0 || err == io.EOF {
+			return frameHeader{}, &livemig.StreamError{Offset: c.foff, What: "frame header", Err: io.ErrUnexpectedEOF}
+		}
+		return frameHeader{}, fmt.Errorf("transport: recv: %w", err)
+	}
+	h := parseFrameHeader(hb)
+	if bad := checkHeader(h, c.maxFrame); bad != "" {
+		return h, corruptf(c.foff, bad)
+	}
+	need := frameHeaderSize + h.length + frameTrailerSize
+	if need > cap(c.rbuf) {
+		nb := make([]byte, min(max(need, 2*cap(c.rbuf)), frameHeaderSize+c.maxFrame+frameTrailerSize))
+		copy(nb, hb)
+		c.rbuf = nb
+	}
+	c.rbuf = c.rbuf[:need]
+	if _, err := io.ReadFull(c.link, c.rbuf[frameHeaderSize:]); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return h, &livemig.StreamError{Offset: c.foff, What: fmt.Sprintf("%v frame of %d bytes", h.kind, h.length), Err: io.ErrUnexpectedEOF}
+		}
+		return h, fmt.Errorf("transport: recv: %w", err)
+	}
+	c.roff += int64(need)
+	want := binary.LittleEndian.Uint32(c.rbuf[need-frameTrailerSize:])
+	if got := crc32.Update(0, castagnoli, c.rbuf[:need-frameTrailerSize]); got != want {
+		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, got, want))
+	}
+	return h, nil
+}

@@ -1,0 +1,57 @@
+package transport_test
+
+import (
+	"net"
+	"testing"
+
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/transport/transporttest"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(tb testing.TB) (a, b net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	type accepted struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- accepted{c, err}
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		a.Close()
+		tb.Fatal(r.err)
+	}
+	return a, r.c
+}
+
+func TestLinkSuiteNetPipe(t *testing.T) {
+	transporttest.RunLinkSuite(t, func(t *testing.T) (a, b transport.Link) {
+		return net.Pipe()
+	})
+}
+
+func TestLinkSuiteTCP(t *testing.T) {
+	transporttest.RunLinkSuite(t, func(t *testing.T) (a, b transport.Link) {
+		return tcpPair(t)
+	})
+}
+
+func TestConnSuiteNetPipe(t *testing.T) {
+	transporttest.RunConnSuite(t, func(t *testing.T) (a, b transport.Conn) {
+		la, lb := net.Pipe()
+		return transport.NewConn(la, transport.Config{}), transport.NewConn(lb, transport.Config{})
+	})
+}

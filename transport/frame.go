@@ -1,0 +1,216 @@
+package transport
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+
+	"github.com/livemig/livemig"
+)
+
+// Frame layout (all integers little-endian):
+//
+//	header  u32 payload length, u8 frame type, u8 flags, u16 record count
+//	payload
+//	trailer u32 CRC32C (Castagnoli) of header and payload
+//
+// The frame type is the Kind of the message(s) it carries. A KindPage frame is
+// a batch of count page records, each u64 page, u8 encoding, u32 data length,
+// then the data. Every other frame carries one control message: u64 page,
+// u64 arg, then the data (the rest of the payload); its count is 0.
+const (
+	// FrameOverhead is the bytes a frame adds around its payload: the
+	// 8-byte header and the 4-byte CRC.
+	FrameOverhead = frameHeaderSize + frameTrailerSize
+	// RecordOverhead is the bytes a page record adds to its data in a batch.
+	RecordOverhead = recordHeaderSize
+
+	frameHeaderSize   = 8
+	frameTrailerSize  = 4
+	recordHeaderSize  = 13
+	controlHeaderSize = 16
+	maxBatchCount     = 1<<16 - 1
+
+	// frameFlagMore marks a KindState frame that the next State frame
+	// continues (a state blob longer than one frame).
+	frameFlagMore = 1 << 0
+)
+
+// Bounds and defaults of the framing.
+const (
+	// DefaultBatchBytes is how many payload bytes of page records a batch
+	// frame holds before it is flushed, when Config.BatchBytes is 0.
+	DefaultBatchBytes = 256 << 10
+	// DefaultMaxFrame bounds a frame's payload when Config.MaxFrame is 0:
+	// 1 MiB plus room for a page record. A received frame announcing more is
+	// refused before anything is allocated.
+	DefaultMaxFrame = 1<<20 + 64<<10
+	// DefaultMaxState bounds a reassembled state blob when Config.MaxState
+	// is 0. A state blob longer than one frame is sent as several KindState
+	// frames and reassembled by the receiver, up to this bound.
+	DefaultMaxState = 64 << 20
+	// MaxPageSize is the largest page size a Conn accepts (2 MiB, a huge
+	// page).
+	MaxPageSize = 2 << 20
+)
+
+// MaxEncodedLen is the largest Data a page record of a codec encoding
+// (EncXBZRLE, EncLZ4) may carry for a page of pageSize bytes: twice the page.
+// A codec whose output would be larger sends the page raw instead.
+func MaxEncodedLen(pageSize int) int { return 2 * pageSize }
+
+// castagnoli is the CRC32C table; hash/crc32 uses the CPU's CRC32
+// instruction for it where there is one.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors a Conn returns for messages it cannot send.
+var (
+	// ErrInvalid: Send was given a message that breaks the protocol's
+	// rules (an unknown kind or encoding, a raw page of the wrong size).
+	ErrInvalid = errors.New("transport: invalid message")
+	// ErrTooLarge: a message's Data exceeds what a frame (or, for a state
+	// blob, Config.MaxState) can carry.
+	ErrTooLarge = errors.New("transport: message too large")
+)
+
+// checkRecord says what is wrong with a page record of encoding enc and n
+// data bytes, or "" if nothing is.
+func checkRecord(enc Encoding, n, pageSize int) string {
+	switch enc {
+	case EncRaw:
+		if n != pageSize {
+			return "raw page of the wrong length"
+		}
+	case EncZero:
+		if n != 0 {
+			return "zero page with data"
+		}
+	case EncXBZRLE, EncLZ4:
+		if n > MaxEncodedLen(pageSize) {
+			return "encoded page longer than twice the page size"
+		}
+	default:
+		return "unknown page encoding"
+	}
+	return ""
+}
+
+// frameHeader is a decoded frame header.
+type frameHeader struct {
+	length int
+	kind   Kind
+	flags  uint8
+	count  int
+}
+
+func putFrameHeader(b []byte, length int, kind Kind, flags uint8, count int) {
+	binary.LittleEndian.PutUint32(b[0:], uint32(length))
+	b[4] = byte(kind)
+	b[5] = flags
+	binary.LittleEndian.PutUint16(b[6:], uint16(count))
+}
+
+func parseFrameHeader(b []byte) frameHeader {
+	return frameHeader{
+		length: int(binary.LittleEndian.Uint32(b[0:])),
+		kind:   Kind(b[4]),
+		flags:  b[5],
+		count:  int(binary.LittleEndian.Uint16(b[6:])),
+	}
+}
+
+// checkHeader validates a frame header before its payload is read, so that a
+// hostile length is refused before any allocation.
+func checkHeader(h frameHeader, maxFrame int) string {
+	switch {
+	case h.length > maxFrame:
+		return fmt.Sprintf("frame length %d over the limit %d", h.length, maxFrame)
+	case h.kind < KindPage || h.kind > KindAck:
+		return fmt.Sprintf("unknown frame type %d", h.kind)
+	case h.kind == KindPage:
+		if h.flags != 0 {
+			return fmt.Sprintf("batch frame with flags %#x", h.flags)
+		}
+		if h.count == 0 {
+			return "empty batch frame"
+		}
+		if h.length < h.count*recordHeaderSize {
+			return fmt.Sprintf("batch of %d records in %d bytes", h.count, h.length)
+		}
+	default:
+		if h.count != 0 {
+			return fmt.Sprintf("control frame with record count %d", h.count)
+		}
+		if h.flags&^frameFlagMore != 0 || (h.flags != 0 && h.kind != KindState) {
+			return fmt.Sprintf("%v frame with flags %#x", h.kind, h.flags)
+		}
+		if h.length < controlHeaderSize {
+			return fmt.Sprintf("control frame of %d bytes", h.length)
+		}
+	}
+	return ""
+}
+
+// checkBatch validates every record of a batch payload holding count
+// records. It returns the offset in p of the bad record and what is wrong,
+// or what == "".
+func checkBatch(p []byte, count, pageSize int, pageCount uint64) (off int, what string, rangeErr bool) {
+	pos := 0
+	for i := 0; i < count; i++ {
+		if len(p)-pos < recordHeaderSize {
+			return pos, fmt.Sprintf("record %d of %d: header past the frame's end", i, count), false
+		}
+		page := binary.LittleEndian.Uint64(p[pos:])
+		enc := Encoding(p[pos+8])
+		n := binary.LittleEndian.Uint32(p[pos+9:])
+		if uint64(n) > uint64(len(p)-pos-recordHeaderSize) {
+			return pos, fmt.Sprintf("record %d of %d: %d data bytes past the frame's end", i, count, n), false
+		}
+		if bad := checkRecord(enc, int(n), pageSize); bad != "" {
+			return pos, fmt.Sprintf("record %d of %d (page %d, encoding %d, %d bytes): %s", i, count, page, enc, n, bad), false
+		}
+		if pageCount != 0 && page >= pageCount {
+			return pos, fmt.Sprintf("record %d of %d: page %d of %d", i, count, page, pageCount), true
+		}
+		pos += recordHeaderSize + int(n)
+	}
+	if pos != len(p) {
+		return pos, fmt.Sprintf("%d bytes after the last of %d records", len(p)-pos, count), false
+	}
+	return 0, "", false
+}
+
+// String returns the kind's name.
+func (k Kind) String() string {
+	switch k {
+	case KindPage:
+		return "Page"
+	case KindEndRound:
+		return "EndRound"
+	case KindState:
+		return "State"
+	case KindSwitchover:
+		return "Switchover"
+	case KindDone:
+		return "Done"
+	case KindCommit:
+		return "Commit"
+	case KindError:
+		return "Error"
+	case KindRequest:
+		return "Request"
+	case KindAck:
+		return "Ack"
+	}
+	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// corruptf builds the error for bad data at stream offset off.
+func corruptf(off int64, what string, extra ...error) error {
+	err := livemig.ErrCorrupt
+	if len(extra) > 0 {
+		err = fmt.Errorf("%w: %w", livemig.ErrCorrupt, extra[0])
+	}
+	return &livemig.StreamError{Offset: off, What: what, Err: err}
+}

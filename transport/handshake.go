@@ -1,0 +1,169 @@
+package transport
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+
+	"github.com/livemig/livemig"
+)
+
+// ProtocolVersion is the version of the wire protocol this package speaks.
+const ProtocolVersion = 1
+
+// HelloSize is the length of a hello on the wire: magic "LVMG", u16 version,
+// u32 page size, u64 page count, u64 features, u16 streams, u16 stream,
+// 16 bytes of session, u32 CRC32C of the preceding bytes; little-endian.
+const HelloSize = 4 + 2 + 4 + 8 + 8 + 2 + 2 + 16 + 4
+
+const helloMagic = "LVMG"
+
+// AppendHello appends h's wire form to dst and returns the extended slice.
+// A zero h.Version is written as ProtocolVersion.
+func AppendHello(dst []byte, h Hello) []byte {
+	if h.Version == 0 {
+		h.Version = ProtocolVersion
+	}
+	start := len(dst)
+	dst = append(dst, helloMagic...)
+	dst = binary.LittleEndian.AppendUint16(dst, h.Version)
+	dst = binary.LittleEndian.AppendUint32(dst, h.PageSize)
+	dst = binary.LittleEndian.AppendUint64(dst, h.PageCount)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(h.Features))
+	dst = binary.LittleEndian.AppendUint16(dst, h.Streams)
+	dst = binary.LittleEndian.AppendUint16(dst, h.Stream)
+	dst = append(dst, h.Session[:]...)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// ParseHello decodes a hello from the first HelloSize bytes of b. It checks
+// the magic and the CRC, not whether the peer is compatible (Handshake does).
+// A short b, a bad magic or a bad CRC is an error wrapping
+// livemig.ErrCorrupt, except that a bad CRC on a hello of another version is
+// an error wrapping livemig.ErrVersion: its layout may differ.
+func ParseHello(b []byte) (Hello, error) {
+	if len(b) < HelloSize {
+		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("%d bytes, want %d: %w", len(b), HelloSize, livemig.ErrCorrupt)}
+	}
+	if string(b[:4]) != helloMagic {
+		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("transport: not a livemig peer (magic %q): %w", b[:4], livemig.ErrCorrupt)}
+	}
+	var h Hello
+	h.Version = binary.LittleEndian.Uint16(b[4:])
+	want := binary.LittleEndian.Uint32(b[HelloSize-4:])
+	if got := crc32.Checksum(b[:HelloSize-4], castagnoli); got != want {
+		if h.Version != ProtocolVersion {
+			return h, versionErr(h.Version)
+		}
+		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("transport: not a livemig peer (bad CRC): %w", livemig.ErrCorrupt)}
+	}
+	h.PageSize = binary.LittleEndian.Uint32(b[6:])
+	h.PageCount = binary.LittleEndian.Uint64(b[10:])
+	h.Features = Features(binary.LittleEndian.Uint64(b[18:]))
+	h.Streams = binary.LittleEndian.Uint16(b[26:])
+	h.Stream = binary.LittleEndian.Uint16(b[28:])
+	copy(h.Session[:], b[30:46])
+	return h, nil
+}
+
+func versionErr(v uint16) error {
+	return fmt.Errorf("transport: peer speaks protocol %d, we speak %d: %w", v, ProtocolVersion, livemig.ErrVersion)
+}
+
+// checkPeer refuses a peer that speaks another version or has another page
+// geometry.
+func checkPeer(local, peer Hello) error {
+	switch {
+	case peer.Version != ProtocolVersion:
+		return versionErr(peer.Version)
+	case peer.PageSize != local.PageSize:
+		return fmt.Errorf("transport: peer page size %d, ours %d: %w", peer.PageSize, local.PageSize, livemig.ErrVersion)
+	case peer.PageCount != local.PageCount:
+		return fmt.Errorf("transport: peer has %d pages, we have %d: %w", peer.PageCount, local.PageCount, livemig.ErrVersion)
+	}
+	return nil
+}
+
+// Agreed returns the features both sides announced.
+func Agreed(local, peer Hello) Features { return local.Features & peer.Features }
+
+// Handshake sends local's hello on link and reads the peer's, both at once
+// (the write runs in its own goroutine, so two peers on an unbuffered link do
+// not deadlock). local.Version is set to ProtocolVersion.
+//
+// It returns the peer's hello. A peer that speaks another protocol version or
+// has another page size or page count is refused with an error wrapping
+// livemig.ErrVersion that names both values; bytes that are not a livemig
+// hello give an error wrapping livemig.ErrCorrupt; a link that ends early
+// gives io.ErrUnexpectedEOF (or io.EOF if the peer sent nothing). Streams,
+// Stream and Session are returned as sent, unchecked: a multi-stream session
+// checks them.
+//
+// If ctx ends before the handshake is done, the link is closed and the error
+// wraps ctx.Err(). On any error Handshake closes the link; on success the
+// link is positioned at the first frame.
+func Handshake(ctx context.Context, link Link, local Hello) (peer Hello, err error) {
+	if err := ctx.Err(); err != nil {
+		link.Close()
+		return Hello{}, fmt.Errorf("transport: handshake: %w", err)
+	}
+	local.Version = ProtocolVersion
+	out := AppendHello(make([]byte, 0, HelloSize), local)
+	var stop func() bool
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { link.Close() })
+	}
+	wdone := make(chan error, 1)
+	go func() {
+		_, err := link.Write(out)
+		wdone <- err
+	}()
+
+	var in [HelloSize]byte
+	valid := false // the peer sent a well-formed hello, so it reads ours
+	_, rerr := io.ReadFull(link, in[:])
+	if rerr == nil {
+		peer, err = ParseHello(in[:])
+		if err == nil {
+			valid = true
+			err = checkPeer(local, peer)
+		}
+	} else {
+		err = fmt.Errorf("transport: handshake: reading the peer's hello: %w", rerr)
+	}
+	if !valid {
+		// The peer may not be reading: unblock our write.
+		link.Close()
+	}
+	werr := <-wdone
+	if stop != nil && !stop() {
+		return Hello{}, fmt.Errorf("transport: handshake: %w", ctx.Err())
+	}
+	if err == nil && werr != nil {
+		err = fmt.Errorf("transport: handshake: sending our hello: %w", werr)
+	}
+	if err != nil {
+		link.Close()
+		return peer, err
+	}
+	return peer, nil
+}
+
+// Open runs Handshake on link and returns a Conn over it for the agreed
+// geometry (cfg.PageSize and cfg.PageCount are taken from local), with the
+// peer's hello. A zero local.PageSize is livemig.DefaultPageSize. On error
+// the link is closed.
+func Open(ctx context.Context, link Link, local Hello, cfg Config) (Conn, Hello, error) {
+	if local.PageSize == 0 {
+		local.PageSize = livemig.DefaultPageSize
+	}
+	peer, err := Handshake(ctx, link, local)
+	if err != nil {
+		return nil, peer, err
+	}
+	cfg.PageSize = int(local.PageSize)
+	cfg.PageCount = local.PageCount
+	return NewConn(link, cfg), peer, nil
+}
