@@ -26,7 +26,7 @@ func ltLinks() map[string]ltMaker {
 			return transport.Pipe(7)
 		},
 		"SimLink": func(t *testing.T) (transport.Link, transport.Link) {
-			return transport.SimLink(transport.SimConfig{Bandwidth: 1e9, Latency: time.Millisecond, Buffer: 1 << 16}, nil, nil)
+			return transport.SimLink(transport.SimConfig{Bandwidth: 1e9, Latency: time.Millisecond, Buffer: 1 << 20}, nil, nil)
 		},
 		"RateLimitPipe": func(t *testing.T) (transport.Link, transport.Link) {
 			a, b := transport.Pipe(0)

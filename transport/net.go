@@ -35,6 +35,10 @@ type ListenConfig struct {
 	// so a client that connects and stays silent cannot stall Accept;
 	// 0 means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// StreamWait bounds how long AcceptConn waits for the other
+	// connections of a multi-stream session once the first has arrived;
+	// 0 means DefaultStreamWait.
+	StreamWait time.Duration
 	// Logger receives one line per refused connection; nil means
 	// slog.Default().
 	Logger *slog.Logger

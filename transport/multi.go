@@ -1,0 +1,518 @@
+package transport
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/livemig/livemig"
+)
+
+// MaxStreams is the most connections a multi-stream session may have.
+const MaxStreams = 256
+
+// DefaultStreamWait is ListenConfig.StreamWait's default.
+const DefaultStreamWait = 30 * time.Second
+
+// multiSlots is how many received messages each stream's reader may hold
+// ahead of Recv: its read-ahead, and the bound on its memory.
+const multiSlots = 128
+
+// multiBigBuf is the buffer size above which a slot drops its buffer after
+// use instead of keeping it (a state blob is received once).
+const multiBigBuf = 1 << 20
+
+var errMultiClosed = fmt.Errorf("transport: multi-stream: %w", livemig.ErrClosed)
+
+// NewMulti returns a Conn that stripes messages over conns, a multi-stream
+// session like QEMU's multifd. It owns conns from now on (Close closes them).
+// Both peers must build it over the same streams in the same order.
+//
+// Sending: a page record for page p goes on conns[p % N], so that each page
+// always takes the same stream and the stream's order keeps the newest copy
+// of a page behind the older ones (newest wins). KindRequest, KindAck and
+// KindError go on stream 0 only: they are the return path and the last
+// word, not barriers. Every other message (EndRound, State, Switchover,
+// Done, Commit) is a barrier: it is written on every stream, after that
+// stream's pending page records, with its Data on stream 0 only.
+//
+// Receiving: one goroutine per stream reads ahead (up to a bounded number of
+// messages, whose buffers are recycled: receiving a page allocates nothing),
+// so a peer blocked sending on one full stream cannot deadlock with a Recv
+// waiting on another. Recv returns page records as they come, in order for
+// each page; it returns a barrier only once every stream has delivered its
+// copy, hence after every page record sent before it, and holds back what
+// the streams deliver after their copy until then. Return-path messages
+// from stream 0 come in stream 0's order, possibly before page records
+// that other streams still hold: a peer that sends them does not also send
+// pages.
+//
+// Errors: an error on any stream fails the whole Conn and closes every
+// stream. A stream the peer closed cleanly (io.EOF) just ends; Recv returns
+// io.EOF once every stream has ended, and io.ErrUnexpectedEOF if a barrier
+// can no longer complete. One goroutine may Send and Flush while another
+// Recvs; Close may be called from any goroutine.
+//
+// With one Conn, NewMulti returns it unchanged. With none, every call fails
+// with an error wrapping ErrInvalid.
+func NewMulti(conns []Conn) Conn {
+	if len(conns) == 1 {
+		return conns[0]
+	}
+	c := &multiConn{
+		conns: append([]Conn(nil), conns...),
+		done:  make(chan struct{}),
+	}
+	n := len(conns)
+	if n == 0 {
+		c.failErr = fmt.Errorf("transport: multi-stream: no connections: %w", ErrInvalid)
+		close(c.done)
+		return c
+	}
+	c.items = make(chan multiItem, n*(multiSlots+1))
+	c.streams = make([]multiStream, n)
+	for i := range c.streams {
+		s := &c.streams[i]
+		s.free = make(chan int32, multiSlots)
+		for k := range multiSlots {
+			s.free <- int32(k)
+		}
+	}
+	c.wg.Add(n)
+	for i := range n {
+		go c.reader(i)
+	}
+	return c
+}
+
+// multiItem is what a stream's reader hands to Recv: a filled slot, or the
+// error that ended the stream (slot -1).
+type multiItem struct {
+	stream int32
+	slot   int32
+	err    error
+}
+
+// multiSlot holds one received message; buf owns its Data.
+type multiSlot struct {
+	m   Msg
+	buf []byte
+}
+
+// multiStream is the state of one stream. slots and free are shared between
+// its reader and Recv, under the channel handoffs; the rest belongs to Recv.
+type multiStream struct {
+	slots [multiSlots]multiSlot
+	free  chan int32 // slots the reader may fill
+
+	pend     [multiSlots + 1]multiItem // items held back behind a barrier
+	pendHead int
+	pendN    int
+	parked   bool      // delivered its copy of the barrier being gathered
+	barrier  multiItem // that copy
+	ended    bool      // the peer closed it cleanly
+}
+
+func (s *multiStream) push(it multiItem) {
+	s.pend[(s.pendHead+s.pendN)%len(s.pend)] = it
+	s.pendN++
+}
+
+func (s *multiStream) pop() multiItem {
+	it := s.pend[s.pendHead]
+	s.pendHead = (s.pendHead + 1) % len(s.pend)
+	s.pendN--
+	return it
+}
+
+type multiConn struct {
+	conns []Conn
+	items chan multiItem
+	done  chan struct{} // closed when the Conn is closed or failed
+	wg    sync.WaitGroup
+
+	mu       sync.Mutex // guards failErr and the shutdown
+	failErr  error
+	shutOnce sync.Once
+	closed   atomic.Bool
+
+	// receiver's state
+	streams []multiStream
+	held    multiItem // slot lent to the caller of Recv until the next
+	holding bool
+	pending int // items held back, all streams
+	parkedN int
+	endedN  int
+	rerr    error // sticky receive error (io.EOF once every stream ended)
+}
+
+func (c *multiConn) reader(i int) {
+	defer c.wg.Done()
+	s := &c.streams[i]
+	conn := c.conns[i]
+	for {
+		var k int32
+		select {
+		case k = <-s.free:
+		case <-c.done:
+			return
+		}
+		sl := &s.slots[k]
+		if err := conn.Recv(context.Background(), &sl.m); err != nil {
+			select {
+			case c.items <- multiItem{stream: int32(i), slot: -1, err: err}:
+			case <-c.done:
+			}
+			return
+		}
+		sl.buf = append(sl.buf[:0], sl.m.Data...)
+		sl.m.Data = sl.buf
+		select {
+		case c.items <- multiItem{stream: int32(i), slot: k}:
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// fail records err as the reason the Conn failed, unless it is already
+// closed or failed, and shuts everything down. It returns the error callers
+// should see.
+func (c *multiConn) fail(err error) error {
+	c.mu.Lock()
+	if c.failErr == nil && !c.closed.Load() {
+		c.failErr = err
+	}
+	c.mu.Unlock()
+	c.shutdown()
+	return c.state()
+}
+
+// state returns the error every call returns now: ErrClosed after Close,
+// the failure, or nil.
+func (c *multiConn) state() error {
+	if c.closed.Load() {
+		return errMultiClosed
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failErr
+}
+
+func (c *multiConn) shutdown() {
+	c.shutOnce.Do(func() {
+		close(c.done)
+		for _, cn := range c.conns {
+			cn.Close()
+		}
+		c.wg.Wait()
+	})
+}
+
+// Close closes every stream and stops the readers. It is idempotent.
+func (c *multiConn) Close() error {
+	c.closed.Store(true)
+	c.shutdown()
+	return nil
+}
+
+// Send implements Conn.Send; see NewMulti for which streams a message takes.
+func (c *multiConn) Send(ctx context.Context, m Msg) error {
+	if err := c.state(); err != nil {
+		return err
+	}
+	n := uint64(len(c.conns))
+	var err error
+	switch m.Kind {
+	case KindPage:
+		err = c.conns[m.Page%n].Send(ctx, m)
+	case KindRequest, KindAck, KindError:
+		err = c.conns[0].Send(ctx, m)
+	default:
+		// Stream 0 last: its copy carries the data.
+		for i := len(c.conns) - 1; i >= 0 && err == nil; i-- {
+			cp := m
+			if i != 0 {
+				cp.Data = nil
+			}
+			err = c.conns[i].Send(ctx, cp)
+		}
+	}
+	if err != nil {
+		if errors.Is(err, ErrInvalid) && ctx.Err() == nil {
+			return err // a refused message: nothing was sent, the Conn is fine
+		}
+		return c.fail(fmt.Errorf("transport: multi-stream: send: %w", err))
+	}
+	return nil
+}
+
+// Flush flushes every stream.
+func (c *multiConn) Flush(ctx context.Context) error {
+	if err := c.state(); err != nil {
+		return err
+	}
+	for _, cn := range c.conns {
+		if err := cn.Flush(ctx); err != nil {
+			return c.fail(fmt.Errorf("transport: multi-stream: flush: %w", err))
+		}
+	}
+	return nil
+}
+
+// release gives a slot back to its stream's reader.
+func (c *multiConn) release(it multiItem) {
+	s := &c.streams[it.stream]
+	sl := &s.slots[it.slot]
+	if cap(sl.buf) > multiBigBuf {
+		sl.buf = nil
+	}
+	sl.m.Data = nil
+	s.free <- it.slot
+}
+
+// Recv implements Conn.Recv; see NewMulti for the order it keeps.
+func (c *multiConn) Recv(ctx context.Context, out *Msg) error {
+	if c.holding {
+		c.holding = false
+		c.release(c.held)
+	}
+	if err := c.state(); err != nil {
+		return err
+	}
+	if c.rerr != nil {
+		return c.rerr
+	}
+	if err := ctx.Err(); err != nil {
+		c.Close()
+		return fmt.Errorf("transport: multi-stream: recv: %w", err)
+	}
+	for {
+		if c.pending > 0 {
+			for i := range c.streams {
+				s := &c.streams[i]
+				for !s.parked && s.pendN > 0 {
+					c.pending--
+					if ok, err := c.take(s.pop(), out); ok || err != nil {
+						return err
+					}
+				}
+			}
+		}
+		select {
+		case it := <-c.items:
+			s := &c.streams[it.stream]
+			if s.parked || s.pendN > 0 {
+				s.push(it)
+				c.pending++
+				continue
+			}
+			if ok, err := c.take(it, out); ok || err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			c.Close()
+			return fmt.Errorf("transport: multi-stream: recv: %w", ctx.Err())
+		case <-c.done:
+			return c.state()
+		}
+	}
+}
+
+// take handles the next item of a stream that is not parked: it fills out
+// and returns true if Recv should return it, or returns an error.
+func (c *multiConn) take(it multiItem, out *Msg) (bool, error) {
+	s := &c.streams[it.stream]
+	if it.err != nil {
+		if !errors.Is(it.err, io.EOF) {
+			return false, c.fail(fmt.Errorf("transport: multi-stream: stream %d: %w", it.stream, it.err))
+		}
+		s.ended = true
+		c.endedN++
+		return false, c.checkEnded()
+	}
+	m := &s.slots[it.slot].m
+	switch m.Kind {
+	case KindPage:
+	case KindRequest, KindAck, KindError:
+		if it.stream != 0 {
+			c.release(it)
+			return false, c.fail(fmt.Errorf("transport: multi-stream: %v on stream %d, not 0: %w", m.Kind, it.stream, livemig.ErrCorrupt))
+		}
+	default:
+		s.parked = true
+		s.barrier = it
+		c.parkedN++
+		if c.parkedN < len(c.streams) {
+			return false, c.checkEnded()
+		}
+		return true, c.completeBarrier(out)
+	}
+	*out = *m
+	c.held, c.holding = it, true
+	return true, nil
+}
+
+// completeBarrier returns the barrier every stream has delivered.
+func (c *multiConn) completeBarrier(out *Msg) error {
+	first := c.streams[0].barrier
+	m0 := &c.streams[0].slots[first.slot].m
+	var bad error
+	for i := range c.streams {
+		s := &c.streams[i]
+		s.parked = false
+		if i == 0 {
+			continue
+		}
+		m := &s.slots[s.barrier.slot].m
+		if bad == nil && (m.Kind != m0.Kind || m.Arg != m0.Arg || m.Page != m0.Page) {
+			bad = fmt.Errorf("transport: multi-stream: stream %d sent %v arg %d where stream 0 sent %v arg %d: %w",
+				i, m.Kind, m.Arg, m0.Kind, m0.Arg, livemig.ErrCorrupt)
+		}
+		c.release(s.barrier)
+	}
+	c.parkedN = 0
+	if bad != nil {
+		c.release(first)
+		return c.fail(bad)
+	}
+	*out = *m0
+	c.held, c.holding = first, true
+	return nil
+}
+
+// checkEnded fails Recv if ended streams leave a barrier unable to complete,
+// and returns io.EOF once every stream has ended.
+func (c *multiConn) checkEnded() error {
+	if c.endedN == 0 {
+		return nil
+	}
+	if c.parkedN > 0 && c.parkedN+c.endedN >= len(c.streams) {
+		c.rerr = fmt.Errorf("transport: multi-stream: a stream ended inside a barrier: %w", io.ErrUnexpectedEOF)
+		return c.rerr
+	}
+	if c.endedN == len(c.streams) {
+		c.rerr = io.EOF
+		return c.rerr
+	}
+	return nil
+}
+
+// DialMulti opens a multi-stream session of n connections to a Listener at
+// addr: each is dialed with cfg and opened with Open, announcing
+// Hello{Streams: n, Stream: i} and a random Session shared by all, in turn.
+// It returns NewMulti over them and the peer's hello from stream 0. With
+// n <= 1 it opens one connection and returns its Conn. n may not exceed
+// MaxStreams. On error every connection opened is closed.
+func DialMulti(ctx context.Context, addr string, n int, dc DialConfig, local Hello, cfg Config) (Conn, Hello, error) {
+	if n > MaxStreams {
+		return nil, Hello{}, fmt.Errorf("transport: dial: %d streams, at most %d: %w", n, MaxStreams, ErrInvalid)
+	}
+	n = max(n, 1)
+	local.Streams = uint16(n)
+	if _, err := rand.Read(local.Session[:]); err != nil {
+		return nil, Hello{}, fmt.Errorf("transport: dial: session id: %w", err)
+	}
+	conns := make([]Conn, 0, n)
+	var peer0 Hello
+	for i := range n {
+		link, err := Dial(ctx, addr, dc)
+		if err == nil {
+			h := local
+			h.Stream = uint16(i)
+			var c Conn
+			var peer Hello
+			c, peer, err = Open(ctx, link, h, cfg)
+			if err == nil {
+				conns = append(conns, c)
+				if i == 0 {
+					peer0 = peer
+				}
+				continue
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+		return nil, Hello{}, fmt.Errorf("transport: dial stream %d of %d: %w", i, n, err)
+	}
+	return NewMulti(conns), peer0, nil
+}
+
+// AcceptConn accepts a connection, runs Open on it with local, and, if the
+// peer announced a multi-stream session (Streams > 1), accepts the session's
+// other connections and returns NewMulti over them in stream order. While
+// it gathers them, connections that belong to another session, repeat a
+// stream or fail their TLS handshake or hello are refused (closed and
+// logged); the wait is bounded by ctx and by ListenConfig.StreamWait. It
+// returns the peer's hello of stream 0. On error every connection accepted
+// is closed.
+func (l *Listener) AcceptConn(ctx context.Context, local Hello, cfg Config) (Conn, Hello, error) {
+	link, err := l.Accept(ctx)
+	if err != nil {
+		return nil, Hello{}, err
+	}
+	first, peer, err := Open(ctx, link, local, cfg)
+	if err != nil {
+		return nil, peer, fmt.Errorf("transport: accept: %w", err)
+	}
+	n := int(peer.Streams)
+	if n <= 1 {
+		return first, peer, nil
+	}
+	if n > MaxStreams || int(peer.Stream) >= n {
+		first.Close()
+		return nil, peer, fmt.Errorf("transport: accept: peer announced stream %d of %d (at most %d): %w",
+			peer.Stream, n, MaxStreams, livemig.ErrVersion)
+	}
+	wait := l.cfg.StreamWait
+	if wait <= 0 {
+		wait = DefaultStreamWait
+	}
+	gctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	conns := make([]Conn, n)
+	conns[peer.Stream] = first
+	hellos := make([]Hello, n)
+	hellos[peer.Stream] = peer
+	closeAll := func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	for got := 1; got < n; {
+		link, err := l.Accept(gctx)
+		if err != nil {
+			if gctx.Err() != nil || errors.Is(err, livemig.ErrClosed) {
+				closeAll()
+				return nil, peer, fmt.Errorf("transport: accept: %d of %d streams: %w", got, n, err)
+			}
+			continue // a refused TLS client: Accept logged it
+		}
+		c, p, err := Open(gctx, link, local, cfg)
+		if err != nil {
+			if gctx.Err() != nil {
+				closeAll()
+				return nil, peer, fmt.Errorf("transport: accept: %d of %d streams: %w", got, n, err)
+			}
+			l.log.Warn("transport: refused a connection: handshake failed", "err", err)
+			continue
+		}
+		if p.Session != peer.Session || int(p.Streams) != n || int(p.Stream) >= n || conns[p.Stream] != nil {
+			l.log.Warn("transport: refused a connection: not a stream of the session being gathered",
+				"stream", p.Stream, "streams", p.Streams)
+			c.Close()
+			continue
+		}
+		conns[p.Stream], hellos[p.Stream] = c, p
+		got++
+	}
+	return NewMulti(conns), hellos[0], nil
+}

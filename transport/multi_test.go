@@ -1,0 +1,342 @@
+package transport_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/transport/transporttest"
+)
+
+// TestLinkSuite runs the conformance suite over every link. (Its
+// CloseUnblocksSend subtest needs a link that holds 100 pages before Send
+// blocks, so the tiny pipe is left to this package's own link tests.)
+func TestLinkSuite(t *testing.T) {
+	for _, name := range []string{"Pipe", "SimLink", "RateLimitPipe", "TCP", "TLS"} {
+		t.Run(name, func(t *testing.T) {
+			transporttest.RunLinkSuite(t, ltLinks()[name])
+		})
+	}
+	t.Run("SimLinkDefault", func(t *testing.T) {
+		transporttest.RunLinkSuite(t, func(t *testing.T) (transport.Link, transport.Link) {
+			return transport.SimLink(transport.SimConfig{Bandwidth: 10e9, Latency: time.Millisecond}, nil, nil)
+		})
+	})
+}
+
+// ltPipeMulti returns two multi-stream Conns over n pipes of size bytes,
+// and the source's raw links.
+func ltPipeMulti(n, size int) (a, b transport.Conn, raw []transport.Link) {
+	as := make([]transport.Conn, n)
+	bs := make([]transport.Conn, n)
+	for i := range n {
+		la, lb := transport.Pipe(size)
+		raw = append(raw, la)
+		as[i] = transport.NewConn(la, transport.Config{})
+		bs[i] = transport.NewConn(lb, transport.Config{})
+	}
+	return transport.NewMulti(as), transport.NewMulti(bs), raw
+}
+
+// ltNetMulti opens a 4-stream session over loopback with DialMulti and
+// AcceptConn.
+func ltNetMulti(t *testing.T, lc transport.ListenConfig, dc transport.DialConfig) (a, b transport.Conn) {
+	t.Helper()
+	ln := ltListen(t, lc)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hello := transport.Hello{PageSize: transporttest.PageSize}
+	type res struct {
+		c   transport.Conn
+		h   transport.Hello
+		err error
+	}
+	acc := make(chan res, 1)
+	go func() {
+		c, h, err := ln.AcceptConn(ctx, hello, transport.Config{})
+		acc <- res{c, h, err}
+	}()
+	a, _, err := transport.DialMulti(ctx, ln.Addr().String(), 4, dc, hello, transport.Config{})
+	r := <-acc
+	if err != nil || r.err != nil {
+		t.Fatalf("DialMulti: %v; AcceptConn: %v", err, r.err)
+	}
+	if r.h.Streams != 4 || r.h.Stream != 0 {
+		t.Fatalf("AcceptConn returned hello of stream %d of %d", r.h.Stream, r.h.Streams)
+	}
+	return a, r.c
+}
+
+func TestConnSuiteMulti(t *testing.T) {
+	t.Run("Pipe4", func(t *testing.T) {
+		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
+			a, b, _ := ltPipeMulti(4, 0)
+			return a, b
+		})
+	})
+	t.Run("Pipe3", func(t *testing.T) {
+		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
+			a, b, _ := ltPipeMulti(3, 256<<10)
+			return a, b
+		})
+	})
+	t.Run("TCP4", func(t *testing.T) {
+		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
+			return ltNetMulti(t, transport.ListenConfig{}, transport.DialConfig{})
+		})
+	})
+	t.Run("TLS4", func(t *testing.T) {
+		pki := ltNewPKI(t)
+		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
+			return ltNetMulti(t, transport.ListenConfig{TLS: pki.serverTLS()}, transport.DialConfig{TLS: pki.clientTLS(pki.client)})
+		})
+	})
+}
+
+// ltNewestWins sends every page of a small guest in each of several rounds,
+// in a seeded shuffled order, with an EndRound barrier after each round, and
+// checks at the destination that each page's versions rise and that every
+// page has its round's version when the round's EndRound arrives.
+func ltNewestWins(t *testing.T, a, b transport.Conn) {
+	const pages, rounds = 300, 25
+	ctx := context.Background()
+	sent := make(chan error, 1)
+	go func() {
+		r := rand.New(rand.NewPCG(7, 7))
+		order := make([]int, pages)
+		for i := range order {
+			order[i] = i
+		}
+		data := make([]byte, 16)
+		for round := 1; round <= rounds; round++ {
+			r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+			// Some pages twice a round, the newer copy last.
+			for k, p := range append(order, order[:pages/3]...) {
+				binary.LittleEndian.PutUint64(data, uint64(p))
+				binary.LittleEndian.PutUint64(data[8:], uint64(round*2+k/pages))
+				if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: uint64(p), Data: data}); err != nil {
+					sent <- err
+					return
+				}
+			}
+			if err := a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- a.Send(ctx, transport.Msg{Kind: transport.KindDone})
+	}()
+	version := make([]uint64, pages)
+	rounds0 := 0
+	for {
+		var m transport.Msg
+		if err := b.Recv(ctx, &m); err != nil {
+			t.Fatal(err)
+		}
+		switch m.Kind {
+		case transport.KindPage:
+			if p := binary.LittleEndian.Uint64(m.Data); p != m.Page {
+				t.Fatalf("page %d carries data of page %d", m.Page, p)
+			}
+			v := binary.LittleEndian.Uint64(m.Data[8:])
+			if v <= version[m.Page] {
+				t.Fatalf("page %d: version %d landed after version %d", m.Page, v, version[m.Page])
+			}
+			version[m.Page] = v
+		case transport.KindEndRound:
+			rounds0++
+			if m.Arg != uint64(rounds0) {
+				t.Fatalf("EndRound %d, want %d", m.Arg, rounds0)
+			}
+			for p, v := range version {
+				if v/2 != m.Arg {
+					t.Fatalf("EndRound %d returned while page %d is at version %d", m.Arg, p, v)
+				}
+			}
+		case transport.KindDone:
+			if rounds0 != rounds {
+				t.Fatalf("Done after %d rounds", rounds0)
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			return
+		default:
+			t.Fatalf("unexpected %v", m.Kind)
+		}
+	}
+}
+
+func TestMultiNewestWins(t *testing.T) {
+	t.Run("Pipe4", func(t *testing.T) {
+		a, b, _ := ltPipeMulti(4, 0)
+		defer a.Close()
+		defer b.Close()
+		ltNewestWins(t, a, b)
+	})
+	t.Run("Pipe5Tiny", func(t *testing.T) {
+		a, b, _ := ltPipeMulti(5, 100)
+		defer a.Close()
+		defer b.Close()
+		ltNewestWins(t, a, b)
+	})
+	t.Run("TCP4", func(t *testing.T) {
+		a, b := ltNetMulti(t, transport.ListenConfig{}, transport.DialConfig{})
+		defer a.Close()
+		defer b.Close()
+		ltNewestWins(t, a, b)
+	})
+}
+
+func TestMultiStreamCorruptFailsConn(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a, b, raw := ltPipeMulti(4, 0)
+	defer b.Close()
+	defer a.Close()
+	ctx := context.Background()
+	for p := range 8 {
+		if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Garbage on stream 2, behind its two page records.
+	if _, err := raw[2].Write(make([]byte, 64)); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	for range 9 {
+		var m transport.Msg
+		if err = b.Recv(ctx, &m); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, livemig.ErrCorrupt) {
+		t.Fatalf("Recv after garbage on one stream: %v, want ErrCorrupt", err)
+	}
+	var m transport.Msg
+	if err2 := b.Recv(ctx, &m); !errors.Is(err2, livemig.ErrCorrupt) {
+		t.Fatalf("Recv after the failure: %v, want the same error", err2)
+	}
+	// The failure closed every stream: the source's sends fail too.
+	for p := range 1000 {
+		if err = a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(p)}); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		t.Fatal("the source kept sending to a failed destination")
+	}
+}
+
+func TestMultiStreamEndsInsideBarrier(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a, b, raw := ltPipeMulti(3, 0)
+	defer b.Close()
+	defer a.Close()
+	raw[1].Close() // stream 1 ends cleanly under the source
+	ctx := context.Background()
+	// The barrier reaches streams 0 and 2, not 1.
+	_ = a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: 1})
+	var m transport.Msg
+	if err := b.Recv(ctx, &m); !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, livemig.ErrClosed) {
+		t.Fatalf("Recv of a barrier a stream cannot complete: %v, want io.ErrUnexpectedEOF", err)
+	}
+}
+
+func TestMultiCleanEOF(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	a, b, _ := ltPipeMulti(4, 0)
+	defer b.Close()
+	ctx := context.Background()
+	for p := range 10 {
+		if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Send(ctx, transport.Msg{Kind: transport.KindError, Data: []byte("bye")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	got := 0
+	for {
+		var m transport.Msg
+		err := b.Recv(ctx, &m)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		got++
+	}
+	if got != 11 {
+		t.Fatalf("received %d messages before io.EOF, want 11", got)
+	}
+}
+
+func TestAcceptConnRefusesOtherSession(t *testing.T) {
+	ln := ltListen(t, transport.ListenConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hello := transport.Hello{PageSize: transporttest.PageSize}
+	type res struct {
+		c   transport.Conn
+		err error
+	}
+	acc := make(chan res, 1)
+	go func() {
+		c, _, err := ln.AcceptConn(ctx, hello, transport.Config{})
+		acc <- res{c, err}
+	}()
+	// Stream 1 of session X arrives first, then an intruder claiming to be
+	// stream 0 of session Y, then the real stream 0.
+	open := func(stream uint16, session byte) (transport.Conn, error) {
+		l, err := transport.Dial(ctx, ln.Addr().String(), transport.DialConfig{})
+		if err != nil {
+			return nil, err
+		}
+		h := hello
+		h.Streams, h.Stream, h.Session[0] = 2, stream, session
+		c, _, err := transport.Open(ctx, l, h, transport.Config{})
+		return c, err
+	}
+	s1, err := open(1, 'X')
+	if err != nil {
+		t.Fatal(err)
+	}
+	intruder, err := open(0, 'Y')
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer intruder.Close()
+	var m transport.Msg
+	if err := intruder.Recv(ctx, &m); err == nil {
+		t.Fatal("the intruder's connection stayed open")
+	}
+	s0, err := open(0, 'X')
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-acc
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	a := transport.NewMulti([]transport.Conn{s0, s1})
+	defer a.Close()
+	defer r.c.Close()
+	ltNewestWins(t, a, r.c)
+}
