@@ -48,7 +48,7 @@ func ltPipeMulti(n, size int) (a, b transport.Conn, raw []transport.Link) {
 
 // ltNetMulti opens a 4-stream session over loopback with DialMulti and
 // AcceptConn.
-func ltNetMulti(t *testing.T, lc transport.ListenConfig, dc transport.DialConfig) (a, b transport.Conn) {
+func ltNetMulti(t testing.TB, lc transport.ListenConfig, dc transport.DialConfig) (a, b transport.Conn) {
 	t.Helper()
 	ln := ltListen(t, lc)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -115,16 +115,19 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 		for i := range order {
 			order[i] = i
 		}
-		data := make([]byte, 16)
+		data := make([]byte, 1500)
 		for round := 1; round <= rounds; round++ {
 			r.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-			// Some pages twice a round, the newer copy last.
+			// Every page twice in a row, then a third of them once more:
+			// the newer copy always last.
 			for k, p := range append(order, order[:pages/3]...) {
-				binary.LittleEndian.PutUint64(data, uint64(p))
-				binary.LittleEndian.PutUint64(data[8:], uint64(round*2+k/pages))
-				if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: uint64(p), Data: data}); err != nil {
-					sent <- err
-					return
+				for c := range 2 {
+					binary.LittleEndian.PutUint64(data, uint64(p))
+					binary.LittleEndian.PutUint64(data[8:], uint64(round*4+k/pages*2+c))
+					if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: uint64(p), Data: data}); err != nil {
+						sent <- err
+						return
+					}
 				}
 			}
 			if err := a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
@@ -157,7 +160,7 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 				t.Fatalf("EndRound %d, want %d", m.Arg, rounds0)
 			}
 			for p, v := range version {
-				if v/2 != m.Arg {
+				if v/4 != m.Arg {
 					t.Fatalf("EndRound %d returned while page %d is at version %d", m.Arg, p, v)
 				}
 			}
