@@ -81,7 +81,7 @@ func NewConn(link Link, cfg Config) Conn {
 	if c.maxFrame <= 0 {
 		c.maxFrame = DefaultMaxFrame
 	}
-	c.maxFrame = max(c.maxFrame, recordHeaderSize+MaxEncodedLen(c.pageSize), controlHeaderSize+4096)
+	c.maxFrame = max(c.maxFrame, recordHeaderSize+MaxEncodedLen(c.pageSize), controlHeaderSize+256)
 	c.batchBytes = cfg.BatchBytes
 	if c.batchBytes <= 0 {
 		c.batchBytes = DefaultBatchBytes
@@ -374,6 +374,12 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 			}
 			if len(c.state)+len(data) > c.maxState {
 				return corruptf(c.stateOff, fmt.Sprintf("state blob over the limit %d", c.maxState))
+			}
+			if need := len(c.state) + len(data); need > cap(c.state) {
+				// Grow by doubling, never past maxState.
+				ns := make([]byte, len(c.state), min(max(2*cap(c.state), need), c.maxState))
+				copy(ns, c.state)
+				c.state = ns
 			}
 			c.state = append(c.state, data...)
 			c.inState = h.flags&frameFlagMore != 0
