@@ -16,11 +16,11 @@ import (
 	"github.com/livemig/livemig/transport/transporttest"
 )
 
-// TestLinkSuite runs the conformance suite over every link. (Its
-// CloseUnblocksSend subtest needs a link that holds 100 pages before Send
-// blocks, so the tiny pipe is left to this package's own link tests.)
+// TestLinkSuite runs the conformance suite over every link, and over a
+// 7-byte pipe and a simulated link with a 4 KiB buffer, where every write
+// blocks.
 func TestLinkSuite(t *testing.T) {
-	for _, name := range []string{"Pipe", "SimLink", "RateLimitPipe", "TCP", "TLS"} {
+	for _, name := range []string{"Pipe", "PipeSmall", "SimLink", "RateLimitPipe", "TCP", "TLS"} {
 		t.Run(name, func(t *testing.T) {
 			transporttest.RunLinkSuite(t, ltLinks()[name])
 		})
@@ -28,6 +28,11 @@ func TestLinkSuite(t *testing.T) {
 	t.Run("SimLinkDefault", func(t *testing.T) {
 		transporttest.RunLinkSuite(t, func(t *testing.T) (transport.Link, transport.Link) {
 			return transport.SimLink(transport.SimConfig{Bandwidth: 10e9, Latency: time.Millisecond}, nil, nil)
+		})
+	})
+	t.Run("SimLinkTiny", func(t *testing.T) {
+		transporttest.RunLinkSuite(t, func(t *testing.T) (transport.Link, transport.Link) {
+			return transport.SimLink(transport.SimConfig{Bandwidth: 10e9, Buffer: 4096}, nil, nil)
 		})
 	})
 }
@@ -82,9 +87,9 @@ func TestConnSuiteMulti(t *testing.T) {
 			return a, b
 		})
 	})
-	t.Run("Pipe3", func(t *testing.T) {
+	t.Run("Pipe3Small", func(t *testing.T) {
 		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
-			a, b, _ := ltPipeMulti(3, 256<<10)
+			a, b, _ := ltPipeMulti(3, 5000)
 			return a, b
 		})
 	})
