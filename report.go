@@ -18,8 +18,9 @@ type Round struct {
 	Duration   time.Duration `json:"-"`
 	DirtyPages uint64        `json:"dirty_pages"` // dirty at the sync that began the round
 	PagesSent  uint64        `json:"pages_sent"`
-	ZeroPages  uint64        `json:"zero_pages"` // of PagesSent, sent as zero records
-	Bytes      uint64        `json:"bytes"`      // on the wire, framing included
+	ZeroPages  uint64        `json:"zero_pages"`         // of PagesSent, sent as zero records
+	Deferred   uint64        `json:"deferred,omitempty"` // pages skipped: dirtied again before their turn
+	Bytes      uint64        `json:"bytes"`              // on the wire, framing included
 }
 
 // Report is the outcome of a migration: per-round figures and totals. Times

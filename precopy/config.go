@@ -36,6 +36,16 @@ type Config struct {
 	ThrottleInitial   float64
 	ThrottleIncrement float64
 	ThrottleMax       float64
+	// Order decides the order of each round's pages (package reorder:
+	// reorder.ByFrequency sends often-dirtied pages last). Nil: ascending
+	// page numbers, the standard algorithm's order. The bulk round always
+	// goes in ascending order.
+	Order Order
+	// Defer skips, in every round but the last, pages dirtied again since
+	// the round's sync, before their turn (Clark et al.): they stay dirty
+	// and go once, in a later round. The DirtySource must implement
+	// livemig.DirtyPeeker.
+	Defer bool
 	// NoVerify turns off the end-to-end digest. Completeness (every page
 	// received at least once) is checked regardless.
 	NoVerify bool
@@ -101,6 +111,17 @@ func (c *Config) validate() error {
 			c.ThrottleInitial, c.ThrottleIncrement, c.ThrottleMax, c.ThrottleTrigger)
 	}
 	return nil
+}
+
+// Order is the order a round's pages go out in; reorder.Order satisfies it.
+// Observe is called after every sync of the dirty log with the pages found
+// dirty; Plan appends the pages set in dirty to dst in sending order, each
+// once, without modifying dirty. Both are called from the migrating
+// goroutine.
+type Order interface {
+	Observe(dirty []uint64)
+	Plan(dst []uint64, dirty []uint64) []uint64
+	Name() string
 }
 
 // EventKind names a step of a migration.

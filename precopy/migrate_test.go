@@ -398,3 +398,114 @@ func migrateWithSink(t *testing.T, ctx context.Context, a, b transport.Link, src
 	wg.Wait()
 	return res
 }
+
+// descending is an Order that sends pages from the highest down and counts
+// the syncs it saw.
+type descending struct{ observed, planned int }
+
+func (d *descending) Observe([]uint64) { d.observed++ }
+func (d *descending) Name() string     { return "descending" }
+func (d *descending) Plan(dst, dirty []uint64) []uint64 {
+	d.planned++
+	for i := len(dirty) - 1; i >= 0; i-- {
+		for b := 63; b >= 0; b-- {
+			if dirty[i]&(1<<b) != 0 {
+				dst = append(dst, uint64(i)*64+uint64(b))
+			}
+		}
+	}
+	return dst
+}
+
+// Pages written again before their turn are deferred, round after round,
+// and sent once when they stop changing; the engine follows the Order it is
+// given and tells it of every sync.
+func TestDeferAndOrder(t *testing.T) {
+	const pages = 2048
+	src := newSource(t, pages)
+	dst, err := region.New(pageSize, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	order := &descending{}
+	cfg := precopy.Config{
+		DowntimeTarget: time.Nanosecond, MaxRounds: 8, Defer: true, Order: order,
+		OnEvent: func(e precopy.Event) {
+			if e.Kind == precopy.RoundStarted && e.Round <= 3 {
+				for n := uint64(10); n < 20; n++ {
+					_ = src.Write(n, 0, []byte{byte(e.Round)})
+				}
+			}
+		},
+	}
+	a, b := transport.Pipe(1 << 20)
+	res := migrate(t, context.Background(), a, b, src, src, dst, dst, cfg, context.Background())
+	if res.err != nil || res.derr != nil {
+		t.Fatalf("source: %v; destination: %v", res.err, res.derr)
+	}
+	if !bytes.Equal(src.Bytes(), dst.Bytes()) {
+		t.Fatalf("destination differs in %d pages", diffPages(src.Bytes(), dst.Bytes()))
+	}
+	rep := res.rep
+	var deferred uint64
+	for _, r := range rep.Rounds {
+		deferred += r.Deferred
+	}
+	if deferred != 30 || rep.PagesSent != pages || rep.PagesResent != 0 {
+		t.Fatalf("deferred %d (want 30: 10 pages in each of rounds 1-3), sent %d, re-sent %d\n%v", deferred, rep.PagesSent, rep.PagesResent, rep)
+	}
+	if order.observed != len(rep.Rounds) || order.planned != len(rep.Rounds)-1 {
+		t.Fatalf("order saw %d syncs and planned %d rounds; the migration made %d rounds (the bulk round is not planned)",
+			order.observed, order.planned, len(rep.Rounds))
+	}
+}
+
+// A dirty log that reports a page past the guest's end is an error, not a
+// write out of bounds.
+func TestDirtyLogOutOfRange(t *testing.T) {
+	const pages = 100
+	src := newSource(t, pages)
+	dst, err := region.New(pageSize, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dst.Close()
+	bad := &badLog{Region: src}
+	a, b := transport.Pipe(1 << 20)
+	var out result
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conn, _, err := transport.Open(context.Background(), b, transport.Hello{PageSize: pageSize, PageCount: pages}, transport.Config{})
+		if err != nil {
+			out.derr = err
+			return
+		}
+		out.drep, out.derr = precopy.Receive(context.Background(), conn, precopy.Destination{Sink: dst, VM: dst, Pages: pages, PageSize: pageSize}, precopy.Config{})
+	}()
+	conn, _, err := transport.Open(context.Background(), a, transport.Hello{PageSize: pageSize, PageCount: pages}, transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, out.err = precopy.Migrate(context.Background(), conn, precopy.Source{Memory: src, Dirty: bad, VM: src}, precopy.Config{DowntimeTarget: time.Nanosecond})
+	wg.Wait()
+	if !errors.Is(out.err, livemig.ErrPageRange) || out.drep == nil || out.drep.Resumed {
+		t.Fatalf("source %v, destination %v", out.err, out.derr)
+	}
+}
+
+// badLog reports page 101 of a 100-page guest at its second sync.
+type badLog struct {
+	*region.Region
+	syncs int
+}
+
+func (b *badLog) SyncDirty(dst []uint64) error {
+	b.syncs++
+	if b.syncs == 2 {
+		dst[1] |= 1 << (101 - 64)
+	}
+	return b.Region.SyncDirty(dst)
+}

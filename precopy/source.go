@@ -73,6 +73,14 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	m.buf = make([]byte, m.ps)
 	m.zero = make([]byte, m.ps)
 	m.dirty = make([]uint64, livemig.WordsFor(m.pages))
+	if cfg.Defer {
+		p, ok := src.Dirty.(livemig.DirtyPeeker)
+		if !ok {
+			conn.Close()
+			return nil, fmt.Errorf("precopy: Defer needs a DirtySource that implements livemig.DirtyPeeker: %w", livemig.ErrNotSupported)
+		}
+		m.peeker, m.peek = p, make([]uint64, livemig.WordsFor(m.pages))
+	}
 
 	go m.readReturnPath(ctx)
 	err := m.run(ctx)
@@ -103,6 +111,11 @@ type migration struct {
 	zero  []byte
 	dirty []uint64
 	sent  []uint64 // pages sent at least once, for PagesResent
+	plan  []uint64 // the order of the current round, from cfg.Order
+
+	peeker     livemig.DirtyPeeker // set when cfg.Defer and the source can peek
+	peek       []uint64            // pages dirtied since the last sync, as last peeked
+	sinceDefer int
 
 	start   time.Time
 	paused  bool
@@ -205,6 +218,9 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return fmt.Errorf("precopy: sync dirty log after round %d: %w", round, err)
 		}
 		left = countBits(m.dirty)
+		if m.cfg.Order != nil {
+			m.cfg.Order.Observe(m.dirty)
+		}
 		d := m.policy.Decide(RoundFacts{
 			Round: round, SentBytes: r.Bytes, SentPages: r.PagesSent, Duration: r.Duration,
 			DirtyPages: left, PageSize: m.ps,
@@ -249,6 +265,9 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	}
 	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
 		return fmt.Errorf("precopy: final sync of the dirty log: %w", err)
+	}
+	if m.cfg.Order != nil {
+		m.cfg.Order.Observe(m.dirty)
 	}
 	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: countBits(m.dirty)}
 	if err := m.sendRound(ctx, &r, false); err != nil {
@@ -365,11 +384,34 @@ func (m *migration) linkErr(what string, err error) error {
 	return fmt.Errorf("precopy: %s: %w", what, err)
 }
 
-// sendRound sends every page (all) or the pages set in m.dirty, clearing it.
+// sendRound sends every page (all) or the pages set in m.dirty, clearing
+// it, in the order cfg.Order gives (ascending page numbers without one).
+// Unless the round is final, pages dirtied again before their turn are
+// deferred when cfg.Defer is set: they stay dirty in the log and go in a
+// later round, so they are not sent twice.
 func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) error {
+	m.sinceDefer = deferEvery // look at the log before the first page
 	if all {
 		for n := uint64(0); n < m.pages; n++ {
-			if err := m.sendPage(ctx, r, n); err != nil {
+			if err := m.maybeSend(ctx, r, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	// The bitmap has exactly the guest's words: only the last can hold
+	// bits past the last page, which a broken dirty log might set.
+	if rem := m.pages % 64; rem != 0 {
+		if extra := m.dirty[len(m.dirty)-1] >> rem; extra != 0 {
+			n := m.pages + uint64(bits.TrailingZeros64(extra))
+			return fmt.Errorf("precopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
+		}
+	}
+	if m.cfg.Order != nil {
+		m.plan = m.cfg.Order.Plan(m.plan[:0], m.dirty)
+		clear(m.dirty)
+		for _, n := range m.plan {
+			if err := m.maybeSend(ctx, r, n); err != nil {
 				return err
 			}
 		}
@@ -383,16 +425,34 @@ func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) e
 		for w != 0 {
 			b := bits.TrailingZeros64(w)
 			w &= w - 1
-			n := uint64(i)*64 + uint64(b)
-			if n >= m.pages {
-				return fmt.Errorf("precopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
-			}
-			if err := m.sendPage(ctx, r, n); err != nil {
+			if err := m.maybeSend(ctx, r, uint64(i)*64+uint64(b)); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// deferEvery is how many pages go between two looks at the dirty log for
+// deferral: a look costs a pass over the bitmap (8 KiB per 256 MiB of guest).
+const deferEvery = 4096
+
+// maybeSend sends page n unless it is to be deferred.
+func (m *migration) maybeSend(ctx context.Context, r *livemig.Round, n uint64) error {
+	if m.peeker != nil && !r.Final {
+		if m.sinceDefer++; m.sinceDefer >= deferEvery {
+			m.sinceDefer = 0
+			clear(m.peek)
+			if err := m.peeker.PeekDirty(m.peek); err != nil {
+				return fmt.Errorf("precopy: peek at the dirty log: %w", err)
+			}
+		}
+		if m.peek[n/64]&(1<<(n%64)) != 0 {
+			r.Deferred++
+			return nil
+		}
+	}
+	return m.sendPage(ctx, r, n)
 }
 
 func (m *migration) sendPage(ctx context.Context, r *livemig.Round, n uint64) error {
