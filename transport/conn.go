@@ -118,7 +118,7 @@ type conn struct {
 	werr   error  // sticky send error
 
 	// receiver
-	rbuf     []byte // the current frame, header included
+	rbuf     []byte // the current frame, header included; then read-ahead bytes
 	roff     int64  // stream offset of the next frame
 	foff     int64  // stream offset of the current frame
 	rpos     int    // offset in rbuf of the next record to return
@@ -127,6 +127,8 @@ type conn struct {
 	state    []byte // a state blob being reassembled
 	inState  bool   // a State frame with the "more" flag came last
 	stateOff int64  // stream offset of the blob's first frame
+	ahead    int    // bytes of the next frame read ahead, at rbuf[len(rbuf):]
+	aheadErr error  // the link's error that came with the end of a frame
 }
 
 // Close closes the Conn and its link, unblocking any Send, Flush or Recv.
@@ -401,7 +403,7 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 // readFrame reads one whole frame into rbuf and checks its header and CRC.
 func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
 	if c.rbuf == nil {
-		c.rbuf = make([]byte, frameHeaderSize+min(c.maxFrame, DefaultBatchBytes+recordHeaderSize+c.pageSize)+frameTrailerSize)
+		c.rbuf = make([]byte, 0, c.rbufSize(DefaultBatchBytes+recordHeaderSize+c.pageSize))
 	}
 	var stop func() bool
 	if ctx.Done() != nil {
@@ -417,39 +419,87 @@ func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
 	return h, err
 }
 
+// rbufSize is the receive buffer's size for a payload of n bytes: the frame,
+// and room to read ahead the next frame's header.
+func (c *conn) rbufSize(n int) int {
+	return frameHeaderSize + min(n, c.maxFrame) + frameTrailerSize + frameHeaderSize
+}
+
+// readFrameBody reads a frame into rbuf[:need]. Reads ask for up to the next
+// frame's header too (a Read returns what is there, so this never waits for
+// it); the bytes of it that came are kept at rbuf[need:need+ahead] for the
+// next frame. The CRC is computed as the bytes arrive, while the sender is
+// still sending the rest.
 func (c *conn) readFrameBody() (frameHeader, error) {
 	c.foff = c.roff
+	// The previous frame's data is no longer borrowed: move the bytes read
+	// ahead to the front.
+	have := copy(c.rbuf[:cap(c.rbuf)], c.rbuf[len(c.rbuf):len(c.rbuf)+c.ahead])
+	c.ahead = 0
 	hb := c.rbuf[:frameHeaderSize]
-	if n, err := io.ReadFull(c.link, hb); err != nil {
-		if err == io.EOF && !c.inState {
-			return frameHeader{}, io.EOF
+	if have < frameHeaderSize {
+		if c.aheadErr != nil {
+			err := c.aheadErr
+			c.aheadErr = nil
+			if err == io.EOF && have == 0 && !c.inState {
+				return frameHeader{}, io.EOF
+			}
+			return frameHeader{}, c.readErr(err, have > 0, "frame header")
 		}
-		if n > 0 || err == io.EOF {
-			return frameHeader{}, &livemig.StreamError{Offset: c.foff, What: "frame header", Err: io.ErrUnexpectedEOF}
+		n, err := io.ReadFull(c.link, hb[have:])
+		if err != nil {
+			if err == io.EOF && have == 0 && !c.inState {
+				return frameHeader{}, io.EOF
+			}
+			return frameHeader{}, c.readErr(err, have+n > 0, "frame header")
 		}
-		return frameHeader{}, fmt.Errorf("transport: recv: %w", err)
+		have = frameHeaderSize
 	}
 	h := parseFrameHeader(hb)
 	if bad := checkHeader(h, c.maxFrame); bad != "" {
 		return h, corruptf(c.foff, bad)
 	}
 	need := frameHeaderSize + h.length + frameTrailerSize
-	if need > cap(c.rbuf) {
-		nb := make([]byte, min(max(need, 2*cap(c.rbuf)), frameHeaderSize+c.maxFrame+frameTrailerSize))
-		copy(nb, hb)
-		c.rbuf = nb
+	if size := c.rbufSize(h.length); size > cap(c.rbuf) {
+		nb := make([]byte, 0, max(size, min(2*cap(c.rbuf), c.rbufSize(c.maxFrame))))
+		c.rbuf = append(nb, c.rbuf[:have]...)
 	}
 	c.rbuf = c.rbuf[:need]
-	if _, err := io.ReadFull(c.link, c.rbuf[frameHeaderSize:]); err != nil {
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			return h, &livemig.StreamError{Offset: c.foff, What: fmt.Sprintf("%v frame of %d bytes", h.kind, h.length), Err: io.ErrUnexpectedEOF}
+	buf := c.rbuf[:need+frameHeaderSize]
+	end := need - frameTrailerSize // CRC'd bytes: header and payload
+	crc := crc32.Update(0, castagnoli, buf[:min(have, end)])
+	done := min(have, end)
+	for have < need {
+		n, err := c.link.Read(buf[have:])
+		have += n
+		if to := min(have, end); to > done {
+			crc = crc32.Update(crc, castagnoli, buf[done:to])
+			done = to
 		}
-		return h, fmt.Errorf("transport: recv: %w", err)
+		if err != nil {
+			if have >= need {
+				c.aheadErr = err // the frame is whole: report it at the next frame
+				break
+			}
+			return h, c.readErr(err, true, fmt.Sprintf("%v frame of %d bytes", h.kind, h.length))
+		}
 	}
+	c.ahead = have - need
 	c.roff += int64(need)
-	want := binary.LittleEndian.Uint32(c.rbuf[need-frameTrailerSize:])
-	if got := crc32.Update(0, castagnoli, c.rbuf[:need-frameTrailerSize]); got != want {
-		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, got, want))
+	if want := binary.LittleEndian.Uint32(buf[end:]); crc != want {
+		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, crc, want))
 	}
 	return h, nil
+}
+
+// readErr wraps an error from the link; an EOF inside a frame (partial) is
+// io.ErrUnexpectedEOF.
+func (c *conn) readErr(err error, partial bool, what string) error {
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if partial || c.inState {
+			return &livemig.StreamError{Offset: c.foff, What: what, Err: io.ErrUnexpectedEOF}
+		}
+		return io.EOF
+	}
+	return fmt.Errorf("transport: recv: %w", err)
 }

@@ -176,7 +176,7 @@ func FuzzRecv(f *testing.F) {
 		for {
 			var m Msg
 			err := c.Recv(bg, &m)
-			if cap(c.rbuf) > FrameOverhead+c.maxFrame || cap(c.state) > c.maxState {
+			if cap(c.rbuf) > c.rbufSize(c.maxFrame) || cap(c.state) > c.maxState {
 				t.Fatalf("buffers grew to %d and %d bytes", cap(c.rbuf), cap(c.state))
 			}
 			if err != nil {
