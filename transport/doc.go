@@ -1,0 +1,103 @@
+// Package transport is livemig's wire protocol between a migration source and
+// its destination, and the links it runs on: the in-memory Pipe, TCP and TLS
+// (Dial, Listen), a bandwidth limit (RateLimit), a simulated link in virtual
+// time (SimLink) and several connections used as one (NewMulti, DialMulti).
+//
+// # Handshake
+//
+// Each side first writes a fixed 50-byte hello and reads the peer's (both at
+// once, so two peers on an unbuffered link do not deadlock): the magic
+// "LVMG", the protocol version (ProtocolVersion), the page size, the page
+// count, the features it supports, the stream count and index of a
+// multi-stream session with its 16-byte session id, and a CRC32C of all that.
+// All integers are little-endian. Handshake refuses a peer that speaks
+// another version or has another page size or page count with an error
+// wrapping livemig.ErrVersion that names both values ("peer page size 8192,
+// ours 4096"), and bytes that are not a hello with one wrapping
+// livemig.ErrCorrupt ("not a livemig peer"). The session uses the features
+// both sides announced (Agreed).
+//
+// # Frames
+//
+// After the handshake, each direction is a sequence of frames: an 8-byte
+// header (u32 payload length, u8 type, u8 flags, u16 record count), the
+// payload, and a CRC32C (Castagnoli; hash/crc32 uses the CPU's instruction)
+// of header and payload. A frame's type is the Kind of what it carries. Page
+// records travel in batches: a KindPage frame holds count records of u64
+// page, u8 encoding (EncRaw: exactly one page; EncZero: no data; EncXBZRLE,
+// EncLZ4: a codec's output, at most MaxEncodedLen), u32 length and the data.
+// Every other message is one frame of u64 page, u64 arg and its data; a
+// state blob longer than a frame goes as several KindState frames, all but
+// the last flagged "more", reassembled by the receiver up to Config.MaxState.
+//
+// A Conn (NewConn, Open) collects page records into a batch of about
+// Config.BatchBytes and writes it when it fills, at Flush, or before any
+// other message, which goes out at once: every frame in one Write. On the
+// receiving side a frame is read whole, its CRC checked, and every record
+// checked before the first is returned, so a flipped bit is an error, never
+// a wrong page. A length over Config.MaxFrame is refused before anything is
+// allocated. Errors about the data are *livemig.StreamError values wrapping
+// livemig.ErrCorrupt, at the stream offset of the bad frame or record; a
+// link cut inside a frame is io.ErrUnexpectedEOF; a link that ends between
+// frames is io.EOF. Sending or receiving a page record allocates nothing.
+//
+// # The return path and the commit sequence
+//
+// The destination talks back on the same Conn: KindRequest asks for pages
+// ahead of the background push of a post-copy (Page: the first, Arg: how
+// many), KindAck acknowledges (Arg: an AckCode). Either side may send
+// KindError with a message and give up. Engines end a migration with:
+//
+//	source                          destination
+//	Done (Arg: digest)        -->
+//	                          <--   Ack(AckReady, Page: digest)   everything received and verified
+//	Commit                    -->
+//	                          <--   Ack(AckResumed)               the guest runs at the destination
+//
+// The source pauses the guest for good only after AckReady; the destination
+// resumes only after Commit. Until Commit, a failure leaves the guest
+// running at the source.
+//
+// The conformance suite in package transporttest runs one body of tests
+// over any Link or Conn.
+//
+// # Usage
+//
+//	// Source side.
+//	link, err := transport.Dial(ctx, "dest:7070", transport.DialConfig{})
+//	if err != nil {
+//		return err
+//	}
+//	hello := transport.Hello{PageSize: 4096, PageCount: mem.PageCount(), Features: transport.FeatLZ4}
+//	conn, peer, err := transport.Open(ctx, link, hello, transport.Config{})
+//	if err != nil {
+//		return err // errors.Is(err, livemig.ErrVersion): another version or geometry
+//	}
+//	defer conn.Close()
+//	useLZ4 := transport.Agreed(hello, peer)&transport.FeatLZ4 != 0
+//	for n := range mem.PageCount() {
+//		mem.ReadPage(n, buf)
+//		if err := conn.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: n, Data: buf}); err != nil {
+//			return err
+//		}
+//	}
+//	conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: 0})
+//
+//	// Destination side.
+//	var m transport.Msg
+//	for {
+//		if err := conn.Recv(ctx, &m); err != nil {
+//			return err
+//		}
+//		switch m.Kind {
+//		case transport.KindPage: // m.Data is valid until the next Recv
+//			if m.Enc == transport.EncZero {
+//				sink.ZeroPage(m.Page)
+//			} else {
+//				sink.WritePage(m.Page, m.Data) // EncRaw; a codec decodes the others
+//			}
+//		case transport.KindError:
+//			return fmt.Errorf("source: %s: %w", m.Data, livemig.ErrPeer)
+//		}
+//	}
+package transport
