@@ -12,6 +12,7 @@ package scenario
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -95,6 +96,10 @@ type Scenario struct {
 	StateBytes int `json:"state_bytes,omitempty"`
 }
 
+// handshakeTime is when, in virtual time, a scenario's guest starts: after
+// the handshake, whatever the link's latency (up to this bound).
+const handshakeTime = time.Second
+
 // Algorithm is a migration algorithm with its options.
 type Algorithm struct {
 	Name    string
@@ -170,38 +175,55 @@ func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
 		return res, err
 	}
 	srcClock, dstClock := livemig.NewVirtualClock(), livemig.NewVirtualClock()
+	a, b := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, srcClock, dstClock)
+	hello := transport.Hello{PageSize: uint32(ps), PageCount: pages, Features: transport.FeatDigest}
+
+	// The handshake writes each side's hello while it reads the peer's, so
+	// the two may order either way in virtual time. Take both clocks past it
+	// to a fixed instant before the guest starts, so that nothing after
+	// depends on how the goroutines ran.
+	var dconn transport.Conn
+	var derr error
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		if dconn, _, derr = transport.Open(ctx, b, hello, transport.Config{}); derr != nil {
+			b.Close()
+		}
+	}()
+	conn, _, err := transport.Open(ctx, a, hello, transport.Config{})
+	<-opened
+	if err != nil || derr != nil {
+		a.Close()
+		if dconn != nil {
+			dconn.Close()
+		}
+		return res, fmt.Errorf("scenario %s: handshake: %w", sc.Name, errors.Join(err, derr))
+	}
+	t0 := livemig.VirtualEpoch.Add(handshakeTime)
+	srcClock.AdvanceTo(t0)
+	dstClock.AdvanceTo(t0)
+
 	gcfg := sim.GuestConfig{Pages: pages, PageSize: ps, Seed: sc.Seed, StateSize: state}
 	guest, err := sim.NewGuest(gcfg, w, srcClock)
 	if err != nil {
+		conn.Close()
+		dconn.Close()
 		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
 	sink, err := sim.NewSink(guest.Config())
 	if err != nil {
+		conn.Close()
+		dconn.Close()
 		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
-	a, b := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, srcClock, dstClock)
-	hello := transport.Hello{PageSize: uint32(ps), PageCount: pages, Features: transport.FeatDigest}
-
 	var wg sync.WaitGroup
-	var derr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		conn, _, err := transport.Open(ctx, b, hello, transport.Config{})
-		if err != nil {
-			b.Close()
-			derr = err
-			return
-		}
-		res.Receive, derr = precopy.Receive(ctx, conn, precopy.Destination{Sink: sink, VM: sink, Pages: pages, PageSize: ps},
+		res.Receive, derr = precopy.Receive(ctx, dconn, precopy.Destination{Sink: sink, VM: sink, Pages: pages, PageSize: ps},
 			precopy.Config{Clock: dstClock})
 	}()
-	conn, _, err := transport.Open(ctx, a, hello, transport.Config{})
-	if err != nil {
-		a.Close()
-		wg.Wait()
-		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
-	}
 	cfg := alg.PreCopy
 	cfg.Clock = srcClock
 	res.Report, res.Err = precopy.Migrate(ctx, conn, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
