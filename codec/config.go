@@ -1,0 +1,104 @@
+package codec
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/delta"
+)
+
+// ErrConfig reports a Config that cannot work: a page size that does not
+// match the memory's or is too large for XBZRLE, a cache too small to hold a
+// page per worker.
+var ErrConfig = errors.New("codec: bad configuration")
+
+// maxWorkers bounds Config.Workers: more would only multiply buffers.
+const maxWorkers = 256
+
+// Config configures a Pipeline and a Decoder. The zero value is the
+// default: 4096-byte pages, zero-page detection only (XBZRLE and LZ4 off),
+// one worker per CPU, adaptation on.
+type Config struct {
+	// PageSize is the page size; 0 means livemig.DefaultPageSize. It must
+	// equal the Memory's page size, and with XBZRLE be at most
+	// delta.MaxPageSize.
+	PageSize int
+	// XBZRLE sends a page that was sent before and is still cached as an
+	// XBZRLE delta against its cached copy, from round 2 on.
+	XBZRLE bool
+	// Cache configures the XBZRLE page cache. The zero value is QEMU's: 64
+	// MiB, direct-mapped. Ways > 0 selects delta.SetAssoc. With several
+	// workers the cache is split: each worker owns the pages p with
+	// p % Workers == w and a cache of Bytes/Workers bytes (rounded down to a
+	// power of two pages for the direct-mapped policy). Cache.PageSize is
+	// taken from PageSize.
+	Cache delta.CacheConfig
+	// LZ4 sends a page as an LZ4 block when that is smaller than the page
+	// (and no XBZRLE delta was sent).
+	LZ4 bool
+	// Workers is how many goroutines encode pages; 0 means
+	// runtime.GOMAXPROCS(0), at most 256. With 1 the pipeline starts no
+	// goroutine and is deterministic.
+	Workers int
+	// NoAdapt keeps XBZRLE and LZ4 on whatever the link's speed; by
+	// default the pipeline turns them off when they slow the migration
+	// (see Adapt).
+	NoAdapt bool
+	// VirtualTime says the engine runs on a virtual clock (a simulation),
+	// where encoding takes no time: the pipeline reads no wall clock, takes
+	// every encode cost as zero, and so adaptation never turns a codec off.
+	// Set it in simulations so that their results do not depend on the
+	// speed of the machine they run on.
+	VirtualTime bool
+	// Logger receives the adaptation decisions at Info level; nil means
+	// none.
+	Logger *slog.Logger
+}
+
+// norm returns cfg with its defaults filled in, or an error wrapping
+// ErrConfig.
+func (cfg Config) norm() (Config, error) {
+	if cfg.PageSize == 0 {
+		cfg.PageSize = livemig.DefaultPageSize
+	}
+	if cfg.PageSize < 0 {
+		return cfg, fmt.Errorf("%w: page size %d", ErrConfig, cfg.PageSize)
+	}
+	if cfg.XBZRLE && cfg.PageSize > delta.MaxPageSize {
+		return cfg, fmt.Errorf("%w: page size %d too large for XBZRLE (at most %d)", ErrConfig, cfg.PageSize, delta.MaxPageSize)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	cfg.Workers = min(cfg.Workers, maxWorkers)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	cfg.Cache.PageSize = cfg.PageSize
+	if cfg.Cache.Bytes == 0 {
+		cfg.Cache.Bytes = delta.DefaultCacheBytes
+	}
+	return cfg, nil
+}
+
+// newCache returns one worker's share of the XBZRLE cache.
+func (cfg *Config) newCache() (delta.Cache, error) {
+	cc := cfg.Cache
+	cc.Bytes /= int64(cfg.Workers)
+	var (
+		c   delta.Cache
+		err error
+	)
+	if cc.Ways > 0 {
+		c, err = delta.NewSetAssoc(cc)
+	} else {
+		c, err = delta.NewDirectMapped(cc)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: cache of %d bytes per worker: %w", ErrConfig, cc.Bytes, err)
+	}
+	return c, nil
+}

@@ -1,0 +1,496 @@
+package codec
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+)
+
+// batchSize is how many pages go to a worker at once.
+const batchSize = 64
+
+// queueDepth is how many batches may wait for each worker.
+const queueDepth = 2
+
+// Pipeline is the source's side: it turns page numbers into page records
+// and passes them to a send function.
+//
+// For each page submitted, a worker reads it (Memory.ReadPage into a buffer
+// of its own, or livemig.PageView when the memory has it), detects a zero
+// page, updates the digest with the contents read, and chooses the encoding:
+// zero page; else an XBZRLE delta against the page's cached copy when
+// XBZRLE is on, the round is 2 or later and the page is cached (a page
+// unchanged since its cached copy produces no record at all); else an LZ4
+// block when LZ4 is on and the block is smaller than the page; else the raw
+// page.
+//
+// The calls Submit, Barrier, StartRound, ObserveLink and Close come from one
+// goroutine, the engine's. send is called from one goroutine at a time,
+// never concurrently: the caller's own in Submit when Workers is 1, a
+// collector goroutine otherwise. The Msg's Data is borrowed: it is valid
+// only during the call (send copies it, as transport.Conn.Send does). Pages
+// of one round reach send in any order, so a page must be submitted at most
+// once per round; Barrier orders rounds, so that a newer copy of a page
+// never reaches send before an older one.
+//
+// With Workers == 1 the pipeline starts no goroutine: Submit does
+// everything, send included, before it returns, and the records are a pure
+// function of the pages and calls (with Config.VirtualTime, also of no clock).
+//
+// Stats, RoundStats and Codecs may be called from any goroutine.
+type Pipeline struct {
+	cfg     Config
+	ps      int
+	pages   uint64
+	send    func(transport.Msg) error
+	allowed Codecs
+
+	// Owned by the engine's goroutine.
+	par          params
+	seq          uint64 // bumped whenever par changes
+	closed       bool
+	lastX, lastL CodecFacts
+
+	// Workers == 1.
+	sw   *worker
+	slot []byte
+
+	// Workers > 1.
+	in      []chan *batch
+	out     chan *batch
+	free    chan *batch
+	pending []*batch // per worker, being filled
+	tokens  []*batch // barrier tokens, one per worker
+	barrier chan struct{}
+	workers sync.WaitGroup
+	collect chan struct{} // closed when the collector ends
+
+	failed            atomic.Bool
+	mu                sync.Mutex
+	err               error
+	codecs            Codecs
+	total             counters
+	atRound, atWindow counters // total at StartRound, at the last ObserveLink
+}
+
+// batch is pages on their way to a worker and, encoded, to the collector.
+type batch struct {
+	par   params
+	seq   uint64
+	token bool // a barrier token: no pages
+	n     int
+	pages [batchSize]uint64
+	recs  [batchSize]record
+	arena []byte
+	ctr   counters
+}
+
+// NewPipeline returns a pipeline that reads pages from mem, records them in
+// digest (nil: none) and passes their records to send.
+//
+// cfg.PageSize 0 means mem's page size; any other value must equal it.
+// digest must cover mem's pages. Round numbers start with StartRound; until
+// then the pipeline is in round 1. Close it when done.
+func NewPipeline(cfg Config, mem livemig.Memory, digest *verify.Digest, send func(transport.Msg) error) (*Pipeline, error) {
+	if mem == nil || send == nil {
+		return nil, fmt.Errorf("%w: NewPipeline needs a Memory and a send function", ErrConfig)
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = mem.PageSize()
+	}
+	cfg, err := cfg.norm()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.PageSize != mem.PageSize() {
+		return nil, fmt.Errorf("%w: page size %d, memory's %d", ErrConfig, cfg.PageSize, mem.PageSize())
+	}
+	if digest != nil && digest.Pages() < mem.PageCount() {
+		return nil, fmt.Errorf("%w: digest of %d pages for %d pages of memory", ErrConfig, digest.Pages(), mem.PageCount())
+	}
+	p := &Pipeline{
+		cfg:     cfg,
+		ps:      cfg.PageSize,
+		pages:   mem.PageCount(),
+		send:    send,
+		allowed: Codecs{XBZRLE: cfg.XBZRLE, LZ4: cfg.LZ4},
+	}
+	p.codecs = p.allowed
+	p.par = params{gen: 1, xbzrle: cfg.XBZRLE, lz4: cfg.LZ4, timeOff: cfg.VirtualTime}
+	W := cfg.Workers
+	ws := make([]*worker, W)
+	for i := range ws {
+		if ws[i], err = newWorker(&p.cfg, mem, digest); err != nil {
+			return nil, err
+		}
+	}
+	if W == 1 {
+		p.sw, p.slot = ws[0], make([]byte, p.ps)
+		return p, nil
+	}
+	nb := (queueDepth+2)*W + 2
+	p.in = make([]chan *batch, W)
+	p.out = make(chan *batch, nb)
+	p.free = make(chan *batch, nb)
+	p.pending = make([]*batch, W)
+	p.tokens = make([]*batch, W)
+	p.barrier = make(chan struct{}, 1)
+	p.collect = make(chan struct{})
+	arena := make([]byte, nb*batchSize*p.ps)
+	for i := range nb {
+		p.free <- &batch{arena: arena[i*batchSize*p.ps : (i+1)*batchSize*p.ps : (i+1)*batchSize*p.ps]}
+	}
+	for i := range W {
+		p.in[i] = make(chan *batch, queueDepth)
+		p.tokens[i] = &batch{token: true}
+		p.workers.Add(1)
+		go p.work(ws[i], p.in[i])
+	}
+	go p.collector()
+	return p, nil
+}
+
+// StartRound begins round round; final marks the stop-and-copy round.
+// Call it before the round's first Submit and after the previous round's
+// Barrier. Round 1 is the first complete pass: the XBZRLE cache is used
+// from round 2 on (a miss caches the page, a hit sends a delta), except
+// that a miss in the final round is not cached. RoundStats count from here.
+func (p *Pipeline) StartRound(round int, final bool) {
+	p.par.gen = uint64(max(round, 0))
+	p.par.last = final
+	p.par.cached = round >= 2
+	p.seq++
+	p.mu.Lock()
+	p.atRound = p.total
+	p.mu.Unlock()
+}
+
+// Submit queues page n for encoding and sending. With Workers == 1 the
+// record has reached send when Submit returns; otherwise it will have once
+// Barrier returns. A page past the memory's page count is an error wrapping
+// livemig.ErrPageRange.
+//
+// A read error (a *livemig.PageError with Op "read"), an error from send
+// (returned as it is) or ctx's error (wrapped) stops the pipeline: that
+// Submit or a later Submit or Barrier returns it, and every later call
+// returns it again. Pages submitted after the error are not sent.
+func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
+	if err := p.check(ctx); err != nil {
+		return err
+	}
+	if n >= p.pages {
+		return &livemig.PageError{Op: "submit", Page: n, Err: livemig.ErrPageRange}
+	}
+	if p.sw != nil {
+		var (
+			c   counters
+			rec record
+		)
+		p.sw.encode(&p.par, n, p.slot, &rec, &c)
+		if rec.err != nil {
+			return p.fail(rec.err)
+		}
+		if !rec.skip {
+			if err := p.send(transport.Msg{Kind: transport.KindPage, Enc: rec.enc, Page: n, Data: rec.data}); err != nil {
+				return p.fail(err)
+			}
+		}
+		p.mu.Lock()
+		p.total.add(&c)
+		p.mu.Unlock()
+		return nil
+	}
+	w := int(n % uint64(len(p.in)))
+	b := p.pending[w]
+	if b != nil && b.seq != p.seq {
+		if err := p.dispatch(ctx, w); err != nil {
+			return err
+		}
+		b = nil
+	}
+	if b == nil {
+		select {
+		case b = <-p.free:
+		case <-ctx.Done():
+			return p.fail(fmt.Errorf("codec: submit page %d: %w", n, ctx.Err()))
+		}
+		b.par, b.seq, b.n = p.par, p.seq, 0
+		p.pending[w] = b
+	}
+	b.pages[b.n] = n
+	if b.n++; b.n == batchSize {
+		return p.dispatch(ctx, w)
+	}
+	return nil
+}
+
+// dispatch hands worker w its pending batch.
+func (p *Pipeline) dispatch(ctx context.Context, w int) error {
+	b := p.pending[w]
+	p.pending[w] = nil
+	select {
+	case p.in[w] <- b:
+		return nil
+	case <-ctx.Done():
+		p.free <- b
+		return p.fail(fmt.Errorf("codec: hand pages to a worker: %w", ctx.Err()))
+	}
+}
+
+// Barrier returns once every page submitted so far has been passed to
+// send (or has been found unchanged), or with the error that stopped the
+// pipeline. The engine calls it at the end of each round, before it sends
+// the round's end. If ctx ends first, the pipeline is stopped with ctx's
+// error.
+func (p *Pipeline) Barrier(ctx context.Context) error {
+	if err := p.check(ctx); err != nil {
+		return err
+	}
+	if p.sw != nil {
+		return nil
+	}
+	for w, b := range p.pending {
+		if b != nil {
+			if err := p.dispatch(ctx, w); err != nil {
+				return err
+			}
+		}
+	}
+	for w, t := range p.tokens {
+		select {
+		case p.in[w] <- t:
+		case <-ctx.Done():
+			return p.fail(fmt.Errorf("codec: barrier: %w", ctx.Err()))
+		}
+	}
+	select {
+	case <-p.barrier:
+	case <-ctx.Done():
+		return p.fail(fmt.Errorf("codec: barrier: %w", ctx.Err()))
+	}
+	return p.loadErr()
+}
+
+// Close stops the workers and waits for them to end. Pages submitted
+// since the last Barrier may or may not have been sent. Later calls return
+// errors wrapping livemig.ErrClosed. Close always returns nil.
+func (p *Pipeline) Close() error {
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	p.fail(fmt.Errorf("codec: pipeline: %w", livemig.ErrClosed))
+	if p.sw != nil {
+		return nil
+	}
+	for _, c := range p.in {
+		close(c)
+	}
+	p.workers.Wait()
+	close(p.out)
+	<-p.collect
+	return nil
+}
+
+// Stats returns the totals over every record that has reached send. Zero
+// pages are not counted in RawBytes and EncodedBytes; a page found
+// unchanged since its cached copy counts a cache hit, RawBytes and 0
+// EncodedBytes.
+func (p *Pipeline) Stats() livemig.CodecStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total.stats
+}
+
+// RoundStats returns, since the last StartRound, the page records passed to
+// send, how many of them were zero pages, and their wire bytes: 13 bytes of
+// record header (transport's framing of a page record) plus the data.
+// Pages found unchanged send no record and are not counted.
+func (p *Pipeline) RoundStats() (pages, zeroPages, wireBytes uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total.records - p.atRound.records, p.total.zero - p.atRound.zero, p.total.wire - p.atRound.wire
+}
+
+// Codecs returns the codecs in use now.
+func (p *Pipeline) Codecs() Codecs {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.codecs
+}
+
+// ObserveLink tells the pipeline the link's capacity, in wire bytes per
+// second as the engine measures it on its Clock, and re-evaluates which
+// codecs to use (see Adapt) from what was measured since the previous call;
+// it returns the decision. The engine calls it once a round, after Barrier.
+//
+// bytesPerSec should be what the link can carry, not what it carried: when
+// the encoders are the bottleneck the rate achieved is theirs. Measure the
+// wire bytes over the time spent in send (which blocks while the link is
+// busy), or use the link's configured bandwidth. Encode costs are measured
+// on the wall clock inside the workers (one page in 8), except with
+// Config.VirtualTime, where they are zero and codecs are never turned off.
+// With Config.NoAdapt, or an unknown bytesPerSec (≤ 0), nothing changes.
+func (p *Pipeline) ObserveLink(bytesPerSec float64) Decision {
+	p.mu.Lock()
+	win := p.total
+	sub(&win, &p.atWindow)
+	p.atWindow = p.total
+	cur := p.codecs
+	p.mu.Unlock()
+	if p.cfg.NoAdapt {
+		return Decision{Codecs: cur, Reason: "adaptation off"}
+	}
+	if win.pages == 0 {
+		return Decision{Codecs: cur, Reason: "no pages since the last look"}
+	}
+	in := float64(win.pages) * float64(p.ps)
+	f := Facts{
+		Workers:         p.cfg.Workers,
+		LinkBytesPerSec: bytesPerSec,
+		BaseWire:        float64(win.pages*recordOverhead+(win.pages-win.zero)*uint64(p.ps)) / in,
+	}
+	measure := func(ran uint64, ns, saved uint64, last *CodecFacts) CodecFacts {
+		if ran > 0 && (win.sampled > 0 || p.cfg.VirtualTime) {
+			*last = CodecFacts{Known: true, SavedPerByte: float64(saved) / in}
+			if win.sampled > 0 {
+				last.NsPerByte = float64(ns) / float64(win.sampled)
+			}
+		}
+		return *last
+	}
+	f.XBZRLE = measure(win.xRan, win.xNs, win.xSaved, &p.lastX)
+	f.LZ4 = measure(win.lRan, win.lNs, win.lSaved, &p.lastL)
+	d := Adapt(f, cur, p.allowed)
+	if d.Codecs != cur {
+		p.cfg.Logger.Info("codec: switching codecs", "from", cur.String(), "to", d.Codecs.String(),
+			"reason", d.Reason, "link_bytes_per_sec", bytesPerSec)
+		if cur.XBZRLE && !d.XBZRLE {
+			p.par.epoch++ // the caches go stale while XBZRLE is off
+		}
+		p.par.xbzrle, p.par.lz4 = d.XBZRLE, d.LZ4
+		p.seq++
+		p.mu.Lock()
+		p.codecs = d.Codecs
+		p.mu.Unlock()
+	}
+	return d
+}
+
+// sub subtracts o's figures from c's (the window's since a snapshot).
+func sub(c, o *counters) {
+	s, t := &c.stats, &o.stats
+	s.RawBytes -= t.RawBytes
+	s.EncodedBytes -= t.EncodedBytes
+	s.CacheHits -= t.CacheHits
+	s.CacheMisses -= t.CacheMisses
+	s.Overflows -= t.Overflows
+	s.DeltaPages -= t.DeltaPages
+	s.LZ4Pages -= t.LZ4Pages
+	c.pages -= o.pages
+	c.zero -= o.zero
+	c.records -= o.records
+	c.wire -= o.wire
+	c.xSaved -= o.xSaved
+	c.lSaved -= o.lSaved
+	c.xRan -= o.xRan
+	c.lRan -= o.lRan
+	c.sampled -= o.sampled
+	c.xNs -= o.xNs
+	c.lNs -= o.lNs
+}
+
+func (p *Pipeline) check(ctx context.Context) error {
+	if p.failed.Load() {
+		return p.loadErr()
+	}
+	if err := ctx.Err(); err != nil {
+		return p.fail(fmt.Errorf("codec: %w", err))
+	}
+	return nil
+}
+
+// fail stops the pipeline with err unless it was stopped already, and
+// returns the error that stopped it.
+func (p *Pipeline) fail(err error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.err == nil {
+		p.err = err
+		p.failed.Store(true)
+	}
+	return p.err
+}
+
+func (p *Pipeline) loadErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// work is worker w's goroutine.
+func (p *Pipeline) work(w *worker, in <-chan *batch) {
+	defer p.workers.Done()
+	for b := range in {
+		if !b.token {
+			b.ctr = counters{}
+			for i := range b.n {
+				slot := b.arena[i*p.ps : (i+1)*p.ps : (i+1)*p.ps]
+				w.encode(&b.par, b.pages[i], slot, &b.recs[i], &b.ctr)
+				if b.recs[i].err != nil {
+					b.n = i + 1
+					break
+				}
+			}
+		}
+		p.out <- b
+	}
+}
+
+// collector is the goroutine that calls send.
+func (p *Pipeline) collector() {
+	defer close(p.collect)
+	tokens := 0
+	for b := range p.out {
+		if b.token {
+			if tokens++; tokens == len(p.in) {
+				tokens = 0
+				select {
+				case p.barrier <- struct{}{}:
+				default: // an abandoned Barrier's signal is still there
+				}
+			}
+			continue
+		}
+		if !p.failed.Load() {
+			var err error
+			for i := range b.n {
+				r := &b.recs[i]
+				if r.err != nil {
+					err = r.err
+					break
+				}
+				if r.skip {
+					continue
+				}
+				if err = p.send(transport.Msg{Kind: transport.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
+					break
+				}
+			}
+			if err != nil {
+				p.fail(err)
+			} else {
+				p.mu.Lock()
+				p.total.add(&b.ctr)
+				p.mu.Unlock()
+			}
+		}
+		clear(b.recs[:b.n]) // drop references to guest memory and errors
+		p.free <- b
+	}
+}

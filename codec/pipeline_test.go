@@ -1,0 +1,481 @@
+package codec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"hash/crc32"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/delta"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+)
+
+const testPS = 4096
+
+// sent is one record as send saw it.
+type sent struct {
+	round int
+	page  uint64
+	enc   transport.Encoding
+	size  int
+	crc   uint32
+}
+
+type runResult struct {
+	records []sent
+	stats   livemig.CodecStats
+}
+
+type variant struct {
+	name string
+	cfg  Config
+}
+
+var variants = []variant{
+	{"xbzrle+lz4", Config{XBZRLE: true, LZ4: true, NoAdapt: true}},
+	{"xbzrle-setassoc-small", Config{XBZRLE: true, Cache: delta.CacheConfig{Bytes: 256 << 10, Ways: 4}, NoAdapt: true}},
+	{"xbzrle-direct-small", Config{XBZRLE: true, LZ4: true, Cache: delta.CacheConfig{Bytes: 128 << 10}, NoAdapt: true}},
+	{"lz4", Config{LZ4: true, NoAdapt: true}},
+	{"none", Config{NoAdapt: true}},
+}
+
+// migrate runs rounds rounds of a pre-copy over src through a Pipeline
+// and a Decoder, changing pages with pat between rounds, and checks after
+// each round that the destination equals the source and the digests agree.
+func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int, seed uint64) runResult {
+	t.Helper()
+	ctx := context.Background()
+	src := newMem(testPS, pages, seed)
+	var memory livemig.Memory = src
+	if view {
+		memory = viewMem{src}
+	}
+	dst := newSink(testPS, pages)
+	sd, dd := verify.New(uint64(pages), testPS), verify.New(uint64(pages), testPS)
+	dec := NewDecoder(cfg)
+	var (
+		res   runResult
+		round int
+		g     guard
+	)
+	send := func(m transport.Msg) error {
+		defer g.enter(t)()
+		if m.Kind != transport.KindPage {
+			t.Errorf("record of kind %d", m.Kind)
+		}
+		switch m.Enc {
+		case transport.EncXBZRLE:
+			if round < 2 {
+				t.Errorf("round %d: page %d sent as XBZRLE", round, m.Page)
+			}
+			if !cfg.XBZRLE {
+				t.Errorf("page %d sent as XBZRLE with XBZRLE off", m.Page)
+			}
+		case transport.EncLZ4:
+			if len(m.Data) >= testPS {
+				t.Errorf("page %d sent as LZ4 of %d bytes, not smaller than the page", m.Page, len(m.Data))
+			}
+			if !cfg.LZ4 {
+				t.Errorf("page %d sent as LZ4 with LZ4 off", m.Page)
+			}
+		case transport.EncZero:
+			if !IsZero(src.page(m.Page)) {
+				t.Errorf("page %d sent as zero but is not", m.Page)
+			}
+		case transport.EncRaw:
+			if IsZero(m.Data) {
+				t.Errorf("zero page %d sent raw", m.Page)
+			}
+		}
+		res.records = append(res.records, sent{round, m.Page, m.Enc, len(m.Data), crc32.ChecksumIEEE(m.Data)})
+		p, err := dec.Apply(dst, m.Page, m.Enc, m.Data)
+		if err != nil {
+			t.Errorf("apply page %d (%d): %v", m.Page, m.Enc, err)
+			return err
+		}
+		if p == nil {
+			dd.Zero(m.Page)
+		} else {
+			dd.Update(m.Page, p)
+		}
+		return nil
+	}
+	pl, err := NewPipeline(cfg, memory, sd, send)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	rng := rand.New(rand.NewPCG(seed, 2))
+	for round = 1; round <= rounds; round++ {
+		var dirty []uint64
+		if round == 1 {
+			for n := range uint64(pages) {
+				dirty = append(dirty, n)
+			}
+		} else {
+			for _, n := range rng.Perm(pages)[:pages/2] {
+				p := src.page(uint64(n))
+				switch r := rng.IntN(16); {
+				case r == 0: // the page becomes zero
+					clear(p)
+				case r == 1 || IsZero(p): // a page gets new contents
+					fillPage(rng, p, 1+rng.IntN(3))
+				default:
+					pat.mutate(rng, p)
+				}
+				dirty = append(dirty, uint64(n))
+			}
+		}
+		pl.StartRound(round, round == rounds)
+		for _, n := range dirty {
+			if err := pl.Submit(ctx, n); err != nil {
+				t.Fatalf("round %d: submit %d: %v", round, n, err)
+			}
+		}
+		if err := pl.Barrier(ctx); err != nil {
+			t.Fatalf("round %d: barrier: %v", round, err)
+		}
+		if t.Failed() {
+			t.FailNow()
+		}
+		for n := range uint64(pages) {
+			if !bytes.Equal(src.page(n), dst.page(n)) {
+				t.Fatalf("round %d: page %d differs at the destination", round, n)
+			}
+		}
+		if sd.Sum() != dd.Sum() {
+			t.Fatalf("round %d: digests differ: source %016x, destination %016x", round, sd.Sum(), dd.Sum())
+		}
+		recs, zeros, wire := pl.RoundStats()
+		var wantRecs, wantZeros, wantWire uint64
+		for _, r := range res.records {
+			if r.round == round {
+				wantRecs++
+				wantWire += 13 + uint64(r.size)
+				if r.enc == transport.EncZero {
+					wantZeros++
+				}
+			}
+		}
+		if recs != wantRecs || zeros != wantZeros || wire != wantWire {
+			t.Fatalf("round %d: RoundStats %d, %d, %d; send saw %d, %d, %d", round, recs, zeros, wire, wantRecs, wantZeros, wantWire)
+		}
+	}
+	res.stats = pl.Stats()
+	return res
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, v := range variants {
+		for _, pat := range patterns {
+			for _, workers := range []int{1, 4} {
+				name := v.name + "/" + pat.name + "/w" + string(rune('0'+workers))
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					cfg := v.cfg
+					cfg.Workers = workers
+					res := migrate(t, cfg, pat, workers == 4, 128, 5, 7)
+					s := res.stats
+					var delta, lz, zero int
+					for _, r := range res.records {
+						switch r.enc {
+						case transport.EncXBZRLE:
+							delta++
+						case transport.EncLZ4:
+							lz++
+						case transport.EncZero:
+							zero++
+						}
+					}
+					if zero == 0 {
+						t.Error("no zero page records")
+					}
+					if cfg.LZ4 && lz == 0 {
+						t.Error("LZ4 on but no page sent as LZ4")
+					}
+					if uint64(lz) != s.LZ4Pages || uint64(delta) != s.DeltaPages {
+						t.Errorf("stats say %d LZ4 and %d delta pages, send saw %d and %d", s.LZ4Pages, s.DeltaPages, lz, delta)
+					}
+					if cfg.XBZRLE {
+						if s.CacheHits == 0 || s.CacheMisses == 0 {
+							t.Errorf("cache hits %d, misses %d: want both", s.CacheHits, s.CacheMisses)
+						}
+						if pat.name != "identical" && pat.name != "all-different" && pat.name != "40pct" && delta == 0 {
+							t.Error("no XBZRLE delta sent")
+						}
+					} else if s.CacheHits+s.CacheMisses != 0 {
+						t.Errorf("XBZRLE off but %d cache lookups", s.CacheHits+s.CacheMisses)
+					}
+				})
+			}
+		}
+	}
+}
+
+func TestDeterministic(t *testing.T) {
+	cfg := Config{XBZRLE: true, LZ4: true, Workers: 1, Cache: delta.CacheConfig{Bytes: 256 << 10}}
+	for _, pat := range patterns {
+		a := migrate(t, cfg, pat, false, 96, 4, 11)
+		b := migrate(t, cfg, pat, false, 96, 4, 11)
+		if len(a.records) != len(b.records) {
+			t.Fatalf("%s: %d records, then %d", pat.name, len(a.records), len(b.records))
+		}
+		for i := range a.records {
+			if a.records[i] != b.records[i] {
+				t.Fatalf("%s: record %d: %+v, then %+v", pat.name, i, a.records[i], b.records[i])
+			}
+		}
+		if a.stats != b.stats {
+			t.Fatalf("%s: stats %+v, then %+v", pat.name, a.stats, b.stats)
+		}
+	}
+}
+
+// TestZeroPageRefreshesCache: a cached page that is sent as a zero page
+// must not be delta-encoded against its stale copy afterwards.
+func TestZeroPageRefreshesCache(t *testing.T) {
+	for _, workers := range []int{1, 2} {
+		ctx := context.Background()
+		src := newMem(testPS, 4, 3)
+		fillPage(rand.New(rand.NewPCG(1, 1)), src.page(2), 1)
+		dst := newSink(testPS, 4)
+		dec := NewDecoder(Config{})
+		var encs []transport.Encoding
+		pl, err := NewPipeline(Config{XBZRLE: true, Workers: workers, NoAdapt: true}, src, nil, func(m transport.Msg) error {
+			if m.Page == 2 {
+				encs = append(encs, m.Enc)
+			}
+			_, err := dec.Apply(dst, m.Page, m.Enc, m.Data)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		step := func(round int, mutate func(p []byte)) {
+			mutate(src.page(2))
+			pl.StartRound(round, false)
+			if err := pl.Submit(ctx, 2); err != nil {
+				t.Fatal(err)
+			}
+			if err := pl.Barrier(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(src.page(2), dst.page(2)) {
+				t.Fatalf("workers %d, round %d: page differs at the destination (encodings %v)", workers, round, encs)
+			}
+		}
+		step(1, func([]byte) {}) // raw, not cached
+		var cached []byte
+		step(2, func(p []byte) { p[0]++; cached = append(cached, p...) }) // miss: raw, cached
+		step(3, func(p []byte) { clear(p) })                              // zero: the cache must follow
+		// Close to the stale copy: a delta against it would fit, but the
+		// destination holds zeros, so the page must go raw (overflow).
+		step(4, func(p []byte) { copy(p, cached); p[9]++ })
+		step(5, func(p []byte) { p[100] ^= 1 }) // hit: delta
+		want := []transport.Encoding{transport.EncRaw, transport.EncRaw, transport.EncZero, transport.EncRaw, transport.EncXBZRLE}
+		if !equalEncs(encs, want) {
+			t.Errorf("workers %d: encodings %v, want %v", workers, encs, want)
+		}
+		pl.Close()
+	}
+}
+
+func equalEncs(a, b []transport.Encoding) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestFinalRoundDoesNotCache: in the final round a miss is not cached, and
+// an unchanged page produces no record.
+func TestUnchangedAndFinal(t *testing.T) {
+	ctx := context.Background()
+	src := newMem(testPS, 8, 5)
+	for n := range uint64(8) {
+		fillPage(rand.New(rand.NewPCG(n, 9)), src.page(n), 1)
+	}
+	var records int
+	pl, err := NewPipeline(Config{XBZRLE: true, Workers: 1}, src, nil, func(transport.Msg) error { records++; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	for round := 1; round <= 3; round++ {
+		pl.StartRound(round, round == 3)
+		for n := range uint64(4) {
+			if round == 3 {
+				n += 4 // pages never cached: misses in the final round
+			}
+			if err := pl.Submit(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Round 1: 4 raw, round 2: 4 misses (cached), round 3: 4 misses of other
+	// pages (not cached) and nothing else.
+	s := pl.Stats()
+	if records != 12 || s.CacheMisses != 8 || s.CacheHits != 0 {
+		t.Fatalf("records %d, stats %+v", records, s)
+	}
+	pl.StartRound(4, true)
+	for n := range uint64(8) {
+		if err := pl.Submit(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Pages 0-3 are cached and unchanged: no record. Pages 4-7 still miss.
+	s = pl.Stats()
+	if pages, _, _ := pl.RoundStats(); pages != 4 || s.CacheHits != 4 || s.CacheMisses != 12 {
+		t.Fatalf("round 4: %d records, stats %+v", pages, s)
+	}
+}
+
+func TestSendError(t *testing.T) {
+	for _, workers := range []int{1, 4} {
+		ctx := context.Background()
+		src := newMem(testPS, 1024, 1)
+		calls := 0
+		pl, err := NewPipeline(Config{Workers: workers, LZ4: true}, src, nil, func(transport.Msg) error {
+			if calls++; calls > 100 {
+				return errBoom
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got error
+		for n := range uint64(1024) {
+			if got = pl.Submit(ctx, n); got != nil {
+				break
+			}
+		}
+		if got == nil {
+			got = pl.Barrier(ctx)
+		}
+		if !errors.Is(got, errBoom) {
+			t.Errorf("workers %d: got %v, want %v", workers, got, errBoom)
+		}
+		if err := pl.Submit(ctx, 0); !errors.Is(err, errBoom) {
+			t.Errorf("workers %d: Submit after the error: %v", workers, err)
+		}
+		if err := pl.Barrier(ctx); !errors.Is(err, errBoom) {
+			t.Errorf("workers %d: Barrier after the error: %v", workers, err)
+		}
+		if calls != 101 {
+			t.Errorf("workers %d: send called %d times after failing at 101", workers, calls)
+		}
+		pl.Close()
+		if err := pl.Submit(ctx, 0); !errors.Is(err, errBoom) {
+			t.Errorf("after Close: %v", err)
+		}
+	}
+}
+
+func TestReadError(t *testing.T) {
+	for _, workers := range []int{1, 3} {
+		ctx := context.Background()
+		src := newMem(testPS, 256, 1)
+		src.failAt, src.failErr = 77, errBoom
+		pl, err := NewPipeline(Config{Workers: workers}, src, nil, func(transport.Msg) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got error
+		for n := range uint64(256) {
+			if got = pl.Submit(ctx, n); got != nil {
+				break
+			}
+		}
+		if got == nil {
+			got = pl.Barrier(ctx)
+		}
+		var pe *livemig.PageError
+		if !errors.As(got, &pe) || pe.Page != 77 || pe.Op != "read" || !errors.Is(got, errBoom) {
+			t.Errorf("workers %d: got %v, want a read PageError for page 77", workers, got)
+		}
+		pl.Close()
+	}
+}
+
+func TestSubmitErrors(t *testing.T) {
+	src := newMem(testPS, 16, 1)
+	pl, err := NewPipeline(Config{Workers: 2}, src, nil, func(transport.Msg) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.Submit(context.Background(), 16); !errors.Is(err, livemig.ErrPageRange) {
+		t.Errorf("page 16 of 16: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := pl.Submit(ctx, 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	if err := pl.Barrier(context.Background()); !errors.Is(err, context.Canceled) {
+		t.Errorf("barrier after cancel: %v", err)
+	}
+	pl.Close()
+	pl.Close()
+
+	pl, err = NewPipeline(Config{Workers: 2}, src, nil, func(transport.Msg) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl.Close()
+	if err := pl.Submit(context.Background(), 0); !errors.Is(err, livemig.ErrClosed) {
+		t.Errorf("after Close: %v", err)
+	}
+}
+
+func TestNewPipelineConfig(t *testing.T) {
+	src := newMem(testPS, 16, 1)
+	send := func(transport.Msg) error { return nil }
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		digest *verify.Digest
+	}{
+		{"page size", Config{PageSize: 8192}, nil},
+		{"cache too small", Config{XBZRLE: true, Workers: 4, Cache: delta.CacheConfig{Bytes: 8192}}, nil},
+		{"digest too small", Config{}, verify.New(8, testPS)},
+	} {
+		if _, err := NewPipeline(tc.cfg, src, tc.digest, send); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: %v, want ErrConfig", tc.name, err)
+		}
+	}
+	if _, err := NewPipeline(Config{}, nil, nil, send); !errors.Is(err, ErrConfig) {
+		t.Errorf("nil memory: %v", err)
+	}
+}
+
+func TestIsZero(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 7, 63, 64, 65, 4096, 8191, 70000, 200000} {
+		p := make([]byte, n)
+		if !IsZero(p) || !isZeroWords(p) {
+			t.Fatalf("%d zero bytes: not zero", n)
+		}
+		for range 20 {
+			if n == 0 {
+				break
+			}
+			i := rng.IntN(n)
+			p[i] = byte(1 + rng.IntN(255))
+			if IsZero(p) || isZeroWords(p) {
+				t.Fatalf("%d bytes with byte %d set: zero", n, i)
+			}
+			p[i] = 0
+		}
+	}
+}

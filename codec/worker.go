@@ -1,0 +1,267 @@
+package codec
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/delta"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+	"github.com/pierrec/lz4/v4"
+)
+
+// params are the settings a page is encoded with, fixed when it is
+// submitted.
+type params struct {
+	gen     uint64 // the round: the XBZRLE cache's generation
+	last    bool   // the final round: a cache miss is not cached
+	cached  bool   // round ≥ 2: the XBZRLE cache is in use
+	xbzrle  bool   // XBZRLE on (adaptation)
+	lz4     bool   // LZ4 on (adaptation)
+	epoch   uint64 // XBZRLE cache epoch: a new one empties the caches
+	timeOff bool   // VirtualTime: read no clock
+}
+
+// record is one encoded page on its way to send.
+type record struct {
+	page uint64
+	enc  transport.Encoding
+	skip bool   // unchanged since its cached copy: nothing to send
+	data []byte // a worker slot, or a PageView for raw pages
+	err  error
+}
+
+// counters are the figures a worker adds up and the pipeline folds into
+// its totals when the records reach send.
+type counters struct {
+	stats livemig.CodecStats
+
+	pages, zero uint64 // pages encoded, of which zero pages
+	records     uint64 // records passed to send (unchanged pages skipped)
+	wire        uint64 // their wire bytes
+	xSaved      uint64 // wire bytes saved by XBZRLE
+	lSaved      uint64 // by LZ4
+	xRan, lRan  uint64 // pages the codec ran on
+	sampled     uint64 // input bytes of the pages timed
+	xNs, lNs    uint64 // time spent in each codec on the pages timed
+}
+
+func (c *counters) add(o *counters) {
+	s, t := &c.stats, &o.stats
+	s.RawBytes += t.RawBytes
+	s.EncodedBytes += t.EncodedBytes
+	s.CacheHits += t.CacheHits
+	s.CacheMisses += t.CacheMisses
+	s.Overflows += t.Overflows
+	s.DeltaPages += t.DeltaPages
+	s.LZ4Pages += t.LZ4Pages
+	c.pages += o.pages
+	c.zero += o.zero
+	c.records += o.records
+	c.wire += o.wire
+	c.xSaved += o.xSaved
+	c.lSaved += o.lSaved
+	c.xRan += o.xRan
+	c.lRan += o.lRan
+	c.sampled += o.sampled
+	c.xNs += o.xNs
+	c.lNs += o.lNs
+}
+
+// recordOverhead is a page record's wire cost besides its data: page
+// number, encoding and length (transport's record framing).
+const recordOverhead = 13
+
+// sampleEvery is how often a worker times a page's encoding: one page in
+// sampleEvery, so that reading the clock costs little.
+const sampleEvery = 8
+
+// worker encodes pages. In the synchronous pipeline there is one, called
+// by Submit; otherwise each runs in its own goroutine and owns its share of
+// the XBZRLE cache.
+type worker struct {
+	cfg    *Config
+	shards uint64 // page p is cached under key p / shards
+	mem    livemig.Memory
+	view   livemig.PageView
+	digest *verify.Digest
+
+	cache   delta.Cache
+	enc     *delta.Encoder
+	epoch   uint64
+	lz      *lz4.Compressor
+	scratch []byte // encoder output
+	tick    int
+}
+
+func newWorker(cfg *Config, mem livemig.Memory, digest *verify.Digest) (*worker, error) {
+	w := &worker{
+		cfg:     cfg,
+		shards:  uint64(cfg.Workers),
+		mem:     mem,
+		digest:  digest,
+		lz:      new(lz4.Compressor),
+		scratch: make([]byte, 0, 2*cfg.PageSize+16),
+	}
+	w.view, _ = mem.(livemig.PageView)
+	if cfg.XBZRLE {
+		c, err := cfg.newCache()
+		if err != nil {
+			return nil, err
+		}
+		w.cache, w.enc = c, delta.NewEncoder(c, 0)
+	}
+	return w, nil
+}
+
+// syncEpoch drops the cache when the pipeline started a new epoch (XBZRLE
+// was turned off, so the cached copies may no longer be what the
+// destination holds), and makes a new one when XBZRLE is used again. It
+// reports whether the cache is usable.
+func (w *worker) syncEpoch(p *params, use bool) bool {
+	if w.epoch != p.epoch {
+		w.epoch = p.epoch
+		w.cache, w.enc = nil, nil // let the old copies go before new ones come
+	}
+	if use && w.enc == nil {
+		c, err := w.cfg.newCache() // validated by NewPipeline: cannot fail
+		if err != nil {
+			return false
+		}
+		w.cache, w.enc = c, delta.NewEncoder(c, 0)
+	}
+	return use && w.enc != nil
+}
+
+// encode reads page n, updates the digest, and fills rec. slot is a page
+// sized buffer the record's data may point into; it stays untouched until
+// the record has been sent.
+func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counters) {
+	ps := len(slot)
+	*rec = record{page: n}
+	var src []byte
+	if w.view != nil {
+		v, err := w.view.View(n)
+		if err == nil && len(v) != ps {
+			err = fmt.Errorf("codec: view of %d bytes, page size %d", len(v), ps)
+		}
+		if err != nil {
+			rec.err = &livemig.PageError{Op: "read", Page: n, Err: err}
+			return
+		}
+		src = v
+	} else {
+		if err := w.mem.ReadPage(n, slot); err != nil {
+			rec.err = &livemig.PageError{Op: "read", Page: n, Err: err}
+			return
+		}
+		src = slot
+	}
+	c.pages++
+	sample := false
+	if !p.timeOff {
+		if w.tick++; w.tick >= sampleEvery {
+			w.tick, sample = 0, true
+			c.sampled += uint64(ps)
+		}
+	}
+	useX := false
+	if w.cfg.XBZRLE {
+		useX = w.syncEpoch(p, p.xbzrle && p.cached)
+	}
+	if IsZero(src) {
+		rec.enc = transport.EncZero
+		if w.digest != nil {
+			w.digest.Zero(n)
+		}
+		if useX {
+			// The destination now holds zeros: so must the cache, or a
+			// later delta would apply to a stale copy (QEMU's
+			// xbzrle_cache_zero_page). A put for a cached page always
+			// succeeds; a declined one leaves the page uncached.
+			_ = w.cache.Put(n/w.shards, p.gen, zeroPage[:ps])
+		}
+		c.zero++
+		c.records++
+		c.wire += recordOverhead
+		return
+	}
+	if w.view != nil {
+		if !useX && !p.lz4 {
+			// Raw: send straight from guest memory, valid to the round's end.
+			if w.digest != nil {
+				w.digest.Update(n, src)
+			}
+			w.raw(rec, src, c)
+			return
+		}
+		// The encoders and the cache need bytes that hold still.
+		copy(slot, src)
+		src = slot
+	}
+	if w.digest != nil {
+		w.digest.Update(n, src)
+	}
+	c.stats.RawBytes += uint64(ps)
+	var t0, t1 time.Time
+	if sample {
+		t0 = time.Now()
+	}
+	if useX {
+		c.xRan++
+		out, res := w.enc.Encode(w.scratch[:0], n/w.shards, p.gen, src, p.last)
+		if sample {
+			t1 = time.Now()
+			c.xNs += uint64(t1.Sub(t0))
+			t0 = t1
+		}
+		switch res {
+		case delta.ResultDelta:
+			c.stats.CacheHits++
+			c.stats.DeltaPages++
+			c.stats.EncodedBytes += uint64(len(out))
+			c.xSaved += uint64(ps - len(out))
+			rec.enc, rec.data = transport.EncXBZRLE, slot[:copy(slot, out)]
+			c.records++
+			c.wire += recordOverhead + uint64(len(out))
+			return
+		case delta.ResultUnchanged:
+			c.stats.CacheHits++
+			c.xSaved += uint64(ps) + recordOverhead
+			rec.skip = true
+			return
+		case delta.ResultOverflow:
+			c.stats.CacheHits++
+			c.stats.Overflows++
+		default:
+			c.stats.CacheMisses++
+		}
+	}
+	if p.lz4 {
+		c.lRan++
+		k := lz4Compress(w.lz, w.scratch[:ps-1], src)
+		if sample {
+			c.lNs += uint64(time.Since(t0))
+		}
+		if k > 0 {
+			c.stats.LZ4Pages++
+			c.stats.EncodedBytes += uint64(k)
+			c.lSaved += uint64(ps - k)
+			rec.enc, rec.data = transport.EncLZ4, slot[:copy(slot, w.scratch[:k])]
+			c.records++
+			c.wire += recordOverhead + uint64(k)
+			return
+		}
+	}
+	c.stats.RawBytes -= uint64(ps) // raw adds it back
+	w.raw(rec, src, c)
+}
+
+func (w *worker) raw(rec *record, src []byte, c *counters) {
+	rec.enc, rec.data = transport.EncRaw, src
+	c.stats.RawBytes += uint64(len(src))
+	c.stats.EncodedBytes += uint64(len(src))
+	c.records++
+	c.wire += recordOverhead + uint64(len(src))
+}
