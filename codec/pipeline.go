@@ -364,7 +364,9 @@ func (p *Pipeline) ObserveLink(bytesPerSec float64) Decision {
 		}
 		return *last
 	}
-	f.XBZRLE = measure(win.xRan, win.xNs, win.xSaved, &p.lastX)
+	// XBZRLE's gain shows only once pages hit the cache: a round of
+	// misses only fills it.
+	f.XBZRLE = measure(win.stats.CacheHits, win.xNs, win.xSaved, &p.lastX)
 	f.LZ4 = measure(win.lRan, win.lNs, win.lSaved, &p.lastL)
 	d := Adapt(f, cur, p.allowed)
 	if d.Codecs != cur {

@@ -1,0 +1,261 @@
+package codec
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/livemig/livemig/delta"
+	"github.com/livemig/livemig/transport"
+	"github.com/pierrec/lz4/v4"
+)
+
+// benchPages is the working set of the per-pattern benchmarks: 4 MiB of
+// pages, cycled through, so that every benchmark of a pattern reads the
+// same memory the same way.
+const benchPages = 1024
+
+// benchSet is a pattern's pages: old, and new = old changed by the pattern.
+// The old pages are a third random, a third text-like (compressible), a
+// third sparse.
+type benchSet struct {
+	old, new []byte
+}
+
+func (s *benchSet) page(buf []byte, i int) []byte { return buf[i*testPS : (i+1)*testPS] }
+
+var (
+	benchMu   sync.Mutex
+	benchSets = map[string]*benchSet{}
+)
+
+func getBenchSet(pat pattern) *benchSet {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	if s, ok := benchSets[pat.name]; ok {
+		return s
+	}
+	rng := rand.New(rand.NewPCG(42, 42))
+	s := &benchSet{old: make([]byte, benchPages*testPS)}
+	for i := range benchPages {
+		fillPage(rng, s.page(s.old, i), 1+i%3)
+	}
+	s.new = append([]byte(nil), s.old...)
+	for i := range benchPages {
+		pat.mutate(rng, s.page(s.new, i))
+	}
+	benchSets[pat.name] = s
+	return s
+}
+
+// BenchmarkIsZero measures zero-page detection on a cache-resident zero
+// page (the whole page is read): bytes.Equal against a static zero page,
+// which IsZero uses, and the unrolled eight-word OR loop.
+func BenchmarkIsZero(b *testing.B) {
+	page := make([]byte, testPS)
+	for _, m := range []struct {
+		name string
+		fn   func([]byte) bool
+	}{{"bytes.Equal", IsZero}, {"or-loop", isZeroWords}} {
+		b.Run(m.name, func(b *testing.B) {
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			for b.Loop() {
+				if !m.fn(page) {
+					b.Fatal("not zero")
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkMemcpy is the limit the pipeline is measured against: copying
+// the same pages once.
+func BenchmarkMemcpy(b *testing.B) {
+	dst := make([]byte, testPS)
+	for _, pat := range patterns {
+		s := getBenchSet(pat)
+		b.Run(pat.name, func(b *testing.B) {
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				copy(dst, s.page(s.new, i))
+				if i++; i == benchPages {
+					i = 0
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkXBZRLE encodes each new page against its old copy and decodes
+// the delta, per pattern, for comparison with LZ4 in the same run.
+func BenchmarkXBZRLE(b *testing.B) {
+	for _, pat := range patterns {
+		s := getBenchSet(pat)
+		b.Run(pat.name+"/encode", func(b *testing.B) {
+			dst := make([]byte, 0, 2*testPS+16)
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			var out int
+			i := 0
+			for b.Loop() {
+				d, err := delta.Encode(dst[:0], s.page(s.old, i), s.page(s.new, i), 0)
+				if err == nil {
+					out += len(d)
+				} else {
+					out += testPS
+				}
+				if i++; i == benchPages {
+					i = 0
+				}
+			}
+			b.ReportMetric(float64(b.N)*testPS/float64(max(out, 1)), "ratio")
+		})
+		deltas := make([][]byte, benchPages)
+		for i := range deltas {
+			deltas[i], _ = delta.Encode(nil, s.page(s.old, i), s.page(s.new, i), 0)
+		}
+		b.Run(pat.name+"/decode", func(b *testing.B) {
+			page := make([]byte, testPS)
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				copy(page, s.page(s.old, i))
+				if err := delta.Decode(page, deltas[i]); err != nil {
+					b.Fatal(err)
+				}
+				if i++; i == benchPages {
+					i = 0
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLZ4 compresses each new page on its own (into a buffer of the
+// page size less one: only a smaller block is used) and decompresses the
+// blocks, per pattern.
+func BenchmarkLZ4(b *testing.B) {
+	for _, pat := range patterns {
+		s := getBenchSet(pat)
+		b.Run(pat.name+"/compress", func(b *testing.B) {
+			var c lz4.Compressor
+			dst := make([]byte, testPS-1)
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			var out int
+			i := 0
+			for b.Loop() {
+				if k := lz4Compress(&c, dst, s.page(s.new, i)); k > 0 {
+					out += k
+				} else {
+					out += testPS
+				}
+				if i++; i == benchPages {
+					i = 0
+				}
+			}
+			b.ReportMetric(float64(b.N)*testPS/float64(max(out, 1)), "ratio")
+		})
+		var c lz4.Compressor
+		blocks := make([][]byte, benchPages)
+		for i := range blocks {
+			buf := make([]byte, lz4.CompressBlockBound(testPS))
+			blocks[i] = buf[:lz4Compress(&c, buf, s.page(s.new, i))]
+		}
+		b.Run(pat.name+"/decompress", func(b *testing.B) {
+			page := make([]byte, testPS)
+			b.SetBytes(testPS)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if n, err := lz4Decompress(page, blocks[i]); err != nil || n != testPS {
+					b.Fatal(n, err)
+				}
+				if i++; i == benchPages {
+					i = 0
+				}
+			}
+		})
+	}
+}
+
+// flipMem is a memory whose pages are either all old or all new.
+type flipMem struct {
+	s   *benchSet
+	cur []byte
+}
+
+func (m *flipMem) PageSize() int     { return testPS }
+func (m *flipMem) PageCount() uint64 { return benchPages }
+func (m *flipMem) ReadPage(n uint64, dst []byte) error {
+	copy(dst, m.cur[int(n)*testPS:(int(n)+1)*testPS])
+	return nil
+}
+
+// BenchmarkPipeline runs pages through Submit and Barrier with XBZRLE and
+// LZ4 on and a send that discards, round after round, each round switching
+// every page between its old and new version: from round 2 on every page
+// hits the cache and goes as a delta, LZ4 block or raw by the pattern, or
+// sends nothing when unchanged. One op is one page; ratio is page bytes
+// over wire bytes (13 bytes of record header per record included).
+func BenchmarkPipeline(b *testing.B) {
+	ctx := context.Background()
+	for _, pat := range patterns {
+		s := getBenchSet(pat)
+		for _, workers := range []int{1, 2} {
+			b.Run(pat.name+"/w"+string(rune('0'+workers)), func(b *testing.B) {
+				m := &flipMem{s: s, cur: s.old}
+				cfg := Config{XBZRLE: true, LZ4: true, Workers: workers, NoAdapt: true,
+					Cache: delta.CacheConfig{Bytes: 2 * benchPages * testPS}}
+				pl, err := NewPipeline(cfg, m, nil, func(transport.Msg) error { return nil })
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer pl.Close()
+				round := 1
+				runRound := func(pages int) {
+					pl.StartRound(round, false)
+					for n := range uint64(pages) {
+						if err := pl.Submit(ctx, n); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := pl.Barrier(ctx); err != nil {
+						b.Fatal(err)
+					}
+					round++
+					if &m.cur[0] == &s.old[0] {
+						m.cur = s.new
+					} else {
+						m.cur = s.old
+					}
+				}
+				runRound(benchPages) // round 1: no cache
+				runRound(benchPages) // round 2: fills the cache
+				var wire uint64
+				b.SetBytes(testPS)
+				b.ReportAllocs()
+				b.ResetTimer()
+				left := b.N
+				for left > 0 {
+					k := min(left, benchPages)
+					runRound(k)
+					_, _, w := pl.RoundStats()
+					wire += w
+					left -= k
+				}
+				b.StopTimer()
+				// Unchanged pages send nothing: the ratio is then infinite.
+				b.ReportMetric(float64(wire)/float64(b.N), "wireB/page")
+				if wire > 0 {
+					b.ReportMetric(float64(b.N)*testPS/float64(wire), "ratio")
+				}
+			})
+		}
+	}
+}
