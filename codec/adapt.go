@@ -12,6 +12,7 @@ type Codecs struct {
 	LZ4    bool
 }
 
+// String names the codecs on: "xbzrle+lz4", "xbzrle", "lz4" or "none".
 func (c Codecs) String() string {
 	switch {
 	case c.XBZRLE && c.LZ4:

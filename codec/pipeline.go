@@ -39,8 +39,9 @@ const queueDepth = 2
 // never reaches send before an older one.
 //
 // With Workers == 1 the pipeline starts no goroutine: Submit does
-// everything, send included, before it returns, and the records are a pure
-// function of the pages and calls (with Config.VirtualTime, also of no clock).
+// everything, send included, before it returns, and the records depend
+// only on the pages and the calls (and, through ObserveLink, on wall-clock
+// encode costs, unless Config.VirtualTime is set).
 //
 // Stats, RoundStats and Codecs may be called from any goroutine.
 type Pipeline struct {
