@@ -19,8 +19,8 @@ type Link = io.ReadWriteCloser
 type Kind uint8
 
 // Message kinds. Source to destination: Page, EndRound, State, Switchover,
-// Done, Commit, Error. Destination to source (the return path): Request, Ack,
-// Error.
+// Done, Commit, Discard, Resume, Error. Destination to source (the return
+// path): Request, Ack, RecvBitmap, Error.
 const (
 	KindPage       Kind = 1 // Page, Enc, Data: one page record (batched on the wire)
 	KindEndRound   Kind = 2 // Arg: the round that ended
@@ -31,6 +31,21 @@ const (
 	KindError      Kind = 7 // Data: a UTF-8 message; the sender gives up
 	KindRequest    Kind = 8 // return path: Page: first page wanted, Arg: how many
 	KindAck        Kind = 9 // return path: Arg: an AckCode, Page: a value for it
+
+	// KindDiscard (post-copy, hybrid) names pages whose copy at the
+	// destination is stale (dirtied at the source since it was sent): the
+	// destination makes them missing again before it resumes the guest.
+	// Page: the first page of the chunk, a multiple of 64; Data: a bitmap
+	// chunk (see CheckBitmap).
+	KindDiscard Kind = 10
+	// KindRecvBitmap (post-copy recovery, return path) names the pages the
+	// destination holds, after a reconnection: chunks like KindDiscard's,
+	// then Ack(AckHeld).
+	KindRecvBitmap Kind = 11
+	// KindResume (post-copy recovery) is the source's first message on a
+	// new connection after a cut: Page: the migration's session id, as sent
+	// in its KindSwitchover.
+	KindResume Kind = 12
 )
 
 // Encoding says how a page record's Data encodes the page.
@@ -50,6 +65,13 @@ const (
 	AckRound   = 1 // Page: the round received in full
 	AckReady   = 2 // the destination verified everything and waits for Commit; Page: its digest
 	AckResumed = 3 // the destination resumed the guest
+	// AckComplete (post-copy): the destination holds every page and its
+	// digest matched the source's Done; Page: its digest, Data: the
+	// destination's post-copy figures (the engine defines the layout).
+	AckComplete = 4
+	// AckHeld ends a KindRecvBitmap after a reconnection; Page: how many
+	// pages the destination holds.
+	AckHeld = 5
 )
 
 // Msg is one message. On Send the caller owns Data and may reuse it as soon

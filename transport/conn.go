@@ -210,7 +210,7 @@ func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []b
 }
 
 func (c *conn) sendControl(ctx context.Context, kind Kind, page, arg uint64, data []byte) error {
-	if kind <= KindPage || kind > KindAck {
+	if kind <= KindPage || kind > lastKind {
 		return fmt.Errorf("transport: send: kind %d: %w", kind, ErrInvalid)
 	}
 	if kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {

@@ -135,6 +135,9 @@ func TestRoundTripAllKinds(t *testing.T) {
 		{Kind: KindError, Data: []byte("boom")},
 		{Kind: KindRequest, Page: 90, Arg: 10},
 		{Kind: KindAck, Arg: AckReady, Page: 42},
+		{Kind: KindDiscard, Page: 64, Data: AppendBitmap(nil, []uint64{5})},
+		{Kind: KindRecvBitmap, Data: AppendBitmap(nil, []uint64{1, 2})},
+		{Kind: KindResume, Page: 7},
 	}
 	stream := encode(t, cfg, msgs...)
 	got, err := decode(stream, cfg)
@@ -166,7 +169,7 @@ func TestSendRefusesBadMessages(t *testing.T) {
 		{Msg{Kind: KindPage, Enc: EncZero, Page: 10}, livemig.ErrPageRange},
 		{Msg{Kind: KindRequest, Page: 5, Arg: 6}, livemig.ErrPageRange},
 		{Msg{Kind: 0}, ErrInvalid},
-		{Msg{Kind: 10}, ErrInvalid},
+		{Msg{Kind: lastKind + 1}, ErrInvalid},
 		{Msg{Kind: KindError, Data: make([]byte, 5000)}, ErrTooLarge},
 		{Msg{Kind: KindState, Data: make([]byte, 6001)}, ErrTooLarge},
 	} {
@@ -243,6 +246,9 @@ func TestRecvRefusesBadFrames(t *testing.T) {
 		{"UnknownType", "unknown frame type 0", frame(0, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
 		{"StateCut", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, 8 + 16 + 10 + 4},
 		{"StateTooLong", "state blob over the limit 6000", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(4000, 0))), frame(KindState, 0, 0, control(0, 0, seq(2001, 0)))), livemig.ErrCorrupt, 0},
+		{"BitmapNotWords", "Discard frame with 9 bitmap bytes", frame(KindDiscard, 0, 0, control(0, 0, seq(9, 0))), livemig.ErrCorrupt, 0},
+		{"BitmapEmpty", "RecvBitmap frame with 0 bitmap bytes", frame(KindRecvBitmap, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"UnknownKind", "unknown frame type 13", frame(lastKind+1, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
 		{"BadCRC", "CRC", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[len(f)-1] ^= 1; return f }(), livemig.ErrCorrupt, 0},
 		{"TooLong", "frame length 5001 over the limit 5000", frame(KindState, 0, 0, control(0, 0, seq(5001-16, 0))), livemig.ErrCorrupt, 0},
 	} {
@@ -355,5 +361,36 @@ func TestBatchBounds(t *testing.T) {
 	got, err := decode(stream, Config{MaxFrame: 2 << 20})
 	if err != io.EOF || len(got) != len(zeros) || got[69999].Page != 69999 {
 		t.Fatalf("decoded %d zero pages, %v", len(got), err)
+	}
+}
+
+func TestCheckBitmap(t *testing.T) {
+	words := func(ws ...uint64) []byte { return AppendBitmap(nil, ws) }
+	for _, tc := range []struct {
+		name  string
+		m     Msg
+		pages uint64
+		words int
+		want  error
+	}{
+		{"one word", Msg{Kind: KindDiscard, Data: words(1)}, 64, 1, nil},
+		{"second chunk", Msg{Kind: KindRecvBitmap, Page: 128, Data: words(1, 1<<9)}, 266, 2, nil},
+		{"last page", Msg{Kind: KindDiscard, Page: 64, Data: words(1 << 35)}, 100, 1, nil},
+		{"bit past the end", Msg{Kind: KindDiscard, Page: 64, Data: words(1 << 36)}, 100, 0, livemig.ErrPageRange},
+		{"chunk past the end", Msg{Kind: KindDiscard, Page: 64, Data: words(1, 0)}, 100, 0, livemig.ErrPageRange},
+		{"far past the end", Msg{Kind: KindDiscard, Page: 1 << 63, Data: words(1)}, 100, 0, livemig.ErrPageRange},
+		{"unaligned", Msg{Kind: KindDiscard, Page: 3, Data: words(1)}, 100, 0, livemig.ErrCorrupt},
+		{"empty", Msg{Kind: KindDiscard}, 100, 0, livemig.ErrCorrupt},
+		{"torn word", Msg{Kind: KindDiscard, Data: seq(12, 0)}, 100, 0, livemig.ErrCorrupt},
+		{"too long", Msg{Kind: KindDiscard, Data: make([]byte, 8*MaxBitmapWords+8)}, 1 << 30, 0, livemig.ErrCorrupt},
+		{"not a bitmap", Msg{Kind: KindDone, Data: words(1)}, 100, 0, livemig.ErrCorrupt},
+	} {
+		n, err := CheckBitmap(tc.m, tc.pages)
+		if n != tc.words || (tc.want == nil && err != nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("%s: CheckBitmap = %d, %v; want %d, %v", tc.name, n, err, tc.words, tc.want)
+		}
+		if err == nil && BitmapWord(tc.m, n-1) != binary.LittleEndian.Uint64(tc.m.Data[len(tc.m.Data)-8:]) {
+			t.Errorf("%s: BitmapWord disagrees with the layout", tc.name)
+		}
 	}
 }

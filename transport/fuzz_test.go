@@ -50,6 +50,9 @@ func recvSeeds(t testing.TB) []seed {
 		{Kind: KindError, Data: []byte("boom")},
 		{Kind: KindRequest, Page: 90, Arg: 10},
 		{Kind: KindAck, Arg: AckReady, Page: 42},
+		{Kind: KindDiscard, Page: 64, Data: AppendBitmap(nil, []uint64{1, 1 << 63})},
+		{Kind: KindRecvBitmap, Page: 0, Data: AppendBitmap(nil, []uint64{^uint64(0)})},
+		{Kind: KindResume, Page: 0xfeed},
 	}
 	valid := encode(t, fuzzCfg, all...)
 	var batch []Msg
@@ -79,6 +82,7 @@ func recvSeeds(t testing.TB) []seed {
 		{"corrupt-encoding", outCorrupt, badEnc, 0},
 		{"corrupt-state-cut", outCorrupt, stateCut, 0},
 		{"corrupt-page-range", outCorrupt, frame(KindPage, 0, 1, record(1000, EncZero, nil)), 0},
+		{"corrupt-bitmap-words", outCorrupt, frame(KindDiscard, 0, 0, control(0, 0, seq(12, 0))), 0},
 		{"cut-mid-frame", outUnexpected, valid[:len(valid)-3], len(all) - 1},
 		{"cut-mid-state", outUnexpected, valid[:400], 5},
 	}
@@ -192,7 +196,7 @@ func FuzzRecv(f *testing.F) {
 				break
 			}
 			switch {
-			case m.Kind < KindPage || m.Kind > KindAck:
+			case m.Kind < KindPage || m.Kind > lastKind:
 				t.Fatalf("Recv returned kind %d", m.Kind)
 			case m.Kind == KindPage && checkRecord(m.Enc, len(m.Data), c.pageSize) != "":
 				t.Fatalf("Recv returned a bad page record: encoding %d, %d bytes", m.Enc, len(m.Data))
