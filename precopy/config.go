@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 )
 
 // Config configures a pre-copy migration. Its zero value is the default:
@@ -36,6 +37,12 @@ type Config struct {
 	ThrottleInitial   float64
 	ThrottleIncrement float64
 	ThrottleMax       float64
+	// Codec chooses how pages are encoded: zero pages always go as zero
+	// records; XBZRLE and LZ4 are off by default. Codec.Workers goroutines
+	// read and encode pages (default: one per CPU, or 1 when Clock is a
+	// *livemig.VirtualClock, so that simulations are deterministic). Enable only codecs the destination agreed to
+	// in the handshake (transport.Agreed).
+	Codec codec.Config
 	// Order decides the order of each round's pages (package reorder:
 	// reorder.ByFrequency sends often-dirtied pages last). Nil: ascending
 	// page numbers, the standard algorithm's order. The bulk round always

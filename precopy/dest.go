@@ -7,6 +7,7 @@ import (
 	"io"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -59,6 +60,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 
 func receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Config, rep *ReceiveReport) error {
 	digest := verify.New(dst.Pages, dst.PageSize)
+	dec := codec.NewDecoder(codec.Config{PageSize: dst.PageSize})
 	var (
 		msg      transport.Msg
 		state    []byte
@@ -81,25 +83,15 @@ func receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 			if msg.Page >= dst.Pages {
 				return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
 			}
-			switch msg.Enc {
-			case transport.EncZero:
-				if err := dst.Sink.ZeroPage(msg.Page); err != nil {
-					return &livemig.PageError{Op: "zero", Page: msg.Page, Err: err}
-				}
+			page, err := dec.Apply(dst.Sink, msg.Page, msg.Enc, msg.Data)
+			if err != nil {
+				return err
+			}
+			if page == nil {
 				digest.Zero(msg.Page)
 				rep.ZeroPages++
-			case transport.EncRaw:
-				if len(msg.Data) != dst.PageSize {
-					return &livemig.PageError{Op: "receive", Page: msg.Page,
-						Err: fmt.Errorf("raw page of %d bytes, page size %d: %w", len(msg.Data), dst.PageSize, livemig.ErrCorrupt)}
-				}
-				if err := dst.Sink.WritePage(msg.Page, msg.Data); err != nil {
-					return &livemig.PageError{Op: "write", Page: msg.Page, Err: err}
-				}
-				digest.Update(msg.Page, msg.Data)
-			default:
-				return &livemig.PageError{Op: "receive", Page: msg.Page,
-					Err: fmt.Errorf("encoding %d: %w", msg.Enc, livemig.ErrNotSupported)}
+			} else {
+				digest.Update(msg.Page, page)
 			}
 			rep.PagesReceived++
 		case transport.KindEndRound:

@@ -509,3 +509,38 @@ func (b *badLog) SyncDirty(dst []uint64) error {
 	}
 	return b.Region.SyncDirty(dst)
 }
+
+// Real memory written by goroutines migrates with XBZRLE and LZ4 encoding
+// on several workers; the destination ends equal to the source at pause
+// time.
+func TestMigrateWithCodecs(t *testing.T) {
+	const pages = 4096
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			src := newSource(t, pages)
+			dst, err := region.New(pageSize, pages)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dst.Close()
+			stop, total := writers(src, 1)
+			defer stop()
+			cfg := precopy.Config{DowntimeTarget: 5 * time.Millisecond, MaxRounds: 6}
+			cfg.Codec.XBZRLE, cfg.Codec.LZ4, cfg.Codec.Workers, cfg.Codec.NoAdapt = true, true, workers, true
+			a, b := transport.Pipe(1 << 20)
+			res := migrate(t, context.Background(), a, b, src, src, dst, dst, cfg, context.Background())
+			if res.err != nil || res.derr != nil {
+				t.Fatalf("source: %v; destination: %v", res.err, res.derr)
+			}
+			if !bytes.Equal(src.Bytes(), dst.Bytes()) {
+				t.Fatalf("destination differs in %d pages", diffPages(src.Bytes(), dst.Bytes()))
+			}
+			c := res.rep.Codec
+			if c == nil || c.LZ4Pages == 0 || !res.rep.Verified || len(res.rep.Rounds) < 3 {
+				t.Fatalf("codec %+v, verified %v, %d rounds", c, res.rep.Verified, len(res.rep.Rounds))
+			}
+			t.Logf("%d writes; %s sent for %s of pages; codec ratio %.2f, %d delta pages, %d LZ4 pages",
+				total(), livemig.FormatBytes(res.rep.BytesSent), livemig.FormatBytes(c.RawBytes), c.Ratio(), c.DeltaPages, c.LZ4Pages)
+		})
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -69,9 +70,30 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	if !cfg.NoVerify {
 		m.digest = verify.New(m.pages, m.ps)
 	}
-	m.view, _ = src.Memory.(livemig.PageView)
-	m.buf = make([]byte, m.ps)
-	m.zero = make([]byte, m.ps)
+	ccfg := cfg.Codec
+	if ccfg.PageSize == 0 {
+		ccfg.PageSize = m.ps
+	}
+	if ccfg.Logger == nil {
+		ccfg.Logger = cfg.Logger
+	}
+	if _, virtual := cfg.Clock.(*livemig.VirtualClock); virtual {
+		// A simulation: encoding costs no virtual time, and one worker
+		// keeps the results independent of goroutine scheduling.
+		ccfg.VirtualTime = true
+		if ccfg.Workers == 0 {
+			ccfg.Workers = 1
+		}
+	}
+	m.codecs = ccfg.XBZRLE || ccfg.LZ4
+	pipe, err := codec.NewPipeline(ccfg, src.Memory, m.digest, m.send)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("precopy: %w", err)
+	}
+	m.pipe = pipe
+	defer pipe.Close()
+	m.sendCtx = ctx
 	m.dirty = make([]uint64, livemig.WordsFor(m.pages))
 	if cfg.Defer {
 		p, ok := src.Dirty.(livemig.DirtyPeeker)
@@ -83,7 +105,7 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	}
 
 	go m.readReturnPath(ctx)
-	err := m.run(ctx)
+	err = m.run(ctx)
 	conn.Close()
 	close(m.stop)
 	for range m.ret { // wait for the reader to end
@@ -103,12 +125,14 @@ type migration struct {
 	policy *Policy
 	report *livemig.Report
 	digest *verify.Digest
-	view   livemig.PageView
+	pipe   *codec.Pipeline
+	codecs bool // XBZRLE or LZ4 configured
+
+	sendCtx  context.Context // for send, which the pipeline calls
+	sendTime time.Duration   // spent inside conn.Send this round, on cfg.Clock
 
 	pages uint64
 	ps    int
-	buf   []byte
-	zero  []byte
 	dirty []uint64
 	sent  []uint64 // pages sent at least once, for PagesResent
 	plan  []uint64 // the order of the current round, from cfg.Order
@@ -123,7 +147,8 @@ type migration struct {
 	ret     chan retMsg
 	stop    chan struct{}
 	retErr  error
-	pending int // pages since the last look at the return path
+	pending int    // pages since the last look at the return path
+	resent  uint64 // records for pages sent before
 }
 
 // readReturnPath forwards what the destination says, so that a peer error
@@ -171,7 +196,9 @@ func (m *migration) run(ctx context.Context) (err error) {
 			err = fmt.Errorf("precopy: guest handed over but not confirmed: %w (%w)", livemig.ErrIncomplete, err)
 			return
 		}
-		// Clean failure: tell the destination, resume the source.
+		// Clean failure: stop the pipeline (nothing else may send while
+		// it does), tell the destination, resume the source.
+		m.pipe.Close()
 		bg := context.WithoutCancel(ctx)
 		tell, cancel := context.WithTimeout(bg, 2*time.Second) // best effort: the link may be gone
 		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
@@ -205,7 +232,11 @@ func (m *migration) run(ctx context.Context) (err error) {
 		}
 		m.event(RoundStarted, round, r.DirtyPages, "", 0)
 		t0 := m.cfg.Clock.Now()
+		m.startRound(&r)
 		if err := m.sendRound(ctx, &r, round == 1); err != nil {
+			return err
+		}
+		if err := m.endRound(ctx, &r); err != nil {
 			return err
 		}
 		if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
@@ -270,7 +301,11 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		m.cfg.Order.Observe(m.dirty)
 	}
 	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: countBits(m.dirty)}
+	m.startRound(&r)
 	if err := m.sendRound(ctx, &r, false); err != nil {
+		return err
+	}
+	if err := m.endRound(ctx, &r); err != nil {
 		return err
 	}
 	state, err := m.src.VM.SaveState(ctx, nil)
@@ -461,50 +496,65 @@ func (m *migration) sendPage(ctx context.Context, r *livemig.Round, n uint64) er
 		if err := m.pollReturn(); err != nil {
 			return err
 		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("precopy: round %d: %w", r.Index, err)
-		}
 	}
-	var page []byte
-	if m.view != nil {
-		v, err := m.view.View(n)
-		if err != nil {
-			return &livemig.PageError{Op: "read", Page: n, Err: err}
-		}
-		page = v
-	} else {
-		if err := m.src.Memory.ReadPage(n, m.buf); err != nil {
-			return &livemig.PageError{Op: "read", Page: n, Err: err}
-		}
-		page = m.buf
+	if err := m.pipe.Submit(ctx, n); err != nil {
+		return m.sendErr(fmt.Sprintf("round %d, page %d", r.Index, n), err)
 	}
-	msg := transport.Msg{Kind: transport.KindPage, Page: n}
-	if bytes.Equal(page, m.zero) {
-		msg.Enc = transport.EncZero
-		r.ZeroPages++
-		m.report.ZeroPages++
-		if m.digest != nil {
-			m.digest.Zero(n)
-		}
-	} else {
-		msg.Enc, msg.Data = transport.EncRaw, page
-		if m.digest != nil {
-			m.digest.Update(n, page)
-		}
+	return nil
+}
+
+// send puts one record from the pipeline on the link (from one goroutine at
+// a time) and counts re-sent pages.
+func (m *migration) send(msg transport.Msg) error {
+	t0 := m.cfg.Clock.Now()
+	err := m.conn.Send(m.sendCtx, msg)
+	m.sendTime += m.cfg.Clock.Now().Sub(t0)
+	if err != nil {
+		return err
 	}
-	if err := m.conn.Send(ctx, msg); err != nil {
-		return m.linkErr(fmt.Sprintf("round %d, page %d", r.Index, n), err)
-	}
-	size := uint64(recordOverhead + len(msg.Data))
-	r.PagesSent++
-	r.Bytes += size
-	m.report.PagesSent++
-	m.report.BytesSent += size
-	w, bit := n/64, uint64(1)<<(n%64)
+	w, bit := msg.Page/64, uint64(1)<<(msg.Page%64)
 	if m.sent[w]&bit != 0 {
-		m.report.PagesResent++
+		m.resent++
 	}
 	m.sent[w] |= bit
+	return nil
+}
+
+// sendErr explains a pipeline error: a page that could not be read, or the
+// link.
+func (m *migration) sendErr(what string, err error) error {
+	var pe *livemig.PageError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("precopy: %s: %w", what, err)
+	}
+	return m.linkErr(what, err)
+}
+
+// startRound readies the pipeline for a round.
+func (m *migration) startRound(r *livemig.Round) {
+	m.pipe.StartRound(r.Index, r.Final)
+	m.sendTime = 0
+}
+
+// endRound waits until the round's pages are on the link and adds the
+// round's figures to r and the report.
+func (m *migration) endRound(ctx context.Context, r *livemig.Round) error {
+	if err := m.pipe.Barrier(ctx); err != nil {
+		return m.sendErr(fmt.Sprintf("end of round %d", r.Index), err)
+	}
+	pages, zero, bytes := m.pipe.RoundStats()
+	r.PagesSent, r.ZeroPages, r.Bytes = pages, zero, bytes
+	m.report.PagesSent += pages
+	m.report.ZeroPages += zero
+	m.report.BytesSent += bytes
+	m.report.PagesResent = m.resent
+	if m.codecs {
+		st := m.pipe.Stats()
+		m.report.Codec = &st
+		if m.sendTime > 0 && bytes > 0 {
+			m.pipe.ObserveLink(float64(bytes) / m.sendTime.Seconds())
+		}
+	}
 	return nil
 }
 

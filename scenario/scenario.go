@@ -134,7 +134,10 @@ type Row struct {
 	Rounds      int     `json:"rounds"`
 	Verified    bool    `json:"verified"`
 	Converged   bool    `json:"converged"`
-	Error       string  `json:"error,omitempty"`
+	// Codec figures, on rows whose algorithm uses a codec.
+	CodecRatio   float64 `json:"codec_ratio,omitempty"`    // page bytes before / after encoding
+	CacheHitRate float64 `json:"cache_hit_rate,omitempty"` // XBZRLE cache hits / lookups
+	Error        string  `json:"error,omitempty"`
 }
 
 // Row flattens r.
@@ -145,6 +148,10 @@ func (r Result) Row() Row {
 		row.DowntimeMS = float64(rep.Downtime) / float64(time.Millisecond)
 		row.BytesSent, row.PagesSent, row.PagesResent = rep.BytesSent, rep.PagesSent, rep.PagesResent
 		row.Rounds, row.Converged = len(rep.Rounds), rep.Converged
+		if rep.Codec != nil {
+			row.CodecRatio = rep.Codec.Ratio()
+			row.CacheHitRate = rep.Codec.HitRate()
+		}
 	}
 	if r.Err != nil {
 		row.Error = r.Err.Error()

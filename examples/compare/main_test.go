@@ -25,7 +25,7 @@ func TestJSONRowsAreExactAndStable(t *testing.T) {
 	if err := json.Unmarshal(a.Bytes(), &rows); err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 2 {
+	if len(rows) != 3 {
 		t.Fatalf("%d rows, want one per default algorithm", len(rows))
 	}
 	for _, k := range []string{"scenario", "algorithm", "total_ms", "downtime_ms", "bytes_sent", "pages_sent", "pages_resent", "rounds", "verified"} {
