@@ -11,6 +11,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/reorder"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -101,7 +102,12 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 			conn.Close()
 			return nil, fmt.Errorf("precopy: Defer needs a DirtySource that implements livemig.DirtyPeeker: %w", livemig.ErrNotSupported)
 		}
-		m.peeker, m.peek = p, make([]uint64, livemig.WordsFor(m.pages))
+		d, err := reorder.NewDeferrer(m.pages, reorder.DeferConfig{PeekEvery: peekInterval(m.pages)})
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("precopy: %w", err)
+		}
+		m.peeker, m.deferrer = p, d
 	}
 
 	go m.readReturnPath(ctx)
@@ -137,9 +143,8 @@ type migration struct {
 	sent  []uint64 // pages sent at least once, for PagesResent
 	plan  []uint64 // the order of the current round, from cfg.Order
 
-	peeker     livemig.DirtyPeeker // set when cfg.Defer and the source can peek
-	peek       []uint64            // pages dirtied since the last sync, as last peeked
-	sinceDefer int
+	peeker   livemig.DirtyPeeker // set when cfg.Defer
+	deferrer *reorder.Deferrer   // set when cfg.Defer
 
 	start   time.Time
 	paused  bool
@@ -425,7 +430,9 @@ func (m *migration) linkErr(what string, err error) error {
 // deferred when cfg.Defer is set: they stay dirty in the log and go in a
 // later round, so they are not sent twice.
 func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) error {
-	m.sinceDefer = deferEvery // look at the log before the first page
+	if m.deferrer != nil {
+		m.deferrer.Start(r.Final)
+	}
 	if all {
 		for n := uint64(0); n < m.pages; n++ {
 			if err := m.maybeSend(ctx, r, n); err != nil {
@@ -468,21 +475,23 @@ func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) e
 	return nil
 }
 
-// deferEvery is how many pages go between two looks at the dirty log for
-// deferral: a look costs a pass over the bitmap (8 KiB per 256 MiB of guest).
-const deferEvery = 4096
+// peekInterval is how many planned pages go between two looks at the dirty
+// log for deferral. A look is a pass over the bitmap (8 bytes per 64 pages),
+// so the interval grows with the guest to keep that pass near 1/32 of the
+// page data sent meanwhile; a small guest looks every 64 pages.
+func peekInterval(pages uint64) int {
+	return int(min(max(uint64(livemig.WordsFor(pages))/16, 64), 4096))
+}
 
 // maybeSend sends page n unless it is to be deferred.
 func (m *migration) maybeSend(ctx context.Context, r *livemig.Round, n uint64) error {
-	if m.peeker != nil && !r.Final {
-		if m.sinceDefer++; m.sinceDefer >= deferEvery {
-			m.sinceDefer = 0
-			clear(m.peek)
-			if err := m.peeker.PeekDirty(m.peek); err != nil {
+	if m.deferrer != nil {
+		if buf := m.deferrer.Due(); buf != nil {
+			if err := m.peeker.PeekDirty(buf); err != nil {
 				return fmt.Errorf("precopy: peek at the dirty log: %w", err)
 			}
 		}
-		if m.peek[n/64]&(1<<(n%64)) != 0 {
+		if m.deferrer.Skip(n) {
 			r.Deferred++
 			return nil
 		}
