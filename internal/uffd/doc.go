@@ -75,23 +75,23 @@ const (
 
 // API features (UFFD_FEATURE_*, include/uapi/linux/userfaultfd.h).
 const (
-	FeaturePagefaultFlagWP   = 1 << 0
-	FeatureEventFork         = 1 << 1
-	FeatureEventRemap        = 1 << 2
-	FeatureEventRemove       = 1 << 3
-	FeatureMissingHugetlbfs  = 1 << 4
-	FeatureMissingShmem      = 1 << 5
-	FeatureEventUnmap        = 1 << 6
-	FeatureSigbus            = 1 << 7
-	FeatureThreadID          = 1 << 8
-	FeatureMinorHugetlbfs    = 1 << 9
-	FeatureMinorShmem        = 1 << 10
-	FeatureExactAddress      = 1 << 11
-	FeatureWPHugetlbfsShmem  = 1 << 12
-	FeatureWPUnpopulated     = 1 << 13
-	FeaturePoison            = 1 << 14
-	FeatureWPAsync           = 1 << 15
-	FeatureMove              = 1 << 16
+	FeaturePagefaultFlagWP  = 1 << 0
+	FeatureEventFork        = 1 << 1
+	FeatureEventRemap       = 1 << 2
+	FeatureEventRemove      = 1 << 3
+	FeatureMissingHugetlbfs = 1 << 4
+	FeatureMissingShmem     = 1 << 5
+	FeatureEventUnmap       = 1 << 6
+	FeatureSigbus           = 1 << 7
+	FeatureThreadID         = 1 << 8
+	FeatureMinorHugetlbfs   = 1 << 9
+	FeatureMinorShmem       = 1 << 10
+	FeatureExactAddress     = 1 << 11
+	FeatureWPHugetlbfsShmem = 1 << 12
+	FeatureWPUnpopulated    = 1 << 13
+	FeaturePoison           = 1 << 14
+	FeatureWPAsync          = 1 << 15
+	FeatureMove             = 1 << 16
 )
 
 // Bits of the ioctls masks that API and Register report (_UFFDIO_*,
