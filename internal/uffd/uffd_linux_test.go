@@ -195,3 +195,24 @@ func TestCloseWakesFaulter(t *testing.T) {
 		t.Fatalf("read %#x, want 0", b)
 	}
 }
+
+// FuzzDecode: any 32 bytes decode without panicking; a page fault's fields
+// come from their offsets, and other events carry only their kind.
+func FuzzDecode(f *testing.F) {
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < MsgSize {
+			return
+		}
+		m := decode(b[:MsgSize])
+		if m.Event != b[0] {
+			t.Fatalf("event %#x, byte 0 is %#x", m.Event, b[0])
+		}
+		if m.Event == EventPagefault {
+			if m.Flags != binary.NativeEndian.Uint64(b[8:]) || m.Address != binary.NativeEndian.Uint64(b[16:]) || m.PTID != binary.NativeEndian.Uint32(b[24:]) {
+				t.Fatalf("page fault fields %+v from %x", m, b[:MsgSize])
+			}
+		} else if m != (Msg{Event: m.Event}) {
+			t.Fatalf("event %#x decoded fields %+v", m.Event, m)
+		}
+	})
+}
