@@ -5,6 +5,7 @@ package faultmem
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,12 +85,13 @@ func BenchmarkFaultService(b *testing.B) {
 			for done := 0; done < b.N; {
 				k := min(b.N-done, benchChunk)
 				b.StopTimer()
-				var r *Region
-				r = newBench(b, uint64(k), Config{OnFault: func(n uint64) {
-					if _, err := r.Place(n, data); err != nil {
+				var rp atomic.Pointer[Region] // see TestZeroPageOnFault
+				r := newBench(b, uint64(k), Config{OnFault: func(n uint64) {
+					if _, err := rp.Load().Place(n, data); err != nil {
 						b.Error(err)
 					}
 				}})
+				rp.Store(r)
 				mem := r.Bytes()
 				b.StartTimer()
 				var wg sync.WaitGroup
