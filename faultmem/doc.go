@@ -75,7 +75,10 @@ type Config struct {
 	// while it is missing are counted but not reported again), typically to
 	// request the page from the source. It must not block for long: every
 	// other fault waits meanwhile. It may call Place, PlaceZero, WritePage
-	// and ZeroPage, but not Stop or Close.
+	// and ZeroPage, but not Stop or Close. A fault is no Go
+	// synchronization: to reach the Region from OnFault, hand it over
+	// through an atomic.Pointer or a channel, not a plain variable set
+	// after New (the race detector flags that).
 	OnFault func(page uint64)
 	// Logger receives debug and error messages; nil discards them.
 	Logger *slog.Logger
