@@ -1,0 +1,151 @@
+package postcopy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// DefaultPrepage is how many neighbours of a requested page are sent with it
+// when Config.Prepage is 0.
+const DefaultPrepage = 16
+
+// DefaultMaxReconnects bounds the reconnections of one migration when
+// Config.MaxReconnects is 0.
+const DefaultMaxReconnects = 16
+
+// Config configures both sides of a post-copy (or hybrid) migration. Its
+// zero value is the default: pure post-copy, sequential push, 16 pages of
+// pre-paging, verification on, the wall clock, no logging, no recovery.
+type Config struct {
+	// Urgent, if set, is a second connection to the same peer (already
+	// opened with transport.Open) on which the source sends requested
+	// pages and their neighbours, so that they do not queue behind the
+	// background push, like QEMU's postcopy-preempt channel. Both sides
+	// must set it or neither: the source says at switchover whether it
+	// uses one, and a destination that disagrees refuses the switchover.
+	// Without it, requested pages go on the main connection ahead of the
+	// rest of the push, flushed at once. The migration owns it (closes it).
+	// After a reconnection only the main connection is used.
+	Urgent transport.Conn
+	// Order is the order of the background push (and of the pre-copy
+	// rounds after the first); package reorder provides them. Nil:
+	// ascending page numbers.
+	Order precopy.Order
+	// Prepage is how many neighbours of a requested page the source sends
+	// right after it (Hines and Gopalan's pre-paging): in the direction the
+	// faults are moving, and twice as many, up to 8×Prepage, while they
+	// keep moving that way. 0 means DefaultPrepage, negative means none.
+	Prepage int
+	// PreCopyRounds is how many pre-copy rounds run before the switchover
+	// (the bulk round included); 0 is pure post-copy. The pre-copy phase
+	// ends early when a round does not shrink the dirty set. Package
+	// hybrid sets it. With rounds, the Source needs a DirtySource and the
+	// destination's Memory must implement Discarder.
+	PreCopyRounds int
+	// PushBandwidth caps the background push, in bytes per second;
+	// requested pages are not counted against it. 0: no cap.
+	PushBandwidth int64
+	// NoVerify turns off the end-to-end digest. Completeness (the
+	// destination holds every page) is checked regardless.
+	NoVerify bool
+	// Redial, at the source, opens a new connection to the destination
+	// after the link was cut following the switchover (the destination is
+	// then waiting in Reaccept). Without it such a cut ends the migration
+	// with an error wrapping livemig.ErrIncomplete: the guest runs at the
+	// destination but part of its memory is still only at the source.
+	Redial func(ctx context.Context) (transport.Conn, error)
+	// Reaccept, at the destination, accepts the source's new connection
+	// after a cut following the switchover. Without it such a cut ends
+	// Receive with an error wrapping livemig.ErrIncomplete. It should give
+	// up (return an error) when no source comes back within the time the
+	// user is willing to wait: a source that failed before handing the
+	// guest over never comes back.
+	Reaccept func(ctx context.Context) (transport.Conn, error)
+	// MaxReconnects bounds the reconnections of one migration:
+	// DefaultMaxReconnects if 0.
+	MaxReconnects int
+	// Clock is where time is read: the wall clock by default.
+	Clock livemig.Clock
+	// Logger receives progress at Debug and decisions at Info; nil
+	// discards.
+	Logger *slog.Logger
+	// OnEvent, if set, is called synchronously at each step, from the
+	// goroutine that runs Migrate or Receive. It must return quickly.
+	OnEvent func(Event)
+}
+
+func (c *Config) setDefaults() {
+	if c.Prepage == 0 {
+		c.Prepage = DefaultPrepage
+	}
+	if c.Prepage < 0 {
+		c.Prepage = 0
+	}
+	if c.MaxReconnects == 0 {
+		c.MaxReconnects = DefaultMaxReconnects
+	}
+	if c.Clock == nil {
+		c.Clock = livemig.WallClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.PreCopyRounds < 0:
+		return fmt.Errorf("postcopy: PreCopyRounds %d < 0", c.PreCopyRounds)
+	case c.PushBandwidth < 0:
+		return fmt.Errorf("postcopy: PushBandwidth %d < 0", c.PushBandwidth)
+	case c.MaxReconnects < 0:
+		return fmt.Errorf("postcopy: MaxReconnects %d < 0", c.MaxReconnects)
+	}
+	return nil
+}
+
+// EventKind names a step of a migration.
+type EventKind int
+
+// Steps reported to Config.OnEvent. The source reports all but Resumed; the
+// destination reports Resumed, LinkCut and Reconnected.
+const (
+	RoundStarted EventKind = iota // a pre-copy round begins
+	RoundEnded                    // a pre-copy round ended
+	Pausing                       // the source is about to pause
+	HandedOver                    // the source sent Commit: it will not run the guest again
+	Pushing                       // progress of the push, every PushEventEvery pages
+	PushDone                      // every page is sent; Done follows
+	LinkCut                       // the link failed after the hand-over
+	Reconnected                   // a new link replaced it
+	Resumed                       // the destination resumed the guest
+	Finished                      // the destination holds and verified every page
+)
+
+// PushEventEvery is how many pages go between two Pushing events.
+const PushEventEvery = 1024
+
+func (k EventKind) String() string {
+	names := [...]string{"round-started", "round-ended", "pausing", "handed-over", "pushing", "push-done",
+		"link-cut", "reconnected", "resumed", "finished"}
+	if k < 0 || int(k) >= len(names) {
+		return fmt.Sprintf("EventKind(%d)", int(k))
+	}
+	return names[k]
+}
+
+// Event is one step of a migration.
+type Event struct {
+	Kind      EventKind
+	Round     int
+	Pages     uint64 // RoundStarted: pages to send; Pushing: pages sent since the switchover
+	PagesSent uint64 // page records sent so far (source)
+	Elapsed   time.Duration
+	Err       error // LinkCut: what broke
+}

@@ -1,0 +1,659 @@
+package postcopy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+)
+
+// Destination is where the guest goes.
+type Destination struct {
+	// Memory is the guest's memory here; with pre-copy rounds (hybrid) it
+	// must implement Discarder.
+	Memory Memory
+	// VM loads the state and resumes the guest.
+	VM livemig.VM
+	// Faults reports the missing pages the guest touches, which are then
+	// requested from the source. Nil: pages only arrive by the push.
+	Faults   FaultSource
+	Pages    uint64 // the guest's page count, as agreed in the handshake
+	PageSize int
+}
+
+// ReceiveReport is what the destination saw.
+type ReceiveReport struct {
+	PagesReceived uint64 // page records received
+	ZeroPages     uint64 // of which zero pages
+	Duplicates    uint64 // copies dropped because the page was already present
+	Discarded     uint64 // stale copies discarded at the switchover
+	Rounds        int    // pre-copy rounds received
+	StateBytes    int
+	Reconnects    int
+	Verified      bool // the digest matched the source's
+	Resumed       bool // the guest was resumed here
+	Complete      bool // every page arrived and was verified
+	// PostCopy holds the fault figures (demand faults, wait percentiles,
+	// last page); the pushed/pulled split is known only to the source.
+	PostCopy livemig.PostCopyStats
+}
+
+// Receive is the destination's side of Migrate: it stores the pages of the
+// pre-copy rounds (if any), discards the copies the source says are stale,
+// loads the state, and on the source's Commit resumes dst.VM at once. From
+// then on it places each arriving page only if it is still missing (a placed
+// page belongs to the running guest), requests the pages the guest faults on
+// (dst.Faults) on the return path, and returns once the source's Done
+// arrives and it holds every page with a digest equal to the source's.
+//
+// Receive owns conn (and cfg.Urgent) and closes them before it returns.
+// Before the resume, failure is clean: the guest is not resumed and the
+// error wraps livemig.ErrIncomplete (link cut), livemig.ErrPeer (the source
+// gave up), livemig.ErrCorrupt or livemig.ErrVerify (bad data). After the
+// resume the guest keeps running whatever happens (threads on missing pages
+// wait): a cut link is recovered through cfg.Reaccept (the source comes back
+// with KindResume, is told which pages are here, and the push goes on);
+// without it, the error wraps livemig.ErrIncomplete and the report says
+// Resumed. A cut after the state was loaded and acknowledged but before the
+// Commit leaves the destination in doubt: with Reaccept it waits for the
+// source to come back (and then resumes), without it it fails, not resumed.
+func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Config) (*ReceiveReport, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		conn.Close()
+		if cfg.Urgent != nil {
+			cfg.Urgent.Close()
+		}
+		return nil, err
+	}
+	if dst.Memory == nil || dst.VM == nil || dst.Pages == 0 || dst.PageSize <= 0 {
+		conn.Close()
+		if cfg.Urgent != nil {
+			cfg.Urgent.Close()
+		}
+		return nil, errors.New("postcopy: Destination needs Memory, VM, Pages and PageSize")
+	}
+	r := &receiver{
+		cfg: cfg, dst: dst, log: cfg.Logger, pages: dst.Pages, ps: dst.PageSize,
+		digest:      verify.New(dst.Pages, dst.PageSize),
+		rep:         &ReceiveReport{},
+		held:        make([]uint64, livemig.WordsFor(dst.Pages)),
+		requested:   make([]uint64, livemig.WordsFor(dst.Pages)),
+		outstanding: make(map[uint64][]time.Time),
+		conn:        conn,
+		urgent:      cfg.Urgent,
+	}
+	r.discarder, _ = dst.Memory.(Discarder)
+	r.start = cfg.Clock.Now()
+	rctx, cancel := context.WithCancel(ctx)
+	err := r.run(rctx)
+	if err != nil {
+		tell, cancelTell := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = r.send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		cancelTell()
+		if r.rep.Resumed {
+			r.log.Error("post-copy receive failed with the guest running here", "err", err)
+		} else {
+			r.log.Info("post-copy receive failed; guest not resumed", "err", err)
+		}
+	}
+	cancel()
+	r.closeSession()
+	r.reqWG.Wait()
+	r.fillReport()
+	return r.rep, err
+}
+
+type receiver struct {
+	cfg       Config
+	dst       Destination
+	log       *slog.Logger
+	pages     uint64
+	ps        int
+	digest    *verify.Digest
+	discarder Discarder
+	rep       *ReceiveReport
+	start     time.Time
+
+	held      []uint64 // pages present with a valid copy (atomic)
+	heldN     atomic.Uint64
+	requested []uint64 // pages requested at least once (atomic)
+
+	outMu       sync.Mutex
+	outstanding map[uint64][]time.Time // requested pages not yet placed: when each fault began
+	waits       latencies
+	faults      uint64
+
+	sendMu sync.Mutex // serialises Sends
+	connMu sync.Mutex // guards conn; the main goroutine alone changes it
+	conn   transport.Conn
+	urgent transport.Conn // this session's urgent connection, or nil
+	// the urgent receiver of this session
+	uwg     sync.WaitGroup
+	uerr    chan error    // its failure
+	umarker chan struct{} // closed when it saw the end marker
+	reqWG   sync.WaitGroup
+
+	session      uint64
+	switched     bool
+	stateLoaded  bool
+	resumeAt     time.Time
+	lastAt       atomic.Int64 // ns from start at which the last missing page was placed
+	state        []byte
+	recvN, zeroN atomic.Uint64
+	dupN, placed atomic.Uint64
+}
+
+func (r *receiver) event(k EventKind, err error) {
+	if r.cfg.OnEvent != nil {
+		r.cfg.OnEvent(Event{Kind: k, Elapsed: r.cfg.Clock.Now().Sub(r.start), Err: err})
+	}
+}
+
+// current returns the connection of the current session.
+func (r *receiver) current() transport.Conn {
+	r.connMu.Lock()
+	defer r.connMu.Unlock()
+	return r.conn
+}
+
+// send sends m on the current connection; any goroutine may call it.
+func (r *receiver) send(ctx context.Context, m transport.Msg) error {
+	c := r.current()
+	r.sendMu.Lock()
+	defer r.sendMu.Unlock()
+	return c.Send(ctx, m)
+}
+
+func (r *receiver) run(ctx context.Context) error {
+	if err := r.beforeResume(ctx); err != nil {
+		return err
+	}
+	return r.afterResume(ctx)
+}
+
+// beforeResume receives until the Commit (or, in doubt, a reconnection) and
+// resumes the guest.
+func (r *receiver) beforeResume(ctx context.Context) error {
+	var msg transport.Msg
+	for {
+		if err := r.conn.Recv(ctx, &msg); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			err = fmt.Errorf("postcopy: receive before the resume, after %d pages: %w (%w)", r.recvN.Load(), livemig.ErrIncomplete, err)
+			if r.stateLoaded && r.cfg.Reaccept != nil && ctx.Err() == nil {
+				// In doubt: the source may have sent Commit. Wait for it.
+				r.log.Info("link cut between the state and the commit; waiting for the source", "err", err)
+				return r.recoverLink(ctx, err)
+			}
+			return err
+		}
+		switch msg.Kind {
+		case transport.KindPage:
+			if r.switched {
+				return fmt.Errorf("postcopy: page %d after the switchover, before the resume: %w", msg.Page, livemig.ErrCorrupt)
+			}
+			if err := r.write(msg); err != nil {
+				return err
+			}
+		case transport.KindEndRound:
+			r.rep.Rounds++
+		case transport.KindDiscard:
+			if r.switched {
+				return fmt.Errorf("postcopy: discard after the switchover: %w", livemig.ErrCorrupt)
+			}
+			if r.discarder == nil {
+				return fmt.Errorf("postcopy: the source discards stale pages but the memory cannot (implement postcopy.Discarder): %w", livemig.ErrNotSupported)
+			}
+			if err := applyBitmap(msg, r.pages, r.discard); err != nil {
+				return err
+			}
+		case transport.KindSwitchover:
+			if r.switched {
+				return fmt.Errorf("postcopy: second switchover: %w", livemig.ErrCorrupt)
+			}
+			if (msg.Arg&urgentFlag != 0) != (r.urgent != nil) {
+				return fmt.Errorf("postcopy: the source's use of an urgent connection (%v) differs from ours (%v): %w",
+					msg.Arg&urgentFlag != 0, r.urgent != nil, livemig.ErrVersion)
+			}
+			r.switched, r.session = true, msg.Page
+		case transport.KindState:
+			if !r.switched || r.stateLoaded {
+				return fmt.Errorf("postcopy: state before the switchover or twice: %w", livemig.ErrCorrupt)
+			}
+			r.state = append(r.state[:0], msg.Data...)
+			r.rep.StateBytes = len(r.state)
+			if err := r.dst.VM.LoadState(ctx, r.state); err != nil {
+				return fmt.Errorf("postcopy: load state: %w", err)
+			}
+			r.stateLoaded = true
+			if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady}); err != nil {
+				return fmt.Errorf("postcopy: acknowledge the state: %w (%w)", livemig.ErrIncomplete, err)
+			}
+		case transport.KindCommit:
+			if !r.stateLoaded {
+				return fmt.Errorf("postcopy: commit before the state: %w", livemig.ErrCorrupt)
+			}
+			return r.resume(ctx)
+		case transport.KindError:
+			return fmt.Errorf("postcopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
+		default:
+			return fmt.Errorf("postcopy: unexpected %v message before the resume: %w", msg.Kind, livemig.ErrCorrupt)
+		}
+	}
+}
+
+// resume resumes the guest and starts the urgent receiver.
+func (r *receiver) resume(ctx context.Context) error {
+	if err := r.dst.VM.Resume(ctx); err != nil {
+		return fmt.Errorf("postcopy: resume guest: %w", err)
+	}
+	r.resumeAt = r.cfg.Clock.Now()
+	r.rep.Resumed = true
+	r.event(Resumed, nil)
+	r.log.Info("guest resumed", "held", r.heldN.Load(), "pages", r.pages)
+	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
+		r.log.Debug("could not tell the source of the resume", "err", err)
+	}
+	r.startSession(ctx)
+	if r.dst.Faults != nil {
+		r.reqWG.Add(1)
+		go r.requester(ctx)
+	}
+	return nil
+}
+
+func (r *receiver) startSession(ctx context.Context) {
+	r.uerr = make(chan error, 1)
+	r.umarker = make(chan struct{})
+	if r.urgent != nil {
+		r.uwg.Add(1)
+		go r.urgentReceiver(ctx, r.urgent, r.uerr, r.umarker)
+	} else {
+		close(r.umarker)
+	}
+}
+
+// closeSession closes the connections of the session and waits for its
+// urgent receiver.
+func (r *receiver) closeSession() {
+	r.current().Close()
+	if r.urgent != nil {
+		r.urgent.Close()
+	}
+	r.uwg.Wait()
+	r.urgent = nil
+}
+
+// afterResume receives pages while the guest runs, until Done.
+func (r *receiver) afterResume(ctx context.Context) error {
+	var msg transport.Msg
+	for {
+		err := r.conn.Recv(ctx, &msg)
+		if err == nil {
+			switch msg.Kind {
+			case transport.KindPage:
+				err = r.place(msg)
+				if err != nil {
+					return err
+				}
+				continue
+			case transport.KindDone:
+				var done bool
+				done, err = r.done(ctx, msg.Arg)
+				if done || err == nil {
+					return err
+				}
+			case transport.KindError:
+				return fmt.Errorf("postcopy: source failed after the resume: %s: %w", msg.Data, livemig.ErrPeer)
+			default:
+				return fmt.Errorf("postcopy: unexpected %v message after the resume: %w", msg.Kind, livemig.ErrCorrupt)
+			}
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("postcopy: receive after the resume: %w (%w)", livemig.ErrIncomplete, ctx.Err())
+		}
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		if errors.Is(err, livemig.ErrVerify) || errors.Is(err, livemig.ErrPeer) {
+			return err
+		}
+		if err := r.recoverLink(ctx, err); err != nil {
+			return err
+		}
+	}
+}
+
+// done checks the source's Done: it waits for the urgent stream's end marker,
+// then checks that every page is here and that the digests agree. It
+// returns done=true with a nil error on success; a cut while waiting is
+// returned with done=false.
+func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
+	select {
+	case <-r.umarker:
+	case err := <-r.uerr:
+		return false, err
+	case <-ctx.Done():
+		return true, fmt.Errorf("postcopy: waiting for the urgent stream: %w (%w)", livemig.ErrIncomplete, ctx.Err())
+	}
+	if got := r.heldN.Load(); got != r.pages {
+		return true, fmt.Errorf("postcopy: source done but %d of %d pages never arrived: %w", r.pages-got, r.pages, livemig.ErrIncomplete)
+	}
+	mine := r.digest.Sum()
+	if !r.cfg.NoVerify && sum != 0 {
+		if sum != mine {
+			return true, fmt.Errorf("postcopy: digest %016x, source's %016x: %w", mine, sum, livemig.ErrVerify)
+		}
+		r.rep.Verified = true
+	}
+	r.fillReport()
+	pc := r.rep.PostCopy
+	data := appendStats(nil, destStats{Faults: pc.DemandFaults, P50: pc.FaultP50, P99: pc.FaultP99, Max: pc.FaultMax,
+		WaitTotal: pc.WaitTotal, LastPage: pc.LastPage, Placed: r.placed.Load(), Duplicates: r.dupN.Load()})
+	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckComplete, Page: mine, Data: data}); err != nil {
+		// The source did not get it (a frame is whole or refused): it
+		// will come back and send Done again.
+		return false, fmt.Errorf("postcopy: confirm completion: %w", err)
+	}
+	r.rep.Complete = true
+	r.event(Finished, nil)
+	return true, nil
+}
+
+// recoverLink replaces a cut connection: it waits for the source to come
+// back through cfg.Reaccept, resumes the guest if the cut left it in doubt,
+// tells the source which pages are here and asks again for the pages the
+// guest waits on.
+func (r *receiver) recoverLink(ctx context.Context, cause error) error {
+	r.event(LinkCut, cause)
+	r.log.Info("link cut", "resumed", r.rep.Resumed, "held", r.heldN.Load(), "err", cause)
+	r.closeSession()
+	if r.cfg.Reaccept == nil {
+		return fmt.Errorf("postcopy: link cut and no Reaccept: %w (%w)", livemig.ErrIncomplete, cause)
+	}
+	for {
+		if r.rep.Reconnects >= r.cfg.MaxReconnects {
+			return fmt.Errorf("postcopy: link cut %d times: %w (%w)", r.rep.Reconnects+1, livemig.ErrIncomplete, cause)
+		}
+		r.rep.Reconnects++
+		conn, err := r.cfg.Reaccept(ctx)
+		if err != nil {
+			return fmt.Errorf("postcopy: reaccept: %w (%w)", livemig.ErrIncomplete, errors.Join(err, cause))
+		}
+		err = r.rejoin(ctx, conn)
+		if err == nil {
+			r.event(Reconnected, nil)
+			return nil
+		}
+		conn.Close()
+		if errors.Is(err, livemig.ErrPeer) || ctx.Err() != nil {
+			return err
+		}
+		r.log.Info("reconnection failed", "err", err)
+		cause = err
+	}
+}
+
+// rejoin runs the recovery exchange on a new connection and installs it.
+func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
+	var msg transport.Msg
+	if err := conn.Recv(ctx, &msg); err != nil {
+		return fmt.Errorf("postcopy: wait for the source's resume: %w", err)
+	}
+	switch {
+	case msg.Kind == transport.KindError:
+		return fmt.Errorf("postcopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
+	case msg.Kind != transport.KindResume:
+		return fmt.Errorf("postcopy: %v message instead of Resume on a new connection: %w", msg.Kind, livemig.ErrCorrupt)
+	case msg.Page != r.session:
+		return fmt.Errorf("postcopy: resume of session %016x, ours is %016x: %w", msg.Page, r.session, livemig.ErrVersion)
+	}
+	r.connMu.Lock()
+	r.conn = conn
+	r.connMu.Unlock()
+	if !r.rep.Resumed {
+		// The source came back: it had handed the guest over.
+		if err := r.resume(ctx); err != nil {
+			return err
+		}
+	} else {
+		r.startSession(ctx)
+		if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
+			return err
+		}
+	}
+	snap := make([]uint64, len(r.held))
+	for i := range snap {
+		snap[i] = atomic.LoadUint64(&r.held[i])
+	}
+	if _, err := bitmapChunks(snap, nil, func(first uint64, data []byte) error {
+		return r.send(ctx, transport.Msg{Kind: transport.KindRecvBitmap, Page: first, Data: data})
+	}); err != nil {
+		return err
+	}
+	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckHeld, Page: countBits(snap)}); err != nil {
+		return err
+	}
+	// Ask again for what the guest waits on.
+	r.outMu.Lock()
+	again := make([]uint64, 0, len(r.outstanding))
+	for n := range r.outstanding {
+		again = append(again, n)
+	}
+	r.outMu.Unlock()
+	for _, n := range again {
+		if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// urgentReceiver places the pages that arrive on the urgent connection
+// until its end marker, then drains it until it closes.
+func (r *receiver) urgentReceiver(ctx context.Context, c transport.Conn, errc chan<- error, marker chan struct{}) {
+	defer r.uwg.Done()
+	var msg transport.Msg
+	marked := false
+	for {
+		err := c.Recv(ctx, &msg)
+		if err == nil {
+			switch {
+			case msg.Kind == transport.KindPage && !marked:
+				err = r.place(msg)
+			case msg.Kind == transport.KindEndRound && !marked:
+				marked = true
+				close(marker)
+			default:
+				err = fmt.Errorf("postcopy: unexpected %v message on the urgent connection: %w", msg.Kind, livemig.ErrCorrupt)
+			}
+		}
+		if err != nil {
+			if !marked {
+				errc <- fmt.Errorf("postcopy: urgent connection: %w", err)
+				// Make the main receiver notice.
+				r.current().Close()
+			}
+			return
+		}
+	}
+}
+
+// requester turns the guest's faults into requests.
+func (r *receiver) requester(ctx context.Context) {
+	defer r.reqWG.Done()
+	for {
+		n, at, err := r.dst.Faults.NextFault(ctx)
+		if err != nil {
+			return
+		}
+		if n >= r.pages {
+			continue
+		}
+		r.outMu.Lock()
+		r.faults++
+		if r.isHeld(n) {
+			r.waits.add(r.cfg.Clock.Now().Sub(at))
+			r.outMu.Unlock()
+			continue
+		}
+		ts, asked := r.outstanding[n]
+		r.outstanding[n] = append(ts, at)
+		atomic.OrUint64(&r.requested[n/64], 1<<(n%64))
+		r.outMu.Unlock()
+		if r.isHeld(n) {
+			r.served(n) // placed between the two looks
+			continue
+		}
+		if asked {
+			continue
+		}
+		if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
+			// A cut: the main receiver notices it and asks again once
+			// reconnected.
+			r.log.Debug("request failed", "page", n, "err", err)
+		}
+	}
+}
+
+func (r *receiver) isHeld(n uint64) bool {
+	return atomic.LoadUint64(&r.held[n/64])&(1<<(n%64)) != 0
+}
+
+// served records the waits on page n, now placed.
+func (r *receiver) served(n uint64) {
+	r.outMu.Lock()
+	if ts, ok := r.outstanding[n]; ok {
+		now := r.cfg.Clock.Now()
+		for _, t := range ts {
+			r.waits.add(now.Sub(t))
+		}
+		delete(r.outstanding, n)
+	}
+	r.outMu.Unlock()
+}
+
+// markHeld records that page n holds a valid copy.
+func (r *receiver) markHeld(n uint64) {
+	w, bit := n/64, uint64(1)<<(n%64)
+	if atomic.OrUint64(&r.held[w], bit)&bit != 0 {
+		return
+	}
+	if r.heldN.Add(1) == r.pages && r.rep.Resumed {
+		r.lastAt.Store(int64(r.cfg.Clock.Now().Sub(r.start)))
+	}
+}
+
+func (r *receiver) checkPage(msg transport.Msg) error {
+	if msg.Page >= r.pages {
+		return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
+	}
+	switch msg.Enc {
+	case transport.EncZero:
+	case transport.EncRaw:
+		if len(msg.Data) != r.ps {
+			return &livemig.PageError{Op: "receive", Page: msg.Page,
+				Err: fmt.Errorf("raw page of %d bytes, page size %d: %w", len(msg.Data), r.ps, livemig.ErrCorrupt)}
+		}
+	default:
+		return &livemig.PageError{Op: "receive", Page: msg.Page, Err: fmt.Errorf("encoding %d: %w", msg.Enc, livemig.ErrNotSupported)}
+	}
+	return nil
+}
+
+// write stores a page of the pre-copy phase (newest wins).
+func (r *receiver) write(msg transport.Msg) error {
+	if err := r.checkPage(msg); err != nil {
+		return err
+	}
+	r.recvN.Add(1)
+	if msg.Enc == transport.EncZero {
+		if err := r.dst.Memory.ZeroPage(msg.Page); err != nil {
+			return &livemig.PageError{Op: "zero", Page: msg.Page, Err: err}
+		}
+		r.digest.Zero(msg.Page)
+		r.zeroN.Add(1)
+	} else {
+		if err := r.dst.Memory.WritePage(msg.Page, msg.Data); err != nil {
+			return &livemig.PageError{Op: "write", Page: msg.Page, Err: err}
+		}
+		r.digest.Update(msg.Page, msg.Data)
+	}
+	r.markHeld(msg.Page)
+	return nil
+}
+
+// discard makes a stale page missing again.
+func (r *receiver) discard(n uint64) error {
+	if err := r.discarder.Discard(n); err != nil {
+		return &livemig.PageError{Op: "discard", Page: n, Err: err}
+	}
+	w, bit := n/64, uint64(1)<<(n%64)
+	if atomic.AndUint64(&r.held[w], ^bit)&bit != 0 {
+		r.heldN.Add(^uint64(0))
+	}
+	r.rep.Discarded++
+	return nil
+}
+
+// place places a page that arrived after the resume, if still missing.
+// The main and the urgent receiver call it concurrently.
+func (r *receiver) place(msg transport.Msg) error {
+	if err := r.checkPage(msg); err != nil {
+		return err
+	}
+	r.recvN.Add(1)
+	var placed bool
+	var err error
+	if msg.Enc == transport.EncZero {
+		r.zeroN.Add(1)
+		placed, err = r.dst.Memory.PlaceZero(msg.Page)
+	} else {
+		placed, err = r.dst.Memory.Place(msg.Page, msg.Data)
+	}
+	if err != nil {
+		return &livemig.PageError{Op: "place", Page: msg.Page, Err: err}
+	}
+	if !placed {
+		r.dupN.Add(1)
+		return nil
+	}
+	r.placed.Add(1)
+	if msg.Enc == transport.EncZero {
+		r.digest.Zero(msg.Page)
+	} else {
+		r.digest.Update(msg.Page, msg.Data)
+	}
+	r.markHeld(msg.Page)
+	if atomic.LoadUint64(&r.requested[msg.Page/64])&(1<<(msg.Page%64)) != 0 {
+		r.served(msg.Page)
+	}
+	return nil
+}
+
+func (r *receiver) fillReport() {
+	r.rep.PagesReceived = r.recvN.Load()
+	r.rep.ZeroPages = r.zeroN.Load()
+	r.rep.Duplicates = r.dupN.Load()
+	r.outMu.Lock()
+	p50, p99, mx := r.waits.summary()
+	r.rep.PostCopy.DemandFaults = r.faults
+	r.rep.PostCopy.FaultP50, r.rep.PostCopy.FaultP99, r.rep.PostCopy.FaultMax = p50, p99, mx
+	r.rep.PostCopy.WaitTotal = r.waits.total
+	r.outMu.Unlock()
+	if r.rep.Resumed {
+		if at := r.lastAt.Load(); at > 0 {
+			r.rep.PostCopy.LastPage = r.start.Add(time.Duration(at)).Sub(r.resumeAt)
+		}
+	}
+}

@@ -1,0 +1,84 @@
+// Package postcopy migrates a guest by post-copy: execution moves first and
+// the memory after, so every page crosses the link once and the downtime
+// does not depend on how fast the guest dirties memory. The price is a guest
+// that waits on the pages it touches before they arrive, and a window in
+// which neither host holds the whole guest, which this package survives: a
+// link cut after the switchover is recovered by reconnecting.
+//
+// With Config.PreCopyRounds > 0 the same engine runs a hybrid migration (a
+// bounded pre-copy phase, then post-copy for the rest); package hybrid
+// wraps it.
+//
+// # Protocol
+//
+// Over a transport.Conn (and optionally a second, urgent Conn for requested
+// pages, like QEMU's postcopy-preempt channel):
+//
+//	source                                  destination
+//	[pre-copy rounds: Page..., EndRound]    stores them (newest wins)
+//	pause
+//	[Discard chunks: stale copies]    -->   makes those pages missing again
+//	Switchover (Page: session id,
+//	  Arg: round | urgent flag)       -->
+//	State                             -->   loads it
+//	                                  <--   Ack(AckReady)
+//	Commit                            -->   resumes the guest at once
+//	                                  <--   Ack(AckResumed)
+//	Page... (background push)         -->   places each page only if missing
+//	                                  <--   Request (a page the guest faulted on)
+//	Page (requested) + neighbours     -->   (on the urgent Conn if there is one)
+//	[urgent Conn: EndRound marker]
+//	Done (Arg: digest at pause time)  -->   checks it holds every page, digests
+//	                                  <--   Ack(AckComplete, Page: digest,
+//	                                            Data: fault figures)
+//
+// Downtime is from the pause to the resume: one round trip plus the state,
+// whatever the dirty rate. Once the guest runs at the destination, a page
+// placed there belongs to the guest: a later copy (a request racing the
+// push) is dropped. Before the switchover the guest is not running at the
+// destination, so pre-copy pages overwrite older copies; at the switchover
+// the source names every page dirtied since it was sent (KindDiscard) and
+// the destination makes it missing, so the guest can never run on a stale
+// copy.
+//
+// # Failure and recovery
+//
+// Before the Commit, failure is clean as in package precopy: the source
+// resumes its guest, the destination never resumes. After it the source
+// never resumes: the destination runs the guest, threads touching missing
+// pages wait, and a cut link is recovered. The source redials
+// (Config.Redial) and sends KindResume with the session id; the destination
+// (Config.Reaccept) answers with KindRecvBitmap chunks naming the pages it
+// holds, Ack(AckHeld), and requests again what its guest waits on; the
+// source pushes the rest. Without Redial/Reaccept the error wraps
+// livemig.ErrIncomplete: the guest's memory is split and the source's copy
+// must be kept.
+//
+// # Destination memory
+//
+// The destination's Memory places pages only if missing (Place, PlaceZero)
+// and reports presence; its faults reach the engine through a FaultSource.
+// faultmem.Region (userfaultfd: guest threads block in the kernel on missing
+// pages) is the real one; HeapMemory is a portable stand-in whose guest
+// goroutines block in Access. FaultQueue adapts a fault callback (faultmem's
+// Config.OnFault) to a FaultSource.
+//
+// # Usage
+//
+//	// Source side.
+//	rep, err := postcopy.Migrate(ctx, conn, precopy.Source{Memory: guest, VM: guest},
+//		postcopy.Config{Urgent: urgentConn, Redial: redial})
+//
+//	// Destination side.
+//	faults := postcopy.NewFaultQueue(pages, nil)
+//	mem, err := faultmem.New(4096, pages, faultmem.Config{OnFault: faults.Fault})
+//	drep, err := postcopy.Receive(ctx, conn, postcopy.Destination{
+//		Memory: mem, VM: vm, Faults: faults, Pages: pages, PageSize: 4096,
+//	}, postcopy.Config{Urgent: urgentConn, Reaccept: reaccept})
+//
+// The source's Report has the post-copy figures in Report.PostCopy: pages
+// pushed and pulled (requested pages and their pre-paged neighbours), demand
+// faults, the guest's wait per fault (p50, p99, max, total, measured at the
+// destination from the fault to the page's placement) and the time from the
+// resume to the last page.
+package postcopy

@@ -1,0 +1,518 @@
+package postcopy_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/region"
+	"github.com/livemig/livemig/transport"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const pageSize = livemig.DefaultPageSize
+
+// newSource maps a guest of pages pages, fills most pages with a pattern and
+// leaves every eighth page zero.
+func newSource(t testing.TB, pages uint64) *region.Region {
+	t.Helper()
+	r, err := region.New(pageSize, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	b := r.Bytes()
+	for n := uint64(0); n < pages; n++ {
+		if n%8 == 7 {
+			continue
+		}
+		for off := 0; off < pageSize; off += 64 {
+			binary.LittleEndian.PutUint64(b[int(n)*pageSize+off:], n<<20|uint64(off)|1)
+		}
+	}
+	r.SetState([]byte("vcpu registers and device state"))
+	return r
+}
+
+// srcVM counts what the engine does to the source's control.
+type srcVM struct {
+	*region.Region
+	pauses, resumes atomic.Int32
+}
+
+func (v *srcVM) Pause(ctx context.Context) error { v.pauses.Add(1); return v.Region.Pause(ctx) }
+func (v *srcVM) Resume(ctx context.Context) error {
+	v.resumes.Add(1)
+	return v.Region.Resume(ctx)
+}
+
+// dstVM is the destination's control: Resume lets the guest goroutines go.
+type dstVM struct {
+	mu      sync.Mutex
+	state   []byte
+	resumes atomic.Int32
+	loads   atomic.Int32
+	started chan struct{}
+}
+
+func newDstVM() *dstVM { return &dstVM{started: make(chan struct{})} }
+
+func (v *dstVM) Pause(context.Context) error { return nil }
+func (v *dstVM) Resume(context.Context) error {
+	if v.resumes.Add(1) == 1 {
+		close(v.started)
+	}
+	return nil
+}
+func (v *dstVM) SaveState(_ context.Context, dst []byte) ([]byte, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return append(dst, v.state...), nil
+}
+func (v *dstVM) LoadState(_ context.Context, s []byte) error {
+	v.loads.Add(1)
+	v.mu.Lock()
+	v.state = append(v.state[:0], s...)
+	v.mu.Unlock()
+	return nil
+}
+
+// srcWriters runs n goroutines writing counters into the source until it
+// pauses (their writes then block) or stop is called. stop returns once they
+// ended; it resumes nothing: writers blocked on a paused region are let go
+// by closing it... so stop must be called before the region is resumed or
+// closed, and waits only for the writers not blocked.
+func srcWriters(src *region.Region, n int) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var count atomic.Uint64
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			x := uint64(i+1) * 0x9E3779B97F4A7C15
+			var buf [8]byte
+			for ctx.Err() == nil {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				binary.LittleEndian.PutUint64(buf[:], count.Add(1))
+				var err error
+				if src.Paused() {
+					return
+				}
+				err = src.Write(x%src.PageCount(), int(x>>40)%(pageSize/8)*8, buf[:])
+				if err != nil {
+					return
+				}
+			}
+		}(i)
+	}
+	return func() {
+		cancel()
+		// Writers blocked in Write by the pause end when the region
+		// resumes; the caller does that after taking its snapshot.
+		_ = src.Resume(context.Background())
+		wg.Wait()
+	}
+}
+
+// guestMem is the destination memory as the test's guest sees it.
+type guestMem interface {
+	postcopy.Memory
+	// store is a guest write of v at offset off of page n; it blocks while
+	// the page is missing.
+	store(ctx context.Context, n uint64, off int, v uint64) error
+	// contents returns the memory once nothing runs.
+	contents() []byte
+}
+
+type heapMem struct{ *postcopy.HeapMemory }
+
+func (h heapMem) store(ctx context.Context, n uint64, off int, v uint64) error {
+	return h.Access(ctx, n, func(p []byte) { binary.LittleEndian.PutUint64(p[off:], v) })
+}
+func (h heapMem) contents() []byte { return h.Bytes() }
+
+// guests runs n goroutines standing in for the destination's vCPUs: from
+// the resume on, each writes writes values at its own offset of random
+// pages and remembers the last value it wrote to each page.
+type guests struct {
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	last   []map[uint64]uint64
+	errs   []error
+}
+
+func startGuests(mem guestMem, vm *dstVM, pages uint64, n, writes int, seed uint64) *guests {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &guests{cancel: cancel, last: make([]map[uint64]uint64, n), errs: make([]error, n)}
+	for i := 0; i < n; i++ {
+		g.last[i] = make(map[uint64]uint64)
+		g.wg.Add(1)
+		go func(i int) {
+			defer g.wg.Done()
+			select {
+			case <-vm.started:
+			case <-ctx.Done():
+				return
+			}
+			x := seed + uint64(i+1)*0x9E3779B97F4A7C15
+			for k := 0; k < writes && ctx.Err() == nil; k++ {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				page := x % pages
+				v := uint64(i+1)<<48 | uint64(k+1)
+				if err := mem.store(ctx, page, 8*i, v); err != nil {
+					if ctx.Err() == nil {
+						g.errs[i] = err
+					}
+					return
+				}
+				g.last[i][page] = v
+			}
+		}(i)
+	}
+	return g
+}
+
+// wait waits for the guests to finish their writes.
+func (g *guests) wait() error {
+	g.wg.Wait()
+	g.cancel()
+	return errors.Join(g.errs...)
+}
+
+func (g *guests) stop() { g.cancel(); g.wg.Wait() }
+
+// expected is the source at pause time plus the guests' writes.
+func (g *guests) expected(atPause []byte) []byte {
+	want := bytes.Clone(atPause)
+	for i, m := range g.last {
+		for page, v := range m {
+			binary.LittleEndian.PutUint64(want[int(page)*pageSize+8*i:], v)
+		}
+	}
+	return want
+}
+
+func diffPages(a, b []byte) (n int, first int) {
+	first = -1
+	for off := 0; off < len(a); off += pageSize {
+		if !bytes.Equal(a[off:off+pageSize], b[off:off+pageSize]) {
+			if first < 0 {
+				first = off / pageSize
+			}
+			n++
+		}
+	}
+	return n, first
+}
+
+// cutLink passes writes through until a cut is armed and its byte budget is
+// spent; then it closes the link (the peer sees a stream cut mid-frame).
+type cutLink struct {
+	transport.Link
+	mu    sync.Mutex
+	left  int64 // bytes until the cut; -1: not armed
+	fired bool
+}
+
+func newCut(l transport.Link) *cutLink { return &cutLink{Link: l, left: -1} }
+
+func (c *cutLink) arm(after int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.left < 0 && !c.fired {
+		c.left = after
+	}
+}
+
+// armed reports whether a cut was armed (and maybe fired).
+func (c *cutLink) armed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fired || c.left >= 0
+}
+
+func (c *cutLink) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.left < 0 || int64(len(p)) <= c.left {
+		if c.left >= 0 {
+			c.left -= int64(len(p))
+		}
+		c.mu.Unlock()
+		return c.Link.Write(p)
+	}
+	at := c.left
+	c.left, c.fired = -1, true
+	c.mu.Unlock()
+	n, _ := c.Link.Write(p[:at])
+	c.Link.Close()
+	return n, fmt.Errorf("test cut the link after %d more bytes: %w", at, io.ErrClosedPipe)
+}
+
+// setup is one migration to run: the knobs of a test.
+type setup struct {
+	pages      uint64
+	urgent     bool
+	preRounds  int
+	srcWriters int
+	guests     int
+	writes     int
+	recover    bool
+	tcp        bool
+	prepage    int
+	// dirtyAtPause pages are written at the source just before it pauses.
+	dirtyAtPause int
+	order      precopy.Order
+	mem        func(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem
+	// cut, if set, is called at each source event with the source's link
+	// (writes from the source) and the destination's (the return path).
+	cut func(e postcopy.Event, src, dst *cutLink)
+	// onDstEvent is called at each destination event.
+	onDstEvent func(e postcopy.Event, src, dst *cutLink)
+}
+
+type outcome struct {
+	rep     *livemig.Report
+	err     error
+	drep    *postcopy.ReceiveReport
+	derr    error
+	src     *region.Region
+	srcVM   *srcVM
+	dstVM   *dstVM
+	atPause []byte // the source's memory at pause time
+	paused  bool   // the source was paused when the migration ended
+	want    []byte // atPause plus the guests' writes
+	got     []byte
+	guestErr error
+}
+
+func heapMemory(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem {
+	h, err := postcopy.NewHeapMemory(pageSize, pages, faults.Fault)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return heapMem{h}
+}
+
+// linkPair returns the two ends of a new link: a pipe, or loopback TCP.
+func linkPair(t testing.TB, tcp bool) (a, b transport.Link) {
+	t.Helper()
+	if !tcp {
+		return transport.Pipe(1 << 20)
+	}
+	ctx := context.Background()
+	l, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan transport.Link, 1)
+	go func() {
+		c, err := l.Accept(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	a, err = transport.Dial(ctx, l.Addr().String(), transport.DialConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, <-accepted
+}
+
+// openPair handshakes both ends of a link.
+func openPair(ctx context.Context, a, b transport.Link, pages uint64) (ca, cb transport.Conn, err error) {
+	hello := transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
+	var berr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cb, _, berr = transport.Open(ctx, b, hello, transport.Config{})
+	}()
+	ca, _, err = transport.Open(ctx, a, hello, transport.Config{})
+	wg.Wait()
+	if err != nil || berr != nil {
+		if ca != nil {
+			ca.Close()
+		}
+		if cb != nil {
+			cb.Close()
+		}
+		a.Close()
+		b.Close()
+		return nil, nil, errors.Join(err, berr)
+	}
+	return ca, cb, nil
+}
+
+// run migrates a fresh source to a fresh destination as s says, with
+// guests at the destination writing from the resume, and returns what
+// happened.
+func run(t *testing.T, s setup) outcome {
+	t.Helper()
+	if s.mem == nil {
+		s.mem = heapMemory
+	}
+	if s.writes == 0 {
+		s.writes = 300
+	}
+	ctx := context.Background()
+	src := newSource(t, s.pages)
+	o := outcome{src: src, srcVM: &srcVM{Region: src}, dstVM: newDstVM()}
+	stopWriters := srcWriters(src, s.srcWriters)
+	faults := postcopy.NewFaultQueue(s.pages, nil)
+	mem := s.mem(t, s.pages, faults)
+	g := startGuests(mem, o.dstVM, s.pages, s.guests, s.writes, 42)
+
+	a, b := linkPair(t, s.tcp)
+	var cutMu sync.Mutex
+	srcCut, dstCut := newCut(a), newCut(b)
+	cuts := func() (*cutLink, *cutLink) {
+		cutMu.Lock()
+		defer cutMu.Unlock()
+		return srcCut, dstCut
+	}
+	mainA, mainB, err := openPair(ctx, srcCut, dstCut, s.pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scfg := postcopy.Config{PreCopyRounds: s.preRounds, Prepage: s.prepage, Order: s.order}
+	dcfg := postcopy.Config{}
+	if s.urgent {
+		ua, ub := linkPair(t, s.tcp)
+		scfg.Urgent, dcfg.Urgent, err = openPair(ctx, ua, ub, s.pages)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dstDone, srcDone := make(chan struct{}), make(chan struct{})
+	if s.recover {
+		links := make(chan transport.Link)
+		scfg.Redial = func(ctx context.Context) (transport.Conn, error) {
+			la, lb := linkPair(t, s.tcp)
+			ca, cb := newCut(la), newCut(lb)
+			cutMu.Lock()
+			srcCut, dstCut = ca, cb
+			cutMu.Unlock()
+			var a, b transport.Link = ca, cb
+			select {
+			case links <- b:
+			case <-dstDone:
+				a.Close()
+				b.Close()
+				return nil, errors.New("test: the destination is gone")
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			conn, _, err := transport.Open(ctx, a, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
+			return conn, err
+		}
+		dcfg.Reaccept = func(ctx context.Context) (transport.Conn, error) {
+			select {
+			case b := <-links:
+				conn, _, err := transport.Open(ctx, b, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
+				return conn, err
+			case <-srcDone:
+				return nil, errors.New("test: the source is gone")
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	scfg.OnEvent = func(e postcopy.Event) {
+		if e.Kind == postcopy.Pausing {
+			for i := 0; i < s.dirtyAtPause; i++ {
+				_ = src.Write(uint64(i*7)%s.pages, 16, []byte{0xEE, byte(i)})
+			}
+		}
+		if s.cut != nil {
+			sc, dc := cuts()
+			s.cut(e, sc, dc)
+		}
+	}
+	if s.onDstEvent != nil {
+		dcfg.OnEvent = func(e postcopy.Event) { sc, dc := cuts(); s.onDstEvent(e, sc, dc) }
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(dstDone)
+		o.drep, o.derr = postcopy.Receive(ctx, mainB, postcopy.Destination{
+			Memory: mem, VM: o.dstVM, Faults: faults, Pages: s.pages, PageSize: pageSize,
+		}, dcfg)
+	}()
+	o.rep, o.err = postcopy.Migrate(ctx, mainA, precopy.Source{Memory: src, Dirty: src, VM: o.srcVM}, scfg)
+	close(srcDone)
+	wg.Wait()
+	// The source stays paused after a hand-over: its memory is the guest
+	// at pause time.
+	o.atPause = bytes.Clone(src.Bytes())
+	o.paused = src.Paused()
+	if o.err == nil && o.derr == nil {
+		o.guestErr = g.wait()
+	} else {
+		g.stop()
+	}
+	stopWriters()
+	o.want = g.expected(o.atPause)
+	o.got = bytes.Clone(mem.contents())
+	return o
+}
+
+// checkComplete asserts a successful migration: both sides succeeded, the
+// destination is the source at pause time plus its guests' writes, byte
+// for byte, and the figures add up.
+func checkComplete(t *testing.T, s setup, o outcome) {
+	t.Helper()
+	if o.err != nil || o.derr != nil {
+		t.Fatalf("source: %v\ndestination: %v", o.err, o.derr)
+	}
+	if o.guestErr != nil {
+		t.Fatalf("guest: %v", o.guestErr)
+	}
+	if n, first := diffPages(o.want, o.got); n != 0 {
+		t.Fatalf("destination differs from the source at pause plus the guests' writes in %d pages (first %d)", n, first)
+	}
+	if o.srcVM.pauses.Load() != 1 || o.srcVM.resumes.Load() != 0 {
+		t.Fatalf("source paused %d times, resumed %d times", o.srcVM.pauses.Load(), o.srcVM.resumes.Load())
+	}
+	if o.dstVM.resumes.Load() != 1 || o.dstVM.loads.Load() != 1 || !bytes.Equal(o.dstVM.state, o.src.State()) {
+		t.Fatalf("destination resumed %d times, loaded state %d times: %q", o.dstVM.resumes.Load(), o.dstVM.loads.Load(), o.dstVM.state)
+	}
+	rep, drep := o.rep, o.drep
+	if !rep.Verified || !drep.Verified || !drep.Resumed || !drep.Complete {
+		t.Fatalf("verified %v/%v, resumed %v, complete %v", rep.Verified, drep.Verified, drep.Resumed, drep.Complete)
+	}
+	pc := rep.PostCopy
+	if pc == nil {
+		t.Fatal("no post-copy figures")
+	}
+	if pc.PagesPushed+pc.PagesPulled != rep.Rounds[len(rep.Rounds)-1].PagesSent {
+		t.Fatalf("pushed %d + pulled %d != %d pages sent after the switchover", pc.PagesPushed, pc.PagesPulled, rep.Rounds[len(rep.Rounds)-1].PagesSent)
+	}
+	if rep.Downtime <= 0 || rep.Downtime > rep.TotalTime || rep.Algorithm == "" {
+		t.Fatalf("downtime %v of %v, algorithm %q", rep.Downtime, rep.TotalTime, rep.Algorithm)
+	}
+	if pc.DemandFaults != drep.PostCopy.DemandFaults || pc.FaultMax < pc.FaultP99 || pc.FaultP99 < pc.FaultP50 {
+		t.Fatalf("fault figures: source %+v, destination %+v", pc, drep.PostCopy)
+	}
+}

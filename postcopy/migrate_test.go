@@ -1,0 +1,372 @@
+package postcopy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// Pure post-copy into the in-process memory: guests at the destination
+// write from the resume; every page crosses the link exactly once; the
+// destination ends equal to the source at pause plus the guests' writes.
+func TestPostCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    setup
+	}{
+		{"main connection", setup{pages: 2048, guests: 4, srcWriters: 2}},
+		{"urgent connection", setup{pages: 2048, guests: 4, srcWriters: 2, urgent: true}},
+		{"no prepaging", setup{pages: 1024, guests: 2, prepage: -1}},
+		{"descending push", setup{pages: 1024, guests: 2, order: &descending{}}},
+		{"odd size", setup{pages: 1000, guests: 3, urgent: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := run(t, tc.s)
+			checkComplete(t, tc.s, o)
+			rep := o.rep
+			// Every page crosses once: a duplicate can only come from the
+			// urgent connection serving a page the push had sent.
+			if rep.PagesSent-rep.PagesResent != tc.s.pages || (!tc.s.urgent && rep.PagesSent != tc.s.pages) {
+				t.Fatalf("%d pages sent, %d re-sent, guest of %d", rep.PagesSent, rep.PagesResent, tc.s.pages)
+			}
+			if rep.PagesResent != o.drep.Duplicates {
+				t.Fatalf("source re-sent %d pages, destination dropped %d", rep.PagesResent, o.drep.Duplicates)
+			}
+			if len(rep.Rounds) != 1 || !rep.Rounds[0].Final || rep.Algorithm != "post-copy" {
+				t.Fatalf("rounds %+v, algorithm %q", rep.Rounds, rep.Algorithm)
+			}
+			if rep.PostCopy.DemandFaults == 0 {
+				t.Fatalf("no demand faults with %d guests: %+v", tc.s.guests, rep.PostCopy)
+			}
+			t.Logf("%v", rep)
+		})
+	}
+}
+
+// descending is an Order that sends pages from the highest down.
+type descending struct{ observed int }
+
+func (d *descending) Observe([]uint64) { d.observed++ }
+func (d *descending) Name() string     { return "descending" }
+func (d *descending) Plan(dst, dirty []uint64) []uint64 {
+	for i := len(dirty) - 1; i >= 0; i-- {
+		for b := 63; b >= 0; b-- {
+			if dirty[i]&(1<<b) != 0 {
+				dst = append(dst, uint64(i)*64+uint64(b))
+			}
+		}
+	}
+	return dst
+}
+
+// Hybrid: pre-copy rounds with writers running, then post-copy; the stale
+// copies are discarded, so the destination never runs on an old page.
+func TestHybridHeap(t *testing.T) {
+	s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3}
+	o := run(t, s)
+	checkComplete(t, s, o)
+	rep := o.rep
+	if rep.Algorithm != "hybrid" || len(rep.Rounds) < 2 || o.drep.Rounds != len(rep.Rounds)-1 {
+		t.Fatalf("algorithm %q, %d rounds, destination saw %d pre-copy rounds", rep.Algorithm, len(rep.Rounds), o.drep.Rounds)
+	}
+	if o.drep.Discarded == 0 || o.drep.Discarded != rep.Rounds[len(rep.Rounds)-1].DirtyPages {
+		t.Fatalf("discarded %d pages, %d to push after the switchover", o.drep.Discarded, rep.Rounds[len(rep.Rounds)-1].DirtyPages)
+	}
+	t.Logf("%v", rep)
+}
+
+// A hybrid migration needs a memory that can discard; one that cannot is
+// refused before the resume, and the source keeps running.
+func TestHybridNeedsDiscard(t *testing.T) {
+	s := setup{pages: 256, dirtyAtPause: 10, preRounds: 2, mem: func(t *testing.T, pages uint64, f *postcopy.FaultQueue) guestMem {
+		return noDiscard{heapMemory(t, pages, f)}
+	}}
+	o := run(t, s)
+	if !errors.Is(o.derr, livemig.ErrNotSupported) || !errors.Is(o.err, livemig.ErrPeer) {
+		t.Fatalf("source %v, destination %v", o.err, o.derr)
+	}
+	if o.srcVM.resumes.Load() == 0 && o.srcVM.pauses.Load() != 0 || o.dstVM.resumes.Load() != 0 {
+		t.Fatalf("source paused %d resumed %d; destination resumed %d", o.srcVM.pauses.Load(), o.srcVM.resumes.Load(), o.dstVM.resumes.Load())
+	}
+}
+
+// noDiscard hides HeapMemory's Discard.
+type noDiscard struct{ guestMem }
+
+// A cut after the switchover is recovered: the source redials, the
+// destination says which pages it holds, the migration finishes and the
+// memory is right. Cuts at several points, of either direction.
+func TestRecovery(t *testing.T) {
+	const pages = 4096
+	type point struct {
+		name string
+		cut  func(e postcopy.Event, src, dst *cutLink)
+		dst  func(e postcopy.Event, src, dst *cutLink)
+	}
+	points := []point{
+		{"in the commit (destination in doubt)", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.HandedOver {
+				src.arm(5)
+			}
+		}, nil},
+		{"early in the push", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
+				src.arm(64 << 10)
+			}
+		}, nil},
+		{"late in the push", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pushing && e.Pages >= 3072 {
+				src.arm(1000)
+			}
+		}, nil},
+		{"at done", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.PushDone {
+				src.arm(0)
+			}
+		}, nil},
+		{"return path at the resume", nil, func(e postcopy.Event, _, dst *cutLink) {
+			if e.Kind == postcopy.Resumed {
+				dst.arm(30)
+			}
+		}},
+	}
+	for _, urgent := range []bool{false, true} {
+		for _, p := range points {
+			name := p.name
+			if urgent {
+				name += ", urgent"
+			}
+			t.Run(name, func(t *testing.T) {
+				s := setup{pages: pages, guests: 4, srcWriters: 1, recover: true, urgent: urgent, cut: once(p.cut), onDstEvent: once(p.dst)}
+				o := run(t, s)
+				checkComplete(t, s, o)
+				if o.drep.Reconnects != 1 {
+					t.Fatalf("%d reconnections, want 1", o.drep.Reconnects)
+				}
+				// Pages held across the cut are not sent again.
+				if o.rep.PagesSent-o.rep.PagesResent != pages || o.rep.PagesResent > pages/2 {
+					t.Fatalf("%d pages sent, %d re-sent", o.rep.PagesSent, o.rep.PagesResent)
+				}
+				t.Logf("%d reconnections, %d pages re-sent\n%v", o.drep.Reconnects, o.rep.PagesResent, o.rep)
+			})
+		}
+	}
+}
+
+// once returns f that acts only until it has armed a cut.
+func once(f func(e postcopy.Event, src, dst *cutLink)) func(e postcopy.Event, src, dst *cutLink) {
+	if f == nil {
+		return nil
+	}
+	var done bool
+	return func(e postcopy.Event, src, dst *cutLink) {
+		if done {
+			return
+		}
+		f(e, src, dst)
+		done = src.armed() || dst.armed()
+	}
+}
+
+// Two cuts in one migration: the second on the reconnected link.
+func TestRecoveryTwice(t *testing.T) {
+	const pages = 4096
+	var first, second bool
+	s := setup{pages: pages, guests: 2, recover: true, cut: func(e postcopy.Event, src, _ *cutLink) {
+		switch {
+		case e.Kind == postcopy.Pushing && e.Pages >= 1024 && !first:
+			first = true
+			src.arm(10 << 10)
+		case e.Kind == postcopy.Reconnected && !second:
+			second = true
+			src.arm(200 << 10)
+		}
+	}}
+	o := run(t, s)
+	checkComplete(t, s, o)
+	if o.drep.Reconnects != 2 {
+		t.Fatalf("%d reconnections, want 2", o.drep.Reconnects)
+	}
+}
+
+// Without Redial, a cut after the switchover leaves the guest running at
+// the destination and the source paused, with an error that says the
+// memory is split.
+func TestCutAfterSwitchoverWithoutRecovery(t *testing.T) {
+	s := setup{pages: 4096, guests: 2, cut: func(e postcopy.Event, src, _ *cutLink) {
+		if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
+			src.arm(1000)
+		}
+	}}
+	o := run(t, s)
+	if !errors.Is(o.err, livemig.ErrIncomplete) || !errors.Is(o.derr, livemig.ErrIncomplete) {
+		t.Fatalf("source %v, destination %v", o.err, o.derr)
+	}
+	if !o.paused || o.srcVM.resumes.Load() != 0 {
+		t.Fatal("the source resumed after the hand-over")
+	}
+	if !o.drep.Resumed || o.dstVM.resumes.Load() != 1 {
+		t.Fatal("the destination did not run the guest")
+	}
+}
+
+// A cut before the switchover is pre-copy's clean failure: the source runs
+// on, unchanged by the migration, and the destination never resumes.
+func TestCutBeforeSwitchover(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    setup
+	}{
+		{"in a pre-copy round", setup{pages: 2048, preRounds: 3, cut: func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.RoundStarted && e.Round == 1 {
+				src.arm(2 << 20)
+			}
+		}}},
+		{"in the discard", setup{pages: 2048, preRounds: 3, srcWriters: 2, cut: func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pausing {
+				src.arm(20)
+			}
+		}}},
+		{"in the state", setup{pages: 1024, cut: func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pausing {
+				src.arm(30)
+			}
+		}}},
+		{"return path before the state's ack", setup{pages: 1024, recover: true, cut: func(e postcopy.Event, _, dst *cutLink) {
+			if e.Kind == postcopy.Pausing {
+				dst.arm(0)
+			}
+		}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.s
+			s.guests = 2
+			o := run(t, s)
+			if o.err == nil || o.derr == nil {
+				t.Fatalf("want two errors; source %v, destination %v", o.err, o.derr)
+			}
+			if !isAny(o.err, io.ErrClosedPipe, livemig.ErrClosed, io.ErrUnexpectedEOF, livemig.ErrPeer) ||
+				!errors.Is(o.derr, livemig.ErrIncomplete) {
+				t.Errorf("source %v\ndestination %v", o.err, o.derr)
+			}
+			if o.paused || o.srcVM.pauses.Load() != o.srcVM.resumes.Load() {
+				t.Errorf("source left paused (paused %d, resumed %d)", o.srcVM.pauses.Load(), o.srcVM.resumes.Load())
+			}
+			if o.dstVM.resumes.Load() != 0 || o.drep.Resumed {
+				t.Errorf("destination resumed")
+			}
+			// The source's memory is what its writers made of it: the
+			// migration wrote nothing there. And it still runs.
+			if err := o.src.Write(0, 0, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("source: %v\ndestination: %v", o.err, o.derr)
+		})
+	}
+}
+
+func isAny(err error, targets ...error) bool {
+	for _, t := range targets {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}
+
+// A destination that refuses an urgent connection the source uses (or the
+// reverse) fails before the resume.
+func TestUrgentMismatch(t *testing.T) {
+	ctx := context.Background()
+	const pages = 64
+	src := newSource(t, pages)
+	a, b := transport.Pipe(1 << 20)
+	ca, cb, err := openPair(ctx, a, b, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ua, ub := transport.Pipe(1 << 20)
+	uca, ucb, err := openPair(ctx, ua, ub, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ucb.Close()
+	mem, _ := postcopy.NewHeapMemory(pageSize, pages, nil)
+	vm := newDstVM()
+	done := make(chan error, 1)
+	go func() {
+		_, err := postcopy.Receive(ctx, cb, postcopy.Destination{Memory: mem, VM: vm, Pages: pages, PageSize: pageSize}, postcopy.Config{})
+		done <- err
+	}()
+	_, err = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, postcopy.Config{Urgent: uca})
+	derr := <-done
+	if !errors.Is(derr, livemig.ErrVersion) || !errors.Is(err, livemig.ErrPeer) || src.Paused() || vm.resumes.Load() != 0 {
+		t.Fatalf("source %v, destination %v, source paused %v", err, derr, src.Paused())
+	}
+}
+
+// The in-process memory places only missing pages, blocks accesses to
+// missing pages until they are placed, and discards.
+func TestHeapMemory(t *testing.T) {
+	faults := make(chan uint64, 4)
+	h, err := postcopy.NewHeapMemory(64, 4, func(n uint64) { faults <- n })
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := bytes.Repeat([]byte{7}, 64)
+	if ok, err := h.Place(1, page); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if ok, err := h.Place(1, make([]byte, 64)); ok || err != nil {
+		t.Fatalf("second Place = %v, %v", ok, err)
+	}
+	got := make([]byte, 64)
+	if err := h.ReadPage(1, got); err != nil || !bytes.Equal(got, page) {
+		t.Fatalf("page 1 = %v, %v", got, err)
+	}
+	if err := h.ReadPage(2, got); err == nil {
+		t.Fatal("read of a missing page succeeded")
+	}
+	done := make(chan byte)
+	go func() {
+		var b byte = 0xff
+		_ = h.Access(context.Background(), 2, func(p []byte) { b = p[0] })
+		done <- b
+	}()
+	// The access reports the fault and waits until page 2 is placed.
+	if n := <-faults; n != 2 {
+		t.Fatalf("fault on page %d", n)
+	}
+	select {
+	case <-done:
+		t.Fatal("access to a missing page did not wait")
+	default:
+	}
+	if ok, _ := h.PlaceZero(2); !ok {
+		t.Fatal("PlaceZero of a missing page did not place")
+	}
+	if b := <-done; b != 0 {
+		t.Fatalf("access saw %d", b)
+	}
+	if err := h.Discard(1); err != nil || h.Present(1) {
+		t.Fatal("discard left the page present", err)
+	}
+	if _, err := h.Place(4, page); !errors.Is(err, livemig.ErrPageRange) {
+		t.Fatalf("Place past the end: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.Access(ctx, 3, func([]byte) {}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled access: %v", err)
+	}
+	if n := <-faults; n != 3 {
+		t.Fatalf("fault on page %d", n)
+	}
+}

@@ -1,0 +1,140 @@
+package postcopy
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
+	"slices"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+)
+
+// statsLen is the size of the figures an Ack(AckComplete) carries: eight
+// little-endian uint64s.
+const statsLen = 64
+
+// destStats are the destination's post-copy figures, sent back to the source
+// in Ack(AckComplete)'s Data so that the source's Report has them.
+type destStats struct {
+	Faults     uint64
+	P50, P99   time.Duration
+	Max        time.Duration
+	WaitTotal  time.Duration
+	LastPage   time.Duration // resume to the last page placed
+	Placed     uint64        // pages placed after the resume
+	Duplicates uint64        // copies dropped because the page was present
+}
+
+// appendStats appends s in the wire layout: faults, p50, p99, max,
+// wait total, last page (nanoseconds), placed, duplicates.
+func appendStats(dst []byte, s destStats) []byte {
+	for _, v := range [...]uint64{s.Faults, uint64(s.P50), uint64(s.P99), uint64(s.Max),
+		uint64(s.WaitTotal), uint64(s.LastPage), s.Placed, s.Duplicates} {
+		dst = binary.LittleEndian.AppendUint64(dst, v)
+	}
+	return dst
+}
+
+// parseStats decodes appendStats' layout. Durations that do not fit a
+// time.Duration, or a length other than statsLen, are corrupt.
+func parseStats(b []byte) (destStats, error) {
+	if len(b) != statsLen {
+		return destStats{}, fmt.Errorf("postcopy: destination figures of %d bytes, want %d: %w", len(b), statsLen, livemig.ErrCorrupt)
+	}
+	var v [8]uint64
+	for i := range v {
+		v[i] = binary.LittleEndian.Uint64(b[8*i:])
+	}
+	for i := 1; i <= 5; i++ {
+		if v[i] > 1<<63-1 {
+			return destStats{}, fmt.Errorf("postcopy: destination figure %d is %d ns: %w", i, v[i], livemig.ErrCorrupt)
+		}
+	}
+	return destStats{v[0], time.Duration(v[1]), time.Duration(v[2]), time.Duration(v[3]),
+		time.Duration(v[4]), time.Duration(v[5]), v[6], v[7]}, nil
+}
+
+// applyBitmap checks a bitmap message for a guest of pages pages and calls
+// f for every page it names, in ascending order, stopping at f's first
+// error.
+func applyBitmap(m transport.Msg, pages uint64, f func(n uint64) error) error {
+	words, err := transport.CheckBitmap(m, pages)
+	if err != nil {
+		return err
+	}
+	for i := range words {
+		w := transport.BitmapWord(m, i)
+		for w != 0 {
+			b := bits.TrailingZeros64(w)
+			w &= w - 1
+			if err := f(m.Page + 64*uint64(i) + uint64(b)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// bitmapChunks calls send for each chunk of at most transport.MaxBitmapWords
+// words of bm holding a set bit, with the chunk's first page and its Data
+// (built in buf, which it returns for reuse).
+func bitmapChunks(bm []uint64, buf []byte, send func(first uint64, data []byte) error) ([]byte, error) {
+	for i := 0; i < len(bm); i += transport.MaxBitmapWords {
+		chunk := bm[i:min(i+transport.MaxBitmapWords, len(bm))]
+		// Trim zero words at both ends; skip an all-zero chunk.
+		lo, hi := 0, len(chunk)
+		for lo < hi && chunk[lo] == 0 {
+			lo++
+		}
+		for hi > lo && chunk[hi-1] == 0 {
+			hi--
+		}
+		if lo == hi {
+			continue
+		}
+		buf = transport.AppendBitmap(buf[:0], chunk[lo:hi])
+		if err := send(uint64(i+lo)*64, buf); err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
+// latencies collects fault wait times and summarises them.
+type latencies struct {
+	d     []time.Duration
+	total time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	l.d = append(l.d, d)
+	l.total += d
+}
+
+// summary returns the 50th and 99th percentiles (nearest rank) and the
+// maximum.
+func (l *latencies) summary() (p50, p99, mx time.Duration) {
+	if len(l.d) == 0 {
+		return 0, 0, 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	rank := func(p int) time.Duration {
+		i := (len(s)*p + 99) / 100 // ceil(n*p/100), 1-based
+		return s[max(i, 1)-1]
+	}
+	return rank(50), rank(99), s[len(s)-1]
+}
+
+func countBits(words []uint64) uint64 {
+	var c int
+	for _, w := range words {
+		c += bits.OnesCount64(w)
+	}
+	return uint64(c)
+}
