@@ -26,17 +26,21 @@ import (
 // Workload describes a simulated guest's writes, in a form that prints and
 // parses from flags.
 type Workload struct {
-	// Kind is idle, uniform, hotcold, stream or mix.
+	// Kind is idle, uniform, hotcold, stream, video or mix.
 	Kind string `json:"kind"`
 	// Rate is the pages the guest writes per second of its running time.
 	Rate float64 `json:"rate,omitempty"`
-	// HotBytes is the hot set of hotcold and the buffer of stream (and of
-	// the stream part of mix).
+	// HotBytes is the hot set of hotcold and video and the buffer of
+	// stream (and of the stream part of mix); default a 64th of the guest.
 	HotBytes uint64 `json:"hot_bytes,omitempty"`
-	// HotFraction is the share of hotcold's writes that go to the hot set.
+	// HotFraction is the share of hotcold's writes that go to the hot set
+	// (default 0.9), and of video's (default 0.1).
 	HotFraction float64 `json:"hot_fraction,omitempty"`
 	// Whole makes every write rewrite the whole page instead of a few words.
 	Whole bool `json:"whole,omitempty"`
+	// BufferBytes is video's buffer, written sequentially in whole pages;
+	// default a quarter of the guest.
+	BufferBytes uint64 `json:"buffer_bytes,omitempty"`
 }
 
 func (w Workload) String() string {
@@ -47,6 +51,16 @@ func (w Workload) String() string {
 		return fmt.Sprintf("hotcold %.0f pages/s, %d%% to %s", w.Rate, int(100*w.HotFraction+0.5), livemig.FormatBytes(w.HotBytes))
 	case "stream":
 		return fmt.Sprintf("stream %.0f pages/s over %s", w.Rate, livemig.FormatBytes(w.HotBytes))
+	case "video":
+		f, buf, hot := w.videoHot(), "a quarter of the guest", "a 64th"
+		if w.BufferBytes > 0 {
+			buf = livemig.FormatBytes(w.BufferBytes)
+		}
+		if w.HotBytes > 0 {
+			hot = livemig.FormatBytes(w.HotBytes)
+		}
+		return fmt.Sprintf("video %.0f pages/s: %d%% whole pages through %s, %d%% to %s", w.Rate,
+			int(100*(1-f)+0.5), buf, int(100*f+0.5), hot)
 	}
 	return fmt.Sprintf("%s %.0f pages/s", w.Kind, w.Rate)
 }
@@ -75,11 +89,31 @@ func (w Workload) build(pages uint64, pageSize int) (sim.Workload, error) {
 		// A streaming server fills a buffer sequentially (whole pages of new
 		// data) while a little bookkeeping dirties pages anywhere.
 		return sim.Mix(sim.Sequential(w.Rate*0.95, pages/4, hot, true), sim.Uniform(w.Rate*0.05, false)), nil
+	case "video":
+		// A video-streaming server: a large buffer written sequentially in
+		// whole pages of new frames, and a small hot set of a few words
+		// per write (connection state, counters, the player's indexes).
+		buf := w.BufferBytes / uint64(pageSize)
+		if buf == 0 {
+			buf = pages / 4
+		}
+		buf = min(buf, pages-pages/4)
+		f := w.videoHot()
+		return sim.Mix(sim.Sequential(w.Rate*(1-f), pages/4, buf, true), sim.HotCold(w.Rate*f, hot, 1, false)), nil
 	case "mix":
 		return sim.Mix(sim.HotCold(w.Rate*0.6, hot, 0.9, w.Whole), sim.Sequential(w.Rate*0.3, pages/2, hot, true),
 			sim.Uniform(w.Rate*0.1, w.Whole)), nil
 	}
-	return nil, fmt.Errorf("scenario: unknown workload %q (want idle, uniform, hotcold, stream or mix)", w.Kind)
+	return nil, fmt.Errorf("scenario: unknown workload %q (want idle, uniform, hotcold, stream, video or mix)", w.Kind)
+}
+
+// videoHot is the share of video's writes that go to its hot set: HotFraction,
+// 0.1 by default.
+func (w Workload) videoHot() float64 {
+	if w.HotFraction > 0 {
+		return w.HotFraction
+	}
+	return 0.1
 }
 
 // Scenario is a guest and a link.
@@ -101,9 +135,95 @@ type Scenario struct {
 const handshakeTime = time.Second
 
 // Algorithm is a migration algorithm with its options.
+//
+// By default an Algorithm is pre-copy (precopy.Migrate at the source,
+// precopy.Receive at the destination) configured by PreCopy, with the page
+// order made by Order. An algorithm of another kind (post-copy, hybrid) sets
+// Migrate, which then runs instead, on the same prepared endpoints: adding
+// one is a Migrator, not a change to Run.
 type Algorithm struct {
 	Name    string
-	PreCopy precopy.Config // Clock is set by Run
+	PreCopy precopy.Config // Clock is set by Run; Order is set from Order
+	// Order, if set, makes the page order of one run for a guest of pages
+	// pages. It is called once per Run, because an order such as
+	// reorder.ByFrequency keeps per-migration history and must not be
+	// shared between migrations. Nil: PreCopy.Order (usually nil, the
+	// standard ascending order).
+	Order func(pages uint64) (precopy.Order, error)
+	// Migrate, if set, replaces pre-copy: it migrates e.Guest to e.Sink
+	// over e.Source and e.Dest. PreCopy and Order are then ignored unless
+	// Migrate reads them.
+	Migrate Migrator
+}
+
+// Endpoints is a scenario made ready to migrate: the guest running on the
+// source's clock, the destination's sink, and the two ends of a simulated
+// link whose handshake is done. A Migrator owns the two Conns from the call
+// on, and must end with both sides finished (the engines close them).
+type Endpoints struct {
+	Scenario Scenario
+	Pages    uint64
+	PageSize int
+	// Source and Dest are the source's and the destination's ends of the
+	// link, both handshaken with the digest feature agreed.
+	Source, Dest transport.Conn
+	// SourceClock and DestClock are the two sides' virtual clocks; the
+	// link advances them as bytes cross it.
+	SourceClock, DestClock *livemig.VirtualClock
+	// Guest is the source: livemig.Memory, DirtySource (and DirtyPeeker),
+	// VM (and Throttler).
+	Guest *sim.Guest
+	// Sink is the destination: livemig.PageSink and VM.
+	Sink *sim.Sink
+}
+
+// Outcome is what a Migrator reports of one migration.
+type Outcome struct {
+	// Report is the source's report; it may be partial, or nil, when Err
+	// is set.
+	Report *livemig.Report
+	// Err is the source's error: the migration aborted (the source guest
+	// must then still be running).
+	Err error
+	// DestErr is the destination's error, if any.
+	DestErr error
+	// DestResumed is whether the destination resumed the guest.
+	DestResumed bool
+	// Receive is the pre-copy destination's report; nil for other kinds.
+	Receive *precopy.ReceiveReport
+}
+
+// Migrator runs one migration between prepared endpoints, in both roles
+// (the destination in a goroutine of its own), and returns when both are
+// done. It is called from the goroutine that called Run.
+type Migrator func(ctx context.Context, e Endpoints) Outcome
+
+// preCopy is the Migrator of a pre-copy Algorithm.
+func (alg Algorithm) preCopy(ctx context.Context, e Endpoints) Outcome {
+	cfg := alg.PreCopy
+	cfg.Clock = e.SourceClock
+	if alg.Order != nil {
+		o, err := alg.Order(e.Pages)
+		if err != nil {
+			e.Source.Close()
+			e.Dest.Close()
+			return Outcome{Err: fmt.Errorf("scenario: %s: page order: %w", alg.Name, err), DestErr: err}
+		}
+		cfg.Order = o
+	}
+	var out Outcome
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		out.Receive, out.DestErr = precopy.Receive(ctx, e.Dest,
+			precopy.Destination{Sink: e.Sink, VM: e.Sink, Pages: e.Pages, PageSize: e.PageSize},
+			precopy.Config{Clock: e.DestClock})
+	}()
+	out.Report, out.Err = precopy.Migrate(ctx, e.Source, precopy.Source{Memory: e.Guest, Dirty: e.Guest, VM: e.Guest}, cfg)
+	wg.Wait()
+	out.DestResumed = out.Receive != nil && out.Receive.Resumed
+	return out
 }
 
 // Result is one scenario run by one algorithm.
@@ -224,26 +344,25 @@ func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
 		dconn.Close()
 		return res, fmt.Errorf("scenario %s: %w", sc.Name, err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		res.Receive, derr = precopy.Receive(ctx, dconn, precopy.Destination{Sink: sink, VM: sink, Pages: pages, PageSize: ps},
-			precopy.Config{Clock: dstClock})
-	}()
-	cfg := alg.PreCopy
-	cfg.Clock = srcClock
-	res.Report, res.Err = precopy.Migrate(ctx, conn, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
-	wg.Wait()
+	migrate := alg.Migrate
+	if migrate == nil {
+		migrate = alg.preCopy
+	}
+	out := migrate(ctx, Endpoints{Scenario: sc, Pages: pages, PageSize: ps, Source: conn, Dest: dconn,
+		SourceClock: srcClock, DestClock: dstClock, Guest: guest, Sink: sink})
+	res.Report, res.Err, res.Receive = out.Report, out.Err, out.Receive
 	res.Guest = guest.Stats()
 	if res.Err != nil {
-		if res.Receive != nil && res.Receive.Resumed {
+		if out.DestResumed {
 			return res, fmt.Errorf("scenario %s: %s failed (%v) but the destination resumed", sc.Name, alg.Name, res.Err)
 		}
 		return res, nil
 	}
-	if derr != nil {
-		return res, fmt.Errorf("scenario %s: source succeeded, destination failed: %w", sc.Name, derr)
+	if out.DestErr != nil {
+		return res, fmt.Errorf("scenario %s: source succeeded, destination failed: %w", sc.Name, out.DestErr)
+	}
+	if res.Report == nil {
+		return res, fmt.Errorf("scenario %s: %s returned no report", sc.Name, alg.Name)
 	}
 	if err := sink.Verify(guest); err != nil {
 		return res, fmt.Errorf("scenario %s: %s: %w", sc.Name, alg.Name, err)

@@ -2,23 +2,39 @@
 // Migration Principles and Performance" in livemig's simulated world: each
 // scenario (a guest, its workload, a link) is migrated by each algorithm in
 // virtual time, by the same engine code that migrates real memory, and the
-// results print as a table or as JSON.
+// results print as a table or as JSON, and as plots.
 //
 // With no flags it runs the embedded default set: a 4 GiB guest over
 // 1 Gbit/s, idle and under uniform, hot/cold and streaming workloads at a low
 // and a high dirty rate, by pre-copy, pre-copy with auto-converge and
-// pre-copy with XBZRLE delta compression (-algorithms all adds LZ4 and
-// XBZRLE+LZ4).
+// pre-copy with XBZRLE delta compression (under a minute on 2 cores).
+// -set picks other named sets, comma-separated:
+//
+//   - thesis: the thesis' workloads (a memory-intensive benchmark, a
+//     video-streaming server, an enterprise application, Clark et al.'s
+//     SPECweb server, an idle guest, a uniform control) by standard
+//     pre-copy, + deferral, + reordering, + XBZRLE, + both;
+//   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 10 Gbit/s;
+//   - sweep-dirty: a 1 GiB memory benchmark at rising dirty rates.
+//
+// -algorithms overrides a set's algorithms (all: every one); -plots DIR
+// writes PNG and SVG figures: pages dirty and sent per round for each
+// scenario of a plain set, downtime against dirty rate for sweep-dirty,
+// total time and downtime against bandwidth for sweep-bandwidth.
+// docs/EVALUATION.md is made from
+//
+//	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth -plots docs/plots > docs/evaluation-tables.txt
 //
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
 // rows of algorithms with a codec add codec_ratio and cache_hit_rate; an
-// aborted migration adds error.
+// aborted migration adds error. The rows are the same on every run.
 //
 //	go run ./examples/compare
 //	go run ./examples/compare -json
+//	go run ./examples/compare -set thesis -plots /tmp/plots
 //	go run ./examples/compare -guest 16GiB -workload hotcold -rate 40000 -bandwidth 10Gbit
-//	go run ./examples/compare -algorithms precopy -downtime 30ms
+//	go run ./examples/compare -algorithms precopy,precopy-reorder -downtime 30ms
 package main
 
 import (
@@ -37,62 +53,8 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
-	"github.com/livemig/livemig/delta"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/scenario"
 )
-
-// defaultScenarios is the embedded evaluation: Clark et al.'s and the
-// thesis' classic cases, scaled to a 4 GiB guest on a 1 Gbit/s LAN (about
-// 30,000 pages/s): below and above the rate the link drains.
-func defaultScenarios() []scenario.Scenario {
-	const gib = 1 << 30
-	base := scenario.Scenario{GuestBytes: 4 * gib, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 2012}
-	mk := func(name string, w scenario.Workload) scenario.Scenario {
-		s := base
-		s.Name, s.Workload = name, w
-		return s
-	}
-	return []scenario.Scenario{
-		mk("idle", scenario.Workload{Kind: "idle"}),
-		mk("uniform-low", scenario.Workload{Kind: "uniform", Rate: 2000}),
-		mk("uniform-high", scenario.Workload{Kind: "uniform", Rate: 40000}),
-		mk("hotcold-low", scenario.Workload{Kind: "hotcold", Rate: 5000, HotBytes: 64 << 20, HotFraction: 0.9}),
-		mk("hotcold-high", scenario.Workload{Kind: "hotcold", Rate: 50000, HotBytes: 256 << 20, HotFraction: 0.95}),
-		mk("stream-low", scenario.Workload{Kind: "stream", Rate: 5000, HotBytes: 256 << 20}),
-		mk("stream-high", scenario.Workload{Kind: "stream", Rate: 25000, HotBytes: 512 << 20}),
-	}
-}
-
-// algorithms are the algorithms compare knows, by name.
-func algorithms(downtime time.Duration, maxRounds int) map[string]scenario.Algorithm {
-	pc := precopy.Config{DowntimeTarget: downtime, MaxRounds: maxRounds}
-	throttle := pc
-	throttle.OnNonConvergence = precopy.Throttle
-	xbzrle, lz4, both := pc, pc, pc
-	// The XBZRLE cache holds 512 MiB (QEMU's default is 64 MiB): an eighth
-	// of the default guest, enough for the hot sets of the default
-	// scenarios, as the thesis sizes it to the working set.
-	cache := delta.CacheConfig{Bytes: 512 << 20}
-	xbzrle.Codec.XBZRLE, xbzrle.Codec.Cache = true, cache
-	lz4.Codec.LZ4 = true
-	both.Codec.XBZRLE, both.Codec.LZ4, both.Codec.Cache = true, true, cache
-	return map[string]scenario.Algorithm{
-		"precopy":            {Name: "pre-copy", PreCopy: pc},
-		"precopy-throttle":   {Name: "pre-copy+auto-converge", PreCopy: throttle},
-		"precopy-xbzrle":     {Name: "pre-copy+xbzrle", PreCopy: xbzrle},
-		"precopy-lz4":        {Name: "pre-copy+lz4", PreCopy: lz4},
-		"precopy-xbzrle-lz4": {Name: "pre-copy+xbzrle+lz4", PreCopy: both},
-	}
-}
-
-// allAlgorithms is every algorithm, in the order -algorithms all runs them.
-const allAlgorithms = "precopy,precopy-throttle,precopy-xbzrle,precopy-lz4,precopy-xbzrle-lz4"
-
-// defaultAlgorithms run without -algorithms. LZ4 costs real CPU even in
-// virtual time (about 0.7 GB/s here), so its rows run with -algorithms all
-// or by name, which keeps the default set under a minute.
-const defaultAlgorithms = "precopy,precopy-throttle,precopy-xbzrle"
 
 func main() {
 	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
@@ -101,139 +63,229 @@ func main() {
 	}
 }
 
+// job is one scenario run by one algorithm, and where its result goes.
+type job struct {
+	set   int
+	entry entry
+	alg   scenario.Algorithm
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
+		setNames  = fs.String("set", "default", "comma-separated scenario sets: default, thesis, sweep-bandwidth, sweep-dirty")
 		guest     = fs.String("guest", "", "guest memory, e.g. 4GiB, 512MiB (a custom scenario)")
-		workload  = fs.String("workload", "", "workload: idle, uniform, hotcold, stream, mix (a custom scenario)")
+		workload  = fs.String("workload", "", "workload: idle, uniform, hotcold, stream, video, mix (a custom scenario)")
 		rate      = fs.Float64("rate", 0, "pages written per second (custom scenario)")
-		hot       = fs.String("hot", "", "hot set (hotcold) or buffer (stream) size, e.g. 64MiB")
-		hotFrac   = fs.Float64("hot-fraction", 0.9, "share of hotcold's writes to the hot set")
+		hot       = fs.String("hot", "", "hot set (hotcold, video) or buffer (stream) size, e.g. 64MiB")
+		buffer    = fs.String("buffer", "", "video's sequentially written buffer, e.g. 1GiB")
+		hotFrac   = fs.Float64("hot-fraction", 0, "share of writes to the hot set (default 0.9 for hotcold, 0.1 for video)")
 		whole     = fs.Bool("whole", false, "writes rewrite whole pages (default: a few words)")
-		bandwidth = fs.String("bandwidth", "", "link bandwidth, e.g. 1Gbit, 100Mbit, 10Gbit (default 1Gbit)")
-		latency   = fs.Duration("latency", 100*time.Microsecond, "one-way link latency")
+		bandwidth = fs.String("bandwidth", "", "link bandwidth of every scenario, e.g. 1Gbit, 100Mbit, 10Gbit (default: the set's)")
+		latency   = fs.Duration("latency", 100*time.Microsecond, "one-way link latency (applied when given)")
 		downtime  = fs.Duration("downtime", 300*time.Millisecond, "downtime target")
 		maxRounds = fs.Int("max-rounds", 30, "round limit of pre-copy")
-		algs      = fs.String("algorithms", defaultAlgorithms, "comma-separated algorithms, or all: "+allAlgorithms)
-		seed      = fs.Uint64("seed", 2012, "seed of the simulated guests")
+		algs      = fs.String("algorithms", "", "comma-separated algorithms, or all (default: the set's): ")
+		seed      = fs.Uint64("seed", 2012, "seed of the simulated guests (applied when given)")
 		asJSON    = fs.Bool("json", false, "print the results as a JSON array")
+		plots     = fs.String("plots", "", "write plots (PNG and SVG) to this directory")
 		quiet     = fs.Bool("q", false, "no progress on stderr")
 		parallel  = fs.Int("parallel", 2, "runs at once (results do not depend on it)")
 	)
+	known := registry(300*time.Millisecond, 30)
+	fs.Lookup("algorithms").Usage += algorithmNames(known)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	known := algorithms(*downtime, *maxRounds)
-	var chosen []scenario.Algorithm
-	if *algs == "all" {
-		*algs = allAlgorithms
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	known = registry(*downtime, *maxRounds)
+
+	chosenSets, err := chooseSets(*setNames)
+	if err != nil {
+		return err
 	}
-	for _, name := range strings.Split(*algs, ",") {
-		a, ok := known[strings.TrimSpace(name)]
-		if !ok {
-			return fmt.Errorf("unknown algorithm %q", name)
-		}
-		chosen = append(chosen, a)
-	}
-	scenarios := defaultScenarios()
-	bw := 1e9
-	if *bandwidth != "" {
-		v, err := parseBandwidth(*bandwidth)
+	custom := *guest != "" || *workload != "" || *rate != 0 || *hot != "" || *buffer != ""
+	if custom {
+		sc, err := customScenario(*guest, *workload, *rate, *hot, *buffer, *hotFrac, *whole)
 		if err != nil {
 			return err
 		}
-		bw = v
+		chosenSets = []set{{name: "custom", algorithms: defaultAlgorithms, entries: []entry{{sc: sc, series: sc.Name}}}}
 	}
-	custom := *guest != "" || *workload != "" || *rate != 0 || *hot != ""
-	if custom {
-		sc := scenarios[0]
-		sc.Name = "custom"
-		if *guest != "" {
-			v, err := parseBytes(*guest)
-			if err != nil {
-				return err
+	var bw float64
+	if *bandwidth != "" {
+		if bw, err = parseBandwidth(*bandwidth); err != nil {
+			return err
+		}
+	}
+	for si := range chosenSets {
+		for i := range chosenSets[si].entries {
+			sc := &chosenSets[si].entries[i].sc
+			if bw != 0 {
+				sc.Bandwidth = bw
 			}
-			sc.GuestBytes = v
-		}
-		sc.Workload = scenario.Workload{Kind: *workload, Rate: *rate, HotFraction: *hotFrac, Whole: *whole}
-		if sc.Workload.Kind == "" {
-			sc.Workload.Kind = "uniform"
-		}
-		if *hot != "" {
-			v, err := parseBytes(*hot)
-			if err != nil {
-				return err
+			if given["latency"] {
+				sc.Latency = *latency
 			}
-			sc.Workload.HotBytes = v
+			if given["seed"] {
+				sc.Seed = *seed
+			}
 		}
-		sc.Name = sc.Workload.Kind
-		scenarios = []scenario.Scenario{sc}
 	}
-	for i := range scenarios {
-		scenarios[i].Bandwidth, scenarios[i].Latency, scenarios[i].Seed = bw, *latency, *seed
+	jobs, err := planJobs(chosenSets, *algs, known)
+	if err != nil {
+		return err
 	}
-
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt)
 	defer stop()
-	type job struct {
-		sc  scenario.Scenario
-		alg scenario.Algorithm
+	start := time.Now()
+	var progress io.Writer
+	if !*quiet {
+		progress = stderr
 	}
-	var jobs []job
-	for _, sc := range scenarios {
-		for _, alg := range chosen {
-			jobs = append(jobs, job{sc, alg})
+	results, err := execute(ctx, jobs, *parallel, progress)
+	if err != nil {
+		return err
+	}
+	if !*quiet {
+		fmt.Fprintf(stderr, "compare: %d runs in %v\n", len(jobs), time.Since(start).Round(time.Millisecond))
+	}
+	if *plots != "" {
+		files, err := writePlots(*plots, chosenSets, jobs, results)
+		if err != nil {
+			return err
+		}
+		if !*quiet {
+			fmt.Fprintf(stderr, "compare: wrote %d plots to %s\n", len(files), *plots)
 		}
 	}
+	if *asJSON {
+		rows := make([]scenario.Row, len(results))
+		for i, r := range results {
+			rows[i] = r.Row()
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	for si, s := range chosenSets {
+		if si > 0 {
+			fmt.Fprintln(stdout)
+		}
+		var rs []scenario.Result
+		for i, j := range jobs {
+			if j.set == si {
+				rs = append(rs, results[i])
+			}
+		}
+		if err := writeTable(stdout, s, rs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// planJobs lists the runs of sets: every entry by every algorithm of its
+// set, or of algs when it is not empty.
+func planJobs(sets []set, algs string, known []algorithm) ([]job, error) {
+	var jobs []job
+	for si, s := range sets {
+		list := s.algorithms
+		if algs != "" {
+			list = algs
+		}
+		chosen, err := chooseAlgorithms(list, known)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range s.entries {
+			for _, alg := range chosen {
+				jobs = append(jobs, job{set: si, entry: e, alg: alg})
+			}
+		}
+	}
+	return jobs, nil
+}
+
+// execute runs jobs, parallel at once, and returns their results in the
+// order of jobs; a line per run goes to progress if it is not nil. The
+// results do not depend on parallel: every run is in virtual time.
+func execute(ctx context.Context, jobs []job, parallel int, progress io.Writer) ([]scenario.Result, error) {
 	results := make([]scenario.Result, len(jobs))
 	errs := make([]error, len(jobs))
 	var mu sync.Mutex // progress lines
-	sem := make(chan struct{}, max(1, *parallel))
+	sem := make(chan struct{}, max(1, parallel))
 	var wg sync.WaitGroup
-	start := time.Now()
 	for i, j := range jobs {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			t0 := time.Now()
-			results[i], errs[i] = scenario.Run(ctx, j.sc, j.alg)
-			if *quiet || errs[i] != nil {
+			sc := j.entry.sc
+			results[i], errs[i] = scenario.Run(ctx, sc, j.alg)
+			if progress == nil || errs[i] != nil || results[i].Report == nil {
 				return
 			}
 			mu.Lock()
-			fmt.Fprintf(stderr, "compare: %-13s %-24s %s, %s over %s: %v virtual, %v real\n", j.sc.Name, j.alg.Name,
-				livemig.FormatBytes(j.sc.GuestBytes), j.sc.Workload, formatBandwidth(j.sc.Bandwidth),
+			fmt.Fprintf(progress, "compare: %-18s %-24s %s, %s over %s: %v virtual, %v real\n", sc.Name, j.alg.Name,
+				livemig.FormatBytes(sc.GuestBytes), sc.Workload, formatBandwidth(sc.Bandwidth),
 				results[i].Report.TotalTime.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	rows := make([]scenario.Row, len(results))
-	for i, r := range results {
-		rows[i] = r.Row()
-	}
-	if !*quiet {
-		fmt.Fprintf(stderr, "compare: %d runs in %v\n", len(rows), time.Since(start).Round(time.Millisecond))
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	}
-	return writeTable(stdout, results)
+	return results, errors.Join(errs...)
 }
 
-func writeTable(w io.Writer, results []scenario.Result) error {
-	if len(results) > 0 {
-		sc := results[0].Scenario
-		fmt.Fprintf(w, "guest %s, link %s, latency %v (virtual time; every page checked at the destination)\n\n",
-			livemig.FormatBytes(sc.GuestBytes), formatBandwidth(sc.Bandwidth), sc.Latency)
+// customScenario builds the scenario the -guest, -workload, ... flags
+// describe: 4 GiB over 1 Gbit/s unless told otherwise.
+func customScenario(guest, workload string, rate float64, hot, buffer string, hotFrac float64, whole bool) (scenario.Scenario, error) {
+	sc := scenario.Scenario{GuestBytes: 4 * gib, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 2012}
+	if guest != "" {
+		v, err := parseBytes(guest)
+		if err != nil {
+			return sc, err
+		}
+		sc.GuestBytes = v
 	}
+	sc.Workload = scenario.Workload{Kind: workload, Rate: rate, HotFraction: hotFrac, Whole: whole}
+	if sc.Workload.Kind == "" {
+		sc.Workload.Kind = "uniform"
+	}
+	if sc.Workload.Kind == "hotcold" && hotFrac == 0 {
+		sc.Workload.HotFraction = 0.9
+	}
+	for _, b := range []struct {
+		s   string
+		dst *uint64
+	}{{hot, &sc.Workload.HotBytes}, {buffer, &sc.Workload.BufferBytes}} {
+		if b.s == "" {
+			continue
+		}
+		v, err := parseBytes(b.s)
+		if err != nil {
+			return sc, err
+		}
+		*b.dst = v
+	}
+	sc.Name = sc.Workload.Kind
+	return sc, nil
+}
+
+func writeTable(w io.Writer, s set, results []scenario.Result) error {
+	fmt.Fprintf(w, "set %s", s.name)
+	if s.about != "" {
+		fmt.Fprintf(w, ": %s", s.about)
+	}
+	fmt.Fprintln(w, " (virtual time; every page checked at the destination)")
+	for _, e := range s.entries {
+		fmt.Fprintf(w, "  %-18s %s, %s, link %s, latency %v\n", e.sc.Name, livemig.FormatBytes(e.sc.GuestBytes),
+			e.sc.Workload, formatBandwidth(e.sc.Bandwidth), e.sc.Latency)
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\talgorithm\ttotal\tdowntime\tMB sent\tpages sent\tre-sent\trounds\tconverged\tcodec ratio\tcache hits\tverified\t")
 	for _, r := range results {

@@ -1,0 +1,423 @@
+package main
+
+import (
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+	"gonum.org/v1/plot/vg/vgsvg"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/scenario"
+)
+
+// writePlots draws the figures of the sets that ran into dir, each as a PNG
+// and an SVG, and returns the files' names (without the directory):
+//
+//   - for every scenario of a set that is not a sweep, SET-rounds-SCENARIO:
+//     the pages found dirty at each round's start and the pages sent in it,
+//     one line per algorithm;
+//   - for a dirty-rate sweep, SET-downtime: downtime against the rate the
+//     guest writes pages, one line per algorithm;
+//   - for a bandwidth sweep, SET-time: total time (top) and downtime
+//     (bottom) against the link's bandwidth, one column per workload.
+//
+// Values of 0 on a logarithmic axis are drawn at the axis' floor.
+func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) ([]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var files []string
+	save := func(name string, w, h vg.Length, grid [][]*plot.Plot) error {
+		fs, err := saveGrid(dir, name, w, h, grid)
+		files = append(files, fs...)
+		return err
+	}
+	for si, s := range sets {
+		var mine []int // jobs of this set, in order
+		for i, j := range jobs {
+			if j.set == si {
+				mine = append(mine, i)
+			}
+		}
+		switch s.sweep {
+		case sweepNone:
+			for _, e := range s.entries {
+				p, err := roundsPlot(s, e, jobs, results, mine)
+				if err != nil {
+					return files, err
+				}
+				if err := save(fileName(s.name+"-rounds-"+e.sc.Name), 18*vg.Centimeter, 16*vg.Centimeter, p); err != nil {
+					return files, err
+				}
+			}
+		case sweepDirty:
+			p, err := dirtyPlot(s, jobs, results, mine)
+			if err != nil {
+				return files, err
+			}
+			if err := save(fileName(s.name+"-downtime"), 18*vg.Centimeter, 12*vg.Centimeter, p); err != nil {
+				return files, err
+			}
+		case sweepBandwidth:
+			p, err := bandwidthPlot(s, jobs, results, mine)
+			if err != nil {
+				return files, err
+			}
+			if err := save(fileName(s.name+"-time"), 30*vg.Centimeter, 18*vg.Centimeter, p); err != nil {
+				return files, err
+			}
+		}
+	}
+	return files, nil
+}
+
+// fileName keeps letters, digits, '-', '_' and '.' of name.
+func fileName(name string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+			return r
+		}
+		return '_'
+	}, name)
+}
+
+// saveGrid draws a grid of plots, aligned, as name.png and name.svg.
+func saveGrid(dir, name string, w, h vg.Length, grid [][]*plot.Plot) ([]string, error) {
+	tiles := draw.Tiles{Rows: len(grid), Cols: len(grid[0]), PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
+		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}
+	var files []string
+	img := vgimg.NewWith(vgimg.UseWH(w, h), vgimg.UseDPI(110))
+	svg := vgsvg.New(w, h)
+	for _, c := range []struct {
+		canvas vg.CanvasWriterTo
+		ext    string
+	}{{vgimg.PngCanvas{Canvas: img}, ".png"}, {svg, ".svg"}} {
+		dc := draw.New(c.canvas)
+		dc.SetColor(plotWhite)
+		dc.Fill(dc.Rectangle.Path())
+		canvases := plot.Align(grid, tiles, dc)
+		for i := range grid {
+			for j := range grid[i] {
+				if grid[i][j] != nil {
+					grid[i][j].Draw(canvases[i][j])
+				}
+			}
+		}
+		f, err := os.Create(filepath.Join(dir, name+c.ext))
+		if err != nil {
+			return files, err
+		}
+		_, err = c.canvas.WriteTo(f)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return files, fmt.Errorf("plot %s: %w", name+c.ext, err)
+		}
+		files = append(files, name+c.ext)
+	}
+	return files, nil
+}
+
+// logFloor is where values at or below zero go on a logarithmic axis.
+const logFloor = 1
+
+func clampLog(v float64) float64 { return math.Max(v, logFloor) }
+
+// newPlot is a plot with the house style: title, labels, grid, legend at
+// the top right.
+func newPlot(title, x, y string) *plot.Plot {
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = x
+	p.Y.Label.Text = y
+	p.Add(plotter.NewGrid())
+	p.Legend.Top = true
+	p.Legend.XOffs = -vg.Millimeter
+	return p
+}
+
+// addLines adds one line with points per series, in the order of names,
+// with plotutil's default colours, dashes and glyphs (the same algorithm
+// gets the same style in every plot of a run, since names come in registry
+// order).
+func addLines(p *plot.Plot, names []string, data map[string]plotter.XYs, legend bool) error {
+	for i, n := range names {
+		xy := data[n]
+		if len(xy) == 0 {
+			continue
+		}
+		l, s, err := plotter.NewLinePoints(xy)
+		if err != nil {
+			return err
+		}
+		l.Color = plotutil.Color(i)
+		l.Dashes = plotutil.Dashes(i)
+		l.Width = vg.Points(1.2)
+		s.Color = plotutil.Color(i)
+		s.Shape = plotutil.Shape(i)
+		s.Radius = vg.Points(2.5)
+		p.Add(l, s)
+		if legend {
+			p.Legend.Add(n, l, s)
+		}
+	}
+	return nil
+}
+
+// algorithmOrder lists the algorithms of the given jobs in first-seen order.
+func algorithmOrder(jobs []job, idx []int) []string {
+	var names []string
+	for _, i := range idx {
+		if n := jobs[i].alg.Name; !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// roundsPlot draws, for one scenario, the pages dirty at each round's start
+// (top) and the pages each round sent (bottom), per algorithm.
+func roundsPlot(s set, e entry, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
+	var mine []int
+	for _, i := range idx {
+		if jobs[i].entry.sc.Name == e.sc.Name {
+			mine = append(mine, i)
+		}
+	}
+	names := algorithmOrder(jobs, mine)
+	dirty, sent := map[string]plotter.XYs{}, map[string]plotter.XYs{}
+	for _, i := range mine {
+		rep := results[i].Report
+		if rep == nil {
+			continue
+		}
+		n := jobs[i].alg.Name
+		for k, r := range rep.Rounds {
+			dirty[n] = append(dirty[n], plotter.XY{X: float64(k + 1), Y: clampLog(float64(r.DirtyPages))})
+			sent[n] = append(sent[n], plotter.XY{X: float64(k + 1), Y: clampLog(float64(r.PagesSent))})
+		}
+	}
+	title := fmt.Sprintf("%s: %s guest, %s, %s", e.sc.Name, livemig.FormatBytes(e.sc.GuestBytes), e.sc.Workload,
+		formatBandwidth(e.sc.Bandwidth))
+	top := newPlot(title, "", "pages dirty at round start")
+	bottom := newPlot("", "round (1 = bulk round; the last is stop-and-copy)", "pages sent in round")
+	for _, p := range []*plot.Plot{top, bottom} {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = logTicks{}
+		p.X.Tick.Marker = integerTicks{}
+	}
+	if err := addLines(top, names, dirty, true); err != nil {
+		return nil, err
+	}
+	if err := addLines(bottom, names, sent, false); err != nil {
+		return nil, err
+	}
+	for _, p := range []*plot.Plot{top, bottom} {
+		decades(&p.Y)
+	}
+	top.Legend.Top, top.Legend.Left = false, true
+	top.Legend.XOffs, top.Legend.YOffs = vg.Millimeter*3, vg.Millimeter*3
+	top.Title.TextStyle.Font.Size = vg.Points(10)
+	return [][]*plot.Plot{{top}, {bottom}}, nil
+}
+
+// dirtyPlot draws downtime against the guest's dirty rate, per algorithm.
+func dirtyPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
+	names := algorithmOrder(jobs, idx)
+	data := map[string]plotter.XYs{}
+	var sc scenario.Scenario
+	for _, i := range idx {
+		if results[i].Report == nil {
+			continue
+		}
+		sc = jobs[i].entry.sc
+		n := jobs[i].alg.Name
+		ms := float64(results[i].Report.Downtime) / float64(time.Millisecond)
+		data[n] = append(data[n], plotter.XY{X: jobs[i].entry.x, Y: clampLog(ms)})
+	}
+	p := newPlot(fmt.Sprintf("downtime against dirty rate: %s guest, hot/cold writes, %s link",
+		livemig.FormatBytes(sc.GuestBytes), formatBandwidth(sc.Bandwidth)),
+		"pages written per second by the guest", "downtime (ms)")
+	p.Title.TextStyle.Font.Size = vg.Points(10)
+	p.Y.Scale = plot.LogScale{}
+	p.Y.Tick.Marker = logTicks{}
+	p.Legend.Left, p.Legend.Top = false, false
+	p.Legend.XOffs, p.Legend.YOffs = -vg.Millimeter*2, vg.Millimeter*2
+	if err := addLines(p, names, data, true); err != nil {
+		return nil, err
+	}
+	decades(&p.Y)
+	// The link's capacity in 4 KiB pages per second, as a dashed line.
+	if sc.Bandwidth > 0 {
+		capacity := sc.Bandwidth / 8 / float64(livemig.DefaultPageSize)
+		l, err := plotter.NewLine(plotter.XYs{{X: capacity, Y: p.Y.Min}, {X: capacity, Y: p.Y.Max}})
+		if err != nil {
+			return nil, err
+		}
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		l.Color = plotGrey
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("link capacity (%.0f pages/s)", capacity), l)
+	}
+	// The downtime target, as a dotted line.
+	if target := downtimeTarget(jobs, idx); target > 0 {
+		ms := float64(target) / float64(time.Millisecond)
+		xmin, xmax := p.X.Min, p.X.Max
+		l, err := plotter.NewLine(plotter.XYs{{X: xmin, Y: ms}, {X: xmax, Y: ms}})
+		if err != nil {
+			return nil, err
+		}
+		l.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
+		l.Color = plotGrey
+		p.Add(l)
+		p.Legend.Add(fmt.Sprintf("downtime target (%v)", target), l)
+	}
+	return [][]*plot.Plot{{p}}, nil
+}
+
+// downtimeTarget is the pre-copy downtime target of the given jobs, if they
+// share one.
+func downtimeTarget(jobs []job, idx []int) time.Duration {
+	var t time.Duration
+	for k, i := range idx {
+		d := jobs[i].alg.PreCopy.DowntimeTarget
+		if k > 0 && d != t {
+			return 0
+		}
+		t = d
+	}
+	return t
+}
+
+// bandwidthPlot draws total time (top row) and downtime (bottom row) against
+// the link's bandwidth, one column per workload, per algorithm.
+func bandwidthPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
+	names := algorithmOrder(jobs, idx)
+	var series []string
+	for _, e := range s.entries {
+		if !slices.Contains(series, e.series) {
+			series = append(series, e.series)
+		}
+	}
+	grid := [][]*plot.Plot{make([]*plot.Plot, len(series)), make([]*plot.Plot, len(series))}
+	for c, ser := range series {
+		total, down := map[string]plotter.XYs{}, map[string]plotter.XYs{}
+		var w scenario.Scenario
+		for _, i := range idx {
+			j := jobs[i]
+			if j.entry.series != ser || results[i].Report == nil {
+				continue
+			}
+			w = j.entry.sc
+			rep := results[i].Report
+			x := j.entry.x
+			total[j.alg.Name] = append(total[j.alg.Name], plotter.XY{X: x, Y: rep.TotalTime.Seconds()})
+			down[j.alg.Name] = append(down[j.alg.Name],
+				plotter.XY{X: x, Y: clampLog(float64(rep.Downtime) / float64(time.Millisecond))})
+		}
+		top := newPlot(fmt.Sprintf("%s\n%s, %s", ser, livemig.FormatBytes(w.GuestBytes), w.Workload), "", "total time (s)")
+		top.Title.TextStyle.Font.Size = vg.Points(8)
+		bottom := newPlot("", "link bandwidth (bit/s)", "downtime (ms)")
+		for _, p := range []*plot.Plot{top, bottom} {
+			p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+			p.X.Tick.Marker, p.Y.Tick.Marker = logTicks{}, logTicks{}
+		}
+		top.Legend.Top, top.Legend.Left = false, true
+		top.Legend.XOffs, top.Legend.YOffs = vg.Millimeter*2, vg.Millimeter*2
+		if err := addLines(top, names, total, c == 0); err != nil {
+			return nil, err
+		}
+		if err := addLines(bottom, names, down, false); err != nil {
+			return nil, err
+		}
+		for _, p := range []*plot.Plot{top, bottom} {
+			decades(&p.X)
+			decades(&p.Y)
+		}
+		grid[0][c], grid[1][c] = top, bottom
+	}
+	return grid, nil
+}
+
+// logTicks marks the powers of ten in [min, max], labelled 1, 10, 100, 1k,
+// 10k, ..., with unlabelled minor ticks at 2..9 times each power.
+type logTicks struct{}
+
+// Ticks returns the major and minor ticks of [min, max].
+func (logTicks) Ticks(min, max float64) []plot.Tick {
+	var ticks []plot.Tick
+	if min <= 0 || max <= min {
+		return ticks
+	}
+	for e := math.Floor(math.Log10(min)); e <= math.Ceil(math.Log10(max)); e++ {
+		base := math.Pow(10, e)
+		for k := 1.0; k < 10; k++ {
+			v := k * base
+			if v < min*(1-1e-9) || v > max*(1+1e-9) {
+				continue
+			}
+			t := plot.Tick{Value: v}
+			if k == 1 {
+				t.Label = siLabel(v)
+			}
+			ticks = append(ticks, t)
+		}
+	}
+	return ticks
+}
+
+// siLabel writes v with an SI suffix: 0.1, 1, 10, 1k, 10k, 1M.
+func siLabel(v float64) string {
+	switch {
+	case v >= 1e9:
+		return strconv.FormatFloat(v/1e9, 'g', 3, 64) + "G"
+	case v >= 1e6:
+		return strconv.FormatFloat(v/1e6, 'g', 3, 64) + "M"
+	case v >= 1e3:
+		return strconv.FormatFloat(v/1e3, 'g', 3, 64) + "k"
+	}
+	return strconv.FormatFloat(v, 'g', 3, 64)
+}
+
+// decades widens a logarithmic axis to whole powers of ten.
+func decades(a *plot.Axis) {
+	if a.Min > 0 {
+		a.Min = math.Pow(10, math.Floor(math.Log10(a.Min)+1e-9))
+	}
+	if a.Max > 0 {
+		a.Max = math.Pow(10, math.Ceil(math.Log10(a.Max)-1e-9))
+	}
+}
+
+// integerTicks marks whole numbers only, at most about 15 of them.
+type integerTicks struct{}
+
+// Ticks returns the ticks of the whole numbers in [min, max].
+func (integerTicks) Ticks(min, max float64) []plot.Tick {
+	step := math.Max(1, math.Ceil((max-min)/15))
+	var ticks []plot.Tick
+	for v := math.Ceil(min); v <= max; v += step {
+		ticks = append(ticks, plot.Tick{Value: v, Label: fmt.Sprint(v)})
+	}
+	return ticks
+}
+
+var (
+	plotWhite = color.White
+	plotGrey  = color.Gray{Y: 110}
+)
