@@ -278,8 +278,8 @@ type setup struct {
 	prepage    int
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
-	order      precopy.Order
-	mem        func(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem
+	order        precopy.Order
+	mem          func(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem
 	// cut, if set, is called at each source event with the source's link
 	// (writes from the source) and the destination's (the return path).
 	cut func(e postcopy.Event, src, dst *cutLink)
@@ -288,17 +288,17 @@ type setup struct {
 }
 
 type outcome struct {
-	rep     *livemig.Report
-	err     error
-	drep    *postcopy.ReceiveReport
-	derr    error
-	src     *region.Region
-	srcVM   *srcVM
-	dstVM   *dstVM
-	atPause []byte // the source's memory at pause time
-	paused  bool   // the source was paused when the migration ended
-	want    []byte // atPause plus the guests' writes
-	got     []byte
+	rep      *livemig.Report
+	err      error
+	drep     *postcopy.ReceiveReport
+	derr     error
+	src      *region.Region
+	srcVM    *srcVM
+	dstVM    *dstVM
+	atPause  []byte // the source's memory at pause time
+	paused   bool   // the source was paused when the migration ended
+	want     []byte // atPause plus the guests' writes
+	got      []byte
 	guestErr error
 }
 

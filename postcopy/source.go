@@ -154,17 +154,17 @@ type migration struct {
 	plan  []uint64
 
 	start, pauseAt, endAt time.Time
-	resumedAt           time.Time
-	paused, handed      bool
-	session             uint64
-	rounds              []livemig.Round
-	toPush              uint64 // pages to push at the switchover
-	preSent, preBytes   uint64 // counters at the switchover
-	preZero             uint64
-	reconnects          int
-	nextPush            time.Time
-	dstStats            destStats
-	haveStats           bool
+	resumedAt             time.Time
+	paused, handed        bool
+	session               uint64
+	rounds                []livemig.Round
+	toPush                uint64 // pages to push at the switchover
+	preSent, preBytes     uint64 // counters at the switchover
+	preZero               uint64
+	reconnects            int
+	nextPush              time.Time
+	dstStats              destStats
+	haveStats             bool
 
 	nSent, nBytes, nZero, nResent, nPushed, nPulled atomic.Uint64
 
