@@ -137,6 +137,8 @@ type guestMem interface {
 	store(ctx context.Context, n uint64, off int, v uint64) error
 	// contents returns the memory once nothing runs.
 	contents() []byte
+	// release lets guests blocked on missing pages go on, after a failure.
+	release()
 }
 
 type heapMem struct{ *postcopy.HeapMemory }
@@ -145,6 +147,7 @@ func (h heapMem) store(ctx context.Context, n uint64, off int, v uint64) error {
 	return h.Access(ctx, n, func(p []byte) { binary.LittleEndian.PutUint64(p[off:], v) })
 }
 func (h heapMem) contents() []byte { return h.Bytes() }
+func (h heapMem) release()         {}
 
 // guests runs n goroutines standing in for the destination's vCPUs: from
 // the resume on, each writes writes values at its own offset of random
@@ -470,6 +473,7 @@ func run(t *testing.T, s setup) outcome {
 	if o.err == nil && o.derr == nil {
 		o.guestErr = g.wait()
 	} else {
+		mem.release()
 		g.stop()
 	}
 	stopWriters()

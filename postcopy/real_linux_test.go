@@ -1,0 +1,127 @@
+//go:build linux
+
+package postcopy_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"runtime"
+	"testing"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/postcopy"
+)
+
+// faultMem is the real destination: a userfaultfd region whose guest
+// goroutines block in the kernel on missing pages.
+type faultMem struct{ *faultmem.Region }
+
+// store is a plain Go store into the region (see faultmem's package doc:
+// no copy() or runtime routine may take the fault).
+func (f faultMem) store(_ context.Context, n uint64, off int, v uint64) error {
+	b := f.Bytes()
+	binary.LittleEndian.PutUint64(b[int(n)*pageSize+off:], v)
+	return nil
+}
+
+func (f faultMem) contents() []byte { return f.Bytes() }
+
+// release stops fault service so that guests blocked on missing pages of a
+// failed migration go on (they read zeros).
+func (f faultMem) release() { _ = f.Stop() }
+
+// newFaultMem maps a userfaultfd region, skipping the test where
+// userfaultfd is unavailable unless LIVEMIG_REQUIRE_UFFD=1.
+func newFaultMem(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem {
+	t.Helper()
+	r, err := faultmem.New(pageSize, pages, faultmem.Config{OnFault: faults.Fault})
+	if err != nil {
+		if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
+			t.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
+		}
+		t.Fatalf("faultmem: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := r.Close(); err != nil {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return faultMem{r}
+}
+
+// moreProcs raises GOMAXPROCS above the guest goroutines plus the placers,
+// as faultmem asks: a goroutine blocked on a missing page keeps its P.
+func moreProcs(t *testing.T, guests int) {
+	old := runtime.GOMAXPROCS(guests + 4)
+	t.Cleanup(func() { runtime.GOMAXPROCS(old) })
+}
+
+// The real thing: a region source written by goroutines until the pause, a
+// userfaultfd destination whose guest goroutines write from the moment it
+// resumes, over loopback TCP. Afterwards every page equals the source at
+// pause time plus what the destination's guests wrote, byte for byte.
+func TestRealPostCopy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    setup
+	}{
+		{"main connection", setup{pages: 8192, guests: 4, srcWriters: 2, writes: 2000, tcp: true}},
+		{"urgent connection", setup{pages: 8192, guests: 4, srcWriters: 2, writes: 2000, tcp: true, urgent: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.s
+			s.mem = newFaultMem
+			moreProcs(t, s.guests)
+			o := run(t, s)
+			checkComplete(t, s, o)
+			if o.rep.PagesSent-o.rep.PagesResent != s.pages || (!s.urgent && o.rep.PagesSent != s.pages) {
+				t.Fatalf("%d pages sent, %d re-sent, guest of %d", o.rep.PagesSent, o.rep.PagesResent, s.pages)
+			}
+			if o.rep.PostCopy.DemandFaults == 0 {
+				t.Fatal("no demand faults")
+			}
+			t.Logf("%v", o.rep)
+		})
+	}
+}
+
+// Recovery with real memory: the link is cut at several points after the
+// switchover, reconnected, and the migration finishes with the memory
+// right.
+func TestRealRecovery(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cut  func(e postcopy.Event, src, dst *cutLink)
+	}{
+		{"in the commit", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.HandedOver {
+				src.arm(5)
+			}
+		}},
+		{"mid push", func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pushing && e.Pages >= 2048 {
+				src.arm(300 << 10)
+			}
+		}},
+		{"return path", func(e postcopy.Event, _, dst *cutLink) {
+			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
+				dst.arm(100)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := setup{pages: 8192, guests: 4, srcWriters: 1, writes: 2000, tcp: true, recover: true, urgent: true,
+				mem: newFaultMem, cut: once(tc.cut)}
+			moreProcs(t, s.guests)
+			o := run(t, s)
+			checkComplete(t, s, o)
+			if o.drep.Reconnects != 1 {
+				t.Fatalf("%d reconnections, want 1", o.drep.Reconnects)
+			}
+			t.Logf("%d pages re-sent\n%v", o.rep.PagesResent, o.rep)
+		})
+	}
+}
