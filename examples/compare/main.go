@@ -23,7 +23,7 @@
 // total time and downtime against bandwidth for sweep-bandwidth.
 // docs/EVALUATION.md is made from
 //
-//	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth -plots docs/plots > docs/evaluation-tables.txt
+//	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth -plots docs/plots > docs/plots/tables.txt
 //
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
