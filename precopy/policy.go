@@ -65,6 +65,11 @@ type RoundFacts struct {
 	Round      int           // the round that just ended, from 1
 	SentBytes  uint64        // bytes the round put on the link
 	SentPages  uint64        // pages the round sent
+	// Planned is the dirty set the round set out to send (its dirty pages
+	// at the start). Pages it deferred or found unchanged are planned but
+	// not sent; a round shrinks the dirty set when DirtyPages < Planned.
+	// Zero means SentPages.
+	Planned uint64
 	Duration   time.Duration // how long the round took
 	DirtyPages uint64        // pages dirty at the sync after the round: what is left
 	PageSize   int
@@ -114,14 +119,15 @@ func (p *Policy) Throttle() float64 { return p.throttle }
 //     expected downtime (dirty bytes left / bandwidth). If it is within
 //     DowntimeTarget (or nothing is left, or the round took no measurable
 //     time), stop: converged (QEMU's switchover rule).
-//  2. A round whose sync found more than (1-MinShrink) times the pages the
-//     round sent did not shrink the dirty set enough: a stall (the guest
-//     dirties about as fast as the link drains). StallRounds stalls in a
+//  2. A round whose sync found more than (1-MinShrink) times the dirty set
+//     the round set out to send (Planned) did not shrink it enough: a stall
+//     (the guest dirties about as fast as the link drains). Pages the round
+//     deferred count as planned, not as progress. StallRounds stalls in a
 //     row, or reaching MaxRounds, is non-convergence, handled by
 //     OnNonConvergence (Abort fails; StopAndCopy and Throttle stop; Throttle
 //     stops only at MaxRounds).
 //  3. Under the Throttle policy, a round that dirtied more than
-//     ThrottleTrigger of the pages it sent is a strike; two strikes in a row
+//     ThrottleTrigger of the pages it planned is a strike; two strikes in a row
 //     raise the throttle (20 %, then +10 %, at most 99 %), as QEMU's
 //     auto-converge does.
 //  4. Otherwise, continue.
@@ -146,13 +152,17 @@ func (p *Policy) Decide(f RoundFacts) Decision {
 			return d
 		}
 	}
-	if float64(f.DirtyPages) > (1-p.cfg.MinShrink)*float64(f.SentPages) {
+	planned := f.Planned
+	if planned == 0 {
+		planned = f.SentPages
+	}
+	if float64(f.DirtyPages) > (1-p.cfg.MinShrink)*float64(planned) {
 		p.stalls++
 	} else {
 		p.stalls = 0
 	}
 	if p.cfg.OnNonConvergence == Throttle {
-		if float64(f.DirtyPages) > p.cfg.ThrottleTrigger*float64(f.SentPages) {
+		if float64(f.DirtyPages) > p.cfg.ThrottleTrigger*float64(planned) {
 			p.strikes++
 		} else {
 			p.strikes = 0

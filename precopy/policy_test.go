@@ -74,6 +74,22 @@ func TestPolicyDecide(t *testing.T) {
 	}
 }
 
+// Deferred pages stay dirty on purpose: a round that planned 100,000 pages,
+// sent 40,000 and deferred the rest, and left 70,000 dirty, shrank the dirty
+// set by 30 % and is no stall, though it left more dirty than it sent.
+func TestPolicyCountsPlannedPages(t *testing.T) {
+	p := NewPolicy(Config{StallRounds: 1})
+	f := facts(2, 40000, 70000, time.Second)
+	f.Planned = 100000
+	if d := p.Decide(f); d.Action != Continue {
+		t.Fatalf("%v (%s), want continue", d.Action, d.Reason)
+	}
+	f.Planned = 0 // without Planned, the sent pages are the measure: a stall
+	if d := p.Decide(f); d.Action != Stop {
+		t.Fatalf("%v (%s), want stop", d.Action, d.Reason)
+	}
+}
+
 func TestPolicyThrottleCaps(t *testing.T) {
 	p := NewPolicy(Config{OnNonConvergence: Throttle, MaxRounds: 1000})
 	for r := 1; r < 100; r++ {

@@ -258,7 +258,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 			m.cfg.Order.Observe(m.dirty)
 		}
 		d := m.policy.Decide(RoundFacts{
-			Round: round, SentBytes: r.Bytes, SentPages: r.PagesSent, Duration: r.Duration,
+			Round: round, SentBytes: r.Bytes, SentPages: r.PagesSent, Planned: r.DirtyPages, Duration: r.Duration,
 			DirtyPages: left, PageSize: m.ps,
 		})
 		m.event(RoundEnded, round, left, d.Reason, d.ExpectedDowntime)
