@@ -28,6 +28,11 @@
 // missing and report whether they did. Overwriting a page with WritePage
 // once the guest runs would lose the guest's writes.
 //
+// At the switchover of a hybrid migration, the copies the source dirtied
+// since it sent them are stale: Discard makes such a page missing again
+// (MADV_DONTNEED), so the guest faults on it instead of running on the old
+// copy.
+//
 // # Touching the region from Go
 //
 // Guest goroutines must touch Bytes() with ordinary Go loads and stores in

@@ -29,7 +29,7 @@ type Region struct {
 	onFault  func(uint64)
 	log      *slog.Logger
 
-	present   []uint64 // bit n: page n placed; set atomically, never cleared
+	present   []uint64 // bit n: page n placed; set atomically, cleared only by Discard
 	requested []uint64 // bit n: page n faulted and awaits placement; changed under mu
 	missing   atomic.Uint64
 	faults    atomic.Uint64
@@ -343,6 +343,33 @@ func (r *Region) ZeroPage(n uint64) error {
 		clear(r.page(n))
 	}
 	return err
+}
+
+// Discard makes page n missing again: its contents are dropped
+// (MADV_DONTNEED) and the next access faults, as on a page never placed.
+// It is for the phase before the guest resumes, when a hybrid migration
+// learns that the copy it holds went stale at the source (QEMU's postcopy
+// discard): no goroutine may touch, place or write page n meanwhile.
+// Discarding a missing page does nothing.
+func (r *Region) Discard(n uint64) error {
+	if err := r.check(n, -1, "discard"); err != nil {
+		return err
+	}
+	if err := r.enter(n, "discard"); err != nil {
+		return err
+	}
+	defer r.life.RUnlock()
+	w, b := n/64, uint64(1)<<(n%64)
+	if atomic.LoadUint64(&r.present[w])&b == 0 {
+		return nil
+	}
+	if err := unix.Madvise(r.page(n), unix.MADV_DONTNEED); err != nil {
+		return &livemig.PageError{Op: "discard", Page: n, Err: fmt.Errorf("faultmem: madvise: %w", err)}
+	}
+	if atomic.AndUint64(&r.present[w], ^b)&b != 0 {
+		r.missing.Add(1)
+	}
+	return nil
 }
 
 // ReadPage copies present page n into dst (PageSize bytes, owned by the

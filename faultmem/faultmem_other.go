@@ -60,6 +60,9 @@ func (r *Region) ZeroPage(n uint64) error { return errNotSupported() }
 // ReadPage returns an error matching livemig.ErrNotSupported.
 func (r *Region) ReadPage(n uint64, dst []byte) error { return errNotSupported() }
 
+// Discard returns an error matching livemig.ErrNotSupported.
+func (r *Region) Discard(n uint64) error { return errNotSupported() }
+
 // Stop does nothing.
 func (r *Region) Stop() error { return nil }
 
