@@ -39,19 +39,37 @@ func rowsOf(t *testing.T, args ...string) map[string]scenario.Row {
 }
 
 // On a skewed (hot/cold) workload, reordering re-sends fewer pages and
-// sends less data than sequential order in the same scenario: than the
-// standard algorithm, and than sequential order with the same deferral.
+// sends less data than sequential order in the same scenarios: than the
+// standard algorithm, and than sequential order with the same deferral. The
+// order's own share (against deferral in sequential order) is a few per
+// cent, less than one more round costs, and the stop rule may give either
+// run one more round for a given seed: as in package reorder's test, the
+// comparison sums three seeds.
 func TestReorderResendsLessOnSkewedWorkload(t *testing.T) {
+	skipFigures(t)
 	for _, w := range [][]string{
 		{"-workload", "hotcold", "-rate", "20000", "-hot", "32MiB", "-hot-fraction", "0.9"},
 		{"-workload", "hotcold", "-rate", "40000", "-hot", "64MiB", "-hot-fraction", "0.95"},
 	} {
-		// A 50 ms downtime target makes pre-copy go several rounds, so
-		// that the order has a history to go by.
-		rows := rowsOf(t, append(w, "-guest", "256MiB", "-downtime", "50ms", "-algorithms", "precopy,precopy-defer,precopy-reorder")...)
-		re := rows["pre-copy+reorder"]
+		sum := map[string]*scenario.Row{}
+		for _, seed := range []string{"1", "2", "3"} {
+			// A 50 ms downtime target makes pre-copy go several rounds,
+			// so that the order has a history to go by.
+			rows := rowsOf(t, append(w, "-guest", "256MiB", "-downtime", "50ms", "-seed", seed,
+				"-algorithms", "precopy,precopy-defer,precopy-reorder")...)
+			for name, r := range rows {
+				if sum[name] == nil {
+					sum[name] = &scenario.Row{}
+				}
+				sum[name].PagesResent += r.PagesResent
+				sum[name].BytesSent += r.BytesSent
+			}
+		}
+		re := sum["pre-copy+reorder"]
 		for _, seq := range []string{"pre-copy", "pre-copy+defer"} {
-			s := rows[seq]
+			s := sum[seq]
+			t.Logf("%v: reorder re-sent %.1f%% fewer pages, sent %.1f%% less data than %s", w,
+				100*(1-float64(re.PagesResent)/float64(s.PagesResent)), 100*(1-float64(re.BytesSent)/float64(s.BytesSent)), seq)
 			if re.PagesResent >= s.PagesResent || re.BytesSent >= s.BytesSent {
 				t.Errorf("%v: reorder re-sent %d pages, %d bytes; %s %d pages, %d bytes",
 					w, re.PagesResent, re.BytesSent, seq, s.PagesResent, s.BytesSent)
@@ -60,10 +78,21 @@ func TestReorderResendsLessOnSkewedWorkload(t *testing.T) {
 	}
 }
 
+// skipFigures skips a test of simulated figures under the race detector:
+// the figures do not depend on it, and the migrations cost some 20 times
+// more there. The concurrency of compare is raced by the JSON and plot
+// tests.
+func skipFigures(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures; skipped under the race detector")
+	}
+}
+
 // On a uniform workload reordering cannot help, and must not hurt: within
 // 1 % of the data of sequential order with the same deferral, and no more
 // than the standard algorithm.
 func TestReorderCostsNothingOnUniformWorkload(t *testing.T) {
+	skipFigures(t)
 	rows := rowsOf(t, "-guest", "256MiB", "-workload", "uniform", "-rate", "10000",
 		"-algorithms", "precopy,precopy-defer,precopy-reorder")
 	re, seq, std := rows["pre-copy+reorder"], rows["pre-copy+defer"], rows["pre-copy"]
@@ -83,6 +112,7 @@ func TestReorderCostsNothingOnUniformWorkload(t *testing.T) {
 // smaller guests and other seeds the two converging runs' downtimes fall on
 // either side (docs/EVALUATION.md says why).
 func TestReorderPlusXBZRLEOnMembench(t *testing.T) {
+	skipFigures(t)
 	rows := rowsOf(t, "-guest", "512MiB", "-workload", "hotcold", "-rate", "60000", "-hot", "64MiB",
 		"-hot-fraction", "0.95", "-algorithms", "precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder")
 	both, re, x := rows["pre-copy+xbzrle+reorder"], rows["pre-copy+reorder"], rows["pre-copy+xbzrle"]

@@ -43,20 +43,8 @@ func registry(downtime time.Duration, maxRounds int) []algorithm {
 	// Reordering needs deferral to pay off: an engine that sends every
 	// planned page finds, at the next sync, exactly the pages written
 	// during the round whatever their order (see package reorder).
-	//
-	// With deferral, the engine's stall rule (the next sync finds more
-	// than 90 % of the pages the round sent) counts the deferred pages,
-	// which stay dirty by design, against the round: a round that defers
-	// much looks stalled while the dirty set shrinks steadily, and three
-	// such rounds end pre-copy early. Deferring rows therefore allow 5
-	// stalls; on the thesis' memory benchmark this gives the same figures
-	// as counting deferred pages with the sent ones (docs/EVALUATION.md).
-	deferral := func(c *precopy.Config) {
-		c.Defer = true
-		if c.StallRounds == 0 {
-			c.StallRounds = 5
-		}
-	}
+
+	deferral := func(c *precopy.Config) { c.Defer = true }
 	byFrequency := func(pages uint64) (precopy.Order, error) {
 		return reorder.NewFrequency(pages, reorder.FrequencyConfig{})
 	}
