@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/precopy"
@@ -15,8 +16,9 @@ import (
 // its order is the one the engine uses: ByFrequency with deferral on a
 // skewed workload gives other figures than sequential order.
 func TestOrderPerRun(t *testing.T) {
-	sc := small("hotcold", Workload{Kind: "hotcold", Rate: 20000, HotBytes: 16 * mib, HotFraction: 0.9})
-	cfg := precopy.Config{DowntimeTarget: 30e6, Defer: true}
+	sc := small("hotcold", Workload{Kind: "hotcold", Rate: 20000, HotBytes: 4 * mib, HotFraction: 0.9})
+	sc.GuestBytes = 64 * mib // cheap under -race
+	cfg := precopy.Config{DowntimeTarget: 5 * time.Millisecond, Defer: true}
 	var calls []uint64
 	alg := Algorithm{Name: "reorder", PreCopy: cfg, Order: func(pages uint64) (precopy.Order, error) {
 		calls = append(calls, pages)
@@ -57,6 +59,7 @@ func TestOrderPerRun(t *testing.T) {
 // its outcome as it checks pre-copy's.
 func TestMigrator(t *testing.T) {
 	sc := small("uniform", Workload{Kind: "uniform", Rate: 2000})
+	sc.GuestBytes = 32 * mib
 	var seen Endpoints
 	wrapped := Algorithm{Name: "wrapped", Migrate: func(ctx context.Context, e Endpoints) Outcome {
 		seen = e
@@ -99,11 +102,13 @@ func TestMigrator(t *testing.T) {
 // The video workload writes whole pages through its buffer and a few words
 // to its hot set, and migrates like any other.
 func TestVideoWorkload(t *testing.T) {
-	w := Workload{Kind: "video", Rate: 10000, BufferBytes: 64 * mib, HotBytes: 4 * mib}
-	if s := w.String(); !strings.Contains(s, "90% whole pages") || !strings.Contains(s, "64.00 MiB") {
+	w := Workload{Kind: "video", Rate: 10000, BufferBytes: 16 * mib, HotBytes: 1 * mib}
+	if s := w.String(); !strings.Contains(s, "90% whole pages") || !strings.Contains(s, "16.00 MiB") {
 		t.Errorf("String() = %q", s)
 	}
-	res, err := Run(context.Background(), small("video", w), preCopy)
+	sc := small("video", w)
+	sc.GuestBytes = 64 * mib
+	res, err := Run(context.Background(), sc, preCopy)
 	if err != nil || res.Err != nil || !res.Verified || res.Report.PagesResent == 0 {
 		t.Fatalf("video: %v %v %+v", err, res.Err, res.Row())
 	}
