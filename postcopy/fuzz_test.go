@@ -1,0 +1,267 @@
+package postcopy
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/verify"
+)
+
+var update = flag.Bool("update", false, "rewrite the fuzz seed corpora in testdata/fuzz")
+
+// FuzzStats: the destination's figures decode only from their exact layout,
+// and what decodes encodes back to the same bytes.
+func FuzzStats(f *testing.F) {
+	for _, s := range statsSeeds() {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := parseStats(b)
+		if err != nil {
+			if !errors.Is(err, livemig.ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		if back := appendStats(nil, s); !bytes.Equal(back, b) {
+			t.Fatalf("%x decodes to %+v, which encodes to %x", b, s, back)
+		}
+	})
+}
+
+func statsSeeds() [][]byte {
+	return [][]byte{
+		appendStats(nil, destStats{Faults: 3, P50: time.Millisecond, P99: 2 * time.Millisecond, Max: 3 * time.Millisecond,
+			WaitTotal: 5 * time.Millisecond, LastPage: time.Second, Placed: 100, Duplicates: 2}),
+		make([]byte, statsLen-1),
+		bytes.Repeat([]byte{0xff}, statsLen),
+	}
+}
+
+const fuzzPages = 200
+
+// FuzzBitmap: a bitmap message names only pages of the guest, in ascending
+// order, as many as its set bits; a bad one is an error saying so.
+func FuzzBitmap(f *testing.F) {
+	for _, s := range bitmapSeeds() {
+		f.Add(s.page, s.data)
+	}
+	f.Fuzz(func(t *testing.T, page uint64, data []byte) {
+		m := transport.Msg{Kind: transport.KindDiscard, Page: page, Data: data}
+		var got []uint64
+		err := applyBitmap(m, fuzzPages, func(n uint64) error {
+			got = append(got, n)
+			return nil
+		})
+		if err != nil {
+			if !errors.Is(err, livemig.ErrCorrupt) && !errors.Is(err, livemig.ErrPageRange) {
+				t.Fatalf("error %v wraps neither ErrCorrupt nor ErrPageRange", err)
+			}
+			if len(got) != 0 {
+				t.Fatalf("bad chunk applied %d pages", len(got))
+			}
+			return
+		}
+		var set int
+		for i := 0; i+8 <= len(data); i += 8 {
+			set += bits.OnesCount64(binary.LittleEndian.Uint64(data[i:]))
+		}
+		if len(got) != set {
+			t.Fatalf("%d pages for %d set bits", len(got), set)
+		}
+		for i, n := range got {
+			if n >= fuzzPages || (i > 0 && n <= got[i-1]) {
+				t.Fatalf("page %d (after %v)", n, got[:i])
+			}
+		}
+	})
+}
+
+type bitmapSeed struct {
+	page uint64
+	data []byte
+}
+
+func bitmapSeeds() []bitmapSeed {
+	return []bitmapSeed{
+		{0, transport.AppendBitmap(nil, []uint64{0x8000_0000_0000_0001, 0, 0, 0xff})},
+		{128, transport.AppendBitmap(nil, []uint64{1 << 8})},
+		{128, transport.AppendBitmap(nil, []uint64{1 << 8, 1})},
+		{64, []byte{1, 2, 3}},
+		{3, transport.AppendBitmap(nil, []uint64{1})},
+	}
+}
+
+// FuzzReceive feeds the destination hostile streams: whatever arrives, it
+// returns an error or completes, never panics, never writes outside its
+// memory, and never resumes a guest without state.
+func FuzzReceive(f *testing.F) {
+	for _, s := range receiveSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		mem, err := NewHeapMemory(64, fuzzPages, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		vm := &fuzzVM{}
+		conn := transport.NewConn(&readLink{r: bytes.NewReader(stream)}, transport.Config{PageSize: 64, PageCount: fuzzPages})
+		rep, err := Receive(context.Background(), conn, Destination{Memory: mem, VM: vm, Pages: fuzzPages, PageSize: 64},
+			Config{Clock: livemig.NewVirtualClock()})
+		if err == nil && (!rep.Complete || !rep.Resumed || vm.loads != 1) {
+			t.Fatalf("success without completion: %+v, %d loads", rep, vm.loads)
+		}
+		if vm.resumes > 0 && vm.loads == 0 {
+			t.Fatal("resumed a guest without its state")
+		}
+	})
+}
+
+type fuzzVM struct{ loads, resumes int }
+
+func (v *fuzzVM) Pause(context.Context) error                             { return nil }
+func (v *fuzzVM) Resume(context.Context) error                            { v.resumes++; return nil }
+func (v *fuzzVM) SaveState(_ context.Context, dst []byte) ([]byte, error) { return dst, nil }
+func (v *fuzzVM) LoadState(context.Context, []byte) error                 { v.loads++; return nil }
+
+// readLink reads a fixed stream and discards writes.
+type readLink struct{ r io.Reader }
+
+func (l *readLink) Read(p []byte) (int, error)  { return l.r.Read(p) }
+func (l *readLink) Write(p []byte) (int, error) { return len(p), nil }
+func (l *readLink) Close() error                { return nil }
+
+// writeLink collects writes.
+type writeLink struct{ bytes.Buffer }
+
+func (l *writeLink) Read([]byte) (int, error) { return 0, io.EOF }
+func (l *writeLink) Close() error             { return nil }
+
+// receiveSeeds are streams a source sends: a whole post-copy, a hybrid one
+// with a discard, and broken ones.
+func receiveSeeds(t testing.TB) [][]byte {
+	enc := func(msgs ...transport.Msg) []byte {
+		var l writeLink
+		c := transport.NewConn(&l, transport.Config{PageSize: 64, PageCount: fuzzPages})
+		for _, m := range msgs {
+			if err := c.Send(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return l.Bytes()
+	}
+	page := func(n uint64) []byte { return bytes.Repeat([]byte{byte(n)}, 64) }
+	d := verify.New(fuzzPages, 64)
+	var pages []transport.Msg
+	for n := uint64(0); n < fuzzPages; n++ {
+		if n%4 == 0 {
+			pages = append(pages, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: n})
+			d.Zero(n)
+		} else {
+			pages = append(pages, transport.Msg{Kind: transport.KindPage, Page: n, Data: page(n)})
+			d.Update(n, page(n))
+		}
+	}
+	head := []transport.Msg{
+		{Kind: transport.KindSwitchover, Page: 0x5e55, Arg: 1},
+		{Kind: transport.KindState, Data: []byte("state")},
+		{Kind: transport.KindCommit},
+	}
+	post := enc(append(append(head, pages...), transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)
+	hybrid := enc(append(append([]transport.Msg{
+		pages[5], pages[6], {Kind: transport.KindEndRound, Arg: 1},
+		{Kind: transport.KindDiscard, Page: 0, Data: transport.AppendBitmap(nil, []uint64{1 << 5})},
+	}, head...), append(pages, transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)...)
+	badDigest := enc(append(append(head, pages...), transport.Msg{Kind: transport.KindDone, Arg: 12345})...)
+	early := enc(transport.Msg{Kind: transport.KindCommit})
+	badBitmap := enc(transport.Msg{Kind: transport.KindDiscard, Page: 192, Data: transport.AppendBitmap(nil, []uint64{1 << 9})})
+	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2]}
+}
+
+func corpusFile(args ...any) []byte {
+	b := []byte("go test fuzz v1\n")
+	for _, a := range args {
+		switch v := a.(type) {
+		case []byte:
+			b = fmt.Appendf(b, "[]byte(%s)\n", strconv.Quote(string(v)))
+		case uint64:
+			b = fmt.Appendf(b, "uint64(%d)\n", v)
+		}
+	}
+	return b
+}
+
+// TestFuzzCorpus checks the seed files in testdata/fuzz hold the seeds the
+// targets above add (-update rewrites them), so that `go test` runs them
+// even without -fuzz and the fuzzer starts from them.
+func TestFuzzCorpus(t *testing.T) {
+	files := map[string][][]byte{}
+	for _, s := range statsSeeds() {
+		files["FuzzStats"] = append(files["FuzzStats"], corpusFile(s))
+	}
+	for _, s := range bitmapSeeds() {
+		files["FuzzBitmap"] = append(files["FuzzBitmap"], corpusFile(s.page, s.data))
+	}
+	for _, s := range receiveSeeds(t) {
+		files["FuzzReceive"] = append(files["FuzzReceive"], corpusFile(s))
+	}
+	for target, seeds := range files {
+		dir := filepath.Join("testdata", "fuzz", target)
+		for i, want := range seeds {
+			path := filepath.Join(dir, fmt.Sprintf("seed-%d", i))
+			if *update {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, want, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test -run TestFuzzCorpus -update)", err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s differs from its generated seed (run with -update)", path)
+			}
+		}
+	}
+}
+
+// TestReceiveSeeds: each seed stream of FuzzReceive has the outcome it was
+// made for.
+func TestReceiveSeeds(t *testing.T) {
+	want := []error{nil, nil, livemig.ErrVerify, livemig.ErrCorrupt, livemig.ErrPageRange, livemig.ErrIncomplete}
+	for i, s := range receiveSeeds(t) {
+		mem, _ := NewHeapMemory(64, fuzzPages, nil)
+		vm := &fuzzVM{}
+		conn := transport.NewConn(&readLink{r: bytes.NewReader(s)}, transport.Config{PageSize: 64, PageCount: fuzzPages})
+		rep, err := Receive(context.Background(), conn, Destination{Memory: mem, VM: vm, Pages: fuzzPages, PageSize: 64}, Config{})
+		if (want[i] == nil) != (err == nil) || (err != nil && !errors.Is(err, want[i])) {
+			t.Errorf("seed %d: %v, want %v", i, err, want[i])
+			continue
+		}
+		if err == nil && (!rep.Complete || !rep.Verified || vm.resumes != 1) {
+			t.Errorf("seed %d: %+v", i, rep)
+		}
+		if i == 1 && (rep.Discarded != 1 || rep.Duplicates != 1 || rep.Rounds != 1) {
+			t.Errorf("hybrid seed: %+v", rep)
+		}
+	}
+}
