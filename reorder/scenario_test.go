@@ -61,6 +61,9 @@ func logRow(t *testing.T, r scenario.Row) {
 // depends on where the working set lies (sequential order already sends a
 // working set at the top of memory last), so the comparison sums 4 seeds.
 func TestSkewedWorkloadsResendLess(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures: run without -race (CI does)")
+	}
 	if testing.Short() {
 		t.Skip("16 simulated migrations")
 	}
@@ -92,6 +95,9 @@ func TestSkewedWorkloadsResendLess(t *testing.T) {
 // This pins the account the package doc gives: the gain above comes from
 // deferral working with the order.
 func TestWithoutDeferralOrderChangesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures: run without -race (CI does)")
+	}
 	w := skewed[1]
 	seq := migrate(t, w, 1, nil, false)
 	freq := migrate(t, w, 1, frequency(), false)
@@ -107,6 +113,9 @@ func TestWithoutDeferralOrderChangesNothing(t *testing.T) {
 // On a uniform workload every page is as likely to be dirtied as any other:
 // the order changes nothing measurable (within 0.5 % of the data).
 func TestUniformWorkloadCostsNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures: run without -race (CI does)")
+	}
 	seq := migrate(t, uniform, 1, nil, true)
 	freq := migrate(t, uniform, 1, frequency(), true)
 	logRow(t, seq)

@@ -52,6 +52,9 @@ func TestIdleGuest(t *testing.T) {
 // converges: stop-and-copy goes over the downtime target, abort fails with
 // the source running, throttling brings it within the target.
 func TestNonConvergencePolicies(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures: run without -race (CI does)")
+	}
 	sc := small("uniform-high", Workload{Kind: "uniform", Rate: 40000})
 	target := 300 * time.Millisecond
 
@@ -88,6 +91,9 @@ func TestDeterministic(t *testing.T) {
 		{Kind: "mix", Rate: 30000, HotBytes: 16 * mib},
 	} {
 		sc := small(w.Kind, w)
+		if raceEnabled {
+			sc.GuestBytes = 64 * mib // the race detector is slow; the guest size changes nothing here
+		}
 		alg := Algorithm{Name: "pre-copy", PreCopy: precopy.Config{DowntimeTarget: 20 * time.Millisecond}}
 		a, err := Run(context.Background(), sc, alg)
 		if err != nil || a.Err != nil {
@@ -152,6 +158,9 @@ func BenchmarkSimulated(b *testing.B) {
 // XBZRLE: the re-sent pages go as deltas of a few dozen bytes, and the
 // downtime falls by an order of magnitude or more.
 func TestXBZRLEConverges(t *testing.T) {
+	if raceEnabled {
+		t.Skip("simulated figures: run without -race (CI does)")
+	}
 	sc := small("hot-words", Workload{Kind: "hotcold", Rate: 50000, HotBytes: 64 * mib, HotFraction: 0.95})
 	target := 100 * time.Millisecond
 	plain, err := Run(context.Background(), sc, Algorithm{Name: "pre-copy", PreCopy: precopy.Config{DowntimeTarget: target}})

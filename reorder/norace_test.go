@@ -1,0 +1,5 @@
+//go:build !race
+
+package reorder_test
+
+const raceEnabled = false
