@@ -62,14 +62,14 @@ func (a Action) String() string {
 // RoundFacts are what the policy knows after a round and the sync that
 // follows it.
 type RoundFacts struct {
-	Round      int           // the round that just ended, from 1
-	SentBytes  uint64        // bytes the round put on the link
-	SentPages  uint64        // pages the round sent
+	Round     int    // the round that just ended, from 1
+	SentBytes uint64 // bytes the round put on the link
+	SentPages uint64 // pages the round sent
 	// Planned is the dirty set the round set out to send (its dirty pages
 	// at the start). Pages it deferred or found unchanged are planned but
 	// not sent; a round shrinks the dirty set when DirtyPages < Planned.
 	// Zero means SentPages.
-	Planned uint64
+	Planned    uint64
 	Duration   time.Duration // how long the round took
 	DirtyPages uint64        // pages dirty at the sync after the round: what is left
 	PageSize   int
