@@ -36,6 +36,12 @@ func (f faultMem) release() { _ = f.Stop() }
 // newFaultMem maps a userfaultfd region, skipping the test where
 // userfaultfd is unavailable unless LIVEMIG_REQUIRE_UFFD=1.
 func newFaultMem(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem {
+	return faultMem{openFaultMem(t, pages, faults)}
+}
+
+// openFaultMem maps a userfaultfd region reporting faults to faults; it is
+// closed at the end of the test.
+func openFaultMem(t testing.TB, pages uint64, faults *postcopy.FaultQueue) *faultmem.Region {
 	t.Helper()
 	r, err := faultmem.New(pageSize, pages, faultmem.Config{OnFault: faults.Fault})
 	if err != nil {
@@ -49,12 +55,12 @@ func newFaultMem(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestM
 			t.Errorf("close: %v", err)
 		}
 	})
-	return faultMem{r}
+	return r
 }
 
 // moreProcs raises GOMAXPROCS above the guest goroutines plus the placers,
 // as faultmem asks: a goroutine blocked on a missing page keeps its P.
-func moreProcs(t *testing.T, guests int) {
+func moreProcs(t testing.TB, guests int) {
 	old := runtime.GOMAXPROCS(guests + 4)
 	t.Cleanup(func() { runtime.GOMAXPROCS(old) })
 }

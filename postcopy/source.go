@@ -546,6 +546,10 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 		if err := m.poll(ctx, s); err != nil {
 			return err
 		}
+		w, bit := n/64, uint64(1)<<(n%64)
+		if atomic.LoadUint64(&m.sent[w])&bit != 0 {
+			return nil // sent on request
+		}
 		for m.cfg.PushBandwidth > 0 {
 			now := m.cfg.Clock.Now()
 			if !now.Before(m.nextPush) {
@@ -554,14 +558,16 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 				}
 				break
 			}
-			if err := m.sleep(ctx, s, m.nextPush); err != nil {
+			if err := m.sleep(ctx, s, m.nextPush, func() bool { return atomic.LoadUint64(&m.sent[w])&bit != 0 }); err != nil {
 				return err
 			}
 			if err := m.poll(ctx, s); err != nil {
 				return err
 			}
+			if atomic.LoadUint64(&m.sent[w])&bit != 0 {
+				return nil // sent on request while the push waited
+			}
 		}
-		w, bit := n/64, uint64(1)<<(n%64)
 		if atomic.OrUint64(&m.sent[w], bit)&bit != 0 {
 			return nil // sent on request meanwhile
 		}
@@ -630,13 +636,14 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 }
 
 // sleep waits until t on the clock, or until the return path has something
-// (wakeUp), or ctx ends.
-func (m *migration) sleep(ctx context.Context, s *session, t time.Time) error {
+// or the urgent server sent a page (wakeUp), or ctx ends. It does not wait
+// if done() already holds.
+func (m *migration) sleep(ctx context.Context, s *session, t time.Time, done func() bool) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	m.waker.Store(&cancel)
 	defer m.waker.Store(nil)
-	if len(s.ret) > 0 {
+	if len(s.ret) > 0 || done() {
 		return nil
 	}
 	select {
@@ -740,6 +747,7 @@ func (m *migration) urgentServer(ctx context.Context, s *session) {
 				m.wakeUp()
 				return
 			}
+			m.wakeUp() // the push may be waiting on a page just sent
 		case <-s.finish:
 			if finished {
 				continue

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package postcopy_test
+
+import "testing"
+
+func benchFaultServiceUffd(*testing.B) {}

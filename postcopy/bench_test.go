@@ -1,0 +1,161 @@
+package postcopy_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// toucher is a destination memory and a guest access that blocks until a
+// page is present.
+type toucher struct {
+	mem   postcopy.Memory
+	touch func(n uint64)
+}
+
+func heapToucher(b *testing.B, pages uint64, f *postcopy.FaultQueue) toucher {
+	h, err := postcopy.NewHeapMemory(pageSize, pages, f.Fault)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return toucher{h, func(n uint64) {
+		_ = h.Access(context.Background(), n, func(p []byte) { _ = p[0] })
+	}}
+}
+
+// benchFaultService measures demand-fault service over loopback TCP: the
+// background push is held (PushBandwidth of 1 byte/s, no pre-paging), and a
+// guest goroutine touches missing pages one at a time, in a seeded random
+// order, each a request on the return path and a page back. Then it
+// touches the rest, so that the migration completes.
+func benchFaultService(b *testing.B, urgent bool, newMem func(*testing.B, uint64, *postcopy.FaultQueue) toucher) {
+	ctx := context.Background()
+	pages := uint64(max(b.N, 64))
+	src := newSource(b, pages)
+	faults := postcopy.NewFaultQueue(pages, nil)
+	tm := newMem(b, pages, faults)
+	a, bl := linkPair(b, true)
+	ca, cb, err := openPair(ctx, a, bl, pages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	scfg := postcopy.Config{Prepage: -1, PushBandwidth: 1}
+	var dcfg postcopy.Config
+	if urgent {
+		ua, ub := linkPair(b, true)
+		if scfg.Urgent, dcfg.Urgent, err = openPair(ctx, ua, ub, pages); err != nil {
+			b.Fatal(err)
+		}
+	}
+	vm := newDstVM()
+	var wg sync.WaitGroup
+	var derr, serr error
+	var rep *postcopy.ReceiveReport
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		rep, derr = postcopy.Receive(ctx, cb, postcopy.Destination{Memory: tm.mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, dcfg)
+	}()
+	go func() {
+		defer wg.Done()
+		_, serr = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, scfg)
+	}()
+	<-vm.started
+	order := rand.New(rand.NewPCG(1, 2)).Perm(int(pages))
+	lat := make([]time.Duration, 0, b.N)
+	b.SetBytes(pageSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		tm.touch(uint64(order[i]))
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	for _, n := range order[b.N:] {
+		tm.touch(uint64(n))
+	}
+	wg.Wait()
+	if serr != nil || derr != nil {
+		b.Fatalf("source: %v; destination: %v", serr, derr)
+	}
+	slices.Sort(lat)
+	q := func(p int) float64 { return float64(lat[(len(lat)-1)*p/100]) / float64(time.Microsecond) }
+	b.ReportMetric(q(50), "p50-µs")
+	b.ReportMetric(q(99), "p99-µs")
+	b.ReportMetric(float64(rep.PostCopy.FaultP50)/float64(time.Microsecond), "engine-p50-µs")
+}
+
+// BenchmarkFaultService: demand faults served over loopback TCP, into the
+// in-process memory; see BenchmarkRoundTrip4KiB for the link's own round
+// trip.
+func BenchmarkFaultService(b *testing.B) {
+	b.Run("heap/main", func(b *testing.B) { benchFaultService(b, false, heapToucher) })
+	b.Run("heap/urgent", func(b *testing.B) { benchFaultService(b, true, heapToucher) })
+	benchFaultServiceUffd(b)
+}
+
+// BenchmarkRoundTrip4KiB is the floor under a demand fault: a request
+// message one way and a 4 KiB page record back, flushed, between two Conns
+// over loopback TCP.
+func BenchmarkRoundTrip4KiB(b *testing.B) {
+	ctx := context.Background()
+	const pages = 1024
+	a, bl := linkPair(b, true)
+	ca, cb, err := openPair(ctx, a, bl, pages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	page := make([]byte, pageSize)
+	page[0] = 1
+	done := make(chan error, 1)
+	go func() {
+		var m transport.Msg
+		for {
+			if err := cb.Recv(ctx, &m); err != nil {
+				done <- nil
+				return
+			}
+			if err := cb.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: m.Page, Data: page}); err != nil {
+				done <- err
+				return
+			}
+			if err := cb.Flush(ctx); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	lat := make([]time.Duration, 0, b.N)
+	var m transport.Msg
+	b.SetBytes(pageSize)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if err := ca.Send(ctx, transport.Msg{Kind: transport.KindRequest, Page: uint64(i % pages), Arg: 1}); err != nil {
+			b.Fatal(err)
+		}
+		if err := ca.Recv(ctx, &m); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	ca.Close()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	cb.Close()
+	slices.Sort(lat)
+	q := func(p int) float64 { return float64(lat[(len(lat)-1)*p/100]) / float64(time.Microsecond) }
+	b.ReportMetric(q(50), "p50-µs")
+	b.ReportMetric(q(99), "p99-µs")
+}
