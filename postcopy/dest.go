@@ -645,6 +645,9 @@ func (r *receiver) fillReport() {
 	r.rep.PagesReceived = r.recvN.Load()
 	r.rep.ZeroPages = r.zeroN.Load()
 	r.rep.Duplicates = r.dupN.Load()
+	if r.rep.Complete {
+		return // keep the figures sent to the source with AckComplete
+	}
 	r.outMu.Lock()
 	p50, p99, mx := r.waits.summary()
 	r.rep.PostCopy.DemandFaults = r.faults

@@ -121,9 +121,10 @@ func TestRecovery(t *testing.T) {
 				src.arm(64 << 10)
 			}
 		}, nil},
-		{"late in the push", func(e postcopy.Event, src, _ *cutLink) {
-			if e.Kind == postcopy.Pushing && e.Pages >= 3072 {
-				src.arm(1000)
+		{"later in the push", func(e postcopy.Event, src, _ *cutLink) {
+			// The next write: a batch of the push, or Done.
+			if e.Kind == postcopy.Pushing && e.Pages >= 2048 {
+				src.arm(0)
 			}
 		}, nil},
 		{"at done", func(e postcopy.Event, src, _ *cutLink) {

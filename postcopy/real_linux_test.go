@@ -114,7 +114,7 @@ func TestRealRecovery(t *testing.T) {
 		}},
 		{"return path", func(e postcopy.Event, _, dst *cutLink) {
 			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
-				dst.arm(100)
+				dst.arm(40) // a request or two, or the final ack
 			}
 		}},
 	} {
