@@ -13,7 +13,7 @@ var touched byte
 // uffdToucher touches pages of a userfaultfd region with a plain load: a
 // missing page blocks the goroutine in the kernel until it is placed.
 func uffdToucher(b *testing.B, pages uint64, f *postcopy.FaultQueue) toucher {
-	r := openFaultMem(b, pages, f)
+	r := openFaultMem(b, pages, f.Fault)
 	mem := r.Bytes()
 	return toucher{r, func(n uint64) { touched += mem[int(n)*pageSize] }}
 }

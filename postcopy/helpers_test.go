@@ -65,6 +65,10 @@ type dstVM struct {
 	resumes atomic.Int32
 	loads   atomic.Int32
 	started chan struct{}
+	// firstFault, if set, is closed at the guests' first fault: Resume
+	// waits for it, so that a test of demand faults has some whatever the
+	// scheduling (the push may otherwise finish before a guest runs).
+	firstFault chan struct{}
 }
 
 func newDstVM() *dstVM { return &dstVM{started: make(chan struct{})} }
@@ -73,6 +77,9 @@ func (v *dstVM) Pause(context.Context) error { return nil }
 func (v *dstVM) Resume(context.Context) error {
 	if v.resumes.Add(1) == 1 {
 		close(v.started)
+		if v.firstFault != nil {
+			<-v.firstFault
+		}
 	}
 	return nil
 }
@@ -282,7 +289,7 @@ type setup struct {
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
 	order        precopy.Order
-	mem          func(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem
+	mem          func(t *testing.T, pages uint64, onFault func(uint64)) guestMem
 	// cut, if set, is called at each source event with the source's link
 	// (writes from the source) and the destination's (the return path).
 	cut func(e postcopy.Event, src, dst *cutLink)
@@ -305,8 +312,8 @@ type outcome struct {
 	guestErr error
 }
 
-func heapMemory(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem {
-	h, err := postcopy.NewHeapMemory(pageSize, pages, faults.Fault)
+func heapMemory(t *testing.T, pages uint64, onFault func(uint64)) guestMem {
+	h, err := postcopy.NewHeapMemory(pageSize, pages, onFault)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +389,17 @@ func run(t *testing.T, s setup) outcome {
 	o := outcome{src: src, srcVM: &srcVM{Region: src}, dstVM: newDstVM()}
 	stopWriters := srcWriters(src, s.srcWriters)
 	faults := postcopy.NewFaultQueue(s.pages, nil)
-	mem := s.mem(t, s.pages, faults)
+	first := make(chan struct{})
+	var firstOnce sync.Once
+	mem := s.mem(t, s.pages, func(n uint64) {
+		faults.Fault(n)
+		firstOnce.Do(func() { close(first) })
+	})
+	if s.preRounds == 0 && s.guests > 0 {
+		// Every page is missing at the resume: the first guest access
+		// faults.
+		o.dstVM.firstFault = first
+	}
 	g := startGuests(mem, o.dstVM, s.pages, s.guests, s.writes, 42)
 
 	a, b := linkPair(t, s.tcp)

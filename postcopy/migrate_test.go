@@ -69,7 +69,7 @@ func (d *descending) Plan(dst, dirty []uint64) []uint64 {
 // Hybrid: pre-copy rounds with writers running, then post-copy; the stale
 // copies are discarded, so the destination never runs on an old page.
 func TestHybridHeap(t *testing.T) {
-	s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3}
+	s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3, dirtyAtPause: 100}
 	o := run(t, s)
 	checkComplete(t, s, o)
 	rep := o.rep
@@ -85,7 +85,7 @@ func TestHybridHeap(t *testing.T) {
 // A hybrid migration needs a memory that can discard; one that cannot is
 // refused before the resume, and the source keeps running.
 func TestHybridNeedsDiscard(t *testing.T) {
-	s := setup{pages: 256, dirtyAtPause: 10, preRounds: 2, mem: func(t *testing.T, pages uint64, f *postcopy.FaultQueue) guestMem {
+	s := setup{pages: 256, dirtyAtPause: 10, preRounds: 2, mem: func(t *testing.T, pages uint64, f func(uint64)) guestMem {
 		return noDiscard{heapMemory(t, pages, f)}
 	}}
 	o := run(t, s)

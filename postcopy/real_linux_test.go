@@ -35,15 +35,15 @@ func (f faultMem) release() { _ = f.Stop() }
 
 // newFaultMem maps a userfaultfd region, skipping the test where
 // userfaultfd is unavailable unless LIVEMIG_REQUIRE_UFFD=1.
-func newFaultMem(t *testing.T, pages uint64, faults *postcopy.FaultQueue) guestMem {
-	return faultMem{openFaultMem(t, pages, faults)}
+func newFaultMem(t *testing.T, pages uint64, onFault func(uint64)) guestMem {
+	return faultMem{openFaultMem(t, pages, onFault)}
 }
 
-// openFaultMem maps a userfaultfd region reporting faults to faults; it is
-// closed at the end of the test.
-func openFaultMem(t testing.TB, pages uint64, faults *postcopy.FaultQueue) *faultmem.Region {
+// openFaultMem maps a userfaultfd region reporting faults to onFault; it
+// is closed at the end of the test.
+func openFaultMem(t testing.TB, pages uint64, onFault func(uint64)) *faultmem.Region {
 	t.Helper()
-	r, err := faultmem.New(pageSize, pages, faultmem.Config{OnFault: faults.Fault})
+	r, err := faultmem.New(pageSize, pages, faultmem.Config{OnFault: onFault})
 	if err != nil {
 		if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
 			t.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
