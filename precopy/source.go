@@ -24,8 +24,9 @@ type Source struct {
 	VM     livemig.VM
 }
 
-// recordOverhead is the wire cost of a page record besides its data: page
-// number, encoding and length.
+// recordOverhead is the wire cost of a message besides its data (page or
+// argument, kind and length), counted for the state and done messages of the
+// final round; page records are counted by the codec pipeline.
 const recordOverhead = 13
 
 // Migrate migrates src to the destination at the other end of conn with the
