@@ -13,6 +13,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/hybrid"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
@@ -148,11 +149,11 @@ func (w world) run(t *testing.T) result {
 		}(i)
 	}
 
-	var cut *cutLink
+	var cut *testkit.CutLink
 	link := func() (transport.Link, transport.Link) {
 		a, b := linkPair(t, w.tcp)
 		if cut == nil {
-			cut = &cutLink{Link: a, left: -1}
+			cut = testkit.NewCut(a)
 			return cut, b
 		}
 		return a, b
@@ -169,7 +170,7 @@ func (w world) run(t *testing.T) result {
 	if w.cutAt != nil {
 		scfg.OnEvent = func(e postcopy.Event) {
 			if after := w.cutAt(e); after >= 0 {
-				cut.arm(after)
+				cut.Arm(after)
 			}
 		}
 		links := make(chan transport.Conn)
@@ -289,79 +290,13 @@ func TestNeedsDiscarder(t *testing.T) {
 	}
 }
 
-func linkPair(t *testing.T, tcp bool) (transport.Link, transport.Link) {
-	t.Helper()
-	if !tcp {
-		return transport.Pipe(1 << 20)
-	}
-	ctx := context.Background()
-	l, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	acc := make(chan transport.Link, 1)
-	go func() {
-		c, err := l.Accept(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		acc <- c
-	}()
-	a, err := transport.Dial(ctx, l.Addr().String(), transport.DialConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, <-acc
-}
+var linkPair = testkit.LinkPair
 
 func openPair(t *testing.T, a, b transport.Link, pages uint64) (transport.Conn, transport.Conn) {
 	t.Helper()
-	hello := transport.Hello{PageSize: pageSize, PageCount: pages}
-	var cb transport.Conn
-	var berr error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		cb, _, berr = transport.Open(context.Background(), b, hello, transport.Config{})
-	}()
-	ca, _, err := transport.Open(context.Background(), a, hello, transport.Config{})
-	<-done
-	if err != nil || berr != nil {
-		t.Fatal(err, berr)
+	ca, cb, err := testkit.OpenPair(context.Background(), a, b, transport.Hello{PageSize: pageSize, PageCount: pages})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ca, cb
-}
-
-// cutLink closes the link once an armed byte budget is spent.
-type cutLink struct {
-	transport.Link
-	mu    sync.Mutex
-	left  int64
-	fired bool
-}
-
-func (c *cutLink) arm(after int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.left < 0 && !c.fired {
-		c.left = after
-	}
-}
-
-func (c *cutLink) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.left < 0 || int64(len(p)) <= c.left {
-		if c.left >= 0 {
-			c.left -= int64(len(p))
-		}
-		c.mu.Unlock()
-		return c.Link.Write(p)
-	}
-	at := c.left
-	c.left, c.fired = -1, true
-	c.mu.Unlock()
-	n, _ := c.Link.Write(p[:at])
-	c.Link.Close()
-	return n, errors.New("test cut the link")
 }

@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
@@ -24,26 +23,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const pageSize = livemig.DefaultPageSize
 
-// newSource maps a guest of pages pages, fills most pages with a pattern and
-// leaves every eighth page zero.
 func newSource(t testing.TB, pages uint64) *region.Region {
-	t.Helper()
-	r, err := region.New(pageSize, pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	b := r.Bytes()
-	for n := uint64(0); n < pages; n++ {
-		if n%8 == 7 {
-			continue
-		}
-		for off := 0; off < pageSize; off += 64 {
-			binary.LittleEndian.PutUint64(b[int(n)*pageSize+off:], n<<20|uint64(off)|1)
-		}
-	}
-	r.SetState([]byte("vcpu registers and device state"))
-	return r
+	return testkit.NewSource(t, pageSize, pages)
 }
 
 // srcVM counts what the engine does to the source's control.
@@ -219,61 +200,11 @@ func (g *guests) expected(atPause []byte) []byte {
 	return want
 }
 
-func diffPages(a, b []byte) (n int, first int) {
-	first = -1
-	for off := 0; off < len(a); off += pageSize {
-		if !bytes.Equal(a[off:off+pageSize], b[off:off+pageSize]) {
-			if first < 0 {
-				first = off / pageSize
-			}
-			n++
-		}
-	}
-	return n, first
-}
+func diffPages(a, b []byte) (n, first int) { return testkit.DiffPages(a, b, pageSize) }
 
-// cutLink passes writes through until a cut is armed and its byte budget is
-// spent; then it closes the link (the peer sees a stream cut mid-frame).
-type cutLink struct {
-	transport.Link
-	mu    sync.Mutex
-	left  int64 // bytes until the cut; -1: not armed
-	fired bool
-}
+type cutLink = testkit.CutLink
 
-func newCut(l transport.Link) *cutLink { return &cutLink{Link: l, left: -1} }
-
-func (c *cutLink) arm(after int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.left < 0 && !c.fired {
-		c.left = after
-	}
-}
-
-// armed reports whether a cut was armed (and maybe fired).
-func (c *cutLink) armed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.fired || c.left >= 0
-}
-
-func (c *cutLink) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.left < 0 || int64(len(p)) <= c.left {
-		if c.left >= 0 {
-			c.left -= int64(len(p))
-		}
-		c.mu.Unlock()
-		return c.Link.Write(p)
-	}
-	at := c.left
-	c.left, c.fired = -1, true
-	c.mu.Unlock()
-	n, _ := c.Link.Write(p[:at])
-	c.Link.Close()
-	return n, fmt.Errorf("test cut the link after %d more bytes: %w", at, io.ErrClosedPipe)
-}
+var newCut = testkit.NewCut
 
 // setup is one migration to run: the knobs of a test.
 type setup struct {
@@ -320,57 +251,11 @@ func heapMemory(t *testing.T, pages uint64, onFault func(uint64)) guestMem {
 	return heapMem{h}
 }
 
-// linkPair returns the two ends of a new link: a pipe, or loopback TCP.
-func linkPair(t testing.TB, tcp bool) (a, b transport.Link) {
-	t.Helper()
-	if !tcp {
-		return transport.Pipe(1 << 20)
-	}
-	ctx := context.Background()
-	l, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan transport.Link, 1)
-	go func() {
-		c, err := l.Accept(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- c
-	}()
-	a, err = transport.Dial(ctx, l.Addr().String(), transport.DialConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, <-accepted
-}
+var linkPair = testkit.LinkPair
 
 // openPair handshakes both ends of a link.
 func openPair(ctx context.Context, a, b transport.Link, pages uint64) (ca, cb transport.Conn, err error) {
-	hello := transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
-	var berr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		cb, _, berr = transport.Open(ctx, b, hello, transport.Config{})
-	}()
-	ca, _, err = transport.Open(ctx, a, hello, transport.Config{})
-	wg.Wait()
-	if err != nil || berr != nil {
-		if ca != nil {
-			ca.Close()
-		}
-		if cb != nil {
-			cb.Close()
-		}
-		a.Close()
-		b.Close()
-		return nil, nil, errors.Join(err, berr)
-	}
-	return ca, cb, nil
+	return testkit.OpenPair(ctx, a, b, transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest})
 }
 
 // run migrates a fresh source to a fresh destination as s says, with

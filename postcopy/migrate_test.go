@@ -113,28 +113,28 @@ func TestRecovery(t *testing.T) {
 	points := []point{
 		{"in the commit (destination in doubt)", func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.HandedOver {
-				src.arm(5)
+				src.Arm(5)
 			}
 		}, nil},
 		{"early in the push", func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
-				src.arm(64 << 10)
+				src.Arm(64 << 10)
 			}
 		}, nil},
 		{"later in the push", func(e postcopy.Event, src, _ *cutLink) {
 			// The next write: a batch of the push, or Done.
 			if e.Kind == postcopy.Pushing && e.Pages >= 2048 {
-				src.arm(0)
+				src.Arm(0)
 			}
 		}, nil},
 		{"at done", func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.PushDone {
-				src.arm(0)
+				src.Arm(0)
 			}
 		}, nil},
 		{"return path at the resume", nil, func(e postcopy.Event, _, dst *cutLink) {
 			if e.Kind == postcopy.Resumed {
-				dst.arm(30)
+				dst.Arm(30)
 			}
 		}},
 	}
@@ -172,7 +172,7 @@ func once(f func(e postcopy.Event, src, dst *cutLink)) func(e postcopy.Event, sr
 			return
 		}
 		f(e, src, dst)
-		done = src.armed() || dst.armed()
+		done = src.Armed() || dst.Armed()
 	}
 }
 
@@ -184,10 +184,10 @@ func TestRecoveryTwice(t *testing.T) {
 		switch {
 		case e.Kind == postcopy.Pushing && e.Pages >= 1024 && !first:
 			first = true
-			src.arm(10 << 10)
+			src.Arm(10 << 10)
 		case e.Kind == postcopy.Reconnected && !second:
 			second = true
-			src.arm(200 << 10)
+			src.Arm(200 << 10)
 		}
 	}}
 	o := run(t, s)
@@ -203,7 +203,7 @@ func TestRecoveryTwice(t *testing.T) {
 func TestCutAfterSwitchoverWithoutRecovery(t *testing.T) {
 	s := setup{pages: 4096, guests: 2, cut: func(e postcopy.Event, src, _ *cutLink) {
 		if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
-			src.arm(1000)
+			src.Arm(1000)
 		}
 	}}
 	o := run(t, s)
@@ -227,22 +227,22 @@ func TestCutBeforeSwitchover(t *testing.T) {
 	}{
 		{"in a pre-copy round", setup{pages: 2048, preRounds: 3, cut: func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.RoundStarted && e.Round == 1 {
-				src.arm(2 << 20)
+				src.Arm(2 << 20)
 			}
 		}}},
 		{"in the discard", setup{pages: 2048, preRounds: 3, srcWriters: 2, cut: func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.Pausing {
-				src.arm(20)
+				src.Arm(20)
 			}
 		}}},
 		{"in the state", setup{pages: 1024, cut: func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.Pausing {
-				src.arm(30)
+				src.Arm(30)
 			}
 		}}},
 		{"return path before the state's ack", setup{pages: 1024, recover: true, cut: func(e postcopy.Event, _, dst *cutLink) {
 			if e.Kind == postcopy.Pausing {
-				dst.arm(0)
+				dst.Arm(0)
 			}
 		}}},
 	} {

@@ -104,17 +104,17 @@ func TestRealRecovery(t *testing.T) {
 	}{
 		{"in the commit", func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.HandedOver {
-				src.arm(5)
+				src.Arm(5)
 			}
 		}},
 		{"mid push", func(e postcopy.Event, src, _ *cutLink) {
 			if e.Kind == postcopy.Pushing && e.Pages >= 2048 {
-				src.arm(300 << 10)
+				src.Arm(300 << 10)
 			}
 		}},
 		{"return path", func(e postcopy.Event, _, dst *cutLink) {
 			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
-				dst.arm(40) // a request or two, or the final ack
+				dst.Arm(40) // a request or two, or the final ack
 			}
 		}},
 	} {

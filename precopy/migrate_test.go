@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
@@ -24,26 +25,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const pageSize = livemig.DefaultPageSize
 
-// newSource maps a guest of pages pages, fills most pages with a pattern
-// and leaves every eighth page zero.
 func newSource(t testing.TB, pages uint64) *region.Region {
-	t.Helper()
-	r, err := region.New(pageSize, pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.Close() })
-	b := r.Bytes()
-	for n := uint64(0); n < pages; n++ {
-		if n%8 == 7 {
-			continue
-		}
-		for off := 0; off < pageSize; off += 64 {
-			binary.LittleEndian.PutUint64(b[int(n)*pageSize+off:], n<<20|uint64(off))
-		}
-	}
-	r.SetState([]byte("vcpu registers and device state"))
-	return r
+	return testkit.NewSource(t, pageSize, pages)
 }
 
 // vm counts what an engine did to a guest's control.
@@ -108,28 +91,7 @@ func migrate(t *testing.T, ctx context.Context, a, b transport.Link, src *region
 	return migrateWithSink(t, ctx, a, b, src, srcVM, dst, dst, dstVM, cfg, dctx)
 }
 
-func tcpPair(t *testing.T) (a, b transport.Link) {
-	t.Helper()
-	ctx := context.Background()
-	l, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	accepted := make(chan transport.Link, 1)
-	go func() {
-		c, err := l.Accept(ctx)
-		if err != nil {
-			t.Error(err)
-		}
-		accepted <- c
-	}()
-	a, err = transport.Dial(ctx, l.Addr().String(), transport.DialConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a, <-accepted
-}
+func tcpPair(t testing.TB) (a, b transport.Link) { return testkit.LinkPair(t, true) }
 
 // The real world: a region written by goroutines the whole time migrates over
 // loopback TCP; afterwards the destination equals the source at pause time,
@@ -175,56 +137,8 @@ func TestMigrateRealMemoryOverTCP(t *testing.T) {
 }
 
 func diffPages(a, b []byte) int {
-	n := 0
-	for off := 0; off < len(a); off += pageSize {
-		if !bytes.Equal(a[off:off+pageSize], b[off:off+pageSize]) {
-			n++
-		}
-	}
+	n, _ := testkit.DiffPages(a, b, pageSize)
 	return n
-}
-
-// cutLink passes writes through until a cut is armed and its byte budget is
-// spent; then it closes the link (the peer sees a stream cut mid-frame).
-// With flip set, it flips one bit instead of cutting.
-type cutLink struct {
-	transport.Link
-	mu    sync.Mutex
-	left  int64 // bytes until the cut; -1: not armed
-	flip  bool
-	fired bool
-}
-
-func newCut(l transport.Link) *cutLink { return &cutLink{Link: l, left: -1} }
-
-func (c *cutLink) arm(after int64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.left < 0 && !c.fired {
-		c.left = after
-	}
-}
-
-func (c *cutLink) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if c.left < 0 || int64(len(p)) <= c.left {
-		if c.left >= 0 {
-			c.left -= int64(len(p))
-		}
-		c.mu.Unlock()
-		return c.Link.Write(p)
-	}
-	at := c.left
-	c.left, c.fired = -1, true
-	c.mu.Unlock()
-	if c.flip {
-		q := bytes.Clone(p)
-		q[at] ^= 0x10
-		return c.Link.Write(q)
-	}
-	n, _ := c.Link.Write(p[:at])
-	c.Link.Close()
-	return n, fmt.Errorf("test cut the link after %d more bytes: %w", at, io.ErrClosedPipe)
 }
 
 // The failure matrix: whatever breaks, the source ends running and
@@ -233,7 +147,7 @@ func (c *cutLink) Write(p []byte) (int, error) {
 func TestFailureIsClean(t *testing.T) {
 	const pages = 2048 // 8 MiB
 	type knobs struct {
-		cut         *cutLink
+		cut         *testkit.CutLink
 		cancelSrc   context.CancelFunc
 		cancelDst   context.CancelFunc
 		srcVM       *vm
@@ -247,21 +161,21 @@ func TestFailureIsClean(t *testing.T) {
 		srcErr  []error // the source's error wraps one of these
 		dstErr  []error
 	}{
-		{"cut in the bulk round", func(k *knobs) { k.cut.arm(2 << 20) }, nil,
+		{"cut in the bulk round", func(k *knobs) { k.cut.Arm(2 << 20) }, nil,
 			[]error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
 		{"cut in a later round", nil, func(k *knobs, e precopy.Event) {
 			if e.Kind == precopy.RoundStarted && e.Round == 2 {
-				k.cut.arm(100 << 10)
+				k.cut.Arm(100 << 10)
 			}
 		}, []error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
 		{"cut in stop-and-copy", nil, func(k *knobs, e precopy.Event) {
 			if e.Kind == precopy.Stopping {
-				k.cut.arm(64 << 10)
+				k.cut.Arm(64 << 10)
 			}
 		}, []error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
-		{"cut while sending the state", func(k *knobs) { k.srcVM.onSave = func() { k.cut.arm(5) } }, nil,
+		{"cut while sending the state", func(k *knobs) { k.srcVM.onSave = func() { k.cut.Arm(5) } }, nil,
 			[]error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
-		{"corrupt frame", func(k *knobs) { k.cut.flip = true; k.cut.arm(3 << 20) }, nil,
+		{"corrupt frame", func(k *knobs) { k.cut.Flip = true; k.cut.Arm(3 << 20) }, nil,
 			[]error{livemig.ErrPeer, livemig.ErrClosed, io.ErrClosedPipe, io.EOF, io.ErrUnexpectedEOF}, []error{livemig.ErrCorrupt}},
 		{"source cancelled", nil, func(k *knobs, e precopy.Event) {
 			if e.Kind == precopy.RoundStarted && e.Round == 2 {
@@ -279,7 +193,7 @@ func TestFailureIsClean(t *testing.T) {
 			before := bytes.Clone(src.Bytes())
 			k := &knobs{srcVM: &vm{VM: src}, dstPages: pages}
 			a, b := transport.Pipe(1 << 20)
-			k.cut = newCut(a)
+			k.cut = testkit.NewCut(a)
 			sctx, cancelSrc := context.WithCancel(context.Background())
 			dctx, cancelDst := context.WithCancel(context.Background())
 			defer cancelSrc()

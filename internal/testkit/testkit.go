@@ -1,0 +1,166 @@
+// Package testkit holds what the engines' tests share: a real-memory source
+// guest, links that cut or corrupt a stream on cue, loopback link pairs and
+// handshakes, and a page-by-page comparison. It is for tests only.
+package testkit
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"testing"
+
+	"github.com/livemig/livemig/region"
+	"github.com/livemig/livemig/transport"
+)
+
+// NewSource maps a guest of pages pages of pageSize bytes, fills every page
+// with a pattern (one non-zero word per 64 bytes) except every eighth,
+// which stays zero, and sets a state. The region is closed at the test's
+// end.
+func NewSource(t testing.TB, pageSize int, pages uint64) *region.Region {
+	t.Helper()
+	r, err := region.New(pageSize, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	b := r.Bytes()
+	for n := uint64(0); n < pages; n++ {
+		if n%8 == 7 {
+			continue
+		}
+		for off := 0; off < pageSize; off += 64 {
+			binary.LittleEndian.PutUint64(b[int(n)*pageSize+off:], n<<20|uint64(off)|1)
+		}
+	}
+	r.SetState([]byte("vcpu registers and device state"))
+	return r
+}
+
+// DiffPages returns how many pages of pageSize differ between a and b, and
+// the first that does (-1 if none).
+func DiffPages(a, b []byte, pageSize int) (n, first int) {
+	first = -1
+	for off := 0; off < len(a); off += pageSize {
+		if !bytes.Equal(a[off:off+pageSize], b[off:off+pageSize]) {
+			if first < 0 {
+				first = off / pageSize
+			}
+			n++
+		}
+	}
+	return n, first
+}
+
+// CutLink passes writes through until a cut is armed and its byte budget is
+// spent; then it closes the link, so that the peer sees a stream cut
+// mid-frame, and the write fails with an error wrapping io.ErrClosedPipe.
+// With Flip set it flips one bit at that place instead and goes on.
+type CutLink struct {
+	transport.Link
+	Flip  bool
+	mu    sync.Mutex
+	left  int64 // bytes until the cut; -1: not armed
+	fired bool
+}
+
+// NewCut wraps l with no cut armed.
+func NewCut(l transport.Link) *CutLink { return &CutLink{Link: l, left: -1} }
+
+// Arm cuts the link after after more bytes, unless a cut is already armed
+// or fired.
+func (c *CutLink) Arm(after int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.left < 0 && !c.fired {
+		c.left = after
+	}
+}
+
+// Armed reports whether a cut was armed (and maybe fired).
+func (c *CutLink) Armed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fired || c.left >= 0
+}
+
+// Write writes p, cutting (or corrupting) it where the budget ends.
+func (c *CutLink) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.left < 0 || int64(len(p)) <= c.left {
+		if c.left >= 0 {
+			c.left -= int64(len(p))
+		}
+		c.mu.Unlock()
+		return c.Link.Write(p)
+	}
+	at := c.left
+	c.left, c.fired = -1, true
+	c.mu.Unlock()
+	if c.Flip {
+		q := bytes.Clone(p)
+		q[at] ^= 0x10
+		return c.Link.Write(q)
+	}
+	n, _ := c.Link.Write(p[:at])
+	c.Link.Close()
+	return n, fmt.Errorf("test cut the link after %d more bytes: %w", at, io.ErrClosedPipe)
+}
+
+// LinkPair returns the two ends of a new link: an in-memory pipe, or
+// loopback TCP.
+func LinkPair(t testing.TB, tcp bool) (a, b transport.Link) {
+	t.Helper()
+	if !tcp {
+		return transport.Pipe(1 << 20)
+	}
+	ctx := context.Background()
+	l, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan transport.Link, 1)
+	go func() {
+		c, err := l.Accept(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	a, err = transport.Dial(ctx, l.Addr().String(), transport.DialConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, <-accepted
+}
+
+// OpenPair runs the handshake on both ends of a link with the same hello.
+// On failure it closes both links and returns the errors joined.
+func OpenPair(ctx context.Context, a, b transport.Link, hello transport.Hello) (ca, cb transport.Conn, err error) {
+	var berr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		cb, _, berr = transport.Open(ctx, b, hello, transport.Config{})
+	}()
+	ca, _, err = transport.Open(ctx, a, hello, transport.Config{})
+	wg.Wait()
+	if err != nil || berr != nil {
+		if ca != nil {
+			ca.Close()
+		}
+		if cb != nil {
+			cb.Close()
+		}
+		a.Close()
+		b.Close()
+		return nil, nil, errors.Join(err, berr)
+	}
+	return ca, cb, nil
+}
