@@ -46,16 +46,15 @@ type pipeDir struct {
 	mu       sync.Mutex
 	canRead  sync.Cond // signalled when data arrives or a side closes
 	canWrite sync.Cond // signalled when space frees or a side closes
-	buf      []byte
-	r, n     int  // read offset, buffered byte count
-	wshut    bool // the writing end closed or shut its write side
-	rclosed  bool // the reading end closed
-	rwait    int  // readers waiting (a cheap check before waking them)
-	wwait    int  // writers waiting
+	ring
+	wshut   bool // the writing end closed or shut its write side
+	rclosed bool // the reading end closed
+	rwait   int  // readers waiting (a cheap check before waking them)
+	wwait   int  // writers waiting
 }
 
 func newPipeDir(size int) *pipeDir {
-	d := &pipeDir{buf: make([]byte, size)}
+	d := &pipeDir{ring: ring{buf: make([]byte, size)}}
 	d.canRead.L = &d.mu
 	d.canWrite.L = &d.mu
 	return d
@@ -82,23 +81,7 @@ func (d *pipeDir) read(p []byte) (int, error) {
 		d.canRead.Wait()
 		d.rwait--
 	}
-	total := 0
-	for total < len(p) && d.n > 0 {
-		end := d.r + d.n
-		if end > len(d.buf) {
-			end = len(d.buf)
-		}
-		c := copy(p[total:], d.buf[d.r:end])
-		total += c
-		d.n -= c
-		d.r += c
-		if d.r == len(d.buf) {
-			d.r = 0
-		}
-	}
-	if d.n == 0 {
-		d.r = 0 // keep the next writes contiguous
-	}
+	total := d.take(p)
 	if d.wwait > 0 {
 		d.canWrite.Broadcast()
 	}
@@ -126,19 +109,7 @@ func (d *pipeDir) write(p []byte) (int, error) {
 			d.canWrite.Wait()
 			d.wwait--
 		}
-		for total < len(p) && d.n < len(d.buf) {
-			w := d.r + d.n
-			if w >= len(d.buf) {
-				w -= len(d.buf)
-			}
-			end := len(d.buf)
-			if w < d.r {
-				end = d.r
-			}
-			c := copy(d.buf[w:end], p[total:])
-			total += c
-			d.n += c
-		}
+		total += d.put(p[total:])
 		if d.rwait > 0 {
 			d.canRead.Broadcast()
 		}

@@ -139,17 +139,16 @@ type simDir struct {
 	mu       sync.Mutex
 	canRead  sync.Cond
 	canWrite sync.Cond
-	buf      []byte
-	r, n     int
-	chunks   []simChunk
-	ch       int // head of chunks
-	busy     time.Time
-	wshut    bool
-	rclosed  bool
-	rwait    int
-	wwait    int
-	sent     int64
-	recvd    int64
+	ring
+	chunks  []simChunk
+	ch      int // head of chunks
+	busy    time.Time
+	wshut   bool
+	rclosed bool
+	rwait   int
+	wwait   int
+	sent    int64
+	recvd   int64
 }
 
 func newSimDir(cfg SimConfig) *simDir {
@@ -242,19 +241,7 @@ func (d *simDir) write(p []byte, clock *livemig.VirtualClock) (int, error) {
 				return total, err
 			}
 		}
-		for total < len(p) && d.n < len(d.buf) {
-			w := d.r + d.n
-			if w >= len(d.buf) {
-				w -= len(d.buf)
-			}
-			end := len(d.buf)
-			if w < d.r {
-				end = d.r
-			}
-			c := copy(d.buf[w:end], p[total:])
-			total += c
-			d.n += c
-		}
+		total += d.put(p[total:])
 		if d.rwait > 0 {
 			d.canRead.Broadcast()
 		}
@@ -299,20 +286,7 @@ func (d *simDir) read(p []byte, clock *livemig.VirtualClock) (int, error) {
 	}
 	c := &d.chunks[d.ch]
 	want := min(len(p), c.left, d.n)
-	total := 0
-	for total < want {
-		end := min(len(d.buf), d.r+want-total)
-		k := copy(p[total:], d.buf[d.r:end])
-		total += k
-		d.r += k
-		if d.r == len(d.buf) {
-			d.r = 0
-		}
-	}
-	d.n -= total
-	if d.n == 0 {
-		d.r = 0
-	}
+	total := d.take(p[:want])
 	arrive := c.arrive
 	c.left -= total
 	if c.left == 0 {
