@@ -516,9 +516,14 @@ func (m *migration) sendPage(ctx context.Context, r *livemig.Round, n uint64) er
 // send puts one record from the pipeline on the link (from one goroutine at
 // a time) and counts re-sent pages.
 func (m *migration) send(msg transport.Msg) error {
-	t0 := m.cfg.Clock.Now()
-	err := m.conn.Send(m.sendCtx, msg)
-	m.sendTime += m.cfg.Clock.Now().Sub(t0)
+	var err error
+	if m.codecs { // the link's capacity feeds the codecs' adaptation
+		t0 := m.cfg.Clock.Now()
+		err = m.conn.Send(m.sendCtx, msg)
+		m.sendTime += m.cfg.Clock.Now().Sub(t0)
+	} else {
+		err = m.conn.Send(m.sendCtx, msg)
+	}
 	if err != nil {
 		return err
 	}
