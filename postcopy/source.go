@@ -85,7 +85,7 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 	m.ever = make([]uint64, words)
 	m.dirty = make([]uint64, words)
 	m.session = rand.Uint64() | 1
-	m.window = cfg.Prepage
+	m.prepage = NewPrepager(cfg.Prepage)
 	m.s = m.newSession(ctx, conn, cfg.Urgent)
 	err := m.run(ctx)
 	m.s.close()
@@ -168,10 +168,8 @@ type migration struct {
 
 	nSent, nBytes, nZero, nResent, nPushed, nPulled atomic.Uint64
 
-	// Pre-paging state, owned by the goroutine serving requests.
-	lastReq uint64
-	dir     int
-	window  int
+	// Pre-paging policy, owned by the goroutine serving requests.
+	prepage *Prepager
 
 	s     *session
 	waker atomic.Pointer[context.CancelFunc]
@@ -811,34 +809,10 @@ func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool,
 	}
 	// Pre-page around the last page asked for, in the direction faults go.
 	last := page + count - 1
-	switch {
-	case last > m.lastReq:
-		if m.dir == 1 && last-m.lastReq <= uint64(2*m.window) {
-			m.window = min(2*m.window, 8*m.cfg.Prepage)
-		} else {
-			m.window = m.cfg.Prepage
-		}
-		m.dir = 1
-	case last < m.lastReq:
-		if m.dir == -1 && m.lastReq-last <= uint64(2*m.window) {
-			m.window = min(2*m.window, 8*m.cfg.Prepage)
-		} else {
-			m.window = m.cfg.Prepage
-		}
-		m.dir = -1
-	}
-	m.lastReq = last
-	for i := 1; i <= m.window; i++ {
-		var n uint64
-		if m.dir >= 0 {
-			n = last + uint64(i)
-			if n >= m.pages {
-				break
-			}
-		} else {
-			if uint64(i) > last {
-				break
-			}
+	dir, more := m.prepage.Next(last, m.pages)
+	for i := 1; i <= more; i++ {
+		n := last + uint64(i)
+		if dir < 0 {
 			n = last - uint64(i)
 		}
 		if claim(n, false) {

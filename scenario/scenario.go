@@ -3,11 +3,18 @@
 // the simulated benchmarks.
 //
 // A Scenario is a guest (size, workload, seed) and a link (bandwidth,
-// latency). Run migrates it with an Algorithm — the same engine code that
-// migrates real memory over TCP — between a sim.Guest and a sim.Sink joined
-// by a transport.SimLink, and returns the engine's report and whether the
-// destination verified every page against the paused source. Everything is
+// latency). Run migrates it with an Algorithm between a sim.Guest and a
+// sim.Sink, and returns the engine's report and whether the destination
+// verified every page against the paused source. Everything is
 // deterministic: the same scenario gives the same figures on every run.
+//
+// Pre-copy runs the same engine code that migrates real memory over TCP
+// (package precopy), over a transport.SimLink. Post-copy and hybrid run
+// PostCopy, a discrete-event model that makes package postcopy's
+// decisions with its own pieces (push order, postcopy.Prepager, discard of
+// stale copies) and runs the destination's vCPU on the workload, faults
+// costing a round trip: the engine's concurrent push and return path
+// would make virtual-time figures depend on goroutine scheduling.
 package scenario
 
 import (
@@ -257,6 +264,16 @@ type Row struct {
 	// Codec figures, on rows whose algorithm uses a codec.
 	CodecRatio   float64 `json:"codec_ratio,omitempty"`    // page bytes before / after encoding
 	CacheHitRate float64 `json:"cache_hit_rate,omitempty"` // XBZRLE cache hits / lookups
+	// Post-copy figures, on post-copy and hybrid rows when not zero: the
+	// destination's demand faults, the pages sent because the destination
+	// asked (requested pages and their pre-paged neighbours), and the
+	// guest time lost waiting on faults, in total and at the 99th
+	// percentile of one fault (the degradation post-copy trades for its
+	// downtime).
+	DemandFaults uint64  `json:"demand_faults,omitempty"`
+	PagesPulled  uint64  `json:"pages_pulled,omitempty"`
+	FaultWaitMS  float64 `json:"fault_wait_ms,omitempty"`
+	FaultP99MS   float64 `json:"fault_p99_ms,omitempty"`
 	Error        string  `json:"error,omitempty"`
 }
 
@@ -271,6 +288,11 @@ func (r Result) Row() Row {
 		if rep.Codec != nil {
 			row.CodecRatio = rep.Codec.Ratio()
 			row.CacheHitRate = rep.Codec.HitRate()
+		}
+		if pc := rep.PostCopy; pc != nil {
+			row.DemandFaults, row.PagesPulled = pc.DemandFaults, pc.PagesPulled
+			row.FaultWaitMS = float64(pc.WaitTotal) / float64(time.Millisecond)
+			row.FaultP99MS = float64(pc.FaultP99) / float64(time.Millisecond)
 		}
 	}
 	if r.Err != nil {

@@ -99,6 +99,12 @@ func (g *Guest) Config() GuestConfig { return g.cfg }
 // Workload returns the guest's workload.
 func (g *Guest) Workload() Workload { return g.w }
 
+// Env returns what the guest's workload is told of the guest. With it a
+// simulated destination replays the writes the workload would make after
+// the source paused: Workload().Writes(Env(), from, to, f) for running
+// times past Stats().RunTime emits the writes the guest makes next.
+func (g *Guest) Env() Env { return g.env }
+
 // PageSize returns the page size in bytes.
 func (g *Guest) PageSize() int { return g.cfg.PageSize }
 

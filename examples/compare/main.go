@@ -74,7 +74,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("compare", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		setNames  = fs.String("set", "default", "comma-separated scenario sets: default, thesis, sweep-bandwidth, sweep-dirty")
+		setNames  = fs.String("set", "default", "comma-separated scenario sets: default, thesis, sweep-bandwidth, sweep-dirty, sweep-latency")
 		guest     = fs.String("guest", "", "guest memory, e.g. 4GiB, 512MiB (a custom scenario)")
 		workload  = fs.String("workload", "", "workload: idle, uniform, hotcold, stream, video, mix (a custom scenario)")
 		rate      = fs.Float64("rate", 0, "pages written per second (custom scenario)")
@@ -287,7 +287,7 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\talgorithm\ttotal\tdowntime\tMB sent\tpages sent\tre-sent\trounds\tconverged\tcodec ratio\tcache hits\tverified\t")
+	fmt.Fprintln(tw, "scenario\talgorithm\ttotal\tdowntime\tMB sent\tpages sent\tre-sent\trounds\tconverged\tcodec ratio\tcache hits\tfaults\tfault wait\tp99 fault\tverified\t")
 	for _, r := range results {
 		row := r.Row()
 		verified := fmt.Sprint(row.Verified)
@@ -299,9 +299,13 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 			ratio = fmt.Sprintf("%.2f", row.CodecRatio)
 			hits = fmt.Sprintf("%.1f%%", 100*row.CacheHitRate)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%v\t%s\t%s\t%s\t\n", row.Scenario, row.Algorithm,
+		faults, wait, p99 := "-", "-", "-"
+		if r.Report != nil && r.Report.PostCopy != nil {
+			faults, wait, p99 = fmt.Sprint(row.DemandFaults), fmtMS(row.FaultWaitMS), fmtMS(row.FaultP99MS)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%v\t%s\t%s\t%s\t%s\t%s\t%s\t\n", row.Scenario, row.Algorithm,
 			fmtMS(row.TotalMS), fmtMS(row.DowntimeMS), float64(row.BytesSent)/1e6, row.PagesSent, row.PagesResent,
-			row.Rounds, row.Converged, ratio, hits, verified)
+			row.Rounds, row.Converged, ratio, hits, faults, wait, p99, verified)
 	}
 	return tw.Flush()
 }

@@ -61,6 +61,14 @@ func registry(downtime time.Duration, maxRounds int) []algorithm {
 			PreCopy: with(func(c *precopy.Config) { c.Codec.LZ4 = true })}},
 		{"precopy-xbzrle-lz4", scenario.Algorithm{Name: "pre-copy+xbzrle+lz4",
 			PreCopy: with(func(c *precopy.Config) { xbzrle(c); c.Codec.LZ4 = true })}},
+		// Post-copy and hybrid run scenario.PostCopy's model of package
+		// postcopy (see package scenario for why a model): requested pages
+		// on the main connection behind the push, or on an urgent one
+		// (QEMU's postcopy-preempt); hybrid is one pre-copy round (the
+		// bulk copy) and then post-copy, as Hines and Gopalan's.
+		{"postcopy", scenario.Algorithm{Name: "post-copy", Migrate: scenario.PostCopy{}.Migrate}},
+		{"postcopy-preempt", scenario.Algorithm{Name: "post-copy+preempt", Migrate: scenario.PostCopy{Urgent: true}.Migrate}},
+		{"hybrid", scenario.Algorithm{Name: "hybrid", Migrate: scenario.PostCopy{PreCopyRounds: 1, Urgent: true}.Migrate}},
 	}
 }
 
@@ -96,6 +104,7 @@ const (
 	sweepNone      = ""
 	sweepBandwidth = "bandwidth"
 	sweepDirty     = "dirty-rate"
+	sweepLatency   = "latency"
 )
 
 // entry is a scenario of a set; in a sweep, series names the line it
@@ -118,17 +127,23 @@ type set struct {
 
 // defaultAlgorithms run the default set without -algorithms. LZ4 costs real
 // CPU even in virtual time (about 0.7 GB/s here), and each further 4 GiB
-// row some 2-5 s, so the default set keeps three algorithms and finishes
-// in under a minute; -set thesis adds reordering.
-const defaultAlgorithms = "precopy,precopy-throttle,precopy-xbzrle"
+// pre-copy row some 2-5 s, so the default set keeps three pre-copy
+// algorithms, post-copy with preemption and hybrid, and finishes in about
+// a minute; -set thesis adds reordering.
+const defaultAlgorithms = "precopy,precopy-throttle,precopy-xbzrle,postcopy-preempt,hybrid"
 
 // thesisAlgorithms are the thesis' comparison: standard pre-copy, + delta
 // compression, + reordering, + both; and Clark's deferral alone, which
 // reordering builds on, to tell the order's share from deferral's.
 const thesisAlgorithms = "precopy,precopy-defer,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder"
 
-// sweepAlgorithms run the sweeps: the four.
-const sweepAlgorithms = "precopy,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder"
+// sweepAlgorithms run the sweeps: pre-copy and its three improvements, and
+// post-copy (with and without preemption) and hybrid.
+const sweepAlgorithms = "precopy,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder,postcopy,postcopy-preempt,hybrid"
+
+// latencyAlgorithms run the latency sweep: where post-copy's faults cost a
+// round trip each, against pre-copy and its best improvement.
+const latencyAlgorithms = "precopy,precopy-xbzrle,postcopy,postcopy-preempt,hybrid"
 
 // The thesis' workloads, as sim workloads; docs/EVALUATION.md describes
 // each. Rates are pages of 4 KiB written per second of guest time.
@@ -212,7 +227,20 @@ func sets() []set {
 		e.series, e.x = "membench", r
 		dirty.entries = append(dirty.entries, e)
 	}
-	return []set{def, thesis, bw, dirty}
+	lat := set{name: "sweep-latency", sweep: sweepLatency, algorithms: latencyAlgorithms,
+		about: "1 GiB guests over 1 Gbit/s links of one-way latency 0.1 ms (a rack) to 50 ms (across a continent)"}
+	for _, l := range []time.Duration{100 * time.Microsecond, time.Millisecond, 5 * time.Millisecond,
+		20 * time.Millisecond, 50 * time.Millisecond} {
+		for _, w := range []struct {
+			name string
+			w    scenario.Workload
+		}{{"membench", small(membench)}, {"webserver", webserver}} {
+			e := mk(fmt.Sprintf("%s@%v", w.name, l), 1*gib, w.w)
+			e.sc.Latency, e.series, e.x = l, w.name, float64(l)/float64(time.Millisecond)
+			lat.entries = append(lat.entries, e)
+		}
+	}
+	return []set{def, thesis, bw, dirty, lat}
 }
 
 // chooseSets resolves a comma-separated list of set names.

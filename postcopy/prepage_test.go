@@ -1,0 +1,41 @@
+package postcopy_test
+
+import (
+	"testing"
+
+	"github.com/livemig/livemig/postcopy"
+)
+
+func TestPrepager(t *testing.T) {
+	type step struct {
+		last       uint64
+		dir, count int
+	}
+	cases := []struct {
+		name  string
+		base  int
+		pages uint64
+		steps []step
+	}{
+		{"none", 0, 1000, []step{{10, 1, 0}, {11, 1, 0}, {5, -1, 0}}},
+		{"forward doubles to 8x", 4, 1000, []step{
+			{10, 1, 4}, {14, 1, 8}, {20, 1, 16}, {30, 1, 32}, {40, 1, 32}, {50, 1, 32},
+		}},
+		{"a jump resets", 4, 1000, []step{{10, 1, 4}, {14, 1, 8}, {500, 1, 4}}},
+		{"turning resets", 4, 1000, []step{{100, 1, 4}, {104, 1, 8}, {100, -1, 4}, {96, -1, 8}}},
+		{"same page keeps the window", 4, 1000, []step{{100, 1, 4}, {100, 1, 4}, {104, 1, 8}}},
+		{"clipped at the end", 4, 100, []step{{97, 1, 2}, {99, 1, 0}}},
+		{"clipped at the start", 4, 100, []step{{50, 1, 4}, {2, -1, 2}, {0, -1, 0}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := postcopy.NewPrepager(c.base)
+			for i, s := range c.steps {
+				dir, n := p.Next(s.last, c.pages)
+				if dir != s.dir || n != s.count {
+					t.Fatalf("step %d (page %d): dir %d count %d, want %d %d", i, s.last, dir, n, s.dir, s.count)
+				}
+			}
+		})
+	}
+}
