@@ -113,6 +113,10 @@ func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
 		m.order = o
 	}
 	err := m.run(ctx)
+	if err != nil && m.resumed {
+		err = fmt.Errorf("scenario: post-copy model: guest handed over, memory not all at the destination: %w (%w)",
+			livemig.ErrIncomplete, err)
+	}
 	return Outcome{Report: m.report, Err: err, DestResumed: m.resumed}
 }
 
@@ -249,7 +253,9 @@ func (m *pcModel) run(ctx context.Context) error {
 	m.zero, m.buf = make([]byte, m.ps), make([]byte, m.ps)
 	m.prepager = postcopy.NewPrepager(prepageBase(m.cfg.Prepage))
 	start := clock.Now()
-
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("scenario: post-copy model: %w", err)
+	}
 	if m.cfg.PreCopyRounds > 0 {
 		if err := m.precopy(ctx, start); err != nil {
 			return err
