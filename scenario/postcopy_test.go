@@ -197,7 +197,9 @@ func TestPostCopyModelRuns(t *testing.T) {
 			t.Fatalf("%s differs between runs:\n%+v\n%+v", alg.Name, a, b)
 		}
 	}
-	freq := func(pages uint64) (precopy.Order, error) { return reorder.NewFrequency(pages, reorder.FrequencyConfig{}) }
+	freq := func(pages uint64) (precopy.Order, error) {
+		return reorder.NewFrequency(pages, reorder.FrequencyConfig{})
+	}
 	ordered := mustRun(t, sc, Algorithm{Name: "ordered", Migrate: PostCopy{PreCopyRounds: 2, Order: freq}.Migrate}).Row()
 	plain := mustRun(t, sc, Algorithm{Name: "ordered", Migrate: PostCopy{PreCopyRounds: 2}.Migrate}).Row()
 	if ordered == plain {
