@@ -47,11 +47,17 @@
 //
 // A goroutine blocked on a missing page keeps its P (the scheduler sees a
 // running goroutine, not a system call) until the scheduler preempts it,
-// some 10 ms later. With as many faulting goroutines as GOMAXPROCS, the
-// handler goroutine and whatever serves OnFault wait for those preemptions,
-// and fault service drops from tens of microseconds to tens of
-// milliseconds per page. Set GOMAXPROCS above the number of guest
-// goroutines plus the goroutines that place pages.
+// some 10 ms later. The handler goroutine itself holds no P while it
+// waits: it is parked in the runtime's network poller, like a socket
+// reader. So fault service needs one P besides those of the guest
+// goroutines, for the handler and whoever serves OnFault and places pages:
+// set GOMAXPROCS above the number of guest goroutines. With as many
+// faulting goroutines as GOMAXPROCS, fault service waits for those
+// preemptions and drops from tens of microseconds to tens of milliseconds
+// per page. More Ps than that are not needed, and on few CPUs they slow
+// each fault down: the work of one fault spreads over more OS threads,
+// each woken from idle (on 2 CPUs, one guest: p50 ~45 µs with GOMAXPROCS=2,
+// ~80 µs with 5; see docs/BENCHMARKS.md).
 //
 // Present(n) turns true when the placement call returns; a woken guest may
 // run on a moment before that.
@@ -78,8 +84,9 @@ type Config struct {
 	// OnFault is called from the handler goroutine the first time a
 	// goroutine faults on missing page n (further faults on the same page
 	// while it is missing are counted but not reported again), typically to
-	// request the page from the source. It must not block for long: every
-	// other fault waits meanwhile. It may call Place, PlaceZero, WritePage
+	// request the page from the source (postcopy.Receive sends the request
+	// from here, through a postcopy.FaultQueue, as QEMU's fault thread
+	// does). It must not block for long: every other fault waits meanwhile. It may call Place, PlaceZero, WritePage
 	// and ZeroPage, but not Stop or Close. A fault is no Go
 	// synchronization: to reach the Region from OnFault, hand it over
 	// through an atomic.Pointer or a channel, not a plain variable set

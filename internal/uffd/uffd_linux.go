@@ -6,8 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -99,7 +103,9 @@ const readBatch = 64
 // Read must be called by one goroutine at a time.
 type FD struct {
 	fd       int
-	stop     int // eventfd: readable once Close has begun
+	file     *os.File        // fd, in the runtime's network poller; owns fd
+	rc       syscall.RawConn // file's
+	stopping atomic.Bool     // Close has begun
 	features uint64
 	ioctls   uint64
 
@@ -196,12 +202,25 @@ func Open(features uint64) (*FD, error) {
 		unix.Close(fd)
 		return nil, notSupported("UFFDIO_API", err)
 	}
-	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("uffd: eventfd: %w", err)
+	// The descriptor is non-blocking, so os.NewFile adds it to the
+	// runtime's poller (epoll): a Read with no message parks its goroutine
+	// and frees its P and thread, instead of holding them in poll(2). That
+	// matters because a goroutine blocked on a missing page holds a P too:
+	// with GOMAXPROCS=2 and one such goroutine, a reader blocked in poll(2)
+	// held the only other P, and every goroutine that serves the fault (the
+	// requester, the network receiver that places the page) waited for
+	// sysmon to retake it — 20 µs to 10 ms, some 300 µs per fault.
+	file := os.NewFile(uintptr(fd), "userfaultfd")
+	if err := file.SetReadDeadline(time.Time{}); err != nil {
+		file.Close()
+		return nil, fmt.Errorf("uffd: the runtime poller refuses the descriptor: %w", err)
 	}
-	return &FD{fd: fd, stop: stop, features: api.features, ioctls: api.ioctls}, nil
+	rc, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("uffd: %w", err)
+	}
+	return &FD{fd: fd, file: file, rc: rc, features: api.features, ioctls: api.ioctls}, nil
 }
 
 // Features returns the features negotiated by Open.
@@ -343,7 +362,8 @@ func (f *FD) ZeroPage(dst, length uintptr, mode uint64) error {
 // Read blocks until fault messages are available and decodes up to
 // len(msgs) of them into msgs (at most 64 per call). It returns an error
 // matching livemig.ErrClosed once Close has begun. One goroutine at a time
-// may call Read. It blocks an OS thread in poll(2) while it waits.
+// may call Read. While it waits, its goroutine is parked in the runtime's
+// network poller: it holds neither a P nor an OS thread.
 func (f *FD) Read(msgs []Msg) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
@@ -355,32 +375,28 @@ func (f *FD) Read(msgs []Msg) (int, error) {
 	f.readMu.Lock()
 	defer f.readMu.Unlock()
 	want := min(len(msgs), readBatch)
-	fds := []unix.PollFd{{Fd: int32(f.fd), Events: unix.POLLIN}, {Fd: int32(f.stop), Events: unix.POLLIN}}
-	for {
-		n, err := unix.Read(f.fd, f.buf[:want*MsgSize])
-		if err == nil {
-			if n%MsgSize != 0 {
-				return 0, fmt.Errorf("uffd: read %d bytes, not a whole number of %d-byte messages", n, MsgSize)
-			}
-			for i := 0; i < n/MsgSize; i++ {
-				msgs[i] = decode(f.buf[i*MsgSize : (i+1)*MsgSize])
-			}
-			return n / MsgSize, nil
-		}
-		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
-			return 0, fmt.Errorf("uffd: read: %w", err)
-		}
-		fds[0].Revents, fds[1].Revents = 0, 0
-		if _, err := unix.Poll(fds, -1); err != nil && !errors.Is(err, unix.EINTR) {
-			return 0, fmt.Errorf("uffd: poll: %w", err)
-		}
-		if fds[1].Revents != 0 {
-			return 0, fmt.Errorf("uffd: %w", livemig.ErrClosed)
-		}
-		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			return 0, fmt.Errorf("uffd: poll: descriptor error (revents %#x)", fds[0].Revents)
-		}
+	var n int
+	var rerr error
+	err := f.rc.Read(func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), f.buf[:want*MsgSize])
+		return !errors.Is(rerr, unix.EAGAIN) && !errors.Is(rerr, unix.EINTR)
+	})
+	if f.stopping.Load() && (err != nil || rerr != nil) {
+		return 0, fmt.Errorf("uffd: %w", livemig.ErrClosed)
 	}
+	if err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("uffd: read: %w", err)
+	}
+	if n%MsgSize != 0 {
+		return 0, fmt.Errorf("uffd: read %d bytes, not a whole number of %d-byte messages", n, MsgSize)
+	}
+	for i := 0; i < n/MsgSize; i++ {
+		msgs[i] = decode(f.buf[i*MsgSize : (i+1)*MsgSize])
+	}
+	return n / MsgSize, nil
 }
 
 // decode parses one struct uffd_msg (include/uapi/linux/userfaultfd.h):
@@ -401,16 +417,17 @@ func decode(b []byte) Msg {
 // fault; later faults in ranges still registered are resolved as on ordinary
 // memory. Close is idempotent.
 func (f *FD) Close() error {
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
 	f.mu.RLock()
 	closed := f.closed
 	f.mu.RUnlock()
 	if closed {
 		return nil
 	}
-	if _, err := unix.Write(f.stop, one[:]); err != nil && !errors.Is(err, unix.EAGAIN) {
-		return fmt.Errorf("uffd: signal stop: %w", err)
+	// A deadline in the past wakes a Read parked in the poller, and any
+	// Read that starts from now on returns at once.
+	f.stopping.Store(true)
+	if err := f.file.SetReadDeadline(time.Unix(1, 0)); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("uffd: stop the reader: %w", err)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -418,11 +435,7 @@ func (f *FD) Close() error {
 		return nil
 	}
 	f.closed = true
-	err := unix.Close(f.fd)
-	if err2 := unix.Close(f.stop); err == nil {
-		err = err2
-	}
-	if err != nil {
+	if err := f.file.Close(); err != nil {
 		return fmt.Errorf("uffd: close: %w", err)
 	}
 	return nil

@@ -7,7 +7,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
@@ -171,6 +174,42 @@ func TestCloseStopsRead(t *testing.T) {
 	}
 	if err := f.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+}
+
+// TestReadParks: a Read with no message to read waits parked in the
+// runtime's poller ("IO wait"), holding no P, rather than in a system call
+// that keeps its P until sysmon retakes it. (A goroutine blocked on a
+// missing page holds a P too: with GOMAXPROCS=2, a reader in poll(2) left
+// the goroutines serving the fault waiting for sysmon, ~300 µs a fault.)
+func TestReadParks(t *testing.T) {
+	f := openOrSkip(t)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Read(make([]Msg, 1))
+		done <- err
+	}()
+	buf := make([]byte, 1<<20)
+	state := "not started"
+	for deadline := time.Now().Add(10 * time.Second); state != "IO wait"; runtime.Gosched() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the reader waits in state %q, want IO wait", state)
+		}
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if !strings.Contains(g, "uffd.(*FD).Read(") {
+				continue
+			}
+			// "goroutine 7 [IO wait]:" or "goroutine 7 [IO wait, 2 minutes]:"
+			if a, b := strings.IndexByte(g, '['), strings.IndexAny(g, ",]"); a >= 0 && b > a {
+				state = g[a+1 : b]
+			}
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, livemig.ErrClosed) {
+		t.Fatalf("Read after Close = %v, want ErrClosed", err)
 	}
 }
 
