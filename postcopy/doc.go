@@ -63,6 +63,17 @@
 // goroutines block in Access. FaultQueue adapts a fault callback (faultmem's
 // Config.OnFault) to a FaultSource.
 //
+// # The simulated world
+//
+// The engine is concurrent (a push, a return-path reader and an urgent
+// server share one end), so over a transport.SimLink its virtual-time
+// figures would depend on goroutine scheduling. Package scenario's
+// PostCopy is a deterministic discrete-event model of this engine instead:
+// it takes the push order from Config.Order's Order, the pages a request
+// brings from this package's Prepager, and the discard and send-once rules
+// from here, and runs the destination's vCPU on the simulated workload, so
+// that examples/compare can set post-copy and hybrid beside pre-copy.
+//
 // # Usage
 //
 //	// Source side.

@@ -199,8 +199,14 @@ func TestPlots(t *testing.T) {
 	// Small sweeps, built like the named ones.
 	base := scenario.Scenario{GuestBytes: 16 << 20, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 1,
 		Workload: scenario.Workload{Kind: "hotcold", Rate: 5000, HotBytes: 1 << 20, HotFraction: 0.9}}
-	dirty := set{name: "d", sweep: sweepDirty, algorithms: "precopy,precopy-xbzrle"}
+	dirty := set{name: "d", sweep: sweepDirty, algorithms: "precopy,precopy-xbzrle,postcopy-preempt"}
 	bw := set{name: "b", sweep: sweepBandwidth, algorithms: "precopy,precopy-xbzrle"}
+	lat := set{name: "l", sweep: sweepLatency, algorithms: "precopy,postcopy,hybrid"}
+	for _, l := range []time.Duration{100 * time.Microsecond, 10 * time.Millisecond} {
+		sc := base
+		sc.Name, sc.Latency = "hc@"+l.String(), l
+		lat.entries = append(lat.entries, entry{sc: sc, series: "hc", x: float64(l) / float64(time.Millisecond)})
+	}
 	for i, r := range []float64{2000, 8000} {
 		sc := base
 		sc.Name, sc.Workload.Rate = []string{"r2000", "r8000"}[i], r
@@ -216,7 +222,7 @@ func TestPlots(t *testing.T) {
 			bw.entries = append(bw.entries, entry{sc: sc, series: ser, x: b})
 		}
 	}
-	sets := []set{dirty, bw}
+	sets := []set{dirty, bw, lat}
 	jobs, err := planJobs(sets, "", registry(300*time.Millisecond, 30))
 	if err != nil {
 		t.Fatal(err)
@@ -229,10 +235,12 @@ func TestPlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 4 {
+	if len(files) != 6 {
 		t.Errorf("sweeps wrote %v", files)
 	}
-	for _, name := range []string{"custom-rounds-hotcold", "d-downtime", "b-time"} {
+	// Minimum heights: the dirty-rate and latency sweeps ran post-copy, so
+	// they have a panel more (the guest time lost to faults).
+	for name, height := range map[string]int{"custom-rounds-hotcold": 400, "d-downtime": 700, "b-time": 400, "l-time": 1000} {
 		f, err := os.Open(filepath.Join(dir, name+".png"))
 		if err != nil {
 			t.Fatal(err)
@@ -242,7 +250,7 @@ func TestPlots(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s.png: %v", name, err)
 		}
-		if b := img.Bounds(); b.Dx() < 500 || b.Dy() < 400 {
+		if b := img.Bounds(); b.Dx() < 500 || b.Dy() < height {
 			t.Errorf("%s.png is %v", name, b)
 		}
 		svg, err := os.ReadFile(filepath.Join(dir, name+".svg"))
@@ -276,7 +284,7 @@ func TestSets(t *testing.T) {
 		}
 		seen[s.name] = true
 	}
-	for _, want := range []string{"default", "thesis", "sweep-bandwidth", "sweep-dirty"} {
+	for _, want := range []string{"default", "thesis", "sweep-bandwidth", "sweep-dirty", "sweep-latency"} {
 		if !seen[want] {
 			t.Errorf("no set %s", want)
 		}

@@ -1,40 +1,51 @@
 // Command compare reproduces the evaluation of P. Svärd's thesis "Live VM
 // Migration Principles and Performance" in livemig's simulated world: each
 // scenario (a guest, its workload, a link) is migrated by each algorithm in
-// virtual time, by the same engine code that migrates real memory, and the
-// results print as a table or as JSON, and as plots.
+// virtual time, and the results print as a table or as JSON, and as plots.
+// Pre-copy rows run package precopy's engine over a simulated link;
+// post-copy and hybrid rows run scenario.PostCopy, a discrete-event model of
+// package postcopy in which the destination's vCPU runs the workload and
+// waits a round trip on each page it touches before the page arrives.
 //
 // With no flags it runs the embedded default set: a 4 GiB guest over
 // 1 Gbit/s, idle and under uniform, hot/cold and streaming workloads at a low
-// and a high dirty rate, by pre-copy, pre-copy with auto-converge and
-// pre-copy with XBZRLE delta compression (under a minute on 2 cores).
-// -set picks other named sets, comma-separated:
+// and a high dirty rate, by pre-copy, pre-copy with auto-converge, pre-copy
+// with XBZRLE delta compression, post-copy with preemption (requested pages
+// on their own connection, as QEMU's postcopy-preempt) and hybrid (one
+// pre-copy round, then post-copy), in about a minute on 2 cores. -set picks
+// other named sets, comma-separated:
 //
 //   - thesis: the thesis' workloads (a memory-intensive benchmark, a
 //     video-streaming server, an enterprise application, Clark et al.'s
 //     SPECweb server, an idle guest, a uniform control) by standard
-//     pre-copy, + deferral, + reordering, + XBZRLE, + both;
+//     pre-copy, + deferral, + reordering, + XBZRLE, + both, post-copy and
+//     hybrid;
 //   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 10 Gbit/s;
-//   - sweep-dirty: a 1 GiB memory benchmark at rising dirty rates.
+//   - sweep-dirty: a 1 GiB memory benchmark at rising dirty rates;
+//   - sweep-latency: 1 GiB guests over links of 0.1 ms to 50 ms latency.
 //
 // -algorithms overrides a set's algorithms (all: every one); -plots DIR
 // writes PNG and SVG figures: pages dirty and sent per round for each
-// scenario of a plain set, downtime against dirty rate for sweep-dirty,
-// total time and downtime against bandwidth for sweep-bandwidth.
+// scenario of a plain set, downtime (and post-copy's time lost to faults)
+// against dirty rate for sweep-dirty, total time, downtime and time lost to
+// faults against bandwidth or latency for the other sweeps.
 // docs/EVALUATION.md is made from
 //
-//	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth -plots docs/plots > docs/plots/tables.txt
+//	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth,sweep-latency -plots docs/plots > docs/plots/tables.txt
 //
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
-// rows of algorithms with a codec add codec_ratio and cache_hit_rate; an
-// aborted migration adds error. The rows are the same on every run.
+// rows of algorithms with a codec add codec_ratio and cache_hit_rate;
+// post-copy and hybrid rows add demand_faults, pages_pulled, fault_wait_ms
+// (the guest's time lost waiting on faults) and fault_p99_ms when not zero;
+// an aborted migration adds error. The rows are the same on every run.
 //
 //	go run ./examples/compare
 //	go run ./examples/compare -json
 //	go run ./examples/compare -set thesis -plots /tmp/plots
 //	go run ./examples/compare -guest 16GiB -workload hotcold -rate 40000 -bandwidth 10Gbit
 //	go run ./examples/compare -algorithms precopy,precopy-reorder -downtime 30ms
+//	go run ./examples/compare -algorithms precopy,postcopy,postcopy-preempt,hybrid -latency 20ms
 package main
 
 import (

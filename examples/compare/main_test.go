@@ -25,7 +25,7 @@ func TestJSONRowsAreExactAndStable(t *testing.T) {
 	if err := json.Unmarshal(a.Bytes(), &rows); err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 3 {
+	if len(rows) != len(strings.Split(defaultAlgorithms, ",")) {
 		t.Fatalf("%d rows, want one per default algorithm", len(rows))
 	}
 	for _, k := range []string{"scenario", "algorithm", "total_ms", "downtime_ms", "bytes_sent", "pages_sent", "pages_resent", "rounds", "verified"} {
@@ -36,6 +36,15 @@ func TestJSONRowsAreExactAndStable(t *testing.T) {
 	if rows[0]["verified"] != true || rows[0]["pages_sent"].(float64) < 16384 {
 		t.Fatalf("row %v", rows[0])
 	}
+	// Post-copy rows carry the fault figures; pre-copy rows do not.
+	for _, r := range rows {
+		_, faults := r["demand_faults"]
+		_, wait := r["fault_wait_ms"]
+		pc := strings.HasPrefix(r["algorithm"].(string), "post-copy") || r["algorithm"] == "hybrid"
+		if faults != pc || wait != pc || r["verified"] != true {
+			t.Errorf("row %v: demand_faults %v, fault_wait_ms %v", r, faults, wait)
+		}
+	}
 }
 
 func TestTable(t *testing.T) {
@@ -43,7 +52,7 @@ func TestTable(t *testing.T) {
 	if err := run(context.Background(), []string{"-q", "-guest", "32MiB", "-workload", "idle", "-algorithms", "precopy"}, &out, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"scenario", "downtime", "idle", "pre-copy", "true"} {
+	for _, want := range []string{"scenario", "downtime", "idle", "pre-copy", "true", "faults", "fault wait"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
 		}

@@ -30,9 +30,11 @@ import (
 //     the pages found dirty at each round's start and the pages sent in it,
 //     one line per algorithm;
 //   - for a dirty-rate sweep, SET-downtime: downtime against the rate the
-//     guest writes pages, one line per algorithm;
-//   - for a bandwidth sweep, SET-time: total time (top) and downtime
-//     (bottom) against the link's bandwidth, one column per workload.
+//     guest writes pages, one line per algorithm, and below it (when
+//     post-copy or hybrid ran) the guest time they lost to demand faults;
+//   - for a bandwidth or latency sweep, SET-time: total time, downtime and
+//     (when post-copy or hybrid ran) the guest time lost to demand faults
+//     against the link's bandwidth or latency, one column per workload.
 //
 // Values of 0 on a logarithmic axis are drawn at the axis' floor.
 func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) ([]string, error) {
@@ -68,15 +70,20 @@ func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) (
 			if err != nil {
 				return files, err
 			}
-			if err := save(fileName(s.name+"-downtime"), 18*vg.Centimeter, 12*vg.Centimeter, p); err != nil {
+			if err := save(fileName(s.name+"-downtime"), 18*vg.Centimeter, 12*vg.Centimeter*vg.Length(len(p)), p); err != nil {
 				return files, err
 			}
-		case sweepBandwidth:
-			p, err := bandwidthPlot(s, jobs, results, mine)
+		case sweepBandwidth, sweepLatency:
+			label := "link bandwidth (bit/s)"
+			if s.sweep == sweepLatency {
+				label = "one-way link latency (ms)"
+			}
+			p, err := sweepPlot(s, label, jobs, results, mine)
 			if err != nil {
 				return files, err
 			}
-			if err := save(fileName(s.name+"-time"), 30*vg.Centimeter, 18*vg.Centimeter, p); err != nil {
+			h := 9 * vg.Centimeter * vg.Length(len(p))
+			if err := save(fileName(s.name+"-time"), 30*vg.Centimeter, h, p); err != nil {
 				return files, err
 			}
 		}
@@ -165,18 +172,43 @@ func addLines(p *plot.Plot, names []string, data map[string]plotter.XYs, legend 
 		if err != nil {
 			return err
 		}
-		l.Color = plotutil.Color(i)
-		l.Dashes = plotutil.Dashes(i)
-		l.Width = vg.Points(1.2)
-		s.Color = plotutil.Color(i)
-		s.Shape = plotutil.Shape(i)
-		s.Radius = vg.Points(2.5)
+		styleLine(i, l, s)
 		p.Add(l, s)
 		if legend {
 			p.Legend.Add(n, l, s)
 		}
 	}
 	return nil
+}
+
+// styleLine gives the i-th series its line and glyph style.
+func styleLine(i int, l *plotter.Line, s *plotter.Scatter) {
+	l.Color = plotutil.Color(i)
+	l.Dashes = plotutil.Dashes(i)
+	l.Width = vg.Points(1.2)
+	s.Color = plotutil.Color(i)
+	s.Shape = plotutil.Shape(i)
+	s.Radius = vg.Points(2.5)
+}
+
+// legendEntry is a legend line whose plot is chosen later.
+type legendEntry struct {
+	name   string
+	thumbs []plot.Thumbnailer
+}
+
+// seriesLegend returns the legend entries of names in addLines' styles.
+func seriesLegend(names []string) ([]legendEntry, error) {
+	var out []legendEntry
+	for i, n := range names {
+		l, s, err := plotter.NewLinePoints(plotter.XYs{{X: 1, Y: 1}})
+		if err != nil {
+			return nil, err
+		}
+		styleLine(i, l, s)
+		out = append(out, legendEntry{n, []plot.Thumbnailer{l, s}})
+	}
+	return out, nil
 }
 
 // algorithmOrder lists the algorithms of the given jobs in first-seen order.
@@ -256,9 +288,11 @@ func dirtyPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*pl
 	p.Title.TextStyle.Font.Size = vg.Points(10)
 	p.Y.Scale = plot.LogScale{}
 	p.Y.Tick.Marker = logTicks{}
-	p.Legend.Left, p.Legend.Top = false, false
-	p.Legend.XOffs, p.Legend.YOffs = -vg.Millimeter*2, vg.Millimeter*2
-	if err := addLines(p, names, data, true); err != nil {
+	legend, err := seriesLegend(names)
+	if err != nil {
+		return nil, err
+	}
+	if err := addLines(p, names, data, false); err != nil {
 		return nil, err
 	}
 	decades(&p.Y)
@@ -272,7 +306,7 @@ func dirtyPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*pl
 		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
 		l.Color = plotGrey
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("link capacity (%.0f pages/s)", capacity), l)
+		legend = append(legend, legendEntry{fmt.Sprintf("link capacity (%.0f pages/s)", capacity), []plot.Thumbnailer{l}})
 	}
 	// The downtime target, as a dotted line.
 	if target := downtimeTarget(jobs, idx); target > 0 {
@@ -285,28 +319,66 @@ func dirtyPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*pl
 		l.Dashes = []vg.Length{vg.Points(1), vg.Points(2)}
 		l.Color = plotGrey
 		p.Add(l)
-		p.Legend.Add(fmt.Sprintf("downtime target (%v)", target), l)
+		legend = append(legend, legendEntry{fmt.Sprintf("downtime target (%v)", target), []plot.Thumbnailer{l}})
 	}
-	return [][]*plot.Plot{{p}}, nil
+	// What post-copy pays instead: the guest's time lost to faults.
+	wait := map[string]plotter.XYs{}
+	for _, i := range idx {
+		if rep := results[i].Report; rep != nil && rep.PostCopy != nil {
+			n := jobs[i].alg.Name
+			wait[n] = append(wait[n], plotter.XY{X: jobs[i].entry.x,
+				Y: clampLog(float64(rep.PostCopy.WaitTotal) / float64(time.Millisecond))})
+		}
+	}
+	// The legend goes at the bottom right of the lowest panel, where the
+	// lines are not: the downtime panel's bottom holds post-copy's.
+	setLegend := func(q *plot.Plot) {
+		q.Legend.Left, q.Legend.Top = false, false
+		q.Legend.XOffs, q.Legend.YOffs = -vg.Millimeter*2, vg.Millimeter*2
+		for _, e := range legend {
+			q.Legend.Add(e.name, e.thumbs...)
+		}
+	}
+	if len(wait) == 0 {
+		setLegend(p)
+		return [][]*plot.Plot{{p}}, nil
+	}
+	q := newPlot("", "pages written per second by the guest", "guest time lost to demand faults (ms)")
+	setLegend(q)
+	q.Y.Scale = plot.LogScale{}
+	q.Y.Tick.Marker = logTicks{}
+	if err := addLines(q, names, wait, false); err != nil {
+		return nil, err
+	}
+	decades(&q.Y)
+	q.X.Min, q.X.Max = p.X.Min, p.X.Max
+	p.X.Label.Text = ""
+	return [][]*plot.Plot{{p}, {q}}, nil
 }
 
 // downtimeTarget is the pre-copy downtime target of the given jobs, if they
 // share one.
 func downtimeTarget(jobs []job, idx []int) time.Duration {
 	var t time.Duration
-	for k, i := range idx {
+	seen := false
+	for _, i := range idx {
+		if jobs[i].alg.Migrate != nil {
+			continue // post-copy or hybrid: no target
+		}
 		d := jobs[i].alg.PreCopy.DowntimeTarget
-		if k > 0 && d != t {
+		if seen && d != t {
 			return 0
 		}
-		t = d
+		t, seen = d, true
 	}
 	return t
 }
 
-// bandwidthPlot draws total time (top row) and downtime (bottom row) against
-// the link's bandwidth, one column per workload, per algorithm.
-func bandwidthPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
+// sweepPlot draws total time (top row), downtime (middle row) and, when
+// post-copy or hybrid ran, the guest time lost waiting on demand faults
+// (bottom row) against the sweep's axis, one column per workload, per
+// algorithm. Both axes are logarithmic.
+func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
 	names := algorithmOrder(jobs, idx)
 	var series []string
 	for _, e := range s.entries {
@@ -314,9 +386,19 @@ func bandwidthPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][
 			series = append(series, e.series)
 		}
 	}
-	grid := [][]*plot.Plot{make([]*plot.Plot, len(series)), make([]*plot.Plot, len(series))}
+	withFaults := slices.ContainsFunc(idx, func(i int) bool {
+		return results[i].Report != nil && results[i].Report.PostCopy != nil
+	})
+	rows := 2
+	if withFaults {
+		rows = 3
+	}
+	grid := make([][]*plot.Plot, rows)
+	for r := range grid {
+		grid[r] = make([]*plot.Plot, len(series))
+	}
 	for c, ser := range series {
-		total, down := map[string]plotter.XYs{}, map[string]plotter.XYs{}
+		total, down, wait := map[string]plotter.XYs{}, map[string]plotter.XYs{}, map[string]plotter.XYs{}
 		var w scenario.Scenario
 		for _, i := range idx {
 			j := jobs[i]
@@ -329,27 +411,34 @@ func bandwidthPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][
 			total[j.alg.Name] = append(total[j.alg.Name], plotter.XY{X: x, Y: rep.TotalTime.Seconds()})
 			down[j.alg.Name] = append(down[j.alg.Name],
 				plotter.XY{X: x, Y: clampLog(float64(rep.Downtime) / float64(time.Millisecond))})
+			if rep.PostCopy != nil {
+				wait[j.alg.Name] = append(wait[j.alg.Name],
+					plotter.XY{X: x, Y: clampLog(float64(rep.PostCopy.WaitTotal) / float64(time.Millisecond))})
+			}
 		}
-		top := newPlot(fmt.Sprintf("%s\n%s, %s", ser, livemig.FormatBytes(w.GuestBytes), w.Workload), "", "total time (s)")
-		top.Title.TextStyle.Font.Size = vg.Points(8)
-		bottom := newPlot("", "link bandwidth (bit/s)", "downtime (ms)")
-		for _, p := range []*plot.Plot{top, bottom} {
+		col := []*plot.Plot{
+			newPlot(fmt.Sprintf("%s\n%s, %s", ser, livemig.FormatBytes(w.GuestBytes), w.Workload), "", "total time (s)"),
+			newPlot("", "", "downtime (ms)"),
+		}
+		data := []map[string]plotter.XYs{total, down}
+		if withFaults {
+			col = append(col, newPlot("", "", "guest time lost to faults (ms)"))
+			data = append(data, wait)
+		}
+		col[0].Title.TextStyle.Font.Size = vg.Points(8)
+		col[len(col)-1].X.Label.Text = xLabel
+		for r, p := range col {
 			p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 			p.X.Tick.Marker, p.Y.Tick.Marker = logTicks{}, logTicks{}
-		}
-		top.Legend.Top, top.Legend.Left = false, true
-		top.Legend.XOffs, top.Legend.YOffs = vg.Millimeter*2, vg.Millimeter*2
-		if err := addLines(top, names, total, c == 0); err != nil {
-			return nil, err
-		}
-		if err := addLines(bottom, names, down, false); err != nil {
-			return nil, err
-		}
-		for _, p := range []*plot.Plot{top, bottom} {
+			if err := addLines(p, names, data[r], r == 0 && c == 0); err != nil {
+				return nil, err
+			}
 			decades(&p.X)
 			decades(&p.Y)
+			grid[r][c] = p
 		}
-		grid[0][c], grid[1][c] = top, bottom
+		col[0].Legend.Top, col[0].Legend.Left = false, true
+		col[0].Legend.XOffs, col[0].Legend.YOffs = vg.Millimeter*2, vg.Millimeter*2
 	}
 	return grid, nil
 }

@@ -133,9 +133,10 @@ type set struct {
 const defaultAlgorithms = "precopy,precopy-throttle,precopy-xbzrle,postcopy-preempt,hybrid"
 
 // thesisAlgorithms are the thesis' comparison: standard pre-copy, + delta
-// compression, + reordering, + both; and Clark's deferral alone, which
-// reordering builds on, to tell the order's share from deferral's.
-const thesisAlgorithms = "precopy,precopy-defer,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder"
+// compression, + reordering, + both; Clark's deferral alone, which
+// reordering builds on, to tell the order's share from deferral's; and the
+// third paper's post-copy (with preemption) and hybrid.
+const thesisAlgorithms = "precopy,precopy-defer,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder,postcopy-preempt,hybrid"
 
 // sweepAlgorithms run the sweeps: pre-copy and its three improvements, and
 // post-copy (with and without preemption) and hybrid.
