@@ -107,6 +107,9 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	}
 	cancel()
 	r.closeSession()
+	if r.direct != nil {
+		r.direct.serveDirect(nil) // waits for requests under way
+	}
 	r.reqWG.Wait()
 	r.fillReport()
 	return r.rep, err
@@ -141,6 +144,7 @@ type receiver struct {
 	uerr    chan error    // its failure
 	umarker chan struct{} // closed when it saw the end marker
 	reqWG   sync.WaitGroup
+	direct  *FaultQueue // dst.Faults, served directly from the resume on
 
 	session      uint64
 	switched     bool
@@ -266,6 +270,13 @@ func (r *receiver) resume(ctx context.Context) error {
 	}
 	r.startSession(ctx)
 	if r.dst.Faults != nil {
+		if q, ok := r.dst.Faults.(*FaultQueue); ok {
+			// Faults reported from now on are requested by the goroutine
+			// that reports them; the requester drains the queue. (So any
+			// request, the requester's too, follows this switch.)
+			r.direct = q
+			q.serveDirect(func(n uint64, at time.Time) { r.request(ctx, n, at) })
+		}
 		r.reqWG.Add(1)
 		go r.requester(ctx)
 	}
@@ -497,32 +508,40 @@ func (r *receiver) requester(ctx context.Context) {
 		if err != nil {
 			return
 		}
-		if n >= r.pages {
-			continue
-		}
-		r.outMu.Lock()
-		r.faults++
-		if r.isHeld(n) {
-			r.waits.add(r.cfg.Clock.Now().Sub(at))
-			r.outMu.Unlock()
-			continue
-		}
-		ts, asked := r.outstanding[n]
-		r.outstanding[n] = append(ts, at)
-		atomic.OrUint64(&r.requested[n/64], 1<<(n%64))
+		r.request(ctx, n, at)
+	}
+}
+
+// request asks the source for page n, which the guest began to wait on at
+// time at, unless the page is here or already asked for. The requester and
+// the goroutines reporting faults to a FaultQueue served directly call it
+// concurrently.
+func (r *receiver) request(ctx context.Context, n uint64, at time.Time) {
+	if n >= r.pages {
+		return
+	}
+	r.outMu.Lock()
+	r.faults++
+	if r.isHeld(n) {
+		r.waits.add(r.cfg.Clock.Now().Sub(at))
 		r.outMu.Unlock()
-		if r.isHeld(n) {
-			r.served(n) // placed between the two looks
-			continue
-		}
-		if asked {
-			continue
-		}
-		if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
-			// A cut: the main receiver notices it and asks again once
-			// reconnected.
-			r.log.Debug("request failed", "page", n, "err", err)
-		}
+		return
+	}
+	ts, asked := r.outstanding[n]
+	r.outstanding[n] = append(ts, at)
+	atomic.OrUint64(&r.requested[n/64], 1<<(n%64))
+	r.outMu.Unlock()
+	if r.isHeld(n) {
+		r.served(n) // placed between the two looks
+		return
+	}
+	if asked {
+		return
+	}
+	if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
+		// A cut: the main receiver notices it and asks again once
+		// reconnected.
+		r.log.Debug("request failed", "page", n, "err", err)
 	}
 }
 

@@ -61,6 +61,16 @@ type FaultSource interface {
 // the memory's fault hook. A page already pending is not queued twice, so
 // the queue holds at most one entry per page. The zero value is not usable:
 // call NewFaultQueue.
+//
+// From the guest's resume until Receive returns, a FaultQueue given as
+// Destination.Faults is bypassed: Fault hands each fault to the engine on
+// the caller's goroutine, which sends the request on the return path
+// before Fault returns, as QEMU's fault thread does. With faultmem, the
+// request then leaves from the handler goroutine that read the fault, and
+// the guest's wait no longer includes waking the engine's requester
+// goroutine, which can be put off for tens of microseconds (the scheduler
+// backs off before stealing a goroutine just readied on a running P). One
+// engine at a time may use a queue.
 type FaultQueue struct {
 	clock   livemig.Clock
 	pages   uint64
@@ -70,6 +80,9 @@ type FaultQueue struct {
 	head    int
 	signal  chan struct{} // holds a token while q is not empty
 	dropped atomic.Uint64
+
+	dmu    sync.RWMutex                    // shared while direct runs, exclusive to change it
+	direct func(page uint64, at time.Time) // the engine's fault handler, or nil; under dmu
 }
 
 type fault struct {
@@ -90,15 +103,24 @@ func NewFaultQueue(pages uint64, clock livemig.Clock) *FaultQueue {
 	}
 }
 
-// Fault records that the guest waits on page n. It never blocks and may be
-// called from any goroutine; a page past the guest is counted in Dropped and
-// ignored.
+// Fault records that the guest waits on page n. It may be called from any
+// goroutine; a page past the guest is counted in Dropped and ignored.
+// Alone, it never blocks; while an engine serves the queue directly (see
+// FaultQueue), it returns once the engine has sent the request, or given
+// up on it (the link is cut: the engine asks again once reconnected).
 func (f *FaultQueue) Fault(n uint64) {
 	if n >= f.pages {
 		f.dropped.Add(1)
 		return
 	}
 	at := f.clock.Now()
+	f.dmu.RLock()
+	if h := f.direct; h != nil {
+		h(n, at)
+		f.dmu.RUnlock()
+		return
+	}
+	f.dmu.RUnlock()
 	f.mu.Lock()
 	w, bit := n/64, uint64(1)<<(n%64)
 	if f.pending[w]&bit != 0 {
@@ -112,6 +134,15 @@ func (f *FaultQueue) Fault(n uint64) {
 	case f.signal <- struct{}{}:
 	default:
 	}
+}
+
+// serveDirect makes Fault call h (from Fault's caller) instead of queueing;
+// h == nil restores the queue, once the calls of the old h under way have
+// returned.
+func (f *FaultQueue) serveDirect(h func(page uint64, at time.Time)) {
+	f.dmu.Lock()
+	f.direct = h
+	f.dmu.Unlock()
 }
 
 // Dropped returns how many faults named a page past the guest.

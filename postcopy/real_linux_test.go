@@ -8,11 +8,15 @@ import (
 	"errors"
 	"os"
 	"runtime"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
 )
 
 // faultMem is the real destination: a userfaultfd region whose guest
@@ -129,5 +133,87 @@ func TestRealRecovery(t *testing.T) {
 			}
 			t.Logf("%d pages re-sent\n%v", o.rep.PagesResent, o.rep)
 		})
+	}
+}
+
+// requestLog is the destination's connection, noting the pages it has
+// requested once the request is written.
+type requestLog struct {
+	transport.Conn
+	sent []atomic.Bool
+}
+
+func (c *requestLog) Send(ctx context.Context, m transport.Msg) error {
+	err := c.Conn.Send(ctx, m)
+	if err == nil && m.Kind == transport.KindRequest && m.Page < uint64(len(c.sent)) {
+		c.sent[m.Page].Store(true)
+	}
+	return err
+}
+
+// While Receive runs, a FaultQueue is served directly: the request for a
+// faulted page is on the wire when Fault returns on faultmem's handler
+// goroutine, with no hop through the engine's requester. Once Receive has
+// returned, faults are queued for NextFault again.
+func TestRealFaultRequestedFromHandler(t *testing.T) {
+	const pages = 256
+	ctx := context.Background()
+	src := newSource(t, pages)
+	faults := postcopy.NewFaultQueue(pages, nil)
+	var c *requestLog
+	var checking atomic.Bool
+	var checked, late atomic.Int32 // faults checked, and of them not yet requested when Fault returned
+	r := openFaultMem(t, pages, func(n uint64) {
+		faults.Fault(n)
+		if checking.Load() {
+			checked.Add(1)
+			if !c.sent[n].Load() {
+				late.Add(1)
+			}
+		}
+	})
+	a, bl := linkPair(t, true)
+	ca, cb, err := openPair(ctx, a, bl, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = &requestLog{Conn: cb, sent: make([]atomic.Bool, pages)}
+	vm := newDstVM()
+	var wg sync.WaitGroup
+	var derr, serr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_, derr = postcopy.Receive(ctx, c, postcopy.Destination{Memory: r, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, postcopy.Config{})
+	}()
+	go func() {
+		defer wg.Done()
+		// The push is held (it sends one page, then waits for hours):
+		// the pages come by request.
+		_, serr = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, postcopy.Config{Prepage: -1, PushBandwidth: 1})
+	}()
+	<-vm.started
+	mem := r.Bytes()
+	for n := pages - 1; n >= 0; n-- {
+		touched += mem[n*pageSize]
+		// The first page that came by request shows that the engine
+		// serves faults (it switches to direct service before any
+		// request): check the faults from then on.
+		if c.sent[n].Load() {
+			checking.Store(true)
+		}
+	}
+	wg.Wait()
+	if serr != nil || derr != nil {
+		t.Fatalf("source: %v; destination: %v", serr, derr)
+	}
+	if checked.Load() < pages/2 || late.Load() != 0 {
+		t.Fatalf("%d faults checked, %d of them not yet requested when Fault returned", checked.Load(), late.Load())
+	}
+	faults.Fault(7)
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if n, _, err := faults.NextFault(cctx); err != nil || n != 7 {
+		t.Fatalf("NextFault after Receive = %d, %v; want the queued fault on page 7", n, err)
 	}
 }
