@@ -2,7 +2,6 @@ package scenario
 
 import (
 	"cmp"
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -137,22 +136,52 @@ type event struct {
 	rec  record
 }
 
+// evHeap is a binary min-heap of events by (at, seq): typed, so that a
+// push does not box the event (container/heap would allocate per event).
 type evHeap []event
 
-func (h evHeap) Len() int { return len(h) }
-func (h evHeap) Less(i, j int) bool {
+func (h evHeap) less(i, j int) bool {
 	if !h[i].at.Equal(h[j].at) {
 		return h[i].at.Before(h[j].at)
 	}
 	return h[i].seq < h[j].seq
 }
-func (h evHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *evHeap) Push(x any)   { *h = append(*h, x.(event)) }
-func (h *evHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+
+func (h *evHeap) push(e event) {
+	*h = append(*h, e)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !q.less(i, p) {
+			break
+		}
+		q[i], q[p] = q[p], q[i]
+		i = p
+	}
+}
+
+func (h *evHeap) pop() event {
+	q := *h
+	top := q[0]
+	n := len(q) - 1
+	q[0] = q[n]
+	q = q[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && q.less(l, m) {
+			m = l
+		}
+		if r := l + 1; r < n && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
 }
 
 // record is what crosses the source-to-destination wire.
@@ -209,6 +238,7 @@ type pcModel struct {
 	asked    []uint64
 	vrun     time.Duration // the vCPU's running time
 	acc      []uint64
+	touch    sim.WriteFunc // appends to acc; bound once
 	accAt    int
 	stalled  bool
 	stallOn  uint64
@@ -252,6 +282,7 @@ func (m *pcModel) run(ctx context.Context) error {
 	m.dirty, m.present, m.asked = make([]uint64, words), make([]uint64, words), make([]uint64, words)
 	m.zero, m.buf = make([]byte, m.ps), make([]byte, m.ps)
 	m.prepager = postcopy.NewPrepager(prepageBase(m.cfg.Prepage))
+	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("scenario: post-copy model: %w", err)
@@ -510,7 +541,7 @@ func (m *pcModel) sendPage(n uint64) (int, error) {
 
 func (m *pcModel) schedule(at time.Time, k evKind, r record) {
 	m.seq++
-	heap.Push(&m.events, event{at: at, seq: m.seq, kind: k, rec: r})
+	m.events.push(event{at: at, seq: m.seq, kind: k, rec: r})
 }
 
 // send writes page n at time now on the main connection or, urgent, ahead
@@ -548,6 +579,9 @@ func (m *pcModel) startWire(now time.Time) {
 		m.mainQ[m.mainHead] = record{}
 		if m.mainHead++; m.mainHead == len(m.mainQ) {
 			m.mainQ, m.mainHead = m.mainQ[:0], 0
+		} else if m.mainHead >= 1024 && 2*m.mainHead >= len(m.mainQ) {
+			k := copy(m.mainQ, m.mainQ[m.mainHead:])
+			m.mainQ, m.mainHead = m.mainQ[:k], 0
 		}
 		m.queued -= r.bytes
 	default:
@@ -663,7 +697,7 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 		if len(m.events) == 0 {
 			return time.Time{}, errors.New("scenario: post-copy model: stalled with pages missing (a model bug)")
 		}
-		ev := heap.Pop(&m.events).(event)
+		ev := m.events.pop()
 		now := ev.at
 		switch ev.kind {
 		case evWire:
@@ -730,9 +764,7 @@ func (m *pcModel) vcpu(now time.Time) {
 		from := m.vrun
 		m.vrun += m.cfg.Quantum
 		m.acc, m.accAt = m.acc[:0], 0
-		m.g.Workload().Writes(m.g.Env(), from, m.vrun, func(page uint64, _ bool) {
-			m.acc = append(m.acc, page)
-		})
+		m.g.Workload().Writes(m.g.Env(), from, m.vrun, m.touch)
 	}
 	for ; m.accAt < len(m.acc); m.accAt++ {
 		n := m.acc[m.accAt]

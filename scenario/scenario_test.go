@@ -134,11 +134,16 @@ func benchScenario(b *testing.B, sc Scenario, alg Algorithm) {
 	b.ReportMetric(float64(rep.TotalTime)/float64(time.Millisecond), "total-ms")
 	b.ReportMetric(float64(rep.BytesSent)/1e6, "MB-sent")
 	b.ReportMetric(float64(rep.PagesResent), "pages-resent")
+	if pc := rep.PostCopy; pc != nil {
+		b.ReportMetric(float64(pc.DemandFaults), "faults")
+		b.ReportMetric(float64(pc.WaitTotal)/float64(time.Millisecond), "fault-wait-ms")
+	}
 }
 
-// BenchmarkSimulated runs 1 GiB guests over 1 Gbit/s in virtual time: the
-// custom metrics are the simulated figures (exact), ns/op and MB/s the cost
-// of simulating.
+// BenchmarkSimulated runs 1 GiB guests over 1 Gbit/s in virtual time, by
+// pre-copy (the engine), post-copy with preemption and hybrid (the model):
+// the custom metrics are the simulated figures (exact), ns/op and MB/s the
+// cost of simulating.
 func BenchmarkSimulated(b *testing.B) {
 	base := Scenario{GuestBytes: 1 << 30, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 2012}
 	for _, w := range []Workload{
@@ -149,7 +154,9 @@ func BenchmarkSimulated(b *testing.B) {
 	} {
 		sc := base
 		sc.Name, sc.Workload = w.Kind, w
-		b.Run(w.Kind, func(b *testing.B) { benchScenario(b, sc, preCopy) })
+		for _, alg := range []Algorithm{preCopy, preempt, hybrid} {
+			b.Run(w.Kind+"/"+alg.Name, func(b *testing.B) { benchScenario(b, sc, alg) })
+		}
 	}
 }
 
