@@ -57,7 +57,7 @@
 // per page. More Ps than that are not needed, and on few CPUs they slow
 // each fault down: the work of one fault spreads over more OS threads,
 // each woken from idle (on 2 CPUs, one guest: p50 ~45 µs with GOMAXPROCS=2,
-// ~80 µs with 5; see docs/BENCHMARKS.md).
+// ~100 µs with 5; see docs/BENCHMARKS.md).
 //
 // Present(n) turns true when the placement call returns; a woken guest may
 // run on a moment before that.
