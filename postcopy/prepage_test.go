@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/transport"
 )
 
 func TestPrepager(t *testing.T) {
@@ -37,5 +38,21 @@ func TestPrepager(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDiscardSize(t *testing.T) {
+	words := make([]uint64, 3*transport.MaxBitmapWords)
+	if n := postcopy.DiscardSize(words); n != 0 {
+		t.Fatalf("no stale page: %d bytes", n)
+	}
+	words[5] = 1 // one word in the first chunk
+	if n, want := postcopy.DiscardSize(words), transport.RecordOverhead+8; n != want {
+		t.Fatalf("one page: %d bytes, want %d", n, want)
+	}
+	words[9] = 1 << 63                    // the first chunk now spans words 5..9
+	words[2*transport.MaxBitmapWords] = 1 // and the third chunk holds one word
+	if n, want := postcopy.DiscardSize(words), 2*transport.RecordOverhead+5*8+8; n != want {
+		t.Fatalf("two chunks: %d bytes, want %d", n, want)
 	}
 }

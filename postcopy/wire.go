@@ -138,3 +138,16 @@ func countBits(words []uint64) uint64 {
 	}
 	return uint64(c)
 }
+
+// DiscardSize is how many bytes the discard messages take on the wire when
+// a hybrid migration's switchover names the stale pages set in stale (KVM
+// bitmap layout): the chunks the source sends, each a record and its
+// bitmap words. Package scenario's model charges them to the link.
+func DiscardSize(stale []uint64) int {
+	n := 0
+	_, _ = bitmapChunks(stale, nil, func(_ uint64, data []byte) error {
+		n += recordOverhead + len(data)
+		return nil
+	})
+	return n
+}

@@ -303,7 +303,7 @@ func (m *pcModel) run(ctx context.Context) error {
 		if err := m.syncDirty(); err != nil {
 			return err
 		}
-		ctl += discardBytes(m.dirty)
+		ctl += postcopy.DiscardSize(m.dirty)
 		for i, w := range m.dirty {
 			m.sent[i] &^= w
 		}
@@ -403,27 +403,6 @@ func prepageBase(p int) int {
 		return 0
 	}
 	return p
-}
-
-// discardBytes is the wire size of the discard chunks for stale: chunks of
-// at most transport.MaxBitmapWords words, trimmed of zero words, as the
-// engine sends them.
-func discardBytes(stale []uint64) int {
-	total := 0
-	for i := 0; i < len(stale); i += transport.MaxBitmapWords {
-		c := stale[i:min(i+transport.MaxBitmapWords, len(stale))]
-		lo, hi := 0, len(c)
-		for lo < hi && c[lo] == 0 {
-			lo++
-		}
-		for hi > lo && c[hi-1] == 0 {
-			hi--
-		}
-		if lo < hi {
-			total += recOverhead + 8*(hi-lo)
-		}
-	}
-	return total
 }
 
 func (m *pcModel) syncDirty() error {
