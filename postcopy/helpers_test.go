@@ -217,6 +217,9 @@ type setup struct {
 	recover    bool
 	tcp        bool
 	prepage    int
+	// streams > 1 runs the main connection over that many streams
+	// (transport.NewMulti), without cuts.
+	streams int
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
 	order        precopy.Order
@@ -298,6 +301,18 @@ func run(t *testing.T, s setup) outcome {
 	mainA, mainB, err := openPair(ctx, srcCut, dstCut, s.pages)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if s.streams > 1 {
+		as, bs := []transport.Conn{mainA}, []transport.Conn{mainB}
+		for range s.streams - 1 {
+			la, lb := linkPair(t, s.tcp)
+			ca, cb, err := openPair(ctx, la, lb, s.pages)
+			if err != nil {
+				t.Fatal(err)
+			}
+			as, bs = append(as, ca), append(bs, cb)
+		}
+		mainA, mainB = transport.NewMulti(as), transport.NewMulti(bs)
 	}
 	scfg := postcopy.Config{PreCopyRounds: s.preRounds, Prepage: s.prepage, Order: s.order}
 	dcfg := postcopy.Config{}

@@ -26,6 +26,8 @@ func TestPostCopy(t *testing.T) {
 		{"no prepaging", setup{pages: 1024, guests: 2, prepage: -1}},
 		{"descending push", setup{pages: 1024, guests: 2, order: &descending{}}},
 		{"odd size", setup{pages: 1000, guests: 3, urgent: true}},
+		{"multi-stream", setup{pages: 2048, guests: 4, srcWriters: 2, streams: 3}},
+		{"multi-stream, urgent", setup{pages: 2048, guests: 4, srcWriters: 2, streams: 2, urgent: true, tcp: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := run(t, tc.s)
@@ -69,17 +71,19 @@ func (d *descending) Plan(dst, dirty []uint64) []uint64 {
 // Hybrid: pre-copy rounds with writers running, then post-copy; the stale
 // copies are discarded, so the destination never runs on an old page.
 func TestHybridHeap(t *testing.T) {
-	s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3, dirtyAtPause: 100}
-	o := run(t, s)
-	checkComplete(t, s, o)
-	rep := o.rep
-	if rep.Algorithm != "hybrid" || len(rep.Rounds) < 2 || o.drep.Rounds != len(rep.Rounds)-1 {
-		t.Fatalf("algorithm %q, %d rounds, destination saw %d pre-copy rounds", rep.Algorithm, len(rep.Rounds), o.drep.Rounds)
+	for _, streams := range []int{1, 3} {
+		s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3, dirtyAtPause: 100, streams: streams}
+		o := run(t, s)
+		checkComplete(t, s, o)
+		rep := o.rep
+		if rep.Algorithm != "hybrid" || len(rep.Rounds) < 2 || o.drep.Rounds != len(rep.Rounds)-1 {
+			t.Fatalf("%d streams: algorithm %q, %d rounds, destination saw %d pre-copy rounds", streams, rep.Algorithm, len(rep.Rounds), o.drep.Rounds)
+		}
+		if o.drep.Discarded == 0 || o.drep.Discarded != rep.Rounds[len(rep.Rounds)-1].DirtyPages {
+			t.Fatalf("%d streams: discarded %d pages, %d to push after the switchover", streams, o.drep.Discarded, rep.Rounds[len(rep.Rounds)-1].DirtyPages)
+		}
+		t.Logf("%d streams: %v", streams, rep)
 	}
-	if o.drep.Discarded == 0 || o.drep.Discarded != rep.Rounds[len(rep.Rounds)-1].DirtyPages {
-		t.Fatalf("discarded %d pages, %d to push after the switchover", o.drep.Discarded, rep.Rounds[len(rep.Rounds)-1].DirtyPages)
-	}
-	t.Logf("%v", rep)
 }
 
 // A hybrid migration needs a memory that can discard; one that cannot is

@@ -38,8 +38,11 @@ var errMultiClosed = fmt.Errorf("transport: multi-stream: %w", livemig.ErrClosed
 // of a page behind the older ones (newest wins). KindRequest, KindAck and
 // KindError go on stream 0 only: they are the return path and the last
 // word, not barriers. Every other message (EndRound, State, Switchover,
-// Done, Commit) is a barrier: it is written on every stream, after that
-// stream's pending page records, with its Data on stream 0 only.
+// Done, Commit, and post-copy's Discard, Resume and RecvBitmap) is a
+// barrier: it is written on every stream, after that stream's pending page
+// records, with its Data on stream 0 only (a bitmap chunk's on every
+// stream, since it is not valid without). A Discard is thus applied only
+// after every older copy of the pages it names has arrived.
 //
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
 // messages, whose buffers are recycled: receiving a page allocates nothing),
@@ -234,10 +237,12 @@ func (c *multiConn) Send(ctx context.Context, m Msg) error {
 	case KindRequest, KindAck, KindError:
 		err = c.conns[0].Send(ctx, m)
 	default:
-		// Stream 0 last: its copy carries the data.
+		// Stream 0 last: its copy carries the data. A bitmap chunk
+		// (Discard, RecvBitmap) is not valid without its words, so each
+		// stream carries them: they are at most MaxBitmapWords words.
 		for i := len(c.conns) - 1; i >= 0 && err == nil; i-- {
 			cp := m
-			if i != 0 {
+			if i != 0 && m.Kind != KindDiscard && m.Kind != KindRecvBitmap {
 				cp.Data = nil
 			}
 			err = c.conns[i].Send(ctx, cp)

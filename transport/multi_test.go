@@ -348,3 +348,59 @@ func TestAcceptConnRefusesOtherSession(t *testing.T) {
 	defer r.c.Close()
 	ltNewestWins(t, a, r.c)
 }
+
+// A Discard (and a RecvBitmap) is a barrier that keeps its bitmap: it
+// arrives after every page record sent before it on any stream, so that a
+// stale copy can never land after the discard that names it.
+func TestMultiBitmapBarriers(t *testing.T) {
+	a, b, _ := ltPipeMulti(4, 0)
+	defer a.Close()
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const pages = 100
+	words := []uint64{^uint64(0), 1<<(pages-64) - 1}
+	sent := make(chan error, 1)
+	go func() {
+		defer cancel() // a failed send ends the Recv below
+		data := make([]byte, 64)
+		for p := range uint64(pages) {
+			if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: p, Data: data}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		for _, k := range []transport.Kind{transport.KindDiscard, transport.KindRecvBitmap} {
+			if err := a.Send(ctx, transport.Msg{Kind: k, Page: 0, Data: transport.AppendBitmap(nil, words)}); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- a.Flush(ctx)
+		<-ctx.Done() // the receiver is done (cancel is deferred by the test)
+	}()
+	got := 0
+	for _, want := range []transport.Kind{transport.KindDiscard, transport.KindRecvBitmap} {
+		for {
+			var m transport.Msg
+			if err := b.Recv(ctx, &m); err != nil {
+				t.Fatal(err, <-sent)
+			}
+			if m.Kind == transport.KindPage {
+				got++
+				continue
+			}
+			if m.Kind != want || got != pages {
+				t.Fatalf("%v after %d pages, want %v after %d", m.Kind, got, want, pages)
+			}
+			n, err := transport.CheckBitmap(m, pages)
+			if err != nil || n != len(words) || transport.BitmapWord(m, 0) != words[0] || transport.BitmapWord(m, 1) != words[1] {
+				t.Fatalf("%v: %d words (%v), %x %x", m.Kind, n, err, transport.BitmapWord(m, 0), transport.BitmapWord(m, 1))
+			}
+			break
+		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+}
