@@ -159,3 +159,87 @@ func BenchmarkRoundTrip4KiB(b *testing.B) {
 	b.ReportMetric(q(50), "p50-µs")
 	b.ReportMetric(q(99), "p99-µs")
 }
+
+// benchFaultUnderPush measures demand faults while the push runs at full
+// speed over loopback TCP limited to 1 Gbit/s: the source's writes wait for
+// tokens, so what queues ahead of a requested page on the main connection
+// is the push the Conn has batched but not written. A guest goroutine
+// touches pages in a seeded random order; only touches of pages still
+// missing are timed, and timing stops after b.N of them or when the push
+// has brought everything. No pre-paging: one page per fault.
+func benchFaultUnderPush(b *testing.B, urgent bool) {
+	ctx := context.Background()
+	const pages = 1 << 16 // 256 MiB: about 2.2 s of push at 1 Gbit/s
+	limit := transport.RateConfig{BytesPerSec: 125e6}
+	src := newSource(b, pages)
+	faults := postcopy.NewFaultQueue(pages, nil)
+	mem, err := postcopy.NewHeapMemory(pageSize, pages, faults.Fault)
+	if err != nil {
+		b.Fatal(err)
+	}
+	a, bl := linkPair(b, true)
+	ca, cb, err := openPair(ctx, transport.RateLimit(a, limit), bl, pages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	scfg := postcopy.Config{Prepage: -1}
+	var dcfg postcopy.Config
+	if urgent {
+		ua, ub := linkPair(b, true)
+		if scfg.Urgent, dcfg.Urgent, err = openPair(ctx, transport.RateLimit(ua, limit), ub, pages); err != nil {
+			b.Fatal(err)
+		}
+	}
+	vm := newDstVM()
+	var wg sync.WaitGroup
+	var derr, serr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		_, derr = postcopy.Receive(ctx, cb, postcopy.Destination{Memory: mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, dcfg)
+	}()
+	go func() {
+		defer wg.Done()
+		_, serr = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, scfg)
+	}()
+	<-vm.started
+	order := rand.New(rand.NewPCG(3, 4)).Perm(pages)
+	lat := make([]time.Duration, 0, b.N)
+	touch := func(n int) {
+		_ = mem.Access(ctx, uint64(n), func(p []byte) { _ = p[0] })
+	}
+	b.SetBytes(pageSize)
+	b.ResetTimer()
+	for _, n := range order {
+		if len(lat) == b.N {
+			break
+		}
+		if mem.Present(uint64(n)) {
+			continue
+		}
+		t0 := time.Now()
+		touch(n)
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	wg.Wait()
+	if serr != nil || derr != nil {
+		b.Fatalf("source: %v; destination: %v", serr, derr)
+	}
+	if len(lat) == 0 {
+		b.Fatal("the push brought every page before the guest touched one")
+	}
+	slices.Sort(lat)
+	q := func(p int) float64 { return float64(lat[(len(lat)-1)*p/100]) / float64(time.Microsecond) }
+	b.ReportMetric(q(50), "p50-µs")
+	b.ReportMetric(q(99), "p99-µs")
+	b.ReportMetric(float64(len(lat)), "faults")
+}
+
+// BenchmarkFaultUnderPush: a demand fault while the push runs, with the
+// requested page on the main connection (behind the batched push) and on
+// an urgent one; compare with the model's figures in docs/BENCHMARKS.md.
+func BenchmarkFaultUnderPush(b *testing.B) {
+	b.Run("main", func(b *testing.B) { benchFaultUnderPush(b, false) })
+	b.Run("urgent", func(b *testing.B) { benchFaultUnderPush(b, true) })
+}
