@@ -95,8 +95,7 @@ func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
 	if p.Quantum == 0 {
 		p.Quantum = DefaultQuantum
 	}
-	switch {
-	case p.QueueBytes < 0 || p.Quantum < 0 || p.PreCopyRounds < 0 || p.PushBandwidth < 0:
+	if p.QueueBytes < 0 || p.Quantum < 0 || p.PreCopyRounds < 0 || p.PushBandwidth < 0 {
 		err := fmt.Errorf("scenario: post-copy model: negative parameter (QueueBytes %d, Quantum %v, PreCopyRounds %d, PushBandwidth %d)",
 			p.QueueBytes, p.Quantum, p.PreCopyRounds, p.PushBandwidth)
 		return Outcome{Err: err, DestErr: err}

@@ -246,3 +246,15 @@ func (o cancelOrder) Plan(dst, dirty []uint64) []uint64 {
 	o.cancel()
 	return o.Order.Plan(dst, dirty)
 }
+
+// A model with a negative parameter is refused before anything moves.
+func TestPostCopyModelRefusesBadConfig(t *testing.T) {
+	sc := tiny("idle", Workload{Kind: "idle"})
+	sc.GuestBytes = mib
+	for _, p := range []PostCopy{{QueueBytes: -1}, {Quantum: -1}, {PreCopyRounds: -1}, {PushBandwidth: -1}} {
+		res, err := Run(context.Background(), sc, Algorithm{Name: "bad", Migrate: p.Migrate})
+		if err != nil || res.Err == nil || res.Guest.Paused {
+			t.Fatalf("%+v: run error %v, result error %v, paused %v", p, err, res.Err, res.Guest.Paused)
+		}
+	}
+}
