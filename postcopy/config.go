@@ -31,7 +31,8 @@ type Config struct {
 	// uses one, and a destination that disagrees refuses the switchover.
 	// Without it, requested pages go on the main connection ahead of the
 	// rest of the push, flushed at once. The migration owns it (closes it).
-	// After a reconnection only the main connection is used.
+	// After a reconnection only the main connection is used, unless
+	// RedialUrgent and ReacceptUrgent open a new urgent one.
 	Urgent transport.Conn
 	// Order is the order of the background push (and of the pre-copy
 	// rounds after the first); package reorder provides them. Nil:
@@ -67,6 +68,17 @@ type Config struct {
 	// user is willing to wait: a source that failed before handing the
 	// guest over never comes back.
 	Reaccept func(ctx context.Context) (transport.Conn, error)
+	// RedialUrgent, at the source, opens a new urgent connection after a
+	// reconnection (Redial), so that requested pages keep their own
+	// connection for the rest of the migration; it is called once Redial's
+	// connection has said which session it resumes. ReacceptUrgent, at the
+	// destination, accepts it. A source with RedialUrgent says so on the
+	// new connection, and a destination without ReacceptUrgent then
+	// refuses the reconnection (an error wrapping livemig.ErrVersion), as
+	// for Urgent at the switchover; a destination with ReacceptUrgent
+	// whose source has none goes on with the main connection alone.
+	RedialUrgent   func(ctx context.Context) (transport.Conn, error)
+	ReacceptUrgent func(ctx context.Context) (transport.Conn, error)
 	// MaxReconnects bounds the reconnections of one migration:
 	// DefaultMaxReconnects if 0.
 	MaxReconnects int

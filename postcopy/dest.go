@@ -407,6 +407,7 @@ func (r *receiver) recoverLink(ctx context.Context, cause error) error {
 			return nil
 		}
 		conn.Close()
+		r.closeSession() // the new urgent connection and its receiver, if any
 		if errors.Is(err, livemig.ErrPeer) || ctx.Err() != nil {
 			return err
 		}
@@ -428,6 +429,15 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		return fmt.Errorf("postcopy: %v message instead of Resume on a new connection: %w", msg.Kind, livemig.ErrCorrupt)
 	case msg.Page != r.session:
 		return fmt.Errorf("postcopy: resume of session %016x, ours is %016x: %w", msg.Page, r.session, livemig.ErrVersion)
+	case msg.Arg&urgentFlag != 0 && r.cfg.ReacceptUrgent == nil:
+		return fmt.Errorf("postcopy: the source resumes with an urgent connection and we have no ReacceptUrgent: %w", livemig.ErrVersion)
+	}
+	if msg.Arg&urgentFlag != 0 {
+		u, err := r.cfg.ReacceptUrgent(ctx)
+		if err != nil {
+			return fmt.Errorf("postcopy: reaccept the urgent connection: %w", err)
+		}
+		r.urgent = u
 	}
 	r.connMu.Lock()
 	r.conn = conn

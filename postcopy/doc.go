@@ -50,7 +50,9 @@
 // (Config.Redial) and sends KindResume with the session id; the destination
 // (Config.Reaccept) answers with KindRecvBitmap chunks naming the pages it
 // holds, Ack(AckHeld), and requests again what its guest waits on; the
-// source pushes the rest. Without Redial/Reaccept the error wraps
+// source pushes the rest. With Config.RedialUrgent and ReacceptUrgent a new
+// urgent connection replaces the old one too (KindResume says so), so
+// requested pages keep overtaking the push after a cut. Without Redial/Reaccept the error wraps
 // livemig.ErrIncomplete: the guest's memory is split and the source's copy
 // must be kept.
 //

@@ -220,6 +220,10 @@ type setup struct {
 	// streams > 1 runs the main connection over that many streams
 	// (transport.NewMulti), without cuts.
 	streams int
+	// With urgent and recover, a reconnection opens a new urgent
+	// connection too, unless noUrgentAfterCut (the source has no
+	// RedialUrgent; the destination has ReacceptUrgent all the same).
+	noUrgentAfterCut bool
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
 	order        precopy.Order
@@ -244,6 +248,8 @@ type outcome struct {
 	want     []byte // atPause plus the guests' writes
 	got      []byte
 	guestErr error
+	// urgentRedials counts the source's RedialUrgent calls.
+	urgentRedials *atomic.Int64
 }
 
 func heapMemory(t *testing.T, pages uint64, onFault func(uint64)) guestMem {
@@ -274,7 +280,7 @@ func run(t *testing.T, s setup) outcome {
 	}
 	ctx := context.Background()
 	src := newSource(t, s.pages)
-	o := outcome{src: src, srcVM: &srcVM{Region: src}, dstVM: newDstVM()}
+	o := outcome{src: src, srcVM: &srcVM{Region: src}, dstVM: newDstVM(), urgentRedials: new(atomic.Int64)}
 	stopWriters := srcWriters(src, s.srcWriters)
 	faults := postcopy.NewFaultQueue(s.pages, nil)
 	first := make(chan struct{})
@@ -324,6 +330,39 @@ func run(t *testing.T, s setup) outcome {
 		}
 	}
 	dstDone, srcDone := make(chan struct{}), make(chan struct{})
+	if s.recover && s.urgent {
+		// New urgent connections after a reconnection, unless the test
+		// wants the main connection alone after it.
+		ulinks := make(chan transport.Link)
+		if !s.noUrgentAfterCut {
+			scfg.RedialUrgent = func(ctx context.Context) (transport.Conn, error) {
+				o.urgentRedials.Add(1)
+				a, b := linkPair(t, s.tcp)
+				select {
+				case ulinks <- b:
+				case <-dstDone:
+					a.Close()
+					b.Close()
+					return nil, errors.New("test: the destination is gone")
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				conn, _, err := transport.Open(ctx, a, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
+				return conn, err
+			}
+		}
+		dcfg.ReacceptUrgent = func(ctx context.Context) (transport.Conn, error) {
+			select {
+			case b := <-ulinks:
+				conn, _, err := transport.Open(ctx, b, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
+				return conn, err
+			case <-srcDone:
+				return nil, errors.New("test: the source is gone")
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
 	if s.recover {
 		links := make(chan transport.Link)
 		scfg.Redial = func(ctx context.Context) (transport.Conn, error) {

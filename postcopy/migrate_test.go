@@ -155,6 +155,12 @@ func TestRecovery(t *testing.T) {
 				if o.drep.Reconnects != 1 {
 					t.Fatalf("%d reconnections, want 1", o.drep.Reconnects)
 				}
+				// With an urgent connection, the reconnection opens a new
+				// one (Done waits for its end marker, so it carried the
+				// rest of the requests).
+				if want := map[bool]int64{false: 0, true: 1}[urgent]; o.urgentRedials.Load() != want {
+					t.Fatalf("%d urgent redials, want %d", o.urgentRedials.Load(), want)
+				}
 				// Pages held across the cut are not sent again.
 				if o.rep.PagesSent-o.rep.PagesResent != pages || o.rep.PagesResent > pages/2 {
 					t.Fatalf("%d pages sent, %d re-sent", o.rep.PagesSent, o.rep.PagesResent)
@@ -162,6 +168,23 @@ func TestRecovery(t *testing.T) {
 				t.Logf("%d reconnections, %d pages re-sent\n%v", o.drep.Reconnects, o.rep.PagesResent, o.rep)
 			})
 		}
+	}
+}
+
+// A source without RedialUrgent goes on with the main connection alone
+// after a reconnection, even when the destination could accept an urgent
+// one.
+func TestRecoveryWithoutUrgentRedial(t *testing.T) {
+	s := setup{pages: 4096, guests: 4, recover: true, urgent: true, noUrgentAfterCut: true,
+		cut: once(func(e postcopy.Event, src, _ *cutLink) {
+			if e.Kind == postcopy.Pushing && e.Pages >= 1024 {
+				src.Arm(64 << 10)
+			}
+		})}
+	o := run(t, s)
+	checkComplete(t, s, o)
+	if o.drep.Reconnects != 1 || o.urgentRedials.Load() != 0 {
+		t.Fatalf("%d reconnections, %d urgent redials", o.drep.Reconnects, o.urgentRedials.Load())
 	}
 }
 

@@ -492,9 +492,30 @@ func (m *migration) reconnect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, err)
 	}
-	fail := func(err error) error { conn.Close(); return err }
-	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: m.session}); err != nil {
+	var urgent transport.Conn
+	fail := func(err error) error {
+		conn.Close()
+		if urgent != nil {
+			urgent.Close()
+		}
+		return err
+	}
+	var arg uint64
+	if m.cfg.RedialUrgent != nil {
+		arg |= urgentFlag
+	}
+	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: m.session, Arg: arg}); err != nil {
 		return fail(&cutError{fmt.Errorf("postcopy: resume: %w", err)})
+	}
+	if err := conn.Flush(ctx); err != nil {
+		return fail(&cutError{fmt.Errorf("postcopy: resume: %w", err)})
+	}
+	if m.cfg.RedialUrgent != nil {
+		u, err := m.cfg.RedialUrgent(ctx)
+		if err != nil {
+			return fail(&cutError{fmt.Errorf("postcopy: redial the urgent connection: %w", err)})
+		}
+		urgent = u
 	}
 	held := make([]uint64, len(m.sent))
 	for {
@@ -529,9 +550,13 @@ func (m *migration) reconnect(ctx context.Context) error {
 		atomic.StoreUint64(&m.sent[i], held[i])
 		atomic.StoreUint64(&m.usent[i], 0)
 	}
-	m.s = m.newSession(ctx, conn, nil)
+	m.s = m.newSession(ctx, conn, urgent)
+	if urgent != nil {
+		m.s.wg.Add(1)
+		go m.urgentServer(ctx, m.s)
+	}
 	m.event(Reconnected, len(m.rounds)+1, m.pages-countBits(held), nil)
-	m.log.Info("reconnected", "held", countBits(held), "left", m.pages-countBits(held))
+	m.log.Info("reconnected", "held", countBits(held), "left", m.pages-countBits(held), "urgent", urgent != nil)
 	return nil
 }
 

@@ -1,0 +1,114 @@
+package postcopy
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+)
+
+// acceptVM is a destination VM that loads any state.
+type acceptVM struct{}
+
+func (acceptVM) Pause(context.Context) error                           { return nil }
+func (acceptVM) Resume(context.Context) error                          { return nil }
+func (acceptVM) SaveState(_ context.Context, b []byte) ([]byte, error) { return b, nil }
+func (acceptVM) LoadState(context.Context, []byte) error               { return nil }
+
+// scriptedPair opens a handshaken pair of Conns over an in-memory pipe.
+func scriptedPair(t *testing.T, pages uint64) (src, dst transport.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	a, b := transport.Pipe(0)
+	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		dst, _, err = transport.Open(ctx, b, hello, transport.Config{})
+		done <- err
+	}()
+	src, _, err := transport.Open(ctx, a, hello, transport.Config{})
+	if err := errors.Join(err, <-done); err != nil {
+		t.Fatal(err)
+	}
+	return src, dst
+}
+
+// A source that reconnects with an urgent connection to a destination
+// without ReacceptUrgent is refused, as a mismatched Urgent is at the
+// switchover; the destination gives up when no other source comes, and
+// says the memory is split.
+func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
+	const pages, session = 64, 7
+	ctx := context.Background()
+	src, dst := scriptedPair(t, pages)
+	again, againDst := scriptedPair(t, pages)
+	mem, err := NewHeapMemory(4096, pages, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reaccepts := 0
+	cfg := Config{Reaccept: func(ctx context.Context) (transport.Conn, error) {
+		if reaccepts++; reaccepts == 1 {
+			return againDst, nil
+		}
+		return nil, errors.New("test: no other source")
+	}}
+	type result struct {
+		rep *ReceiveReport
+		err error
+	}
+	res := make(chan result, 1)
+	// A destination that wrongly went on would wait for pages forever: the
+	// deadline turns that into a failure below (no ErrVersion).
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	go func() {
+		rep, err := Receive(rctx, dst, Destination{Memory: mem, VM: acceptVM{}, Pages: pages, PageSize: 4096}, cfg)
+		res <- result{rep, err}
+	}()
+	// The first session: switchover, state, Ack(Ready), Commit, then a cut.
+	for _, m := range []transport.Msg{
+		{Kind: transport.KindSwitchover, Page: session, Arg: 1},
+		{Kind: transport.KindState, Data: make([]byte, 64)},
+	} {
+		if err := src.Send(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ack transport.Msg
+	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != transport.KindAck || ack.Arg != transport.AckReady {
+		t.Fatalf("want Ack(Ready), got %v %v", ack, err)
+	}
+	if err := src.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != transport.KindAck || ack.Arg != transport.AckResumed {
+		t.Fatalf("want Ack(Resumed), got %v %v", ack, err)
+	}
+	src.Close()
+	// The reconnection asks for an urgent connection.
+	if err := again.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: session, Arg: urgentFlag}); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-res
+	again.Close()
+	if !errors.Is(r.err, livemig.ErrVersion) || !errors.Is(r.err, livemig.ErrIncomplete) || reaccepts != 2 {
+		t.Fatalf("Receive: %v after %d reaccepts; want ErrVersion and ErrIncomplete after 2", r.err, reaccepts)
+	}
+	if r.rep == nil || !r.rep.Resumed || r.rep.Complete {
+		t.Fatalf("report %+v", r.rep)
+	}
+}
