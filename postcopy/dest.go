@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pierrec/lz4/v4"
+
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
@@ -90,6 +92,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		outstanding: make(map[uint64][]time.Time),
 		conn:        conn,
 		urgent:      cfg.Urgent,
+		mainScratch: make([]byte, dst.PageSize),
 	}
 	r.discarder, _ = dst.Memory.(Discarder)
 	r.start = cfg.Clock.Now()
@@ -145,6 +148,8 @@ type receiver struct {
 	umarker chan struct{} // closed when it saw the end marker
 	reqWG   sync.WaitGroup
 	direct  *FaultQueue // dst.Faults, served directly from the resume on
+
+	mainScratch []byte // the main receiver's page for LZ4 blocks
 
 	session      uint64
 	switched     bool
@@ -313,7 +318,7 @@ func (r *receiver) afterResume(ctx context.Context) error {
 		if err == nil {
 			switch msg.Kind {
 			case transport.KindPage:
-				err = r.place(msg)
+				err = r.place(msg, r.mainScratch)
 				if err != nil {
 					return err
 				}
@@ -486,12 +491,13 @@ func (r *receiver) urgentReceiver(ctx context.Context, c transport.Conn, errc ch
 	defer r.uwg.Done()
 	var msg transport.Msg
 	marked := false
+	scratch := make([]byte, r.ps) // for LZ4 blocks: the main receiver has its own
 	for {
 		err := c.Recv(ctx, &msg)
 		if err == nil {
 			switch {
 			case msg.Kind == transport.KindPage && !marked:
-				err = r.place(msg)
+				err = r.place(msg, scratch)
 			case msg.Kind == transport.KindEndRound && !marked:
 				marked = true
 				close(marker)
@@ -594,17 +600,28 @@ func (r *receiver) checkPage(msg transport.Msg) error {
 			return &livemig.PageError{Op: "receive", Page: msg.Page,
 				Err: fmt.Errorf("raw page of %d bytes, page size %d: %w", len(msg.Data), r.ps, livemig.ErrCorrupt)}
 		}
+	case transport.EncLZ4:
+		if len(msg.Data) > lz4.CompressBlockBound(r.ps) {
+			return &livemig.PageError{Op: "receive", Page: msg.Page,
+				Err: fmt.Errorf("LZ4 block of %d bytes, longer than any page's: %w", len(msg.Data), livemig.ErrCorrupt)}
+		}
 	default:
 		return &livemig.PageError{Op: "receive", Page: msg.Page, Err: fmt.Errorf("encoding %d: %w", msg.Enc, livemig.ErrNotSupported)}
 	}
 	return nil
 }
 
-// write stores a page of the pre-copy phase (newest wins).
+// write stores a page of the pre-copy phase (newest wins). It runs on the
+// main receiver only (before the resume there is no urgent one).
 func (r *receiver) write(msg transport.Msg) error {
 	if err := r.checkPage(msg); err != nil {
 		return err
 	}
+	data, err := decodePage(msg, r.mainScratch)
+	if err != nil {
+		return err
+	}
+	msg.Data = data
 	r.recvN.Add(1)
 	if msg.Enc == transport.EncZero {
 		if err := r.dst.Memory.ZeroPage(msg.Page); err != nil {
@@ -636,14 +653,19 @@ func (r *receiver) discard(n uint64) error {
 }
 
 // place places a page that arrived after the resume, if still missing.
-// The main and the urgent receiver call it concurrently.
-func (r *receiver) place(msg transport.Msg) error {
+// The main and the urgent receiver call it concurrently, each with its own
+// scratch page for LZ4 blocks.
+func (r *receiver) place(msg transport.Msg, scratch []byte) error {
 	if err := r.checkPage(msg); err != nil {
 		return err
 	}
+	data, err := decodePage(msg, scratch)
+	if err != nil {
+		return err
+	}
+	msg.Data = data
 	r.recvN.Add(1)
 	var placed bool
-	var err error
 	if msg.Enc == transport.EncZero {
 		r.zeroN.Add(1)
 		placed, err = r.dst.Memory.PlaceZero(msg.Page)

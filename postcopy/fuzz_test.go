@@ -191,7 +191,20 @@ func receiveSeeds(t testing.TB) [][]byte {
 	badDigest := enc(append(append(head, pages...), transport.Msg{Kind: transport.KindDone, Arg: 12345})...)
 	early := enc(transport.Msg{Kind: transport.KindCommit})
 	badBitmap := enc(transport.Msg{Kind: transport.KindDiscard, Page: 192, Data: transport.AppendBitmap(nil, []uint64{1 << 9})})
-	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2]}
+	// The same post-copy with its pages as LZ4 blocks, and one block
+	// that does not decompress to a page.
+	pe := NewPageEncoder(64, true)
+	var packed []transport.Msg
+	for _, m := range pages {
+		if m.Enc != transport.EncZero {
+			enc, data := pe.Encode(m.Data)
+			m.Enc, m.Data = enc, bytes.Clone(data)
+		}
+		packed = append(packed, m)
+	}
+	lz4Post := enc(append(append(head, packed...), transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)
+	badLZ4 := enc(append(head, transport.Msg{Kind: transport.KindPage, Enc: transport.EncLZ4, Page: 3, Data: []byte{0x40, 1, 2}})...)
+	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2], lz4Post, badLZ4}
 }
 
 func corpusFile(args ...any) []byte {
@@ -247,7 +260,7 @@ func TestFuzzCorpus(t *testing.T) {
 // TestReceiveSeeds: each seed stream of FuzzReceive has the outcome it was
 // made for.
 func TestReceiveSeeds(t *testing.T) {
-	want := []error{nil, nil, livemig.ErrVerify, livemig.ErrCorrupt, livemig.ErrPageRange, livemig.ErrIncomplete}
+	want := []error{nil, nil, livemig.ErrVerify, livemig.ErrCorrupt, livemig.ErrPageRange, livemig.ErrIncomplete, nil, livemig.ErrCorrupt}
 	for i, s := range receiveSeeds(t) {
 		mem, _ := NewHeapMemory(64, fuzzPages, nil)
 		vm := &fuzzVM{}

@@ -224,6 +224,8 @@ type setup struct {
 	// connection too, unless noUrgentAfterCut (the source has no
 	// RedialUrgent; the destination has ReacceptUrgent all the same).
 	noUrgentAfterCut bool
+	// lz4 compresses the pages the source sends.
+	lz4 bool
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
 	order        precopy.Order
@@ -320,7 +322,7 @@ func run(t *testing.T, s setup) outcome {
 		}
 		mainA, mainB = transport.NewMulti(as), transport.NewMulti(bs)
 	}
-	scfg := postcopy.Config{PreCopyRounds: s.preRounds, Prepage: s.prepage, Order: s.order}
+	scfg := postcopy.Config{PreCopyRounds: s.preRounds, Prepage: s.prepage, Order: s.order, LZ4: s.lz4}
 	dcfg := postcopy.Config{}
 	if s.urgent {
 		ua, ub := linkPair(t, s.tcp)

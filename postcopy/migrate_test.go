@@ -28,6 +28,7 @@ func TestPostCopy(t *testing.T) {
 		{"odd size", setup{pages: 1000, guests: 3, urgent: true}},
 		{"multi-stream", setup{pages: 2048, guests: 4, srcWriters: 2, streams: 3}},
 		{"multi-stream, urgent", setup{pages: 2048, guests: 4, srcWriters: 2, streams: 2, urgent: true, tcp: true}},
+		{"lz4", setup{pages: 2048, guests: 4, srcWriters: 2, urgent: true, lz4: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := run(t, tc.s)
@@ -46,6 +47,11 @@ func TestPostCopy(t *testing.T) {
 			}
 			if rep.PostCopy.DemandFaults == 0 {
 				t.Fatalf("no demand faults with %d guests: %+v", tc.s.guests, rep.PostCopy)
+			}
+			// With LZ4 the pages go compressed (the test's memory
+			// compresses: its writers leave most of each page alone).
+			if c := rep.Codec; tc.s.lz4 != (c != nil) || tc.s.lz4 && (c.LZ4Pages == 0 || c.Ratio() < 1.5 || rep.BytesSent >= tc.s.pages*pageSize/2) {
+				t.Fatalf("lz4 %v: codec figures %+v, %d bytes sent", tc.s.lz4, c, rep.BytesSent)
 			}
 			t.Logf("%v", rep)
 		})
@@ -71,8 +77,12 @@ func (d *descending) Plan(dst, dirty []uint64) []uint64 {
 // Hybrid: pre-copy rounds with writers running, then post-copy; the stale
 // copies are discarded, so the destination never runs on an old page.
 func TestHybridHeap(t *testing.T) {
-	for _, streams := range []int{1, 3} {
-		s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3, dirtyAtPause: 100, streams: streams}
+	for _, v := range []struct {
+		streams int
+		lz4     bool
+	}{{1, false}, {3, false}, {1, true}} {
+		streams := v.streams
+		s := setup{pages: 2048, guests: 4, srcWriters: 2, preRounds: 3, dirtyAtPause: 100, streams: streams, lz4: v.lz4}
 		o := run(t, s)
 		checkComplete(t, s, o)
 		rep := o.rep

@@ -78,7 +78,6 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 		m.digest = verify.New(m.pages, m.ps)
 	}
 	m.view, _ = src.Memory.(livemig.PageView)
-	m.zero = make([]byte, m.ps)
 	words := livemig.WordsFor(m.pages)
 	m.sent = make([]uint64, words)
 	m.usent = make([]uint64, words)
@@ -86,6 +85,7 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 	m.dirty = make([]uint64, words)
 	m.session = rand.Uint64() | 1
 	m.prepage = NewPrepager(cfg.Prepage)
+	m.mainSend, m.urgSend = m.newSender(), m.newSender()
 	m.s = m.newSession(ctx, conn, cfg.Urgent)
 	err := m.run(ctx)
 	m.s.close()
@@ -145,7 +145,6 @@ type migration struct {
 	report *livemig.Report
 	digest *verify.Digest
 	view   livemig.PageView
-	zero   []byte
 
 	sent  []uint64 // pages whose current copy is sent or held (atomic)
 	usent []uint64 // pages sent on the urgent connection (atomic)
@@ -167,6 +166,12 @@ type migration struct {
 	haveStats             bool
 
 	nSent, nBytes, nZero, nResent, nPushed, nPulled atomic.Uint64
+	nRaw, nEncoded, nLZ4                            atomic.Uint64 // with LZ4: page bytes before and after, LZ4 pages
+
+	// mainSend sends from the goroutine that runs the migration (rounds,
+	// push, requests without an urgent connection); urgSend from the
+	// urgent server.
+	mainSend, urgSend *pageSender
 
 	// Pre-paging policy, owned by the goroutine serving requests.
 	prepage *Prepager
@@ -292,7 +297,6 @@ func (m *migration) precopyPhase(ctx context.Context) error {
 		return fmt.Errorf("postcopy: start dirty log: %w", err)
 	}
 	clear(m.dirty)
-	buf := make([]byte, m.ps)
 	var left, prev uint64
 	for round := 1; ; round++ {
 		r := livemig.Round{Index: round, Start: m.cfg.Clock.Now().Sub(m.start), DirtyPages: m.pages}
@@ -309,7 +313,7 @@ func (m *migration) precopyPhase(ctx context.Context) error {
 				}
 			}
 			atomic.OrUint64(&m.sent[n/64], 1<<(n%64))
-			_, err := m.sendPage(ctx, m.s.conn, buf, n)
+			_, err := m.sendPage(ctx, m.s.conn, m.mainSend, n)
 			return err
 		}
 		var err error
@@ -563,7 +567,6 @@ func (m *migration) reconnect(ctx context.Context) error {
 // pushAndFinish pushes every page not yet sent, then sends Done and waits
 // for the destination's confirmation.
 func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
-	buf := make([]byte, m.ps)
 	pushed := uint64(0)
 	push := func(n uint64) error {
 		if err := m.poll(ctx, s); err != nil {
@@ -594,7 +597,7 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 		if atomic.OrUint64(&m.sent[w], bit)&bit != 0 {
 			return nil // sent on request meanwhile
 		}
-		size, err := m.sendPage(ctx, s.conn, buf, n)
+		size, err := m.sendPage(ctx, s.conn, m.mainSend, n)
 		if err != nil {
 			return err
 		}
@@ -797,9 +800,9 @@ func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool,
 		return fmt.Errorf("postcopy: request for page %d of %d: %w", page, m.pages, livemig.ErrPageRange)
 	}
 	count = min(max(count, 1), m.pages-page)
-	var buf []byte
-	if m.view == nil {
-		buf = make([]byte, m.ps)
+	ps := m.mainSend
+	if urgent {
+		ps = m.urgSend
 	}
 	claim := func(n uint64, resend bool) bool {
 		w, bit := n/64, uint64(1)<<(n%64)
@@ -819,7 +822,7 @@ func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool,
 		return true
 	}
 	send := func(n uint64) error {
-		if _, err := m.sendPage(ctx, conn, buf, n); err != nil {
+		if _, err := m.sendPage(ctx, conn, ps, n); err != nil {
 			return err
 		}
 		m.nPulled.Add(1)
@@ -852,9 +855,19 @@ func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool,
 	return nil
 }
 
-// sendPage reads page n and sends it on conn; buf is a page buffer (unused
-// when the memory has views).
-func (m *migration) sendPage(ctx context.Context, conn transport.Conn, buf []byte, n uint64) (uint64, error) {
+// pageSender is what one goroutine needs to send pages: a page buffer
+// (unused when the memory has views) and an encoder.
+type pageSender struct {
+	buf []byte
+	enc *PageEncoder
+}
+
+func (m *migration) newSender() *pageSender {
+	return &pageSender{buf: make([]byte, m.ps), enc: NewPageEncoder(m.ps, m.cfg.LZ4)}
+}
+
+// sendPage reads page n and sends it on conn, encoded by ps.enc.
+func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageSender, n uint64) (uint64, error) {
 	var page []byte
 	if m.view != nil {
 		v, err := m.view.View(n)
@@ -863,22 +876,29 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, buf []byt
 		}
 		page = v
 	} else {
-		if err := m.src.Memory.ReadPage(n, buf); err != nil {
+		if err := m.src.Memory.ReadPage(n, ps.buf); err != nil {
 			return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
 		}
-		page = buf
+		page = ps.buf
 	}
 	msg := transport.Msg{Kind: transport.KindPage, Page: n}
-	if bytes.Equal(page, m.zero) {
-		msg.Enc = transport.EncZero
+	msg.Enc, msg.Data = ps.enc.Encode(page)
+	switch msg.Enc {
+	case transport.EncZero:
 		m.nZero.Add(1)
 		if m.digest != nil {
 			m.digest.Zero(n)
 		}
-	} else {
-		msg.Enc, msg.Data = transport.EncRaw, page
+	default:
 		if m.digest != nil {
 			m.digest.Update(n, page)
+		}
+		if m.cfg.LZ4 {
+			m.nRaw.Add(uint64(m.ps))
+			m.nEncoded.Add(uint64(len(msg.Data)))
+			if msg.Enc == transport.EncLZ4 {
+				m.nLZ4.Add(1)
+			}
 		}
 	}
 	if err := conn.Send(ctx, msg); err != nil {
@@ -945,6 +965,9 @@ func (m *migration) fillReport() {
 	r.PagesSent = m.nSent.Load()
 	r.PagesResent = m.nResent.Load()
 	r.ZeroPages = m.nZero.Load()
+	if m.cfg.LZ4 {
+		r.Codec = &livemig.CodecStats{RawBytes: m.nRaw.Load(), EncodedBytes: m.nEncoded.Load(), LZ4Pages: m.nLZ4.Load()}
+	}
 	r.Converged = true
 	if m.handed {
 		pc := &livemig.PostCopyStats{PagesPushed: m.nPushed.Load(), PagesPulled: m.nPulled.Load()}
