@@ -254,7 +254,7 @@ type pcModel struct {
 
 	nSent, nBytes, nZero, nResent, nPushed, nPulled uint64
 	nRaw, nEncoded, nLZ4                            uint64 // with LZ4
-	err                                             error // the first failure in the event loop
+	err                                             error  // the first failure in the event loop
 }
 
 func (m *pcModel) tx(n int) time.Duration {
