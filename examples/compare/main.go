@@ -20,7 +20,8 @@
 //     SPECweb server, an idle guest, a uniform control) by standard
 //     pre-copy, + deferral, + reordering, + XBZRLE, + both, post-copy and
 //     hybrid;
-//   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 10 Gbit/s;
+//   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 10 Gbit/s (with
+//     post-copy+preempt+lz4 too);
 //   - sweep-dirty: a 1 GiB memory benchmark at rising dirty rates;
 //   - sweep-latency: 1 GiB guests over links of 0.1 ms to 50 ms latency.
 //

@@ -69,6 +69,8 @@ func registry(downtime time.Duration, maxRounds int) []algorithm {
 		{"postcopy", scenario.Algorithm{Name: "post-copy", Migrate: scenario.PostCopy{}.Migrate}},
 		{"postcopy-preempt", scenario.Algorithm{Name: "post-copy+preempt", Migrate: scenario.PostCopy{Urgent: true}.Migrate}},
 		{"hybrid", scenario.Algorithm{Name: "hybrid", Migrate: scenario.PostCopy{PreCopyRounds: 1, Urgent: true}.Migrate}},
+		{"postcopy-preempt-lz4", scenario.Algorithm{Name: "post-copy+preempt+lz4",
+			Migrate: scenario.PostCopy{Urgent: true, LZ4: true}.Migrate}},
 	}
 }
 
@@ -142,6 +144,10 @@ const thesisAlgorithms = "precopy,precopy-defer,precopy-reorder,precopy-xbzrle,p
 // post-copy (with and without preemption) and hybrid.
 const sweepAlgorithms = "precopy,precopy-reorder,precopy-xbzrle,precopy-xbzrle-reorder,postcopy,postcopy-preempt,hybrid"
 
+// bandwidthAlgorithms run the bandwidth sweep: the sweeps' algorithms and
+// post-copy with LZ4, which pays on slow links.
+const bandwidthAlgorithms = sweepAlgorithms + ",postcopy-preempt-lz4"
+
 // latencyAlgorithms run the latency sweep: where post-copy's faults cost a
 // round trip each, against pre-copy and its best improvement.
 const latencyAlgorithms = "precopy,precopy-xbzrle,postcopy,postcopy-preempt,hybrid"
@@ -204,7 +210,7 @@ func sets() []set {
 		w.BufferBytes /= 4
 		return w
 	}
-	bw := set{name: "sweep-bandwidth", sweep: sweepBandwidth, algorithms: sweepAlgorithms,
+	bw := set{name: "sweep-bandwidth", sweep: sweepBandwidth, algorithms: bandwidthAlgorithms,
 		about: "1 GiB guests over links from 100 Mbit/s to 10 Gbit/s"}
 	for _, l := range []struct {
 		name string
