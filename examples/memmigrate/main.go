@@ -1,10 +1,21 @@
 // Command memmigrate migrates real memory, written by running goroutines,
-// between two processes with livemig's pre-copy engine.
+// between two processes with livemig's pre-copy, post-copy or hybrid
+// engine.
 //
-// Start the destination, then the source, with the same -size:
+// Start the destination, then the source, with the same -size and -mode:
 //
 //	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024
 //	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -writers 2 -rate 20000
+//
+//	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024 -mode postcopy
+//	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -mode postcopy -lz4
+//
+// With -mode postcopy or hybrid (one pre-copy round, then post-copy) the
+// destination's memory is a userfaultfd region (package faultmem; Linux,
+// root or vm.unprivileged_userfaultfd=1), requested pages go on a second
+// connection, and the guest's -writers goroutines carry on writing at the
+// destination from the moment it resumes, each blocking in the kernel on a
+// page that has not arrived until the source sends it.
 //
 // The source maps a region of -size MiB, starts -writers goroutines that
 // write counters into random pages at -rate pages/s in all, migrates the
@@ -28,11 +39,14 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
@@ -49,6 +63,39 @@ type options struct {
 	cert, key, ca    string
 	timeout          time.Duration
 	verbose, noCheck bool
+	mode             string // precopy, postcopy, hybrid
+	lz4              bool
+}
+
+// postCopy says whether the mode hands the guest over before its memory.
+func (o options) postCopy() (bool, error) {
+	switch o.mode {
+	case "precopy":
+		return false, nil
+	case "postcopy", "hybrid":
+		return true, nil
+	}
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
+}
+
+// checkPeer refuses a peer that runs another mode: the post-copy feature
+// must be on both sides or neither.
+func (o options) checkPeer(peer transport.Hello) error {
+	pc, _ := o.postCopy()
+	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
+		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode",
+			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode)
+	}
+	return nil
+}
+
+// hello is the handshake of the mode.
+func (o options) hello(pages uint64) transport.Hello {
+	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
+	if pc, _ := o.postCopy(); pc {
+		h.Features |= transport.FeatPostCopy
+	}
+	return h
 }
 
 func main() {
@@ -66,6 +113,8 @@ func main() {
 	flag.StringVar(&o.ca, "tls-ca", "", "CA `file` (PEM) that signs the peer's certificate")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
+	flag.BoolVar(&o.lz4, "lz4", false, "post-copy and hybrid: compress the pages sent with LZ4")
 	flag.Parse()
 	if (o.listen == "") == (o.connect == "") {
 		fmt.Fprintln(os.Stderr, "memmigrate: give exactly one of -listen and -connect")
@@ -136,11 +185,10 @@ func destination(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	mem, err := region.New(livemig.DefaultPageSize, pages)
+	pc, err := o.postCopy()
 	if err != nil {
 		return err
 	}
-	defer mem.Close()
 	tc, err := tlsConfig(o, true)
 	if err != nil {
 		return err
@@ -150,16 +198,41 @@ func destination(ctx context.Context, o options) error {
 		return err
 	}
 	defer l.Close()
-	fmt.Fprintf(os.Stderr, "destination: listening on %s for a %d MiB guest\n", l.Addr(), o.sizeMiB)
-	link, err := l.Accept(ctx)
+	return serve(ctx, o, l, pages, pc)
+}
+
+// serve receives one migration on l.
+func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, pc bool) error {
+	fmt.Fprintf(os.Stderr, "destination: listening on %s for a %d MiB guest (%s)\n", l.Addr(), o.sizeMiB, o.mode)
+	accept := func() (transport.Conn, error) {
+		link, err := l.Accept(ctx)
+		if err != nil {
+			return nil, err
+		}
+		conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		if err := o.checkPeer(peer); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	conn, err := accept()
 	if err != nil {
 		return err
 	}
-	conn, _, err := transport.Open(ctx, link, transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}, transport.Config{})
+	if pc {
+		return postCopyDestination(ctx, o, pages, conn, accept)
+	}
+	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
-		link.Close()
+		conn.Close()
 		return err
 	}
+	defer mem.Close()
 	start := time.Now()
 	rep, err := precopy.Receive(ctx, conn, precopy.Destination{Sink: mem, VM: mem, Pages: pages, PageSize: livemig.DefaultPageSize},
 		precopy.Config{Logger: logger(o)})
@@ -175,6 +248,115 @@ func destination(ctx context.Context, o options) error {
 	return nil
 }
 
+// postCopyDestination receives a post-copy or hybrid migration into a
+// userfaultfd region, on conn and a second, urgent connection, and runs the
+// guest's writers there from the resume on.
+func postCopyDestination(ctx context.Context, o options, pages uint64, conn transport.Conn,
+	accept func() (transport.Conn, error)) error {
+	urgent, err := accept()
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("urgent connection: %w", err)
+	}
+	faults := postcopy.NewFaultQueue(pages, nil)
+	mem, err := faultmem.New(livemig.DefaultPageSize, pages, faultmem.Config{OnFault: faults.Fault})
+	if err != nil {
+		conn.Close()
+		urgent.Close()
+		return fmt.Errorf("userfaultfd memory: %w", err)
+	}
+	defer mem.Close()
+	// A writer blocked on a missing page holds its P: leave room for the
+	// engine (see package faultmem).
+	if runtime.GOMAXPROCS(0) < o.writers+4 {
+		runtime.GOMAXPROCS(o.writers + 4)
+	}
+	vm := &dstGuest{mem: mem, writers: o.writers, rate: o.rate}
+	defer vm.stop()
+	start := time.Now()
+	rep, err := postcopy.Receive(ctx, conn, postcopy.Destination{Memory: mem, VM: vm, Faults: faults, Pages: pages,
+		PageSize: livemig.DefaultPageSize}, postcopy.Config{Urgent: urgent, Logger: logger(o)})
+	if rep != nil {
+		out, _ := json.Marshal(rep)
+		fmt.Println(string(out))
+	}
+	if err != nil {
+		return err
+	}
+	pcs := rep.PostCopy
+	fmt.Fprintf(os.Stderr, "destination: every page here %v after the start (%d received, %d rounds before the resume, verified %v); "+
+		"the guest ran from the resume, took %d demand faults (wait p50 %v, p99 %v, max %v) and made %d writes so far\n",
+		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, pcs.DemandFaults,
+		pcs.FaultP50.Round(time.Microsecond), pcs.FaultP99.Round(time.Microsecond), pcs.FaultMax.Round(time.Microsecond), vm.writes.Load())
+	return nil
+}
+
+// dstGuest is the guest at a post-copy destination: its state, and the
+// writers that run once it resumes, storing into the userfaultfd region
+// (plain Go stores: a missing page blocks the writer in the kernel).
+type dstGuest struct {
+	mem     *faultmem.Region
+	writers int
+	rate    float64
+
+	mu     sync.Mutex
+	state  []byte
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	writes atomic.Uint64
+}
+
+func (g *dstGuest) Pause(context.Context) error { return nil }
+
+func (g *dstGuest) Resume(context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.cancel != nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g.cancel = cancel
+	b := g.mem.Bytes()
+	for i := 0; i < g.writers; i++ {
+		g.wg.Add(1)
+		go func(i int) {
+			defer g.wg.Done()
+			writeLoop(ctx, i, g.writers, g.rate, g.mem.PageCount(), nil, func(n uint64, off int, v uint64) {
+				binary.LittleEndian.PutUint64(b[int(n)*livemig.DefaultPageSize+off:], v)
+				g.writes.Add(1)
+			})
+		}(i)
+	}
+	return nil
+}
+
+func (g *dstGuest) SaveState(_ context.Context, dst []byte) ([]byte, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append(dst, g.state...), nil
+}
+
+func (g *dstGuest) LoadState(_ context.Context, state []byte) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.state = append(g.state[:0], state...)
+	return nil
+}
+
+// stop ends the writers: a writer blocked on a page that never came is
+// released by stopping the region's fault service.
+func (g *dstGuest) stop() {
+	g.mu.Lock()
+	cancel := g.cancel
+	g.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	_ = g.mem.Stop()
+	g.wg.Wait()
+}
+
 // guest is the source: a region plus the goroutines that write it, which a
 // throttle slows down.
 type guest struct {
@@ -185,20 +367,37 @@ type guest struct {
 func (g *guest) SetThrottle(f float64) { g.throttle.Store(math.Float64bits(f)) }
 
 func (g *guest) run(ctx context.Context, id, writers int, rate float64) {
+	var buf [8]byte
+	throttle := func() float64 { return math.Float64frombits(g.throttle.Load()) }
+	writeLoop(ctx, id, writers, rate, g.PageCount(), throttle, func(n uint64, off int, v uint64) {
+		binary.LittleEndian.PutUint64(buf[:], v)
+		_ = g.Write(n, off, buf[:])
+	})
+}
+
+// writeLoop is one of writers goroutines that write counters into random
+// pages of a guest of pages pages, at rate pages/s in all (0: flat out),
+// slowed by throttle (nil: none), until ctx ends.
+func writeLoop(ctx context.Context, id, writers int, rate float64, pages uint64, throttle func() float64,
+	write func(n uint64, off int, v uint64)) {
 	x := uint64(id)*0x9E3779B97F4A7C15 + 1
 	var counter uint64
-	var buf [8]byte
 	per := rate / float64(writers)
 	start := time.Now()
-	pages := g.PageCount()
+	th := func() float64 {
+		if throttle == nil {
+			return 0
+		}
+		return throttle()
+	}
 	for done := 0; ctx.Err() == nil; {
 		if per > 0 {
 			// Write in 1 ms slices at the paced rate, slowed by the throttle.
-			th := math.Float64frombits(g.throttle.Load())
-			due := int(per * (1 - th) * time.Since(start).Seconds())
+			f := th()
+			due := int(per * (1 - f) * time.Since(start).Seconds())
 			if done >= due {
 				time.Sleep(time.Millisecond)
-				if th != math.Float64frombits(g.throttle.Load()) {
+				if f != th() {
 					start, done = time.Now(), 0
 				}
 				continue
@@ -208,9 +407,8 @@ func (g *guest) run(ctx context.Context, id, writers int, rate float64) {
 		x ^= x >> 7
 		x ^= x << 17
 		counter++
-		binary.LittleEndian.PutUint64(buf[:], counter)
 		off := int(x>>32) % (livemig.DefaultPageSize / 8) * 8
-		_ = g.Write(x%pages, off, buf[:])
+		write(x%pages, off, counter)
 		done++
 	}
 }
@@ -245,14 +443,37 @@ func source(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc})
+	pc, err := o.postCopy()
 	if err != nil {
 		return err
 	}
-	conn, _, err := transport.Open(ctx, link, transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}, transport.Config{})
+	dial := func() (transport.Conn, error) {
+		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc})
+		if err != nil {
+			return nil, err
+		}
+		conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		if err := o.checkPeer(peer); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	conn, err := dial()
 	if err != nil {
-		link.Close()
 		return err
+	}
+	if pc {
+		urgent, err := dial()
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("urgent connection: %w", err)
+		}
+		return postCopySource(ctx, o, g, conn, urgent)
 	}
 	policy := map[string]precopy.NonConvergence{"stop": precopy.StopAndCopy, "abort": precopy.Abort, "throttle": precopy.Throttle}
 	pol, ok := policy[o.policy]
@@ -284,5 +505,40 @@ func source(ctx context.Context, o options) error {
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, verified %v; %d guest writes during the migration\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
 		len(rep.Rounds), rep.Verified, mem.Writes())
+	return nil
+}
+
+// postCopySource migrates g by post-copy (or hybrid) over conn, with
+// requested pages on urgent.
+func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn) error {
+	cfg := postcopy.Config{Urgent: urgent, LZ4: o.lz4, Logger: logger(o),
+		OnEvent: func(e postcopy.Event) {
+			switch e.Kind {
+			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
+				fmt.Fprintf(os.Stderr, "source: %-12s round %d  %8d pages  %d records sent  %v elapsed\n",
+					e.Kind, e.Round, e.Pages, e.PagesSent, e.Elapsed.Round(time.Millisecond))
+			}
+		}}
+	if o.mode == "hybrid" {
+		cfg.PreCopyRounds = 1
+	}
+	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s by %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.mode, o.writers, o.rate)
+	rep, err := postcopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
+	if rep != nil {
+		out, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Println(string(out))
+	}
+	if err != nil {
+		if errors.Is(err, livemig.ErrIncomplete) {
+			fmt.Fprintf(os.Stderr, "source: the guest runs at the destination but not all its memory got there; keep this process's memory\n")
+		} else {
+			fmt.Fprintf(os.Stderr, "source: migration failed before the hand-over; the guest keeps running here\n")
+		}
+		return err
+	}
+	pcs := rep.PostCopy
+	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination, verified %v\n",
+		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
+		pcs.PagesPushed, pcs.PagesPulled, pcs.DemandFaults, rep.Verified)
 	return nil
 }
