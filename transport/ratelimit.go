@@ -41,7 +41,8 @@ type RateLink struct {
 	clock livemig.Clock
 
 	wmu       sync.Mutex // serializes writers, so each write waits its turn
-	mu        sync.Mutex // guards wake
+	mu        sync.Mutex // guards wake and gen
+	gen       uint64     // SetRate calls so far
 	wake      context.CancelFunc
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -86,6 +87,7 @@ func rateLimit(bytesPerSec float64) rate.Limit {
 func (r *RateLink) SetRate(bytesPerSec float64) {
 	r.lim.SetLimitAt(r.clock.Now(), rateLimit(bytesPerSec))
 	r.mu.Lock()
+	r.gen++ // a Write that reserved before and is not waiting yet asks again
 	if r.wake != nil {
 		r.wake() // a waiting Write gives its reservation back and asks again
 		r.wake = nil
@@ -128,6 +130,9 @@ func (r *RateLink) wait(n int) error {
 		if r.ctx.Err() != nil {
 			return errRateClosed
 		}
+		r.mu.Lock()
+		gen := r.gen
+		r.mu.Unlock()
 		now := r.clock.Now()
 		res := r.lim.ReserveN(now, n)
 		if !res.OK() { // cannot happen: Write cuts at the burst
@@ -139,6 +144,14 @@ func (r *RateLink) wait(n int) error {
 		}
 		ctx, cancel := context.WithCancel(r.ctx)
 		r.mu.Lock()
+		if r.gen != gen {
+			// SetRate came between the reservation and now, too early to
+			// wake this wait: reserve again at the new rate.
+			r.mu.Unlock()
+			cancel()
+			res.CancelAt(r.clock.Now())
+			continue
+		}
 		r.wake = cancel
 		r.mu.Unlock()
 		err := r.clock.WaitUntil(ctx, now.Add(d))
