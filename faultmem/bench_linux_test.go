@@ -59,6 +59,39 @@ func BenchmarkPlace(b *testing.B) {
 	}
 }
 
+// BenchmarkDiscard: Discard (MADV_DONTNEED) of present pages, every
+// seventh page of a chunk (stale pages of a hybrid migration are seldom
+// neighbours): what the destination pays per stale page at a hybrid
+// switchover, inside the downtime.
+func BenchmarkDiscard(b *testing.B) {
+	data := content(1)
+	b.ReportAllocs()
+	var r *Region
+	n := uint64(benchChunk)
+	for b.Loop() {
+		if n >= benchChunk {
+			b.StopTimer()
+			if r != nil {
+				r.Close()
+			}
+			r, n = newBench(b, benchChunk, Config{}), 0
+			for p := uint64(0); p < benchChunk; p++ {
+				if err := r.WritePage(p, data); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StartTimer()
+		}
+		if err := r.Discard(n); err != nil {
+			b.Fatalf("page %d: %v", n, err)
+		}
+		n += 7
+	}
+	b.StopTimer()
+	r.Close()
+	reportPages(b)
+}
+
 // newBench is newOrSkip without the cleanup: benchmarks close regions as
 // they go, to keep at most one chunk resident.
 func newBench(b *testing.B, pages uint64, cfg Config) *Region {
