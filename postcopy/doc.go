@@ -50,11 +50,18 @@
 // (Config.Redial) and sends KindResume with the session id; the destination
 // (Config.Reaccept) answers with KindRecvBitmap chunks naming the pages it
 // holds, Ack(AckHeld), and requests again what its guest waits on; the
-// source pushes the rest. With Config.RedialUrgent and ReacceptUrgent a new
-// urgent connection replaces the old one too (KindResume says so), so
-// requested pages keep overtaking the push after a cut. Without Redial/Reaccept the error wraps
-// livemig.ErrIncomplete: the guest's memory is split and the source's copy
-// must be kept.
+// source pushes the rest. With Config.RedialUrgent and ReacceptUrgent a
+// new urgent connection replaces the old one too (KindResume says so), so
+// requested pages keep overtaking the push after a cut. Without
+// Redial/Reaccept the error wraps livemig.ErrIncomplete: the guest's
+// memory is split and the source's copy must be kept.
+//
+// # Compression
+//
+// Every page crosses once, so a delta codec has nothing to work from; with
+// Config.LZ4 the source sends a page as an LZ4 block when that saves an
+// eighth of it (PageEncoder), which pays on links slower than the source
+// compresses. Zero pages always go as zero-page records.
 //
 // # Destination memory
 //
@@ -73,8 +80,9 @@
 // PostCopy is a deterministic discrete-event model of this engine instead:
 // it takes the push order from Config.Order's Order, the pages a request
 // brings from this package's Prepager, and the discard and send-once rules
-// from here, and runs the destination's vCPU on the simulated workload, so
-// that examples/compare can set post-copy and hybrid beside pre-copy.
+// from here, the page records from PageEncoder, and runs the destination's
+// vCPU on the simulated workload, so that examples/compare can set
+// post-copy and hybrid beside pre-copy.
 //
 // # Usage
 //
