@@ -215,6 +215,14 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 				return err
 			}
 		case transport.KindEndRound:
+			if msg.Arg&ackFlag != 0 {
+				// The source waits until what came before (discards) is
+				// applied.
+				if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckRound, Page: msg.Arg &^ ackFlag}); err != nil {
+					return fmt.Errorf("postcopy: acknowledge the discards: %w (%w)", livemig.ErrIncomplete, err)
+				}
+				continue
+			}
 			r.rep.Rounds++
 		case transport.KindDiscard:
 			if r.switched {
