@@ -335,68 +335,24 @@ func run(t *testing.T, s setup) outcome {
 	if s.recover && s.urgent {
 		// New urgent connections after a reconnection, unless the test
 		// wants the main connection alone after it.
-		ulinks := make(chan transport.Link)
+		redial, reaccept := handoff(t, s, dstDone, srcDone, nil)
 		if !s.noUrgentAfterCut {
 			scfg.RedialUrgent = func(ctx context.Context) (transport.Conn, error) {
 				o.urgentRedials.Add(1)
-				a, b := linkPair(t, s.tcp)
-				select {
-				case ulinks <- b:
-				case <-dstDone:
-					a.Close()
-					b.Close()
-					return nil, errors.New("test: the destination is gone")
-				case <-ctx.Done():
-					return nil, ctx.Err()
-				}
-				conn, _, err := transport.Open(ctx, a, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
-				return conn, err
+				return redial(ctx)
 			}
 		}
-		dcfg.ReacceptUrgent = func(ctx context.Context) (transport.Conn, error) {
-			select {
-			case b := <-ulinks:
-				conn, _, err := transport.Open(ctx, b, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
-				return conn, err
-			case <-srcDone:
-				return nil, errors.New("test: the source is gone")
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
+		dcfg.ReacceptUrgent = reaccept
 	}
 	if s.recover {
-		links := make(chan transport.Link)
-		scfg.Redial = func(ctx context.Context) (transport.Conn, error) {
-			la, lb := linkPair(t, s.tcp)
+		// The new main link can be cut too.
+		scfg.Redial, dcfg.Reaccept = handoff(t, s, dstDone, srcDone, func(la, lb transport.Link) (transport.Link, transport.Link) {
 			ca, cb := newCut(la), newCut(lb)
 			cutMu.Lock()
 			srcCut, dstCut = ca, cb
 			cutMu.Unlock()
-			var a, b transport.Link = ca, cb
-			select {
-			case links <- b:
-			case <-dstDone:
-				a.Close()
-				b.Close()
-				return nil, errors.New("test: the destination is gone")
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-			conn, _, err := transport.Open(ctx, a, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
-			return conn, err
-		}
-		dcfg.Reaccept = func(ctx context.Context) (transport.Conn, error) {
-			select {
-			case b := <-links:
-				conn, _, err := transport.Open(ctx, b, transport.Hello{PageSize: pageSize, PageCount: s.pages}, transport.Config{})
-				return conn, err
-			case <-srcDone:
-				return nil, errors.New("test: the source is gone")
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
+			return ca, cb
+		})
 	}
 	scfg.OnEvent = func(e postcopy.Event) {
 		if e.Kind == postcopy.Pausing {
@@ -438,6 +394,44 @@ func run(t *testing.T, s setup) outcome {
 	o.want = g.expected(o.atPause)
 	o.got = bytes.Clone(mem.contents())
 	return o
+}
+
+// handoff returns a Redial and a Reaccept that hand a fresh link pair from
+// the source to the destination and open it there; wrap, if set, replaces
+// the pair first. They give up when the other side has finished.
+func handoff(t *testing.T, s setup, dstDone, srcDone <-chan struct{},
+	wrap func(a, b transport.Link) (transport.Link, transport.Link)) (redial, reaccept func(context.Context) (transport.Conn, error)) {
+	links := make(chan transport.Link)
+	hello := transport.Hello{PageSize: pageSize, PageCount: s.pages}
+	redial = func(ctx context.Context) (transport.Conn, error) {
+		a, b := linkPair(t, s.tcp)
+		if wrap != nil {
+			a, b = wrap(a, b)
+		}
+		select {
+		case links <- b:
+		case <-dstDone:
+			a.Close()
+			b.Close()
+			return nil, errors.New("test: the destination is gone")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		conn, _, err := transport.Open(ctx, a, hello, transport.Config{})
+		return conn, err
+	}
+	reaccept = func(ctx context.Context) (transport.Conn, error) {
+		select {
+		case b := <-links:
+			conn, _, err := transport.Open(ctx, b, hello, transport.Config{})
+			return conn, err
+		case <-srcDone:
+			return nil, errors.New("test: the source is gone")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return redial, reaccept
 }
 
 // checkComplete asserts a successful migration: both sides succeeded, the

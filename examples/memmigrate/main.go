@@ -89,6 +89,20 @@ func (o options) checkPeer(peer transport.Hello) error {
 	return nil
 }
 
+// open handshakes link for the mode and refuses a peer of another mode.
+func (o options) open(ctx context.Context, link transport.Link, pages uint64) (transport.Conn, error) {
+	conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
+	if err != nil {
+		link.Close()
+		return nil, err
+	}
+	if err := o.checkPeer(peer); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
 // hello is the handshake of the mode.
 func (o options) hello(pages uint64) transport.Hello {
 	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
@@ -209,16 +223,7 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 		if err != nil {
 			return nil, err
 		}
-		conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
-		if err != nil {
-			link.Close()
-			return nil, err
-		}
-		if err := o.checkPeer(peer); err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return conn, nil
+		return o.open(ctx, link, pages)
 	}
 	conn, err := accept()
 	if err != nil {
@@ -452,16 +457,7 @@ func source(ctx context.Context, o options) error {
 		if err != nil {
 			return nil, err
 		}
-		conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
-		if err != nil {
-			link.Close()
-			return nil, err
-		}
-		if err := o.checkPeer(peer); err != nil {
-			conn.Close()
-			return nil, err
-		}
-		return conn, nil
+		return o.open(ctx, link, pages)
 	}
 	conn, err := dial()
 	if err != nil {
