@@ -309,6 +309,8 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 		ratio, hits := "-", "-"
 		if row.CodecRatio > 0 {
 			ratio = fmt.Sprintf("%.2f", row.CodecRatio)
+		}
+		if c := r.Report; c != nil && c.Codec != nil && c.Codec.CacheHits+c.Codec.CacheMisses > 0 {
 			hits = fmt.Sprintf("%.1f%%", 100*row.CacheHitRate)
 		}
 		faults, wait, p99 := "-", "-", "-"
