@@ -149,9 +149,14 @@ func (r *Region) request(n uint64, t time.Time) bool {
 	defer r.mu.Unlock()
 	atomic.OrUint64(&r.requested[w], b)
 	if atomic.LoadUint64(&r.present[w])&b != 0 {
-		// Placed since the fault: the placement woke the faulter.
-		atomic.AndUint64(&r.requested[w], ^b)
-		delete(r.pending, n)
+		// Placed since the fault: the placement woke the faulter. An
+		// earlier fault's entry stays for markPresent, which has seen or
+		// will see the requested bit that fault set, and records its
+		// wait; deleting it here lost that wait when markPresent had set
+		// present but not yet looked (FaultStats one short, now and then).
+		if _, earlier := r.pending[n]; !earlier {
+			atomic.AndUint64(&r.requested[w], ^b)
+		}
 		return false
 	}
 	if _, dup := r.pending[n]; dup {
