@@ -194,6 +194,33 @@ func (h *evHeap) pop() event {
 	return top
 }
 
+// recQueue is a FIFO of records and the bytes they hold.
+type recQueue struct {
+	q     []record
+	head  int
+	bytes int
+}
+
+func (f *recQueue) len() int { return len(f.q) - f.head }
+
+func (f *recQueue) push(r record) {
+	f.q = append(f.q, r)
+	f.bytes += r.bytes
+}
+
+func (f *recQueue) pop() record {
+	r := f.q[f.head]
+	f.q[f.head] = record{}
+	f.bytes -= r.bytes
+	if f.head++; f.head == len(f.q) {
+		f.q, f.head = f.q[:0], 0
+	} else if f.head >= 1024 && 2*f.head >= len(f.q) {
+		k := copy(f.q, f.q[f.head:])
+		f.q, f.head = f.q[:k], 0
+	}
+	return r
+}
+
 // record is what crosses the source-to-destination wire.
 type record struct {
 	page  uint64
@@ -238,10 +265,8 @@ type pcModel struct {
 	events   evHeap
 	seq      uint64
 	busy     bool
-	mainQ    []record
-	mainHead int
-	queued   int // bytes in mainQ
-	urgQ     []record
+	mainQ    recQueue // written on the main connection, not yet on the wire
+	urgQ     recQueue // requested pages on the urgent connection
 
 	// Destination.
 	present  []uint64
@@ -257,7 +282,6 @@ type pcModel struct {
 	waits    []time.Duration
 	lastAt   time.Time
 	resumeAt time.Time
-	doneAt   time.Time
 
 	nSent, nBytes, nZero, nResent, nPushed, nPulled uint64
 	nRaw, nEncoded, nLZ4                            uint64 // with LZ4
@@ -546,23 +570,24 @@ func (m *pcModel) schedule(at time.Time, k evKind, r record) {
 }
 
 // send writes page n at time now on the main connection or, urgent, ahead
-// of it. The destination's copy is stored at once (the guest is paused, so
-// it is the copy that arrives); the page counts as held when it arrives.
-// A failure is kept in m.err, which the event loop returns.
-func (m *pcModel) send(now time.Time, n uint64, urgent bool) {
+// of it, and returns its record's size. The destination's copy is stored at
+// once (the guest is paused, so it is the copy that arrives); the page
+// counts as held when it arrives. A failure is kept in m.err, which the
+// event loop returns.
+func (m *pcModel) send(now time.Time, n uint64, urgent bool) int {
 	size, err := m.sendPage(n)
 	if err != nil {
 		m.err = cmp.Or(m.err, err)
-		return
+		return 0
 	}
 	r := record{page: n, bytes: size}
 	if urgent {
-		m.urgQ = append(m.urgQ, r)
+		m.urgQ.push(r)
 	} else {
-		m.mainQ = append(m.mainQ, r)
-		m.queued += size
+		m.mainQ.push(r)
 	}
 	m.startWire(now)
+	return size
 }
 
 // startWire puts the next record on the idle wire: urgent ones first.
@@ -572,19 +597,10 @@ func (m *pcModel) startWire(now time.Time) {
 	}
 	var r record
 	switch {
-	case len(m.urgQ) > 0:
-		r = m.urgQ[0]
-		m.urgQ = m.urgQ[1:]
-	case m.mainHead < len(m.mainQ):
-		r = m.mainQ[m.mainHead]
-		m.mainQ[m.mainHead] = record{}
-		if m.mainHead++; m.mainHead == len(m.mainQ) {
-			m.mainQ, m.mainHead = m.mainQ[:0], 0
-		} else if m.mainHead >= 1024 && 2*m.mainHead >= len(m.mainQ) {
-			k := copy(m.mainQ, m.mainQ[m.mainHead:])
-			m.mainQ, m.mainHead = m.mainQ[:k], 0
-		}
-		m.queued -= r.bytes
+	case m.urgQ.len() > 0:
+		r = m.urgQ.pop()
+	case m.mainQ.len() > 0:
+		r = m.mainQ.pop()
 	default:
 		return
 	}
@@ -598,12 +614,11 @@ func (m *pcModel) startWire(now time.Time) {
 // allows), handling first the requests that waited for it.
 func (m *pcModel) pusher(now time.Time) {
 	for {
-		for len(m.pending) > 0 {
-			n := m.pending[0]
-			m.pending = m.pending[1:]
+		for _, n := range m.pending {
 			m.serve(now, n)
 		}
-		if m.pushDone || m.queued >= m.cfg.QueueBytes {
+		m.pending = m.pending[:0]
+		if m.pushDone || m.mainQ.bytes >= m.cfg.QueueBytes {
 			return
 		}
 		n, ok := m.nextUnsent()
@@ -611,7 +626,7 @@ func (m *pcModel) pusher(now time.Time) {
 			m.pushDone = true
 			// Done follows every page on the main connection (with an
 			// urgent one, after its end marker: urgent records go first).
-			m.mainQ = append(m.mainQ, record{done: true, bytes: recOverhead})
+			m.mainQ.push(record{done: true, bytes: recOverhead})
 			m.startWire(now)
 			return
 		}
@@ -628,9 +643,9 @@ func (m *pcModel) pusher(now time.Time) {
 		set(m.sent, n)
 		m.pushAt++
 		m.nPushed++
-		m.send(now, n, false)
+		size := m.send(now, n, false)
 		if m.cfg.PushBandwidth > 0 {
-			size := recOverhead + m.ps
+			// The cap counts the record's bytes, as the engine's does.
 			m.nextPush = m.nextPush.Add(time.Duration(float64(size) * 1e9 / float64(m.cfg.PushBandwidth)))
 		}
 	}
@@ -713,7 +728,7 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 			case m.pushDone:
 				// Every page is on its way: the engine has nothing to add
 				// (an urgent server has sent its end marker).
-			case m.cfg.Urgent || m.queued < m.cfg.QueueBytes:
+			case m.cfg.Urgent || m.mainQ.bytes < m.cfg.QueueBytes:
 				m.serve(now, ev.rec.page)
 			default:
 				// The push is blocked in a write; it handles the request
@@ -726,7 +741,6 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 				if m.held != m.pages {
 					return time.Time{}, fmt.Errorf("scenario: post-copy model: Done with %d of %d pages held (a model bug)", m.held, m.pages)
 				}
-				m.doneAt = now
 				return now.Add(m.tx(recOverhead) + m.lat), nil
 			}
 			m.arrive(now, ev.rec.page)
