@@ -262,11 +262,11 @@ type pcModel struct {
 	enc               *postcopy.PageEncoder
 
 	// Wire, source to destination.
-	events   evHeap
-	seq      uint64
-	busy     bool
-	mainQ    recQueue // written on the main connection, not yet on the wire
-	urgQ     recQueue // requested pages on the urgent connection
+	events evHeap
+	seq    uint64
+	busy   bool
+	mainQ  recQueue // written on the main connection, not yet on the wire
+	urgQ   recQueue // requested pages on the urgent connection
 
 	// Destination.
 	present  []uint64
