@@ -8,9 +8,11 @@ import (
 	"testing"
 )
 
-// The JSON rows carry the documented keys, and two runs print the same bytes.
-func TestJSONRowsAreExactAndStable(t *testing.T) {
-	args := []string{"-q", "-json", "-guest", "64MiB", "-workload", "hotcold", "-rate", "3000", "-hot", "4MiB"}
+// stableOutput runs compare with args twice, at the default parallelism and
+// one run at a time, and returns what it printed, failing unless both
+// printed the same bytes.
+func stableOutput(t *testing.T, args []string) []byte {
+	t.Helper()
 	var a, b bytes.Buffer
 	if err := run(context.Background(), args, &a, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
@@ -21,8 +23,15 @@ func TestJSONRowsAreExactAndStable(t *testing.T) {
 	if a.String() != b.String() {
 		t.Fatalf("two runs differ:\n%s\n%s", a.String(), b.String())
 	}
+	return a.Bytes()
+}
+
+// The JSON rows carry the documented keys, and two runs print the same bytes.
+func TestJSONRowsAreExactAndStable(t *testing.T) {
+	args := []string{"-q", "-json", "-guest", "64MiB", "-workload", "hotcold", "-rate", "3000", "-hot", "4MiB"}
+	out := stableOutput(t, args)
 	var rows []map[string]any
-	if err := json.Unmarshal(a.Bytes(), &rows); err != nil {
+	if err := json.Unmarshal(out, &rows); err != nil {
 		t.Fatal(err)
 	}
 	if len(rows) != len(strings.Split(defaultAlgorithms, ",")) {
