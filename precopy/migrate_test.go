@@ -3,7 +3,6 @@ package precopy_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -48,34 +47,8 @@ func (v *vm) SaveState(ctx context.Context, dst []byte) ([]byte, error) {
 	return v.VM.SaveState(ctx, dst)
 }
 
-// writers runs n goroutines that keep writing counters into the guest until
-// stop is called; stop resumes the guest so that writers blocked by a pause
-// can end, and waits for them.
-func writers(src *region.Region, n int) (stop func(), total func() uint64) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var count atomic.Uint64
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			x := uint64(i+1) * 0x9E3779B97F4A7C15
-			var buf [8]byte
-			for ctx.Err() == nil {
-				x ^= x << 13
-				x ^= x >> 7
-				x ^= x << 17
-				binary.LittleEndian.PutUint64(buf[:], count.Add(1))
-				_ = src.Write(x%src.PageCount(), int(x>>40)%(pageSize/8)*8, buf[:])
-			}
-		}(i)
-	}
-	return func() {
-		cancel()
-		_ = src.Resume(context.Background())
-		wg.Wait()
-	}, count.Load
-}
+// writers runs n goroutines writing the source (see testkit.Writers).
+var writers = testkit.Writers
 
 type result struct {
 	rep  *livemig.Report

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/livemig/livemig/region"
@@ -39,6 +40,38 @@ func NewSource(t testing.TB, pageSize int, pages uint64) *region.Region {
 	}
 	r.SetState([]byte("vcpu registers and device state"))
 	return r
+}
+
+// Writers starts n goroutines that write counters into random pages of src
+// (one 8-byte word each time, at a word offset within the page) as fast as
+// they can, as a guest's vCPUs would: while src is paused their writes
+// block, and they go on when it resumes. stop ends them (resuming src so
+// that none stays blocked) and waits; total counts the writes so far.
+func Writers(src *region.Region, n int) (stop func(), total func() uint64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var count atomic.Uint64
+	words := src.PageSize() / 8
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x := uint64(i+1) * 0x9E3779B97F4A7C15
+			var buf [8]byte
+			for ctx.Err() == nil {
+				x ^= x << 13
+				x ^= x >> 7
+				x ^= x << 17
+				binary.LittleEndian.PutUint64(buf[:], count.Add(1))
+				_ = src.Write(x%src.PageCount(), int(x>>40)%words*8, buf[:])
+			}
+		}()
+	}
+	return func() {
+		cancel()
+		_ = src.Resume(context.Background())
+		wg.Wait()
+	}, count.Load
 }
 
 // DiffPages returns how many pages of pageSize differ between a and b, and
