@@ -28,6 +28,17 @@ func newSource(t testing.TB, pages uint64) *region.Region {
 	return testkit.NewSource(t, pageSize, pages)
 }
 
+// newDest maps an empty destination region, closed at the test's end.
+func newDest(t testing.TB, pages uint64) *region.Region {
+	t.Helper()
+	dst, err := region.New(pageSize, pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dst.Close() })
+	return dst
+}
+
 // vm counts what an engine did to a guest's control.
 type vm struct {
 	livemig.VM
@@ -72,11 +83,7 @@ func tcpPair(t testing.TB) (a, b transport.Link) { return testkit.LinkPair(t, tr
 func TestMigrateRealMemoryOverTCP(t *testing.T) {
 	const pages = 8192 // 32 MiB
 	src := newSource(t, pages)
-	dst, err := region.New(pageSize, pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
+	dst := newDest(t, pages)
 	stop, total := writers(src, 2)
 	defer stop()
 	a, b := tcpPair(t)
@@ -175,11 +182,7 @@ func TestFailureIsClean(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(k)
 			}
-			dst, err := region.New(pageSize, k.dstPages)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dst.Close()
+			dst := newDest(t, k.dstPages)
 			dstVM := &vm{VM: dst}
 			var sink livemig.PageSink = dst
 			if k.dstSinkFail {
@@ -310,11 +313,7 @@ func (d *descending) Plan(dst, dirty []uint64) []uint64 {
 func TestDeferAndOrder(t *testing.T) {
 	const pages = 2048
 	src := newSource(t, pages)
-	dst, err := region.New(pageSize, pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
+	dst := newDest(t, pages)
 	order := &descending{}
 	cfg := precopy.Config{
 		DowntimeTarget: time.Nanosecond, MaxRounds: 8, Defer: true, Order: order,
@@ -353,11 +352,7 @@ func TestDeferAndOrder(t *testing.T) {
 func TestDirtyLogOutOfRange(t *testing.T) {
 	const pages = 100
 	src := newSource(t, pages)
-	dst, err := region.New(pageSize, pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dst.Close()
+	dst := newDest(t, pages)
 	bad := &badLog{Region: src}
 	a, b := transport.Pipe(1 << 20)
 	var out result
@@ -405,11 +400,7 @@ func TestMigrateWithCodecs(t *testing.T) {
 	for _, workers := range []int{1, 3} {
 		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
 			src := newSource(t, pages)
-			dst, err := region.New(pageSize, pages)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer dst.Close()
+			dst := newDest(t, pages)
 			stop, total := writers(src, 1)
 			defer stop()
 			cfg := precopy.Config{DowntimeTarget: 5 * time.Millisecond, MaxRounds: 6}
