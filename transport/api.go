@@ -92,8 +92,11 @@ type Msg struct {
 // once. Recv fills m with the next message from the peer, in the order the
 // peer sent them (for a multi-stream Conn: in order for each page, with a
 // control message returned only after every message sent before it on any
-// stream). One goroutine may Send/Flush while another Recvs; Close may be
-// called from any goroutine and unblocks both.
+// stream — except Request, Ack and Error, which travel on stream 0 alone
+// and may overtake page records of other streams; see NewMulti). One
+// goroutine may Send/Flush while another Recvs; Close may be called from
+// any goroutine and unblocks both. A message Send refuses returns an error
+// wrapping ErrInvalid; nothing was sent and the Conn goes on.
 //
 // If ctx is done while Send, Flush or Recv is blocked on the link, the Conn is
 // closed and the call returns an error wrapping ctx.Err(). A corrupt frame is

@@ -189,7 +189,7 @@ func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []b
 		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %s (encoding %d, %d bytes)", ErrInvalid, bad, enc, len(data))}
 	}
 	if c.pageCount != 0 && page >= c.pageCount {
-		return &livemig.PageError{Op: "send", Page: page, Err: livemig.ErrPageRange}
+		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
 	}
 	rec := recordHeaderSize + len(data)
 	if c.wcount > 0 && (len(c.wbuf)+rec > frameHeaderSize+c.batchBytes || c.wcount == maxBatchCount) {
@@ -214,11 +214,15 @@ func (c *conn) sendControl(ctx context.Context, kind Kind, page, arg uint64, dat
 		return fmt.Errorf("transport: send: kind %d: %w", kind, ErrInvalid)
 	}
 	if kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
-		return &livemig.PageError{Op: "request", Page: page, Err: livemig.ErrPageRange}
+		return &livemig.PageError{Op: "request", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
+	}
+	if n := len(data); (kind == KindDiscard || kind == KindRecvBitmap) && (n == 0 || n%8 != 0 || n > 8*MaxBitmapWords) {
+		// The peer's checkHeader would reject the frame as corrupt.
+		return fmt.Errorf("transport: send %v: %d bitmap bytes, want 1 to %d whole words: %w", kind, n, MaxBitmapWords, ErrInvalid)
 	}
 	chunk := c.maxFrame - controlHeaderSize
 	if len(data) > chunk && (kind != KindState || len(data) > c.maxState) {
-		return fmt.Errorf("transport: send %v: %d bytes: %w", kind, len(data), ErrTooLarge)
+		return fmt.Errorf("transport: send %v: %d bytes: %w (%w)", kind, len(data), ErrTooLarge, ErrInvalid)
 	}
 	if err := c.flush(ctx); err != nil {
 		return err

@@ -67,10 +67,13 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Errors a Conn returns for messages it cannot send.
 var (
 	// ErrInvalid: Send was given a message that breaks the protocol's
-	// rules (an unknown kind or encoding, a raw page of the wrong size).
+	// rules (an unknown kind or encoding, a raw page of the wrong size, a
+	// page past the guest, a bitmap chunk of no or too many words, data too
+	// large). Every refusal of Send wraps it: nothing was sent, and the
+	// Conn goes on.
 	ErrInvalid = errors.New("transport: invalid message")
 	// ErrTooLarge: a message's Data exceeds what a frame (or, for a state
-	// blob, Config.MaxState) can carry.
+	// blob, Config.MaxState) can carry. It comes wrapped with ErrInvalid.
 	ErrTooLarge = errors.New("transport: message too large")
 )
 

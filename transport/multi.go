@@ -29,6 +29,10 @@ const multiBigBuf = 1 << 20
 
 var errMultiClosed = fmt.Errorf("transport: multi-stream: %w", livemig.ErrClosed)
 
+// zeroWord is the bitmap a Discard or RecvBitmap marker carries on the
+// streams other than 0.
+var zeroWord [8]byte
+
 // NewMulti returns a Conn that stripes messages over conns, a multi-stream
 // session like QEMU's multifd. It owns conns from now on (Close closes them).
 // Both peers must build it over the same streams in the same order.
@@ -40,9 +44,11 @@ var errMultiClosed = fmt.Errorf("transport: multi-stream: %w", livemig.ErrClosed
 // word, not barriers. Every other message (EndRound, State, Switchover,
 // Done, Commit, and post-copy's Discard, Resume and RecvBitmap) is a
 // barrier: it is written on every stream, after that stream's pending page
-// records, with its Data on stream 0 only (a bitmap chunk's on every
-// stream, since it is not valid without). A Discard is thus applied only
-// after every older copy of the pages it names has arrived.
+// records, with its Data on stream 0 only (the other streams' copies of a
+// bitmap chunk carry one zero word, since a chunk is not valid without
+// words). A Discard is thus applied only after every older copy of the
+// pages it names has arrived. A message Send refuses (ErrInvalid) leaves
+// the Conn usable, as a single Conn does.
 //
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
 // messages, whose buffers are recycled: receiving a page allocates nothing),
@@ -237,13 +243,17 @@ func (c *multiConn) Send(ctx context.Context, m Msg) error {
 	case KindRequest, KindAck, KindError:
 		err = c.conns[0].Send(ctx, m)
 	default:
-		// Stream 0 last: its copy carries the data. A bitmap chunk
-		// (Discard, RecvBitmap) is not valid without its words, so each
-		// stream carries them: they are at most MaxBitmapWords words.
-		for i := len(c.conns) - 1; i >= 0 && err == nil; i-- {
+		// Stream 0 first, with the data: if it refuses the message (an
+		// error wrapping ErrInvalid) no stream has written anything. The
+		// others carry only the marker; a bitmap chunk (Discard,
+		// RecvBitmap) is not valid without words, so theirs is one zero
+		// word.
+		err = c.conns[0].Send(ctx, m)
+		for i := 1; i < len(c.conns) && err == nil; i++ {
 			cp := m
-			if i != 0 && m.Kind != KindDiscard && m.Kind != KindRecvBitmap {
-				cp.Data = nil
+			cp.Data = nil
+			if m.Kind == KindDiscard || m.Kind == KindRecvBitmap {
+				cp.Data = zeroWord[:]
 			}
 			err = c.conns[i].Send(ctx, cp)
 		}

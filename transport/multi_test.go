@@ -404,3 +404,60 @@ func TestMultiBitmapBarriers(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A message Send refuses wraps ErrInvalid, sends nothing and leaves the
+// Conn usable, on one stream as on several: a page past the guest, a
+// request past it, a bitmap chunk that is not whole words, a state too
+// large. (A multi-stream Conn used to fail the whole session on all but
+// the first; a single one sent the bitmap, which the peer took for
+// corruption.)
+func TestSendRefusalsLeaveConnUsable(t *testing.T) {
+	ctx := context.Background()
+	const pages = 64
+	open := func(n int) (transport.Conn, transport.Conn) {
+		as, bs := make([]transport.Conn, n), make([]transport.Conn, n)
+		for i := range n {
+			la, lb := transport.Pipe(0)
+			cfg := transport.Config{PageSize: 4096, PageCount: pages, MaxState: 1 << 20}
+			as[i], bs[i] = transport.NewConn(la, cfg), transport.NewConn(lb, cfg)
+		}
+		return transport.NewMulti(as), transport.NewMulti(bs)
+	}
+	for _, streams := range []int{1, 3} {
+		a, b := open(streams)
+		for _, c := range []struct {
+			name string
+			m    transport.Msg
+			also error
+		}{
+			{"page past the guest", transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: pages}, livemig.ErrPageRange},
+			{"request past the guest", transport.Msg{Kind: transport.KindRequest, Page: pages - 1, Arg: 2}, livemig.ErrPageRange},
+			{"bitmap of 5 bytes", transport.Msg{Kind: transport.KindDiscard, Data: make([]byte, 5)}, nil},
+			{"empty bitmap", transport.Msg{Kind: transport.KindRecvBitmap}, nil},
+			{"state too large", transport.Msg{Kind: transport.KindState, Data: make([]byte, 2<<20)}, transport.ErrTooLarge},
+		} {
+			err := a.Send(ctx, c.m)
+			if !errors.Is(err, transport.ErrInvalid) || (c.also != nil && !errors.Is(err, c.also)) {
+				t.Fatalf("%d streams, %s: %v, want ErrInvalid (and %v)", streams, c.name, err, c.also)
+			}
+		}
+		// The Conn goes on: a bitmap chunk and a page arrive.
+		words := transport.AppendBitmap(nil, []uint64{1})
+		go func() {
+			_ = a.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Data: words})
+			_ = a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: 3})
+			_ = a.Flush(ctx)
+		}()
+		for _, want := range []transport.Kind{transport.KindDiscard, transport.KindPage} {
+			var m transport.Msg
+			if err := b.Recv(ctx, &m); err != nil || m.Kind != want {
+				t.Fatalf("%d streams: after the refusals got %v, %v; want %v", streams, m.Kind, err, want)
+			}
+			if want == transport.KindDiscard && (len(m.Data) != 8 || transport.BitmapWord(m, 0) != 1) {
+				t.Fatalf("%d streams: discard carries %x", streams, m.Data)
+			}
+		}
+		a.Close()
+		b.Close()
+	}
+}

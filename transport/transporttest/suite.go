@@ -83,7 +83,9 @@ func RunLinkSuite(t *testing.T, newLinks func(t *testing.T) (a, b transport.Link
 //
 // The suite checks the ordering Conn promises: page records in order for
 // each page, control messages in the order sent, and a control message only
-// after every message sent before it.
+// after every message sent before it. (A multi-stream Conn lets Request,
+// Ack and Error overtake page records of other streams; the suite sends
+// none of them after pages, so it does not check that case.)
 func RunConnSuite(t *testing.T, newConns func(t *testing.T) (a, b transport.Conn)) {
 	mk := func(t *testing.T) pair {
 		a, b := newConns(t)
