@@ -41,7 +41,9 @@ type Config struct {
 	LZ4 bool
 	// Workers is how many goroutines encode pages; 0 means
 	// runtime.GOMAXPROCS(0), at most 256. With 1 the pipeline starts no
-	// goroutine and is deterministic.
+	// goroutine and is deterministic. With more, the batches in flight
+	// copy about 1 MiB of pages per worker (4 batches of at most 256 KiB),
+	// besides each worker's share of the XBZRLE cache.
 	Workers int
 	// NoAdapt keeps XBZRLE and LZ4 on whatever the link's speed; by
 	// default the pipeline turns them off when they slow the migration

@@ -11,8 +11,14 @@ import (
 	"github.com/livemig/livemig/verify"
 )
 
-// batchSize is how many pages go to a worker at once.
+// batchSize is how many pages go to a worker at once, at most.
 const batchSize = 64
+
+// batchBytes bounds a batch's page bytes: batches of large pages hold fewer
+// pages, so that the buffers of all batches in flight, which scale with
+// Workers, stay a few MiB per worker whatever the page size (64 pages of
+// 2 MiB, in 14 batches for 2 workers, took 1.3 GiB).
+const batchBytes = 256 << 10
 
 // queueDepth is how many batches may wait for each worker.
 const queueDepth = 2
@@ -48,6 +54,9 @@ type Pipeline struct {
 	cfg     Config
 	ps      int
 	pages   uint64
+	// batchPages is how many pages fill a batch: batchSize, fewer for
+	// pages so large that batchBytes would be exceeded.
+	batchPages int
 	send    func(transport.Msg) error
 	allowed Codecs
 
@@ -142,9 +151,11 @@ func NewPipeline(cfg Config, mem livemig.Memory, digest *verify.Digest, send fun
 	p.tokens = make([]*batch, W)
 	p.barrier = make(chan struct{}, 1)
 	p.collect = make(chan struct{})
-	arena := make([]byte, nb*batchSize*p.ps)
+	p.batchPages = max(1, min(batchSize, batchBytes/p.ps))
+	per := p.batchPages * p.ps
+	arena := make([]byte, nb*per)
 	for i := range nb {
-		p.free <- &batch{arena: arena[i*batchSize*p.ps : (i+1)*batchSize*p.ps : (i+1)*batchSize*p.ps]}
+		p.free <- &batch{arena: arena[i*per : (i+1)*per : (i+1)*per]}
 	}
 	for i := range W {
 		p.in[i] = make(chan *batch, queueDepth)
@@ -224,7 +235,7 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 		p.pending[w] = b
 	}
 	b.pages[b.n] = n
-	if b.n++; b.n == batchSize {
+	if b.n++; b.n == p.batchPages {
 		return p.dispatch(ctx, w)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/livemig/livemig"
@@ -476,6 +477,50 @@ func TestIsZero(t *testing.T) {
 				t.Fatalf("%d bytes with byte %d set: zero", n, i)
 			}
 			p[i] = 0
+		}
+	}
+}
+
+// The batches in flight hold at most batchBytes of pages each, so a
+// pipeline of 2 MiB pages on 8 workers takes tens of MiB, not the 4 GiB
+// that 64-page batches took; and its pages still arrive whole.
+func TestLargePagesBoundBatchMemory(t *testing.T) {
+	const ps, pages = 2 << 20, 16
+	src := newMem(ps, pages, 5)
+	for n := range pages {
+		fillPage(rand.New(rand.NewPCG(uint64(n), 2)), src.page(uint64(n)), 1)
+	}
+	dst := newSink(ps, pages)
+	dec := NewDecoder(Config{PageSize: ps})
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	pl, err := NewPipeline(Config{PageSize: ps, LZ4: true, Workers: 8, NoAdapt: true}, src, nil, func(m transport.Msg) error {
+		_, err := dec.Apply(dst, m.Page, m.Enc, m.Data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 256<<20 {
+		t.Fatalf("a pipeline of %d-byte pages on 8 workers allocated %d MiB", ps, grew>>20)
+	}
+	ctx := context.Background()
+	pl.StartRound(1, false)
+	for n := range uint64(pages) {
+		if err := pl.Submit(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pl.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for n := range pages {
+		if !bytes.Equal(src.page(uint64(n)), dst.page(uint64(n))) {
+			t.Fatalf("page %d differs at the destination", n)
 		}
 	}
 }
