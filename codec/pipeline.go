@@ -51,14 +51,14 @@ const queueDepth = 2
 //
 // Stats, RoundStats and Codecs may be called from any goroutine.
 type Pipeline struct {
-	cfg     Config
-	ps      int
-	pages   uint64
+	cfg   Config
+	ps    int
+	pages uint64
 	// batchPages is how many pages fill a batch: batchSize, fewer for
 	// pages so large that batchBytes would be exceeded.
 	batchPages int
-	send    func(transport.Msg) error
-	allowed Codecs
+	send       func(transport.Msg) error
+	allowed    Codecs
 
 	// Owned by the engine's goroutine.
 	par          params
