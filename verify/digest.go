@@ -14,6 +14,7 @@ package verify
 
 import (
 	"hash/crc32"
+	"math/bits"
 	"sync/atomic"
 )
 
@@ -42,8 +43,11 @@ func New(pages uint64, pageSize int) *Digest {
 
 // Term is the digest term of page n with contents whose CRC32C is crc.
 func Term(n uint64, crc uint32) uint64 {
-	// splitmix64 of (page, crc): every bit of both moves every bit of the term.
-	x := n<<32 ^ uint64(crc) ^ 0x9E3779B97F4A7C15
+	// splitmix64 of (page, crc): every bit of both moves every bit of the
+	// term. The page number is rotated, not shifted, so that no bit of it
+	// is lost (n<<32 made pages n and n+2^32 alike); below 2^32 it is the
+	// same.
+	x := bits.RotateLeft64(n, 32) ^ uint64(crc) ^ 0x9E3779B97F4A7C15
 	x ^= x >> 30
 	x *= 0xBF58476D1CE4E5B9
 	x ^= x >> 27

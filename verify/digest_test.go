@@ -71,3 +71,13 @@ func BenchmarkUpdate(b *testing.B) {
 		d.Update(uint64(i&1023), p)
 	}
 }
+
+// Every bit of the page number counts: pages 2^32 apart have other terms,
+// while page numbers below 2^32 keep the terms they always had.
+func TestTermUsesEveryPageBit(t *testing.T) {
+	for _, n := range []uint64{0, 1, 12345, 1<<32 - 1} {
+		if Term(n, 7) == Term(n+1<<32, 7) {
+			t.Errorf("pages %d and %d have the same term", n, n+1<<32)
+		}
+	}
+}
