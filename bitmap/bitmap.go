@@ -142,6 +142,12 @@ func (b *Bitmap) Test(page uint64) bool {
 	return b.words[page/64]&(1<<(page%64)) != 0
 }
 
+// CountWords returns how many bits are set in words, a bitmap in KVM's
+// layout held as a plain slice (as engines keep their dirty and sent sets).
+func CountWords(words []uint64) uint64 {
+	return uint64(bitset.From(words).Count())
+}
+
 // Count returns the number of marked pages.
 func (b *Bitmap) Count() uint64 {
 	n := len(b.words)

@@ -520,3 +520,13 @@ func TestDrainSnapshot(t *testing.T) {
 		t.Errorf("SyncDirty: %v, %v", err, dst)
 	}
 }
+
+func TestCountWords(t *testing.T) {
+	words := []uint64{0, 1, ^uint64(0), 0x8000_0000_0000_0001}
+	if got := CountWords(words); got != 67 {
+		t.Fatalf("CountWords = %d, want 67", got)
+	}
+	if got := CountWords(nil); got != 0 {
+		t.Fatalf("CountWords(nil) = %d", got)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/reorder"
 	"github.com/livemig/livemig/transport"
@@ -254,7 +255,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
 			return fmt.Errorf("precopy: sync dirty log after round %d: %w", round, err)
 		}
-		left = countBits(m.dirty)
+		left = bitmap.CountWords(m.dirty)
 		if m.cfg.Order != nil {
 			m.cfg.Order.Observe(m.dirty)
 		}
@@ -306,7 +307,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if m.cfg.Order != nil {
 		m.cfg.Order.Observe(m.dirty)
 	}
-	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: countBits(m.dirty)}
+	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: bitmap.CountWords(m.dirty)}
 	m.startRound(&r)
 	if err := m.sendRound(ctx, &r, false); err != nil {
 		return err
@@ -571,12 +572,4 @@ func (m *migration) endRound(ctx context.Context, r *livemig.Round) error {
 		}
 	}
 	return nil
-}
-
-func countBits(words []uint64) uint64 {
-	var c int
-	for _, w := range words {
-		c += bits.OnesCount64(w)
-	}
-	return uint64(c)
 }

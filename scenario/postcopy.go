@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
@@ -298,14 +299,6 @@ func (m *pcModel) tx(n int) time.Duration {
 func has(b []uint64, n uint64) bool { return b[n>>6]&(1<<(n&63)) != 0 }
 func set(b []uint64, n uint64)      { b[n>>6] |= 1 << (n & 63) }
 
-func countBits(b []uint64) uint64 {
-	var c int
-	for _, w := range b {
-		c += bits.OnesCount64(w)
-	}
-	return uint64(c)
-}
-
 func (m *pcModel) run(ctx context.Context) error {
 	clock := m.e.SourceClock
 	alg := "post-copy"
@@ -346,7 +339,7 @@ func (m *pcModel) run(ctx context.Context) error {
 		clear(m.dirty)
 	}
 	copy(m.present, m.sent)
-	m.held = countBits(m.present)
+	m.held = bitmap.CountWords(m.present)
 	toPush := m.pages - m.held
 	preSent, preBytes, preZero := m.nSent, m.nBytes, m.nZero
 	state, err := m.g.SaveState(ctx, nil)
@@ -523,7 +516,7 @@ func (m *pcModel) precopy(ctx context.Context, start time.Time) error {
 		if err := m.syncDirty(); err != nil {
 			return err
 		}
-		prev, left = left, countBits(m.dirty)
+		prev, left = left, bitmap.CountWords(m.dirty)
 		if round >= m.cfg.PreCopyRounds || left == 0 || (round > 1 && left >= prev) {
 			return nil
 		}
