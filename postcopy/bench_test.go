@@ -4,7 +4,6 @@ import (
 	"context"
 	"math/rand/v2"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -55,18 +54,8 @@ func benchFaultService(b *testing.B, urgent bool, newMem func(*testing.B, uint64
 		}
 	}
 	vm := newDstVM()
-	var wg sync.WaitGroup
-	var derr, serr error
-	var rep *postcopy.ReceiveReport
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		rep, derr = postcopy.Receive(ctx, cb, postcopy.Destination{Memory: tm.mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, dcfg)
-	}()
-	go func() {
-		defer wg.Done()
-		_, serr = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, scfg)
-	}()
+	wait := migrateAsync(ctx, ca, cb, precopy.Source{Memory: src, VM: src},
+		postcopy.Destination{Memory: tm.mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, scfg, dcfg)
 	<-vm.started
 	order := rand.New(rand.NewPCG(1, 2)).Perm(int(pages))
 	lat := make([]time.Duration, 0, b.N)
@@ -82,15 +71,13 @@ func benchFaultService(b *testing.B, urgent bool, newMem func(*testing.B, uint64
 	for _, n := range order[b.N:] {
 		tm.touch(uint64(n))
 	}
-	wg.Wait()
-	if serr != nil || derr != nil {
-		b.Fatalf("source: %v; destination: %v", serr, derr)
-	}
+	e := wait()
+	e.ok(b)
 	slices.Sort(lat)
 	q := func(p int) float64 { return float64(lat[(len(lat)-1)*p/100]) / float64(time.Microsecond) }
 	b.ReportMetric(q(50), "p50-µs")
 	b.ReportMetric(q(99), "p99-µs")
-	b.ReportMetric(float64(rep.PostCopy.FaultP50)/float64(time.Microsecond), "engine-p50-µs")
+	b.ReportMetric(float64(e.drep.PostCopy.FaultP50)/float64(time.Microsecond), "engine-p50-µs")
 }
 
 // BenchmarkFaultService: demand faults served over loopback TCP, into the
@@ -191,17 +178,8 @@ func benchFaultUnderPush(b *testing.B, urgent bool) {
 		}
 	}
 	vm := newDstVM()
-	var wg sync.WaitGroup
-	var derr, serr error
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		_, derr = postcopy.Receive(ctx, cb, postcopy.Destination{Memory: mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, dcfg)
-	}()
-	go func() {
-		defer wg.Done()
-		_, serr = postcopy.Migrate(ctx, ca, precopy.Source{Memory: src, VM: src}, scfg)
-	}()
+	wait := migrateAsync(ctx, ca, cb, precopy.Source{Memory: src, VM: src},
+		postcopy.Destination{Memory: mem, VM: vm, Faults: faults, Pages: pages, PageSize: pageSize}, scfg, dcfg)
 	<-vm.started
 	order := rand.New(rand.NewPCG(3, 4)).Perm(pages)
 	lat := make([]time.Duration, 0, b.N)
@@ -222,10 +200,7 @@ func benchFaultUnderPush(b *testing.B, urgent bool) {
 		lat = append(lat, time.Since(t0))
 	}
 	b.StopTimer()
-	wg.Wait()
-	if serr != nil || derr != nil {
-		b.Fatalf("source: %v; destination: %v", serr, derr)
-	}
+	wait().ok(b)
 	if len(lat) == 0 {
 		b.Fatal("the push brought every page before the guest touched one")
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/pierrec/lz4/v4"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -69,19 +70,16 @@ type ReceiveReport struct {
 // source to come back (and then resumes), without it it fails, not resumed.
 func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Config) (*ReceiveReport, error) {
 	cfg.setDefaults()
-	if err := cfg.validate(); err != nil {
+	err := cfg.validate()
+	if err == nil && (dst.Memory == nil || dst.VM == nil || dst.Pages == 0 || dst.PageSize <= 0) {
+		err = errors.New("postcopy: Destination needs Memory, VM, Pages and PageSize")
+	}
+	if err != nil {
 		conn.Close()
 		if cfg.Urgent != nil {
 			cfg.Urgent.Close()
 		}
 		return nil, err
-	}
-	if dst.Memory == nil || dst.VM == nil || dst.Pages == 0 || dst.PageSize <= 0 {
-		conn.Close()
-		if cfg.Urgent != nil {
-			cfg.Urgent.Close()
-		}
-		return nil, errors.New("postcopy: Destination needs Memory, VM, Pages and PageSize")
 	}
 	r := &receiver{
 		cfg: cfg, dst: dst, log: cfg.Logger, pages: dst.Pages, ps: dst.PageSize,
@@ -97,7 +95,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	r.discarder, _ = dst.Memory.(Discarder)
 	r.start = cfg.Clock.Now()
 	rctx, cancel := context.WithCancel(ctx)
-	err := r.run(rctx)
+	err = r.run(rctx)
 	if err != nil {
 		tell, cancelTell := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		_ = r.send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
@@ -452,17 +450,15 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		}
 		r.urgent = u
 	}
-	r.connMu.Lock()
-	r.conn = conn
-	r.connMu.Unlock()
-	if !r.rep.Resumed {
-		// The source came back: it had handed the guest over.
-		if err := r.resume(ctx); err != nil {
-			return err
-		}
-	} else {
-		r.startSession(ctx)
-		if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
+	// Say which pages are here before conn becomes the current connection:
+	// the source reads no request before Ack(AckHeld) (a request there is
+	// corrupt), and the guest's faults meanwhile (from the requester or a
+	// FaultQueue served directly) go to the old, closed connection and are
+	// asked again below. Nothing is placed while the old session is closed,
+	// so the bitmap stays true.
+	if r.rep.Resumed {
+		// The source may have missed the first one.
+		if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
 			return err
 		}
 	}
@@ -471,12 +467,24 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		snap[i] = atomic.LoadUint64(&r.held[i])
 	}
 	if _, err := bitmapChunks(snap, nil, func(first uint64, data []byte) error {
-		return r.send(ctx, transport.Msg{Kind: transport.KindRecvBitmap, Page: first, Data: data})
+		return conn.Send(ctx, transport.Msg{Kind: transport.KindRecvBitmap, Page: first, Data: data})
 	}); err != nil {
 		return err
 	}
-	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckHeld, Page: countBits(snap)}); err != nil {
+	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckHeld, Page: bitmap.CountWords(snap)}); err != nil {
 		return err
+	}
+	r.connMu.Lock()
+	r.conn = conn
+	r.connMu.Unlock()
+	if !r.rep.Resumed {
+		// The source came back: it had handed the guest over. (resume
+		// sends Ack(AckResumed), which the source takes at any time.)
+		if err := r.resume(ctx); err != nil {
+			return err
+		}
+	} else {
+		r.startSession(ctx)
 	}
 	// Ask again for what the guest waits on.
 	r.outMu.Lock()

@@ -77,46 +77,6 @@ func (v *dstVM) LoadState(_ context.Context, s []byte) error {
 	return nil
 }
 
-// srcWriters runs n goroutines writing counters into the source until it
-// pauses (their writes then block) or stop is called. stop returns once they
-// ended; it resumes nothing: writers blocked on a paused region are let go
-// by closing it... so stop must be called before the region is resumed or
-// closed, and waits only for the writers not blocked.
-func srcWriters(src *region.Region, n int) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var count atomic.Uint64
-	for i := 0; i < n; i++ {
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			x := uint64(i+1) * 0x9E3779B97F4A7C15
-			var buf [8]byte
-			for ctx.Err() == nil {
-				x ^= x << 13
-				x ^= x >> 7
-				x ^= x << 17
-				binary.LittleEndian.PutUint64(buf[:], count.Add(1))
-				var err error
-				if src.Paused() {
-					return
-				}
-				err = src.Write(x%src.PageCount(), int(x>>40)%(pageSize/8)*8, buf[:])
-				if err != nil {
-					return
-				}
-			}
-		}(i)
-	}
-	return func() {
-		cancel()
-		// Writers blocked in Write by the pause end when the region
-		// resumes; the caller does that after taking its snapshot.
-		_ = src.Resume(context.Background())
-		wg.Wait()
-	}
-}
-
 // guestMem is the destination memory as the test's guest sees it.
 type guestMem interface {
 	postcopy.Memory
@@ -269,6 +229,40 @@ func openPair(ctx context.Context, a, b transport.Link, pages uint64) (ca, cb tr
 	return testkit.OpenPair(ctx, a, b, transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest})
 }
 
+// ends is what Migrate and Receive returned.
+type ends struct {
+	rep  *livemig.Report
+	err  error
+	drep *postcopy.ReceiveReport
+	derr error
+}
+
+// ok fails tb unless both sides succeeded.
+func (e ends) ok(tb testing.TB) {
+	tb.Helper()
+	if e.err != nil || e.derr != nil {
+		tb.Fatalf("source: %v\ndestination: %v", e.err, e.derr)
+	}
+}
+
+// migrateAsync runs Receive on cb and Migrate on ca, each in a goroutine;
+// wait waits for both.
+func migrateAsync(ctx context.Context, ca, cb transport.Conn, src precopy.Source, dst postcopy.Destination,
+	scfg, dcfg postcopy.Config) (wait func() ends) {
+	var e ends
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		e.drep, e.derr = postcopy.Receive(ctx, cb, dst, dcfg)
+	}()
+	go func() {
+		defer wg.Done()
+		e.rep, e.err = postcopy.Migrate(ctx, ca, src, scfg)
+	}()
+	return func() ends { wg.Wait(); return e }
+}
+
 // run migrates a fresh source to a fresh destination as s says, with
 // guests at the destination writing from the resume, and returns what
 // happened.
@@ -283,7 +277,7 @@ func run(t *testing.T, s setup) outcome {
 	ctx := context.Background()
 	src := newSource(t, s.pages)
 	o := outcome{src: src, srcVM: &srcVM{Region: src}, dstVM: newDstVM(), urgentRedials: new(atomic.Int64)}
-	stopWriters := srcWriters(src, s.srcWriters)
+	stopWriters, _ := testkit.Writers(src, s.srcWriters)
 	faults := postcopy.NewFaultQueue(s.pages, nil)
 	first := make(chan struct{})
 	var firstOnce sync.Once

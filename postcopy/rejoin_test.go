@@ -8,31 +8,17 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/transport"
 )
-
-// acceptVM is a destination VM that loads any state.
-type acceptVM struct{}
-
-func (acceptVM) Pause(context.Context) error                           { return nil }
-func (acceptVM) Resume(context.Context) error                          { return nil }
-func (acceptVM) SaveState(_ context.Context, b []byte) ([]byte, error) { return b, nil }
-func (acceptVM) LoadState(context.Context, []byte) error               { return nil }
 
 // scriptedPair opens a handshaken pair of Conns over an in-memory pipe.
 func scriptedPair(t *testing.T, pages uint64) (src, dst transport.Conn) {
 	t.Helper()
-	ctx := context.Background()
 	a, b := transport.Pipe(0)
-	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
-	done := make(chan error, 1)
-	go func() {
-		var err error
-		dst, _, err = transport.Open(ctx, b, hello, transport.Config{})
-		done <- err
-	}()
-	src, _, err := transport.Open(ctx, a, hello, transport.Config{})
-	if err := errors.Join(err, <-done); err != nil {
+	src, dst, err := testkit.OpenPair(context.Background(), a, b,
+		transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest})
+	if err != nil {
 		t.Fatal(err)
 	}
 	return src, dst
@@ -68,7 +54,7 @@ func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
 	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	go func() {
-		rep, err := Receive(rctx, dst, Destination{Memory: mem, VM: acceptVM{}, Pages: pages, PageSize: 4096}, cfg)
+		rep, err := Receive(rctx, dst, Destination{Memory: mem, VM: &fuzzVM{}, Pages: pages, PageSize: 4096}, cfg)
 		res <- result{rep, err}
 	}()
 	// The first session: switchover, state, Ack(Ready), Commit, then a cut.

@@ -131,14 +131,6 @@ func (l *latencies) summary() (p50, p99, mx time.Duration) {
 	return rank(50), rank(99), s[len(s)-1]
 }
 
-func countBits(words []uint64) uint64 {
-	var c int
-	for _, w := range words {
-		c += bits.OnesCount64(w)
-	}
-	return uint64(c)
-}
-
 // DiscardSize is how many bytes the discard messages take on the wire when
 // a hybrid migration's switchover names the stale pages set in stale (KVM
 // bitmap layout): the chunks the source sends, each a record and its
