@@ -6,14 +6,18 @@
 // switchover then moves execution at once, as post-copy does, so the
 // downtime does not depend on the dirty rate, and the post-copy phase has
 // only the pages dirtied during the rounds left to fetch, so the guest
-// faults less than under pure post-copy. At the switchover the source names
-// every page dirtied since it was sent, and the destination discards its
-// copy (makes it missing), so that the guest never runs on a stale page.
+// faults less than under pure post-copy. The source names every page
+// dirtied since it was sent (most before it pauses, the rest at the
+// switchover), and the destination discards its copy (makes it missing),
+// so that the guest never runs on a stale page.
 //
 // The engine is package postcopy's, with Config.PreCopyRounds set; its
 // protocol, failure and recovery rules hold here: before the hand-over a
 // failure leaves the source running, after it a cut link is recovered by
-// reconnecting.
+// reconnecting. This package adds a default number of rounds
+// (DefaultRounds) and a destination that refuses, before anything arrives,
+// a memory that cannot discard; postcopy.Migrate with
+// postcopy.Config{PreCopyRounds: n} is the same migration.
 //
 // # Usage
 //
