@@ -242,8 +242,13 @@ func (r *Region) check(n uint64, buf int, op string) error {
 	return nil
 }
 
-// enter takes r.life shared, failing once the region is stopped.
-func (r *Region) enter(n uint64, op string) error {
+// enter checks page n and a buffer of buf bytes (-1: none) for op, then
+// takes r.life shared, failing once the region is stopped. On success the
+// caller must r.life.RUnlock().
+func (r *Region) enter(n uint64, buf int, op string) error {
+	if err := r.check(n, buf, op); err != nil {
+		return err
+	}
 	r.life.RLock()
 	if r.stopped.Load() {
 		r.life.RUnlock()
@@ -259,28 +264,36 @@ func (r *Region) page(n uint64) []byte {
 
 func (r *Region) addr(n uint64) uintptr { return r.base + uintptr(n)*uintptr(r.pageSize) }
 
-// place maps page n from data (nil for zeros) if it is missing. It reports
-// whether this call mapped it.
-func (r *Region) place(n uint64, data []byte, op string) (bool, error) {
-	if r.Present(n) {
-		return false, nil
-	}
-	var err error
-	if data == nil {
-		err = r.fd.ZeroPage(r.addr(n), uintptr(r.pageSize), 0)
-	} else {
-		err = r.fd.Copy(r.addr(n), data, 0)
-	}
-	switch {
-	case err == nil:
-		r.markPresent(n)
-		return true, nil
-	case errors.Is(err, uffd.ErrExist):
+// place maps page n from data (nil for zeros) if it is missing, and
+// reports whether this call mapped it; with overwrite, a present page is
+// overwritten with a plain copy instead (placed is then false). The caller
+// has entered.
+func (r *Region) place(n uint64, data []byte, overwrite bool, op string) (bool, error) {
+	if !r.Present(n) {
+		var err error
+		if data == nil {
+			err = r.fd.ZeroPage(r.addr(n), uintptr(r.pageSize), 0)
+		} else {
+			err = r.fd.Copy(r.addr(n), data, 0)
+		}
+		switch {
+		case err == nil:
+			r.markPresent(n)
+			return true, nil
+		case !errors.Is(err, uffd.ErrExist):
+			return false, &livemig.PageError{Op: op, Page: n, Err: err}
+		}
 		// Another placer won the race; its page stands.
 		r.markPresent(n)
-		return false, nil
 	}
-	return false, &livemig.PageError{Op: op, Page: n, Err: err}
+	if overwrite {
+		if data == nil {
+			clear(r.page(n))
+		} else {
+			copy(r.page(n), data)
+		}
+	}
+	return false, nil
 }
 
 // Place maps data (exactly PageSize bytes, owned by the caller) as page n if
@@ -290,26 +303,20 @@ func (r *Region) place(n uint64, data []byte, op string) (bool, error) {
 // number of goroutines may place the same page at once; exactly one of them
 // gets placed == true.
 func (r *Region) Place(n uint64, data []byte) (placed bool, err error) {
-	if err := r.check(n, len(data), "place"); err != nil {
-		return false, err
-	}
-	if err := r.enter(n, "place"); err != nil {
+	if err := r.enter(n, len(data), "place"); err != nil {
 		return false, err
 	}
 	defer r.life.RUnlock()
-	return r.place(n, data, "place")
+	return r.place(n, data, false, "place")
 }
 
 // PlaceZero is Place for an all-zero page, mapped with UFFDIO_ZEROPAGE.
 func (r *Region) PlaceZero(n uint64) (placed bool, err error) {
-	if err := r.check(n, -1, "place"); err != nil {
-		return false, err
-	}
-	if err := r.enter(n, "place"); err != nil {
+	if err := r.enter(n, -1, "place"); err != nil {
 		return false, err
 	}
 	defer r.life.RUnlock()
-	return r.place(n, nil, "place")
+	return r.place(n, nil, false, "place")
 }
 
 // WritePage stores data (exactly PageSize bytes, owned by the caller) as
@@ -319,34 +326,22 @@ func (r *Region) PlaceZero(n uint64) (placed bool, err error) {
 // doc). It implements livemig.PageSink, whose contract rules out two calls
 // for the same page at once.
 func (r *Region) WritePage(n uint64, data []byte) error {
-	if err := r.check(n, len(data), "write"); err != nil {
-		return err
-	}
-	if err := r.enter(n, "write"); err != nil {
+	if err := r.enter(n, len(data), "write"); err != nil {
 		return err
 	}
 	defer r.life.RUnlock()
-	placed, err := r.place(n, data, "write")
-	if err == nil && !placed {
-		copy(r.page(n), data)
-	}
+	_, err := r.place(n, data, true, "write")
 	return err
 }
 
 // ZeroPage makes page n all zeros: it places a missing page with
 // UFFDIO_ZEROPAGE and clears a present one (see WritePage).
 func (r *Region) ZeroPage(n uint64) error {
-	if err := r.check(n, -1, "zero"); err != nil {
-		return err
-	}
-	if err := r.enter(n, "zero"); err != nil {
+	if err := r.enter(n, -1, "zero"); err != nil {
 		return err
 	}
 	defer r.life.RUnlock()
-	placed, err := r.place(n, nil, "zero")
-	if err == nil && !placed {
-		clear(r.page(n))
-	}
+	_, err := r.place(n, nil, true, "zero")
 	return err
 }
 
@@ -357,10 +352,7 @@ func (r *Region) ZeroPage(n uint64) error {
 // discard): no goroutine may touch, place or write page n meanwhile.
 // Discarding a missing page does nothing.
 func (r *Region) Discard(n uint64) error {
-	if err := r.check(n, -1, "discard"); err != nil {
-		return err
-	}
-	if err := r.enter(n, "discard"); err != nil {
+	if err := r.enter(n, -1, "discard"); err != nil {
 		return err
 	}
 	defer r.life.RUnlock()

@@ -257,27 +257,24 @@ func (f *FD) Register(start, length uintptr, mode uint64) (ioctls uint64, err er
 // blocked on faults in the range; they fault again as on ordinary memory
 // (missing anonymous pages then read as zeros).
 func (f *FD) Unregister(start, length uintptr) error {
-	if err := f.acquire(); err != nil {
-		return err
-	}
-	defer f.mu.RUnlock()
-	rng := uffdioRange{start: uint64(start), len: uint64(length)}
-	if _, err := ioctl(f.fd, ioctlUnregister, unsafe.Pointer(&rng)); err != nil {
-		return fmt.Errorf("uffd: UFFDIO_UNREGISTER [%#x, +%#x): %w", start, length, err)
-	}
-	return nil
+	return f.rangeIoctl(ioctlUnregister, "UFFDIO_UNREGISTER", start, length)
 }
 
 // Wake wakes the threads blocked on faults in [start, start+length), after
 // placements made with CopyModeDontWake or ZeroPageModeDontWake.
 func (f *FD) Wake(start, length uintptr) error {
+	return f.rangeIoctl(ioctlWake, "UFFDIO_WAKE", start, length)
+}
+
+// rangeIoctl calls ioctl req, named name, on the range [start, start+length).
+func (f *FD) rangeIoctl(req uintptr, name string, start, length uintptr) error {
 	if err := f.acquire(); err != nil {
 		return err
 	}
 	defer f.mu.RUnlock()
 	rng := uffdioRange{start: uint64(start), len: uint64(length)}
-	if _, err := ioctl(f.fd, ioctlWake, unsafe.Pointer(&rng)); err != nil {
-		return fmt.Errorf("uffd: UFFDIO_WAKE [%#x, +%#x): %w", start, length, err)
+	if _, err := ioctl(f.fd, req, unsafe.Pointer(&rng)); err != nil {
+		return fmt.Errorf("uffd: %s [%#x, +%#x): %w", name, start, length, err)
 	}
 	return nil
 }
