@@ -609,14 +609,14 @@ func (m *migration) reconnect(ctx context.Context) error {
 	return nil
 }
 
-// pushSlack is how far the push may fall behind its Config.PushBandwidth
+// PushSlack is how far the push may fall behind its Config.PushBandwidth
 // schedule and still catch up by sending at once. A sleep overshoots (a
 // wall-clock sleep shorter than a millisecond takes about one on Linux, the
 // runtime's poller waits in whole milliseconds): without the catch-up the
 // time lost was never made up, and a push capped at 64 MiB/s, one sleep a
 // page, ran at 4 MiB/s. It bounds the burst after the push was held back
 // (by requests, a slow link) to 5 ms of its bandwidth.
-const pushSlack = 5 * time.Millisecond
+const PushSlack = 5 * time.Millisecond
 
 // pushAndFinish pushes every page not yet sent, then sends Done and waits
 // for the destination's confirmation.
@@ -633,7 +633,7 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 		for m.cfg.PushBandwidth > 0 {
 			now := m.cfg.Clock.Now()
 			if !now.Before(m.nextPush) {
-				if floor := now.Add(-pushSlack); m.nextPush.Before(floor) {
+				if floor := now.Add(-PushSlack); m.nextPush.Before(floor) {
 					m.nextPush = floor
 				}
 				break

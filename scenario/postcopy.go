@@ -631,7 +631,11 @@ func (m *pcModel) pusher(now time.Time) {
 				}
 				return
 			}
-			m.nextPush = now
+			// Behind schedule: catch up, but by no more than the engine's
+			// postcopy.PushSlack.
+			if floor := now.Add(-postcopy.PushSlack); m.nextPush.Before(floor) {
+				m.nextPush = floor
+			}
 		}
 		set(m.sent, n)
 		m.pushAt++

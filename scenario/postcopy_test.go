@@ -283,3 +283,18 @@ func TestPostCopyLZ4(t *testing.T) {
 	t.Logf("100 Mbit/s: total %v -> %v, %d -> %d bytes (ratio %.2f), guest waited %v -> %v", plain.TotalTime, lz.TotalTime,
 		plain.BytesSent, lz.BytesSent, lz.Codec.Ratio(), plain.PostCopy.WaitTotal, lz.PostCopy.WaitTotal)
 }
+
+// With PushBandwidth the model's push keeps to the cap, as the engine's
+// does (TestPushBandwidth in package postcopy): an idle guest's pages take
+// their bytes over the cap, not over the link.
+func TestPostCopyPushBandwidth(t *testing.T) {
+	sc := tiny("idle", Workload{Kind: "idle"})
+	sc.GuestBytes = 16 * mib
+	const limit = 25e6 // bytes/s, a fifth of the 1 Gbit/s link
+	rep := mustRun(t, sc, Algorithm{Name: "capped", Migrate: PostCopy{PushBandwidth: limit}.Migrate}).Report
+	push := rep.Rounds[len(rep.Rounds)-1]
+	want := time.Duration(float64(push.Bytes) / limit * float64(time.Second))
+	if got := push.Duration; !within(got, want, 0.05) {
+		t.Fatalf("push of %d bytes took %v, want about %v at %g B/s", push.Bytes, got, want, float64(limit))
+	}
+}
