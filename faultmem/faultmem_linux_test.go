@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
-	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -27,10 +27,7 @@ func newOrSkip(tb testing.TB, pages uint64, cfg Config) *Region {
 	tb.Helper()
 	r, err := New(ps, pages, cfg)
 	if err != nil {
-		if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
-			tb.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
-		}
-		tb.Fatalf("New: %v", err)
+		testkit.SkipOrFail(tb, err, "userfaultfd", "LIVEMIG_REQUIRE_UFFD")
 	}
 	tb.Cleanup(func() {
 		if err := r.Close(); err != nil {

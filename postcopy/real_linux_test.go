@@ -5,14 +5,12 @@ package postcopy_test
 import (
 	"context"
 	"encoding/binary"
-	"errors"
-	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
-	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
@@ -48,10 +46,7 @@ func openFaultMem(t testing.TB, pages uint64, onFault func(uint64)) *faultmem.Re
 	t.Helper()
 	r, err := faultmem.New(pageSize, pages, faultmem.Config{OnFault: onFault})
 	if err != nil {
-		if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
-			t.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
-		}
-		t.Fatalf("faultmem: %v", err)
+		testkit.SkipOrFail(t, err, "userfaultfd", "LIVEMIG_REQUIRE_UFFD")
 	}
 	t.Cleanup(func() {
 		if err := r.Close(); err != nil {

@@ -2,14 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -84,10 +83,7 @@ func uffdUsable(t *testing.T) bool {
 		r.Close()
 		return true
 	}
-	if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
-		t.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
-	}
-	t.Fatalf("faultmem: %v", err)
+	testkit.SkipOrFail(t, err, "userfaultfd", "LIVEMIG_REQUIRE_UFFD")
 	return false
 }
 

@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
 )
@@ -72,6 +74,18 @@ func Writers(src *region.Region, n int) (stop func(), total func() uint64) {
 		_ = src.Resume(context.Background())
 		wg.Wait()
 	}, count.Load
+}
+
+// SkipOrFail ends a test that could not get what, a facility of the machine
+// (userfaultfd, /dev/kvm, QEMU), with err: it skips when err wraps
+// livemig.ErrNotSupported, unless the environment variable env is "1" (as
+// CI sets LIVEMIG_REQUIRE_UFFD and its kin), and fails otherwise.
+func SkipOrFail(tb testing.TB, err error, what, env string) {
+	tb.Helper()
+	if errors.Is(err, livemig.ErrNotSupported) && os.Getenv(env) != "1" {
+		tb.Skipf("%s unavailable here (set %s=1 to fail instead): %v", what, env, err)
+	}
+	tb.Fatalf("%s: %v", what, err)
 }
 
 // DiffPages returns how many pages of pageSize differ between a and b, and

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -26,10 +27,7 @@ func openOrSkip(t *testing.T) *FD {
 	t.Helper()
 	f, err := Open(0)
 	if err != nil {
-		if errors.Is(err, livemig.ErrNotSupported) && os.Getenv("LIVEMIG_REQUIRE_UFFD") != "1" {
-			t.Skipf("userfaultfd unavailable here (set LIVEMIG_REQUIRE_UFFD=1 to fail instead): %v", err)
-		}
-		t.Fatalf("Open: %v", err)
+		testkit.SkipOrFail(t, err, "userfaultfd", "LIVEMIG_REQUIRE_UFFD")
 	}
 	t.Cleanup(func() { f.Close() })
 	return f
