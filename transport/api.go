@@ -46,6 +46,10 @@ const (
 	// new connection after a cut: Page: the migration's session id, as sent
 	// in its KindSwitchover.
 	KindResume Kind = 12
+	// KindHeartbeat keeps a quiet direction alive (Config.Liveness). A Conn
+	// writes it by itself and Recv skips it: callers never see one, and
+	// Send refuses it.
+	KindHeartbeat Kind = 13
 )
 
 // Encoding says how a page record's Data encodes the page.

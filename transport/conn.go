@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/livemig/livemig"
 )
@@ -35,9 +36,59 @@ type Config struct {
 	// MaxState bounds a state blob, sent and reassembled on receipt:
 	// DefaultMaxState if 0.
 	MaxState int
+	// Liveness bounds how long the peer may stay silent: a Recv that sees
+	// no byte arrive for this long, or a frame write that makes no headway
+	// for this long, fails with an error wrapping ErrStalled and the link
+	// is closed. To keep a healthy but quiet direction alive, the Conn
+	// sends a heartbeat frame when it has written nothing for a quarter of
+	// it; Recv skips the peer's heartbeats. It also bounds Open's
+	// handshake. DefaultLiveness if 0; negative turns it off (no
+	// heartbeats, no deadline). It is off on links in virtual time (a
+	// SimLink end, possibly wrapped), whose pace is not the wall clock's.
+	//
+	// A frame (up to MaxFrame bytes) must go out within Liveness: on a
+	// link slower than MaxFrame/Liveness (1.6 Mbit/s at the defaults),
+	// raise it.
+	Liveness time.Duration
 	// Logger receives debug records about failures (a corrupt frame, a cut
 	// link). Nil means no logging.
 	Logger *slog.Logger
+}
+
+// DefaultLiveness is Config.Liveness's default.
+const DefaultLiveness = 5 * time.Second
+
+// ErrStalled is wrapped by the error a Conn (or a handshake) returns when
+// the peer stayed silent for longer than Config.Liveness: no byte came while
+// a Recv waited, or a write made no headway. The link is then closed. A
+// stall is a link failure, like a cut.
+var ErrStalled = errors.New("transport: link stalled")
+
+// liveness returns the effective liveness bound of cfg on link: 0 when off.
+func liveness(cfg Config, link Link) time.Duration {
+	d := cfg.Liveness
+	if d == 0 {
+		d = DefaultLiveness
+	}
+	if d < 0 || isVirtual(link) {
+		return 0
+	}
+	return d
+}
+
+// isVirtual reports whether link runs in virtual time: a SimLink end, or a
+// link that unwraps to one.
+func isVirtual(link Link) bool {
+	for {
+		switch l := link.(type) {
+		case interface{ Clock() *livemig.VirtualClock }:
+			return true
+		case interface{ Unwrap() Link }:
+			link = l.Unwrap()
+		default:
+			return false
+		}
+	}
 }
 
 var (
@@ -62,8 +113,13 @@ var (
 // Close, Send, Flush and Recv return errors wrapping livemig.ErrClosed. After
 // any other error from the link or a corrupt frame, the direction that saw
 // it (Send and Flush, or Recv) keeps returning that error.
+//
+// With liveness on (Config.Liveness), two goroutines watch the link until
+// Close: one checks for a silent peer and a stuck write, the other writes
+// the heartbeats. Close waits for both to end.
 func NewConn(link Link, cfg Config) Conn {
 	c := &conn{link: link, log: cfg.Logger, pageCount: cfg.PageCount}
+	defer c.startLiveness(liveness(cfg, link))
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -112,6 +168,19 @@ type conn struct {
 	once     sync.Once
 	closeErr error
 
+	// liveness (see live.go)
+	live     time.Duration
+	wmu      sync.Mutex    // one frame write at a time: the sender's or a heartbeat
+	wseq     atomic.Uint64 // writes begun, heartbeats included: ids for writing
+	frames   atomic.Uint64 // frames the caller's Send and Flush wrote
+	writing  atomic.Uint64 // the sequence number of the write under way, 0 if none
+	rprog    atomic.Uint64 // reads that returned bytes
+	reading  atomic.Bool   // a Recv waits on the link
+	stallErr atomic.Pointer[error]
+	stop     chan struct{}
+	beat     chan struct{}
+	watchers sync.WaitGroup
+
 	// sender
 	wbuf   []byte // the frame being built: header room, then the payload
 	wcount int    // records in wbuf
@@ -139,6 +208,10 @@ func (c *conn) Close() error {
 		first = true
 		c.closed.Store(true)
 		c.closeErr = c.link.Close()
+		if c.stop != nil {
+			close(c.stop)
+			c.watchers.Wait()
+		}
 	})
 	if first {
 		return c.closeErr
@@ -210,7 +283,7 @@ func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []b
 }
 
 func (c *conn) sendControl(ctx context.Context, kind Kind, page, arg uint64, data []byte) error {
-	if kind <= KindPage || kind > lastKind {
+	if kind <= KindPage || kind >= KindHeartbeat {
 		return fmt.Errorf("transport: send: kind %d: %w", kind, ErrInvalid)
 	}
 	if kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
@@ -283,7 +356,7 @@ func (c *conn) writeFrame(ctx context.Context) error {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
 	}
-	_, err := c.link.Write(b)
+	err := c.write(b)
 	c.wbuf = b[:frameHeaderSize]
 	c.wcount = 0
 	if stop != nil && !stop() {
@@ -291,6 +364,10 @@ func (c *conn) writeFrame(ctx context.Context) error {
 		return c.werr
 	}
 	if err != nil {
+		if serr := c.stalled(); serr != nil {
+			c.werr = fmt.Errorf("transport: send: %w", serr)
+			return c.werr
+		}
 		if c.closed.Load() {
 			return errConnSendClosed
 		}
@@ -351,6 +428,9 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 		h, err := c.readFrame(ctx)
 		if err != nil {
 			return err
+		}
+		if h.kind == KindHeartbeat {
+			continue // it kept the link alive; nothing for the caller
 		}
 		p := c.rbuf[frameHeaderSize : frameHeaderSize+h.length]
 		if c.inState && h.kind != KindState {
@@ -413,12 +493,19 @@ func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
 	}
+	c.reading.Store(true)
 	h, err := c.readFrameBody()
+	c.reading.Store(false)
 	if stop != nil && !stop() {
 		return h, fmt.Errorf("transport: recv: %w", ctx.Err())
 	}
-	if err != nil && !errors.Is(err, livemig.ErrCorrupt) && c.closed.Load() {
-		return h, errConnRecvClosed
+	if err != nil && !errors.Is(err, livemig.ErrCorrupt) {
+		if serr := c.stalled(); serr != nil {
+			return h, &livemig.StreamError{Offset: c.foff, What: "recv", Err: serr}
+		}
+		if c.closed.Load() {
+			return h, errConnRecvClosed
+		}
 	}
 	return h, err
 }
@@ -450,7 +537,7 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 			}
 			return frameHeader{}, c.readErr(err, have > 0, "frame header")
 		}
-		n, err := io.ReadFull(c.link, hb[have:])
+		n, err := io.ReadFull(c.reader(), hb[have:])
 		if err != nil {
 			if err == io.EOF && have == 0 && !c.inState {
 				return frameHeader{}, io.EOF
@@ -459,7 +546,10 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 		}
 		have = frameHeaderSize
 	}
-	h := parseFrameHeader(hb)
+	h, ok := parseFrameHeader(hb)
+	if !ok {
+		return h, corruptf(c.foff, fmt.Sprintf("frame header %x: header CRC mismatch", hb))
+	}
 	if bad := checkHeader(h, c.maxFrame); bad != "" {
 		return h, corruptf(c.foff, bad)
 	}
@@ -475,6 +565,9 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	done := min(have, end)
 	for have < need {
 		n, err := c.link.Read(buf[have:])
+		if n > 0 {
+			c.rprog.Add(1)
+		}
 		have += n
 		if to := min(have, end); to > done {
 			crc = crc32.Update(crc, castagnoli, buf[done:to])

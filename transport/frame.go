@@ -11,9 +11,14 @@ import (
 
 // Frame layout (all integers little-endian):
 //
-//	header  u32 payload length, u8 frame type, u8 flags, u16 record count
+//	header  u32 payload length, u8 frame type, u8 flags, u16 record count,
+//	        u32 CRC32C (Castagnoli) of those 8 bytes
 //	payload
-//	trailer u32 CRC32C (Castagnoli) of header and payload
+//	trailer u32 CRC32C of header and payload
+//
+// The header's own CRC lets a receiver refuse a corrupt length or type the
+// moment the header arrives, instead of waiting for a payload that never
+// comes (protocol version 2; version 1 had no header CRC).
 //
 // The frame type is the Kind of the message(s) it carries. A KindPage frame is
 // a batch of count page records, each u64 page, u8 encoding, u32 data length,
@@ -21,12 +26,13 @@ import (
 // u64 arg, then the data (the rest of the payload); its count is 0.
 const (
 	// FrameOverhead is the bytes a frame adds around its payload: the
-	// 8-byte header and the 4-byte CRC.
+	// 12-byte header and the 4-byte CRC.
 	FrameOverhead = frameHeaderSize + frameTrailerSize
 	// RecordOverhead is the bytes a page record adds to its data in a batch.
 	RecordOverhead = recordHeaderSize
 
-	frameHeaderSize   = 8
+	frameHeaderSize   = 12
+	headerCRCOffset   = 8
 	frameTrailerSize  = 4
 	recordHeaderSize  = 13
 	controlHeaderSize = 16
@@ -112,15 +118,19 @@ func putFrameHeader(b []byte, length int, kind Kind, flags uint8, count int) {
 	b[4] = byte(kind)
 	b[5] = flags
 	binary.LittleEndian.PutUint16(b[6:], uint16(count))
+	binary.LittleEndian.PutUint32(b[headerCRCOffset:], crc32.Checksum(b[:headerCRCOffset], castagnoli))
 }
 
-func parseFrameHeader(b []byte) frameHeader {
-	return frameHeader{
+// parseFrameHeader decodes a frame header; ok is false when its CRC does not
+// match (nothing in it can then be trusted).
+func parseFrameHeader(b []byte) (h frameHeader, ok bool) {
+	h = frameHeader{
 		length: int(binary.LittleEndian.Uint32(b[0:])),
 		kind:   Kind(b[4]),
 		flags:  b[5],
 		count:  int(binary.LittleEndian.Uint16(b[6:])),
 	}
+	return h, crc32.Checksum(b[:headerCRCOffset], castagnoli) == binary.LittleEndian.Uint32(b[headerCRCOffset:])
 }
 
 // checkHeader validates a frame header before its payload is read, so that a
@@ -161,7 +171,7 @@ func checkHeader(h frameHeader, maxFrame int) string {
 }
 
 // lastKind is the highest Kind a frame may have.
-const lastKind = KindResume
+const lastKind = KindHeartbeat
 
 // MaxBitmapWords bounds the bitmap chunk a KindDiscard or KindRecvBitmap
 // message carries: 512 words, 32768 pages, 4 KiB, so that a chunk fits the
@@ -271,6 +281,8 @@ func (k Kind) String() string {
 		return "RecvBitmap"
 	case KindResume:
 		return "Resume"
+	case KindHeartbeat:
+		return "Heartbeat"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
 }

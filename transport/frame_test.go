@@ -88,15 +88,15 @@ func TestWireFormat(t *testing.T) {
 		Msg{Kind: KindEndRound, Page: 0, Arg: 3},
 	)
 	want := "" +
-		// batch: length 34, type 1, flags 0, count 2
-		"22000000" + "01" + "00" + "0200" +
+		// batch: length 34, type 1, flags 0, count 2, CRC32C of those 8 bytes
+		"22000000" + "01" + "00" + "0200" + "0bb750e9" +
 		"0500000000000000" + "00" + "08000000" + "0102030405060708" +
 		"0600000000000000" + "01" + "00000000" +
-		"8bb8c3d9" + // CRC32C of header and payload
+		"2cfe118f" + // CRC32C of header and payload
 		// EndRound: length 16, type 2, page 0, arg 3
-		"10000000" + "02" + "00" + "0000" +
+		"10000000" + "02" + "00" + "0000" + "bf9839b7" +
 		"0000000000000000" + "0300000000000000" +
-		"868093b4"
+		"57d18167"
 	if h := hex.EncodeToString(got); h != want {
 		t.Fatalf("wire form:\n got %s\nwant %s", h, want)
 	}
@@ -106,7 +106,7 @@ func TestHelloFormat(t *testing.T) {
 	h := Hello{PageSize: 4096, PageCount: 0x1_0000_0001, Features: FeatLZ4 | FeatDigest, Streams: 4, Stream: 2}
 	h.Session[0], h.Session[15] = 0xaa, 0xbb
 	got := AppendHello([]byte{0xff}, h)[1:]
-	want := "4c564d47" + "0100" + "00100000" + "0100000001000000" + "0a00000000000000" + "0400" + "0200" +
+	want := "4c564d47" + "0200" + "00100000" + "0100000001000000" + "0a00000000000000" + "0400" + "0200" +
 		"aa0000000000000000000000000000bb"
 	if len(got) != HelloSize || hex.EncodeToString(got[:HelloSize-4]) != want {
 		t.Fatalf("hello:\n got %x\nwant %s + crc", got, want)
@@ -229,14 +229,14 @@ func TestRecvRefusesBadFrames(t *testing.T) {
 		want       error
 		at         int64 // offset of the error after the good frame
 	}{
-		{"RawShort", "raw page of the wrong length", frame(KindPage, 0, 1, record(1, EncRaw, seq(63, 0))), livemig.ErrCorrupt, 8},
-		{"ZeroWithData", "zero page with data", frame(KindPage, 0, 1, record(1, EncZero, seq(1, 0))), livemig.ErrCorrupt, 8},
-		{"UnknownEncoding", "unknown page encoding", frame(KindPage, 0, 1, record(1, 4, nil)), livemig.ErrCorrupt, 8},
-		{"EncodedTooLong", "longer than twice", frame(KindPage, 0, 1, record(1, EncLZ4, seq(129, 0))), livemig.ErrCorrupt, 8},
-		{"SecondRecordPastEnd", "past the frame's end", frame(KindPage, 0, 2, cat(record(1, EncRaw, seq(64, 0)), record(2, EncZero, nil)[:12])), livemig.ErrCorrupt, 8 + 13 + 64},
-		{"DataPastEnd", "past the frame's end", frame(KindPage, 0, 1, record(1, EncRaw, seq(64, 0))[:40]), livemig.ErrCorrupt, 8},
-		{"TrailingBytes", "after the last of 1 records", frame(KindPage, 0, 1, cat(record(1, EncZero, nil), seq(3, 0))), livemig.ErrCorrupt, 8 + 13},
-		{"PageRange", "page 100 of 100", frame(KindPage, 0, 2, cat(record(1, EncZero, nil), record(100, EncZero, nil))), livemig.ErrPageRange, 8 + 13},
+		{"RawShort", "raw page of the wrong length", frame(KindPage, 0, 1, record(1, EncRaw, seq(63, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"ZeroWithData", "zero page with data", frame(KindPage, 0, 1, record(1, EncZero, seq(1, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"UnknownEncoding", "unknown page encoding", frame(KindPage, 0, 1, record(1, 4, nil)), livemig.ErrCorrupt, frameHeaderSize},
+		{"EncodedTooLong", "longer than twice", frame(KindPage, 0, 1, record(1, EncLZ4, seq(129, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"SecondRecordPastEnd", "past the frame's end", frame(KindPage, 0, 2, cat(record(1, EncRaw, seq(64, 0)), record(2, EncZero, nil)[:12])), livemig.ErrCorrupt, frameHeaderSize + 13 + 64},
+		{"DataPastEnd", "past the frame's end", frame(KindPage, 0, 1, record(1, EncRaw, seq(64, 0))[:40]), livemig.ErrCorrupt, frameHeaderSize},
+		{"TrailingBytes", "after the last of 1 records", frame(KindPage, 0, 1, cat(record(1, EncZero, nil), seq(3, 0))), livemig.ErrCorrupt, frameHeaderSize + 13},
+		{"PageRange", "page 100 of 100", frame(KindPage, 0, 2, cat(record(1, EncZero, nil), record(100, EncZero, nil))), livemig.ErrPageRange, frameHeaderSize + 13},
 		{"RequestRange", "request for 11 pages from page 90", frame(KindRequest, 0, 0, control(90, 11, nil)), livemig.ErrPageRange, 0},
 		{"EmptyBatch", "empty batch", frame(KindPage, 0, 0, nil), livemig.ErrCorrupt, 0},
 		{"BatchFlags", "batch frame with flags", frame(KindPage, 2, 1, record(1, EncZero, nil)), livemig.ErrCorrupt, 0},
@@ -244,11 +244,15 @@ func TestRecvRefusesBadFrames(t *testing.T) {
 		{"ControlShort", "control frame of 15 bytes", frame(KindDone, 0, 0, seq(15, 0)), livemig.ErrCorrupt, 0},
 		{"MoreOnDone", "Done frame with flags", frame(KindDone, frameFlagMore, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
 		{"UnknownType", "unknown frame type 0", frame(0, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"StateCut", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, 8 + 16 + 10 + 4},
+		{"StateCut", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4},
 		{"StateTooLong", "state blob over the limit 6000", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(4000, 0))), frame(KindState, 0, 0, control(0, 0, seq(2001, 0)))), livemig.ErrCorrupt, 0},
 		{"BitmapNotWords", "Discard frame with 9 bitmap bytes", frame(KindDiscard, 0, 0, control(0, 0, seq(9, 0))), livemig.ErrCorrupt, 0},
 		{"BitmapEmpty", "RecvBitmap frame with 0 bitmap bytes", frame(KindRecvBitmap, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"UnknownKind", "unknown frame type 13", frame(lastKind+1, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"UnknownKind", "unknown frame type 14", frame(lastKind+1, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"BadHeaderCRC", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[headerCRCOffset] ^= 1; return f }(), livemig.ErrCorrupt, 0},
+		{"FlippedLength", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[0] ^= 0x10; return f }(), livemig.ErrCorrupt, 0},
+		{"FlippedKind", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[4] ^= 0x4; return f }(), livemig.ErrCorrupt, 0},
+		{"HeartbeatInsideState", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindHeartbeat, 0, 0, control(0, 0, nil)), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4 + heartbeatSize},
 		{"BadCRC", "CRC", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[len(f)-1] ^= 1; return f }(), livemig.ErrCorrupt, 0},
 		{"TooLong", "frame length 5001 over the limit 5000", frame(KindState, 0, 0, control(0, 0, seq(5001-16, 0))), livemig.ErrCorrupt, 0},
 	} {
@@ -344,7 +348,7 @@ func TestBatchBounds(t *testing.T) {
 	stream := encode(t, cfg, msgs...)
 	perFrame := 1000 / (recordHeaderSize + 64) // 12
 	for off, n := 0, 0; off < len(stream); n++ {
-		h := parseFrameHeader(stream[off:])
+		h, _ := parseFrameHeader(stream[off:])
 		if h.length > 1000 || (off+FrameOverhead+h.length < len(stream) && h.count != perFrame) {
 			t.Fatalf("frame %d: %d records in %d bytes, want %d in at most 1000", n, h.count, h.length, perFrame)
 		}
@@ -355,7 +359,7 @@ func TestBatchBounds(t *testing.T) {
 		zeros[i] = Msg{Kind: KindPage, Enc: EncZero, Page: uint64(i)}
 	}
 	stream = encode(t, Config{BatchBytes: 2 << 20, MaxFrame: 2 << 20}, zeros...)
-	if h := parseFrameHeader(stream); h.count != maxBatchCount {
+	if h, _ := parseFrameHeader(stream); h.count != maxBatchCount {
 		t.Fatalf("first batch of zero pages holds %d records, want %d", h.count, maxBatchCount)
 	}
 	got, err := decode(stream, Config{MaxFrame: 2 << 20})

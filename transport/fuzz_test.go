@@ -90,18 +90,18 @@ func recvSeeds(t testing.TB) []seed {
 
 func helloSeeds() []seed {
 	local := Hello{PageSize: 4096, PageCount: 2000, Features: FeatXBZRLE | FeatDigest}
-	v2 := local
-	v2.Version = 2
+	v1 := local
+	v1.Version = 1 // the previous protocol: no frame header CRC
 	ps := local
 	ps.PageSize = 8192
 	badCRC := AppendHello(nil, local)
 	badCRC[20] ^= 1
-	badCRCv2 := AppendHello(nil, v2)
-	badCRCv2[20] ^= 1
+	badCRCv1 := AppendHello(nil, v1)
+	badCRCv1[20] ^= 1
 	return []seed{
 		{name: "ok", out: outOK, data: AppendHello(nil, Hello{PageSize: 4096, PageCount: 2000, Features: FeatLZ4, Streams: 2, Stream: 1})},
-		{name: "version-2", out: outVersion, data: AppendHello(nil, v2)},
-		{name: "version-2-bad-crc", out: outVersion, data: badCRCv2},
+		{name: "version-1", out: outVersion, data: AppendHello(nil, v1)},
+		{name: "version-1-bad-crc", out: outVersion, data: badCRCv1},
 		{name: "version-page-size", out: outVersion, data: AppendHello(nil, ps)},
 		{name: "corrupt-crc", out: outCorrupt, data: badCRC},
 		{name: "corrupt-http", out: outCorrupt, data: []byte("GET / HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n")},

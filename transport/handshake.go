@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"time"
 
 	"github.com/livemig/livemig"
 )
 
 // ProtocolVersion is the version of the wire protocol this package speaks.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // HelloSize is the length of a hello on the wire: magic "LVMG", u16 version,
 // u32 page size, u64 page count, u64 features, u16 streams, u16 stream,
@@ -101,10 +102,30 @@ func Agreed(local, peer Hello) Features { return local.Features & peer.Features 
 // Stream and Session are returned as sent, unchecked: a multi-stream session
 // checks them.
 //
-// If ctx ends before the handshake is done, the link is closed and the error
-// wraps ctx.Err(). On any error Handshake closes the link; on success the
-// link is positioned at the first frame.
+// A peer that has not sent its whole hello within DefaultLiveness (a silent
+// peer, a client of another protocol that waits for the server to speak) is
+// refused with an error wrapping ErrStalled. If ctx ends before the
+// handshake is done, the link is closed and the error wraps ctx.Err(). On
+// any error Handshake closes the link; on success the link is positioned at
+// the first frame.
 func Handshake(ctx context.Context, link Link, local Hello) (peer Hello, err error) {
+	return handshake(ctx, link, local, DefaultLiveness)
+}
+
+// handshake is Handshake bounded by timeout (none if 0).
+func handshake(ctx context.Context, link Link, local Hello, timeout time.Duration) (peer Hello, err error) {
+	if timeout > 0 {
+		tctx, cancel := context.WithTimeoutCause(ctx, timeout,
+			fmt.Errorf("no hello from the peer within %v: %w", timeout, ErrStalled))
+		defer cancel()
+		parent := ctx
+		defer func() {
+			if err != nil && parent.Err() == nil && tctx.Err() != nil {
+				err = fmt.Errorf("transport: handshake: %w", context.Cause(tctx))
+			}
+		}()
+		ctx = tctx
+	}
 	if err := ctx.Err(); err != nil {
 		link.Close()
 		return Hello{}, fmt.Errorf("transport: handshake: %w", err)
@@ -153,13 +174,14 @@ func Handshake(ctx context.Context, link Link, local Hello) (peer Hello, err err
 
 // Open runs Handshake on link and returns a Conn over it for the agreed
 // geometry (cfg.PageSize and cfg.PageCount are taken from local), with the
-// peer's hello. A zero local.PageSize is livemig.DefaultPageSize. On error
-// the link is closed.
+// peer's hello. A zero local.PageSize is livemig.DefaultPageSize. The
+// handshake is bounded by cfg.Liveness (as Handshake is by DefaultLiveness;
+// not at all when liveness is off). On error the link is closed.
 func Open(ctx context.Context, link Link, local Hello, cfg Config) (Conn, Hello, error) {
 	if local.PageSize == 0 {
 		local.PageSize = livemig.DefaultPageSize
 	}
-	peer, err := Handshake(ctx, link, local)
+	peer, err := handshake(ctx, link, local, liveness(cfg, link))
 	if err != nil {
 		return nil, peer, err
 	}

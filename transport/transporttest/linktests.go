@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"strings"
 	"sync"
@@ -119,14 +120,15 @@ func fakePeer(l transport.Link, raw []byte) <-chan error {
 func testRefuseVersion(t *testing.T, links linkMaker) {
 	la, lb := links(t)
 	h := geometry
-	h.Version = 2
+	h.Version = transport.ProtocolVersion - 1 // a peer of the previous version
 	peer := fakePeer(la, transport.AppendHello(nil, h))
 	got, err := transport.Handshake(bg, lb, geometry)
-	if !errors.Is(err, livemig.ErrVersion) || !strings.Contains(err.Error(), "peer speaks protocol 2, we speak 1") {
-		t.Fatalf("Handshake with a version 2 peer: %v, want livemig.ErrVersion naming both versions", err)
+	want := fmt.Sprintf("peer speaks protocol %d, we speak %d", h.Version, transport.ProtocolVersion)
+	if !errors.Is(err, livemig.ErrVersion) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Handshake with a version %d peer: %v, want livemig.ErrVersion saying %q", h.Version, err, want)
 	}
-	if got.Version != 2 {
-		t.Errorf("refused peer's hello has version %d, want 2", got.Version)
+	if got.Version != h.Version {
+		t.Errorf("refused peer's hello has version %d, want %d", got.Version, h.Version)
 	}
 	if err := await(t, peer, "fake peer"); err != nil {
 		t.Errorf("the refused peer did not get our hello: %v", err)
@@ -336,10 +338,11 @@ func testHostileLength(t *testing.T, links linkMaker) {
 			la, lb := links(t)
 			b := transport.NewConn(lb, transport.Config{})
 			defer b.Close()
-			var hdr [8]byte
+			var hdr [12]byte // with a valid header CRC: the fields are what is hostile
 			binary.LittleEndian.PutUint32(hdr[:], h.length)
 			hdr[4] = h.kind
 			binary.LittleEndian.PutUint16(hdr[6:], h.count)
+			binary.LittleEndian.PutUint32(hdr[8:], crc32.Checksum(hdr[:8], crc32.MakeTable(crc32.Castagnoli)))
 			var wg sync.WaitGroup
 			wg.Add(1)
 			go func() {

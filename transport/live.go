@@ -1,0 +1,144 @@
+package transport
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"time"
+)
+
+// Liveness: a Conn whose Config.Liveness is on runs two goroutines beside its
+// caller's. The watcher wakes every quarter of the bound and checks two
+// facts the I/O paths keep in atomics: whether a Recv waiting on the link has
+// seen a byte arrive lately (rprog), and whether the write under way
+// (writing) is the same one as long ago as the bound. Either past the bound
+// is a stall: the watcher records it and closes the link, which unblocks the
+// Read or Write; the I/O path then returns the recorded error. When the Conn
+// has written no frame since the watcher's previous wake, the watcher asks
+// the beater to write a heartbeat: a separate goroutine, so that a heartbeat
+// blocked on a dead link never stops the watcher from noticing.
+
+// heartbeatSize is a heartbeat frame's length on the wire.
+const heartbeatSize = frameHeaderSize + controlHeaderSize + frameTrailerSize
+
+// startLiveness starts the watcher and the beater when d > 0.
+func (c *conn) startLiveness(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	c.live = d
+	c.stop = make(chan struct{})
+	c.beat = make(chan struct{}, 1)
+	c.watchers.Add(2)
+	go c.watch()
+	go c.beatLoop()
+}
+
+// write writes one whole frame to the link, one writer at a time, and keeps
+// the progress the watcher looks at.
+func (c *conn) write(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	seq := c.wseq.Add(1)
+	c.writing.Store(seq)
+	c.frames.Add(1)
+	_, err := c.link.Write(b)
+	c.writing.Store(0)
+	return err
+}
+
+// stalled returns the stall the watcher found, or nil.
+func (c *conn) stalled() error {
+	if p := c.stallErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// progressReader counts the reads that return bytes, for the watcher.
+type progressReader struct{ c *conn }
+
+func (r progressReader) Read(p []byte) (int, error) {
+	n, err := r.c.link.Read(p)
+	if n > 0 {
+		r.c.rprog.Add(1)
+	}
+	return n, err
+}
+
+func (c *conn) reader() progressReader { return progressReader{c} }
+
+// watch is the watcher goroutine.
+func (c *conn) watch() {
+	defer c.watchers.Done()
+	tick := c.live / 4
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	now := time.Now()
+	var (
+		lastRead   = c.rprog.Load()
+		readSince  = now // the last time a waiting Recv saw progress
+		lastWrite  uint64
+		writeSince = now
+		lastSeq    = c.frames.Load()
+	)
+	for {
+		select {
+		case <-c.stop:
+			return
+		case now = <-t.C:
+		}
+		if p := c.rprog.Load(); p != lastRead || !c.reading.Load() {
+			lastRead, readSince = p, now
+		} else if quiet := now.Sub(readSince); quiet >= c.live {
+			c.stall(fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), c.live, ErrStalled))
+			return
+		}
+		if w := c.writing.Load(); w == 0 || w != lastWrite {
+			lastWrite, writeSince = w, now
+		} else if stuck := now.Sub(writeSince); stuck >= c.live {
+			c.stall(fmt.Errorf("a frame write made no headway for %v (liveness %v): %w", stuck.Round(time.Millisecond), c.live, ErrStalled))
+			return
+		}
+		if s := c.frames.Load(); s == lastSeq && c.writing.Load() == 0 {
+			select {
+			case c.beat <- struct{}{}:
+			default:
+			}
+		} else {
+			lastSeq = s
+		}
+	}
+}
+
+// stall records err and closes the link.
+func (c *conn) stall(err error) {
+	c.stallErr.Store(&err)
+	c.log.Debug("transport: link stalled", "err", err)
+	_ = c.link.Close()
+}
+
+// beatLoop is the beater goroutine: it writes a heartbeat frame each time
+// the watcher asks, unless a frame write is under way (which is as good).
+func (c *conn) beatLoop() {
+	defer c.watchers.Done()
+	var hb [heartbeatSize]byte
+	putFrameHeader(hb[:], controlHeaderSize, KindHeartbeat, 0, 0)
+	binary.LittleEndian.PutUint32(hb[heartbeatSize-frameTrailerSize:],
+		crc32.Checksum(hb[:heartbeatSize-frameTrailerSize], castagnoli))
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.beat:
+		}
+		if !c.wmu.TryLock() {
+			continue
+		}
+		seq := c.wseq.Add(1)
+		c.writing.Store(seq)
+		_, _ = c.link.Write(hb[:]) // a failure shows at the next Send or Recv
+		c.writing.Store(0)
+		c.wmu.Unlock()
+	}
+}
