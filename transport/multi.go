@@ -468,7 +468,10 @@ func DialMulti(ctx context.Context, addr string, n int, dc DialConfig, local Hel
 // The listener sets up connections concurrently in the background (TLS
 // handshake, key exchange, reading the hello: see Listener), so a silent or
 // slow client does not delay the others, and several AcceptConn calls may
-// run at once, each taking its own connection or session. Streams are
+// run at once, each taking its own connection or session. Any call may
+// take any source, so calls that run at once should pass the same page
+// geometry in local (a source of another geometry fails Open on both sides
+// with livemig.ErrVersion); cfg and the features may differ. Streams are
 // matched to their session by its Session id, so sessions whose
 // connections arrive interleaved all complete. A connection refused in its
 // set-up (TLS, key, not a livemig hello), or that repeats a stream of a

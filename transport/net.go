@@ -441,6 +441,7 @@ type netLink struct {
 
 	// The read side's, under the Link's one-reader rule:
 	pre     []byte // bytes already read from c (a peeked hello), read first
+	preErr  error  // the error that ended pre, returned after it
 	sniff   bool   // dialed without a key: check the first bytes for a key challenge
 	authErr error  // the listener asked for a key: every Read fails
 }
@@ -467,6 +468,11 @@ func (l *netLink) Read(p []byte) (int, error) {
 		l.pre = l.pre[n:]
 		return n, nil
 	}
+	if l.preErr != nil {
+		err := l.preErr
+		l.preErr = nil
+		return 0, netErr(err)
+	}
 	n, err := l.c.Read(p)
 	return n, netErr(err)
 }
@@ -482,9 +488,8 @@ func (l *netLink) sniffChallenge() {
 		k, err := l.c.Read(b[n:])
 		n += k
 		if string(b[:n]) != pskChallenge[:n] || err != nil {
-			// Not a challenge, or an error Read returns next (a closed or
-			// timed-out connection returns it again).
-			l.pre = append([]byte(nil), b[:n]...)
+			// Not a challenge, or an error Read returns after the bytes.
+			l.pre, l.preErr = append([]byte(nil), b[:n]...), err
 			return
 		}
 	}
