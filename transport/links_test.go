@@ -40,6 +40,14 @@ func ltLinks() map[string]ltMaker {
 			pki := ltNewPKI(t)
 			return ltNetPair(t, transport.ListenConfig{TLS: pki.serverTLS()}, transport.DialConfig{TLS: pki.clientTLS(pki.client)})
 		},
+		"PSK": func(t *testing.T) (transport.Link, transport.Link) {
+			return ltNetPair(t, transport.ListenConfig{PSK: ltKey(1)}, transport.DialConfig{PSK: ltKey(1)})
+		},
+		"TLSPSK": func(t *testing.T) (transport.Link, transport.Link) {
+			pki := ltNewPKI(t)
+			return ltNetPair(t, transport.ListenConfig{TLS: pki.serverTLS(), PSK: ltKey(1)},
+				transport.DialConfig{TLS: pki.clientTLS(pki.client), PSK: ltKey(1)})
+		},
 	}
 }
 

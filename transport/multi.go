@@ -459,71 +459,107 @@ func DialMulti(ctx context.Context, addr string, n int, dc DialConfig, local Hel
 	return NewMulti(conns), peer0, nil
 }
 
-// AcceptConn accepts a connection, runs Open on it with local, and, if the
-// peer announced a multi-stream session (Streams > 1), accepts the session's
-// other connections and returns NewMulti over them in stream order. While
-// it gathers them, connections that belong to another session, repeat a
-// stream or fail their TLS handshake or hello are refused (closed and
-// logged); the wait is bounded by ctx and by ListenConfig.StreamWait. It
-// returns the peer's hello of stream 0. On error every connection accepted
-// is closed.
+// AcceptConn returns the next migration connection: it takes a connection
+// whose hello has arrived, runs Open on it with local and cfg, and, if the
+// peer announced a multi-stream session (Streams > 1), gathers the session's
+// other connections, opening each as it arrives, and returns NewMulti over
+// them in stream order, with the peer's hello of stream 0.
+//
+// The listener sets up connections concurrently in the background (TLS
+// handshake, key exchange, reading the hello: see Listener), so a silent or
+// slow client does not delay the others, and several AcceptConn calls may
+// run at once, each taking its own connection or session. Any call may
+// take any source, so calls that run at once should pass the same page
+// geometry in local (a source of another geometry fails Open on both sides
+// with livemig.ErrVersion); cfg and the features may differ. Streams are
+// matched to their session by its Session id, so sessions whose
+// connections arrive interleaved all complete. A connection refused in its
+// set-up (TLS, key, not a livemig hello), or that repeats a stream of a
+// session being gathered, is closed and logged, and AcceptConn goes on
+// waiting. A session whose first stream was taken waits at most
+// ListenConfig.StreamWait for the others.
+//
+// Errors: a peer of another protocol version or page geometry (Open's
+// error, wrapping livemig.ErrVersion), a session whose numbering is invalid
+// (ErrVersion too), a session incomplete after StreamWait (wrapping
+// context.DeadlineExceeded), ctx ending (wrapping ctx.Err()) and Close
+// (livemig.ErrClosed). On error every connection AcceptConn took is
+// closed. Once AcceptConn has been called, the listener's Accept returns an
+// error wrapping ErrInvalid.
 func (l *Listener) AcceptConn(ctx context.Context, local Hello, cfg Config) (Conn, Hello, error) {
-	link, err := l.Accept(ctx)
-	if err != nil {
+	if err := l.check(ctx); err != nil {
 		return nil, Hello{}, err
 	}
-	first, peer, err := Open(ctx, link, local, cfg)
+	l.serve()
+	var a *arrival
+	select {
+	case a = <-l.ready:
+		<-l.slots
+	case <-ctx.Done():
+		return nil, Hello{}, fmt.Errorf("transport: accept: %w", ctx.Err())
+	case <-l.closed:
+		return nil, Hello{}, fmt.Errorf("transport: accept: %w", livemig.ErrClosed)
+	}
+	if a.sess != nil {
+		defer l.endSession(a.sess)
+	}
+	first, peer, err := Open(ctx, a.link, local, cfg)
 	if err != nil {
-		return nil, peer, fmt.Errorf("transport: accept: %w", err)
+		return nil, peer, fmt.Errorf("transport: accept %s: %w", a.remote, err)
 	}
 	n := int(peer.Streams)
 	if n <= 1 {
 		return first, peer, nil
 	}
-	if n > MaxStreams || int(peer.Stream) >= n {
+	if a.sess == nil {
 		first.Close()
-		return nil, peer, fmt.Errorf("transport: accept: peer announced stream %d of %d (at most %d): %w",
-			peer.Stream, n, MaxStreams, livemig.ErrVersion)
+		return nil, peer, fmt.Errorf("transport: accept %s: peer announced stream %d of %d (at most %d): %w",
+			a.remote, peer.Stream, n, MaxStreams, livemig.ErrVersion)
 	}
-	wait := l.cfg.StreamWait
-	if wait <= 0 {
-		wait = DefaultStreamWait
-	}
-	gctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
 	conns := make([]Conn, n)
 	conns[peer.Stream] = first
 	hellos := make([]Hello, n)
 	hellos[peer.Stream] = peer
-	closeAll := func() {
+	fail := func(err error) (Conn, Hello, error) {
 		for _, c := range conns {
 			if c != nil {
 				c.Close()
 			}
 		}
-	}
-	for got := 1; got < n; {
-		link, err := l.Accept(gctx)
-		if err != nil {
-			if gctx.Err() != nil || errors.Is(err, livemig.ErrClosed) {
-				closeAll()
-				return nil, peer, fmt.Errorf("transport: accept: %d of %d streams: %w", got, n, err)
+		got := 0
+		for _, c := range conns {
+			if c != nil {
+				got++
 			}
-			continue // a refused TLS client: Accept logged it
 		}
-		c, p, err := Open(gctx, link, local, cfg)
-		if err != nil {
-			if gctx.Err() != nil {
-				closeAll()
-				return nil, peer, fmt.Errorf("transport: accept: %d of %d streams: %w", got, n, err)
-			}
-			l.log.Warn("transport: refused a connection: handshake failed", "err", err)
+		return nil, peer, fmt.Errorf("transport: accept: session %x from %s: %d of %d streams: %w", peer.Session[:4], a.remote, got, n, err)
+	}
+	timer := time.NewTimer(l.cfg.StreamWait)
+	defer timer.Stop()
+	for got := 1; got < n; {
+		var b *arrival
+		select {
+		case b = <-a.sess.inbox:
+			<-l.slots
+		case <-timer.C:
+			return fail(fmt.Errorf("the others did not come within %v: %w", l.cfg.StreamWait, context.DeadlineExceeded))
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		case <-l.closed:
+			return fail(livemig.ErrClosed)
+		}
+		if int(b.hello.Streams) != n || conns[b.hello.Stream] != nil {
+			b.link.Close()
+			l.log.Warn("transport: refused a connection: not a new stream of the session being gathered",
+				"remote", b.remote, "stream", b.hello.Stream, "streams", b.hello.Streams, "session", fmt.Sprintf("%x", b.hello.Session))
 			continue
 		}
-		if p.Session != peer.Session || int(p.Streams) != n || int(p.Stream) >= n || conns[p.Stream] != nil {
-			l.log.Warn("transport: refused a connection: not a stream of the session being gathered",
-				"stream", p.Stream, "streams", p.Streams)
-			c.Close()
+		c, p, err := Open(ctx, b.link, local, cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fail(err)
+			}
+			l.log.Warn("transport: refused a connection: handshake failed", "remote", b.remote, "err", err)
 			continue
 		}
 		conns[p.Stream], hellos[p.Stream] = c, p

@@ -20,7 +20,7 @@ import (
 // 7-byte pipe and a simulated link with a 4 KiB buffer, where every write
 // blocks.
 func TestLinkSuite(t *testing.T) {
-	for _, name := range []string{"Pipe", "PipeSmall", "SimLink", "RateLimitPipe", "TCP", "TLS"} {
+	for _, name := range []string{"Pipe", "PipeSmall", "SimLink", "RateLimitPipe", "TCP", "TLS", "PSK", "TLSPSK"} {
 		t.Run(name, func(t *testing.T) {
 			transporttest.RunLinkSuite(t, ltLinks()[name])
 		})
@@ -102,6 +102,13 @@ func TestConnSuiteMulti(t *testing.T) {
 		pki := ltNewPKI(t)
 		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
 			return ltNetMulti(t, transport.ListenConfig{TLS: pki.serverTLS()}, transport.DialConfig{TLS: pki.clientTLS(pki.client)})
+		})
+	})
+	t.Run("TLSPSK4", func(t *testing.T) {
+		pki := ltNewPKI(t)
+		transporttest.RunConnSuite(t, func(t *testing.T) (transport.Conn, transport.Conn) {
+			return ltNetMulti(t, transport.ListenConfig{TLS: pki.serverTLS(), PSK: ltKey(1)},
+				transport.DialConfig{TLS: pki.clientTLS(pki.client), PSK: ltKey(1)})
 		})
 	})
 }
@@ -296,7 +303,22 @@ func TestMultiCleanEOF(t *testing.T) {
 	}
 }
 
-func TestAcceptConnRefusesOtherSession(t *testing.T) {
+// ltOpenStream dials ln and opens stream of a 2-stream session whose id
+// starts with session.
+func ltOpenStream(ctx context.Context, ln *transport.Listener, stream uint16, session byte) (transport.Conn, error) {
+	l, err := transport.Dial(ctx, ln.Addr().String(), transport.DialConfig{})
+	if err != nil {
+		return nil, err
+	}
+	h := transport.Hello{PageSize: transporttest.PageSize}
+	h.Streams, h.Stream, h.Session[0] = 2, stream, session
+	c, _, err := transport.Open(ctx, l, h, transport.Config{})
+	return c, err
+}
+
+// A connection that repeats a stream of the session being gathered is
+// refused; the session completes with the real one.
+func TestAcceptConnRefusesRepeatedStream(t *testing.T) {
 	ln := ltListen(t, transport.ListenConfig{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -311,31 +333,16 @@ func TestAcceptConnRefusesOtherSession(t *testing.T) {
 		acc <- res{c, err}
 	}()
 	// Stream 1 of session X arrives first, then an intruder claiming to be
-	// stream 0 of session Y, then the real stream 0.
-	open := func(stream uint16, session byte) (transport.Conn, error) {
-		l, err := transport.Dial(ctx, ln.Addr().String(), transport.DialConfig{})
-		if err != nil {
-			return nil, err
-		}
-		h := hello
-		h.Streams, h.Stream, h.Session[0] = 2, stream, session
-		c, _, err := transport.Open(ctx, l, h, transport.Config{})
-		return c, err
-	}
-	s1, err := open(1, 'X')
+	// stream 1 of X too, then the real stream 0.
+	s1, err := ltOpenStream(ctx, ln, 1, 'X')
 	if err != nil {
 		t.Fatal(err)
 	}
-	intruder, err := open(0, 'Y')
-	if err != nil {
-		t.Fatal(err)
+	if intruder, err := ltOpenStream(ctx, ln, 1, 'X'); err == nil {
+		intruder.Close()
+		t.Fatal("a repeated stream 1 was answered")
 	}
-	defer intruder.Close()
-	var m transport.Msg
-	if err := intruder.Recv(ctx, &m); err == nil {
-		t.Fatal("the intruder's connection stayed open")
-	}
-	s0, err := open(0, 'X')
+	s0, err := ltOpenStream(ctx, ln, 0, 'X')
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,6 +354,51 @@ func TestAcceptConnRefusesOtherSession(t *testing.T) {
 	defer a.Close()
 	defer r.c.Close()
 	ltNewestWins(t, a, r.c)
+}
+
+// Two sessions whose streams arrive interleaved (X1, Y1, Y0, X0) both
+// complete, each with its own streams, under two AcceptConn calls.
+func TestAcceptConnInterleavedSessions(t *testing.T) {
+	ln := ltListen(t, transport.ListenConfig{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	hello := transport.Hello{PageSize: transporttest.PageSize}
+	type res struct {
+		c   transport.Conn
+		h   transport.Hello
+		err error
+	}
+	acc := make(chan res, 2)
+	for range 2 {
+		go func() {
+			c, h, err := ln.AcceptConn(ctx, hello, transport.Config{})
+			acc <- res{c, h, err}
+		}()
+	}
+	src := map[byte][]transport.Conn{'X': make([]transport.Conn, 2), 'Y': make([]transport.Conn, 2)}
+	for _, s := range []struct {
+		session byte
+		stream  uint16
+	}{{'X', 1}, {'Y', 1}, {'Y', 0}, {'X', 0}} {
+		c, err := ltOpenStream(ctx, ln, s.stream, s.session)
+		if err != nil {
+			t.Fatalf("stream %d of session %c: %v", s.stream, s.session, err)
+		}
+		src[s.session][s.stream] = c
+	}
+	for range 2 {
+		r := <-acc
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.h.Stream != 0 || r.h.Streams != 2 {
+			t.Fatalf("AcceptConn returned hello of stream %d of %d", r.h.Stream, r.h.Streams)
+		}
+		a := transport.NewMulti(src[r.h.Session[0]])
+		ltNewestWins(t, a, r.c)
+		a.Close()
+		r.c.Close()
+	}
 }
 
 // A Discard (and a RecvBitmap) is a barrier that keeps its bitmap: it
