@@ -204,6 +204,7 @@ type rule struct {
 	idx     int
 	matched int  // frames matched so far
 	claimed bool // a connection has taken it: it fires there or nowhere
+	fired   chan struct{}
 }
 
 // New is Listen on 127.0.0.1, port chosen by the system.
@@ -231,7 +232,7 @@ func Listen(addr, target string, rules ...Rule) (*Proxy, error) {
 		unfired: len(rules),
 	}
 	for i, r := range rules {
-		p.rules = append(p.rules, &rule{Rule: r, idx: i})
+		p.rules = append(p.rules, &rule{Rule: r, idx: i, fired: make(chan struct{})})
 	}
 	if len(rules) == 0 {
 		close(p.fired)
@@ -247,6 +248,10 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // Fired is closed once every rule has fired (at once if there are none).
 // Events says what fired.
 func (p *Proxy) Fired() <-chan struct{} { return p.fired }
+
+// FiredRule is closed once rule i (its index in the rules given to New)
+// has fired.
+func (p *Proxy) FiredRule(i int) <-chan struct{} { return p.rules[i].fired }
 
 // Events returns the faults fired so far, in order.
 func (p *Proxy) Events() []Event {
@@ -364,6 +369,7 @@ func (p *Proxy) fire(e Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.events = append(p.events, e)
+	close(p.rules[e.Rule].fired)
 	p.unfired--
 	if p.unfired == 0 {
 		close(p.fired)
