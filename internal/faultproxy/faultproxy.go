@@ -47,9 +47,9 @@ type Trigger struct {
 	// AnyConn (-1) watches every connection, and counts matching frames
 	// across them all.
 	Conn int
-	// Dir is the direction whose frames or bytes are watched. Close, Stall
-	// and the flips act on the whole connection whatever Dir is; HalfOpen
-	// stops Dir alone.
+	// Dir is the direction whose frames or bytes are watched. Close and
+	// Stall act on the whole connection whatever Dir is; the flips and Drop
+	// on the matched frame, in Dir; HalfOpen stops Dir alone.
 	Dir Dir
 	// Kind is the frame kind matched; AnyKind (0) matches every frame (the
 	// hello is not a frame).
@@ -250,7 +250,7 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 func (p *Proxy) Fired() <-chan struct{} { return p.fired }
 
 // FiredRule is closed once rule i (its index in the rules given to New)
-// has fired.
+// has fired. It panics if there is no rule i.
 func (p *Proxy) FiredRule(i int) <-chan struct{} { return p.rules[i].fired }
 
 // Events returns the faults fired so far, in order.
