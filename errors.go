@@ -31,6 +31,12 @@ var (
 	// ErrIncomplete: the destination's migration ended before it had
 	// received the whole guest; it did not resume.
 	ErrIncomplete = errors.New("livemig: migration incomplete")
+	// ErrInDoubt: the source handed the guest over (sent the Commit) and
+	// could not learn whether the destination resumed it. The guest is
+	// paused at the source and must stay so until the outcome is known:
+	// resuming it could run it twice. The engine's error says how to ask
+	// again.
+	ErrInDoubt = errors.New("livemig: hand-over outcome unknown, guest paused at the source")
 )
 
 // PageError is an error about one page: Op is what was being done

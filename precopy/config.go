@@ -1,12 +1,14 @@
 package precopy
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/transport"
 )
 
 // Config configures a pre-copy migration. Its zero value is the default:
@@ -56,6 +58,29 @@ type Config struct {
 	// NoVerify turns off the end-to-end digest. Completeness (every page
 	// received at least once) is checked regardless.
 	NoVerify bool
+	// Redial, at the source, opens a new connection to the destination
+	// (handshake done) when the outcome of the hand-over is unknown: the
+	// Commit was sent and the link failed before the destination said
+	// whether it resumed. The source then asks (see Resolve) and resumes or
+	// releases its guest by the answer, retrying for HandoverTimeout. It is
+	// also used, best effort, to tell a destination that said Ready that
+	// the source gave up before the Commit, so that it stops waiting.
+	// Without Redial such a failure returns an *InDoubtError at once.
+	Redial func(ctx context.Context) (transport.Conn, error)
+	// Reaccept, at the destination, accepts the source's new connection
+	// after the link failed once the destination had said Ready (all
+	// received, verified and loaded): the source comes back to ask what
+	// happened, or to send the Commit again. Reaccept should give up (return
+	// an error) when no source comes back within the time the user is
+	// willing to keep the destination waiting; the destination then
+	// reports failure and does not resume, or, if it had resumed, reports
+	// success (the source may be left in doubt). Without Reaccept the
+	// destination fails at once before the resume, and after it returns as
+	// soon as the source's AckReleased or the link's end comes.
+	Reaccept func(ctx context.Context) (transport.Conn, error)
+	// HandoverTimeout bounds how long a source in doubt keeps redialing to
+	// learn the outcome: DefaultHandoverTimeout if 0.
+	HandoverTimeout time.Duration
 	// Clock is where time is read; the wall clock by default, a
 	// *livemig.VirtualClock in simulations.
 	Clock livemig.Clock
@@ -66,6 +91,9 @@ type Config struct {
 	// at each step. It must return quickly.
 	OnEvent func(Event)
 }
+
+// DefaultHandoverTimeout is Config.HandoverTimeout's default.
+const DefaultHandoverTimeout = 30 * time.Second
 
 func (c *Config) setDefaults() {
 	if c.DowntimeTarget == 0 {
@@ -91,6 +119,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ThrottleMax == 0 {
 		c.ThrottleMax = 0.99
+	}
+	if c.HandoverTimeout == 0 {
+		c.HandoverTimeout = DefaultHandoverTimeout
 	}
 	if c.Clock == nil {
 		c.Clock = livemig.WallClock{}

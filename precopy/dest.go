@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/codec"
@@ -28,37 +29,78 @@ type ReceiveReport struct {
 	StateBytes    int
 	Verified      bool // the digest matched the source's
 	Resumed       bool // the guest was resumed here
+	Reconnects    int  // connections the source came back on (Config.Reaccept)
 }
 
 // Receive is the destination's side of Migrate: it applies the pages the
-// source sends to dst.Sink and, once the source has sent everything and the
-// destination has checked that it holds every page and that its digest
-// matches the source's, waits for the hand-over, loads the state and resumes
-// dst.VM.
+// source sends to dst.Sink and, once the source has sent everything, checks
+// that it holds every page and that its digest matches the source's, loads
+// the state (dst.VM.LoadState), and only then says Ready; on the source's
+// Commit it resumes dst.VM and says so.
 //
-// Receive owns conn and closes it before it returns. It resumes the guest
-// only after a complete, verified migration; on any failure it returns an
-// error (wrapping livemig.ErrIncomplete when the stream ended early,
-// livemig.ErrPeer when the source gave up, livemig.ErrVerify or
-// livemig.ErrCorrupt for bad data) and the guest stays paused.
+// Receive owns conn (and the connections cfg.Reaccept returns) and closes
+// them before it returns. It resumes the guest only after a complete,
+// verified and loaded migration and the source's Commit; on any failure
+// before that it returns an error (wrapping livemig.ErrIncomplete when the
+// stream ended early, livemig.ErrPeer when the source gave up,
+// livemig.ErrVerify or livemig.ErrCorrupt for bad data, the VM's error when
+// the state does not load) with ReceiveReport.Resumed false, and tells the
+// source it will not resume (transport.ErrorNotResumed), so that the source
+// resumes its guest even after the Commit.
+//
+// A link that fails once the destination said Ready leaves the source in
+// doubt; with cfg.Reaccept the destination waits for it to come back and
+// ask (answering, or taking the Commit again), see Config.Reaccept. After
+// the resume it waits for the source's AckReleased (bounded by the link's
+// liveness), and after a cut, with Reaccept, for the source to come back
+// and ask; it returns success (Resumed) either way.
 func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Config) (*ReceiveReport, error) {
-	defer conn.Close()
 	cfg.setDefaults()
 	if dst.Sink == nil || dst.VM == nil || dst.Pages == 0 || dst.PageSize <= 0 {
+		conn.Close()
 		return nil, errors.New("precopy: Destination needs Sink, VM, Pages and PageSize")
 	}
-	rep := &ReceiveReport{}
-	err := receive(ctx, conn, dst, cfg, rep)
-	if err != nil && !rep.Resumed {
-		tell, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2e9)
-		_ = conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+	rv := &receiver{conn: conn, dst: dst, cfg: &cfg, rep: &ReceiveReport{}}
+	defer func() { rv.conn.Close() }()
+	err := rv.receive(ctx)
+	if err != nil && !rv.rep.Resumed {
+		tell, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		_ = rv.conn.Send(tell, transport.Msg{Kind: transport.KindError, Arg: transport.ErrorNotResumed, Data: []byte(err.Error())})
+		_ = rv.conn.Flush(tell)
 		cancel()
 		cfg.Logger.Info("pre-copy receive failed; guest not resumed", "err", err)
 	}
-	return rep, err
+	return rv.rep, err
 }
 
-func receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Config, rep *ReceiveReport) error {
+// receiver is the destination's side of one migration.
+type receiver struct {
+	conn    transport.Conn
+	dst     Destination
+	cfg     *Config
+	rep     *ReceiveReport
+	session uint64
+}
+
+// reconnect replaces a failed connection (cause) by the source's new one,
+// when cfg.Reaccept allows; resumed says what to answer.
+func (rv *receiver) reconnect(ctx context.Context, resumed bool, cause error) error {
+	if rv.cfg.Reaccept == nil || ctx.Err() != nil {
+		return cause
+	}
+	rv.cfg.Logger.Info("link failed with the source in doubt; waiting for it to come back", "resumed", resumed, "err", cause)
+	rv.conn.Close()
+	conn, err := awaitResume(ctx, rv.cfg, rv.session, resumed, cause)
+	if err != nil {
+		return err
+	}
+	rv.conn = conn
+	rv.rep.Reconnects++
+	return nil
+}
+
+func (rv *receiver) receive(ctx context.Context) error {
+	dst, rep := rv.dst, rv.rep
 	digest := verify.New(dst.Pages, dst.PageSize)
 	dec := codec.NewDecoder(codec.Config{PageSize: dst.PageSize})
 	var (
@@ -69,11 +111,19 @@ func receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		ready    bool
 	)
 	for {
-		if err := conn.Recv(ctx, &msg); err != nil {
+		if err := rv.conn.Recv(ctx, &msg); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			return fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rep.PagesReceived, rep.Rounds, livemig.ErrIncomplete, err)
+			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rep.PagesReceived, rep.Rounds, livemig.ErrIncomplete, err)
+			if !ready {
+				return err
+			}
+			// Ready: the source may have sent the Commit.
+			if err := rv.reconnect(ctx, false, err); err != nil {
+				return err
+			}
+			continue
 		}
 		switch msg.Kind {
 		case transport.KindPage:
@@ -98,47 +148,82 @@ func receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 			rep.Rounds++
 		case transport.KindSwitchover:
 			switched = true
+			rv.session = msg.Page
 		case transport.KindState:
 			state = append(state[:0], msg.Data...)
 			gotState = true
 			rep.StateBytes = len(state)
 		case transport.KindDone:
-			if !switched || !gotState {
-				return fmt.Errorf("precopy: source said done before switchover and state: %w", livemig.ErrCorrupt)
+			if !switched || !gotState || ready {
+				return fmt.Errorf("precopy: source said done before switchover and state, or twice: %w", livemig.ErrCorrupt)
 			}
 			if got := digest.Covered(); got != dst.Pages {
 				return fmt.Errorf("precopy: source done but %d of %d pages never arrived: %w", dst.Pages-got, dst.Pages, livemig.ErrIncomplete)
 			}
 			sum := digest.Sum()
-			if !cfg.NoVerify && msg.Arg != 0 {
+			if !rv.cfg.NoVerify && msg.Arg != 0 {
 				if msg.Arg != sum {
 					return fmt.Errorf("precopy: digest %016x, source's %016x: %w", sum, msg.Arg, livemig.ErrVerify)
 				}
 				rep.Verified = true
 			}
+			// Load everything before saying Ready: a state that does not
+			// load is a clean failure, the source still holding the guest.
+			if err := dst.VM.LoadState(ctx, state); err != nil {
+				return fmt.Errorf("precopy: load state: %w", err)
+			}
 			ready = true
-			if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady, Page: sum}); err != nil {
-				return fmt.Errorf("precopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)
+			if err := rv.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady, Page: sum}); err != nil {
+				if err := rv.reconnect(ctx, false, fmt.Errorf("precopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)); err != nil {
+					return err
+				}
 			}
 		case transport.KindCommit:
 			if !ready {
 				return fmt.Errorf("precopy: hand-over before the source said done: %w", livemig.ErrCorrupt)
 			}
-			if err := dst.VM.LoadState(ctx, state); err != nil {
-				return fmt.Errorf("precopy: load state: %w", err)
-			}
 			if err := dst.VM.Resume(ctx); err != nil {
 				return fmt.Errorf("precopy: resume guest: %w", err)
 			}
 			rep.Resumed = true
-			if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
-				cfg.Logger.Warn("guest resumed but the source was not told", "err", err)
-			}
+			rv.cfg.Logger.Info("guest resumed")
+			rv.release(ctx)
 			return nil
 		case transport.KindError:
 			return fmt.Errorf("precopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
 		default:
-			return fmt.Errorf("precopy: unexpected message kind %d: %w", msg.Kind, livemig.ErrCorrupt)
+			err := fmt.Errorf("precopy: unexpected message kind %d: %w", msg.Kind, livemig.ErrCorrupt)
+			if !ready {
+				return err
+			}
+			if err := rv.reconnect(ctx, false, err); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// release tells the source that the guest runs here and waits until it
+// knows (AckReleased), answering it again if it comes back after a cut. The
+// guest runs here whatever happens: failures are only logged.
+func (rv *receiver) release(ctx context.Context) {
+	err := rv.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed})
+	if err == nil {
+		err = rv.conn.Flush(ctx)
+	}
+	var msg transport.Msg
+	for {
+		for err == nil {
+			if err = rv.conn.Recv(ctx, &msg); err == nil && msg.Kind == transport.KindAck && msg.Arg == transport.AckReleased {
+				return
+			}
+		}
+		if errors.Is(err, io.EOF) && rv.cfg.Reaccept == nil {
+			return
+		}
+		if err = rv.reconnect(ctx, true, err); err != nil {
+			rv.cfg.Logger.Warn("guest resumed here; the source may not know it", "err", err)
+			return
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"math/rand/v2"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -42,13 +43,22 @@ const recordOverhead = 13
 // stop. Then the source pauses, sends the rest and the CPU/device state, and
 // hands the guest over once the destination has verified everything.
 //
-// On failure before the hand-over (a cut link, a peer error, a cancelled
-// ctx, non-convergence under the Abort policy) the source guest is left
-// running, the destination is told (when the link still works) and does not
-// resume, and the error says what happened; the report returned with it
-// holds the figures up to the failure. If the link fails after the hand-over
-// was sent, the destination may have resumed: the source stays paused and
-// the error wraps livemig.ErrIncomplete.
+// On failure before the hand-over (a cut or stalled link, a peer error, a
+// cancelled ctx, non-convergence under the Abort policy, a Pause that let
+// the guest write on) the source guest is left running, the destination is
+// told (when the link still works) and does not resume, and the error says
+// what happened; the report returned with it holds the figures up to the
+// failure. A destination's error stops the source at once, even in the
+// middle of a blocked send. If the link fails after the Commit was sent,
+// before the destination said whether it resumed, the source asks it again
+// through cfg.Redial (see Config.Redial and Resolve) and resumes its guest
+// only if the destination promised not to; when it cannot learn the
+// outcome the guest stays paused and the error is an *InDoubtError
+// (livemig.ErrInDoubt). See handover.go's states.
+//
+// src.VM.Pause must return only once the guest writes no more and its every
+// earlier write is in the dirty log: Migrate checks that a sync after the
+// last round finds nothing, and fails (resuming the guest) if it does.
 func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (*livemig.Report, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
@@ -59,6 +69,10 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		conn.Close()
 		return nil, errors.New("precopy: Source needs Memory, Dirty and VM")
 	}
+	if _, ok := src.VM.(livemig.Throttler); !ok && cfg.OnNonConvergence == Throttle {
+		conn.Close()
+		return nil, fmt.Errorf("precopy: the Throttle policy needs a VM that implements livemig.Throttler: %w", livemig.ErrNotSupported)
+	}
 	m := &migration{
 		cfg:    cfg,
 		src:    src,
@@ -66,8 +80,9 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		policy: NewPolicy(cfg),
 		pages:  src.Memory.PageCount(),
 		ps:     src.Memory.PageSize(),
-		ret:    make(chan retMsg, 4),
-		stop:   make(chan struct{}),
+		ret:     make(chan retMsg, 4),
+		stop:    make(chan struct{}),
+		session: rand.Uint64() | 1,
 	}
 	m.report = &livemig.Report{Algorithm: "pre-copy", GuestPages: m.pages, PageSize: m.ps}
 	if !cfg.NoVerify {
@@ -96,7 +111,6 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	}
 	m.pipe = pipe
 	defer pipe.Close()
-	m.sendCtx = ctx
 	m.dirty = make([]uint64, livemig.WordsFor(m.pages))
 	if cfg.Defer {
 		p, ok := src.Dirty.(livemig.DirtyPeeker)
@@ -112,6 +126,11 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		m.peeker, m.deferrer = p, d
 	}
 
+	m.userCtx = ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	m.cancel = cancel
+	m.sendCtx = ctx
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
 	conn.Close()
@@ -148,9 +167,13 @@ type migration struct {
 	peeker   livemig.DirtyPeeker // set when cfg.Defer
 	deferrer *reorder.Deferrer   // set when cfg.Defer
 
-	start   time.Time
-	paused  bool
-	handed  bool
+	session  uint64
+	userCtx  context.Context         // Migrate's ctx; the run's is cancelled by a peer error too
+	cancel   context.CancelCauseFunc // the run's ctx, with a *peerError from the return path
+	doneSent bool                    // the destination may be in Ready
+	start    time.Time
+	paused   bool
+	handed   bool // the Commit is (being) sent: the outcome may be in doubt
 	ret     chan retMsg
 	stop    chan struct{}
 	retErr  error
@@ -167,6 +190,10 @@ func (m *migration) readReturnPath(ctx context.Context) {
 		err := m.conn.Recv(ctx, &msg)
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
+			if msg.Kind == transport.KindError {
+				// Stop the source at once, even inside a blocked send.
+				m.cancel(newPeerError(msg))
+			}
 		}
 		select {
 		case m.ret <- retMsg{msg, err}:
@@ -200,8 +227,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return
 		}
 		if m.handed {
-			err = fmt.Errorf("precopy: guest handed over but not confirmed: %w (%w)", livemig.ErrIncomplete, err)
-			return
+			return // in doubt: stopAndCopy made err an *InDoubtError
 		}
 		// Clean failure: stop the pipeline (nothing else may send while
 		// it does), tell the destination, resume the source.
@@ -210,6 +236,11 @@ func (m *migration) run(ctx context.Context) (err error) {
 		tell, cancel := context.WithTimeout(bg, 2*time.Second) // best effort: the link may be gone
 		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
 		cancel()
+		if m.doneSent && !notResumed(err) {
+			// The destination may be in Ready, waiting for us to come
+			// back: tell it we resumed.
+			m.abortAtDest(ctx, err)
+		}
 		if m.paused {
 			if rerr := m.src.VM.Resume(bg); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("precopy: resume source after failure: %w", rerr))
@@ -298,7 +329,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		return fmt.Errorf("precopy: pause source: %w", err)
 	}
 	m.paused = true
-	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindSwitchover, Arg: uint64(round)}); err != nil {
+	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindSwitchover, Page: m.session, Arg: uint64(round)}); err != nil {
 		return m.linkErr("switchover", err)
 	}
 	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
@@ -315,6 +346,17 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if err := m.endRound(ctx, &r); err != nil {
 		return err
 	}
+	// The guest is paused: the log must be empty now, or Pause lied and
+	// the pages just sent may be stale.
+	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
+		return fmt.Errorf("precopy: sync of the dirty log after stop-and-copy: %w", err)
+	}
+	if n := bitmap.CountWords(m.dirty); n > 0 {
+		first := firstSet(m.dirty)
+		clear(m.dirty)
+		return fmt.Errorf("precopy: VM.Pause returned but the guest went on writing: %d pages (the first %d) dirtied after the pause; Pause must return only once the guest writes no more: %w",
+			n, first, livemig.ErrNotSupported)
+	}
 	state, err := m.src.VM.SaveState(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("precopy: save source state: %w", err)
@@ -327,6 +369,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if m.digest != nil {
 		sum = m.digest.Sum()
 	}
+	m.doneSent = true
 	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
 		return m.linkErr("done", err)
 	}
@@ -342,11 +385,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		}
 		m.report.Verified = true
 	}
-	m.handed = true
-	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
-		return m.linkErr("commit", err)
-	}
-	if _, err := m.await(ctx, transport.AckResumed); err != nil {
+	if err := m.commit(ctx); err != nil {
 		return err
 	}
 	now := m.cfg.Clock.Now()
@@ -357,6 +396,39 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	return nil
 }
 
+// commit hands the guest over: it sends the Commit and learns whether the
+// destination resumed. It returns nil when it did; an error with m.handed
+// cleared when it certainly did not (the caller resumes the source); an
+// *InDoubtError, m.handed set, when the outcome is unknown.
+func (m *migration) commit(ctx context.Context) error {
+	m.handed = true
+	err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit})
+	if err != nil {
+		err = m.linkErr("commit", err)
+	} else {
+		_, err = m.await(ctx, transport.AckResumed)
+	}
+	if err == nil {
+		// Best effort: a destination that misses it waits for a
+		// reconnection that never comes, and then reports success.
+		_ = m.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+		_ = m.conn.Flush(ctx)
+		return nil
+	}
+	if !notResumed(err) {
+		err = m.resolve(m.userCtx, err)
+		if err == nil {
+			return nil
+		}
+	}
+	if notResumed(err) {
+		m.handed = false // certain: the destination will not resume
+		return fmt.Errorf("precopy: hand-over refused: %w", err)
+	}
+	m.cfg.Logger.Error("hand-over outcome unknown; the guest stays paused here", "err", err)
+	return err
+}
+
 // await waits on the return path for an Ack with code want.
 func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, error) {
 	for {
@@ -365,6 +437,9 @@ func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, erro
 		select {
 		case rm, ok = <-m.ret:
 		case <-ctx.Done():
+			if pe := m.peerErr(ctx); pe != nil {
+				return transport.Msg{}, pe
+			}
 			return transport.Msg{}, fmt.Errorf("precopy: waiting for the destination: %w", ctx.Err())
 		}
 		if !ok {
@@ -387,7 +462,7 @@ func (m *migration) handleReturn(rm retMsg) error {
 	}
 	switch rm.m.Kind {
 	case transport.KindError:
-		return fmt.Errorf("precopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer)
+		return newPeerError(rm.m)
 	case transport.KindAck, transport.KindRequest:
 		return nil
 	}
@@ -411,19 +486,35 @@ func (m *migration) linkErr(what string, err error) error {
 	if err == nil {
 		err = io.ErrUnexpectedEOF
 	}
-	var pe error
 	// A peer's error message explains a broken link better than the break.
-	select {
-	case rm, ok := <-m.ret:
-		if ok && rm.err == nil && rm.m.Kind == transport.KindError {
-			pe = fmt.Errorf("precopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer)
-		}
-	default:
+	var pe error
+	if p := m.peerErr(m.sendCtx); p != nil {
+		pe = p
 	}
 	if pe != nil {
 		return errors.Join(pe, fmt.Errorf("precopy: %s: %w", what, err))
 	}
 	return fmt.Errorf("precopy: %s: %w", what, err)
+}
+
+// peerErr returns the destination's error that cancelled ctx, if that is
+// what did.
+func (m *migration) peerErr(ctx context.Context) *peerError {
+	var pe *peerError
+	if errors.As(context.Cause(ctx), &pe) {
+		return pe
+	}
+	return nil
+}
+
+// firstSet returns the first page set in bm.
+func firstSet(bm []uint64) uint64 {
+	for i, w := range bm {
+		if w != 0 {
+			return uint64(i)*64 + uint64(bits.TrailingZeros64(w))
+		}
+	}
+	return 0
 }
 
 // sendRound sends every page (all) or the pages set in m.dirty, clearing

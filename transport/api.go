@@ -76,7 +76,15 @@ const (
 	// AckHeld ends a KindRecvBitmap after a reconnection; Page: how many
 	// pages the destination holds.
 	AckHeld = 5
+	// AckReleased (source to destination) acknowledges AckResumed: the
+	// source knows the outcome and will not come back to ask.
+	AckReleased = 6
 )
+
+// ErrorNotResumed, in the Arg of a KindError a destination sends, promises
+// that it has not resumed the guest and never will for this migration: a
+// source that receives it may resume its guest even after the Commit.
+const ErrorNotResumed = 1
 
 // Msg is one message. On Send the caller owns Data and may reuse it as soon
 // as Send returns (the connection copies it). On Recv, Data is borrowed from

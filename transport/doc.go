@@ -19,10 +19,11 @@
 //
 // # Frames
 //
-// After the handshake, each direction is a sequence of frames: an 8-byte
-// header (u32 payload length, u8 type, u8 flags, u16 record count), the
-// payload, and a CRC32C (Castagnoli; hash/crc32 uses the CPU's instruction)
-// of header and payload. A frame's type is the Kind of what it carries. Page
+// After the handshake, each direction is a sequence of frames: a 12-byte
+// header (u32 payload length, u8 type, u8 flags, u16 record count, and a
+// CRC32C of those 8 bytes, so that a corrupt length or type is refused the
+// moment the header arrives), the payload, and a CRC32C (Castagnoli;
+// hash/crc32 uses the CPU's instruction) of header and payload. A frame's type is the Kind of what it carries. Page
 // records travel in batches: a KindPage frame holds count records of u64
 // page, u8 encoding (EncRaw: exactly one page; EncZero: no data; EncXBZRLE,
 // EncLZ4: a codec's output, at most MaxEncodedLen), u32 length and the data.
@@ -49,14 +50,29 @@
 // KindError with a message and give up. Engines end a migration with:
 //
 //	source                          destination
-//	Done (Arg: digest)        -->
-//	                          <--   Ack(AckReady, Page: digest)   everything received and verified
-//	Commit                    -->
-//	                          <--   Ack(AckResumed)               the guest runs at the destination
+//	Switchover (Page: session) -->                                the source has paused
+//	State, Done (Arg: digest)  -->
+//	                           <--  Ack(AckReady, Page: digest)   everything received, verified and loaded
+//	Commit                     -->
+//	                           <--  Ack(AckResumed)               the guest runs at the destination
+//	Ack(AckReleased)           -->                                the source knows it
 //
-// The source pauses the guest for good only after AckReady; the destination
-// resumes only after Commit. Until Commit, a failure leaves the guest
-// running at the source.
+// The destination resumes only after Commit; a destination that gives up
+// before it sends KindError with Arg ErrorNotResumed, a promise never to
+// resume. The source resumes its guest whenever it has not sent Commit, or
+// holds that promise. After an ambiguous failure (Commit sent, neither
+// AckResumed nor the promise received) it reconnects and sends
+// KindResume(Page: session); the destination, which waits for it, answers
+// AckResumed, or AckReady if the Commit never came (the source then sends
+// Commit again), and the exchange goes on from there.
+//
+// # Liveness
+//
+// Each Conn sends a KindHeartbeat frame when it has written nothing for a
+// quarter of Config.Liveness, and fails a Recv that has seen no byte for
+// Liveness, or a write stuck as long, with ErrStalled: a silent peer or a
+// stalled path is found within Liveness in every phase, on every connection
+// and in the handshake.
 //
 // The conformance suite in package transporttest runs one body of tests
 // over any Link or Conn.
