@@ -155,7 +155,9 @@ func (l *writeLink) Close() error             { return nil }
 func receiveSeeds(t testing.TB) [][]byte {
 	enc := func(msgs ...transport.Msg) []byte {
 		var l writeLink
-		c := transport.NewConn(&l, transport.Config{PageSize: 64, PageCount: fuzzPages})
+		// No liveness: a heartbeat must not land in the recorded stream.
+		c := transport.NewConn(&l, transport.Config{PageSize: 64, PageCount: fuzzPages, Liveness: -1})
+		defer c.Close()
 		for _, m := range msgs {
 			if err := c.Send(context.Background(), m); err != nil {
 				t.Fatal(err)
