@@ -20,10 +20,50 @@
 // The source maps a region of -size MiB, starts -writers goroutines that
 // write counters into random pages at -rate pages/s in all, migrates the
 // region while they run, and prints progress on stderr and the migration's
-// report as JSON on stdout. The destination prints what it received. The
-// exit status is 0 when the migration completed and the destination resumed
-// the guest, 1 when it failed: the source's writers then keep running and
-// the destination did not resume.
+// report as JSON on stdout. The destination prints what it received.
+//
+// # Security
+//
+// -tls-cert, -tls-key and -tls-ca run the link over TLS with client
+// certificates; -psk-file FILE makes both sides prove they hold the key in
+// FILE (its bytes as they are, at least 16 of them), with or without TLS.
+// -liveness bounds how long a silent peer goes unnoticed (heartbeats keep a
+// quiet link alive); 0 is the library's default, 5 s.
+//
+// # Recovery
+//
+// After the hand-over (the Commit) neither side alone holds the whole
+// migration, so by default a cut link is recovered: the source dials the
+// -connect address again, retrying with a short backoff, and the
+// destination, which keeps its listener open for the whole migration,
+// accepts the source's new connection; each waits at most -recover-wait
+// (30 s) for the other. A post-copy or hybrid migration then goes on from
+// where it stood; a pre-copy source whose Commit's outcome is unknown asks
+// the destination whether it resumed the guest. -no-recover turns this off:
+// a cut after the Commit then splits a post-copy guest's memory, and leaves
+// a pre-copy guest paused at the source, outcome unknown.
+//
+// # Where the guest is
+//
+// Each side's last line on stderr says where the guest is, and the exit
+// status says it too:
+//
+//	source:
+//	  guest running at the destination (migration complete)                  0
+//	  guest running HERE at the source (migration failed before the hand-over: ERR)  1
+//	  guest PAUSED here, outcome unknown (session ID): ERR                    3
+//	  guest running at the destination, part of its memory still here only
+//	    (post-copy link lost: ERR)                                            3
+//	destination:
+//	  guest resumed HERE                                                      0
+//	  guest resumed HERE, part of its memory still at the source only
+//	    (post-copy link lost: ERR)                                            3
+//	  guest NOT resumed here: ERR                                             1
+//
+// A source in doubt (status 3) must keep its guest paused: the destination
+// may run it. A post-copy source with status 3 must keep its memory: the
+// destination's guest waits on the pages still here. Status 2 is a usage
+// error.
 package main
 
 import (
@@ -52,6 +92,15 @@ import (
 	"github.com/livemig/livemig/transport"
 )
 
+// Exit statuses besides 0 (success) and 2 (usage).
+const (
+	exitFailed = 1 // the migration failed: the guest runs at the source, not at the destination
+	exitSplit  = 3 // the guest is paused here in doubt, or its memory is split between the hosts
+)
+
+// defaultRecoverWait is -recover-wait's default.
+const defaultRecoverWait = 30 * time.Second
+
 type options struct {
 	listen, connect  string
 	sizeMiB          int
@@ -65,6 +114,10 @@ type options struct {
 	verbose, noCheck bool
 	mode             string // precopy, postcopy, hybrid
 	lz4              bool
+	noRecover        bool
+	recoverWait      time.Duration // 0: defaultRecoverWait
+	psk              []byte        // from -psk-file
+	liveness         time.Duration // transport.Config.Liveness
 }
 
 // postCopy says whether the mode hands the guest over before its memory.
@@ -78,29 +131,32 @@ func (o options) postCopy() (bool, error) {
 	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
 }
 
+// waitToRecover is how long either side waits for the other to come back
+// after a cut.
+func (o options) waitToRecover() time.Duration {
+	if o.recoverWait > 0 {
+		return o.recoverWait
+	}
+	return defaultRecoverWait
+}
+
+// connConfig is the transport configuration of every connection.
+func (o options) connConfig() transport.Config {
+	return transport.Config{Liveness: o.liveness, Logger: logger(o)}
+}
+
+// errMode marks a peer that runs another mode: retrying will not help.
+var errMode = errors.New("mode mismatch")
+
 // checkPeer refuses a peer that runs another mode: the post-copy feature
 // must be on both sides or neither.
 func (o options) checkPeer(peer transport.Hello) error {
 	pc, _ := o.postCopy()
 	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
-		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode",
-			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode)
+		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
+			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode, errMode)
 	}
 	return nil
-}
-
-// open handshakes link for the mode and refuses a peer of another mode.
-func (o options) open(ctx context.Context, link transport.Link, pages uint64) (transport.Conn, error) {
-	conn, peer, err := transport.Open(ctx, link, o.hello(pages), transport.Config{})
-	if err != nil {
-		link.Close()
-		return nil, err
-	}
-	if err := o.checkPeer(peer); err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return conn, nil
 }
 
 // hello is the handshake of the mode.
@@ -112,8 +168,52 @@ func (o options) hello(pages uint64) transport.Hello {
 	return h
 }
 
+// statusError carries the exit status of a failure and the line that says
+// where the guest is.
+type statusError struct {
+	status int
+	where  string // the last line, without the side's prefix
+	err    error
+}
+
+func (e *statusError) Error() string { return e.where }
+func (e *statusError) Unwrap() error { return e.err }
+
+// exitStatus is the exit status for err, returned by source or destination.
+func exitStatus(err error) int {
+	var se *statusError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &se):
+		return se.status
+	}
+	return exitFailed
+}
+
+// Where the guest is, as each side's last line says it.
+const (
+	srcDone     = "guest running at the destination (migration complete)"
+	srcHere     = "guest running HERE at the source (migration failed before the hand-over: %v)"
+	srcInDoubt  = "guest PAUSED here, outcome unknown (session %016x): %v"
+	srcSplit    = "guest running at the destination, part of its memory still here only (post-copy link lost: %v)"
+	dstResumed  = "guest resumed HERE"
+	dstSplit    = "guest resumed HERE, part of its memory still at the source only (post-copy link lost: %v)"
+	dstNotHere  = "guest NOT resumed here: %v"
+	srcPrefix   = "source: "
+	destPrefix  = "destination: "
+	usagePrefix = "memmigrate: "
+)
+
+// failed is a failure with the guest running at the source and not at the
+// destination (exit status 1).
+func failed(format string, err error) error {
+	return &statusError{status: exitFailed, where: fmt.Sprintf(format, err), err: err}
+}
+
 func main() {
 	var o options
+	var pskFile string
 	flag.StringVar(&o.listen, "listen", "", "run the destination, listening on `ADDR`")
 	flag.StringVar(&o.connect, "connect", "", "run the source, connecting to `ADDR`")
 	flag.IntVar(&o.sizeMiB, "size", 64, "guest memory in MiB (the same on both sides)")
@@ -125,15 +225,35 @@ func main() {
 	flag.StringVar(&o.cert, "tls-cert", "", "TLS certificate `file` (PEM); with -tls-key and -tls-ca, TLS with client certificates")
 	flag.StringVar(&o.key, "tls-key", "", "TLS key `file` (PEM)")
 	flag.StringVar(&o.ca, "tls-ca", "", "CA `file` (PEM) that signs the peer's certificate")
+	flag.StringVar(&pskFile, "psk-file", "", "pre-shared key `FILE` (its bytes as they are, at least 16) both sides must hold")
+	flag.DurationVar(&o.liveness, "liveness", 0, "a silent peer is given up after this long (0: the library's default, 5s)")
+	flag.BoolVar(&o.noRecover, "no-recover", false, "do not recover from a link cut after the hand-over")
+	flag.DurationVar(&o.recoverWait, "recover-wait", defaultRecoverWait, "after a cut, how long each side waits for the other to come back")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")
 	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
 	flag.BoolVar(&o.lz4, "lz4", false, "post-copy and hybrid: compress the pages sent with LZ4")
 	flag.Parse()
-	if (o.listen == "") == (o.connect == "") {
-		fmt.Fprintln(os.Stderr, "memmigrate: give exactly one of -listen and -connect")
-		flag.Usage()
+	usage := func(msg string) {
+		fmt.Fprintln(os.Stderr, usagePrefix+msg)
 		os.Exit(2)
+	}
+	if (o.listen == "") == (o.connect == "") || flag.NArg() > 0 {
+		flag.Usage()
+		usage("give exactly one of -listen and -connect, and no arguments")
+	}
+	if o.recoverWait <= 0 {
+		usage(fmt.Sprintf("-recover-wait %v: must be positive", o.recoverWait))
+	}
+	if pskFile != "" {
+		key, err := os.ReadFile(pskFile)
+		if err != nil {
+			usage(err.Error())
+		}
+		if len(key) < transport.MinPSKLen {
+			usage(fmt.Sprintf("-psk-file %s: %d bytes, want at least %d", pskFile, len(key), transport.MinPSKLen))
+		}
+		o.psk = key
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -141,15 +261,29 @@ func main() {
 	defer cancel()
 
 	var err error
+	prefix := destPrefix
 	if o.listen != "" {
 		err = destination(ctx, o)
 	} else {
+		prefix = srcPrefix
 		err = source(ctx, o)
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "memmigrate:", err)
-		os.Exit(1)
+	status := exitStatus(err)
+	var se *statusError
+	switch {
+	case err == nil && o.listen != "":
+		fmt.Fprintln(os.Stderr, prefix+dstResumed)
+	case err == nil:
+		fmt.Fprintln(os.Stderr, prefix+srcDone)
+	case errors.As(err, &se):
+		fmt.Fprintln(os.Stderr, prefix+se.where)
+	case o.listen != "":
+		// Set-up failed (flags, listening, memory): nothing was received.
+		fmt.Fprintln(os.Stderr, prefix+fmt.Sprintf(dstNotHere, err))
+	default:
+		fmt.Fprintln(os.Stderr, prefix+fmt.Sprintf(srcHere, err))
 	}
+	os.Exit(status)
 }
 
 func logger(o options) *slog.Logger {
@@ -194,6 +328,15 @@ func geometry(o options) (uint64, error) {
 	return uint64(o.sizeMiB) << 20 / livemig.DefaultPageSize, nil
 }
 
+// listenConfig is the destination's listener configuration.
+func listenConfig(o options) (transport.ListenConfig, error) {
+	tc, err := tlsConfig(o, true)
+	if err != nil {
+		return transport.ListenConfig{}, err
+	}
+	return transport.ListenConfig{TLS: tc, PSK: o.psk, Logger: logger(o)}, nil
+}
+
 func destination(ctx context.Context, o options) error {
 	pages, err := geometry(o)
 	if err != nil {
@@ -203,11 +346,11 @@ func destination(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	tc, err := tlsConfig(o, true)
+	lc, err := listenConfig(o)
 	if err != nil {
 		return err
 	}
-	l, err := transport.Listen(ctx, o.listen, transport.ListenConfig{TLS: tc, Logger: logger(o)})
+	l, err := transport.Listen(ctx, o.listen, lc)
 	if err != nil {
 		return err
 	}
@@ -215,38 +358,73 @@ func destination(ctx context.Context, o options) error {
 	return serve(ctx, o, l, pages, pc)
 }
 
-// serve receives one migration on l.
+// serve receives one migration on l, which stays open for the whole
+// migration: a source that comes back after a cut connects to it again.
 func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, pc bool) error {
 	fmt.Fprintf(os.Stderr, "destination: listening on %s for a %d MiB guest (%s)\n", l.Addr(), o.sizeMiB, o.mode)
-	accept := func() (transport.Conn, error) {
-		link, err := l.Accept(ctx)
+	accept := func(ctx context.Context) (transport.Conn, error) {
+		conn, peer, err := l.AcceptConn(ctx, o.hello(pages), o.connConfig())
 		if err != nil {
 			return nil, err
 		}
-		return o.open(ctx, link, pages)
+		if err := o.checkPeer(peer); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
 	}
-	conn, err := accept()
+	// reaccept waits at most -recover-wait for the source to come back.
+	reaccept := func(ctx context.Context) (transport.Conn, error) {
+		fmt.Fprintf(os.Stderr, "destination: link lost; waiting up to %v for the source to come back\n", o.waitToRecover())
+		rctx, cancel := context.WithTimeout(ctx, o.waitToRecover())
+		defer cancel()
+		conn, err := accept(rctx)
+		if err != nil {
+			if ctx.Err() == nil && rctx.Err() != nil {
+				err = fmt.Errorf("the source did not come back within -recover-wait %v: %w", o.waitToRecover(), err)
+			}
+			return nil, err
+		}
+		fmt.Fprintln(os.Stderr, "destination: the source came back")
+		return conn, nil
+	}
+	if o.noRecover {
+		reaccept = nil
+	}
+	conn, err := accept(ctx)
 	if err != nil {
-		return err
+		return failed(dstNotHere, err)
 	}
 	if pc {
-		return postCopyDestination(ctx, o, pages, conn, accept)
+		return postCopyDestination(ctx, o, pages, conn, accept, reaccept)
 	}
 	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
 		conn.Close()
-		return err
+		return failed(dstNotHere, err)
 	}
 	defer mem.Close()
 	start := time.Now()
-	rep, err := precopy.Receive(ctx, conn, precopy.Destination{Sink: mem, VM: mem, Pages: pages, PageSize: livemig.DefaultPageSize},
-		precopy.Config{Logger: logger(o)})
+	cfg := precopy.Config{Logger: logger(o)}
+	if reaccept != nil {
+		cfg.Reaccept = reaccept
+	}
+	rep, err := precopy.Receive(ctx, conn, precopy.Destination{Sink: mem, VM: mem, Pages: pages, PageSize: livemig.DefaultPageSize}, cfg)
 	if rep != nil {
 		out, _ := json.Marshal(rep)
 		fmt.Println(string(out))
 	}
-	if err != nil {
-		return err
+	switch {
+	case rep == nil || !rep.Resumed:
+		if err == nil {
+			err = errors.New("the engine returned without resuming the guest")
+		}
+		return failed(dstNotHere, err)
+	case err != nil:
+		// Resumed, and the source may not know it: it stays paused, in
+		// doubt, until it asks again.
+		fmt.Fprintf(os.Stderr, "destination: after the resume: %v\n", err)
+		return &statusError{status: exitSplit, where: dstResumed + fmt.Sprintf(" (the source may be left in doubt: %v)", err), err: err}
 	}
 	fmt.Fprintf(os.Stderr, "destination: guest resumed after %v (%d pages, %d rounds, verified %v, state %q)\n",
 		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, mem.State())
@@ -255,20 +433,21 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 
 // postCopyDestination receives a post-copy or hybrid migration into a
 // userfaultfd region, on conn and a second, urgent connection, and runs the
-// guest's writers there from the resume on.
+// guest's writers there from the resume on. reaccept, if not nil, takes the
+// source's connections after a cut.
 func postCopyDestination(ctx context.Context, o options, pages uint64, conn transport.Conn,
-	accept func() (transport.Conn, error)) error {
-	urgent, err := accept()
+	accept, reaccept func(context.Context) (transport.Conn, error)) error {
+	urgent, err := accept(ctx)
 	if err != nil {
 		conn.Close()
-		return fmt.Errorf("urgent connection: %w", err)
+		return failed(dstNotHere, fmt.Errorf("urgent connection: %w", err))
 	}
 	faults := postcopy.NewFaultQueue(pages, nil)
 	mem, err := faultmem.New(livemig.DefaultPageSize, pages, faultmem.Config{OnFault: faults.Fault})
 	if err != nil {
 		conn.Close()
 		urgent.Close()
-		return fmt.Errorf("userfaultfd memory: %w", err)
+		return failed(dstNotHere, fmt.Errorf("userfaultfd memory: %w", err))
 	}
 	defer mem.Close()
 	// A writer blocked on a missing page holds its P: leave room for the
@@ -279,21 +458,55 @@ func postCopyDestination(ctx context.Context, o options, pages uint64, conn tran
 	vm := &dstGuest{mem: mem, writers: o.writers, rate: o.rate}
 	defer vm.stop()
 	start := time.Now()
+	cfg := postcopy.Config{Urgent: urgent, Logger: logger(o),
+		OnEvent: func(e postcopy.Event) {
+			switch e.Kind {
+			case postcopy.Resumed, postcopy.LinkCut, postcopy.Reconnected:
+				fmt.Fprintf(os.Stderr, "destination: %-12s %v elapsed %v\n", e.Kind, e.Elapsed.Round(time.Millisecond), errText(e.Err))
+			}
+		}}
+	if reaccept != nil {
+		cfg.Reaccept = reaccept
+		// The urgent connection follows the main one at once: no need to
+		// announce a wait.
+		cfg.ReacceptUrgent = func(ctx context.Context) (transport.Conn, error) {
+			rctx, cancel := context.WithTimeout(ctx, o.waitToRecover())
+			defer cancel()
+			return accept(rctx)
+		}
+	}
 	rep, err := postcopy.Receive(ctx, conn, postcopy.Destination{Memory: mem, VM: vm, Faults: faults, Pages: pages,
-		PageSize: livemig.DefaultPageSize}, postcopy.Config{Urgent: urgent, Logger: logger(o)})
+		PageSize: livemig.DefaultPageSize}, cfg)
 	if rep != nil {
 		out, _ := json.Marshal(rep)
 		fmt.Println(string(out))
 	}
-	if err != nil {
-		return err
+	switch {
+	case rep == nil || !rep.Resumed:
+		if err == nil {
+			err = errors.New("the engine returned without resuming the guest")
+		}
+		return failed(dstNotHere, err)
+	case err != nil || !rep.Complete:
+		if err == nil {
+			err = errors.New("the engine returned with pages missing")
+		}
+		return &statusError{status: exitSplit, where: fmt.Sprintf(dstSplit, err), err: err}
 	}
 	pcs := rep.PostCopy
-	fmt.Fprintf(os.Stderr, "destination: every page here %v after the start (%d received, %d rounds before the resume, verified %v); "+
+	fmt.Fprintf(os.Stderr, "destination: every page here %v after the start (%d received, %d rounds before the resume, verified %v, %d reconnections); "+
 		"the guest ran from the resume, took %d demand faults (wait p50 %v, p99 %v, max %v) and made %d writes so far\n",
-		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, pcs.DemandFaults,
+		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, rep.Reconnects, pcs.DemandFaults,
 		pcs.FaultP50.Round(time.Microsecond), pcs.FaultP99.Round(time.Microsecond), pcs.FaultMax.Round(time.Microsecond), vm.writes.Load())
 	return nil
+}
+
+// errText is err's text, or nothing.
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // dstGuest is the guest at a post-copy destination: its state, and the
@@ -418,10 +631,79 @@ func writeLoop(ctx context.Context, id, writers int, rate float64, pages uint64,
 	}
 }
 
+// dialer returns the source's dial, which connects to -connect and
+// handshakes, and its redial, which dials again after a cut, retrying with a
+// short backoff for at most -recover-wait.
+func dialer(o options, pages uint64) (dial, redial func(context.Context) (transport.Conn, error), err error) {
+	tc, err := tlsConfig(o, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	dial = func(ctx context.Context) (transport.Conn, error) {
+		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc, PSK: o.psk})
+		if err != nil {
+			return nil, err
+		}
+		conn, peer, err := transport.Open(ctx, link, o.hello(pages), o.connConfig())
+		if err != nil {
+			link.Close()
+			return nil, err
+		}
+		if err := o.checkPeer(peer); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	redial = func(ctx context.Context) (transport.Conn, error) {
+		rctx, cancel := context.WithTimeout(ctx, o.waitToRecover())
+		defer cancel()
+		backoff := 50 * time.Millisecond
+		for {
+			conn, err := dial(rctx)
+			if err == nil {
+				fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
+				return conn, nil
+			}
+			if errors.Is(err, transport.ErrAuth) || errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
+				return nil, err // no retry makes it right
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-rctx.Done():
+				t.Stop()
+				if ctx.Err() == nil {
+					err = fmt.Errorf("no reconnection within -recover-wait %v: %w", o.waitToRecover(), err)
+				}
+				return nil, err
+			case <-t.C:
+			}
+			backoff = min(2*backoff, time.Second)
+		}
+	}
+	return dial, redial, nil
+}
+
 func source(ctx context.Context, o options) error {
 	pages, err := geometry(o)
 	if err != nil {
 		return err
+	}
+	pc, err := o.postCopy()
+	if err != nil {
+		return err
+	}
+	policy := map[string]precopy.NonConvergence{"stop": precopy.StopAndCopy, "abort": precopy.Abort, "throttle": precopy.Throttle}
+	pol, ok := policy[o.policy]
+	if !ok {
+		return fmt.Errorf("-policy %q: want stop, abort or throttle", o.policy)
+	}
+	dial, redial, err := dialer(o, pages)
+	if err != nil {
+		return err
+	}
+	if o.noRecover {
+		redial = nil
 	}
 	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
@@ -442,43 +724,25 @@ func source(ctx context.Context, o options) error {
 		wg.Add(1)
 		go func(i int) { defer wg.Done(); g.run(wctx, i, o.writers, o.rate) }(i)
 	}
+	// The process ends here: release writers a pause holds, whatever the
+	// outcome says about the guest.
 	defer func() { stopWriters(); _ = mem.Resume(context.Background()); wg.Wait() }()
 
-	tc, err := tlsConfig(o, false)
-	if err != nil {
-		return err
-	}
-	pc, err := o.postCopy()
-	if err != nil {
-		return err
-	}
-	dial := func() (transport.Conn, error) {
-		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc})
-		if err != nil {
-			return nil, err
-		}
-		return o.open(ctx, link, pages)
-	}
-	conn, err := dial()
+	conn, err := dial(ctx)
 	if err != nil {
 		return err
 	}
 	if pc {
-		urgent, err := dial()
+		urgent, err := dial(ctx)
 		if err != nil {
 			conn.Close()
 			return fmt.Errorf("urgent connection: %w", err)
 		}
-		return postCopySource(ctx, o, g, conn, urgent)
-	}
-	policy := map[string]precopy.NonConvergence{"stop": precopy.StopAndCopy, "abort": precopy.Abort, "throttle": precopy.Throttle}
-	pol, ok := policy[o.policy]
-	if !ok {
-		conn.Close()
-		return fmt.Errorf("-policy %q: want stop, abort or throttle", o.policy)
+		return postCopySource(ctx, o, g, conn, urgent, redial)
 	}
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
+		HandoverTimeout: o.waitToRecover(),
 		OnEvent: func(e precopy.Event) {
 			switch e.Kind {
 			case precopy.RoundEnded, precopy.Stopping, precopy.Throttled:
@@ -488,15 +752,25 @@ func source(ctx context.Context, o options) error {
 			}
 		},
 	}
+	if redial != nil {
+		cfg.Redial = redial
+	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.writers, o.rate)
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
 	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "source: migration failed; the guest keeps running here (paused: %v, %d writes so far)\n", mem.Paused(), mem.Writes())
-		return err
+	var doubt *precopy.InDoubtError
+	switch {
+	case errors.As(err, &doubt):
+		return &statusError{status: exitSplit, where: fmt.Sprintf(srcInDoubt, doubt.Session, doubt.Err), err: err}
+	case err != nil:
+		if mem.Paused() {
+			// Not in doubt, yet not resumed: say so rather than guess.
+			return &statusError{status: exitSplit, where: fmt.Sprintf("guest PAUSED here after a failure the engine did not call in doubt: %v", err), err: err}
+		}
+		return failed(srcHere, err)
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, verified %v; %d guest writes during the migration\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
@@ -505,16 +779,24 @@ func source(ctx context.Context, o options) error {
 }
 
 // postCopySource migrates g by post-copy (or hybrid) over conn, with
-// requested pages on urgent.
-func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn) error {
+// requested pages on urgent; redial, if not nil, reconnects after a cut.
+func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn,
+	redial func(context.Context) (transport.Conn, error)) error {
+	handed := false
 	cfg := postcopy.Config{Urgent: urgent, LZ4: o.lz4, Logger: logger(o),
 		OnEvent: func(e postcopy.Event) {
+			if e.Kind == postcopy.HandedOver {
+				handed = true
+			}
 			switch e.Kind {
 			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
-				fmt.Fprintf(os.Stderr, "source: %-12s round %d  %8d pages  %d records sent  %v elapsed\n",
-					e.Kind, e.Round, e.Pages, e.PagesSent, e.Elapsed.Round(time.Millisecond))
+				fmt.Fprintf(os.Stderr, "source: %-12s round %d  %8d pages  %d records sent  %v elapsed %v\n",
+					e.Kind, e.Round, e.Pages, e.PagesSent, e.Elapsed.Round(time.Millisecond), errText(e.Err))
 			}
 		}}
+	if redial != nil {
+		cfg.Redial, cfg.RedialUrgent = redial, redial
+	}
 	if o.mode == "hybrid" {
 		cfg.PreCopyRounds = 1
 	}
@@ -524,13 +806,13 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
 	}
-	if err != nil {
-		if errors.Is(err, livemig.ErrIncomplete) {
-			fmt.Fprintf(os.Stderr, "source: the guest runs at the destination but not all its memory got there; keep this process's memory\n")
-		} else {
-			fmt.Fprintf(os.Stderr, "source: migration failed before the hand-over; the guest keeps running here\n")
-		}
-		return err
+	switch {
+	case err != nil && (handed || errors.Is(err, livemig.ErrIncomplete)) && g.Paused():
+		return &statusError{status: exitSplit, where: fmt.Sprintf(srcSplit, err), err: err}
+	case err != nil && g.Paused():
+		return &statusError{status: exitSplit, where: fmt.Sprintf("guest PAUSED here after a failure before the hand-over: %v", err), err: err}
+	case err != nil:
+		return failed(srcHere, err)
 	}
 	pcs := rep.PostCopy
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination, verified %v\n",

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/transport"
 )
@@ -15,6 +17,13 @@ import (
 // migrate runs a destination and a source of mode in this process over
 // loopback TCP and returns their errors.
 func migrate(t *testing.T, o options) (srcErr, dstErr error) {
+	t.Helper()
+	return migrateVia(t, o, nil)
+}
+
+// migrateVia is migrate with the source dialing through a fault proxy
+// that applies rules, if any, and waits for them to fire.
+func migrateVia(t *testing.T, o options, rules []faultproxy.Rule) (srcErr, dstErr error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -35,6 +44,21 @@ func migrate(t *testing.T, o options) (srcErr, dstErr error) {
 	dst := o
 	go func() { done <- serve(ctx, dst, l, pages, pc) }()
 	o.connect = l.Addr().String()
+	if rules != nil {
+		p, err := faultproxy.New(o.connect, rules...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		o.connect = p.Addr()
+		defer func() {
+			select {
+			case <-p.Fired():
+			default:
+				t.Errorf("the fault did not fire: %v", p.Stats())
+			}
+		}()
+	}
 	srcErr = source(ctx, o)
 	return srcErr, <-done
 }
@@ -95,5 +119,74 @@ func TestModes(t *testing.T) {
 	}
 	if _, err := (options{mode: "copy"}).postCopy(); err == nil {
 		t.Error("unknown mode accepted")
+	}
+}
+
+// A cut just after the Commit is recovered by default in every mode: the
+// source comes back to the listener the destination keeps open, and the
+// migration completes. With -no-recover the same cut leaves a pre-copy
+// source in doubt (status 3, guest paused) and a post-copy guest split
+// (status 3 on both sides), and each side says so.
+func TestRecoverAfterCommit(t *testing.T) {
+	cut := []faultproxy.Rule{{Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close}}
+	for _, mode := range []string{"precopy", "postcopy", "hybrid"} {
+		for _, noRecover := range []bool{false, true} {
+			name := mode
+			if noRecover {
+				name += "/no-recover"
+			}
+			t.Run(name, func(t *testing.T) {
+				if mode != "precopy" && !uffdUsable(t) {
+					return
+				}
+				o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
+					policy: "stop", timeout: time.Minute, mode: mode, liveness: time.Second, recoverWait: 5 * time.Second,
+					noRecover: noRecover}
+				srcErr, dstErr := migrateVia(t, o, cut)
+				if !noRecover {
+					if srcErr != nil || dstErr != nil {
+						t.Fatalf("source: %v; destination: %v", srcErr, dstErr)
+					}
+					return
+				}
+				var se *statusError
+				if exitStatus(srcErr) != exitSplit || !errors.As(srcErr, &se) {
+					t.Fatalf("source: status %d: %v", exitStatus(srcErr), srcErr)
+				}
+				if mode == "precopy" {
+					if !strings.HasPrefix(se.where, "guest PAUSED here, outcome unknown (session ") ||
+						!errors.Is(srcErr, livemig.ErrInDoubt) {
+						t.Errorf("source: %v", srcErr)
+					}
+					// The Commit got there: the destination resumed.
+					if dstErr != nil {
+						t.Errorf("destination: %v", dstErr)
+					}
+					return
+				}
+				if !strings.HasPrefix(se.where, "guest running at the destination, part of its memory still here only (post-copy link lost: ") {
+					t.Errorf("source: %v", srcErr)
+				}
+				if exitStatus(dstErr) != exitSplit || !strings.HasPrefix(dstErr.Error(), "guest resumed HERE, part of its memory") {
+					t.Errorf("destination: status %d: %v", exitStatus(dstErr), dstErr)
+				}
+			})
+		}
+	}
+}
+
+// A failure before the hand-over says the guest runs at the source and
+// not at the destination.
+func TestFailBeforeHandover(t *testing.T) {
+	cut := []faultproxy.Rule{{Trigger: faultproxy.Trigger{Kind: faultproxy.KindPage, Nth: 20}, Fault: faultproxy.Close}}
+	o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
+		policy: "stop", timeout: time.Minute, mode: "precopy", liveness: time.Second, recoverWait: 2 * time.Second}
+	srcErr, dstErr := migrateVia(t, o, cut)
+	var se *statusError
+	if exitStatus(srcErr) != exitFailed || !errors.As(srcErr, &se) || !strings.HasPrefix(se.where, "guest running HERE at the source (migration failed before the hand-over: ") {
+		t.Errorf("source: status %d: %v", exitStatus(srcErr), srcErr)
+	}
+	if exitStatus(dstErr) != exitFailed || !strings.HasPrefix(dstErr.Error(), "guest NOT resumed here: ") {
+		t.Errorf("destination: status %d: %v", exitStatus(dstErr), dstErr)
 	}
 }
