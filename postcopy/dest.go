@@ -98,7 +98,12 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	err = r.run(rctx)
 	if err != nil {
 		tell, cancelTell := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = r.send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		m := transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())}
+		if !r.rep.Resumed {
+			m.Arg = transport.ErrorNotResumed // a promise: the source may resume
+		}
+		_ = r.send(tell, m)
+		_ = r.current().Flush(tell)
 		cancelTell()
 		if r.rep.Resumed {
 			r.log.Error("post-copy receive failed with the guest running here", "err", err)

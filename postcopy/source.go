@@ -93,6 +93,10 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 	m.session = rand.Uint64() | 1
 	m.prepage = NewPrepager(cfg.Prepage)
 	m.mainSend, m.urgSend = m.newSender(), m.newSender()
+	m.userCtx = ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	m.cancel = cancel
 	m.s = m.newSession(ctx, conn, cfg.Urgent)
 	err := m.run(ctx)
 	m.s.close()
@@ -185,7 +189,30 @@ type migration struct {
 
 	s     *session
 	waker atomic.Pointer[context.CancelFunc]
+
+	userCtx   context.Context         // Migrate's ctx
+	cancel    context.CancelCauseFunc // the run's ctx, with a *destError from the return path
+	stateSent bool                    // the destination may wait for us in doubt
 }
+
+// destError is a KindError the destination sent.
+type destError struct {
+	msg        string
+	notResumed bool // the destination promised never to resume the guest
+}
+
+func newDestError(m transport.Msg) *destError {
+	return &destError{msg: string(m.Data), notResumed: m.Arg&transport.ErrorNotResumed != 0}
+}
+
+func (e *destError) Error() string {
+	if e.notResumed {
+		return "postcopy: destination failed (not resumed there): " + e.msg
+	}
+	return "postcopy: destination failed: " + e.msg
+}
+
+func (e *destError) Unwrap() error { return livemig.ErrPeer }
 
 // cutError marks a failure of the link (as opposed to the peer's or the
 // guest's), which a reconnection may repair.
@@ -236,6 +263,10 @@ func (m *migration) reader(ctx context.Context, s *session) {
 		}
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
+			if msg.Kind == transport.KindError {
+				// Stop the migration at once, even inside a blocked send.
+				m.cancel(newDestError(msg))
+			}
 		}
 		select {
 		case s.ret <- retMsg{msg, err}:
@@ -263,6 +294,15 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return
 		}
 		err = m.explain(m.s, err)
+		if pe := (*destError)(nil); errors.As(context.Cause(ctx), &pe) && !errors.Is(err, livemig.ErrPeer) {
+			err = errors.Join(pe, err)
+		}
+		var de *destError
+		if m.handed && m.resumedAt.IsZero() && errors.As(err, &de) && de.notResumed {
+			// The Commit went out but the destination promised it never
+			// resumed: the guest may run here again.
+			m.handed = false
+		}
 		if m.handed {
 			if !errors.Is(err, livemig.ErrIncomplete) {
 				err = fmt.Errorf("postcopy: guest handed over, memory not all at the destination: %w (%w)", livemig.ErrIncomplete, err)
@@ -280,6 +320,9 @@ func (m *migration) run(ctx context.Context) (err error) {
 				err = errors.Join(err, fmt.Errorf("postcopy: resume source after failure: %w", rerr))
 			}
 			m.paused = false
+		}
+		if m.stateSent && m.cfg.Redial != nil && !errors.Is(err, livemig.ErrPeer) {
+			m.abortAtDest(bg, err)
 		}
 		m.log.Info("post-copy failed before the hand-over; source resumed", "err", err)
 	}()
@@ -484,6 +527,7 @@ func (m *migration) switchover(ctx context.Context) error {
 	}
 	m.report.StateBytes = uint64(len(state))
 	m.nBytes.Add(uint64(len(state)) + 2*recordOverhead)
+	m.stateSent = true
 	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindState, Data: state}); err != nil {
 		return linkErr("state", err)
 	}
@@ -589,7 +633,7 @@ func (m *migration) reconnect(ctx context.Context) error {
 				return fail(fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt))
 			}
 		case msg.Kind == transport.KindError:
-			return fail(fmt.Errorf("postcopy: destination failed: %s: %w", msg.Data, livemig.ErrPeer))
+			return fail(newDestError(msg))
 		default:
 			return fail(fmt.Errorf("postcopy: %v message while reconnecting: %w", msg.Kind, livemig.ErrCorrupt))
 		}
@@ -790,7 +834,7 @@ func (m *migration) handleReturn(ctx context.Context, s *session, rm retMsg) (ac
 	}
 	switch rm.m.Kind {
 	case transport.KindError:
-		return false, fmt.Errorf("postcopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer)
+		return false, newDestError(rm.m)
 	case transport.KindAck:
 		if rm.m.Arg == transport.AckResumed {
 			m.noteResumed()
@@ -968,6 +1012,24 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 	return size, nil
 }
 
+// abortAtDest tells, best effort, a destination that may wait in doubt for
+// this source to come back (its state loaded, Config.Reaccept) that the
+// source gave up before the Commit and resumed the guest.
+func (m *migration) abortAtDest(ctx context.Context, why error) {
+	actx, cancel := context.WithTimeout(ctx, transport.DefaultLiveness)
+	defer cancel()
+	conn, err := m.cfg.Redial(actx)
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	_ = conn.Send(actx, transport.Msg{Kind: transport.KindError, Data: []byte("source resumed the guest before the commit: " + why.Error())})
+	_ = conn.Flush(actx)
+	var msg transport.Msg
+	for conn.Recv(actx, &msg) == nil { // until the destination has read it and closed
+	}
+}
+
 // linkErr wraps a failed send or flush as a cut of the link.
 func linkErr(what string, err error) error {
 	if err == nil {
@@ -988,7 +1050,7 @@ func (m *migration) explain(s *session, err error) error {
 		select {
 		case rm := <-s.ret:
 			if rm.err == nil && rm.m.Kind == transport.KindError {
-				return errors.Join(fmt.Errorf("postcopy: destination failed: %s: %w", rm.m.Data, livemig.ErrPeer), err)
+				return errors.Join(newDestError(rm.m), err)
 			}
 			if rm.err != nil {
 				return err
