@@ -80,6 +80,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -268,22 +269,24 @@ func main() {
 		prefix = srcPrefix
 		err = source(ctx, o)
 	}
-	status := exitStatus(err)
+	// The last line says where the guest is, on one line (an error may
+	// join several).
+	last := func(s string) { fmt.Fprintln(os.Stderr, prefix+strings.ReplaceAll(s, "\n", "; ")) }
 	var se *statusError
 	switch {
 	case err == nil && o.listen != "":
-		fmt.Fprintln(os.Stderr, prefix+dstResumed)
+		last(dstResumed)
 	case err == nil:
-		fmt.Fprintln(os.Stderr, prefix+srcDone)
+		last(srcDone)
 	case errors.As(err, &se):
-		fmt.Fprintln(os.Stderr, prefix+se.where)
+		last(se.where)
 	case o.listen != "":
 		// Set-up failed (flags, listening, memory): nothing was received.
-		fmt.Fprintln(os.Stderr, prefix+fmt.Sprintf(dstNotHere, err))
+		last(fmt.Sprintf(dstNotHere, err))
 	default:
-		fmt.Fprintln(os.Stderr, prefix+fmt.Sprintf(srcHere, err))
+		last(fmt.Sprintf(srcHere, err))
 	}
-	os.Exit(status)
+	os.Exit(exitStatus(err))
 }
 
 func logger(o options) *slog.Logger {
