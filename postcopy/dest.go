@@ -152,7 +152,8 @@ type receiver struct {
 	reqWG   sync.WaitGroup
 	direct  *FaultQueue // dst.Faults, served directly from the resume on
 
-	mainScratch []byte // the main receiver's page for LZ4 blocks
+	mainScratch []byte        // the main receiver's page for LZ4 blocks
+	completeAck transport.Msg // Ack(AckComplete), kept for a source that missed it
 
 	session      uint64
 	switched     bool
@@ -337,6 +338,9 @@ func (r *receiver) afterResume(ctx context.Context) error {
 			case transport.KindDone:
 				var done bool
 				done, err = r.done(ctx, msg.Arg)
+				if err == nil {
+					r.release(ctx)
+				}
 				if done || err == nil {
 					return err
 				}
@@ -387,7 +391,8 @@ func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
 	pc := r.rep.PostCopy
 	data := appendStats(nil, destStats{Faults: pc.DemandFaults, P50: pc.FaultP50, P99: pc.FaultP99, Max: pc.FaultMax,
 		WaitTotal: pc.WaitTotal, LastPage: pc.LastPage, Placed: r.placed.Load(), Duplicates: r.dupN.Load()})
-	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckComplete, Page: mine, Data: data}); err != nil {
+	r.completeAck = transport.Msg{Kind: transport.KindAck, Arg: transport.AckComplete, Page: mine, Data: data}
+	if err := r.send(ctx, r.completeAck); err != nil {
 		// The source did not get it (a frame is whole or refused): it
 		// will come back and send Done again.
 		return false, fmt.Errorf("postcopy: confirm completion: %w", err)
@@ -395,6 +400,47 @@ func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
 	r.rep.Complete = true
 	r.event(Finished, nil)
 	return true, nil
+}
+
+// release waits, after the completion, for the source's AckReleased, and
+// answers a source that comes back after a cut (cfg.Reaccept) with the
+// completion again: it may have missed it. The migration is complete here
+// whatever happens; failures are only logged.
+func (r *receiver) release(ctx context.Context) {
+	conn := r.current()
+	var msg transport.Msg
+	for tries := 0; ; tries++ {
+		err := conn.Recv(ctx, &msg)
+		for err == nil && (msg.Kind != transport.KindAck || msg.Arg != transport.AckReleased) {
+			err = conn.Recv(ctx, &msg)
+		}
+		if err == nil {
+			return
+		}
+		if r.cfg.Reaccept == nil || ctx.Err() != nil || tries >= r.cfg.MaxReconnects {
+			return
+		}
+		conn.Close()
+		c, err := r.cfg.Reaccept(ctx)
+		if err != nil {
+			r.log.Warn("migration complete here; the source may not know it", "err", err)
+			return
+		}
+		r.connMu.Lock()
+		r.conn = c
+		r.connMu.Unlock()
+		conn = c
+		if err := c.Recv(ctx, &msg); err != nil || msg.Kind != transport.KindResume || msg.Page != r.session {
+			continue
+		}
+		if msg.Arg&urgentFlag != 0 && r.cfg.ReacceptUrgent != nil {
+			if u, err := r.cfg.ReacceptUrgent(ctx); err == nil {
+				u.Close() // not needed: the migration is complete
+			}
+		}
+		_ = c.Send(ctx, r.completeAck)
+		_ = c.Flush(ctx)
+	}
 }
 
 // recoverLink replaces a cut connection: it waits for the source to come

@@ -575,15 +575,37 @@ func (m *migration) postCopy(ctx context.Context, err error) error {
 		}
 		m.reconnects++
 		err = m.reconnect(ctx)
+		var done *completedError
+		if errors.As(err, &done) {
+			return m.complete(done.ack)
+		}
 	}
 }
+
+// completedError is reconnect's answer when the destination says, on the
+// new connection, that it had completed (Ack(AckComplete) in ack).
+type completedError struct{ ack transport.Msg }
+
+func (e *completedError) Error() string { return "postcopy: the destination had completed" }
 
 // reconnect opens a new connection, learns which pages the destination
 // holds and starts a session on it.
 func (m *migration) reconnect(ctx context.Context) error {
+	if m.reconnects > 1 {
+		// Back off between attempts: 50 ms, doubling, at most 1 s.
+		t := time.NewTimer(min(50*time.Millisecond<<(m.reconnects-2), time.Second))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, ctx.Err())
+		case <-t.C:
+		}
+	}
 	conn, err := m.cfg.Redial(ctx)
 	if err != nil {
-		return fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, err)
+		// Maybe the destination has not noticed the cut yet: try again
+		// (up to MaxReconnects).
+		return &cutError{fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, err)}
 	}
 	var urgent transport.Conn
 	fail := func(err error) error {
@@ -628,6 +650,13 @@ func (m *migration) reconnect(ctx context.Context) error {
 		case msg.Kind == transport.KindAck && msg.Arg == transport.AckResumed:
 			m.noteResumed()
 			continue
+		case msg.Kind == transport.KindAck && msg.Arg == transport.AckComplete:
+			// The destination finished before the cut: only its answer
+			// was lost.
+			msg.Data = bytes.Clone(msg.Data)
+			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+			_ = conn.Flush(ctx)
+			return fail(&completedError{msg})
 		case msg.Kind == transport.KindAck && msg.Arg == transport.AckHeld:
 			if got := bitmap.CountWords(held); got != msg.Page {
 				return fail(fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt))
@@ -742,6 +771,18 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 	ack, err := m.await(ctx, s, transport.AckComplete)
 	if err != nil {
 		return err
+	}
+	_ = s.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+	_ = s.conn.Flush(ctx)
+	return m.complete(ack)
+}
+
+// complete takes the destination's Ack(AckComplete): it checks the digest
+// and keeps the destination's figures.
+func (m *migration) complete(ack transport.Msg) error {
+	var sum uint64
+	if m.digest != nil {
+		sum = m.digest.Sum()
 	}
 	if m.digest != nil {
 		if ack.Page != sum {

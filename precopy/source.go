@@ -416,6 +416,9 @@ func (m *migration) commit(ctx context.Context) error {
 		return nil
 	}
 	if !notResumed(err) {
+		// The connection failed us: close it, so that the destination,
+		// which may see it alive (heartbeats), turns to Reaccept.
+		m.conn.Close()
 		err = m.resolve(m.userCtx, err)
 		if err == nil {
 			return nil
