@@ -66,10 +66,17 @@ const guard = 16
 
 // TestMemory checks m against the livemig.Memory contract: a positive page
 // size and count that do not change; ReadPage fills exactly the caller's
-// buffer of PageSize bytes (it writes nothing around it) for pages across
-// the whole range; a page past the end returns an error wrapping
-// livemig.ErrPageRange; reads from several goroutines at once all succeed
+// buffer of PageSize bytes, every byte of it and nothing around it, for pages
+// across the whole range; two reads of a page give the same bytes; a page
+// past the end returns an error wrapping livemig.ErrPageRange; reads from
+// several goroutines at once succeed and give the bytes a lone read gives
 // (run with -race to find data races).
+//
+// Nothing may write m while the check runs (pause the guest's vCPUs or give
+// it nothing to do): the check compares reads of the same page. It cannot
+// tell which bytes a page should hold, only that a read writes all of dst
+// and gives the same bytes each time; that the right page is read shows in a
+// migration test that compares the destination with the source.
 func TestMemory(t TB, m livemig.Memory) {
 	t.Helper()
 	ps, pages := m.PageSize(), m.PageCount()
@@ -77,22 +84,56 @@ func TestMemory(t TB, m livemig.Memory) {
 		t.Fatalf("livemigtest: Memory: PageSize %d, PageCount %d: both must be positive", ps, pages)
 		return
 	}
-	buf := make([]byte, ps+2*guard)
-	for i := range buf {
-		buf[i] = 0xA5
+	// Each page is read twice, into buffers prefilled with two patterns
+	// that differ in every byte: a byte ReadPage leaves unwritten keeps the
+	// pattern and differs between the reads.
+	pattern := func(dst []byte, k byte) {
+		for i := range dst {
+			dst[i] = byte(i*7+0x5A) ^ k
+		}
 	}
+	buf := make([]byte, ps+2*guard)
 	dst := buf[guard : guard+ps : guard+ps]
-	for _, n := range samplePages(pages, 64, 1) {
+	read := func(n uint64, k byte) bool {
+		t.Helper()
+		for i := range buf {
+			buf[i] = 0xA5
+		}
+		pattern(dst, k)
 		if err := m.ReadPage(n, dst); err != nil {
 			t.Errorf("livemigtest: Memory.ReadPage(%d): %v", n, err)
-			continue
+			return false
 		}
 		if !allByte(buf[:guard], 0xA5) || !allByte(buf[guard+ps:], 0xA5) {
 			t.Errorf("livemigtest: Memory.ReadPage(%d) wrote outside its %d-byte buffer", n, ps)
-			for i := range buf {
-				buf[i] = 0xA5
+		}
+		return true
+	}
+	first := make([]byte, ps)
+	other := make([]byte, ps)
+	bad := 0 // pages whose two reads differ; the first three are reported
+	for _, n := range samplePages(pages, 64, 1) {
+		if !read(n, 0) {
+			continue
+		}
+		copy(first, dst)
+		if !read(n, 0xFF) {
+			continue
+		}
+		if i := diffAt(first, dst); i < ps {
+			if bad++; bad > 3 {
+				continue
+			}
+			pattern(other, 0)
+			if first[i] == other[i] && dst[i] == ^other[i] {
+				t.Errorf("livemigtest: Memory.ReadPage(%d) left byte %d of dst unwritten: ReadPage must copy all %d bytes of the page into dst", n, i, ps)
+			} else {
+				t.Errorf("livemigtest: Memory.ReadPage(%d): two reads of the page, with nothing writing it, differ at byte %d", n, i)
 			}
 		}
+	}
+	if bad > 3 {
+		t.Errorf("livemigtest: Memory: ... and %d more pages whose two reads differ", bad-3)
 	}
 	for _, n := range []uint64{pages, pages + 1, pages + 64, math.MaxUint64} {
 		if n < pages {
@@ -107,9 +148,18 @@ func TestMemory(t TB, m livemig.Memory) {
 		t.Errorf("livemigtest: Memory geometry changed from %d×%d to %d×%d", pages, ps, m.PageCount(), m.PageSize())
 	}
 
-	// Concurrent reads of the same and different pages.
+	// Concurrent reads of the same and different pages give what a lone
+	// read gives.
 	const readers, each = 4, 64
 	sample := samplePages(pages, each, 2)
+	want := make([][]byte, len(sample))
+	for i, n := range sample {
+		want[i] = make([]byte, ps)
+		if err := m.ReadPage(n, want[i]); err != nil {
+			t.Errorf("livemigtest: Memory.ReadPage(%d): %v", n, err)
+			return
+		}
+	}
 	errc := make(chan error, readers)
 	var wg sync.WaitGroup
 	for r := 0; r < readers; r++ {
@@ -118,9 +168,14 @@ func TestMemory(t TB, m livemig.Memory) {
 			defer wg.Done()
 			b := make([]byte, ps)
 			for i := range sample {
-				n := sample[(i+r*7)%len(sample)]
+				j := (i + r*7) % len(sample)
+				n := sample[j]
 				if err := m.ReadPage(n, b); err != nil {
 					errc <- fmt.Errorf("concurrent ReadPage(%d): %w", n, err)
+					return
+				}
+				if k := diffAt(b, want[j]); k < ps {
+					errc <- fmt.Errorf("concurrent ReadPage(%d) differs at byte %d from a lone read of the page", n, k)
 					return
 				}
 			}
@@ -158,7 +213,8 @@ func setBit(b []uint64, n uint64)      { b[n/64] |= 1 << (n % 64) }
 // that bits past the page count are never set, even in a longer dst; that
 // bits already set in dst stay set (OR semantics); and that pages written by
 // several goroutines while another syncs in a loop all show in the union of
-// the syncs (a write racing with a sync is never lost).
+// the syncs (a write racing with a sync is never lost: each page is written
+// once in a round, so a lost mark is not made good by a later write).
 func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n uint64)) {
 	t.Helper()
 	if pages == 0 {
@@ -239,59 +295,83 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		t.Errorf("livemigtest: DirtySource: SyncDirty changed dst word %d past the bitmap's %d words", words+1, words)
 	}
 
-	// Writes racing with syncs are never lost.
-	const writers, perWriter = 4, 2000
-	want := make([]uint64, words)
-	var targets [writers][]uint64
+	// Writes racing with syncs are never lost. Each round writes distinct
+	// pages, each once, so that a mark a sync loses is not made good by a
+	// later write of the same page.
+	const writers, rounds, perRound = 4, 8, 2000
 	r := rand.New(rand.NewPCG(5, 6))
-	for i := range targets {
-		for j := 0; j < perWriter; j++ {
-			n := r.Uint64N(pages)
-			targets[i] = append(targets[i], n)
+	for round := 0; round < rounds; round++ {
+		want := make([]uint64, words)
+		var targets [writers][]uint64
+		for i, n := range distinctPages(r, pages, perRound) {
+			targets[i%writers] = append(targets[i%writers], n)
 			setBit(want, n)
 		}
-	}
-	union := make([]uint64, words+extra)
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := range targets {
-		wg.Add(1)
-		go func(ns []uint64) {
-			defer wg.Done()
-			for _, n := range ns {
-				write(n)
-			}
-		}(targets[i])
-	}
-	go func() { wg.Wait(); close(done) }()
-	syncs := 0
-	for running := true; running; {
-		select {
-		case <-done:
-			running = false
-		default:
+		union := make([]uint64, words+extra)
+		done := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range targets {
+			wg.Add(1)
+			go func(ns []uint64) {
+				defer wg.Done()
+				for _, n := range ns {
+					write(n)
+				}
+			}(targets[i])
 		}
-		if err := ds.SyncDirty(union); err != nil {
-			t.Fatalf("livemigtest: DirtySource.SyncDirty (concurrent): %v", err)
-			<-done
+		go func() { wg.Wait(); close(done) }()
+		syncs := 0
+		for running := true; running; {
+			select {
+			case <-done:
+				running = false
+			default:
+			}
+			if err := ds.SyncDirty(union); err != nil {
+				t.Fatalf("livemigtest: DirtySource.SyncDirty (concurrent): %v", err)
+				<-done
+				return
+			}
+			syncs++
+		}
+		checkPast(t, union, pages, "concurrent")
+		var lost uint64
+		firstLost := -1
+		for i := range want {
+			if m := want[i] &^ union[i]; m != 0 {
+				if firstLost < 0 {
+					firstLost = i
+				}
+				lost += count([]uint64{m})
+			}
+		}
+		if lost > 0 {
+			t.Errorf("livemigtest: DirtySource: %d pages written while SyncDirty ran (%d syncs) were never reported, the first in word %d", lost, syncs, firstLost)
 			return
 		}
-		syncs++
 	}
-	checkPast(t, union, pages, "concurrent")
-	var lost uint64
-	firstLost := -1
-	for i := range want {
-		if m := want[i] &^ union[i]; m != 0 {
-			if firstLost < 0 {
-				firstLost = i
-			}
-			lost += count([]uint64{m})
+}
+
+// distinctPages returns min(k, pages) distinct page numbers below pages in
+// a random order drawn from r.
+func distinctPages(r *rand.Rand, pages uint64, k int) []uint64 {
+	if pages <= uint64(k) {
+		out := make([]uint64, pages)
+		for i := range out {
+			out[i] = uint64(i)
+		}
+		r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+		return out
+	}
+	seen := make(map[uint64]bool, k)
+	out := make([]uint64, 0, k)
+	for len(out) < k {
+		if n := r.Uint64N(pages); !seen[n] {
+			seen[n] = true
+			out = append(out, n)
 		}
 	}
-	if lost > 0 {
-		t.Errorf("livemigtest: DirtySource: %d pages written while SyncDirty ran (%d syncs) were never reported, the first in word %d", lost, syncs, firstLost)
-	}
+	return out
 }
 
 func checkPast(t TB, dst []uint64, pages uint64, what string) {

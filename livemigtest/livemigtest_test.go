@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"unsafe"
 
@@ -18,23 +19,39 @@ type ref struct {
 	ps    int
 	pages [][]byte
 	dirty []uint64
+	reads int
 	flaws
+	race // for loseRacing
 }
+
+// race makes loseRacing's loss certain: the raceAt-th write waits until a
+// SyncDirty is between its copy and its clear, and that sync waits until
+// the write has landed.
+type race struct {
+	writes                atomic.Int64
+	waiting, open, landed chan struct{}
+	once                  sync.Once
+}
+
+const raceAt = 100 // past the few writes of TestDirtySource's exact checks
 
 type flaws struct {
 	noClear      bool // SyncDirty does not clear
 	overwriteDst bool // SyncDirty stores instead of ORing
 	pastEnd      bool // SyncDirty sets a bit past the page count
-	loseRacing   bool // SyncDirty clears bits set during its copy
+	loseRacing   bool // SyncDirty clears a bit set between its copy and its clear
 	dropLast     bool // SyncDirty never reports the last page
 	noRangeErr   bool // out-of-range page numbers wrap instead of failing
 	keepBuf      bool // WritePage keeps the caller's slice
 	zeroNoop     bool // ZeroPage does nothing
 	readOverrun  bool // ReadPage writes a byte past dst (through its capacity)
+	readShort    bool // ReadPage leaves the last byte of dst unwritten
+	readUnstable bool // ReadPage returns different bytes each time
 }
 
 func newRef(pages uint64, ps int, f flaws) *ref {
 	r := &ref{ps: ps, pages: make([][]byte, pages), dirty: make([]uint64, livemig.WordsFor(pages)), flaws: f}
+	r.waiting, r.open, r.landed = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	for i := range r.pages {
 		r.pages[i] = make([]byte, ps)
 	}
@@ -61,7 +78,16 @@ func (r *ref) ReadPage(n uint64, dst []byte) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	copy(dst, r.pages[n])
+	switch {
+	case r.readShort:
+		copy(dst[:len(dst)-1], r.pages[n])
+	case r.readUnstable:
+		copy(dst, r.pages[n])
+		r.reads++
+		dst[len(dst)/2] ^= byte(r.reads)
+	default:
+		copy(dst, r.pages[n])
+	}
 	if r.readOverrun {
 		// A bug through unsafe memory, modelled by the guard the check puts
 		// after dst: write into the bytes right after it.
@@ -74,6 +100,11 @@ func (r *ref) ReadPage(n uint64, dst []byte) error {
 var overrun = func([]byte) {}
 
 func (r *ref) write(n uint64) {
+	if r.loseRacing && r.writes.Add(1) == raceAt {
+		close(r.waiting)
+		<-r.open
+		defer close(r.landed)
+	}
 	r.mu.Lock()
 	r.pages[n][0]++
 	r.dirty[n/64] |= 1 << (n % 64)
@@ -82,13 +113,17 @@ func (r *ref) write(n uint64) {
 
 func (r *ref) SyncDirty(dst []uint64) error {
 	if r.loseRacing {
-		// Copy without the lock, then clear under it: writes in between
-		// are lost.
+		// Copy under the lock, then clear under it again: writes in
+		// between are lost.
 		snap := make([]uint64, len(r.dirty))
 		r.mu.Lock()
 		copy(snap, r.dirty)
 		r.mu.Unlock()
-		runtime.Gosched()
+		select {
+		case <-r.waiting:
+			r.once.Do(func() { close(r.open); <-r.landed })
+		default:
+		}
 		r.mu.Lock()
 		for i := range snap {
 			dst[i] |= snap[i]
@@ -214,6 +249,8 @@ func TestBrokenFail(t *testing.T) {
 		{"no range error", flaws{noRangeErr: true}, "ErrPageRange"},
 		{"keeps buffer", flaws{keepBuf: true}, "caller's buffer changed"},
 		{"zero does nothing", flaws{zeroNoop: true}, "after ZeroPage"},
+		{"read leaves last byte", flaws{readShort: true}, "left byte 63 of dst unwritten"},
+		{"reads differ", flaws{readUnstable: true}, "two reads of the page, with nothing writing it, differ at byte 32"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
