@@ -1,6 +1,6 @@
 // Package livemigtest holds conformance checks for implementations of
 // livemig's interfaces: a hypervisor author runs them against their own
-// Memory, DirtySource and PageSink from a test, with one call each.
+// Memory, DirtySource, VM and PageSink from a test, with one call each.
 //
 // Each check reports failures through t (t.Errorf for a broken rule, which
 // lets the check go on; t.Fatalf when it cannot) and calls t only from the
@@ -13,6 +13,8 @@
 //		g := newMyGuest(t) // quiescent: the guest itself writes nothing
 //		livemigtest.TestMemory(t, g)
 //		livemigtest.TestDirtySource(t, g, g.PageCount(), func(n uint64) { g.Poke(n) })
+//		g.StartVCPUs() // running: its vCPUs write by themselves
+//		livemigtest.TestVM(t, g, g, g, nil)
 //		s := newMySink(t)
 //		livemigtest.TestPageSink(t, s, s, s.PageSize(), s.PageCount(), nil)
 //	}
@@ -20,11 +22,15 @@ package livemigtest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"math/rand/v2"
+	"runtime"
 	"sync"
+	"time"
 
 	"github.com/livemig/livemig"
 )
@@ -552,4 +558,248 @@ func diffAt(a, b []byte) int {
 		}
 	}
 	return len(a)
+}
+
+// How long TestVM lets a running guest go before it concludes that the
+// guest does not write: calls of run, or wall-clock time for a nil run.
+const (
+	runSteps    = 64
+	selfRunning = 5 * time.Second
+)
+
+// TestVM checks vm, the control of a running guest whose memory is m and
+// whose dirty log is ds, against the livemig.VM contract. The guest must be
+// running when the check starts; it is running again when the check ends.
+//
+// run lets the guest's vCPUs run for a moment, as the passing of time does:
+// for a guest on a virtual clock, such as a sim.Guest, it advances the
+// clock; for a guest whose vCPUs run by themselves (goroutines writing a
+// region.Region, a KVM guest), run is nil and the check yields to them
+// instead. While the guest runs, its vCPUs must write pages that ds reports
+// within 64 calls of run (or, for a nil run, within five seconds); while
+// it is paused, run must return without blocking and without writing. run
+// is the guest running, not a hand that writes: a function that writes a
+// paused guest's memory (as sim.Guest.Write does) makes every Pause look
+// like a lie.
+//
+// It checks that:
+//   - Pause is real: a page written before Pause returned is reported by
+//     the SyncDirty after it, a second SyncDirty reports nothing, and the
+//     pages' contents do not change while the guest is paused, even while
+//     run is called; a second Pause returns nil and keeps it paused;
+//   - a Pause that returns an error leaves the guest running;
+//   - SaveState appends: it leaves dst[:len(dst)] as it was, whether dst
+//     has spare capacity or not, and returns at least len(dst) bytes;
+//   - LoadState accepts what SaveState saved; it is called on vm itself,
+//     paused, so a VM that only serves as a source may check the state and
+//     change nothing, as sim.Guest does;
+//   - Resume lets the guest write again (its writes show in ds), and a
+//     second Resume returns nil; Resume of the running guest at the start
+//     returns nil too.
+//
+// A Pause that stops the vCPUs some time after it returns is caught when
+// they write during the check: for certain when run drives them, by chance
+// (but high chance) when they run by themselves.
+func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run func()) {
+	t.Helper()
+	ctx := context.Background()
+	ps, pages := m.PageSize(), m.PageCount()
+	if ps <= 0 || pages == 0 {
+		t.Fatalf("livemigtest: VM: the memory's PageSize %d, PageCount %d: both must be positive", ps, pages)
+		return
+	}
+	words := livemig.WordsFor(pages)
+	step := func() {
+		if run != nil {
+			run()
+		} else {
+			runtime.Gosched()
+		}
+	}
+	syncd := func(what string) []uint64 {
+		t.Helper()
+		d := make([]uint64, words)
+		if err := ds.SyncDirty(d); err != nil {
+			t.Fatalf("livemigtest: VM: DirtySource.SyncDirty (%s): %v", what, err)
+			return nil
+		}
+		return d
+	}
+	// wrote lets the guest run until its dirty log reports a write, and
+	// says whether it did.
+	wrote := func(what string) bool {
+		t.Helper()
+		start := time.Now()
+		for i := 1; ; i++ {
+			step()
+			d := syncd(what)
+			if d == nil {
+				return false
+			}
+			if count(d) > 0 {
+				return true
+			}
+			if run != nil && i >= runSteps || run == nil && time.Since(start) > selfRunning {
+				return false
+			}
+		}
+	}
+	const pauseSteps = 8 // calls of run while the guest is paused
+	readAll := func(ns []uint64, what string) [][]byte {
+		t.Helper()
+		out := make([][]byte, len(ns))
+		for i, n := range ns {
+			out[i] = make([]byte, ps)
+			if err := m.ReadPage(n, out[i]); err != nil {
+				t.Fatalf("livemigtest: VM: Memory.ReadPage(%d) (%s): %v", n, what, err)
+				return nil
+			}
+		}
+		return out
+	}
+	// report lists up to a few pages of d as errors.
+	report := func(d []uint64, format string) {
+		t.Helper()
+		shown := 0
+		for i := 0; i < len(d) && shown < 4; i++ {
+			for w := d[i]; w != 0 && shown < 4; w &= w - 1 {
+				t.Errorf(format, uint64(i)*64+uint64(bits.TrailingZeros64(w)))
+				shown++
+			}
+		}
+		if c := count(d); c > uint64(shown) {
+			t.Errorf("livemigtest: VM: ... and %d more pages", c-uint64(shown))
+		}
+	}
+
+	// The guest runs and writes.
+	if err := vm.Resume(ctx); err != nil {
+		t.Errorf("livemigtest: VM.Resume of a running guest: %v (it must do nothing and return nil)", err)
+	}
+	if !wrote("while running") {
+		t.Fatalf("livemigtest: VM: the running guest wrote nothing its dirty log reported: run must let it write (or, for a nil run, its vCPUs must write by themselves)")
+		return
+	}
+
+	// A Pause that fails leaves the guest running.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := vm.Pause(cancelled); err != nil {
+		if !wrote("after a failed Pause") {
+			t.Errorf("livemigtest: VM.Pause returned %v, yet the guest wrote nothing after it: a Pause that fails must leave the guest running", err)
+			if err := vm.Resume(ctx); err != nil {
+				t.Fatalf("livemigtest: VM.Resume: %v", err)
+				return
+			}
+		}
+	} else if err := vm.Resume(ctx); err != nil { // it paused: run again
+		t.Fatalf("livemigtest: VM.Resume: %v", err)
+		return
+	}
+
+	// Pause is real.
+	if syncd("before Pause") == nil { // start from a clean log
+		return
+	}
+	sample := samplePages(pages, 1024, 9)
+	before := readAll(sample, "before Pause")
+	if before == nil {
+		return
+	}
+	step()
+	step()
+	if err := vm.Pause(ctx); err != nil {
+		t.Fatalf("livemigtest: VM.Pause: %v", err)
+		return
+	}
+	first := syncd("first after Pause")
+	if first == nil {
+		return
+	}
+	paused1 := readAll(sample, "after Pause")
+	if paused1 == nil {
+		return
+	}
+	for i := 0; i < pauseSteps; i++ {
+		step()
+	}
+	paused2 := readAll(sample, "after Pause, again")
+	if paused2 == nil {
+		return
+	}
+	second := syncd("second after Pause")
+	if second == nil {
+		return
+	}
+	report(second, "livemigtest: VM: Pause returned but page %d was written after it (the second SyncDirty after Pause reported it)")
+	changed, lost := make([]uint64, words), make([]uint64, words)
+	for i, n := range sample {
+		if !bytes.Equal(paused1[i], paused2[i]) {
+			setBit(changed, n)
+		}
+		if !bytes.Equal(before[i], paused1[i]) && !bitSet(first, n) && !bitSet(second, n) {
+			setBit(lost, n)
+		}
+	}
+	report(changed, "livemigtest: VM: Pause returned but page %d was written after it (two reads of it after Pause differ)")
+	report(lost, "livemigtest: VM: page %d was written before Pause returned but no SyncDirty after Pause reported it (Pause must wait until every write is in the dirty log)")
+	if err := vm.Pause(ctx); err != nil {
+		t.Errorf("livemigtest: VM.Pause of a paused guest: %v (it must do nothing and return nil)", err)
+	}
+	for i := 0; i < pauseSteps; i++ {
+		step()
+	}
+	if d := syncd("after a second Pause"); d != nil {
+		report(d, "livemigtest: VM: page %d was written after a second Pause (Pause of a paused guest must keep it paused)")
+	} else {
+		return
+	}
+
+	// SaveState appends; LoadState takes what it saved.
+	prefix := []byte("livemigtest: SaveState must append after this")
+	tight := append([]byte(nil), prefix...)[:len(prefix):len(prefix)]
+	roomy := make([]byte, len(prefix), len(prefix)+1<<16)
+	copy(roomy, prefix)
+	for _, c := range []struct {
+		what string
+		dst  []byte
+	}{{"a dst with no spare capacity", tight}, {"a dst with spare capacity", roomy}, {"a nil dst", nil}} {
+		out, err := vm.SaveState(ctx, c.dst)
+		if err != nil {
+			t.Errorf("livemigtest: VM.SaveState into %s: %v", c.what, err)
+			continue
+		}
+		n := len(c.dst)
+		if len(out) < n {
+			t.Errorf("livemigtest: VM.SaveState into %s of %d bytes returned %d bytes: it must append to dst", c.what, n, len(out))
+			continue
+		}
+		if c.dst != nil && !bytes.Equal(c.dst, prefix) {
+			t.Errorf("livemigtest: VM.SaveState into %s changed dst[:len(dst)] at byte %d: it must append to dst and leave what it holds", c.what, diffAt(c.dst, prefix))
+		}
+		if c.dst != nil && !bytes.Equal(out[:n], prefix) {
+			t.Errorf("livemigtest: VM.SaveState into %s returned a slice whose first %d bytes are not dst's (they differ at byte %d): it must append to dst", c.what, n, diffAt(out[:n], prefix))
+		}
+		state := append([]byte(nil), out[n:]...)
+		if err := vm.LoadState(ctx, state); err != nil {
+			t.Errorf("livemigtest: VM.LoadState of the %d bytes SaveState saved into %s: %v (LoadState must accept what SaveState saved)", len(state), c.what, err)
+		}
+	}
+	if d := syncd("after SaveState and LoadState"); d != nil {
+		report(d, "livemigtest: VM: page %d was written while the guest was paused, during SaveState or LoadState")
+	} else {
+		return
+	}
+
+	// Resume lets the guest write again.
+	if err := vm.Resume(ctx); err != nil {
+		t.Fatalf("livemigtest: VM.Resume of the paused guest: %v", err)
+		return
+	}
+	if !wrote("after Resume") {
+		t.Errorf("livemigtest: VM: Resume returned but the guest wrote nothing after it (Resume must let the guest run)")
+	}
+	if err := vm.Resume(ctx); err != nil {
+		t.Errorf("livemigtest: VM.Resume of a running guest: %v (it must do nothing and return nil)", err)
+	}
 }
