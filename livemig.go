@@ -77,14 +77,34 @@ type PageView interface {
 }
 
 // VM is the control of a guest: pause and resume its vCPUs, save and load its
-// CPU and device state as opaque bytes.
+// CPU and device state as opaque bytes. Calls come from one goroutine at a
+// time.
 //
 // On the source an engine calls Pause, SaveState and, if the migration fails
 // after the pause, Resume, so that the guest runs on where it was. On the
 // destination it calls LoadState and then Resume, only once every page and the
-// state have arrived and been verified. SaveState appends the state to dst and
-// returns the extended slice. Calls come from one goroutine at a time. A VM
-// whose state is empty returns dst unchanged.
+// state have arrived and been verified.
+//
+// Pause returns only once the guest writes no more and every write it made
+// before is visible to the next DirtySource.SyncDirty: a sync after Pause
+// reports the guest's last writes, and a second sync reports nothing. A write
+// still under way, or dirty marks still buffered (a PML buffer, a dirty ring
+// not yet harvested), must be finished before Pause returns. A Pause that
+// returns an error has not paused the guest: it runs on, and the engine does
+// not call Resume.
+//
+// Resume lets the guest run again, its writes showing in the dirty log as
+// before. Pause of a paused guest and Resume of a running guest do nothing and
+// return nil, as every VM in this module does. A Resume that returns an error
+// has not resumed the guest: at the destination the guest does not run there.
+//
+// SaveState, called while the guest is paused, appends the state to dst and
+// returns the extended slice; it does not modify dst[:len(dst)] and keeps no
+// reference to dst. A VM whose state is empty returns dst unchanged. LoadState
+// of the bytes SaveState produced (by a VM of the same configuration) succeeds;
+// state is owned by the caller, and LoadState keeps no reference to it. A
+// LoadState error means the state did not load: the destination does not
+// resume the guest.
 type VM interface {
 	Pause(ctx context.Context) error
 	Resume(ctx context.Context) error
