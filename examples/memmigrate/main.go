@@ -262,31 +262,38 @@ func main() {
 	defer cancel()
 
 	var err error
-	prefix := destPrefix
 	if o.listen != "" {
 		err = destination(ctx, o)
 	} else {
-		prefix = srcPrefix
 		err = source(ctx, o)
 	}
-	// The last line says where the guest is, on one line (an error may
-	// join several).
-	last := func(s string) { fmt.Fprintln(os.Stderr, prefix+strings.ReplaceAll(s, "\n", "; ")) }
-	var se *statusError
-	switch {
-	case err == nil && o.listen != "":
-		last(dstResumed)
-	case err == nil:
-		last(srcDone)
-	case errors.As(err, &se):
-		last(se.where)
-	case o.listen != "":
-		// Set-up failed (flags, listening, memory): nothing was received.
-		last(fmt.Sprintf(dstNotHere, err))
-	default:
-		last(fmt.Sprintf(srcHere, err))
-	}
+	fmt.Fprintln(os.Stderr, lastLine(o.listen != "", err))
 	os.Exit(exitStatus(err))
+}
+
+// lastLine is the line that ends a side's stderr, err being what source or
+// destination returned: where the guest is, on one line (an error may join
+// several).
+func lastLine(dest bool, err error) string {
+	var se *statusError
+	var s string
+	switch {
+	case err == nil && dest:
+		s = destPrefix + dstResumed
+	case err == nil:
+		s = srcPrefix + srcDone
+	case errors.As(err, &se) && dest:
+		s = destPrefix + se.where
+	case errors.As(err, &se):
+		s = srcPrefix + se.where
+	case dest:
+		// Set-up failed (flags, listening, memory): nothing was received.
+		s = destPrefix + fmt.Sprintf(dstNotHere, err)
+	default:
+		// Set-up failed before the migration began: the guest never paused.
+		s = srcPrefix + fmt.Sprintf(srcHere, err)
+	}
+	return strings.ReplaceAll(s, "\n", "; ")
 }
 
 func logger(o options) *slog.Logger {

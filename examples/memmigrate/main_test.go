@@ -190,3 +190,31 @@ func TestFailBeforeHandover(t *testing.T) {
 		t.Errorf("destination: status %d: %v", exitStatus(dstErr), dstErr)
 	}
 }
+
+// The last line says where the guest is, on one line, and the exit status
+// agrees.
+func TestLastLine(t *testing.T) {
+	joined := errors.Join(errors.New("first"), errors.New("second"))
+	for _, c := range []struct {
+		dest   bool
+		err    error
+		line   string
+		status int
+	}{
+		{false, nil, "source: guest running at the destination (migration complete)", 0},
+		{true, nil, "destination: guest resumed HERE", 0},
+		{false, failed(srcHere, joined), "source: guest running HERE at the source (migration failed before the hand-over: first; second)", 1},
+		{true, failed(dstNotHere, joined), "destination: guest NOT resumed here: first; second", 1},
+		{false, joined, "source: guest running HERE at the source (migration failed before the hand-over: first; second)", 1},
+		{true, joined, "destination: guest NOT resumed here: first; second", 1},
+		{false, &statusError{status: exitSplit, where: "guest PAUSED here, outcome unknown (session 0000000000000007): x", err: joined},
+			"source: guest PAUSED here, outcome unknown (session 0000000000000007): x", 3},
+	} {
+		if got := lastLine(c.dest, c.err); got != c.line {
+			t.Errorf("lastLine(%v, %v) = %q, want %q", c.dest, c.err, got, c.line)
+		}
+		if got := exitStatus(c.err); got != c.status {
+			t.Errorf("exitStatus(%v) = %d, want %d", c.err, got, c.status)
+		}
+	}
+}
