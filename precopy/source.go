@@ -74,12 +74,12 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		return nil, fmt.Errorf("precopy: the Throttle policy needs a VM that implements livemig.Throttler: %w", livemig.ErrNotSupported)
 	}
 	m := &migration{
-		cfg:    cfg,
-		src:    src,
-		conn:   conn,
-		policy: NewPolicy(cfg),
-		pages:  src.Memory.PageCount(),
-		ps:     src.Memory.PageSize(),
+		cfg:     cfg,
+		src:     src,
+		conn:    conn,
+		policy:  NewPolicy(cfg),
+		pages:   src.Memory.PageCount(),
+		ps:      src.Memory.PageSize(),
 		ret:     make(chan retMsg, 4),
 		stop:    make(chan struct{}),
 		session: rand.Uint64() | 1,
@@ -174,11 +174,11 @@ type migration struct {
 	start    time.Time
 	paused   bool
 	handed   bool // the Commit is (being) sent: the outcome may be in doubt
-	ret     chan retMsg
-	stop    chan struct{}
-	retErr  error
-	pending int    // pages since the last look at the return path
-	resent  uint64 // records for pages sent before
+	ret      chan retMsg
+	stop     chan struct{}
+	retErr   error
+	pending  int    // pages since the last look at the return path
+	resent   uint64 // records for pages sent before
 }
 
 // readReturnPath forwards what the destination says, so that a peer error
