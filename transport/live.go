@@ -81,6 +81,8 @@ func (c *conn) watch() {
 		lastWrite  uint64
 		writeSince = now
 		lastSeq    = c.frames.Load()
+		// the last time any byte came in, Recv waiting or not
+		lastProgress = now
 	)
 	for {
 		select {
@@ -88,7 +90,11 @@ func (c *conn) watch() {
 			return
 		case now = <-t.C:
 		}
-		if p := c.rprog.Load(); p != lastRead || !c.reading.Load() {
+		p := c.rprog.Load()
+		if p != lastRead {
+			lastProgress = now
+		}
+		if p != lastRead || !c.reading.Load() {
 			lastRead, readSince = p, now
 		} else if quiet := now.Sub(readSince); quiet >= c.live {
 			c.stall(fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), c.live, ErrStalled))
@@ -96,7 +102,9 @@ func (c *conn) watch() {
 		}
 		if w := c.writing.Load(); w == 0 || w != lastWrite {
 			lastWrite, writeSince = w, now
-		} else if stuck := now.Sub(writeSince); stuck >= c.live {
+		} else if stuck := now.Sub(writeSince); stuck >= c.live && now.Sub(lastProgress) >= c.live {
+			// A write blocked while bytes still come in is a peer that
+			// does not read this direction now, not a dead link.
 			c.stall(fmt.Errorf("a frame write made no headway for %v (liveness %v): %w", stuck.Round(time.Millisecond), c.live, ErrStalled))
 			return
 		}
