@@ -310,17 +310,18 @@ func (m *migration) run(ctx context.Context) (err error) {
 			m.log.Error("post-copy failed after the hand-over; keep the source's memory", "err", err)
 			return
 		}
-		// Clean failure: tell the destination, resume the source.
+		// Clean failure: resume the source first (the destination cannot
+		// resume without the Commit), then tell the destination.
 		bg := context.WithoutCancel(ctx)
-		tell, cancel := context.WithTimeout(bg, 2*time.Second)
-		_ = m.s.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
-		cancel()
 		if m.paused {
 			if rerr := m.src.VM.Resume(bg); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("postcopy: resume source after failure: %w", rerr))
 			}
 			m.paused = false
 		}
+		tell, cancel := context.WithTimeout(bg, 2*time.Second)
+		_ = m.s.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		cancel()
 		if m.stateSent && m.cfg.Redial != nil && !errors.Is(err, livemig.ErrPeer) {
 			m.abortAtDest(bg, err)
 		}

@@ -230,17 +230,10 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return // in doubt: stopAndCopy made err an *InDoubtError
 		}
 		// Clean failure: stop the pipeline (nothing else may send while
-		// it does), tell the destination, resume the source.
+		// it does), resume the source first (the destination cannot resume
+		// without the Commit), then tell the destination, best effort.
 		m.pipe.Close()
 		bg := context.WithoutCancel(ctx)
-		tell, cancel := context.WithTimeout(bg, 2*time.Second) // best effort: the link may be gone
-		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
-		cancel()
-		if m.doneSent && !notResumed(err) {
-			// The destination may be in Ready, waiting for us to come
-			// back: tell it we resumed.
-			m.abortAtDest(ctx, err)
-		}
 		if m.paused {
 			if rerr := m.src.VM.Resume(bg); rerr != nil {
 				err = errors.Join(err, fmt.Errorf("precopy: resume source after failure: %w", rerr))
@@ -249,6 +242,14 @@ func (m *migration) run(ctx context.Context) (err error) {
 		}
 		if th, ok := m.src.VM.(livemig.Throttler); ok && m.policy.Throttle() > 0 {
 			th.SetThrottle(0)
+		}
+		tell, cancel := context.WithTimeout(bg, 2*time.Second) // the link may be gone
+		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		cancel()
+		if m.doneSent && !notResumed(err) {
+			// The destination may be in Ready, waiting for us to come
+			// back: tell it we resumed.
+			m.abortAtDest(ctx, err)
 		}
 		log.Info("pre-copy failed; source resumed", "err", err)
 	}()
@@ -352,7 +353,10 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		return fmt.Errorf("precopy: sync of the dirty log after stop-and-copy: %w", err)
 	}
 	if n := bitmap.CountWords(m.dirty); n > 0 {
-		first := firstSet(m.dirty)
+		var first uint
+		if b, err := bitmap.FromWords(m.dirty, m.pages); err == nil {
+			first, _ = b.BitSet().NextSet(0)
+		}
 		clear(m.dirty)
 		return fmt.Errorf("precopy: VM.Pause returned but the guest went on writing: %d pages (the first %d) dirtied after the pause; Pause must return only once the guest writes no more: %w",
 			n, first, livemig.ErrNotSupported)
@@ -440,7 +444,7 @@ func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, erro
 		select {
 		case rm, ok = <-m.ret:
 		case <-ctx.Done():
-			if pe := m.peerErr(ctx); pe != nil {
+			if pe := peerErr(ctx); pe != nil {
 				return transport.Msg{}, pe
 			}
 			return transport.Msg{}, fmt.Errorf("precopy: waiting for the destination: %w", ctx.Err())
@@ -490,11 +494,7 @@ func (m *migration) linkErr(what string, err error) error {
 		err = io.ErrUnexpectedEOF
 	}
 	// A peer's error message explains a broken link better than the break.
-	var pe error
-	if p := m.peerErr(m.sendCtx); p != nil {
-		pe = p
-	}
-	if pe != nil {
+	if pe := peerErr(m.sendCtx); pe != nil {
 		return errors.Join(pe, fmt.Errorf("precopy: %s: %w", what, err))
 	}
 	return fmt.Errorf("precopy: %s: %w", what, err)
@@ -502,22 +502,12 @@ func (m *migration) linkErr(what string, err error) error {
 
 // peerErr returns the destination's error that cancelled ctx, if that is
 // what did.
-func (m *migration) peerErr(ctx context.Context) *peerError {
+func peerErr(ctx context.Context) *peerError {
 	var pe *peerError
 	if errors.As(context.Cause(ctx), &pe) {
 		return pe
 	}
 	return nil
-}
-
-// firstSet returns the first page set in bm.
-func firstSet(bm []uint64) uint64 {
-	for i, w := range bm {
-		if w != 0 {
-			return uint64(i)*64 + uint64(bits.TrailingZeros64(w))
-		}
-	}
-	return 0
 }
 
 // sendRound sends every page (all) or the pages set in m.dirty, clearing

@@ -1,0 +1,177 @@
+package precopy_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/faultproxy"
+	"github.com/livemig/livemig/internal/testkit"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// lyingVM's Pause returns without pausing: the guest's writers go on.
+type lyingVM struct{ *vm }
+
+func (lyingVM) Pause(context.Context) error { return nil }
+
+// A Pause that lets the guest write on is found after stop-and-copy: the
+// migration fails naming Pause, the destination does not resume.
+func TestPauseThatLies(t *testing.T) {
+	const pages = 1024
+	src, dst := newSource(t, pages), newDest(t, pages)
+	stop, _ := writers(src, 1)
+	defer stop()
+	a, b := tcpPair(t)
+	dstVM := &vm{VM: dst}
+	res := migrate(t, context.Background(), a, b, src, lyingVM{&vm{VM: src}}, dst, dstVM,
+		precopy.Config{MaxRounds: 2}, context.Background())
+	if res.err == nil || !strings.Contains(res.err.Error(), "VM.Pause returned but the guest went on writing") {
+		t.Fatalf("source error %v, want one naming Pause", res.err)
+	}
+	if res.derr == nil || dstVM.resumes.Load() != 0 {
+		t.Fatalf("destination error %v, resumes %d: want a failure and no resume", res.derr, dstVM.resumes.Load())
+	}
+}
+
+// noThrottle hides the region's Throttler, if any.
+type noThrottle struct{ livemig.VM }
+
+// The Throttle policy is refused at the start, not rounds later, when the
+// VM cannot throttle.
+func TestThrottleNeedsThrottler(t *testing.T) {
+	src := newSource(t, 64)
+	a, b := transport.Pipe(0)
+	defer b.Close()
+	conn := transport.NewConn(a, transport.Config{})
+	_, err := precopy.Migrate(context.Background(), conn, precopy.Source{Memory: src, Dirty: src, VM: noThrottle{src}},
+		precopy.Config{OnNonConvergence: precopy.Throttle})
+	if !errors.Is(err, livemig.ErrNotSupported) || !strings.Contains(err.Error(), "Throttler") {
+		t.Fatalf("Migrate with Throttle and no Throttler: %v, want ErrNotSupported naming Throttler", err)
+	}
+}
+
+// A destination's error stops a source blocked in a send at once: the
+// destination stops reading, then gives up; the source, whose writes fill
+// the link, must not wait for the liveness bound.
+func TestPeerErrorStopsBlockedSend(t *testing.T) {
+	const pages = 4096
+	src := newSource(t, pages)
+	a, b := transport.Pipe(64 << 10)
+	hello := transport.Hello{PageSize: pageSize, PageCount: pages}
+	ca, cb, err := testkit.OpenPair(context.Background(), a, b, hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := precopy.Migrate(context.Background(), ca, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
+		errc <- err
+	}()
+	var m transport.Msg
+	if err := cb.Recv(context.Background(), &m); err != nil { // the migration has begun
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := cb.Send(context.Background(), transport.Msg{Kind: transport.KindError, Arg: transport.ErrorNotResumed, Data: []byte("disk full")}); err != nil {
+		t.Fatal(err)
+	}
+	err = <-errc // cb never reads again: the source's sends block
+	took := time.Since(start)
+	cb.Close()
+	if !errors.Is(err, livemig.ErrPeer) || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("source error %v, want the destination's", err)
+	}
+	if took > transport.DefaultLiveness/2 {
+		t.Errorf("the source took %v to stop after the destination's error", took)
+	}
+	if src.Paused() {
+		t.Error("source left paused")
+	}
+}
+
+// Without Redial, a link cut right after the Commit leaves the source in
+// doubt: an *InDoubtError with the guest paused, not resumed here. The
+// destination, still waiting in Reaccept, answers Resolve later: the guest
+// runs there.
+func TestCommitCutThenResolve(t *testing.T) {
+	const pages = 256
+	ctx := context.Background()
+	src, dst := newSource(t, pages), newDest(t, pages)
+	hello := transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatDigest}
+	tcfg := transport.Config{Liveness: time.Second}
+	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	px, err := faultproxy.New(ln.Addr().String(), faultproxy.Rule{
+		Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	dial := func(ctx context.Context) (transport.Conn, error) {
+		link, err := transport.Dial(ctx, px.Addr(), transport.DialConfig{})
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := transport.Open(ctx, link, hello, tcfg)
+		return c, err
+	}
+	accept := func(ctx context.Context) (transport.Conn, error) {
+		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		c, _, err := ln.AcceptConn(actx, hello, tcfg)
+		return c, err
+	}
+	dstVM := &vm{VM: dst}
+	type dres struct {
+		rep *precopy.ReceiveReport
+		err error
+	}
+	dc := make(chan dres, 1)
+	go func() {
+		conn, err := accept(ctx)
+		if err != nil {
+			dc <- dres{nil, err}
+			return
+		}
+		rep, err := precopy.Receive(ctx, conn, precopy.Destination{Sink: dst, VM: dstVM, Pages: pages, PageSize: pageSize},
+			precopy.Config{Reaccept: accept})
+		dc <- dres{rep, err}
+	}()
+	conn, err := dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = precopy.Migrate(ctx, conn, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
+	var doubt *precopy.InDoubtError
+	if !errors.As(err, &doubt) || !errors.Is(err, livemig.ErrInDoubt) {
+		t.Fatalf("source error %v, want an *InDoubtError", err)
+	}
+	if !src.Paused() {
+		t.Fatal("a source in doubt resumed its guest")
+	}
+	// Ask again, as an operator would.
+	c2, err := dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resumed, err := precopy.Resolve(ctx, c2, doubt.Session)
+	c2.Close()
+	if err != nil || !resumed {
+		t.Fatalf("Resolve = %v, %v; want resumed at the destination", resumed, err)
+	}
+	d := <-dc
+	if d.err != nil || !d.rep.Resumed || dstVM.resumes.Load() != 1 || d.rep.Reconnects != 1 {
+		t.Fatalf("destination: %v, report %+v, resumes %d", d.err, d.rep, dstVM.resumes.Load())
+	}
+	if n := diffPages(src.Bytes(), dst.Bytes()); n != 0 {
+		t.Fatalf("%d pages differ", n)
+	}
+}
