@@ -11,13 +11,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/region"
-	"github.com/livemig/livemig/sim"
 )
 
 // ref is a tiny in-memory guest and sink that follows every contract.
@@ -438,31 +436,6 @@ func TestVMBrokenFail(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestVMSimGuest runs TestVM on sim.Guest: on a virtual clock that run
-// advances, and on the wall clock with a nil run.
-func TestVMSimGuest(t *testing.T) {
-	for _, cfg := range []sim.GuestConfig{
-		{Pages: 1000, Seed: 1},
-		{Pages: 64, Seed: 2, PageSize: 64},
-		{Pages: 4097, Seed: 3, PageSize: 8192, ZeroFraction: 1},
-	} {
-		clock := livemig.NewVirtualClock()
-		g, err := sim.NewGuest(cfg, sim.Uniform(1e6, false), clock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		TestVM(t, g, g, g, func() { clock.Advance(time.Millisecond) })
-		if g.Paused() {
-			t.Errorf("%d pages: the guest is paused after TestVM", cfg.Pages)
-		}
-	}
-	g, err := sim.NewGuest(sim.GuestConfig{Pages: 2000, Seed: 4}, sim.Uniform(1e6, false), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	TestVM(t, g, g, g, nil)
 }
 
 // TestVMRegion runs TestVM on a region.Region written by goroutines, the

@@ -11,6 +11,9 @@ import (
 	"github.com/livemig/livemig/sim"
 )
 
+// TestGuestConformance runs livemigtest's Memory, DirtySource and VM checks
+// on sim.Guest: on a virtual clock that the VM checks' run advances, and on
+// the wall clock with a nil run.
 func TestGuestConformance(t *testing.T) {
 	for _, cfg := range []sim.GuestConfig{
 		{Pages: 1000, Seed: 1},
@@ -35,7 +38,18 @@ func TestGuestConformance(t *testing.T) {
 				t.Error(err)
 			}
 		})
+		livemigtest.TestVM(t, g, g, g, func() { clock.Advance(time.Millisecond) })
+		if g.Paused() {
+			t.Errorf("%d pages: the guest is paused after TestVM", cfg.Pages)
+		}
 	}
+	// TestVM on the wall clock: run is nil, the guest's writes come on
+	// their own.
+	g, err := sim.NewGuest(sim.GuestConfig{Pages: 2000, Seed: 4}, sim.Uniform(1e6, false), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	livemigtest.TestVM(t, g, g, g, nil)
 }
 
 func TestSinkConformance(t *testing.T) {
