@@ -2,6 +2,7 @@ package faultproxy
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livemig/livemig/transport"
 	"go.uber.org/goleak"
 )
 
@@ -637,13 +639,15 @@ func TestRules(t *testing.T) {
 }
 
 func TestNames(t *testing.T) {
-	for k := AnyKind; k <= KindHeartbeat; k++ {
+	for k := KindPage; k <= KindHeartbeat+1; k++ {
 		if got, err := ParseKind(k.String()); err != nil || got != k {
 			t.Errorf("ParseKind(%q) = %v, %v", k.String(), got, err)
 		}
 	}
-	if k, err := ParseKind("commit"); err != nil || k != KindCommit {
-		t.Errorf("ParseKind(commit) = %v, %v", k, err)
+	for s, want := range map[string]Kind{"commit": KindCommit, "any": AnyKind, "": AnyKind, "13": KindHeartbeat} {
+		if k, err := ParseKind(s); err != nil || k != want {
+			t.Errorf("ParseKind(%q) = %v, %v; want %v", s, k, err, want)
+		}
 	}
 	if _, err := ParseKind("nope"); err == nil {
 		t.Error("ParseKind(nope) accepted")
@@ -661,5 +665,107 @@ func TestNames(t *testing.T) {
 	e := Event{Fault: Stall, Kind: KindCommit, Nth: 1, Offset: 94}
 	if got, want := e.String(), "stall on conn 0 s2d at Commit frame 1 (offset 94)"; got != want {
 		t.Errorf("%q, want %q", got, want)
+	}
+}
+
+// TestTransportFrames runs package transport's own Conns through the proxy:
+// its parser must find transport's hello and frames, by kind and with their
+// boundaries (a dropped frame leaves a stream the receiver still reads), so
+// that a change of transport's wire format fails here rather than making the
+// proxy fall back to plain bytes, where frame rules never fire.
+func TestTransportFrames(t *testing.T) {
+	h := newHarness(t, Rule{Trigger: Trigger{Kind: KindEndRound, Arg: ArgIs(2)}, Fault: Drop})
+	client, server := h.dial()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	local := transport.Hello{PageSize: 4096, PageCount: 100}
+	cfg := transport.Config{Liveness: -1}
+	type opened struct {
+		c   transport.Conn
+		err error
+	}
+	srvc := make(chan opened, 1)
+	go func() {
+		c, _, err := transport.Open(ctx, server, local, cfg)
+		srvc <- opened{c, err}
+	}()
+	src, _, err := transport.Open(ctx, client, local, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := <-srvc
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	dst := o.c
+	defer src.Close()
+	defer dst.Close()
+
+	page := func(n uint64) []byte { return bytes.Repeat([]byte{byte(n + 1)}, 4096) }
+	var sent []transport.Msg
+	for n := range uint64(10) {
+		sent = append(sent, transport.Msg{Kind: KindPage, Page: n, Data: page(n)})
+	}
+	sent = append(sent,
+		transport.Msg{Kind: KindEndRound, Arg: 1},
+		transport.Msg{Kind: KindEndRound, Arg: 2},
+		transport.Msg{Kind: KindEndRound, Arg: 3},
+		transport.Msg{Kind: KindState, Data: []byte("state")},
+		transport.Msg{Kind: KindCommit})
+	sendErr := make(chan error, 1)
+	go func() {
+		for _, m := range sent {
+			if err := src.Send(ctx, m); err != nil {
+				sendErr <- err
+				return
+			}
+		}
+		sendErr <- src.Flush(ctx)
+	}()
+	var m transport.Msg
+	for _, want := range sent {
+		if want.Kind == KindEndRound && want.Arg == 2 {
+			continue // dropped
+		}
+		if err := dst.Recv(ctx, &m); err != nil {
+			t.Fatalf("receiving %v %d: %v", want.Kind, want.Arg, err)
+		}
+		if m.Kind != want.Kind || m.Page != want.Page || m.Arg != want.Arg || !bytes.Equal(m.Data, want.Data) {
+			t.Fatalf("received %v page %d arg %d (%d bytes), want %v page %d arg %d (%d bytes)",
+				m.Kind, m.Page, m.Arg, len(m.Data), want.Kind, want.Page, want.Arg, len(want.Data))
+		}
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Send(ctx, transport.Msg{Kind: KindAck, Arg: AckReady, Page: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Recv(ctx, &m); err != nil || m.Kind != KindAck || m.Arg != AckReady || m.Page != 7 {
+		t.Fatalf("return path: %v %d %d, %v", m.Kind, m.Arg, m.Page, err)
+	}
+
+	ev := waitFired(t, h.p)
+	if len(ev) != 1 || ev[0].Kind != KindEndRound || ev[0].Nth != 1 {
+		t.Errorf("events %v", ev)
+	}
+	s := h.p.Stats()
+	if s.Conns[0].Raw != [2]bool{} {
+		t.Fatalf("the proxy took transport's stream for plain bytes: raw %v", s.Conns[0].Raw)
+	}
+	for _, c := range []struct {
+		d    Dir
+		k    Kind
+		want int64
+	}{{SrcToDst, KindEndRound, 3}, {SrcToDst, KindState, 1}, {SrcToDst, KindCommit, 1}, {DstToSrc, KindAck, 1}} {
+		if got := s.Frames(c.d, c.k); got != c.want {
+			t.Errorf("%v %v frames: %d, want %d", c.d, c.k, got, c.want)
+		}
+	}
+	if n := s.Frames(SrcToDst, KindPage); n < 1 || n > 10 {
+		t.Errorf("%d Page frames for 10 pages", n)
 	}
 }

@@ -4,19 +4,22 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/livemig/livemig/transport"
 )
 
-// What the proxy knows of livemig's wire format, version 2. It keeps its own
-// copy of these numbers rather than importing transport, so that it can sit
-// in front of any byte stream and keeps working while transport changes.
+// What the proxy knows of livemig's wire format, taken from package
+// transport so that the two cannot drift apart. The proxy still finds the
+// frames' boundaries with its own parser (pump.go), an oracle independent
+// of transport's; TestTransportFrames checks that the two agree.
 const (
 	// HelloSize is the hello each side sends first (magic "LVMG", ...).
-	HelloSize = 50
-	// HeaderSize is a frame header: u32 payload length, u8 kind, u8 flags,
-	// u16 record count, u32 CRC32C of those 8 bytes; little-endian.
-	HeaderSize = 12
+	HelloSize = transport.HelloSize
 	// TrailerSize is the u32 CRC32C of header and payload after the payload.
 	TrailerSize = 4
+	// HeaderSize is a frame header: u32 payload length, u8 kind, u8 flags,
+	// u16 record count, u32 CRC32C of those 8 bytes; little-endian.
+	HeaderSize = transport.FrameOverhead - TrailerSize
 	// MaxFrame is the largest payload the proxy takes for a frame; a header
 	// announcing more means the stream is not livemig's, and the proxy
 	// forwards that direction as plain bytes from there on.
@@ -28,72 +31,47 @@ const (
 	controlHead = 16
 )
 
-// Kind is a frame's kind, the fifth byte of its header.
-type Kind uint8
+// Kind is a frame's kind, the fifth byte of its header: transport's Kind.
+type Kind = transport.Kind
 
-// Frame kinds of wire version 2. In a Trigger, 0 (AnyKind) matches every
-// frame.
+// Frame kinds, transport's. In a Trigger, 0 (AnyKind) matches every frame.
 const (
 	AnyKind        Kind = 0
-	KindPage       Kind = 1 // a batch of page records
-	KindEndRound   Kind = 2 // Arg: the round that ended (low 32 bits)
-	KindState      Kind = 3
-	KindSwitchover Kind = 4
-	KindDone       Kind = 5
-	KindCommit     Kind = 6
-	KindError      Kind = 7
-	KindRequest    Kind = 8
-	KindAck        Kind = 9 // Arg: one of the Ack codes below
-	KindDiscard    Kind = 10
-	KindRecvBitmap Kind = 11
-	KindResume     Kind = 12
-	KindHeartbeat  Kind = 13
+	KindPage            = transport.KindPage // a batch of page records
+	KindEndRound        = transport.KindEndRound
+	KindState           = transport.KindState
+	KindSwitchover      = transport.KindSwitchover
+	KindDone            = transport.KindDone
+	KindCommit          = transport.KindCommit
+	KindError           = transport.KindError
+	KindRequest         = transport.KindRequest
+	KindAck             = transport.KindAck // Arg: one of the Ack codes below
+	KindDiscard         = transport.KindDiscard
+	KindRecvBitmap      = transport.KindRecvBitmap
+	KindResume          = transport.KindResume
+	KindHeartbeat       = transport.KindHeartbeat
 )
 
-// Ack codes, the Arg of a KindAck frame.
+// Ack codes, the Arg of a KindAck frame: transport's.
 const (
-	AckRound    = 1
-	AckReady    = 2
-	AckResumed  = 3
-	AckComplete = 4
-	AckHeld     = 5
+	AckRound    = transport.AckRound
+	AckReady    = transport.AckReady
+	AckResumed  = transport.AckResumed
+	AckComplete = transport.AckComplete
+	AckHeld     = transport.AckHeld
+	AckReleased = transport.AckReleased
 )
 
-var kindNames = [...]string{
-	AnyKind:        "any",
-	KindPage:       "Page",
-	KindEndRound:   "EndRound",
-	KindState:      "State",
-	KindSwitchover: "Switchover",
-	KindDone:       "Done",
-	KindCommit:     "Commit",
-	KindError:      "Error",
-	KindRequest:    "Request",
-	KindAck:        "Ack",
-	KindDiscard:    "Discard",
-	KindRecvBitmap: "RecvBitmap",
-	KindResume:     "Resume",
-	KindHeartbeat:  "Heartbeat",
-}
-
-// String returns the kind's name ("Commit"), or its number for a kind the
-// proxy does not know.
-func (k Kind) String() string {
-	if int(k) < len(kindNames) {
-		return kindNames[k]
-	}
-	return "kind" + strconv.Itoa(int(k))
-}
-
-// ParseKind reads a kind by name, case-insensitively ("commit", "Ack"), or
-// by number ("6"); "any" and "" are AnyKind.
+// ParseKind reads a kind by its name in transport (Kind.String),
+// case-insensitively ("commit", "Ack", "Kind(14)"), or by number ("6");
+// "any" and "" are AnyKind.
 func ParseKind(s string) (Kind, error) {
-	if s == "" {
+	if s == "" || strings.EqualFold(s, "any") {
 		return AnyKind, nil
 	}
-	for k, name := range kindNames {
-		if strings.EqualFold(s, name) {
-			return Kind(k), nil
+	for k := Kind(1); k != 0; k++ {
+		if strings.EqualFold(s, k.String()) {
+			return k, nil
 		}
 	}
 	if n, err := strconv.ParseUint(s, 10, 8); err == nil {
