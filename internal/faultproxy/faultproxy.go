@@ -36,14 +36,17 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // Trigger says where in which connection a rule fires: either at a frame
 // (Kind, Arg, Nth, After) or at a byte offset (AfterBytes).
 type Trigger struct {
-	// Conn is the connection watched, by the order the proxy accepted
-	// them: 0 is the first. A post-copy migration opens a second, urgent
-	// connection, and a reconnection after a fault comes as a later one.
+	// Conn is the connection watched, by the order in which the proxy
+	// connected them to the target (the order accepted, unless their dials
+	// of the target overlap): 0 is the first. A post-copy migration opens
+	// a second, urgent connection, and a reconnection after a fault comes
+	// as a later one.
 	// AnyConn (-1) watches every connection, and counts matching frames
 	// across them all.
 	Conn int
@@ -184,6 +187,7 @@ func (s Stats) Bytes(d Dir) int64 {
 type Proxy struct {
 	ln     net.Listener
 	target string
+	dial   dialFunc
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{} // closed by Close
@@ -212,9 +216,18 @@ func New(target string, rules ...Rule) (*Proxy, error) {
 	return Listen("127.0.0.1:0", target, rules...)
 }
 
+// dialTimeout bounds the proxy's dial of the target for one accepted
+// connection.
+const dialTimeout = 10 * time.Second
+
+// dialFunc dials the target; a test replaces net.Dialer's.
+type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
+
 // Listen starts a proxy listening on addr whose connections go to target,
-// with rules injecting faults. Each accepted connection dials the target;
-// a connection whose dial fails is closed and is given no number.
+// with rules injecting faults. Each accepted connection dials the target in
+// its own goroutine, within 10 seconds, so that a target that does not
+// answer holds up no other connection; a connection whose dial fails is
+// closed and is given no number.
 func Listen(addr, target string, rules ...Rule) (*Proxy, error) {
 	for _, r := range rules {
 		if err := r.check(); err != nil {
@@ -225,9 +238,15 @@ func Listen(addr, target string, rules ...Rule) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("faultproxy: %w", err)
 	}
+	var d net.Dialer
+	return start(ln, target, d.DialContext, rules), nil
+}
+
+// start serves ln with checked rules.
+func start(ln net.Listener, target string, dial dialFunc, rules []Rule) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		ln: ln, target: target, ctx: ctx, cancel: cancel,
+		ln: ln, target: target, dial: dial, ctx: ctx, cancel: cancel,
 		done: make(chan struct{}), fired: make(chan struct{}),
 		unfired: len(rules),
 	}
@@ -239,7 +258,7 @@ func Listen(addr, target string, rules ...Rule) (*Proxy, error) {
 	}
 	p.wg.Add(1)
 	go p.serve()
-	return p, nil
+	return p
 }
 
 // Addr is the address the proxy listens on, for the source to dial.
@@ -329,31 +348,61 @@ func (p *Proxy) Close() error {
 
 func (p *Proxy) serve() {
 	defer p.wg.Done()
-	var d net.Dialer
+	var backoff time.Duration
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
-			return // closed; other accept errors on a test proxy are fatal too
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Another error, e.g. out of file descriptors: wait a little
+			// and accept again, as net/http's Server does, until Close.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+				continue
+			case <-p.done:
+				t.Stop()
+				return
+			}
 		}
-		server, err := d.DialContext(p.ctx, "tcp", p.target)
-		if err != nil {
-			client.Close()
-			continue
-		}
-		c := &conn{p: p, sock: [2]net.Conn{SrcToDst: client, DstToSrc: server}}
+		backoff = 0
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
 			client.Close()
-			server.Close()
 			return
 		}
-		c.idx = len(p.conns)
-		p.conns = append(p.conns, c)
 		p.wg.Add(1)
 		p.mu.Unlock()
-		go c.run()
+		go p.connect(client)
 	}
+}
+
+// connect dials the target for client, numbers the connection and
+// forwards it until it ends.
+func (p *Proxy) connect(client net.Conn) {
+	defer p.wg.Done()
+	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	server, err := p.dial(ctx, "tcp", p.target)
+	cancel()
+	if err != nil {
+		client.Close()
+		return
+	}
+	c := &conn{p: p, sock: [2]net.Conn{SrcToDst: client, DstToSrc: server}}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		client.Close()
+		server.Close()
+		return
+	}
+	c.idx = len(p.conns)
+	p.conns = append(p.conns, c)
+	p.mu.Unlock()
+	c.run()
 }
 
 // claim takes r for a connection, unless it is taken or healed. p.mu held.

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -768,4 +770,116 @@ func TestTransportFrames(t *testing.T) {
 	if n := s.Frames(SrcToDst, KindPage); n < 1 || n > 10 {
 		t.Errorf("%d Page frames for 10 pages", n)
 	}
+}
+
+// flakyListener fails its first n Accepts as a listener out of file
+// descriptors does.
+type flakyListener struct {
+	net.Listener
+	n atomic.Int32
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.n.Add(-1) >= 0 {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// TestAcceptError: an Accept error other than the listener's closing is
+// waited out, not the end of the proxy.
+func TestAcceptError(t *testing.T) {
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	target.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl := &flakyListener{Listener: ln}
+	fl.n.Store(4)
+	var d net.Dialer
+	p := start(fl, target.Addr().String(), d.DialContext, nil)
+	defer p.Close()
+	client, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := target.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	write(t, client, []byte("hi"))
+	if got := readN(t, server, 2); string(got) != "hi" {
+		t.Errorf("got %q", got)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	goleak.VerifyNone(t)
+}
+
+// TestDialHang: a dial of the target that does not answer holds up neither
+// the accepting of later connections nor their forwarding; it is bounded,
+// and Close ends it.
+func TestDialHang(t *testing.T) {
+	target, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	target.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hung := make(chan bool, 1)
+	var calls atomic.Int32
+	var d net.Dialer
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if calls.Add(1) == 1 { // a blackholed target
+			_, bounded := ctx.Deadline()
+			hung <- bounded
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	p := start(ln, target.Addr().String(), dial, []Rule{{Trigger: Trigger{Kind: KindCommit}, Fault: Close}})
+	defer p.Close()
+	c0, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c0.Close()
+	if bounded := <-hung; !bounded {
+		t.Error("the dial of the target has no deadline")
+	}
+	c1, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	s1, err := target.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	// The second connection is the first to reach the target: conn 0.
+	write(t, c1, cat(hello(), control(KindCommit, 0, 0, nil)))
+	readN(t, s1, HelloSize)
+	expectEnd(t, s1)
+	if ev := waitFired(t, p); ev[0].Conn != 0 || len(p.Stats().Conns) != 1 {
+		t.Errorf("events %v, %d conns", ev, len(p.Stats().Conns))
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectEnd(t, c0)
+	goleak.VerifyNone(t)
 }

@@ -27,7 +27,6 @@ type conn struct {
 }
 
 func (c *conn) run() {
-	defer c.p.wg.Done()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
