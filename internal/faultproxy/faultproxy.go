@@ -24,7 +24,12 @@
 //	...
 //	defer p.Close()
 //	// the source dials p.Addr() instead of the destination
-//	<-p.Fired() // the stall is in place
+//	select {
+//	case <-p.Fired(): // the stall is in place
+//	case <-time.After(10 * time.Second):
+//		// never there: the migration did not reach a Commit, or the
+//		// connection that took the rule died before its frame
+//	}
 //
 // A test waits on Fired rather than sleeping, and reads Stats to check which
 // phase the migration reached.
@@ -265,7 +270,9 @@ func start(ln net.Listener, target string, dial dialFunc, rules []Rule) *Proxy {
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Fired is closed once every rule has fired (at once if there are none).
-// Events says what fired.
+// Events says what fired. A rule may never fire: its frame never comes, the
+// connection that took it ends before the fault is due, or Heal disarms it;
+// wait on Fired with a timeout.
 func (p *Proxy) Fired() <-chan struct{} { return p.fired }
 
 // FiredRule is closed once rule i (its index in the rules given to New)
@@ -279,9 +286,12 @@ func (p *Proxy) Events() []Event {
 	return append([]Event(nil), p.events...)
 }
 
-// Heal disarms every rule that has not fired: from now on connections are
-// forwarded untouched, new ones (a reconnection) as well as the open ones.
-// A fault already in place stays: a stalled or half-open connection stays
+// Heal disarms every rule that has not fired, including one a connection
+// has taken but not yet applied (an After rule whose frame is under way, a
+// flip not yet reached): from now on connections are forwarded untouched,
+// new ones (a reconnection) as well as the open ones, and Fired is closed
+// only if every rule had fired. A fault already in place stays (a frame
+// being dropped is dropped whole): a stalled or half-open connection stays
 // dead to both peers until Close (or, for a stall, Unstall), as a path
 // that went dead would, so that the peers' liveness timeouts find it and
 // their reconnection goes through.
@@ -403,15 +413,6 @@ func (p *Proxy) connect(client net.Conn) {
 	p.conns = append(p.conns, c)
 	p.mu.Unlock()
 	c.run()
-}
-
-// claim takes r for a connection, unless it is taken or healed. p.mu held.
-func (p *Proxy) claimLocked(r *rule) bool {
-	if r.claimed || p.healed {
-		return false
-	}
-	r.claimed = true
-	return true
 }
 
 func (p *Proxy) fire(e Event) {

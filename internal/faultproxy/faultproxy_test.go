@@ -883,3 +883,54 @@ func TestDialHang(t *testing.T) {
 	expectEnd(t, c0)
 	goleak.VerifyNone(t)
 }
+
+// waitFrames waits until the proxy has seen n frames of kind k in d.
+func waitFrames(t *testing.T, p *Proxy, d Dir, k Kind, n int64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); p.Stats().Frames(d, k) < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the proxy did not see %d %v frames", n, k)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestHealClaimed: Heal disarms a rule whose frame was matched (the rule
+// taken by its connection) but whose fault was not yet due: an After close
+// at the end of the frame, a flip deep in it.
+func TestHealClaimed(t *testing.T) {
+	big := pages(1, 100000, 1)
+	for _, c := range []struct {
+		name  string
+		rule  Rule
+		frame []byte
+		kind  Kind
+	}{
+		{"after", Rule{Trigger: Trigger{Kind: KindCommit, After: true}, Fault: Close}, control(KindCommit, 0, 0, nil), KindCommit},
+		{"flip", Rule{Trigger: Trigger{Kind: KindPage}, Fault: FlipPayload, Bit: 8 * 90000}, big, KindPage},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, c.rule)
+			client, server := h.dial()
+			up := cat(hello(), c.frame, frame(KindHeartbeat, 0, nil))
+			first := HelloSize + HeaderSize + controlHead // the frame's head: it is matched
+			write(t, client, up[:first])
+			readN(t, server, first)
+			waitFrames(t, h.p, SrcToDst, c.kind, 1)
+			h.p.Heal()
+			write(t, client, up[first:])
+			if got := readN(t, server, len(up)-first); !bytes.Equal(got, up[first:]) {
+				t.Error("the healed connection changed")
+			}
+			expectSilence(t, server) // not closed
+			if ev := h.p.Events(); len(ev) != 0 {
+				t.Errorf("events %v", ev)
+			}
+			select {
+			case <-h.p.Fired():
+				t.Error("Fired closed with the rule disarmed")
+			default:
+			}
+		})
+	}
+}

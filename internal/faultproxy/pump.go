@@ -145,6 +145,7 @@ type action struct {
 	mask    byte
 	r       *rule
 	claimed bool // a frame rule is claimed when its frame is matched
+	fired   bool // a Drop under way
 	ev      Event
 }
 
@@ -248,7 +249,6 @@ func (pm *pump) feed(b []byte) error {
 func (pm *pump) decide() {
 	c, p := pm.c, pm.c.p
 	kind := Kind(pm.head[4])
-	c.frames[pm.dir][kind].Add(1)
 	start := pm.pos - int64(pm.headN)
 	end := start + HeaderSize + pm.length + TrailerSize
 	hasArg := kind != KindPage && pm.length >= controlHead
@@ -256,6 +256,9 @@ func (pm *pump) decide() {
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Counted under the lock: once Stats shows the frame, a Heal comes
+	// after its rules were claimed.
+	c.frames[pm.dir][kind].Add(1)
 	for _, r := range p.rules {
 		if r.claimed || p.healed || r.AfterBytes > 0 || !r.watches(c.idx, pm.dir) ||
 			r.Kind != AnyKind && r.Kind != kind ||
@@ -319,15 +322,9 @@ func (pm *pump) emit(b []byte) error {
 			return err
 		}
 		b = b[k:]
-		if !a.claimed {
-			p := pm.c.p
-			p.mu.Lock()
-			a.claimed = p.claimLocked(a.r)
-			p.mu.Unlock()
-			if !a.claimed {
-				pm.remove(i)
-				continue
-			}
+		if !a.fired && !pm.arm(a) {
+			pm.remove(i)
+			continue
 		}
 		switch a.what {
 		case actFlip:
@@ -336,7 +333,8 @@ func (pm *pump) emit(b []byte) error {
 			pm.remove(i)
 			pm.c.p.fire(ev)
 		case actDrop:
-			if a.at == a.ev.Offset {
+			if !a.fired {
+				a.fired = true
 				pm.c.p.fire(a.ev)
 			}
 			n := min(int64(len(b)), a.end-pm.off)
@@ -354,6 +352,26 @@ func (pm *pump) emit(b []byte) error {
 			}
 		}
 	}
+}
+
+// arm says whether action a, due now, is to fire, and claims its rule if
+// it is not yet claimed. It is not to fire once Heal was called, claimed or
+// not (a frame rule is claimed when its frame's head is matched, before its
+// fault is due), nor when another connection claimed its byte rule first.
+func (pm *pump) arm(a *action) bool {
+	p := pm.c.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.healed {
+		return false
+	}
+	if !a.claimed {
+		if a.r.claimed {
+			return false
+		}
+		a.r.claimed, a.claimed = true, true
+	}
+	return true
 }
 
 func (pm *pump) remove(i int) {
