@@ -63,16 +63,20 @@ type Config struct {
 	NoVerify bool
 	// Redial, at the source, opens a new connection to the destination
 	// after the link was cut following the switchover (the destination is
-	// then waiting in Reaccept). Without it such a cut ends the migration
-	// with an error wrapping livemig.ErrIncomplete: the guest runs at the
-	// destination but part of its memory is still only at the source.
+	// then waiting in Reaccept), retried with back-off up to MaxReconnects
+	// times. Without it such a cut ends the migration with an error
+	// wrapping livemig.ErrIncomplete: the guest runs at the destination but
+	// part of its memory is still only at the source. A source that fails
+	// before the Commit, after sending the state, also uses it once, best
+	// effort, to tell the destination to stop waiting.
 	Redial func(ctx context.Context) (transport.Conn, error)
 	// Reaccept, at the destination, accepts the source's new connection
-	// after a cut following the switchover. Without it such a cut ends
+	// after a cut following the switchover, and after the completion for a
+	// source that missed the AckComplete. Without it such a cut ends
 	// Receive with an error wrapping livemig.ErrIncomplete. It should give
 	// up (return an error) when no source comes back within the time the
-	// user is willing to wait: a source that failed before handing the
-	// guest over never comes back.
+	// user is willing to wait. A connection that says nothing within
+	// transport.DefaultLiveness, or names another session, is dropped.
 	Reaccept func(ctx context.Context) (transport.Conn, error)
 	// RedialUrgent, at the source, opens a new urgent connection after a
 	// reconnection (Redial), so that requested pages keep their own

@@ -14,6 +14,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -98,11 +99,11 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	err = r.run(rctx)
 	if err != nil {
 		tell, cancelTell := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		m := transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())}
+		var promise uint64 // the session we promise not to resume, if so
 		if !r.rep.Resumed {
-			m.Arg = transport.ErrorNotResumed // a promise: the source may resume
+			promise = r.session
 		}
-		_ = r.send(tell, m)
+		_ = r.send(tell, transport.ErrorMsg(err, promise))
 		_ = r.current().Flush(tell)
 		cancelTell()
 		if r.rep.Resumed {
@@ -409,37 +410,47 @@ func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
 func (r *receiver) release(ctx context.Context) {
 	conn := r.current()
 	var msg transport.Msg
-	for tries := 0; ; tries++ {
-		err := conn.Recv(ctx, &msg)
+	err := conn.Recv(ctx, &msg)
+	for tries := 0; ; {
 		for err == nil && (msg.Kind != transport.KindAck || msg.Arg != transport.AckReleased) {
 			err = conn.Recv(ctx, &msg)
 		}
-		if err == nil {
+		if err == nil || r.cfg.Reaccept == nil || ctx.Err() != nil {
 			return
 		}
-		if r.cfg.Reaccept == nil || ctx.Err() != nil || tries >= r.cfg.MaxReconnects {
-			return
-		}
-		conn.Close()
-		c, err := r.cfg.Reaccept(ctx)
-		if err != nil {
-			r.log.Warn("migration complete here; the source may not know it", "err", err)
-			return
-		}
-		r.connMu.Lock()
-		r.conn = c
-		r.connMu.Unlock()
-		conn = c
-		if err := c.Recv(ctx, &msg); err != nil || msg.Kind != transport.KindResume || msg.Page != r.session {
-			continue
+		// Wait for the source's new connection: one that names another
+		// session, or says nothing, is dropped.
+		for {
+			if tries++; tries > r.cfg.MaxReconnects {
+				return
+			}
+			conn.Close()
+			c, aerr := r.cfg.Reaccept(ctx)
+			if aerr != nil {
+				r.log.Warn("migration complete here; the source may not know it", "err", aerr)
+				return
+			}
+			r.connMu.Lock()
+			r.conn = c
+			r.connMu.Unlock()
+			conn = c
+			fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait)
+			err = c.Recv(fctx, &msg)
+			cancel()
+			if err == nil && msg.Kind == transport.KindResume && msg.Page == r.session {
+				break
+			}
 		}
 		if msg.Arg&urgentFlag != 0 && r.cfg.ReacceptUrgent != nil {
-			if u, err := r.cfg.ReacceptUrgent(ctx); err == nil {
+			if u, uerr := r.cfg.ReacceptUrgent(ctx); uerr == nil {
 				u.Close() // not needed: the migration is complete
 			}
 		}
-		_ = c.Send(ctx, r.completeAck)
-		_ = c.Flush(ctx)
+		_ = conn.Send(ctx, r.completeAck)
+		err = conn.Flush(ctx)
+		if err == nil {
+			err = conn.Recv(ctx, &msg)
+		}
 	}
 }
 
@@ -481,11 +492,14 @@ func (r *receiver) recoverLink(ctx context.Context, cause error) error {
 // rejoin runs the recovery exchange on a new connection and installs it.
 func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	var msg transport.Msg
-	if err := conn.Recv(ctx, &msg); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait) // a silent peer must not hold us
+	err := conn.Recv(fctx, &msg)
+	cancel()
+	if err != nil {
 		return fmt.Errorf("postcopy: wait for the source's resume: %w", err)
 	}
 	switch {
-	case msg.Kind == transport.KindError:
+	case msg.Kind == transport.KindError && msg.Page == r.session:
 		return fmt.Errorf("postcopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
 	case msg.Kind != transport.KindResume:
 		return fmt.Errorf("postcopy: %v message instead of Resume on a new connection: %w", msg.Kind, livemig.ErrCorrupt)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
@@ -53,8 +54,13 @@ const ackFlag = 1 << 33
 // (Ack(AckComplete)).
 //
 // Failure before the hand-over is clean, as in pre-copy: the source guest is
-// resumed, the destination is told and never resumes. After the hand-over
-// the source never resumes: the guest runs at the destination. A cut link
+// resumed, the destination is told and never resumes (with Redial, a
+// destination that may wait for the source to come back is told on a new
+// connection). After the Commit the source resumes only when the
+// destination promised, for this session, that it did not resume
+// (transport.ErrorNotResumed); otherwise the guest runs at the destination,
+// and the source finishes after the destination's AckComplete (a
+// destination that completed answers a source that missed it). A cut link
 // is then recovered with cfg.Redial (the destination says which pages it
 // holds and the push goes on); without Redial, or when recovery fails, the
 // error wraps livemig.ErrIncomplete and the source must be kept, paused, with
@@ -191,28 +197,9 @@ type migration struct {
 	waker atomic.Pointer[context.CancelFunc]
 
 	userCtx   context.Context         // Migrate's ctx
-	cancel    context.CancelCauseFunc // the run's ctx, with a *destError from the return path
+	cancel    context.CancelCauseFunc // the run's ctx, with a *transport.PeerError from the return path
 	stateSent bool                    // the destination may wait for us in doubt
 }
-
-// destError is a KindError the destination sent.
-type destError struct {
-	msg        string
-	notResumed bool // the destination promised never to resume the guest
-}
-
-func newDestError(m transport.Msg) *destError {
-	return &destError{msg: string(m.Data), notResumed: m.Arg&transport.ErrorNotResumed != 0}
-}
-
-func (e *destError) Error() string {
-	if e.notResumed {
-		return "postcopy: destination failed (not resumed there): " + e.msg
-	}
-	return "postcopy: destination failed: " + e.msg
-}
-
-func (e *destError) Unwrap() error { return livemig.ErrPeer }
 
 // cutError marks a failure of the link (as opposed to the peer's or the
 // guest's), which a reconnection may repair.
@@ -265,7 +252,7 @@ func (m *migration) reader(ctx context.Context, s *session) {
 			msg.Data = bytes.Clone(msg.Data)
 			if msg.Kind == transport.KindError {
 				// Stop the migration at once, even inside a blocked send.
-				m.cancel(newDestError(msg))
+				m.cancel(transport.PeerErrorOf(msg, m.session))
 			}
 		}
 		select {
@@ -294,11 +281,10 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return
 		}
 		err = m.explain(m.s, err)
-		if pe := (*destError)(nil); errors.As(context.Cause(ctx), &pe) && !errors.Is(err, livemig.ErrPeer) {
+		if pe := (*transport.PeerError)(nil); errors.As(context.Cause(ctx), &pe) && !errors.Is(err, livemig.ErrPeer) {
 			err = errors.Join(pe, err)
 		}
-		var de *destError
-		if m.handed && m.resumedAt.IsZero() && errors.As(err, &de) && de.notResumed {
+		if m.handed && m.resumedAt.IsZero() && transport.NotResumed(err) {
 			// The Commit went out but the destination promised it never
 			// resumed: the guest may run here again.
 			m.handed = false
@@ -323,7 +309,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		_ = m.s.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
 		cancel()
 		if m.stateSent && m.cfg.Redial != nil && !errors.Is(err, livemig.ErrPeer) {
-			m.abortAtDest(bg, err)
+			handover.Abandon(bg, m.cfg.Redial, m.session, err)
 		}
 		m.log.Info("post-copy failed before the hand-over; source resumed", "err", err)
 	}()
@@ -592,15 +578,8 @@ func (e *completedError) Error() string { return "postcopy: the destination had 
 // reconnect opens a new connection, learns which pages the destination
 // holds and starts a session on it.
 func (m *migration) reconnect(ctx context.Context) error {
-	if m.reconnects > 1 {
-		// Back off between attempts: 50 ms, doubling, at most 1 s.
-		t := time.NewTimer(min(50*time.Millisecond<<(m.reconnects-2), time.Second))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, ctx.Err())
-		case <-t.C:
-		}
+	if err := handover.Sleep(ctx, handover.Backoff(m.reconnects)); err != nil {
+		return fmt.Errorf("postcopy: redial: %w (%w)", livemig.ErrIncomplete, err)
 	}
 	conn, err := m.cfg.Redial(ctx)
 	if err != nil {
@@ -663,7 +642,7 @@ func (m *migration) reconnect(ctx context.Context) error {
 				return fail(fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt))
 			}
 		case msg.Kind == transport.KindError:
-			return fail(newDestError(msg))
+			return fail(transport.PeerErrorOf(msg, m.session))
 		default:
 			return fail(fmt.Errorf("postcopy: %v message while reconnecting: %w", msg.Kind, livemig.ErrCorrupt))
 		}
@@ -876,7 +855,7 @@ func (m *migration) handleReturn(ctx context.Context, s *session, rm retMsg) (ac
 	}
 	switch rm.m.Kind {
 	case transport.KindError:
-		return false, newDestError(rm.m)
+		return false, transport.PeerErrorOf(rm.m, m.session)
 	case transport.KindAck:
 		if rm.m.Arg == transport.AckResumed {
 			m.noteResumed()
@@ -1054,24 +1033,6 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 	return size, nil
 }
 
-// abortAtDest tells, best effort, a destination that may wait in doubt for
-// this source to come back (its state loaded, Config.Reaccept) that the
-// source gave up before the Commit and resumed the guest.
-func (m *migration) abortAtDest(ctx context.Context, why error) {
-	actx, cancel := context.WithTimeout(ctx, transport.DefaultLiveness)
-	defer cancel()
-	conn, err := m.cfg.Redial(actx)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	_ = conn.Send(actx, transport.Msg{Kind: transport.KindError, Data: []byte("source resumed the guest before the commit: " + why.Error())})
-	_ = conn.Flush(actx)
-	var msg transport.Msg
-	for conn.Recv(actx, &msg) == nil { // until the destination has read it and closed
-	}
-}
-
 // linkErr wraps a failed send or flush as a cut of the link.
 func linkErr(what string, err error) error {
 	if err == nil {
@@ -1092,7 +1053,7 @@ func (m *migration) explain(s *session, err error) error {
 		select {
 		case rm := <-s.ret:
 			if rm.err == nil && rm.m.Kind == transport.KindError {
-				return errors.Join(newDestError(rm.m), err)
+				return errors.Join(transport.PeerErrorOf(rm.m, m.session), err)
 			}
 			if rm.err != nil {
 				return err

@@ -79,8 +79,12 @@ type Config struct {
 	// soon as the source's AckReleased or the link's end comes.
 	Reaccept func(ctx context.Context) (transport.Conn, error)
 	// HandoverTimeout bounds how long a source in doubt keeps redialing to
-	// learn the outcome: DefaultHandoverTimeout if 0.
+	// learn the outcome, whether or not Migrate's ctx has ended meanwhile:
+	// DefaultHandoverTimeout if 0.
 	HandoverTimeout time.Duration
+	// MaxReconnects bounds the connections a destination takes through
+	// Reaccept while it waits for its source: DefaultMaxReconnects if 0.
+	MaxReconnects int
 	// Clock is where time is read; the wall clock by default, a
 	// *livemig.VirtualClock in simulations.
 	Clock livemig.Clock
@@ -94,6 +98,9 @@ type Config struct {
 
 // DefaultHandoverTimeout is Config.HandoverTimeout's default.
 const DefaultHandoverTimeout = 30 * time.Second
+
+// DefaultMaxReconnects is Config.MaxReconnects' default.
+const DefaultMaxReconnects = 16
 
 func (c *Config) setDefaults() {
 	if c.DowntimeTarget == 0 {
@@ -123,6 +130,9 @@ func (c *Config) setDefaults() {
 	if c.HandoverTimeout == 0 {
 		c.HandoverTimeout = DefaultHandoverTimeout
 	}
+	if c.MaxReconnects == 0 {
+		c.MaxReconnects = DefaultMaxReconnects
+	}
 	if c.Clock == nil {
 		c.Clock = livemig.WallClock{}
 	}
@@ -135,6 +145,8 @@ func (c *Config) validate() error {
 	switch {
 	case c.DowntimeTarget < 0:
 		return fmt.Errorf("precopy: negative downtime target %v", c.DowntimeTarget)
+	case c.MaxReconnects < 0:
+		return fmt.Errorf("precopy: MaxReconnects %d < 0", c.MaxReconnects)
 	case c.MaxRounds < 1:
 		return fmt.Errorf("precopy: MaxRounds %d < 1", c.MaxRounds)
 	case c.StallRounds < 1:

@@ -65,7 +65,8 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	err := rv.receive(ctx)
 	if err != nil && !rv.rep.Resumed {
 		tell, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		_ = rv.conn.Send(tell, transport.Msg{Kind: transport.KindError, Arg: transport.ErrorNotResumed, Data: []byte(err.Error())})
+		// The promise not to resume, for the session we were given.
+		_ = rv.conn.Send(tell, transport.ErrorMsg(err, rv.session))
 		_ = rv.conn.Flush(tell)
 		cancel()
 		cfg.Logger.Info("pre-copy receive failed; guest not resumed", "err", err)
@@ -125,11 +126,17 @@ func (rv *receiver) receive(ctx context.Context) error {
 			}
 			continue
 		}
+		if ready && msg.Kind != transport.KindCommit && msg.Kind != transport.KindError {
+			// Ready: everything is received, verified and loaded; only the
+			// Commit or the source's giving up may come.
+			err := fmt.Errorf("precopy: %v message after the source said done: %w", msg.Kind, livemig.ErrCorrupt)
+			if err := rv.reconnect(ctx, false, err); err != nil {
+				return err
+			}
+			continue
+		}
 		switch msg.Kind {
 		case transport.KindPage:
-			if ready {
-				return fmt.Errorf("precopy: page %d after the source said done: %w", msg.Page, livemig.ErrCorrupt)
-			}
 			if msg.Page >= dst.Pages {
 				return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
 			}
@@ -154,8 +161,8 @@ func (rv *receiver) receive(ctx context.Context) error {
 			gotState = true
 			rep.StateBytes = len(state)
 		case transport.KindDone:
-			if !switched || !gotState || ready {
-				return fmt.Errorf("precopy: source said done before switchover and state, or twice: %w", livemig.ErrCorrupt)
+			if !switched || !gotState {
+				return fmt.Errorf("precopy: source said done before switchover and state: %w", livemig.ErrCorrupt)
 			}
 			if got := digest.Covered(); got != dst.Pages {
 				return fmt.Errorf("precopy: source done but %d of %d pages never arrived: %w", dst.Pages-got, dst.Pages, livemig.ErrIncomplete)
@@ -192,13 +199,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 		case transport.KindError:
 			return fmt.Errorf("precopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
 		default:
-			err := fmt.Errorf("precopy: unexpected message kind %d: %w", msg.Kind, livemig.ErrCorrupt)
-			if !ready {
-				return err
-			}
-			if err := rv.reconnect(ctx, false, err); err != nil {
-				return err
-			}
+			return fmt.Errorf("precopy: unexpected message kind %d: %w", msg.Kind, livemig.ErrCorrupt)
 		}
 	}
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -30,32 +30,6 @@ import (
 // two-generals problem), so it is bounded by Config.HandoverTimeout; past
 // it Migrate returns an *InDoubtError and the guest stays paused at the
 // source, never run twice. Resolve asks again.
-
-// peerError is a KindError the destination sent.
-type peerError struct {
-	msg        string
-	notResumed bool // the destination promised not to resume
-}
-
-func (e *peerError) Error() string {
-	if e.notResumed {
-		return fmt.Sprintf("precopy: destination failed (not resumed there): %s", e.msg)
-	}
-	return fmt.Sprintf("precopy: destination failed: %s", e.msg)
-}
-
-func (e *peerError) Unwrap() error { return livemig.ErrPeer }
-
-func newPeerError(m transport.Msg) *peerError {
-	return &peerError{msg: string(m.Data), notResumed: m.Arg&transport.ErrorNotResumed != 0}
-}
-
-// notResumed reports whether err carries the destination's promise not to
-// resume.
-func notResumed(err error) bool {
-	var pe *peerError
-	return errors.As(err, &pe) && pe.notResumed
-}
 
 // InDoubtError is the error Migrate returns when it sent the Commit and
 // could not learn, within Config.HandoverTimeout, whether the destination
@@ -107,8 +81,8 @@ func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed 
 				return false, fmt.Errorf("precopy: resolve: commit again: %w", err)
 			}
 		case msg.Kind == transport.KindError:
-			pe := newPeerError(msg)
-			if pe.notResumed {
+			pe := transport.PeerErrorOf(msg, session)
+			if pe.NotResumed {
 				return false, nil
 			}
 			return false, fmt.Errorf("precopy: resolve: %w", pe)
@@ -119,18 +93,22 @@ func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed 
 }
 
 // resolve runs after an ambiguous failure of the Commit (cause): it redials
-// and asks until it knows or cfg.HandoverTimeout passes. It returns nil when
-// the guest runs at the destination, a *peerError with notResumed when it
-// does not (the caller resumes the source), an *InDoubtError otherwise.
-func (m *migration) resolve(ctx context.Context, cause error) error {
-	if m.cfg.Redial == nil || ctx.Err() != nil {
+// and asks until it knows or cfg.HandoverTimeout passes, even if the
+// caller's ctx has ended (a guest in doubt must not be left so for want of
+// asking). It returns nil when the guest runs at the destination, a
+// *transport.PeerError with NotResumed when it does not (the caller resumes
+// the source), an *InDoubtError otherwise.
+func (m *migration) resolve(cause error) error {
+	if m.cfg.Redial == nil {
 		return &InDoubtError{Session: m.session, Err: cause}
 	}
 	m.cfg.Logger.Info("hand-over outcome unknown; asking the destination", "session", m.session, "err", cause)
-	rctx, cancel := context.WithTimeout(ctx, m.cfg.HandoverTimeout)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(m.userCtx), m.cfg.HandoverTimeout)
 	defer cancel()
-	backoff := 20 * time.Millisecond
-	for {
+	for n := 1; ; n++ {
+		if err := handover.Sleep(rctx, handover.Backoff(n)); err != nil {
+			return &InDoubtError{Session: m.session, Err: cause}
+		}
 		conn, err := m.cfg.Redial(rctx)
 		if err == nil {
 			var resumed bool
@@ -141,88 +119,53 @@ func (m *migration) resolve(ctx context.Context, cause error) error {
 					m.cfg.Logger.Info("the destination resumed the guest", "session", m.session)
 					return nil
 				}
-				return &peerError{msg: "the destination did not resume the guest", notResumed: true}
+				return &transport.PeerError{Message: "the destination did not resume the guest", NotResumed: true}
 			}
 		}
 		cause = err
 		m.cfg.Logger.Info("asking the destination failed", "err", err)
-		t := time.NewTimer(backoff)
-		select {
-		case <-rctx.Done():
-			t.Stop()
-			return &InDoubtError{Session: m.session, Err: cause}
-		case <-t.C:
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-}
-
-// abortAtDest tells, best effort, a destination that may be waiting in
-// Ready for this source to come back (Config.Reaccept) that the source gave
-// up before the Commit and resumed its guest, so that it stops waiting.
-func (m *migration) abortAtDest(ctx context.Context, why error) {
-	if m.cfg.Redial == nil {
-		return
-	}
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), transport.DefaultLiveness)
-	defer cancel()
-	conn, err := m.cfg.Redial(actx)
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	_ = conn.Send(actx, transport.Msg{Kind: transport.KindResume, Page: m.session})
-	_ = conn.Send(actx, transport.Msg{Kind: transport.KindError, Data: []byte("source resumed the guest before the commit: " + why.Error())})
-	_ = conn.Flush(actx)
-	// Wait for the destination's answer so that the message is read
-	// before the connection closes.
-	var msg transport.Msg
-	for conn.Recv(actx, &msg) == nil {
 	}
 }
 
 // awaitResume waits, at a destination in Ready after a failure (cause), for
 // the source to come back through cfg.Reaccept with this session, and
 // answers it: AckResumed if resumed, AckReady otherwise. It returns the new
-// connection, or an error when Reaccept gives up.
+// connection; an error wrapping livemig.ErrPeer when the source comes back
+// to say it gave up (handover.Abandon); another error when Reaccept gives up
+// or cfg.MaxReconnects connections came without the session.
 func awaitResume(ctx context.Context, cfg *Config, session uint64, resumed bool, cause error) (transport.Conn, error) {
-	for range maxReaccepts {
+	for range cfg.MaxReconnects {
 		conn, err := cfg.Reaccept(ctx)
 		if err != nil {
 			return nil, errors.Join(fmt.Errorf("precopy: no source came back: %w", err), cause)
 		}
 		var msg transport.Msg
-		if err := conn.Recv(ctx, &msg); err != nil {
-			conn.Close()
+		fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait)
+		err = conn.Recv(fctx, &msg)
+		cancel()
+		switch {
+		case err != nil:
 			cause = err
-			continue
-		}
-		if msg.Kind != transport.KindResume || msg.Page != session {
+		case msg.Kind == transport.KindError && msg.Page == session:
+			conn.Close()
+			return nil, fmt.Errorf("precopy: the source came back to say it gave up: %s: %w", msg.Data, livemig.ErrPeer)
+		case msg.Kind != transport.KindResume || msg.Page != session:
 			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindError,
 				Data: fmt.Appendf(nil, "%v message for session %016x; this destination waits for session %016x", msg.Kind, msg.Page, session)})
 			_ = conn.Flush(ctx)
-			conn.Close()
-			continue
-		}
-		ack := uint64(transport.AckReady)
-		if resumed {
-			ack = transport.AckResumed
-		}
-		if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: ack}); err != nil {
-			conn.Close()
+		default:
+			ack := uint64(transport.AckReady)
+			if resumed {
+				ack = transport.AckResumed
+			}
+			if err = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: ack}); err == nil {
+				if err = conn.Flush(ctx); err == nil {
+					return conn, nil
+				}
+			}
 			cause = err
-			continue
 		}
-		if err := conn.Flush(ctx); err != nil {
-			conn.Close()
-			cause = err
-			continue
-		}
-		return conn, nil
+		conn.Close()
 	}
-	return nil, fmt.Errorf("precopy: %d reconnections without the source's session: %w", maxReaccepts, cause)
+	return nil, fmt.Errorf("precopy: %d reconnections without the source's session: %w", cfg.MaxReconnects, cause)
 }
-
-// maxReaccepts bounds the connections a destination takes while it waits
-// for its source to come back.
-const maxReaccepts = 16

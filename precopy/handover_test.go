@@ -175,3 +175,69 @@ func TestCommitCutThenResolve(t *testing.T) {
 		t.Fatalf("%d pages differ", n)
 	}
 }
+
+// A source whose AckResumed is lost and whose redial reaches a new Receive
+// (a destination serving one migration per connection), not the one that
+// resumed the guest, must not take that Receive's refusal for a promise:
+// it stays paused, in doubt, instead of running the guest a second time.
+func TestRedialReachesAnotherReceive(t *testing.T) {
+	const pages = 256
+	ctx := context.Background()
+	src := newSource(t, pages)
+	hello := transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatDigest}
+	tcfg := transport.Config{Liveness: time.Second}
+	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	px, err := faultproxy.New(ln.Addr().String(), faultproxy.Rule{
+		Trigger: faultproxy.Trigger{Dir: faultproxy.DstToSrc, Kind: faultproxy.KindAck, Arg: faultproxy.ArgIs(faultproxy.AckResumed)},
+		Fault:   faultproxy.Close})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	// The destination: a Receive per connection, no Reaccept.
+	var resumes []*vm
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			conn, _, err := ln.AcceptConn(ctx, hello, tcfg)
+			if err != nil {
+				return
+			}
+			dst := newDest(t, pages)
+			v := &vm{VM: dst}
+			resumes = append(resumes, v)
+			_, _ = precopy.Receive(ctx, conn, precopy.Destination{Sink: dst, VM: v, Pages: pages, PageSize: pageSize}, precopy.Config{})
+		}
+	}()
+	dial := func(ctx context.Context) (transport.Conn, error) {
+		link, err := transport.Dial(ctx, px.Addr(), transport.DialConfig{})
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := transport.Open(ctx, link, hello, tcfg)
+		return c, err
+	}
+	conn, err := dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = precopy.Migrate(ctx, conn, precopy.Source{Memory: src, Dirty: src, VM: src},
+		precopy.Config{Redial: dial, HandoverTimeout: 500 * time.Millisecond})
+	ln.Close()
+	<-served
+	if !errors.Is(err, livemig.ErrInDoubt) || !src.Paused() {
+		t.Fatalf("source error %v, paused %v: want in doubt and paused (the first destination resumed the guest)", err, src.Paused())
+	}
+	if len(resumes) < 2 || resumes[0].resumes.Load() != 1 {
+		t.Fatalf("%d destinations served; the first resumed %d times", len(resumes), resumes[0].resumes.Load())
+	}
+	for _, v := range resumes[1:] {
+		if v.resumes.Load() != 0 {
+			t.Fatal("a later Receive resumed a guest")
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/reorder"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
@@ -169,7 +170,7 @@ type migration struct {
 
 	session  uint64
 	userCtx  context.Context         // Migrate's ctx; the run's is cancelled by a peer error too
-	cancel   context.CancelCauseFunc // the run's ctx, with a *peerError from the return path
+	cancel   context.CancelCauseFunc // the run's ctx, with a *transport.PeerError from the return path
 	doneSent bool                    // the destination may be in Ready
 	start    time.Time
 	paused   bool
@@ -192,7 +193,7 @@ func (m *migration) readReturnPath(ctx context.Context) {
 			msg.Data = bytes.Clone(msg.Data)
 			if msg.Kind == transport.KindError {
 				// Stop the source at once, even inside a blocked send.
-				m.cancel(newPeerError(msg))
+				m.cancel(transport.PeerErrorOf(msg, m.session))
 			}
 		}
 		select {
@@ -246,10 +247,10 @@ func (m *migration) run(ctx context.Context) (err error) {
 		tell, cancel := context.WithTimeout(bg, 2*time.Second) // the link may be gone
 		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
 		cancel()
-		if m.doneSent && !notResumed(err) {
+		if m.doneSent && m.cfg.Redial != nil && !transport.NotResumed(err) {
 			// The destination may be in Ready, waiting for us to come
 			// back: tell it we resumed.
-			m.abortAtDest(ctx, err)
+			handover.Abandon(ctx, m.cfg.Redial, m.session, err)
 		}
 		log.Info("pre-copy failed; source resumed", "err", err)
 	}()
@@ -347,20 +348,6 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if err := m.endRound(ctx, &r); err != nil {
 		return err
 	}
-	// The guest is paused: the log must be empty now, or Pause lied and
-	// the pages just sent may be stale.
-	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
-		return fmt.Errorf("precopy: sync of the dirty log after stop-and-copy: %w", err)
-	}
-	if n := bitmap.CountWords(m.dirty); n > 0 {
-		var first uint
-		if b, err := bitmap.FromWords(m.dirty, m.pages); err == nil {
-			first, _ = b.BitSet().NextSet(0)
-		}
-		clear(m.dirty)
-		return fmt.Errorf("precopy: VM.Pause returned but the guest went on writing: %d pages (the first %d) dirtied after the pause; Pause must return only once the guest writes no more: %w",
-			n, first, livemig.ErrNotSupported)
-	}
 	state, err := m.src.VM.SaveState(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("precopy: save source state: %w", err)
@@ -379,6 +366,21 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	}
 	r.Bytes += uint64(len(state)) + 2*recordOverhead
 	m.report.BytesSent += uint64(len(state)) + 2*recordOverhead
+	// The guest is paused: the log must be empty now, or Pause lied and
+	// the pages sent may be stale. Checked while the destination verifies
+	// (before the Commit, outside the time it needs).
+	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
+		return fmt.Errorf("precopy: sync of the dirty log after stop-and-copy: %w", err)
+	}
+	if n := bitmap.CountWords(m.dirty); n > 0 {
+		var first uint
+		if b, err := bitmap.FromWords(m.dirty, m.pages); err == nil {
+			first, _ = b.BitSet().NextSet(0)
+		}
+		clear(m.dirty)
+		return fmt.Errorf("precopy: VM.Pause returned but the guest went on writing: %d pages (the first %d) dirtied after the pause; Pause must return only once the guest writes no more: %w",
+			n, first, livemig.ErrNotSupported)
+	}
 	ack, err := m.await(ctx, transport.AckReady)
 	if err != nil {
 		return err
@@ -419,16 +421,16 @@ func (m *migration) commit(ctx context.Context) error {
 		_ = m.conn.Flush(ctx)
 		return nil
 	}
-	if !notResumed(err) {
+	if !transport.NotResumed(err) {
 		// The connection failed us: close it, so that the destination,
 		// which may see it alive (heartbeats), turns to Reaccept.
 		m.conn.Close()
-		err = m.resolve(m.userCtx, err)
+		err = m.resolve(err)
 		if err == nil {
 			return nil
 		}
 	}
-	if notResumed(err) {
+	if transport.NotResumed(err) {
 		m.handed = false // certain: the destination will not resume
 		return fmt.Errorf("precopy: hand-over refused: %w", err)
 	}
@@ -469,7 +471,7 @@ func (m *migration) handleReturn(rm retMsg) error {
 	}
 	switch rm.m.Kind {
 	case transport.KindError:
-		return newPeerError(rm.m)
+		return transport.PeerErrorOf(rm.m, m.session)
 	case transport.KindAck, transport.KindRequest:
 		return nil
 	}
@@ -502,8 +504,8 @@ func (m *migration) linkErr(what string, err error) error {
 
 // peerErr returns the destination's error that cancelled ctx, if that is
 // what did.
-func peerErr(ctx context.Context) *peerError {
-	var pe *peerError
+func peerErr(ctx context.Context) *transport.PeerError {
+	var pe *transport.PeerError
 	if errors.As(context.Cause(ctx), &pe) {
 		return pe
 	}

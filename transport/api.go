@@ -81,9 +81,11 @@ const (
 	AckReleased = 6
 )
 
-// ErrorNotResumed, in the Arg of a KindError a destination sends, promises
-// that it has not resumed the guest and never will for this migration: a
-// source that receives it may resume its guest even after the Commit.
+// ErrorNotResumed, in the Arg of a KindError a destination sends with the
+// migration's session in Page, promises that it has not resumed the guest
+// and never will for this migration: a source that receives it for its
+// session may resume its guest even after the Commit (see ErrorMsg,
+// PeerErrorOf).
 const ErrorNotResumed = 1
 
 // Msg is one message. On Send the caller owns Data and may reuse it as soon
