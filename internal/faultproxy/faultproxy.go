@@ -47,9 +47,9 @@ import (
 // Trigger says where in which connection a rule fires: either at a frame
 // (Kind, Arg, Nth, After) or at a byte offset (AfterBytes).
 type Trigger struct {
-	// Conn is the connection watched, by the order in which the proxy
-	// connected them to the target (the order accepted, unless their dials
-	// of the target overlap): 0 is the first. A post-copy migration opens
+	// Conn is the connection watched, by the order the proxy accepted
+	// them (one whose dial of the target failed is not counted): 0 is the
+	// first. A post-copy migration opens
 	// a second, urgent connection, and a reconnection after a fault comes
 	// as a later one.
 	// AnyConn (-1) watches every connection, and counts matching frames
@@ -231,8 +231,10 @@ type dialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 // Listen starts a proxy listening on addr whose connections go to target,
 // with rules injecting faults. Each accepted connection dials the target in
 // its own goroutine, within 10 seconds, so that a target that does not
-// answer holds up no other connection; a connection whose dial fails is
-// closed and is given no number.
+// answer does not stop the accepting; a connection whose dial fails is
+// closed and is given no number. Connections are numbered in the order
+// accepted: one whose dial is slow holds back the forwarding of those
+// accepted after it until its dial ends.
 func Listen(addr, target string, rules ...Rule) (*Proxy, error) {
 	for _, r := range rules {
 		if err := r.check(); err != nil {
@@ -359,6 +361,10 @@ func (p *Proxy) Close() error {
 func (p *Proxy) serve() {
 	defer p.wg.Done()
 	var backoff time.Duration
+	// prev is closed once the connection accepted last is numbered or
+	// has failed: connections are numbered in the order accepted.
+	prev := make(chan struct{})
+	close(prev)
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
@@ -386,33 +392,49 @@ func (p *Proxy) serve() {
 		}
 		p.wg.Add(1)
 		p.mu.Unlock()
-		go p.connect(client)
+		numbered := make(chan struct{})
+		go p.connect(client, prev, numbered)
+		prev = numbered
 	}
 }
 
-// connect dials the target for client, numbers the connection and
-// forwards it until it ends.
-func (p *Proxy) connect(client net.Conn) {
+// connect dials the target for client, numbers the connection once those
+// accepted before it are (prev closed), closes numbered, and forwards the
+// connection until it ends.
+func (p *Proxy) connect(client net.Conn, prev <-chan struct{}, numbered chan<- struct{}) {
 	defer p.wg.Done()
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 	server, err := p.dial(ctx, "tcp", p.target)
 	cancel()
-	if err != nil {
+	var c *conn
+	select {
+	case <-prev:
+		if err == nil {
+			c = p.add(client, server)
+		}
+	case <-p.done:
+	}
+	close(numbered)
+	if c == nil {
 		client.Close()
+		if err == nil {
+			server.Close()
+		}
 		return
 	}
-	c := &conn{p: p, sock: [2]net.Conn{SrcToDst: client, DstToSrc: server}}
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		client.Close()
-		server.Close()
-		return
-	}
-	c.idx = len(p.conns)
-	p.conns = append(p.conns, c)
-	p.mu.Unlock()
 	c.run()
+}
+
+// add numbers a new connection, unless the proxy is closed.
+func (p *Proxy) add(client, server net.Conn) *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	c := &conn{p: p, idx: len(p.conns), sock: [2]net.Conn{SrcToDst: client, DstToSrc: server}}
+	p.conns = append(p.conns, c)
+	return c
 }
 
 func (p *Proxy) fire(e Event) {

@@ -824,9 +824,9 @@ func TestAcceptError(t *testing.T) {
 	goleak.VerifyNone(t)
 }
 
-// TestDialHang: a dial of the target that does not answer holds up neither
-// the accepting of later connections nor their forwarding; it is bounded,
-// and Close ends it.
+// TestDialHang: a dial of the target that does not answer is bounded and
+// does not stop the accepting; the connections accepted after it wait for
+// their number until it fails, and Close ends it.
 func TestDialHang(t *testing.T) {
 	target, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -834,44 +834,59 @@ func TestDialHang(t *testing.T) {
 	}
 	defer target.Close()
 	target.(*net.TCPListener).SetDeadline(time.Now().Add(10 * time.Second))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	hung := make(chan bool, 1)
+	hung := make(chan bool, 2)
+	release := make(chan struct{})
 	var calls atomic.Int32
 	var d net.Dialer
+	// The first dial, and with blackhole every dial, hangs until released
+	// or cancelled.
+	blackhole := false
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if calls.Add(1) == 1 { // a blackholed target
+		if calls.Add(1) == 1 || blackhole {
 			_, bounded := ctx.Deadline()
 			hung <- bounded
-			<-ctx.Done()
-			return nil, ctx.Err()
+			select {
+			case <-release:
+				return nil, errors.New("no answer")
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 		return d.DialContext(ctx, network, addr)
 	}
-	p := start(ln, target.Addr().String(), dial, []Rule{{Trigger: Trigger{Kind: KindCommit}, Fault: Close}})
-	defer p.Close()
-	c0, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
+	proxy := func(rules ...Rule) *Proxy {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := start(ln, target.Addr().String(), dial, rules)
+		t.Cleanup(func() { p.Close() })
+		return p
 	}
-	defer c0.Close()
+	dialProxy := func(p *Proxy) net.Conn {
+		c, err := net.Dial("tcp", p.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+
+	p := proxy(Rule{Trigger: Trigger{Kind: KindCommit}, Fault: Close})
+	c0 := dialProxy(p)
 	if bounded := <-hung; !bounded {
 		t.Error("the dial of the target has no deadline")
 	}
-	c1, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c1.Close()
+	c1 := dialProxy(p) // accepted, and dialled, while the first dial hangs
 	s1, err := target.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s1.Close()
-	// The second connection is the first to reach the target: conn 0.
 	write(t, c1, cat(hello(), control(KindCommit, 0, 0, nil)))
+	expectSilence(t, s1) // held until the first connection has failed
+	close(release)
+	expectEnd(t, c0)
 	readN(t, s1, HelloSize)
 	expectEnd(t, s1)
 	if ev := waitFired(t, p); ev[0].Conn != 0 || len(p.Stats().Conns) != 1 {
@@ -880,7 +895,15 @@ func TestDialHang(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
-	expectEnd(t, c0)
+
+	blackhole = true
+	p = proxy()
+	c := dialProxy(p)
+	<-hung
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectEnd(t, c)
 	goleak.VerifyNone(t)
 }
 
