@@ -213,7 +213,6 @@ type rule struct {
 	idx     int
 	matched int  // frames matched so far
 	claimed bool // a connection has taken it: it fires there or nowhere
-	fired   chan struct{}
 }
 
 // New is Listen on 127.0.0.1, port chosen by the system.
@@ -258,7 +257,7 @@ func start(ln net.Listener, target string, dial dialFunc, rules []Rule) *Proxy {
 		unfired: len(rules),
 	}
 	for i, r := range rules {
-		p.rules = append(p.rules, &rule{Rule: r, idx: i, fired: make(chan struct{})})
+		p.rules = append(p.rules, &rule{Rule: r, idx: i})
 	}
 	if len(rules) == 0 {
 		close(p.fired)
@@ -277,10 +276,6 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 // wait on Fired with a timeout.
 func (p *Proxy) Fired() <-chan struct{} { return p.fired }
 
-// FiredRule is closed once rule i (its index in the rules given to New)
-// has fired. It panics if there is no rule i.
-func (p *Proxy) FiredRule(i int) <-chan struct{} { return p.rules[i].fired }
-
 // Events returns the faults fired so far, in order.
 func (p *Proxy) Events() []Event {
 	p.mu.Lock()
@@ -294,26 +289,13 @@ func (p *Proxy) Events() []Event {
 // new ones (a reconnection) as well as the open ones, and Fired is closed
 // only if every rule had fired. A fault already in place stays (a frame
 // being dropped is dropped whole): a stalled or half-open connection stays
-// dead to both peers until Close (or, for a stall, Unstall), as a path
+// dead to both peers until Close, as a path
 // that went dead would, so that the peers' liveness timeouts find it and
 // their reconnection goes through.
 func (p *Proxy) Heal() {
 	p.mu.Lock()
 	p.healed = true
 	p.mu.Unlock()
-}
-
-// Unstall resumes the connections a Stall stopped: a transient stall
-// rather than a dead path. Bytes held meanwhile are forwarded then.
-func (p *Proxy) Unstall() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		if c.stall != nil {
-			close(c.stall)
-			c.stall = nil
-		}
-	}
 }
 
 // Stats returns the counts so far.
@@ -441,7 +423,6 @@ func (p *Proxy) fire(e Event) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.events = append(p.events, e)
-	close(p.rules[e.Rule].fired)
 	p.unfired--
 	if p.unfired == 0 {
 		close(p.fired)

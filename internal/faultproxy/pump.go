@@ -17,8 +17,8 @@ type conn struct {
 	sock [2]net.Conn
 
 	// Under p.mu:
-	stall chan struct{} // non-nil while stalled; closed by Unstall
-	dead  bool          // closed by a fault or by Close
+	stalled bool // a Stall stopped it, until Close
+	dead    bool // closed by a fault or by Close
 
 	killOnce sync.Once
 	bytes    [2]atomic.Int64
@@ -50,21 +50,17 @@ func (c *conn) kill() {
 	})
 }
 
-// waitStall blocks while the connection is stalled.
+// waitStall returns nil unless the connection is stalled; then it waits
+// for Close and returns errStop.
 func (c *conn) waitStall() error {
-	for {
-		c.p.mu.Lock()
-		ch := c.stall
-		c.p.mu.Unlock()
-		if ch == nil {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-c.p.done:
-			return errStop
-		}
+	c.p.mu.Lock()
+	stalled := c.stalled
+	c.p.mu.Unlock()
+	if !stalled {
+		return nil
 	}
+	<-c.p.done
+	return errStop
 }
 
 func (c *conn) pump(d Dir) {
@@ -388,9 +384,7 @@ func (pm *pump) fault(ev Event) error {
 		return errStop
 	case Stall:
 		p.mu.Lock()
-		if c.stall == nil {
-			c.stall = make(chan struct{})
-		}
+		c.stalled = true
 		p.mu.Unlock()
 		p.fire(ev)
 		return c.waitStall()
@@ -401,7 +395,8 @@ func (pm *pump) fault(ev Event) error {
 	}
 }
 
-// write forwards b unless the connection is stalled, then waits.
+// write forwards b, unless the connection is stalled: then it waits for
+// Close.
 func (pm *pump) write(b []byte) error {
 	if len(b) == 0 {
 		return nil

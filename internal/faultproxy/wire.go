@@ -123,7 +123,7 @@ const (
 	Close Fault = iota + 1
 	// Stall stops forwarding in both directions and stops reading from
 	// both sockets, so that TCP back-pressure builds as on a dead path;
-	// the sockets stay open until Proxy.Close (or Proxy.Unstall). A
+	// the sockets stay open until Proxy.Close. A
 	// direction blocked in a read when the stall fires may still take one
 	// buffer from its socket, which it then holds and does not forward.
 	Stall
