@@ -7,58 +7,93 @@
 // connection. It prints where it listens on standard error, prints one line
 // on standard output when the fault fires ("fired: stall on conn 0 s2d at
 // Commit frame 1 (offset 2113634)"), and runs until SIGINT or SIGTERM, which
-// close every connection.
+// close every connection. It exits with status 2 on a usage error (a
+// missing, unknown or bad flag), 1 on another error.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/livemig/livemig/internal/faultproxy"
 )
 
 func main() {
-	if err := run(); err != nil {
-		fmt.Fprintln(os.Stderr, "faultproxy:", err)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "faultproxy: ") { // package faultproxy's errors say it
+		msg = "faultproxy: " + msg
+	}
+	fmt.Fprintln(os.Stderr, msg)
+	if errors.As(err, new(usageError)) {
 		os.Exit(2)
 	}
+	os.Exit(1)
 }
 
-func run() error {
+// usageError is a bad command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// run parses args, starts the proxy and serves until ctx ends. A bad command
+// line is a usageError, -h or -help flag.ErrHelp.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("faultproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	var (
-		listen     = flag.String("listen", "127.0.0.1:0", "address to listen on")
-		to         = flag.String("to", "", "address to forward to (required)")
-		fault      = flag.String("fault", "", "close, stall, flip-header, flip-payload, half-open or drop (required)")
-		conn       = flag.Int("conn", 0, "connection watched, from 0 in the order accepted; -1 for any")
-		dir        = flag.String("dir", "s2d", "direction watched: s2d (source to destination) or d2s")
-		kind       = flag.String("kind", "any", "frame kind matched, by name (Page, EndRound, Commit, Ack, ...) or number")
-		arg        = flag.Int64("arg", -1, "match only a control frame whose Arg is this (round, Ack code); -1: any")
-		nth        = flag.Int("nth", 1, "fire at the Nth matching frame")
-		after      = flag.Bool("after", false, "fire after forwarding the matched frame instead of before it")
-		afterBytes = flag.Int64("after-bytes", 0, "fire once this many bytes went in -dir instead (frame flags ignored)")
-		bit        = flag.Int("bit", 0, "the bit flip-header and flip-payload flip")
+		listen     = fs.String("listen", "127.0.0.1:0", "address to listen on")
+		to         = fs.String("to", "", "address to forward to (required)")
+		fault      = fs.String("fault", "", "close, stall, flip-header, flip-payload, half-open or drop (required)")
+		conn       = fs.Int("conn", 0, "connection watched, from 0 in the order accepted; -1 for any")
+		dir        = fs.String("dir", "s2d", "direction watched: s2d (source to destination) or d2s")
+		kind       = fs.String("kind", "any", "frame kind matched, by name (Page, EndRound, Commit, Ack, ...) or number")
+		arg        = fs.Int64("arg", -1, "match only a control frame whose Arg is this (round, Ack code); -1: any")
+		nth        = fs.Int("nth", 1, "fire at the Nth matching frame")
+		after      = fs.Bool("after", false, "fire after forwarding the matched frame instead of before it")
+		afterBytes = fs.Int64("after-bytes", 0, "fire once this many bytes went in -dir instead (frame flags ignored)")
+		bit        = fs.Int("bit", 0, "the bit flip-header and flip-payload flip")
 	)
-	flag.Parse()
-	if *to == "" || *fault == "" || flag.NArg() > 0 {
-		flag.Usage()
-		return fmt.Errorf("-to and -fault are required")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return usageError{err}
+	}
+	if *to == "" || *fault == "" {
+		fs.Usage()
+		return usageError{errors.New("-to and -fault are required")}
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
 	f, err := faultproxy.ParseFault(*fault)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	d, err := faultproxy.ParseDir(*dir)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	r := faultproxy.Rule{Trigger: faultproxy.Trigger{Conn: *conn, Dir: d, AfterBytes: *afterBytes}, Fault: f, Bit: *bit}
 	if *afterBytes == 0 {
 		if r.Kind, err = faultproxy.ParseKind(*kind); err != nil {
-			return err
+			return usageError{err}
 		}
 		if *arg >= 0 {
 			r.Arg = faultproxy.ArgIs(uint64(*arg))
@@ -67,17 +102,20 @@ func run() error {
 	}
 	p, err := faultproxy.Listen(*listen, *to, r)
 	if err != nil {
+		// Listen refuses a bad rule (flags that do not go together)
+		// before it listens; a listening error is a *net.OpError.
+		if opErr := (*net.OpError)(nil); !errors.As(err, &opErr) {
+			return usageError{err}
+		}
 		return err
 	}
 	defer p.Close()
-	fmt.Fprintf(os.Stderr, "faultproxy: listening on %s, forwarding to %s\n", p.Addr(), *to)
+	fmt.Fprintf(stderr, "faultproxy: listening on %s, forwarding to %s\n", p.Addr(), *to)
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	select {
 	case <-p.Fired():
 		for _, e := range p.Events() {
-			fmt.Println("fired:", e)
+			fmt.Fprintln(stdout, "fired:", e)
 		}
 	case <-ctx.Done():
 	}
