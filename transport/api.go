@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"io"
+	"time"
 )
 
 // Link is a full-duplex byte stream between a source and a destination: a
@@ -76,8 +77,9 @@ const (
 	// AckHeld ends a KindRecvBitmap after a reconnection; Page: how many
 	// pages the destination holds.
 	AckHeld = 5
-	// AckReleased (source to destination) acknowledges AckResumed: the
-	// source knows the outcome and will not come back to ask.
+	// AckReleased (source to destination) acknowledges the outcome, the
+	// AckResumed of pre-copy or the AckComplete of post-copy: the source
+	// knows it and will not come back to ask.
 	AckReleased = 6
 )
 
@@ -147,4 +149,7 @@ type Hello struct {
 	Streams   uint16   // how many connections the session has (0 or 1: one)
 	Stream    uint16   // this connection's index, 0..Streams-1
 	Session   [16]byte // random, the same on every stream of a session
+	// Liveness is the sender's Config.Liveness (0: off), in whole
+	// milliseconds on the wire; Open sets it and agrees on a bound.
+	Liveness time.Duration
 }

@@ -38,13 +38,17 @@ type Config struct {
 	MaxState int
 	// Liveness bounds how long the peer may stay silent: a Recv that sees
 	// no byte arrive for this long, or a frame write that makes no headway
-	// for this long, fails with an error wrapping ErrStalled and the link
-	// is closed. To keep a healthy but quiet direction alive, the Conn
-	// sends a heartbeat frame when it has written nothing for a quarter of
-	// it; Recv skips the peer's heartbeats. It also bounds Open's
-	// handshake. DefaultLiveness if 0; negative turns it off (no
-	// heartbeats, no deadline). It is off on links in virtual time (a
-	// SimLink end, possibly wrapped), whose pace is not the wall clock's.
+	// for this long while no byte arrives either, fails with an error
+	// wrapping ErrStalled and the link is closed; it is noticed between
+	// the bound and a quarter more. To keep a healthy but quiet direction
+	// alive, the Conn sends a heartbeat frame when it has written nothing
+	// for a quarter of it (at most half of it apart); Recv skips the
+	// peer's heartbeats. Open announces it in the hello and gives the Conn
+	// the bound both sides agree on (the longer; none if either is off),
+	// and bounds its handshake with it. DefaultLiveness if 0; negative
+	// turns it off (no heartbeats, no deadline). It is off on links in
+	// virtual time (a SimLink end, or a RateLink on a virtual clock,
+	// possibly wrapped), whose pace is not the wall clock's.
 	//
 	// A frame (up to MaxFrame bytes) must go out within Liveness: on a
 	// link slower than MaxFrame/Liveness (1.6 Mbit/s at the defaults),
@@ -76,10 +80,13 @@ func liveness(cfg Config, link Link) time.Duration {
 	return d
 }
 
-// isVirtual reports whether link runs in virtual time: a SimLink end, or a
-// link that unwraps to one.
+// isVirtual reports whether link runs in virtual time: a SimLink end, a
+// RateLink measured on a virtual clock, or a link that unwraps to one.
 func isVirtual(link Link) bool {
 	for {
+		if v, ok := link.(interface{ virtualTime() bool }); ok && v.virtualTime() {
+			return true
+		}
 		switch l := link.(type) {
 		case interface{ Clock() *livemig.VirtualClock }:
 			return true
@@ -119,7 +126,6 @@ var (
 // the heartbeats. Close waits for both to end.
 func NewConn(link Link, cfg Config) Conn {
 	c := &conn{link: link, log: cfg.Logger, pageCount: cfg.PageCount}
-	defer c.startLiveness(liveness(cfg, link))
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -147,6 +153,9 @@ func NewConn(link Link, cfg Config) Conn {
 	if c.maxState <= 0 {
 		c.maxState = DefaultMaxState
 	}
+	if c.cfgErr == nil {
+		c.startLiveness(liveness(cfg, link))
+	}
 	return c
 }
 
@@ -169,11 +178,9 @@ type conn struct {
 	closeErr error
 
 	// liveness (see live.go)
-	live     time.Duration
 	wmu      sync.Mutex    // one frame write at a time: the sender's or a heartbeat
-	wseq     atomic.Uint64 // writes begun, heartbeats included: ids for writing
-	frames   atomic.Uint64 // frames the caller's Send and Flush wrote
-	writing  atomic.Uint64 // the sequence number of the write under way, 0 if none
+	wdone    atomic.Uint64 // frame writes done, heartbeats included
+	wbusy    atomic.Bool   // a frame write is under way
 	rprog    atomic.Uint64 // reads that returned bytes
 	reading  atomic.Bool   // a Recv waits on the link
 	stallErr atomic.Pointer[error]
@@ -351,7 +358,7 @@ func (c *conn) flush(ctx context.Context) error {
 // writeFrame appends the CRC to the frame in wbuf, writes it and empties wbuf.
 func (c *conn) writeFrame(ctx context.Context) error {
 	b := c.wbuf
-	b = binary.LittleEndian.AppendUint32(b, crc32.Update(0, castagnoli, b))
+	b = sealFrame(b)
 	var stop func() bool
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
@@ -493,9 +500,13 @@ func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
 	}
-	c.reading.Store(true)
+	if c.stop != nil {
+		c.reading.Store(true)
+	}
 	h, err := c.readFrameBody()
-	c.reading.Store(false)
+	if c.stop != nil {
+		c.reading.Store(false)
+	}
 	if stop != nil && !stop() {
 		return h, fmt.Errorf("transport: recv: %w", ctx.Err())
 	}
@@ -564,10 +575,7 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	crc := crc32.Update(0, castagnoli, buf[:min(have, end)])
 	done := min(have, end)
 	for have < need {
-		n, err := c.link.Read(buf[have:])
-		if n > 0 {
-			c.rprog.Add(1)
-		}
+		n, err := c.reader().Read(buf[have:])
 		have += n
 		if to := min(have, end); to > done {
 			crc = crc32.Update(crc, castagnoli, buf[done:to])

@@ -47,7 +47,7 @@
 // The destination talks back on the same Conn: KindRequest asks for pages
 // ahead of the background push of a post-copy (Page: the first, Arg: how
 // many), KindAck acknowledges (Arg: an AckCode). Either side may send
-// KindError with a message and give up. Engines end a migration with:
+// KindError with a message and give up. Pre-copy ends a migration with:
 //
 //	source                          destination
 //	Switchover (Page: session) -->                                the source has paused
@@ -57,23 +57,34 @@
 //	                           <--  Ack(AckResumed)               the guest runs at the destination
 //	Ack(AckReleased)           -->                                the source knows it
 //
+// Post-copy sends Switchover and State, waits for AckReady (the state is
+// loaded), sends Commit (the destination resumes at once and says
+// AckResumed when it can), pushes the pages, sends Done, and waits for
+// Ack(AckComplete), which it answers with AckReleased.
+//
 // The destination resumes only after Commit; a destination that gives up
-// before it sends KindError with Arg ErrorNotResumed, a promise never to
-// resume. The source resumes its guest whenever it has not sent Commit, or
-// holds that promise. After an ambiguous failure (Commit sent, neither
-// AckResumed nor the promise received) it reconnects and sends
+// before it sends KindError with Arg ErrorNotResumed and the session in
+// Page, a promise never to resume that migration (ErrorMsg, PeerErrorOf).
+// The source resumes its guest whenever it has not sent Commit, or holds
+// that promise for its session. After an ambiguous failure (Commit sent,
+// neither the answer nor the promise received) it reconnects and sends
 // KindResume(Page: session); the destination, which waits for it, answers
-// AckResumed, or AckReady if the Commit never came (the source then sends
-// Commit again), and the exchange goes on from there.
+// (pre-copy: AckResumed, or AckReady if the Commit never came, and the
+// source sends Commit again; post-copy: the pages it holds, or
+// AckComplete), and the exchange goes on from there.
 //
 // # Liveness
 //
-// Each Conn sends a KindHeartbeat frame when it has written nothing for a
-// quarter of Config.Liveness, and fails a Recv that has seen no byte for
-// Liveness, or a write stuck as long, with ErrStalled: a silent peer or a
-// stalled path is found within Liveness in every phase, on every connection
-// and in the handshake.
-//
+// Each side announces its Config.Liveness in the hello, and both use the
+// longer of the two (none if either has it off). A Conn writes a
+// KindHeartbeat frame when it has written nothing since the watcher's last
+// wake (every quarter of the bound), so at most half the bound apart; it
+// fails with ErrStalled a Recv that has seen no byte for the bound, or a
+// frame write stuck as long while nothing comes in either. Both are checked
+// at each wake: a stall is found between the bound and a quarter more. A
+// peer whose process is alive (it sends heartbeats) but does not read is
+// not a stall: the write waits, bounded by its ctx.
+
 // The conformance suite in package transporttest runs one body of tests
 // over any Link or Conn.
 //

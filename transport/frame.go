@@ -141,6 +141,8 @@ func checkHeader(h frameHeader, maxFrame int) string {
 		return fmt.Sprintf("frame length %d over the limit %d", h.length, maxFrame)
 	case h.kind < KindPage || h.kind > lastKind:
 		return fmt.Sprintf("unknown frame type %d", h.kind)
+	case h.kind == KindHeartbeat && (h.length != controlHeaderSize || h.flags != 0 || h.count != 0):
+		return fmt.Sprintf("heartbeat frame of %d bytes, flags %#x, count %d", h.length, h.flags, h.count)
 	case h.kind == KindPage:
 		if h.flags != 0 {
 			return fmt.Sprintf("batch frame with flags %#x", h.flags)
@@ -285,6 +287,12 @@ func (k Kind) String() string {
 		return "Heartbeat"
 	}
 	return fmt.Sprintf("Kind(%d)", uint8(k))
+}
+
+// sealFrame appends the trailer, the CRC32C of b (a frame's header and
+// payload), and returns the extended slice.
+func sealFrame(b []byte) []byte {
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
 // corruptf builds the error for bad data at stream offset off.

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig"
 )
@@ -103,11 +104,12 @@ func TestWireFormat(t *testing.T) {
 }
 
 func TestHelloFormat(t *testing.T) {
-	h := Hello{PageSize: 4096, PageCount: 0x1_0000_0001, Features: FeatLZ4 | FeatDigest, Streams: 4, Stream: 2}
+	h := Hello{PageSize: 4096, PageCount: 0x1_0000_0001, Features: FeatLZ4 | FeatDigest, Streams: 4, Stream: 2,
+		Liveness: 5 * time.Second}
 	h.Session[0], h.Session[15] = 0xaa, 0xbb
 	got := AppendHello([]byte{0xff}, h)[1:]
 	want := "4c564d47" + "0200" + "00100000" + "0100000001000000" + "0a00000000000000" + "0400" + "0200" +
-		"aa0000000000000000000000000000bb"
+		"aa0000000000000000000000000000bb" + "88130000" // liveness 5000 ms
 	if len(got) != HelloSize || hex.EncodeToString(got[:HelloSize-4]) != want {
 		t.Fatalf("hello:\n got %x\nwant %s + crc", got, want)
 	}

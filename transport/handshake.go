@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
@@ -16,8 +17,16 @@ const ProtocolVersion = 2
 
 // HelloSize is the length of a hello on the wire: magic "LVMG", u16 version,
 // u32 page size, u64 page count, u64 features, u16 streams, u16 stream,
-// 16 bytes of session, u32 CRC32C of the preceding bytes; little-endian.
-const HelloSize = 4 + 2 + 4 + 8 + 8 + 2 + 2 + 16 + 4
+// 16 bytes of session, u32 liveness in milliseconds (0: off), u32 CRC32C of
+// the preceding bytes; little-endian. Every version begins with the magic
+// and the version.
+const HelloSize = 4 + 2 + 4 + 8 + 8 + 2 + 2 + 16 + 4 + 4
+
+// helloPrefix is what every version's hello begins with: magic and version.
+const helloPrefix = 6
+
+// helloSizeV1 is the length of a version-1 hello (no liveness field).
+const helloSizeV1 = HelloSize - 4
 
 const helloMagic = "LVMG"
 
@@ -36,16 +45,18 @@ func AppendHello(dst []byte, h Hello) []byte {
 	dst = binary.LittleEndian.AppendUint16(dst, h.Streams)
 	dst = binary.LittleEndian.AppendUint16(dst, h.Stream)
 	dst = append(dst, h.Session[:]...)
+	dst = binary.LittleEndian.AppendUint32(dst, livenessMillis(h.Liveness))
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
 // ParseHello decodes a hello from the first HelloSize bytes of b. It checks
-// the magic and the CRC, not whether the peer is compatible (Handshake does).
-// A short b, a bad magic or a bad CRC is an error wrapping
-// livemig.ErrCorrupt, except that a bad CRC on a hello of another version is
-// an error wrapping livemig.ErrVersion: its layout may differ.
+// the magic, the version and the CRC, not whether the peer is compatible
+// (Handshake does). A hello of another version is an error wrapping
+// livemig.ErrVersion, with the returned Hello's Version set (its layout may
+// differ: nothing else is read). Otherwise a short b, a bad magic or a bad
+// CRC is an error wrapping livemig.ErrCorrupt.
 func ParseHello(b []byte) (Hello, error) {
-	if len(b) < HelloSize {
+	if len(b) < helloPrefix {
 		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("%d bytes, want %d: %w", len(b), HelloSize, livemig.ErrCorrupt)}
 	}
 	if string(b[:4]) != helloMagic {
@@ -53,11 +64,14 @@ func ParseHello(b []byte) (Hello, error) {
 	}
 	var h Hello
 	h.Version = binary.LittleEndian.Uint16(b[4:])
+	if h.Version != ProtocolVersion {
+		return h, versionErr(h.Version)
+	}
+	if len(b) < HelloSize {
+		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("%d bytes, want %d: %w", len(b), HelloSize, livemig.ErrCorrupt)}
+	}
 	want := binary.LittleEndian.Uint32(b[HelloSize-4:])
 	if got := crc32.Checksum(b[:HelloSize-4], castagnoli); got != want {
-		if h.Version != ProtocolVersion {
-			return h, versionErr(h.Version)
-		}
 		return Hello{}, &livemig.StreamError{What: "hello", Err: fmt.Errorf("transport: not a livemig peer (bad CRC): %w", livemig.ErrCorrupt)}
 	}
 	h.PageSize = binary.LittleEndian.Uint32(b[6:])
@@ -66,7 +80,61 @@ func ParseHello(b []byte) (Hello, error) {
 	h.Streams = binary.LittleEndian.Uint16(b[26:])
 	h.Stream = binary.LittleEndian.Uint16(b[28:])
 	copy(h.Session[:], b[30:46])
+	h.Liveness = time.Duration(binary.LittleEndian.Uint32(b[46:])) * time.Millisecond
 	return h, nil
+}
+
+// readHello reads a hello from r into b (HelloSize bytes, of which the
+// first have are already read) and parses it. It reads the magic and the
+// version first and stops there for another version, whose hello may be
+// shorter: such a peer is refused (ErrVersion) without waiting for bytes it
+// never sends. n is how many bytes of b hold what was read.
+func readHello(r io.Reader, b []byte, have int) (h Hello, n int, err error) {
+	n = have
+	if n < helloPrefix {
+		k, err := io.ReadFull(r, b[n:helloPrefix])
+		n += k
+		if err != nil {
+			return Hello{}, n, err
+		}
+	}
+	if v := binary.LittleEndian.Uint16(b[4:]); string(b[:4]) != helloMagic || v != ProtocolVersion {
+		h, err := ParseHello(b[:helloPrefix]) // the error for a stranger or another version
+		if v == 1 && err != nil && n < helloSizeV1 {
+			// Take the rest of a version-1 hello, so that a peer writing
+			// it whole into a small buffer goes on to read our answer.
+			k, _ := io.ReadFull(r, b[n:helloSizeV1])
+			n += k
+		}
+		return h, n, err
+	}
+	k, err := io.ReadFull(r, b[n:HelloSize])
+	n += k
+	if err != nil {
+		return Hello{}, n, err
+	}
+	h, err = ParseHello(b[:HelloSize])
+	return h, n, err
+}
+
+// livenessMillis is d in whole milliseconds for the hello, at least 1 when
+// d is positive, 0 when it is not.
+func livenessMillis(d time.Duration) uint32 {
+	if d <= 0 {
+		return 0
+	}
+	return uint32(min(max(d.Milliseconds(), 1), 1<<32-1))
+}
+
+// agreedLiveness is the bound both sides of a Conn use: the longer of the
+// two, or none if either side has it off (a side that sends no heartbeats
+// cannot be held to a bound, and one that allows a longer silence must not
+// be cut by a shorter one).
+func agreedLiveness(local, peer time.Duration) time.Duration {
+	if local <= 0 || peer <= 0 {
+		return 0
+	}
+	return max(local, peer)
 }
 
 func versionErr(v uint16) error {
@@ -104,31 +172,28 @@ func Agreed(local, peer Hello) Features { return local.Features & peer.Features 
 //
 // A peer that has not sent its whole hello within DefaultLiveness (a silent
 // peer, a client of another protocol that waits for the server to speak) is
-// refused with an error wrapping ErrStalled. If ctx ends before the
-// handshake is done, the link is closed and the error wraps ctx.Err(). On
+// refused with an error wrapping ErrStalled; on a link in virtual time there
+// is no such bound. A listener answers only when its AcceptConn takes the
+// connection, so the bound also times the listening application. If ctx
+// ends before the handshake is done, the link is closed and the error wraps
+// ctx.Err() (context.Cause(ctx)). On
 // any error Handshake closes the link; on success the link is positioned at
 // the first frame.
 func Handshake(ctx context.Context, link Link, local Hello) (peer Hello, err error) {
-	return handshake(ctx, link, local, DefaultLiveness)
+	return handshake(ctx, link, local, liveness(Config{}, link))
 }
 
 // handshake is Handshake bounded by timeout (none if 0).
 func handshake(ctx context.Context, link Link, local Hello, timeout time.Duration) (peer Hello, err error) {
 	if timeout > 0 {
-		tctx, cancel := context.WithTimeoutCause(ctx, timeout,
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, timeout,
 			fmt.Errorf("no hello from the peer within %v: %w", timeout, ErrStalled))
 		defer cancel()
-		parent := ctx
-		defer func() {
-			if err != nil && parent.Err() == nil && tctx.Err() != nil {
-				err = fmt.Errorf("transport: handshake: %w", context.Cause(tctx))
-			}
-		}()
-		ctx = tctx
 	}
-	if err := ctx.Err(); err != nil {
+	if ctx.Err() != nil {
 		link.Close()
-		return Hello{}, fmt.Errorf("transport: handshake: %w", err)
+		return Hello{}, fmt.Errorf("transport: handshake: %w", context.Cause(ctx))
 	}
 	local.Version = ProtocolVersion
 	out := AppendHello(make([]byte, 0, HelloSize), local)
@@ -144,15 +209,15 @@ func handshake(ctx context.Context, link Link, local Hello, timeout time.Duratio
 
 	var in [HelloSize]byte
 	valid := false // the peer sent a well-formed hello, so it reads ours
-	_, rerr := io.ReadFull(link, in[:])
-	if rerr == nil {
-		peer, err = ParseHello(in[:])
-		if err == nil {
-			valid = true
-			err = checkPeer(local, peer)
-		}
-	} else {
-		err = fmt.Errorf("transport: handshake: reading the peer's hello: %w", rerr)
+	peer, _, err = readHello(link, in[:], 0)
+	switch {
+	case err == nil:
+		valid = true
+		err = checkPeer(local, peer)
+	case errors.Is(err, livemig.ErrVersion):
+		valid = true // a livemig peer of another version reads our hello
+	case !errors.Is(err, livemig.ErrCorrupt):
+		err = fmt.Errorf("transport: handshake: reading the peer's hello: %w", err)
 	}
 	if !valid {
 		// The peer may not be reading: unblock our write.
@@ -160,7 +225,9 @@ func handshake(ctx context.Context, link Link, local Hello, timeout time.Duratio
 	}
 	werr := <-wdone
 	if stop != nil && !stop() {
-		return Hello{}, fmt.Errorf("transport: handshake: %w", ctx.Err())
+		// ctx ended (its cause says why: the timeout's is ErrStalled) and
+		// closed the link under the exchange.
+		return Hello{}, fmt.Errorf("transport: handshake: %w", context.Cause(ctx))
 	}
 	if err == nil && werr != nil {
 		err = fmt.Errorf("transport: handshake: sending our hello: %w", werr)
@@ -176,16 +243,23 @@ func handshake(ctx context.Context, link Link, local Hello, timeout time.Duratio
 // geometry (cfg.PageSize and cfg.PageCount are taken from local), with the
 // peer's hello. A zero local.PageSize is livemig.DefaultPageSize. The
 // handshake is bounded by cfg.Liveness (as Handshake is by DefaultLiveness;
-// not at all when liveness is off). On error the link is closed.
+// not at all when liveness is off). Each side announces its Liveness in the
+// hello, and the Conn uses the agreed bound: the longer of the two, or none
+// if either side has it off. On error the link is closed.
 func Open(ctx context.Context, link Link, local Hello, cfg Config) (Conn, Hello, error) {
 	if local.PageSize == 0 {
 		local.PageSize = livemig.DefaultPageSize
 	}
-	peer, err := handshake(ctx, link, local, liveness(cfg, link))
+	local.Liveness = liveness(cfg, link)
+	peer, err := handshake(ctx, link, local, local.Liveness)
 	if err != nil {
 		return nil, peer, err
 	}
 	cfg.PageSize = int(local.PageSize)
 	cfg.PageCount = local.PageCount
+	cfg.Liveness = agreedLiveness(local.Liveness, peer.Liveness)
+	if cfg.Liveness == 0 {
+		cfg.Liveness = -1
+	}
 	return NewConn(link, cfg), peer, nil
 }

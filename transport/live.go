@@ -1,9 +1,7 @@
 package transport
 
 import (
-	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"time"
 )
 
@@ -26,24 +24,26 @@ func (c *conn) startLiveness(d time.Duration) {
 	if d <= 0 {
 		return
 	}
-	c.live = d
 	c.stop = make(chan struct{})
 	c.beat = make(chan struct{}, 1)
 	c.watchers.Add(2)
-	go c.watch()
+	go c.watch(d)
 	go c.beatLoop()
 }
 
 // write writes one whole frame to the link, one writer at a time, and keeps
-// the progress the watcher looks at.
+// the progress the watcher looks at (nothing more when liveness is off).
 func (c *conn) write(b []byte) error {
+	if c.stop == nil {
+		_, err := c.link.Write(b)
+		return err
+	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	seq := c.wseq.Add(1)
-	c.writing.Store(seq)
-	c.frames.Add(1)
+	c.wbusy.Store(true)
 	_, err := c.link.Write(b)
-	c.writing.Store(0)
+	c.wbusy.Store(false)
+	c.wdone.Add(1)
 	return err
 }
 
@@ -68,21 +68,20 @@ func (r progressReader) Read(p []byte) (int, error) {
 
 func (c *conn) reader() progressReader { return progressReader{c} }
 
-// watch is the watcher goroutine.
-func (c *conn) watch() {
+// watch is the watcher goroutine. Heartbeats count as writes, so on a
+// quiet direction one goes out every other wake: at most half the bound
+// apart.
+func (c *conn) watch(live time.Duration) {
 	defer c.watchers.Done()
-	tick := c.live / 4
-	t := time.NewTicker(tick)
+	t := time.NewTicker(live / 4)
 	defer t.Stop()
 	now := time.Now()
 	var (
-		lastRead   = c.rprog.Load()
-		readSince  = now // the last time a waiting Recv saw progress
-		lastWrite  uint64
-		writeSince = now
-		lastSeq    = c.frames.Load()
-		// the last time any byte came in, Recv waiting or not
-		lastProgress = now
+		lastRead     = c.rprog.Load()
+		readSince    = now // the last time a waiting Recv saw progress
+		lastProgress = now // the last time any byte came in, Recv waiting or not
+		lastWrites   = c.wdone.Load()
+		writeSince   = now // the last time no write was under way, or one ended
 	)
 	for {
 		select {
@@ -96,25 +95,29 @@ func (c *conn) watch() {
 		}
 		if p != lastRead || !c.reading.Load() {
 			lastRead, readSince = p, now
-		} else if quiet := now.Sub(readSince); quiet >= c.live {
-			c.stall(fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), c.live, ErrStalled))
+		} else if quiet := now.Sub(readSince); quiet >= live {
+			c.stall(fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), live, ErrStalled))
 			return
 		}
-		if w := c.writing.Load(); w == 0 || w != lastWrite {
-			lastWrite, writeSince = w, now
-		} else if stuck := now.Sub(writeSince); stuck >= c.live && now.Sub(lastProgress) >= c.live {
-			// A write blocked while bytes still come in is a peer that
-			// does not read this direction now, not a dead link.
-			c.stall(fmt.Errorf("a frame write made no headway for %v (liveness %v): %w", stuck.Round(time.Millisecond), c.live, ErrStalled))
-			return
-		}
-		if s := c.frames.Load(); s == lastSeq && c.writing.Load() == 0 {
-			select {
-			case c.beat <- struct{}{}:
-			default:
+		w, busy := c.wdone.Load(), c.wbusy.Load()
+		switch {
+		case w != lastWrites || !busy:
+			if w == lastWrites && !busy {
+				// Nothing written since the last wake: keep the
+				// direction alive.
+				select {
+				case c.beat <- struct{}{}:
+				default:
+				}
 			}
-		} else {
-			lastSeq = s
+			lastWrites, writeSince = w, now
+		case now.Sub(writeSince) >= live && now.Sub(lastProgress) >= live:
+			// A write blocked while bytes still come in is a peer that
+			// does not read this direction now, not a dead link: its own
+			// Recv, if it waits, finds the stall.
+			c.stall(fmt.Errorf("a frame write made no headway for %v (liveness %v): %w",
+				now.Sub(writeSince).Round(time.Millisecond), live, ErrStalled))
+			return
 		}
 	}
 }
@@ -130,10 +133,9 @@ func (c *conn) stall(err error) {
 // the watcher asks, unless a frame write is under way (which is as good).
 func (c *conn) beatLoop() {
 	defer c.watchers.Done()
-	var hb [heartbeatSize]byte
-	putFrameHeader(hb[:], controlHeaderSize, KindHeartbeat, 0, 0)
-	binary.LittleEndian.PutUint32(hb[heartbeatSize-frameTrailerSize:],
-		crc32.Checksum(hb[:heartbeatSize-frameTrailerSize], castagnoli))
+	hb := make([]byte, frameHeaderSize, heartbeatSize)
+	putFrameHeader(hb, controlHeaderSize, KindHeartbeat, 0, 0)
+	hb = sealFrame(append(hb, make([]byte, controlHeaderSize)...))
 	for {
 		select {
 		case <-c.stop:
@@ -143,10 +145,10 @@ func (c *conn) beatLoop() {
 		if !c.wmu.TryLock() {
 			continue
 		}
-		seq := c.wseq.Add(1)
-		c.writing.Store(seq)
-		_, _ = c.link.Write(hb[:]) // a failure shows at the next Send or Recv
-		c.writing.Store(0)
+		c.wbusy.Store(true)
+		_, _ = c.link.Write(hb) // a failure shows at the next Send or Recv
+		c.wbusy.Store(false)
+		c.wdone.Add(1)
 		c.wmu.Unlock()
 	}
 }

@@ -131,10 +131,78 @@ func TestLivenessOffOnSimLink(t *testing.T) {
 	c := NewConn(RateLimit(a, RateConfig{BytesPerSec: 1e9}), Config{}).(*conn)
 	defer c.Close()
 	defer b.Close()
-	if c.live != 0 || c.stop != nil {
-		t.Errorf("liveness %v on a virtual-time link, want off", c.live)
+	if c.stop != nil {
+		t.Error("liveness on over a virtual-time link, want off")
 	}
-	if Send := (Msg{Kind: KindHeartbeat}); c.Send(context.Background(), Send) == nil {
+	if c.Send(context.Background(), Msg{Kind: KindHeartbeat}) == nil {
 		t.Error("Send accepted a heartbeat from the caller")
+	}
+}
+
+// A RateLink measured on a virtual clock over an in-memory pipe runs in
+// virtual time too: no heartbeats, which would make its clock run.
+func TestLivenessOffOnVirtualRate(t *testing.T) {
+	a, b := Pipe(0)
+	defer b.Close()
+	c := NewConn(RateLimit(a, RateConfig{BytesPerSec: 1e6, Clock: livemig.NewVirtualClock()}), Config{}).(*conn)
+	defer c.Close()
+	if c.stop != nil {
+		t.Error("liveness on over a RateLink in virtual time, want off")
+	}
+}
+
+// The two sides agree on one bound in the handshake: the longer, or none
+// if either has it off, so a side with a short bound does not cut a healthy
+// peer that beats less often.
+func TestLivenessAgreed(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		a, b time.Duration
+		want time.Duration // 0: off
+	}{
+		{"longer wins", testLive, 8 * testLive, 8 * testLive},
+		{"one side off", testLive, -1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			la, lb := Pipe(0)
+			type res struct {
+				c   Conn
+				err error
+			}
+			ch := make(chan res, 1)
+			go func() {
+				c, _, err := Open(context.Background(), lb, Hello{PageCount: 10}, Config{Liveness: tc.b})
+				ch <- res{c, err}
+			}()
+			ca, _, err := Open(context.Background(), la, Hello{PageCount: 10}, Config{Liveness: tc.a})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			defer ca.Close()
+			defer r.c.Close()
+			// Both quiet for longer than the shorter bound: neither may
+			// cut the other.
+			errc := make(chan error, 2)
+			for _, c := range []Conn{ca, r.c} {
+				go func() {
+					var m Msg
+					errc <- c.Recv(context.Background(), &m)
+				}()
+			}
+			select {
+			case err := <-errc:
+				t.Fatalf("a Recv on a healthy link ended with %v", err)
+			case <-time.After(3 * testLive):
+			}
+			for _, c := range []Conn{ca, r.c} {
+				if on := c.(*conn).stop != nil; on != (tc.want > 0) {
+					t.Errorf("liveness on %v, want %v", on, tc.want > 0)
+				}
+			}
+		})
 	}
 }

@@ -101,7 +101,9 @@ const maxPending = 64
 //
 // Accept and AcceptConn may each be called from several goroutines at once.
 // A Listener serves one of them: once AcceptConn has been called, Accept
-// returns an error wrapping ErrInvalid. Close stops every background
+// returns an error wrapping ErrInvalid, a blocked Accept too (a connection
+// ready at that very moment may still go to it: do not mix them). Close
+// stops every background
 // goroutine and closes the connections no caller has taken.
 type Listener struct {
 	ln  *net.TCPListener
@@ -112,9 +114,11 @@ type Listener struct {
 	cancel    context.CancelFunc
 	closed    chan struct{}
 	closeOnce sync.Once
-	startOnce sync.Once // the accept loop
-	serveOnce sync.Once // AcceptConn's dispatcher
-	serving   atomic.Bool
+	startOnce sync.Once      // the accept loop
+	serveOnce sync.Once      // AcceptConn's dispatcher
+	serving   chan struct{}  // closed when AcceptConn is first called
+	bgMu      sync.Mutex     // orders starting the background against Close
+	stopped   bool           // under bgMu: Close has begun, start nothing
 	wg        sync.WaitGroup // the background goroutines
 
 	slots chan struct{} // one token per pending connection
@@ -164,6 +168,7 @@ func Listen(ctx context.Context, addr string, cfg ListenConfig) (*Listener, erro
 		base:     base,
 		cancel:   cancel,
 		closed:   make(chan struct{}),
+		serving:  make(chan struct{}),
 		slots:    make(chan struct{}, maxPending),
 		links:    make(chan accepted, maxPending),
 		ready:    make(chan *arrival, maxPending),
@@ -181,6 +186,9 @@ func (l *Listener) Addr() net.Addr { return l.ln.Addr() }
 func (l *Listener) Close() error {
 	var err error
 	l.closeOnce.Do(func() {
+		l.bgMu.Lock()
+		l.stopped = true // no goroutine starts after this: wg.Wait is final
+		l.bgMu.Unlock()
 		close(l.closed)
 		l.cancel()
 		err = l.ln.Close()
@@ -218,16 +226,26 @@ func (l *Listener) drain() {
 
 // start starts the accept loop, once.
 func (l *Listener) start() {
-	l.startOnce.Do(func() {
-		l.wg.Add(1)
-		go l.acceptLoop()
-	})
+	l.startOnce.Do(func() { l.goBackground(l.acceptLoop) })
+}
+
+// goBackground runs f as a background goroutine unless Close has begun.
+func (l *Listener) goBackground(f func()) {
+	l.bgMu.Lock()
+	defer l.bgMu.Unlock()
+	if l.stopped {
+		return
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		f()
+	}()
 }
 
 // acceptLoop accepts connections while fewer than maxPending are pending,
 // and sets each up in its own goroutine.
 func (l *Listener) acceptLoop() {
-	defer l.wg.Done()
 	backoff := 5 * time.Millisecond
 	for {
 		select {
@@ -323,7 +341,10 @@ func bounded(ctx context.Context, c net.Conn, fn func() error) error {
 // HandshakeTimeout) is disconnected and logged, and Accept returns its
 // error, which names the client's address; the listener goes on, and the
 // next Accept may succeed. Connections are set up concurrently and come out
-// in the order they finish, so a silent client does not delay the next one.
+// in the order they finish, so a client silent in its TLS or key exchange
+// does not delay the next one. A plain TCP connection needs no set-up and
+// comes out at once, silent or not; AcceptConn, which reads the hello in
+// the background too, keeps silent clients from its callers.
 //
 // ctx cancels a blocked Accept (the error wraps ctx.Err()) but not the
 // set-up of the connections in progress, which the next Accept returns;
@@ -331,14 +352,19 @@ func bounded(ctx context.Context, c net.Conn, fn func() error) error {
 // AcceptConn has been called on the listener, Accept returns an error
 // wrapping ErrInvalid.
 func (l *Listener) Accept(ctx context.Context) (Link, error) {
-	if l.serving.Load() {
-		return nil, fmt.Errorf("transport: accept: the listener serves AcceptConn: %w", ErrInvalid)
+	errServing := fmt.Errorf("transport: accept: the listener serves AcceptConn: %w", ErrInvalid)
+	select {
+	case <-l.serving:
+		return nil, errServing
+	default:
 	}
 	if err := l.check(ctx); err != nil {
 		return nil, err
 	}
 	l.start()
 	select {
+	case <-l.serving:
+		return nil, errServing
 	case a := <-l.links:
 		<-l.slots
 		if a.err != nil {

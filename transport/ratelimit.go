@@ -98,6 +98,13 @@ func (r *RateLink) SetRate(bytesPerSec float64) {
 // Rate returns the current limit in bytes per second (+Inf if unlimited).
 func (r *RateLink) Rate() float64 { return float64(r.lim.Limit()) }
 
+// virtualTime reports whether the limit runs in virtual time (its clock is
+// a *livemig.VirtualClock), for liveness.
+func (r *RateLink) virtualTime() bool {
+	_, ok := r.clock.(*livemig.VirtualClock)
+	return ok
+}
+
 // Unwrap returns the wrapped link.
 func (r *RateLink) Unwrap() Link { return r.l }
 

@@ -39,15 +39,13 @@ type gathering struct {
 // serve starts the dispatcher, once, and turns Accept off.
 func (l *Listener) serve() {
 	l.serveOnce.Do(func() {
-		l.serving.Store(true)
+		close(l.serving)
 		l.start()
-		l.wg.Add(1)
-		go l.dispatch()
+		l.goBackground(l.dispatch)
 	})
 }
 
 func (l *Listener) dispatch() {
-	defer l.wg.Done()
 	for {
 		select {
 		case a := <-l.links:
@@ -72,6 +70,7 @@ func (l *Listener) readHello(link *netLink) {
 	defer cancel()
 	b := make([]byte, HelloSize)
 	var h Hello
+	n := 0
 	err := bounded(ctx, link.c, func() error {
 		if _, err := io.ReadFull(link.c, b[:4]); err != nil {
 			return fmt.Errorf("transport: %s sent no hello: %w", remote, err)
@@ -84,16 +83,18 @@ func (l *Listener) readHello(link *netLink) {
 		default:
 			return fmt.Errorf("transport: %s is not a livemig peer (it sent %q): %w", remote, b[:4], livemig.ErrCorrupt)
 		}
-		if _, err := io.ReadFull(link.c, b[4:]); err != nil {
+		var err error
+		h, n, err = readHello(link.c, b, 4)
+		switch {
+		case errors.Is(err, livemig.ErrVersion):
+			// Another version: Open, in AcceptConn, answers it and
+			// reports the mismatch to both sides.
+			return nil
+		case errors.Is(err, livemig.ErrCorrupt):
+			return fmt.Errorf("transport: hello from %s: %w", remote, err)
+		case err != nil:
 			return fmt.Errorf("transport: %s: reading its hello: %w", remote, err)
 		}
-		var err error
-		h, err = ParseHello(b)
-		if err != nil && !errors.Is(err, livemig.ErrVersion) {
-			return fmt.Errorf("transport: hello from %s: %w", remote, err)
-		}
-		// Another version: Open, in AcceptConn, answers it and
-		// reports the mismatch to both sides.
 		return nil
 	})
 	if err != nil {
@@ -102,7 +103,7 @@ func (l *Listener) readHello(link *netLink) {
 		l.log.Warn("transport: refused a connection", "remote", remote, "err", err)
 		return
 	}
-	link.pre = b
+	link.pre = b[:n]
 	l.route(&arrival{link: link, hello: h, remote: remote})
 }
 

@@ -190,7 +190,11 @@ func TestAcceptNotHeldBySilentClients(t *testing.T) {
 					if tc.accept {
 						l, err := ln.Accept(ctx)
 						if err != nil {
-							continue // the HTTP client's refusal; ctx ends the loop below
+							if ctx.Err() != nil {
+								acc <- err
+								return
+							}
+							continue // the HTTP client's refusal
 						}
 						var b [4]byte
 						_, err = io.ReadFull(l, b[:])
