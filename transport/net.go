@@ -75,7 +75,10 @@ type DialConfig struct {
 	// dialed to a listener that requires a key fails its first Read with
 	// an error wrapping ErrAuth. The key authenticates the peers only: it
 	// neither encrypts the stream nor protects it from an active attacker
-	// on the path after the exchange; combine it with TLS for that.
+	// on the path after the exchange; combine it with TLS for that. Over
+	// TLS the exchange is not bound to the TLS session: a dialer that does
+	// not verify the listener's certificate (InsecureSkipVerify) can be
+	// relayed by a man in the middle who does not know the key.
 	PSK []byte
 	// HandshakeTimeout bounds the TLS handshake and the key exchange
 	// together when ctx has no earlier deadline; 0 means

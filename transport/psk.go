@@ -138,7 +138,13 @@ func pskListen(c net.Conn, key []byte, remote string) error {
 // before the dialer reads it.
 func pskRefuse(c net.Conn) {
 	var v [pskVerdictLen]byte
-	if _, err := c.Write(v[:]); err != nil {
+	lastWord(c, v[:])
+}
+
+// lastWord writes msg to c, shuts c's write side and reads (up to 64 KiB)
+// until the peer closes, so that a reset does not destroy msg in transit.
+func lastWord(c net.Conn, msg []byte) {
+	if _, err := c.Write(msg); err != nil {
 		return
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
@@ -202,11 +208,5 @@ func pskDial(c net.Conn, key []byte) error {
 func pskNoKeyNotice(c net.Conn) {
 	var out [pskMsgLen]byte
 	copy(out[:], pskNoKey)
-	if _, err := c.Write(out[:]); err != nil {
-		return
-	}
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		_ = cw.CloseWrite()
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	lastWord(c, out[:])
 }

@@ -32,7 +32,6 @@ type arrival struct {
 // gathering is a multi-stream session whose first stream has arrived.
 type gathering struct {
 	id    [16]byte
-	n     int
 	inbox chan *arrival // its other streams; capacity n, overflow refused
 }
 
@@ -126,7 +125,7 @@ func (l *Listener) route(a *arrival) {
 		}
 		return
 	}
-	a.sess = &gathering{id: a.hello.Session, n: n, inbox: make(chan *arrival, n)}
+	a.sess = &gathering{id: a.hello.Session, inbox: make(chan *arrival, n)}
 	l.sessions[a.sess.id] = a.sess
 	l.ready <- a
 }
