@@ -5,10 +5,11 @@
 // engines' fault-matrix tests put it between a source and a destination, and
 // the command under cmd/faultproxy puts it between two real processes.
 //
-// The proxy reads livemig's wire format, version 2: a 50-byte hello each
-// way (magic "LVMG"), then frames of a 12-byte header (u32 payload length,
-// u8 kind, u8 flags, u16 record count, u32 CRC32C of those 8 bytes), the
-// payload, and a u32 CRC32C trailer. It checks no CRC: it forwards what it
+// The proxy reads livemig's wire format as package transport defines it: a
+// hello of HelloSize bytes each way (magic "LVMG"), then frames of a
+// HeaderSize-byte header (u32 payload length, u8 kind, u8 flags, u16 record
+// count, u32 CRC32C of those 8 bytes), the payload, and a u32 CRC32C
+// trailer. It checks no CRC: it forwards what it
 // gets, only finding the frames' boundaries. A direction that does not start
 // with the magic, or whose frame header is implausible (kind 0, a length over
 // MaxFrame), is forwarded as plain bytes from there on, so the proxy also
