@@ -11,24 +11,34 @@ import (
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
 )
 
-// lyingVM's Pause returns without pausing: the guest's writers go on.
-type lyingVM struct{ *vm }
+// lyingVM's Pause returns without pausing: its vCPU writes a page during
+// stop-and-copy (when the state is saved), as a guest that was not stopped
+// would, whatever the scheduling.
+type lyingVM struct {
+	*vm
+	mem *region.Region
+}
 
 func (lyingVM) Pause(context.Context) error { return nil }
+func (v lyingVM) SaveState(ctx context.Context, dst []byte) ([]byte, error) {
+	if err := v.mem.Write(5, 0, []byte{0xab}); err != nil {
+		return nil, err
+	}
+	return v.vm.SaveState(ctx, dst)
+}
 
 // A Pause that lets the guest write on is found after stop-and-copy: the
 // migration fails naming Pause, the destination does not resume.
 func TestPauseThatLies(t *testing.T) {
 	const pages = 1024
 	src, dst := newSource(t, pages), newDest(t, pages)
-	stop, _ := writers(src, 1)
-	defer stop()
 	a, b := tcpPair(t)
 	dstVM := &vm{VM: dst}
-	res := migrate(t, context.Background(), a, b, src, lyingVM{&vm{VM: src}}, dst, dstVM,
+	res := migrate(t, context.Background(), a, b, src, lyingVM{&vm{VM: src}, src}, dst, dstVM,
 		precopy.Config{MaxRounds: 2}, context.Background())
 	if res.err == nil || !strings.Contains(res.err.Error(), "VM.Pause returned but the guest went on writing") {
 		t.Fatalf("source error %v, want one naming Pause", res.err)
