@@ -34,36 +34,60 @@
 //
 // After the hand-over (the Commit) neither side alone holds the whole
 // migration, so by default a cut link is recovered: the source dials the
-// -connect address again, retrying with a short backoff, and the
-// destination, which keeps its listener open for the whole migration,
-// accepts the source's new connection; each waits at most -recover-wait
-// (30 s) for the other. A post-copy or hybrid migration then goes on from
-// where it stood; a pre-copy source whose Commit's outcome is unknown asks
-// the destination whether it resumed the guest. -no-recover turns this off:
-// a cut after the Commit then splits a post-copy guest's memory, and leaves
-// a pre-copy guest paused at the source, outcome unknown.
+// -connect address again, and the destination, which keeps its listener
+// open for the whole migration, accepts the source's new connection. The
+// engines retry the redial with their own backoff; -recover-wait bounds
+// each outage: the source gives up once it has not reconnected within
+// -recover-wait (30 s) of its first redial after the cut (pre-copy: the
+// engine's HandoverTimeout; post-copy and hybrid also stop after the
+// engine's 16 reconnections in a migration), and the destination gives up
+// once no source has come back within -recover-wait of its noticing the
+// cut (a source that comes back and fails to rejoin starts the wait again).
+// A post-copy or hybrid migration then goes on from where it stood; a
+// pre-copy source whose Commit's outcome is unknown asks the destination
+// whether it resumed the guest. -no-recover turns this off: a cut after the
+// Commit then splits a post-copy guest's memory, and leaves a pre-copy
+// guest paused at the source, outcome unknown.
 //
 // # Where the guest is
 //
 // Each side's last line on stderr says where the guest is, and the exit
-// status says it too:
+// status says it too. Every last line either side can print:
 //
 //	source:
 //	  guest running at the destination (migration complete)                  0
-//	  guest running HERE at the source (migration failed before the hand-over: ERR)  1
+//	  guest running HERE at the source (migration failed before the
+//	    hand-over: ERR)                                                      1
+//	  guest running HERE at the source (migration failed: ERR)               1
 //	  guest PAUSED here, outcome unknown (session ID): ERR                    3
+//	  guest PAUSED here, not resumed at the destination (migration failed
+//	    and the source was not resumed: ERR)                                 3
 //	  guest running at the destination, part of its memory still here only
 //	    (post-copy link lost: ERR)                                            3
 //	destination:
 //	  guest resumed HERE                                                      0
+//	  guest resumed HERE (the source may be left in doubt: ERR)               0
 //	  guest resumed HERE, part of its memory still at the source only
 //	    (post-copy link lost: ERR)                                            3
 //	  guest NOT resumed here: ERR                                             1
+//	either side, after the usage, before any work:
+//	  memmigrate: ERR                                                         2
 //
-// A source in doubt (status 3) must keep its guest paused: the destination
-// may run it. A post-copy source with status 3 must keep its memory: the
-// destination's guest waits on the pages still here. Status 2 is a usage
-// error.
+// "migration failed before the hand-over" is said when the source knows the
+// Commit never went out; "migration failed" when it may have (the
+// destination then said it did not resume the guest, and the source resumed
+// it). A pre-copy destination that resumed the guest holds all its memory:
+// an error after the resume (the source's release lost) is a warning, and
+// the source, if it was left in doubt, says so itself.
+//
+// A source in doubt ("outcome unknown", status 3) must keep its guest
+// paused: the destination may run it. A post-copy source with status 3 must
+// keep its memory: the destination's guest waits on the pages still here. A
+// source "PAUSED here, not resumed at the destination" may resume its guest:
+// the destination never ran it (the engine resumes the source after such a
+// failure, so this line means that resume did not happen). SIGINT and
+// SIGTERM end a side through the same lines. Status 2 is a usage error
+// (bad or inconsistent flags, an unreadable -psk-file or TLS file).
 package main
 
 import (
@@ -83,6 +107,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -96,7 +121,8 @@ import (
 // Exit statuses besides 0 (success) and 2 (usage).
 const (
 	exitFailed = 1 // the migration failed: the guest runs at the source, not at the destination
-	exitSplit  = 3 // the guest is paused here in doubt, or its memory is split between the hosts
+	exitUsage  = 2 // bad flags: nothing was done
+	exitSplit  = 3 // the guest is paused here (in doubt, or after a failure), or its memory is split between the hosts
 )
 
 // defaultRecoverWait is -recover-wait's default.
@@ -130,6 +156,47 @@ func (o options) postCopy() (bool, error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
+}
+
+// nonConvergence is the -policy's precopy.NonConvergence.
+func (o options) nonConvergence() (precopy.NonConvergence, error) {
+	switch o.policy {
+	case "stop":
+		return precopy.StopAndCopy, nil
+	case "abort":
+		return precopy.Abort, nil
+	case "throttle":
+		return precopy.Throttle, nil
+	}
+	return 0, fmt.Errorf("-policy %q: want stop, abort or throttle", o.policy)
+}
+
+// check returns the usage error in o's flags, if any: main exits 2 on it
+// before any work. It loads the TLS files, so that a missing or bad one is
+// a usage error too.
+func (o options) check() error {
+	if _, err := o.postCopy(); err != nil {
+		return err
+	}
+	if _, err := geometry(o); err != nil {
+		return err
+	}
+	if _, err := o.nonConvergence(); err != nil {
+		return err
+	}
+	if _, err := tlsConfig(o, o.listen != ""); err != nil {
+		return err
+	}
+	if o.recoverWait <= 0 {
+		return fmt.Errorf("-recover-wait %v: must be positive", o.recoverWait)
+	}
+	if o.timeout <= 0 {
+		return fmt.Errorf("-timeout %v: must be positive", o.timeout)
+	}
+	if o.liveness < 0 {
+		return fmt.Errorf("-liveness %v: must not be negative", o.liveness)
+	}
+	return nil
 }
 
 // waitToRecover is how long either side waits for the other to come back
@@ -196,9 +263,12 @@ func exitStatus(err error) int {
 const (
 	srcDone     = "guest running at the destination (migration complete)"
 	srcHere     = "guest running HERE at the source (migration failed before the hand-over: %v)"
+	srcBack     = "guest running HERE at the source (migration failed: %v)" // the Commit may have gone out
 	srcInDoubt  = "guest PAUSED here, outcome unknown (session %016x): %v"
+	srcPaused   = "guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: %v)"
 	srcSplit    = "guest running at the destination, part of its memory still here only (post-copy link lost: %v)"
 	dstResumed  = "guest resumed HERE"
+	dstWarned   = "guest resumed HERE (the source may be left in doubt: %v)"
 	dstSplit    = "guest resumed HERE, part of its memory still at the source only (post-copy link lost: %v)"
 	dstNotHere  = "guest NOT resumed here: %v"
 	srcPrefix   = "source: "
@@ -235,16 +305,14 @@ func main() {
 	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
 	flag.BoolVar(&o.lz4, "lz4", false, "post-copy and hybrid: compress the pages sent with LZ4")
 	flag.Parse()
+	// A usage error ends here, before any work, with status 2.
 	usage := func(msg string) {
+		flag.Usage()
 		fmt.Fprintln(os.Stderr, usagePrefix+msg)
-		os.Exit(2)
+		os.Exit(exitUsage)
 	}
 	if (o.listen == "") == (o.connect == "") || flag.NArg() > 0 {
-		flag.Usage()
 		usage("give exactly one of -listen and -connect, and no arguments")
-	}
-	if o.recoverWait <= 0 {
-		usage(fmt.Sprintf("-recover-wait %v: must be positive", o.recoverWait))
 	}
 	if pskFile != "" {
 		key, err := os.ReadFile(pskFile)
@@ -256,7 +324,10 @@ func main() {
 		}
 		o.psk = key
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	if err := o.check(); err != nil {
+		usage(err.Error())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
@@ -308,19 +379,19 @@ func tlsConfig(o options, server bool) (*tls.Config, error) {
 		return nil, nil
 	}
 	if o.cert == "" || o.key == "" || o.ca == "" {
-		return nil, errors.New("TLS needs -tls-cert, -tls-key and -tls-ca")
+		return nil, errors.New("TLS needs all of -tls-cert, -tls-key and -tls-ca")
 	}
 	cert, err := tls.LoadX509KeyPair(o.cert, o.key)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("-tls-cert %s, -tls-key %s: %w", o.cert, o.key, err)
 	}
 	pem, err := os.ReadFile(o.ca)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("-tls-ca: %w", err)
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no certificate in %s", o.ca)
+		return nil, fmt.Errorf("-tls-ca %s: no certificate in it", o.ca)
 	}
 	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	if server {
@@ -431,10 +502,10 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 		}
 		return failed(dstNotHere, err)
 	case err != nil:
-		// Resumed, and the source may not know it: it stays paused, in
-		// doubt, until it asks again.
-		fmt.Fprintf(os.Stderr, "destination: after the resume: %v\n", err)
-		return &statusError{status: exitSplit, where: dstResumed + fmt.Sprintf(" (the source may be left in doubt: %v)", err), err: err}
+		// Resumed with every page here: a success. The source may not
+		// know it (its release was lost): if it was left in doubt, its
+		// own last line says so.
+		return &statusError{status: 0, where: fmt.Sprintf(dstWarned, err), err: err}
 	}
 	fmt.Fprintf(os.Stderr, "destination: guest resumed after %v (%d pages, %d rounds, verified %v, state %q)\n",
 		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, mem.State())
@@ -642,12 +713,11 @@ func writeLoop(ctx context.Context, id, writers int, rate float64, pages uint64,
 }
 
 // dialer returns the source's dial, which connects to -connect and
-// handshakes, and its redial, which dials again after a cut, retrying with a
-// short backoff for at most -recover-wait.
-func dialer(o options, pages uint64) (dial, redial func(context.Context) (transport.Conn, error), err error) {
+// handshakes once.
+func dialer(o options, pages uint64) (dial func(context.Context) (transport.Conn, error), err error) {
 	tc, err := tlsConfig(o, false)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	dial = func(ctx context.Context) (transport.Conn, error) {
 		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc, PSK: o.psk})
@@ -665,33 +735,91 @@ func dialer(o options, pages uint64) (dial, redial func(context.Context) (transp
 		}
 		return conn, nil
 	}
-	redial = func(ctx context.Context) (transport.Conn, error) {
-		rctx, cancel := context.WithTimeout(ctx, o.waitToRecover())
-		defer cancel()
-		backoff := 50 * time.Millisecond
-		for {
-			conn, err := dial(rctx)
-			if err == nil {
-				fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
-				return conn, nil
-			}
-			if errors.Is(err, transport.ErrAuth) || errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
-				return nil, err // no retry makes it right
-			}
-			t := time.NewTimer(backoff)
-			select {
-			case <-rctx.Done():
-				t.Stop()
-				if ctx.Err() == nil {
-					err = fmt.Errorf("no reconnection within -recover-wait %v: %w", o.waitToRecover(), err)
-				}
-				return nil, err
-			case <-t.C:
-			}
-			backoff = min(2*backoff, time.Second)
+	return dial, nil
+}
+
+// redialOnce is dial, saying so when it reconnects: the pre-copy source's
+// Redial, one attempt, which the engine retries with its backoff for at
+// most its HandoverTimeout (-recover-wait).
+func redialOnce(o options, dial func(context.Context) (transport.Conn, error)) func(context.Context) (transport.Conn, error) {
+	return func(ctx context.Context) (transport.Conn, error) {
+		conn, err := dial(ctx)
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
 		}
+		return conn, err
 	}
-	return dial, redial, nil
+}
+
+// outage bounds each outage of a post-copy source's link by -recover-wait.
+// The engine redials (Config.Redial, RedialUrgent) with its own backoff,
+// up to its MaxReconnects in a migration; the first redial after a cut
+// starts the outage's clock, the Reconnected event stops it, and when it
+// runs out giveUp ends the migration (its context). A redial that cannot
+// succeed however often it is tried (authentication, version, mode) ends it
+// at once.
+type outage struct {
+	wait   time.Duration
+	giveUp context.CancelCauseFunc
+
+	mu      sync.Mutex
+	timer   *time.Timer // running while the link is down
+	gen     int         // the outage the timer is for
+	lastErr error       // the outage's last failed redial
+}
+
+// redial wraps dial, one attempt, in the outage's clock.
+func (u *outage) redial(o options, dial func(context.Context) (transport.Conn, error)) func(context.Context) (transport.Conn, error) {
+	return func(ctx context.Context) (transport.Conn, error) {
+		u.begin()
+		conn, err := dial(ctx)
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
+			return conn, nil
+		}
+		u.mu.Lock()
+		u.lastErr = err
+		u.mu.Unlock()
+		if errors.Is(err, transport.ErrAuth) || errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
+			u.giveUp(err) // no retry makes it right
+		}
+		return nil, err
+	}
+}
+
+// begin starts the clock, unless this outage's already runs.
+func (u *outage) begin() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.timer != nil {
+		return
+	}
+	gen := u.gen
+	u.timer = time.AfterFunc(u.wait, func() {
+		u.mu.Lock()
+		if u.gen != gen { // reconnected meanwhile
+			u.mu.Unlock()
+			return
+		}
+		err := fmt.Errorf("no reconnection within -recover-wait %v", u.wait)
+		if u.lastErr != nil {
+			err = fmt.Errorf("%w (last attempt: %w)", err, u.lastErr)
+		}
+		u.mu.Unlock()
+		u.giveUp(err)
+	})
+}
+
+// end stops the clock: the link is back, or the migration over.
+func (u *outage) end() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.timer != nil {
+		u.timer.Stop()
+		u.timer = nil
+	}
+	u.gen++
+	u.lastErr = nil
 }
 
 func source(ctx context.Context, o options) error {
@@ -703,17 +831,13 @@ func source(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	policy := map[string]precopy.NonConvergence{"stop": precopy.StopAndCopy, "abort": precopy.Abort, "throttle": precopy.Throttle}
-	pol, ok := policy[o.policy]
-	if !ok {
-		return fmt.Errorf("-policy %q: want stop, abort or throttle", o.policy)
-	}
-	dial, redial, err := dialer(o, pages)
+	pol, err := o.nonConvergence()
 	if err != nil {
 		return err
 	}
-	if o.noRecover {
-		redial = nil
+	dial, err := dialer(o, pages)
+	if err != nil {
+		return err
 	}
 	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
@@ -748,12 +872,17 @@ func source(ctx context.Context, o options) error {
 			conn.Close()
 			return fmt.Errorf("urgent connection: %w", err)
 		}
-		return postCopySource(ctx, o, g, conn, urgent, redial)
+		return postCopySource(ctx, o, g, conn, urgent, dial)
 	}
+	// stopping: the stop-and-copy began, so the Commit may have gone out.
+	stopping := false
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
 		HandoverTimeout: o.waitToRecover(),
 		OnEvent: func(e precopy.Event) {
+			if e.Kind == precopy.Stopping {
+				stopping = true
+			}
 			switch e.Kind {
 			case precopy.RoundEnded, precopy.Stopping, precopy.Throttled:
 				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %8d pages left  %s sent  %v elapsed  expected downtime %v  throttle %.0f%%\n",
@@ -762,8 +891,8 @@ func source(ctx context.Context, o options) error {
 			}
 		},
 	}
-	if redial != nil {
-		cfg.Redial = redial
+	if !o.noRecover {
+		cfg.Redial = redialOnce(o, dial)
 	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.writers, o.rate)
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
@@ -775,11 +904,14 @@ func source(ctx context.Context, o options) error {
 	switch {
 	case errors.As(err, &doubt):
 		return &statusError{status: exitSplit, where: fmt.Sprintf(srcInDoubt, doubt.Session, doubt.Err), err: err}
+	case err != nil && mem.Paused():
+		// Not in doubt, yet not resumed: say so rather than guess.
+		return &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, err), err: err}
+	case err != nil && stopping:
+		// The engine resumed the guest here: the Commit never went out,
+		// or the destination said it did not resume.
+		return failed(srcBack, err)
 	case err != nil:
-		if mem.Paused() {
-			// Not in doubt, yet not resumed: say so rather than guess.
-			return &statusError{status: exitSplit, where: fmt.Sprintf("guest PAUSED here after a failure the engine did not call in doubt: %v", err), err: err}
-		}
 		return failed(srcHere, err)
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, verified %v; %d guest writes during the migration\n",
@@ -789,14 +921,22 @@ func source(ctx context.Context, o options) error {
 }
 
 // postCopySource migrates g by post-copy (or hybrid) over conn, with
-// requested pages on urgent; redial, if not nil, reconnects after a cut.
+// requested pages on urgent; unless -no-recover, dial reconnects after a
+// cut, each outage bounded by -recover-wait.
 func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn,
-	redial func(context.Context) (transport.Conn, error)) error {
+	dial func(context.Context) (transport.Conn, error)) error {
+	mctx, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	u := &outage{wait: o.waitToRecover(), giveUp: giveUp}
+	defer u.end()
 	handed := false
 	cfg := postcopy.Config{Urgent: urgent, LZ4: o.lz4, Logger: logger(o),
 		OnEvent: func(e postcopy.Event) {
-			if e.Kind == postcopy.HandedOver {
+			switch e.Kind {
+			case postcopy.HandedOver:
 				handed = true
+			case postcopy.Reconnected:
+				u.end()
 			}
 			switch e.Kind {
 			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
@@ -804,23 +944,33 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 					e.Kind, e.Round, e.Pages, e.PagesSent, e.Elapsed.Round(time.Millisecond), errText(e.Err))
 			}
 		}}
-	if redial != nil {
+	if !o.noRecover {
+		redial := u.redial(o, dial)
 		cfg.Redial, cfg.RedialUrgent = redial, redial
 	}
 	if o.mode == "hybrid" {
 		cfg.PreCopyRounds = 1
 	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s by %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.mode, o.writers, o.rate)
-	rep, err := postcopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
+	rep, err := postcopy.Migrate(mctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
+	}
+	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w: %w", cause, err) // the outage's end: why the engine stopped
 	}
 	switch {
 	case err != nil && (handed || errors.Is(err, livemig.ErrIncomplete)) && g.Paused():
 		return &statusError{status: exitSplit, where: fmt.Sprintf(srcSplit, err), err: err}
 	case err != nil && g.Paused():
-		return &statusError{status: exitSplit, where: fmt.Sprintf("guest PAUSED here after a failure before the hand-over: %v", err), err: err}
+		// Not handed over, yet not resumed (the engine resumes the
+		// source after such a failure): say so rather than guess.
+		return &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, err), err: err}
+	case err != nil && handed:
+		// The Commit went out, the destination said it did not resume,
+		// and the engine resumed the guest here.
+		return failed(srcBack, err)
 	case err != nil:
 		return failed(srcHere, err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -209,6 +210,11 @@ func TestLastLine(t *testing.T) {
 		{true, joined, "destination: guest NOT resumed here: first; second", 1},
 		{false, &statusError{status: exitSplit, where: "guest PAUSED here, outcome unknown (session 0000000000000007): x", err: joined},
 			"source: guest PAUSED here, outcome unknown (session 0000000000000007): x", 3},
+		{false, failed(srcBack, joined), "source: guest running HERE at the source (migration failed: first; second)", 1},
+		{false, &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, joined), err: joined},
+			"source: guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: first; second)", 3},
+		{true, &statusError{status: 0, where: fmt.Sprintf(dstWarned, joined), err: joined},
+			"destination: guest resumed HERE (the source may be left in doubt: first; second)", 0},
 	} {
 		if got := lastLine(c.dest, c.err); got != c.line {
 			t.Errorf("lastLine(%v, %v) = %q, want %q", c.dest, c.err, got, c.line)
@@ -216,5 +222,54 @@ func TestLastLine(t *testing.T) {
 		if got := exitStatus(c.err); got != c.status {
 			t.Errorf("exitStatus(%v) = %d, want %d", c.err, got, c.status)
 		}
+	}
+}
+
+// Bad flags are usage errors, found before any work (main exits 2 on them).
+func TestCheck(t *testing.T) {
+	good := options{listen: "127.0.0.1:0", sizeMiB: 4, policy: "stop", mode: "precopy", recoverWait: time.Second, timeout: time.Minute}
+	if err := good.check(); err != nil {
+		t.Fatalf("good flags: %v", err)
+	}
+	for name, bad := range map[string]func(*options){
+		"mode":         func(o *options) { o.mode = "copy" },
+		"policy":       func(o *options) { o.policy = "wait" },
+		"size":         func(o *options) { o.sizeMiB = 0 },
+		"tls partial":  func(o *options) { o.cert = "cert.pem" },
+		"tls missing":  func(o *options) { o.cert, o.key, o.ca = "/nonexistent/c", "/nonexistent/k", "/nonexistent/ca" },
+		"recover-wait": func(o *options) { o.recoverWait = 0 },
+		"timeout":      func(o *options) { o.timeout = 0 },
+		"liveness":     func(o *options) { o.liveness = -time.Second },
+	} {
+		o := good
+		bad(&o)
+		if err := o.check(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// An outage's clock gives up -recover-wait after the first redial, unless
+// a reconnection ends it first; each outage has its own clock.
+func TestOutage(t *testing.T) {
+	ctx, giveUp := context.WithCancelCause(context.Background())
+	defer giveUp(nil)
+	u := &outage{wait: 50 * time.Millisecond, giveUp: giveUp}
+	u.begin()
+	time.Sleep(30 * time.Millisecond)
+	u.begin() // the same outage: its clock goes on
+	u.end()   // reconnected
+	time.Sleep(60 * time.Millisecond)
+	if ctx.Err() != nil {
+		t.Fatalf("gave up after a reconnection: %v", context.Cause(ctx))
+	}
+	u.begin() // the next outage
+	select {
+	case <-ctx.Done():
+		if !strings.Contains(context.Cause(ctx).Error(), "no reconnection within -recover-wait 50ms") {
+			t.Errorf("cause: %v", context.Cause(ctx))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the outage never ran out")
 	}
 }
