@@ -43,6 +43,8 @@
 // engine's 16 reconnections in a migration), and the destination gives up
 // once no source has come back within -recover-wait of its noticing the
 // cut (a source that comes back and fails to rejoin starts the wait again).
+// A post-copy or hybrid destination also waits at most -recover-wait for
+// the source's second (urgent) connection, which follows the first at once.
 // A post-copy or hybrid migration then goes on from where it stood; a
 // pre-copy source whose Commit's outcome is unknown asks the destination
 // whether it resumed the guest. -no-recover turns this off: a cut after the
@@ -518,9 +520,16 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 // source's connections after a cut.
 func postCopyDestination(ctx context.Context, o options, pages uint64, conn transport.Conn,
 	accept, reaccept func(context.Context) (transport.Conn, error)) error {
-	urgent, err := accept(ctx)
+	// The source dials the urgent connection right after the main one: one
+	// that has not within -recover-wait gave up (its set-up failed).
+	uctx, cancel := context.WithTimeout(ctx, o.waitToRecover())
+	urgent, err := accept(uctx)
+	cancel()
 	if err != nil {
 		conn.Close()
+		if ctx.Err() == nil && uctx.Err() != nil {
+			err = fmt.Errorf("no urgent connection within -recover-wait %v: %w", o.waitToRecover(), err)
+		}
 		return failed(dstNotHere, fmt.Errorf("urgent connection: %w", err))
 	}
 	faults := postcopy.NewFaultQueue(pages, nil)
