@@ -99,10 +99,6 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 	m.session = rand.Uint64() | 1
 	m.prepage = NewPrepager(cfg.Prepage)
 	m.mainSend, m.urgSend = m.newSender(), m.newSender()
-	m.userCtx = ctx
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	m.cancel = cancel
 	m.s = m.newSession(ctx, conn, cfg.Urgent)
 	err := m.run(ctx)
 	m.s.close()
@@ -196,9 +192,8 @@ type migration struct {
 	s     *session
 	waker atomic.Pointer[context.CancelFunc]
 
-	userCtx   context.Context         // Migrate's ctx
-	cancel    context.CancelCauseFunc // the run's ctx, with a *transport.PeerError from the return path
-	stateSent bool                    // the destination may wait for us in doubt
+	peerFail  atomic.Pointer[transport.PeerError] // the destination's KindError, once it came
+	stateSent bool                                // the destination may wait for us in doubt
 }
 
 // cutError marks a failure of the link (as opposed to the peer's or the
@@ -251,8 +246,13 @@ func (m *migration) reader(ctx context.Context, s *session) {
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
 			if msg.Kind == transport.KindError {
-				// Stop the migration at once, even inside a blocked send.
-				m.cancel(transport.PeerErrorOf(msg, m.session))
+				// Stop the migration at once, even inside a blocked send:
+				// the destination has given up (no recovery follows).
+				m.peerFail.Store(transport.PeerErrorOf(msg, m.session))
+				s.conn.Close()
+				if s.urgent != nil {
+					s.urgent.Close()
+				}
 			}
 		}
 		select {
@@ -281,7 +281,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 			return
 		}
 		err = m.explain(m.s, err)
-		if pe := (*transport.PeerError)(nil); errors.As(context.Cause(ctx), &pe) && !errors.Is(err, livemig.ErrPeer) {
+		if pe := m.peerFail.Load(); pe != nil && !errors.Is(err, livemig.ErrPeer) {
 			err = errors.Join(pe, err)
 		}
 		if m.handed && m.resumedAt.IsZero() && transport.NotResumed(err) {
@@ -550,6 +550,9 @@ func (m *migration) postCopy(ctx context.Context, err error) error {
 		var ce *cutError
 		if !errors.As(err, &ce) || ctx.Err() != nil {
 			return err
+		}
+		if pe := m.peerFail.Load(); pe != nil {
+			return errors.Join(pe, err) // the destination gave up: nothing to recover
 		}
 		m.event(LinkCut, len(m.rounds)+1, 0, err)
 		m.log.Info("link cut after the hand-over", "err", err)

@@ -98,12 +98,12 @@ func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed 
 // asking). It returns nil when the guest runs at the destination, a
 // *transport.PeerError with NotResumed when it does not (the caller resumes
 // the source), an *InDoubtError otherwise.
-func (m *migration) resolve(cause error) error {
+func (m *migration) resolve(ctx context.Context, cause error) error {
 	if m.cfg.Redial == nil {
 		return &InDoubtError{Session: m.session, Err: cause}
 	}
 	m.cfg.Logger.Info("hand-over outcome unknown; asking the destination", "session", m.session, "err", cause)
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(m.userCtx), m.cfg.HandoverTimeout)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.HandoverTimeout)
 	defer cancel()
 	for n := 1; ; n++ {
 		if err := handover.Sleep(rctx, handover.Backoff(n)); err != nil {

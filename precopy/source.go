@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/bits"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -127,10 +128,6 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		m.peeker, m.deferrer = p, d
 	}
 
-	m.userCtx = ctx
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	m.cancel = cancel
 	m.sendCtx = ctx
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
@@ -169,9 +166,8 @@ type migration struct {
 	deferrer *reorder.Deferrer   // set when cfg.Defer
 
 	session  uint64
-	userCtx  context.Context         // Migrate's ctx; the run's is cancelled by a peer error too
-	cancel   context.CancelCauseFunc // the run's ctx, with a *transport.PeerError from the return path
-	doneSent bool                    // the destination may be in Ready
+	peerFail atomic.Pointer[transport.PeerError] // the destination's KindError, once it came
+	doneSent bool                                // the destination may be in Ready
 	start    time.Time
 	paused   bool
 	handed   bool // the Commit is (being) sent: the outcome may be in doubt
@@ -192,8 +188,12 @@ func (m *migration) readReturnPath(ctx context.Context) {
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
 			if msg.Kind == transport.KindError {
-				// Stop the source at once, even inside a blocked send.
-				m.cancel(transport.PeerErrorOf(msg, m.session))
+				// Stop the source at once, even inside a blocked send:
+				// the destination has given up, the link is of no more use.
+				// (Closing it, not a ctx, keeps a ctx without Done free of
+				// a per-frame AfterFunc.)
+				m.peerFail.Store(transport.PeerErrorOf(msg, m.session))
+				m.conn.Close()
 			}
 		}
 		select {
@@ -425,7 +425,7 @@ func (m *migration) commit(ctx context.Context) error {
 		// The connection failed us: close it, so that the destination,
 		// which may see it alive (heartbeats), turns to Reaccept.
 		m.conn.Close()
-		err = m.resolve(err)
+		err = m.resolve(ctx, err)
 		if err == nil {
 			return nil
 		}
@@ -446,9 +446,6 @@ func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, erro
 		select {
 		case rm, ok = <-m.ret:
 		case <-ctx.Done():
-			if pe := peerErr(ctx); pe != nil {
-				return transport.Msg{}, pe
-			}
 			return transport.Msg{}, fmt.Errorf("precopy: waiting for the destination: %w", ctx.Err())
 		}
 		if !ok {
@@ -496,20 +493,10 @@ func (m *migration) linkErr(what string, err error) error {
 		err = io.ErrUnexpectedEOF
 	}
 	// A peer's error message explains a broken link better than the break.
-	if pe := peerErr(m.sendCtx); pe != nil {
+	if pe := m.peerFail.Load(); pe != nil {
 		return errors.Join(pe, fmt.Errorf("precopy: %s: %w", what, err))
 	}
 	return fmt.Errorf("precopy: %s: %w", what, err)
-}
-
-// peerErr returns the destination's error that cancelled ctx, if that is
-// what did.
-func peerErr(ctx context.Context) *transport.PeerError {
-	var pe *transport.PeerError
-	if errors.As(context.Cause(ctx), &pe) {
-		return pe
-	}
-	return nil
 }
 
 // sendRound sends every page (all) or the pages set in m.dirty, clearing

@@ -55,18 +55,21 @@ func (c *conn) stalled() error {
 	return nil
 }
 
-// progressReader counts the reads that return bytes, for the watcher.
-type progressReader struct{ c *conn }
+// progressReader is the conn as an io.Reader of its link that counts the
+// reads that return bytes, for the watcher.
+type progressReader conn
 
-func (r progressReader) Read(p []byte) (int, error) {
-	n, err := r.c.link.Read(p)
+func (r *progressReader) Read(p []byte) (int, error) {
+	n, err := r.link.Read(p)
 	if n > 0 {
-		r.c.rprog.Add(1)
+		r.rprog.Add(1)
 	}
 	return n, err
 }
 
-func (c *conn) reader() progressReader { return progressReader{c} }
+// reader returns the link as a progress-counting io.Reader (a pointer
+// conversion: nothing is allocated per read).
+func (c *conn) reader() *progressReader { return (*progressReader)(c) }
 
 // watch is the watcher goroutine. Heartbeats count as writes, so on a
 // quiet direction one goes out every other wake: at most half the bound
