@@ -59,16 +59,7 @@ func ltNetMulti(t testing.TB, lc transport.ListenConfig, dc transport.DialConfig
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hello := transport.Hello{PageSize: transporttest.PageSize}
-	type res struct {
-		c   transport.Conn
-		h   transport.Hello
-		err error
-	}
-	acc := make(chan res, 1)
-	go func() {
-		c, h, err := ln.AcceptConn(ctx, hello, transport.Config{})
-		acc <- res{c, h, err}
-	}()
+	acc := acceptAsync(ctx, ln, hello, 1)
 	a, _, err := transport.DialMulti(ctx, ln.Addr().String(), 4, dc, hello, transport.Config{})
 	r := <-acc
 	if err != nil || r.err != nil {
@@ -323,15 +314,7 @@ func TestAcceptConnRefusesRepeatedStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hello := transport.Hello{PageSize: transporttest.PageSize}
-	type res struct {
-		c   transport.Conn
-		err error
-	}
-	acc := make(chan res, 1)
-	go func() {
-		c, _, err := ln.AcceptConn(ctx, hello, transport.Config{})
-		acc <- res{c, err}
-	}()
+	acc := acceptAsync(ctx, ln, hello, 1)
 	// Stream 1 of session X arrives first, then an intruder claiming to be
 	// stream 1 of X too, then the real stream 0.
 	s1, err := ltOpenStream(ctx, ln, 1, 'X')
@@ -363,18 +346,7 @@ func TestAcceptConnInterleavedSessions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	hello := transport.Hello{PageSize: transporttest.PageSize}
-	type res struct {
-		c   transport.Conn
-		h   transport.Hello
-		err error
-	}
-	acc := make(chan res, 2)
-	for range 2 {
-		go func() {
-			c, h, err := ln.AcceptConn(ctx, hello, transport.Config{})
-			acc <- res{c, h, err}
-		}()
-	}
+	acc := acceptAsync(ctx, ln, hello, 2)
 	src := map[byte][]transport.Conn{'X': make([]transport.Conn, 2), 'Y': make([]transport.Conn, 2)}
 	for _, s := range []struct {
 		session byte
@@ -512,4 +484,24 @@ func TestSendRefusalsLeaveConnUsable(t *testing.T) {
 		a.Close()
 		b.Close()
 	}
+}
+
+// accepted is what an AcceptConn run in the background returned.
+type accepted struct {
+	c   transport.Conn
+	h   transport.Hello
+	err error
+}
+
+// acceptAsync runs n AcceptConn calls on ln in the background; their
+// results come on the channel it returns, which holds all n.
+func acceptAsync(ctx context.Context, ln *transport.Listener, hello transport.Hello, n int) <-chan accepted {
+	acc := make(chan accepted, n)
+	for range n {
+		go func() {
+			c, h, err := ln.AcceptConn(ctx, hello, transport.Config{})
+			acc <- accepted{c, h, err}
+		}()
+	}
+	return acc
 }

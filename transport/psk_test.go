@@ -157,15 +157,7 @@ func TestPSKDialerWithoutKey(t *testing.T) {
 	})
 	t.Run("AcceptConn", func(t *testing.T) {
 		ln := ltListen(t, transport.ListenConfig{PSK: ltKey(1)})
-		type res struct {
-			c   transport.Conn
-			err error
-		}
-		acc := make(chan res, 1)
-		go func() {
-			c, _, err := ln.AcceptConn(ctx, hello, transport.Config{})
-			acc <- res{c, err}
-		}()
+		acc := acceptAsync(ctx, ln, hello, 1)
 		_, _, err := transport.DialMulti(ctx, ln.Addr().String(), 2, transport.DialConfig{}, hello, transport.Config{})
 		if !errors.Is(err, transport.ErrAuth) {
 			t.Fatalf("DialMulti without a key: %v, want ErrAuth", err)
