@@ -119,8 +119,11 @@ func TestCommitCutThenResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	// The link dies as the destination's AckResumed reaches the proxy: the
+	// Commit went through, the answer never comes back.
 	px, err := faultproxy.New(ln.Addr().String(), faultproxy.Rule{
-		Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close})
+		Trigger: faultproxy.Trigger{Dir: faultproxy.DstToSrc, Kind: faultproxy.KindAck, Arg: faultproxy.ArgIs(faultproxy.AckResumed)},
+		Fault:   faultproxy.Close})
 	if err != nil {
 		t.Fatal(err)
 	}
