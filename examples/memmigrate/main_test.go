@@ -129,8 +129,18 @@ func TestModes(t *testing.T) {
 // source in doubt (status 3, guest paused) and a post-copy guest split
 // (status 3 on both sides), and each side says so.
 func TestRecoverAfterCommit(t *testing.T) {
-	cut := []faultproxy.Rule{{Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close}}
+	// Post-copy: cut once the Commit is through (the push follows).
+	// Pre-copy: cut as the destination's AckResumed reaches the proxy, so
+	// that the answer is lost for certain (a cut after forwarding the
+	// Commit races the answer).
+	cutPost := []faultproxy.Rule{{Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close}}
+	cutPre := []faultproxy.Rule{{Trigger: faultproxy.Trigger{Dir: faultproxy.DstToSrc, Kind: faultproxy.KindAck,
+		Arg: faultproxy.ArgIs(faultproxy.AckResumed)}, Fault: faultproxy.Close}}
 	for _, mode := range []string{"precopy", "postcopy", "hybrid"} {
+		cut := cutPost
+		if mode == "precopy" {
+			cut = cutPre
+		}
 		for _, noRecover := range []bool{false, true} {
 			name := mode
 			if noRecover {
