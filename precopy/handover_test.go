@@ -128,14 +128,7 @@ func TestCommitCutThenResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer px.Close()
-	dial := func(ctx context.Context) (transport.Conn, error) {
-		link, err := transport.Dial(ctx, px.Addr(), transport.DialConfig{})
-		if err != nil {
-			return nil, err
-		}
-		c, _, err := transport.Open(ctx, link, hello, tcfg)
-		return c, err
-	}
+	dial := testkit.Dialer(px.Addr(), hello, tcfg)
 	accept := func(ctx context.Context) (transport.Conn, error) {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
@@ -226,14 +219,7 @@ func TestRedialReachesAnotherReceive(t *testing.T) {
 			_, _ = precopy.Receive(ctx, conn, precopy.Destination{Sink: dst, VM: v, Pages: pages, PageSize: pageSize}, precopy.Config{})
 		}
 	}()
-	dial := func(ctx context.Context) (transport.Conn, error) {
-		link, err := transport.Dial(ctx, px.Addr(), transport.DialConfig{})
-		if err != nil {
-			return nil, err
-		}
-		c, _, err := transport.Open(ctx, link, hello, tcfg)
-		return c, err
-	}
+	dial := testkit.Dialer(px.Addr(), hello, tcfg)
 	conn, err := dial(ctx)
 	if err != nil {
 		t.Fatal(err)

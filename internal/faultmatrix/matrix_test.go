@@ -218,14 +218,7 @@ func runCell(t *testing.T, e engine, rule faultproxy.Rule, loadFail bool) cell {
 		t.Fatal(err)
 	}
 	defer px.Close()
-	dial := func(ctx context.Context) (transport.Conn, error) {
-		link, err := transport.Dial(ctx, px.Addr(), transport.DialConfig{})
-		if err != nil {
-			return nil, err
-		}
-		c, _, err := transport.Open(ctx, link, hello, tcfg)
-		return c, err
-	}
+	dial := testkit.Dialer(px.Addr(), hello, tcfg)
 	srcDone := make(chan struct{})
 	accept := func(ctx context.Context) (transport.Conn, error) {
 		// A reconnecting source comes within the liveness bound, or not

@@ -211,3 +211,17 @@ func OpenPair(ctx context.Context, a, b transport.Link, hello transport.Hello) (
 	}
 	return ca, cb, nil
 }
+
+// Dialer returns a redial function for an engine's Config.Redial (and the
+// first connection): it dials addr over TCP and opens a Conn with hello and
+// cfg.
+func Dialer(addr string, hello transport.Hello, cfg transport.Config) func(context.Context) (transport.Conn, error) {
+	return func(ctx context.Context) (transport.Conn, error) {
+		link, err := transport.Dial(ctx, addr, transport.DialConfig{})
+		if err != nil {
+			return nil, err
+		}
+		c, _, err := transport.Open(ctx, link, hello, cfg)
+		return c, err
+	}
+}
