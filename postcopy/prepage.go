@@ -1,33 +1,32 @@
 package postcopy
 
-// Prepager is the source's pre-paging policy, after Hines and Gopalan's
+// prepager is the source's pre-paging policy, after Hines and Gopalan's
 // adaptive pre-paging: after the pages a request names, send the
 // neighbours of the last one in the direction the faults are moving. The
 // window starts at a base size and doubles (up to 8× the base) while
 // successive requests keep moving the same way within twice the window;
 // a request that jumps or turns resets it.
 //
-// The engine keeps one per migration in the goroutine that serves
-// requests; the simulated post-copy of package scenario uses the same one,
-// so both make the same choices. The zero value pre-pages nothing.
-type Prepager struct {
+// The Core keeps one, so the real and the simulated source make the same
+// choices. The zero value pre-pages nothing.
+type prepager struct {
 	base   int
 	last   uint64
 	dir    int
 	window int
 }
 
-// NewPrepager returns a policy whose window starts at base pages (0 or
+// newPrepager returns a policy whose window starts at base pages (0 or
 // less: no pre-paging).
-func NewPrepager(base int) *Prepager {
+func newPrepager(base int) prepager {
 	base = max(base, 0)
-	return &Prepager{base: base, window: base}
+	return prepager{base: base, window: base}
 }
 
-// Next records a request whose last page is last, in a guest of pages
+// next records a request whose last page is last, in a guest of pages
 // pages, and returns the neighbours to send after it: count pages from
 // last+dir, stepping by dir (+1 or -1), already clipped to the guest.
-func (p *Prepager) Next(last, pages uint64) (dir int, count int) {
+func (p *prepager) next(last, pages uint64) (dir int, count int) {
 	grow := func(d int, gap uint64) {
 		if p.dir == d && gap <= uint64(2*p.window) {
 			p.window = min(2*p.window, 8*p.base)

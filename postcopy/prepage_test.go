@@ -1,9 +1,8 @@
-package postcopy_test
+package postcopy
 
 import (
 	"testing"
 
-	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -30,9 +29,9 @@ func TestPrepager(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			p := postcopy.NewPrepager(c.base)
+			p := newPrepager(c.base)
 			for i, s := range c.steps {
-				dir, n := p.Next(s.last, c.pages)
+				dir, n := p.next(s.last, c.pages)
 				if dir != s.dir || n != s.count {
 					t.Fatalf("step %d (page %d): dir %d count %d, want %d %d", i, s.last, dir, n, s.dir, s.count)
 				}
@@ -43,16 +42,16 @@ func TestPrepager(t *testing.T) {
 
 func TestDiscardSize(t *testing.T) {
 	words := make([]uint64, 3*transport.MaxBitmapWords)
-	if n := postcopy.DiscardSize(words); n != 0 {
+	if n := discardSize(words); n != 0 {
 		t.Fatalf("no stale page: %d bytes", n)
 	}
 	words[5] = 1 // one word in the first chunk
-	if n, want := postcopy.DiscardSize(words), transport.RecordOverhead+8; n != want {
+	if n, want := discardSize(words), transport.RecordOverhead+8; n != want {
 		t.Fatalf("one page: %d bytes, want %d", n, want)
 	}
 	words[9] = 1 << 63                    // the first chunk now spans words 5..9
 	words[2*transport.MaxBitmapWords] = 1 // and the third chunk holds one word
-	if n, want := postcopy.DiscardSize(words), 2*transport.RecordOverhead+5*8+8; n != want {
+	if n, want := discardSize(words), 2*transport.RecordOverhead+5*8+8; n != want {
 		t.Fatalf("two chunks: %d bytes, want %d", n, want)
 	}
 }

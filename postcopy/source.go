@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/bits"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -91,16 +90,19 @@ func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg C
 		m.digest = verify.New(m.pages, m.ps)
 	}
 	m.view, _ = src.Memory.(livemig.PageView)
-	words := livemig.WordsFor(m.pages)
-	m.sent = make([]uint64, words)
-	m.usent = make([]uint64, words)
-	m.ever = make([]uint64, words)
-	m.dirty = make([]uint64, words)
 	m.session = rand.Uint64() | 1
-	m.prepage = NewPrepager(cfg.Prepage)
 	m.mainSend, m.urgSend = m.newSender(), m.newSender()
+	m.wake, m.uwake = make(chan struct{}, 1), make(chan struct{}, 1)
+	m.start = cfg.Clock.Now()
+	core, err := NewCore(CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: cfg.PreCopyRounds,
+		PushBandwidth: cfg.PushBandwidth, LZ4: cfg.LZ4, Order: cfg.Order, Prepage: cfg.Prepage, Urgent: cfg.Urgent != nil}, m.start)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	m.core = core
 	m.s = m.newSession(ctx, conn, cfg.Urgent)
-	err := m.run(ctx)
+	err = m.run(ctx)
 	m.s.close()
 	m.fillReport()
 	return m.report, err
@@ -111,22 +113,17 @@ type retMsg struct {
 	err error
 }
 
-type reqRange struct{ page, count uint64 }
-
 // session is one connection (and its urgent twin) with the goroutines that
 // serve it: the return-path reader and, with an urgent connection, the
-// urgent server.
+// urgent sender.
 type session struct {
 	conn, urgent transport.Conn
-	ret          chan retMsg   // return path, requests too without urgent
-	reqs         chan reqRange // requests, with urgent
+	ret          chan retMsg // the return path, but requests
 	stop         chan struct{}
 	wg           sync.WaitGroup
 	failOnce     sync.Once
 	failed       chan struct{}
 	failErr      error
-	finish       chan struct{} // push done: the urgent server sends its marker
-	marked       chan struct{} // the marker is sent
 	closeOnce    sync.Once
 }
 
@@ -149,6 +146,9 @@ func (s *session) close() {
 	})
 }
 
+// migration is Migrate's driver around a Core: the goroutines, the
+// connections, the guest and the protocol's exchanges. Every decision of
+// what to send when is the Core's.
 type migration struct {
 	cfg    Config
 	src    precopy.Source
@@ -159,38 +159,26 @@ type migration struct {
 	digest *verify.Digest
 	view   livemig.PageView
 
-	sent  []uint64 // pages whose current copy is sent or held (atomic)
-	usent []uint64 // pages sent on the urgent connection (atomic)
-	ever  []uint64 // pages sent at least once (atomic)
-	dirty []uint64
-	plan  []uint64
+	mu   sync.Mutex // guards core
+	core *Core
+	// wake and uwake tell the main and the urgent sender that the Core may
+	// have something new for them (a request came, the marker went out).
+	wake, uwake chan struct{}
 
 	start, pauseAt, endAt time.Time
 	resumedAt             time.Time
 	paused, handed        bool
 	session               uint64
-	rounds                []livemig.Round
-	toPush                uint64 // pages to push at the switchover
-	preSent, preBytes     uint64 // counters at the switchover
-	preZero               uint64
 	reconnects            int
-	nextPush              time.Time
 	dstStats              destStats
 	haveStats             bool
+	pushDoneEvent         bool
 
-	nSent, nBytes, nZero, nResent, nPushed, nPulled atomic.Uint64
-	nRaw, nEncoded, nLZ4                            atomic.Uint64 // with LZ4: page bytes before and after, LZ4 pages
-
-	// mainSend sends from the goroutine that runs the migration (rounds,
-	// push, requests without an urgent connection); urgSend from the
-	// urgent server.
+	// mainSend sends from the goroutine that runs the migration; urgSend
+	// from the urgent sender.
 	mainSend, urgSend *pageSender
 
-	// Pre-paging policy, owned by the goroutine serving requests.
-	prepage *Prepager
-
-	s     *session
-	waker atomic.Pointer[context.CancelFunc]
+	s *session
 
 	peerFail  atomic.Pointer[transport.PeerError] // the destination's KindError, once it came
 	stateSent bool                                // the destination may wait for us in doubt
@@ -203,11 +191,31 @@ type cutError struct{ err error }
 func (e *cutError) Error() string { return e.err.Error() }
 func (e *cutError) Unwrap() error { return e.err }
 
+// next asks the Core for the next step on a connection.
+func (m *migration) next(urgent bool) Out {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.core.Next(m.cfg.Clock.Now(), urgent)
+}
+
+// kick wakes both senders.
+func (m *migration) kick() {
+	for _, c := range [...]chan struct{}{m.wake, m.uwake} {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
 func (m *migration) event(k EventKind, round int, pages uint64, err error) {
 	if m.cfg.OnEvent == nil {
 		return
 	}
-	m.cfg.OnEvent(Event{Kind: k, Round: round, Pages: pages, PagesSent: m.nSent.Load(),
+	m.mu.Lock()
+	sent := m.core.PagesSent()
+	m.mu.Unlock()
+	m.cfg.OnEvent(Event{Kind: k, Round: round, Pages: pages, PagesSent: sent,
 		Elapsed: m.cfg.Clock.Now().Sub(m.start), Err: err})
 }
 
@@ -217,30 +225,29 @@ func (m *migration) newSession(ctx context.Context, conn, urgent transport.Conn)
 		ret:    make(chan retMsg, 256),
 		stop:   make(chan struct{}),
 		failed: make(chan struct{}),
-		finish: make(chan struct{}),
-		marked: make(chan struct{}),
-	}
-	if urgent != nil {
-		s.reqs = make(chan reqRange, 1024)
 	}
 	s.wg.Add(1)
 	go m.reader(ctx, s)
 	return s
 }
 
-// reader forwards what the destination says: requests to the urgent server
-// (with an urgent connection), everything else to s.ret.
+// reader gives the destination's requests to the Core and forwards
+// everything else to s.ret.
 func (m *migration) reader(ctx context.Context, s *session) {
 	defer s.wg.Done()
 	var msg transport.Msg // one for the loop: Recv's argument escapes
 	for {
 		err := s.conn.Recv(ctx, &msg)
-		if err == nil && msg.Kind == transport.KindRequest && s.reqs != nil {
-			select {
-			case s.reqs <- reqRange{msg.Page, msg.Arg}:
-			case <-s.stop:
+		if err == nil && msg.Kind == transport.KindRequest {
+			m.mu.Lock()
+			err := m.core.Request(msg.Page, msg.Arg)
+			m.mu.Unlock()
+			if err != nil {
+				s.fail(err)
+				m.kick()
 				return
 			}
+			m.kick()
 			continue
 		}
 		if err == nil {
@@ -260,21 +267,14 @@ func (m *migration) reader(ctx context.Context, s *session) {
 		case <-s.stop:
 			return
 		}
-		m.wakeUp()
+		m.kick()
 		if err != nil {
 			return
 		}
 	}
 }
 
-func (m *migration) wakeUp() {
-	if c := m.waker.Load(); c != nil {
-		(*c)()
-	}
-}
-
 func (m *migration) run(ctx context.Context) (err error) {
-	m.start = m.cfg.Clock.Now()
 	defer func() {
 		m.endAt = m.cfg.Clock.Now()
 		if err == nil {
@@ -313,13 +313,8 @@ func (m *migration) run(ctx context.Context) (err error) {
 		}
 		m.log.Info("post-copy failed before the hand-over; source resumed", "err", err)
 	}()
-	if m.cfg.PreCopyRounds > 0 {
-		if err := m.precopyPhase(ctx); err != nil {
-			return err
-		}
-		if err := m.discardEarly(ctx); err != nil {
-			return err
-		}
+	if err := m.precopyPhase(ctx); err != nil {
+		return err
 	}
 	if err := m.switchover(ctx); err != nil && !m.handed {
 		return err
@@ -330,130 +325,69 @@ func (m *migration) run(ctx context.Context) (err error) {
 	return m.postCopy(ctx, nil)
 }
 
-// precopyPhase runs up to cfg.PreCopyRounds rounds and leaves in m.dirty the
-// pages dirtied since they were last sent.
+// precopyPhase carries out the Core's pre-copy rounds (hybrid) until it asks
+// for the pause.
 func (m *migration) precopyPhase(ctx context.Context) error {
-	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
-		return fmt.Errorf("postcopy: start dirty log: %w", err)
-	}
-	clear(m.dirty)
-	var left, prev uint64
-	for round := 1; ; round++ {
-		r := livemig.Round{Index: round, Start: m.cfg.Clock.Now().Sub(m.start), DirtyPages: m.pages}
-		if round > 1 {
-			r.DirtyPages = left
-		}
-		m.event(RoundStarted, round, r.DirtyPages, nil)
-		t0 := m.cfg.Clock.Now()
-		s0, b0, z0 := m.nSent.Load(), m.nBytes.Load(), m.nZero.Load()
-		send := func(n uint64) error {
-			if (m.nSent.Load()-s0)%256 == 0 {
+	for i := 0; ; i++ {
+		o := m.next(false)
+		switch o.Op {
+		case OpSync:
+			if err := m.src.Dirty.SyncDirty(m.core.DirtyLog()); err != nil {
+				return fmt.Errorf("postcopy: sync dirty log: %w", err)
+			}
+			m.mu.Lock()
+			err := m.core.Synced(m.cfg.Clock.Now())
+			round, left, pages, inRound := m.core.Round(), m.core.Left(), m.core.RoundPages(), m.core.InRound()
+			m.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			if o.Round > 0 {
+				m.event(RoundEnded, o.Round, left, nil)
+				m.log.Debug("pre-copy round ended", "round", o.Round, "left", left)
+			}
+			if inRound {
+				m.event(RoundStarted, round, pages, nil)
+			}
+		case OpPage:
+			if i%256 == 0 {
 				if err := m.poll(ctx, m.s); err != nil {
 					return err
 				}
 			}
-			atomic.OrUint64(&m.sent[n/64], 1<<(n%64))
-			_, err := m.sendPage(ctx, m.s.conn, m.mainSend, n)
-			return err
-		}
-		var err error
-		if round == 1 {
-			for n := uint64(0); n < m.pages && err == nil; n++ {
-				err = send(n)
+			if err := m.sendPage(ctx, m.s.conn, m.mainSend, o); err != nil {
+				return err
 			}
-		} else {
-			err = m.eachDirty(m.dirty, true, send)
-		}
-		if err != nil {
-			return err
-		}
-		if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
-			return linkErr(fmt.Sprintf("end of round %d", round), err)
-		}
-		r.Duration = m.cfg.Clock.Now().Sub(t0)
-		r.PagesSent, r.Bytes, r.ZeroPages = m.nSent.Load()-s0, m.nBytes.Load()-b0, m.nZero.Load()-z0
-		m.rounds = append(m.rounds, r)
-		if err := m.syncDirty(); err != nil {
-			return err
-		}
-		prev, left = left, bitmap.CountWords(m.dirty)
-		m.event(RoundEnded, round, left, nil)
-		m.log.Debug("pre-copy round ended", "round", round, "sent", r.PagesSent, "left", left)
-		if round >= m.cfg.PreCopyRounds || left == 0 || (round > 1 && left >= prev) {
+		case OpEndRound:
+			if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(o.Round)}); err != nil {
+				return linkErr(fmt.Sprintf("end of round %d", o.Round), err)
+			}
+		case OpDiscard:
+			if err := m.discardEarly(ctx, o.Stale); err != nil {
+				return err
+			}
+			m.mu.Lock()
+			m.core.Discarded()
+			m.mu.Unlock()
+		case OpPause:
 			return nil
+		default:
+			return fmt.Errorf("postcopy: core asked for %v before the pause (a bug)", o.Op)
 		}
 	}
-}
-
-// syncDirty ORs the dirty log into m.dirty, checks it, and tells the Order.
-func (m *migration) syncDirty() error {
-	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
-		return fmt.Errorf("postcopy: sync dirty log: %w", err)
-	}
-	if rem := m.pages % 64; rem != 0 {
-		if extra := m.dirty[len(m.dirty)-1] >> rem; extra != 0 {
-			n := m.pages + uint64(bits.TrailingZeros64(extra))
-			return fmt.Errorf("postcopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
-		}
-	}
-	if m.cfg.Order != nil {
-		m.cfg.Order.Observe(m.dirty)
-	}
-	return nil
-}
-
-// eachDirty calls f for every page set in bm, in cfg.Order's order
-// (ascending without one), clearing bm if clr.
-func (m *migration) eachDirty(bm []uint64, clr bool, f func(n uint64) error) error {
-	if m.cfg.Order != nil {
-		m.plan = m.cfg.Order.Plan(m.plan[:0], bm)
-		if clr {
-			clear(bm)
-		}
-		for _, n := range m.plan {
-			if n >= m.pages {
-				return fmt.Errorf("postcopy: order %s planned page %d of %d: %w", m.cfg.Order.Name(), n, m.pages, livemig.ErrPageRange)
-			}
-			if err := f(n); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	for i := range bm {
-		w := bm[i]
-		if clr {
-			bm[i] = 0
-		}
-		for w != 0 {
-			b := bits.TrailingZeros64(w)
-			w &= w - 1
-			if err := f(uint64(i)*64 + uint64(b)); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // discardEarly names to the destination, while the guest still runs here,
-// the copies the last pre-copy round left stale (m.dirty), and waits until
-// it has made them missing. With userfaultfd memory that is a madvise per
-// page (about 3 µs: BenchmarkDiscard in package faultmem), which would
+// the copies the last pre-copy round left stale, and waits until it has
+// made them missing. With userfaultfd memory that is a madvise per page
+// (about 3 µs: BenchmarkDiscard in package faultmem), which would
 // otherwise fall inside the downtime; the switchover then discards only
-// what the guest dirtied since. The pages become unsent: the push sends
-// them after the switchover.
-func (m *migration) discardEarly(ctx context.Context) error {
-	stale := bitmap.CountWords(m.dirty)
-	if stale == 0 {
-		return nil
+// what the guest dirtied since.
+func (m *migration) discardEarly(ctx context.Context, stale []uint64) error {
+	if err := m.sendDiscard(ctx, stale); err != nil {
+		return err
 	}
-	if _, err := bitmapChunks(m.dirty, nil, func(first uint64, data []byte) error {
-		return m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Page: first, Data: data})
-	}); err != nil {
-		return linkErr("discard", err)
-	}
-	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(len(m.rounds)) | ackFlag}); err != nil {
+	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(m.core.Round()-1) | ackFlag}); err != nil {
 		return linkErr("discard", err)
 	}
 	if err := m.s.conn.Flush(ctx); err != nil {
@@ -462,45 +396,45 @@ func (m *migration) discardEarly(ctx context.Context) error {
 	if _, err := m.await(ctx, m.s, transport.AckRound); err != nil {
 		return err
 	}
-	for i, w := range m.dirty {
-		atomic.AndUint64(&m.sent[i], ^w)
+	m.log.Debug("stale copies discarded before the pause", "pages", bitmap.CountWords(stale))
+	return nil
+}
+
+// sendDiscard sends the pages set in stale as Discard chunks.
+func (m *migration) sendDiscard(ctx context.Context, stale []uint64) error {
+	if _, err := bitmapChunks(stale, nil, func(first uint64, data []byte) error {
+		return m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Page: first, Data: data})
+	}); err != nil {
+		return linkErr("discard", err)
 	}
-	clear(m.dirty)
-	m.log.Debug("stale copies discarded before the pause", "pages", stale)
 	return nil
 }
 
 // switchover pauses the source, discards stale copies at the destination,
 // sends the state and hands the guest over.
 func (m *migration) switchover(ctx context.Context) error {
-	round := len(m.rounds) + 1
+	round := m.core.Round()
 	m.event(Pausing, round, 0, nil)
-	m.pauseAt = m.cfg.Clock.Now()
 	if err := m.src.VM.Pause(ctx); err != nil {
 		return fmt.Errorf("postcopy: pause source: %w", err)
 	}
 	m.paused = true
-	m.preSent, m.preBytes, m.preZero = m.nSent.Load(), m.nBytes.Load(), m.nZero.Load()
 	if m.cfg.PreCopyRounds > 0 {
-		if err := m.syncDirty(); err != nil {
-			return err
+		if err := m.src.Dirty.SyncDirty(m.core.DirtyLog()); err != nil {
+			return fmt.Errorf("postcopy: sync dirty log: %w", err)
 		}
-		// Every page was sent in round 1: the dirty ones are stale there,
-		// except those discardEarly already made missing (unsent now).
-		for i := range m.dirty {
-			m.dirty[i] &= atomic.LoadUint64(&m.sent[i])
-		}
-		if _, err := bitmapChunks(m.dirty, nil, func(first uint64, data []byte) error {
-			return m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Page: first, Data: data})
-		}); err != nil {
-			return linkErr("discard", err)
-		}
-		for i, w := range m.dirty {
-			atomic.AndUint64(&m.sent[i], ^w)
-		}
-		clear(m.dirty)
 	}
-	m.toPush = m.pages - bitmap.CountWords(m.sent)
+	m.mu.Lock()
+	m.pauseAt = m.cfg.Clock.Now()
+	stale, err := m.core.Paused(m.pauseAt)
+	toPush := m.core.ToPush()
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := m.sendDiscard(ctx, stale); err != nil {
+		return err
+	}
 	arg := uint64(round)
 	if m.s.urgent != nil {
 		arg |= urgentFlag
@@ -513,7 +447,9 @@ func (m *migration) switchover(ctx context.Context) error {
 		return fmt.Errorf("postcopy: save source state: %w", err)
 	}
 	m.report.StateBytes = uint64(len(state))
-	m.nBytes.Add(uint64(len(state)) + 2*recordOverhead)
+	m.mu.Lock()
+	m.core.StateSent(len(state))
+	m.mu.Unlock()
 	m.stateSent = true
 	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindState, Data: state}); err != nil {
 		return linkErr("state", err)
@@ -522,10 +458,17 @@ func (m *migration) switchover(ctx context.Context) error {
 		return err
 	}
 	// From here on the guest may run at the destination: never resume it
-	// here.
+	// here. The push starts before the Commit goes: the destination may
+	// ask for pages the moment it has it.
 	m.handed = true
-	m.event(HandedOver, round, m.toPush, nil)
-	m.log.Info("guest handed over", "pages_to_push", m.toPush, "session", m.session)
+	m.mu.Lock()
+	err = m.core.Committed(m.cfg.Clock.Now())
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	m.event(HandedOver, round, toPush, nil)
+	m.log.Info("guest handed over", "pages_to_push", toPush, "session", m.session)
 	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
 		return linkErr("commit", err)
 	}
@@ -537,7 +480,7 @@ func (m *migration) switchover(ctx context.Context) error {
 func (m *migration) postCopy(ctx context.Context, err error) error {
 	if m.s.urgent != nil && err == nil {
 		m.s.wg.Add(1)
-		go m.urgentServer(ctx, m.s)
+		go m.urgentSender(ctx, m.s)
 	}
 	for {
 		if err == nil {
@@ -554,7 +497,7 @@ func (m *migration) postCopy(ctx context.Context, err error) error {
 		if pe := m.peerFail.Load(); pe != nil {
 			return errors.Join(pe, err) // the destination gave up: nothing to recover
 		}
-		m.event(LinkCut, len(m.rounds)+1, 0, err)
+		m.event(LinkCut, m.core.Round(), 0, err)
 		m.log.Info("link cut after the hand-over", "err", err)
 		m.s.close()
 		if m.cfg.Redial == nil {
@@ -615,160 +558,154 @@ func (m *migration) reconnect(ctx context.Context) error {
 		}
 		urgent = u
 	}
-	held := make([]uint64, len(m.sent))
+	held := bitmap.New(m.pages)
+	if err := m.awaitHeld(ctx, conn, held); err != nil {
+		return fail(err)
+	}
+	m.mu.Lock()
+	err = m.core.Reconnected(m.cfg.Clock.Now(), held.Words(), urgent != nil)
+	m.mu.Unlock()
+	if err != nil {
+		return fail(err)
+	}
+	m.s = m.newSession(ctx, conn, urgent)
+	if urgent != nil {
+		m.s.wg.Add(1)
+		go m.urgentSender(ctx, m.s)
+	}
+	n := held.Count()
+	m.event(Reconnected, m.core.Round(), m.pages-n, nil)
+	m.log.Info("reconnected", "held", n, "left", m.pages-n, "urgent", urgent != nil)
+	return nil
+}
+
+// awaitHeld reads the destination's answer to KindResume on conn: the
+// pages it holds, into held, and Ack(AckHeld); or that it had completed
+// (*completedError).
+func (m *migration) awaitHeld(ctx context.Context, conn transport.Conn, held *bitmap.Bitmap) error {
 	for {
 		var msg transport.Msg
 		if err := conn.Recv(ctx, &msg); err != nil {
-			return fail(&cutError{fmt.Errorf("postcopy: receive the destination's bitmap: %w", err)})
+			return &cutError{fmt.Errorf("postcopy: receive the destination's bitmap: %w", err)}
 		}
 		switch {
 		case msg.Kind == transport.KindRecvBitmap:
-			if err := applyBitmap(msg, m.pages, func(n uint64) error {
-				held[n/64] |= 1 << (n % 64)
-				return nil
-			}); err != nil {
-				return fail(fmt.Errorf("postcopy: destination's bitmap: %w", err))
+			if err := applyBitmap(msg, m.pages, held.Set); err != nil {
+				return fmt.Errorf("postcopy: destination's bitmap: %w", err)
 			}
-			continue
 		case msg.Kind == transport.KindAck && msg.Arg == transport.AckResumed:
 			m.noteResumed()
-			continue
 		case msg.Kind == transport.KindAck && msg.Arg == transport.AckComplete:
 			// The destination finished before the cut: only its answer
 			// was lost.
 			msg.Data = bytes.Clone(msg.Data)
 			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
 			_ = conn.Flush(ctx)
-			return fail(&completedError{msg})
+			return &completedError{msg}
 		case msg.Kind == transport.KindAck && msg.Arg == transport.AckHeld:
-			if got := bitmap.CountWords(held); got != msg.Page {
-				return fail(fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt))
+			if got := held.Count(); got != msg.Page {
+				return fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt)
 			}
+			return nil
 		case msg.Kind == transport.KindError:
-			return fail(transport.PeerErrorOf(msg, m.session))
+			return transport.PeerErrorOf(msg, m.session)
 		default:
-			return fail(fmt.Errorf("postcopy: %v message while reconnecting: %w", msg.Kind, livemig.ErrCorrupt))
+			return fmt.Errorf("postcopy: %v message while reconnecting: %w", msg.Kind, livemig.ErrCorrupt)
 		}
-		break
 	}
-	for i := range m.sent {
-		atomic.StoreUint64(&m.sent[i], held[i])
-		atomic.StoreUint64(&m.usent[i], 0)
-	}
-	m.s = m.newSession(ctx, conn, urgent)
-	if urgent != nil {
-		m.s.wg.Add(1)
-		go m.urgentServer(ctx, m.s)
-	}
-	m.event(Reconnected, len(m.rounds)+1, m.pages-bitmap.CountWords(held), nil)
-	m.log.Info("reconnected", "held", bitmap.CountWords(held), "left", m.pages-bitmap.CountWords(held), "urgent", urgent != nil)
-	return nil
 }
 
-// PushSlack is how far the push may fall behind its Config.PushBandwidth
+// pushSlack is how far the push may fall behind its Config.PushBandwidth
 // schedule and still catch up by sending at once. A sleep overshoots (a
 // wall-clock sleep shorter than a millisecond takes about one on Linux, the
 // runtime's poller waits in whole milliseconds): without the catch-up the
 // time lost was never made up, and a push capped at 64 MiB/s, one sleep a
 // page, ran at 4 MiB/s. It bounds the burst after the push was held back
 // (by requests, a slow link) to 5 ms of its bandwidth.
-const PushSlack = 5 * time.Millisecond
+const pushSlack = 5 * time.Millisecond
 
-// pushAndFinish pushes every page not yet sent, then sends Done and waits
-// for the destination's confirmation.
+// pushAndFinish carries out the Core's post-copy steps on the main
+// connection: requested pages without an urgent connection, the push, and
+// Done, then waits for the destination's confirmation.
 func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
-	pushed := uint64(0)
-	push := func(n uint64) error {
+	for pushed := uint64(0); ; {
 		if err := m.poll(ctx, s); err != nil {
 			return err
 		}
-		w, bit := n/64, uint64(1)<<(n%64)
-		if atomic.LoadUint64(&m.sent[w])&bit != 0 {
-			return nil // sent on request
-		}
-		for m.cfg.PushBandwidth > 0 {
-			now := m.cfg.Clock.Now()
-			if !now.Before(m.nextPush) {
-				if floor := now.Add(-PushSlack); m.nextPush.Before(floor) {
-					m.nextPush = floor
+		o := m.next(false)
+		switch o.Op {
+		case OpPage:
+			if err := m.sendPage(ctx, s.conn, m.mainSend, o); err != nil {
+				return err
+			}
+			if o.Flush {
+				if err := s.conn.Flush(ctx); err != nil {
+					return linkErr("flush requested pages", err)
 				}
-				break
 			}
-			if err := m.sleep(ctx, s, m.nextPush, func() bool { return atomic.LoadUint64(&m.sent[w])&bit != 0 }); err != nil {
+			if !o.Pulled {
+				if pushed++; pushed%PushEventEvery == 0 {
+					m.event(Pushing, m.core.Round(), m.sentSincePause(), nil)
+				}
+			}
+			continue
+		case OpWait, OpIdle:
+			if err := s.conn.Flush(ctx); err != nil {
+				return linkErr("push", err)
+			}
+			m.pushDone()
+			select { // the urgent sender may have its end marker to send
+			case m.uwake <- struct{}{}:
+			default:
+			}
+			if err := m.sleep(ctx, s, o.At); err != nil {
 				return err
 			}
-			if err := m.poll(ctx, s); err != nil {
-				return err
-			}
-			if atomic.LoadUint64(&m.sent[w])&bit != 0 {
-				return nil // sent on request while the push waited
-			}
+			continue
+		case OpDone:
+		default:
+			return fmt.Errorf("postcopy: core asked for %v in the push (a bug)", o.Op)
 		}
-		if atomic.OrUint64(&m.sent[w], bit)&bit != 0 {
-			return nil // sent on request meanwhile
+		m.pushDone()
+		var sum uint64
+		if m.digest != nil {
+			sum = m.digest.Sum()
 		}
-		size, err := m.sendPage(ctx, s.conn, m.mainSend, n)
+		if err := s.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
+			return linkErr("done", err)
+		}
+		ack, err := m.await(ctx, s, transport.AckComplete)
 		if err != nil {
 			return err
 		}
-		m.nPushed.Add(1)
-		if m.cfg.PushBandwidth > 0 {
-			m.nextPush = m.nextPush.Add(time.Duration(size * uint64(time.Second) / uint64(m.cfg.PushBandwidth)))
-		}
-		if pushed++; pushed%PushEventEvery == 0 {
-			m.event(Pushing, len(m.rounds)+1, m.nSent.Load()-m.preSent, nil)
-		}
-		return nil
+		_ = s.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+		_ = s.conn.Flush(ctx)
+		return m.complete(ack)
 	}
-	unsent := make([]uint64, len(m.sent))
-	for i := range unsent {
-		unsent[i] = ^atomic.LoadUint64(&m.sent[i])
+}
+
+// pushDone reports the PushDone event once the Core has sent every page.
+func (m *migration) pushDone() {
+	m.mu.Lock()
+	done := m.core.PushDone()
+	m.mu.Unlock()
+	if done && !m.pushDoneEvent {
+		m.pushDoneEvent = true
+		m.event(PushDone, m.core.Round(), m.sentSincePause(), nil)
 	}
-	if rem := m.pages % 64; rem != 0 {
-		unsent[len(unsent)-1] &= 1<<rem - 1
-	}
-	if err := m.eachDirty(unsent, false, push); err != nil {
-		return err
-	}
-	if err := s.conn.Flush(ctx); err != nil {
-		return linkErr("push", err)
-	}
-	m.event(PushDone, len(m.rounds)+1, m.nSent.Load()-m.preSent, nil)
-	if s.urgent != nil {
-		close(s.finish)
-		select {
-		case <-s.marked:
-		case <-s.failed:
-			return s.failErr
-		case <-ctx.Done():
-			return fmt.Errorf("postcopy: finishing the urgent stream: %w", ctx.Err())
-		}
-	}
-	var sum uint64
-	if m.digest != nil {
-		sum = m.digest.Sum()
-	}
-	if err := s.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
-		return linkErr("done", err)
-	}
-	ack, err := m.await(ctx, s, transport.AckComplete)
-	if err != nil {
-		return err
-	}
-	_ = s.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
-	_ = s.conn.Flush(ctx)
-	return m.complete(ack)
+}
+
+func (m *migration) sentSincePause() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.core.SentSincePause()
 }
 
 // complete takes the destination's Ack(AckComplete): it checks the digest
 // and keeps the destination's figures.
 func (m *migration) complete(ack transport.Msg) error {
-	var sum uint64
 	if m.digest != nil {
-		sum = m.digest.Sum()
-	}
-	if m.digest != nil {
-		if ack.Page != sum {
+		if sum := m.digest.Sum(); ack.Page != sum {
 			return fmt.Errorf("postcopy: destination digest %016x, source %016x: %w", ack.Page, sum, livemig.ErrVerify)
 		}
 		m.report.Verified = true
@@ -779,29 +716,36 @@ func (m *migration) complete(ack transport.Msg) error {
 	} else {
 		m.dstStats, m.haveStats = st, true
 	}
-	m.event(Finished, len(m.rounds)+1, 0, nil)
+	m.event(Finished, m.core.Round(), 0, nil)
 	return nil
 }
 
-// sleep waits until t on the clock, or until the return path has something
-// or the urgent server sent a page (wakeUp), or ctx ends. It does not wait
-// if done() already holds.
-func (m *migration) sleep(ctx context.Context, s *session, t time.Time, done func() bool) error {
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	m.waker.Store(&cancel)
-	defer m.waker.Store(nil)
-	if len(s.ret) > 0 || done() {
-		return nil
+// sleep waits until at on the clock (zero: no deadline), or until the Core
+// may have something new (a request, the urgent marker), the return path
+// has something, the session fails or ctx ends.
+func (m *migration) sleep(ctx context.Context, s *session, at time.Time) error {
+	var timer <-chan struct{}
+	if !at.IsZero() {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		t := make(chan struct{})
+		go func() {
+			_ = m.cfg.Clock.WaitUntil(wctx, at)
+			close(t)
+		}()
+		timer = t
 	}
 	select {
+	case <-m.wake:
+	case <-timer:
+	case rm := <-s.ret:
+		if _, err := m.handleReturn(rm); err != nil {
+			return err
+		}
 	case <-s.failed:
-		return nil
-	default:
-	}
-	_ = m.cfg.Clock.WaitUntil(wctx, t)
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("postcopy: push: %w", err)
+		return s.failErr
+	case <-ctx.Done():
+		return fmt.Errorf("postcopy: push: %w", ctx.Err())
 	}
 	return nil
 }
@@ -811,7 +755,7 @@ func (m *migration) poll(ctx context.Context, s *session) error {
 	for {
 		select {
 		case rm := <-s.ret:
-			if _, err := m.handleReturn(ctx, s, rm); err != nil {
+			if _, err := m.handleReturn(rm); err != nil {
 				return err
 			}
 			continue
@@ -832,7 +776,7 @@ func (m *migration) await(ctx context.Context, s *session, want uint64) (transpo
 	for {
 		select {
 		case rm := <-s.ret:
-			ack, err := m.handleReturn(ctx, s, rm)
+			ack, err := m.handleReturn(rm)
 			if err != nil {
 				return transport.Msg{}, err
 			}
@@ -849,7 +793,7 @@ func (m *migration) await(ctx context.Context, s *session, want uint64) (transpo
 
 // handleReturn acts on a return-path message; ack says it is an Ack the
 // caller may be waiting for.
-func (m *migration) handleReturn(ctx context.Context, s *session, rm retMsg) (ack bool, err error) {
+func (m *migration) handleReturn(rm retMsg) (ack bool, err error) {
 	if rm.err != nil {
 		if errors.Is(rm.err, io.EOF) {
 			rm.err = io.ErrUnexpectedEOF
@@ -864,11 +808,6 @@ func (m *migration) handleReturn(ctx context.Context, s *session, rm retMsg) (ac
 			m.noteResumed()
 		}
 		return true, nil
-	case transport.KindRequest:
-		if !m.handed {
-			return false, fmt.Errorf("postcopy: request for page %d before the hand-over: %w", rm.m.Page, livemig.ErrCorrupt)
-		}
-		return false, m.serve(ctx, s.conn, false, rm.m.Page, rm.m.Arg)
 	}
 	return false, fmt.Errorf("postcopy: unexpected %v message on the return path: %w", rm.m.Kind, livemig.ErrCorrupt)
 }
@@ -879,102 +818,53 @@ func (m *migration) noteResumed() {
 	}
 }
 
-// urgentServer sends requested pages on the urgent connection until the
-// push is done (s.finish), then the end marker.
-func (m *migration) urgentServer(ctx context.Context, s *session) {
+// urgentSender carries out the Core's steps on the urgent connection:
+// requested pages as they come, then the end marker once the push is done.
+func (m *migration) urgentSender(ctx context.Context, s *session) {
 	defer s.wg.Done()
-	finished := false
+	fail := func(err error) {
+		s.fail(err)
+		m.kick()
+	}
 	for {
+		o := m.next(true)
+		switch o.Op {
+		case OpPage:
+			if err := m.sendPage(ctx, s.urgent, m.urgSend, o); err != nil {
+				fail(err)
+				return
+			}
+			if o.Flush {
+				if err := s.urgent.Flush(ctx); err != nil {
+					fail(linkErr("flush requested pages", err))
+					return
+				}
+				m.kick() // the push may be waiting on a page just sent
+			}
+			continue
+		case OpMarker:
+			if err := s.urgent.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(o.Round)}); err != nil {
+				fail(linkErr("urgent end marker", err))
+				return
+			}
+			if err := s.urgent.Flush(ctx); err != nil {
+				fail(linkErr("urgent end marker", err))
+				return
+			}
+			m.mu.Lock()
+			m.core.Wrote(o, 0, 0)
+			m.mu.Unlock()
+			m.kick()
+			continue
+		}
 		select {
-		case r := <-s.reqs:
-			if finished {
-				continue
-			}
-			if err := m.serve(ctx, s.urgent, true, r.page, r.count); err != nil {
-				s.fail(err)
-				m.wakeUp()
-				return
-			}
-			m.wakeUp() // the push may be waiting on a page just sent
-		case <-s.finish:
-			if finished {
-				continue
-			}
-			finished = true
-			if err := s.urgent.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(len(m.rounds) + 1)}); err != nil {
-				s.fail(linkErr("urgent end marker", err))
-				return
-			}
-			close(s.marked)
+		case <-m.uwake:
 		case <-s.stop:
+			return
+		case <-ctx.Done():
 			return
 		}
 	}
-}
-
-// serve sends the requested pages [page, page+count) that need it and their
-// neighbours on conn, then flushes. On the urgent connection a page goes
-// even if the push sent it already (it may be queued behind the push), once.
-// Only one goroutine serves requests at a time: the urgent server while
-// there is one, the push otherwise.
-func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool, page, count uint64) error {
-	if page >= m.pages {
-		return fmt.Errorf("postcopy: request for page %d of %d: %w", page, m.pages, livemig.ErrPageRange)
-	}
-	count = min(max(count, 1), m.pages-page)
-	ps := m.mainSend
-	if urgent {
-		ps = m.urgSend
-	}
-	claim := func(n uint64, resend bool) bool {
-		w, bit := n/64, uint64(1)<<(n%64)
-		if resend {
-			if atomic.OrUint64(&m.usent[w], bit)&bit != 0 {
-				return false
-			}
-			atomic.OrUint64(&m.sent[w], bit)
-			return true
-		}
-		if atomic.OrUint64(&m.sent[w], bit)&bit != 0 {
-			return false
-		}
-		if urgent {
-			atomic.OrUint64(&m.usent[w], bit)
-		}
-		return true
-	}
-	send := func(n uint64) error {
-		if _, err := m.sendPage(ctx, conn, ps, n); err != nil {
-			return err
-		}
-		m.nPulled.Add(1)
-		return nil
-	}
-	for n := page; n < page+count; n++ {
-		if claim(n, urgent) {
-			if err := send(n); err != nil {
-				return err
-			}
-		}
-	}
-	// Pre-page around the last page asked for, in the direction faults go.
-	last := page + count - 1
-	dir, more := m.prepage.Next(last, m.pages)
-	for i := 1; i <= more; i++ {
-		n := last + uint64(i)
-		if dir < 0 {
-			n = last - uint64(i)
-		}
-		if claim(n, false) {
-			if err := send(n); err != nil {
-				return err
-			}
-		}
-	}
-	if err := conn.Flush(ctx); err != nil {
-		return linkErr("flush requested pages", err)
-	}
-	return nil
 }
 
 // pageSender is what one goroutine needs to send pages: a page buffer
@@ -988,52 +878,39 @@ func (m *migration) newSender() *pageSender {
 	return &pageSender{buf: make([]byte, m.ps), enc: NewPageEncoder(m.ps, m.cfg.LZ4)}
 }
 
-// sendPage reads page n and sends it on conn, encoded by ps.enc.
-func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageSender, n uint64) (uint64, error) {
+// sendPage reads the page of step o, sends it on conn, encoded by ps.enc,
+// and tells the Core.
+func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageSender, o Out) error {
+	n := o.Page
 	var page []byte
 	if m.view != nil {
 		v, err := m.view.View(n)
 		if err != nil {
-			return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
+			return &livemig.PageError{Op: "read", Page: n, Err: err}
 		}
 		page = v
 	} else {
 		if err := m.src.Memory.ReadPage(n, ps.buf); err != nil {
-			return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
+			return &livemig.PageError{Op: "read", Page: n, Err: err}
 		}
 		page = ps.buf
 	}
 	msg := transport.Msg{Kind: transport.KindPage, Page: n}
 	msg.Enc, msg.Data = ps.enc.Encode(page)
-	switch msg.Enc {
-	case transport.EncZero:
-		m.nZero.Add(1)
-		if m.digest != nil {
+	if m.digest != nil {
+		if msg.Enc == transport.EncZero {
 			m.digest.Zero(n)
-		}
-	default:
-		if m.digest != nil {
+		} else {
 			m.digest.Update(n, page)
-		}
-		if m.cfg.LZ4 {
-			m.nRaw.Add(uint64(m.ps))
-			m.nEncoded.Add(uint64(len(msg.Data)))
-			if msg.Enc == transport.EncLZ4 {
-				m.nLZ4.Add(1)
-			}
 		}
 	}
 	if err := conn.Send(ctx, msg); err != nil {
-		return 0, linkErr(fmt.Sprintf("page %d", n), err)
+		return linkErr(fmt.Sprintf("page %d", n), err)
 	}
-	size := uint64(recordOverhead + len(msg.Data))
-	m.nSent.Add(1)
-	m.nBytes.Add(size)
-	w, bit := n/64, uint64(1)<<(n%64)
-	if atomic.OrUint64(&m.ever[w], bit)&bit != 0 {
-		m.nResent.Add(1)
-	}
-	return size, nil
+	m.mu.Lock()
+	m.core.Wrote(o, msg.Enc, len(msg.Data))
+	m.mu.Unlock()
+	return nil
 }
 
 // linkErr wraps a failed send or flush as a cut of the link.
@@ -1067,37 +944,14 @@ func (m *migration) explain(s *session, err error) error {
 	}
 }
 
-// fillReport completes the report from the counters.
+// fillReport completes the report from the Core's figures.
 func (m *migration) fillReport() {
-	r := m.report
-	r.Rounds = append(r.Rounds[:0], m.rounds...)
-	if !m.pauseAt.IsZero() {
-		pc := livemig.Round{
-			Index: len(m.rounds) + 1, Final: true, Start: m.pauseAt.Sub(m.start), Duration: m.endAt.Sub(m.pauseAt),
-			DirtyPages: m.toPush, PagesSent: m.nSent.Load() - m.preSent, ZeroPages: m.nZero.Load() - m.preZero,
-			Bytes: m.nBytes.Load() - m.preBytes,
-		}
-		r.Rounds = append(r.Rounds, pc)
-	}
-	r.TotalTime = m.endAt.Sub(m.start)
-	if !m.resumedAt.IsZero() {
-		r.Downtime = m.resumedAt.Sub(m.pauseAt)
-	}
-	r.BytesSent = m.nBytes.Load()
-	r.PagesSent = m.nSent.Load()
-	r.PagesResent = m.nResent.Load()
-	r.ZeroPages = m.nZero.Load()
-	if m.cfg.LZ4 {
-		r.Codec = &livemig.CodecStats{RawBytes: m.nRaw.Load(), EncodedBytes: m.nEncoded.Load(), LZ4Pages: m.nLZ4.Load()}
-	}
-	r.Converged = true
-	if m.handed {
-		pc := &livemig.PostCopyStats{PagesPushed: m.nPushed.Load(), PagesPulled: m.nPulled.Load()}
-		if m.haveStats {
-			d := m.dstStats
-			pc.DemandFaults, pc.FaultP50, pc.FaultP99, pc.FaultMax, pc.WaitTotal, pc.LastPage =
-				d.Faults, d.P50, d.P99, d.Max, d.WaitTotal, d.LastPage
-		}
-		r.PostCopy = pc
+	m.mu.Lock()
+	m.core.Fill(m.report, m.endAt, m.resumedAt, m.handed)
+	m.mu.Unlock()
+	if m.handed && m.haveStats {
+		pc, d := m.report.PostCopy, m.dstStats
+		pc.DemandFaults, pc.FaultP50, pc.FaultP99, pc.FaultMax, pc.WaitTotal, pc.LastPage =
+			d.Faults, d.P50, d.P99, d.Max, d.WaitTotal, d.LastPage
 	}
 }

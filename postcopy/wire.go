@@ -131,11 +131,10 @@ func (l *latencies) summary() (p50, p99, mx time.Duration) {
 	return rank(50), rank(99), s[len(s)-1]
 }
 
-// DiscardSize is how many bytes the discard messages take on the wire when
-// a hybrid migration's switchover names the stale pages set in stale (KVM
-// bitmap layout): the chunks the source sends, each a record and its
-// bitmap words. Package scenario's model charges them to the link.
-func DiscardSize(stale []uint64) int {
+// discardSize is how many bytes the discard messages take on the wire when
+// a hybrid migration names the stale pages set in stale (KVM bitmap
+// layout): the chunks the source sends, each a record and its bitmap words.
+func discardSize(stale []uint64) int {
 	n := 0
 	_, _ = bitmapChunks(stale, nil, func(_ uint64, data []byte) error {
 		n += recordOverhead + len(data)

@@ -1,0 +1,637 @@
+package postcopy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// Core is the post-copy source's decisions, as a deterministic state
+// machine in the manner of etcd-raft's RawNode: fed facts (a request
+// arrived, a record went out and its size, the dirty log, the time) it says
+// what to send next on which connection, and when to wake. It runs no
+// goroutine, reads no clock and holds no lock; the same Core runs under
+// Migrate's goroutines and sockets and under package scenario's event loop,
+// so the simulated migration makes exactly the engine's choices.
+//
+// # Driving it
+//
+// A driver asks Next for the next step of a connection and carries it out:
+//
+//   - OpSync: sync the guest's dirty log into DirtyLog() (ORing, as
+//     livemig.DirtySource.SyncDirty does), then call Synced.
+//   - OpPage: read page Out.Page, encode it, send it on the connection asked
+//     for, then call Wrote with its encoding and data length. With Out.Flush
+//     flush the connection after it: a request's pages are all out.
+//   - OpEndRound: send KindEndRound with Arg Out.Round.
+//   - OpDiscard: the pre-copy rounds left the copies set in Out.Stale stale
+//     at the destination: send them as KindDiscard chunks, then KindEndRound
+//     with the ack flag, wait for Ack(AckRound), and call Discarded.
+//   - OpPause: pause the guest, sync the dirty log into DirtyLog() (hybrid),
+//     call Paused, send the Discard chunks it returns, then the switchover
+//     and the state, and once the destination has the guest, call Committed.
+//   - OpMarker (urgent connection only): send the urgent stream's end
+//     marker, then call Wrote.
+//   - OpDone (main connection only): every page and the marker are out:
+//     send KindDone and wait for the destination's Ack(AckComplete).
+//   - OpWait: nothing to send on this connection before Out.At (the push's
+//     rate cap) unless an input comes first; OpIdle: nothing until an input.
+//     Flush the connection before waiting.
+//
+// Request is the input of a page request; Reconnected that of a new
+// connection after a cut. After an input the driver asks Next again on every
+// connection that was waiting.
+//
+// Every method must be called from one goroutine at a time (the driver's
+// lock, or its only goroutine); a step's Wrote (or Synced, Discarded,
+// Paused) comes before the next Next on any connection.
+type Core struct {
+	cfg   CoreConfig
+	pages uint64
+
+	phase corePhase
+	sent  *bitmap.Bitmap // pages whose current copy is sent or held
+	usent *bitmap.Bitmap // pages sent on the urgent connection this session
+	ever  *bitmap.Bitmap // pages sent at least once
+	dirty *bitmap.Bitmap // dirty log: the driver syncs into it
+
+	// Pre-copy rounds.
+	round      int
+	plan       []uint64 // the round's pages, or the push order
+	at         int      // next index in plan (round 1: the next page)
+	left, prev uint64   // pages dirty after this round and the one before
+	roundStart time.Time
+	r          livemig.Round
+	rounds     []livemig.Round
+
+	// Post-copy.
+	prepage    prepager
+	reqMain    []uint64 // requested pages to send on the main connection
+	reqUrg     []uint64 // and on the urgent one
+	nextPush   time.Time
+	pushDone   bool // every page is sent
+	markerSent bool
+	doneSent   bool
+
+	start, pauseAt time.Time
+	toPush         uint64
+	pre            counters // at the pause
+
+	n counters
+}
+
+// CoreConfig is what a Core needs of a migration's settings.
+type CoreConfig struct {
+	// Pages is the guest's page count, PageSize its page size.
+	Pages    uint64
+	PageSize int
+	// PreCopyRounds, PushBandwidth, LZ4 and Order are Config's; Prepage is
+	// the pre-paging base window (Config.Prepage after its defaults: 0
+	// pre-pages nothing).
+	PreCopyRounds int
+	PushBandwidth int64
+	LZ4           bool
+	Order         precopy.Order
+	Prepage       int
+	// Urgent says requested pages go on an urgent connection.
+	Urgent bool
+}
+
+type corePhase uint8
+
+const (
+	phaseStartLog corePhase = iota // hybrid: first sync starts the dirty log
+	phaseRounds                    // sending a round's pages
+	phaseEndRound                  // round's pages out: EndRound, then sync
+	phaseSync                      // waiting for Synced
+	phaseDiscard                   // stale copies to discard before the pause
+	phasePause                     // waiting for Paused
+	phaseHandover                  // switchover: waiting for Committed
+	phasePush                      // post-copy
+)
+
+// Op is what a Core asks its driver to do; see Core.
+type Op uint8
+
+// The steps of a migration; see Core.
+const (
+	OpIdle Op = iota
+	OpWait
+	OpSync
+	OpPage
+	OpEndRound
+	OpDiscard
+	OpPause
+	OpMarker
+	OpDone
+)
+
+var opNames = [...]string{"Idle", "Wait", "Sync", "Page", "EndRound", "Discard", "Pause", "Marker", "Done"}
+
+func (o Op) String() string {
+	if int(o) < len(opNames) {
+		return opNames[o]
+	}
+	return fmt.Sprintf("Op(%d)", int(o))
+}
+
+// Out is one step a Core asks for.
+type Out struct {
+	Op     Op
+	Page   uint64    // OpPage
+	Pulled bool      // OpPage: requested or pre-paged, not pushed
+	Flush  bool      // OpPage: the last page of a request's
+	Round  int       // OpEndRound, OpSync: the round (0: the dirty log starts)
+	At     time.Time // OpWait
+	// Stale is OpDiscard's pages, in the dirty log's layout; the Core's,
+	// valid until Discarded. Bytes is their Discard chunks' size on the
+	// wire.
+	Stale []uint64
+	Bytes int
+}
+
+// counters are a Core's figures.
+type counters struct {
+	sent, bytes, zero, resent, pushed, pulled uint64
+	raw, encoded, lz4                         uint64 // with LZ4
+}
+
+// NewCore returns the Core of a migration starting at now.
+func NewCore(cfg CoreConfig, now time.Time) (*Core, error) {
+	if cfg.Pages == 0 || cfg.Pages > bitmap.MaxPages {
+		return nil, fmt.Errorf("postcopy: core of %d pages: %w", cfg.Pages, livemig.ErrPageRange)
+	}
+	if cfg.PreCopyRounds < 0 || cfg.PushBandwidth < 0 {
+		return nil, fmt.Errorf("postcopy: core: negative PreCopyRounds %d or PushBandwidth %d", cfg.PreCopyRounds, cfg.PushBandwidth)
+	}
+	c := &Core{cfg: cfg, pages: cfg.Pages, start: now,
+		sent: bitmap.New(cfg.Pages), usent: bitmap.New(cfg.Pages), ever: bitmap.New(cfg.Pages), dirty: bitmap.New(cfg.Pages),
+		prepage: newPrepager(cfg.Prepage)}
+	c.phase = phasePause
+	if cfg.PreCopyRounds > 0 {
+		c.phase = phaseStartLog
+	}
+	return c, nil
+}
+
+// DirtyLog is the bitmap the driver syncs the dirty log into, at OpSync and
+// OpPause.
+func (c *Core) DirtyLog() []uint64 { return c.dirty.Words() }
+
+// Next returns the next step on the main connection or, urgent, on the
+// urgent one, at time now.
+func (c *Core) Next(now time.Time, urgent bool) Out {
+	if urgent {
+		return c.nextUrgent()
+	}
+	switch c.phase {
+	case phaseStartLog:
+		c.phase = phaseSync
+		return Out{Op: OpSync}
+	case phaseRounds:
+		return c.nextRoundPage(now)
+	case phaseEndRound:
+		c.phase = phaseSync
+		c.r.Duration = now.Sub(c.roundStart)
+		return Out{Op: OpSync, Round: c.round}
+	case phaseDiscard:
+		return Out{Op: OpDiscard, Stale: c.dirty.Words(), Bytes: discardSize(c.dirty.Words())}
+	case phasePause:
+		return Out{Op: OpPause}
+	case phasePush:
+		return c.nextMain(now)
+	}
+	return Out{Op: OpIdle}
+}
+
+// nextRoundPage returns the next page of the pre-copy round, or the round's
+// EndRound.
+func (c *Core) nextRoundPage(now time.Time) Out {
+	var n uint64
+	if c.round == 1 {
+		if uint64(c.at) == c.pages {
+			c.phase = phaseEndRound
+			return Out{Op: OpEndRound, Round: c.round}
+		}
+		n = uint64(c.at)
+	} else {
+		if c.at == len(c.plan) {
+			c.phase = phaseEndRound
+			return Out{Op: OpEndRound, Round: c.round}
+		}
+		n = c.plan[c.at]
+	}
+	c.at++
+	_ = c.sent.Set(n)
+	return Out{Op: OpPage, Page: n}
+}
+
+// planRound fixes the pages of round c.round (from the second on): the dirty
+// ones, in the Order's order, and clears the dirty log.
+func (c *Core) planRound() error {
+	var err error
+	c.plan, err = c.order(c.plan[:0], c.dirty.Words())
+	c.dirty.ClearAll()
+	return err
+}
+
+// order appends the pages set in bm to dst in the push order: the Order's,
+// or ascending.
+func (c *Core) order(dst, bm []uint64) ([]uint64, error) {
+	if c.cfg.Order != nil {
+		dst = c.cfg.Order.Plan(dst, bm)
+		for _, n := range dst {
+			if n >= c.pages {
+				return dst, fmt.Errorf("postcopy: order %s planned page %d of %d: %w", c.cfg.Order.Name(), n, c.pages, livemig.ErrPageRange)
+			}
+		}
+		return dst, nil
+	}
+	b, _ := bitmap.FromWords(bm, c.pages)
+	for n := range b.All() {
+		dst = append(dst, n)
+	}
+	return dst, nil
+}
+
+// Synced takes the dirty log the driver synced into DirtyLog at OpSync, at
+// time now. It fails when the log names a page past the guest's end, or the
+// Order plans one.
+func (c *Core) Synced(now time.Time) error {
+	if c.phase != phaseSync {
+		return fmt.Errorf("postcopy: core: Synced in phase %d", c.phase)
+	}
+	if err := c.checkDirty(); err != nil {
+		return err
+	}
+	if c.round == 0 {
+		// The dirty log starts now.
+		c.dirty.ClearAll()
+		c.beginRound(now)
+		return nil
+	}
+	r := c.r
+	r.PagesSent, r.Bytes, r.ZeroPages = c.n.sent-r.PagesSent, c.n.bytes-r.Bytes, c.n.zero-r.ZeroPages
+	c.rounds = append(c.rounds, r)
+	if c.cfg.Order != nil {
+		c.cfg.Order.Observe(c.dirty.Words())
+	}
+	c.prev, c.left = c.left, c.dirty.Count()
+	if c.round >= c.cfg.PreCopyRounds || c.left == 0 || (c.round > 1 && c.left >= c.prev) {
+		// The rounds end: the dirty pages' copies are stale.
+		c.phase = phasePause
+		if c.left > 0 {
+			c.phase = phaseDiscard
+		}
+		return nil
+	}
+	if err := c.planRound(); err != nil {
+		return err
+	}
+	c.beginRound(now)
+	return nil
+}
+
+// beginRound starts the next pre-copy round at now.
+func (c *Core) beginRound(now time.Time) {
+	c.round++
+	c.at, c.phase, c.roundStart = 0, phaseRounds, now
+	c.r = livemig.Round{Index: c.round, Start: now.Sub(c.start), DirtyPages: c.pages}
+	if c.round > 1 {
+		c.r.DirtyPages = c.left
+	}
+	// The counters at the start; Synced takes the differences.
+	c.r.PagesSent, c.r.Bytes, c.r.ZeroPages = c.n.sent, c.n.bytes, c.n.zero
+}
+
+// checkDirty fails if the dirty log names pages past the guest's end.
+func (c *Core) checkDirty() error {
+	w := c.dirty.Words()
+	if rem := c.pages % 64; rem != 0 {
+		if extra := w[len(w)-1] >> rem; extra != 0 {
+			b, _ := bitmap.FromWords([]uint64{extra}, 64)
+			first, _ := b.NextSetMany(0, make([]uint64, 1))
+			return fmt.Errorf("postcopy: dirty log reports page %d of %d: %w", c.pages+first, c.pages, livemig.ErrPageRange)
+		}
+	}
+	return nil
+}
+
+// Discarded says the destination has made the pages of OpDiscard missing:
+// they are unsent, for the push to send after the switchover.
+func (c *Core) Discarded() {
+	if c.phase != phaseDiscard {
+		return
+	}
+	c.sent.Difference(c.dirty)
+	c.dirty.ClearAll()
+	c.phase = phasePause
+}
+
+// Paused says the guest is paused, at now, and (hybrid) the dirty log is
+// synced into DirtyLog. It returns the pages whose copy at the destination
+// is stale (the Core's, valid until the next call), for the switchover's
+// Discard chunks; they and every page not yet sent are left for the push.
+func (c *Core) Paused(now time.Time) (stale []uint64, err error) {
+	if c.phase != phasePause {
+		return nil, fmt.Errorf("postcopy: core: Paused in phase %d", c.phase)
+	}
+	c.pauseAt = now
+	c.pre = c.n
+	c.phase = phaseHandover
+	if c.cfg.PreCopyRounds > 0 {
+		if err := c.checkDirty(); err != nil {
+			return nil, err
+		}
+		if c.cfg.Order != nil {
+			c.cfg.Order.Observe(c.dirty.Words())
+		}
+		// Every page was sent in round 1: the dirty ones are stale there,
+		// except those already discarded (unsent now).
+		c.dirty.Intersect(c.sent)
+		c.sent.Difference(c.dirty)
+	} else {
+		c.dirty.ClearAll()
+	}
+	c.toPush = c.pages - c.sent.Count()
+	return c.dirty.Words(), nil
+}
+
+// Left is how many pages the last synced dirty log named.
+func (c *Core) Left() uint64 { return c.left }
+
+// InRound says a pre-copy round is under way; RoundPages is how many pages
+// it sends.
+func (c *Core) InRound() bool { return c.phase == phaseRounds }
+
+// RoundPages is how many pages the current pre-copy round sends.
+func (c *Core) RoundPages() uint64 { return c.r.DirtyPages }
+
+// ToPush is how many pages the destination lacked at the switchover.
+func (c *Core) ToPush() uint64 { return c.toPush }
+
+// Round is the current round: the pre-copy rounds', then the post-copy
+// phase's.
+func (c *Core) Round() int { return len(c.rounds) + 1 }
+
+// Committed says the Commit went out at now: the push starts.
+func (c *Core) Committed(now time.Time) error {
+	if c.phase != phaseHandover {
+		return fmt.Errorf("postcopy: core: Committed in phase %d", c.phase)
+	}
+	c.dirty.ClearAll()
+	c.phase = phasePush
+	return c.startPush(now)
+}
+
+// Reconnected says a new session starts at now, the destination holding
+// the pages set in held (KVM layout, at least the guest's words), with an
+// urgent connection if urgent. Pages not held are pushed again.
+func (c *Core) Reconnected(now time.Time, held []uint64, urgent bool) error {
+	if c.phase != phasePush {
+		return fmt.Errorf("postcopy: core: Reconnected in phase %d", c.phase)
+	}
+	w := c.sent.Words()
+	if len(held) < len(w) {
+		return fmt.Errorf("postcopy: core: held bitmap of %d words for %d pages: %w", len(held), c.pages, livemig.ErrPageRange)
+	}
+	copy(w, held)
+	if rem := c.pages % 64; rem != 0 {
+		w[len(w)-1] &= 1<<rem - 1
+	}
+	c.usent.ClearAll()
+	c.cfg.Urgent = urgent
+	return c.startPush(now)
+}
+
+// startPush plans the push of every page not sent.
+func (c *Core) startPush(now time.Time) error {
+	c.reqMain, c.reqUrg = c.reqMain[:0], c.reqUrg[:0]
+	c.pushDone, c.markerSent, c.doneSent = false, false, false
+	unsent := c.dirty // reused: empty since the pause
+	copy(unsent.Words(), c.sent.Words())
+	for i, x := range unsent.Words() {
+		unsent.Words()[i] = ^x
+	}
+	if rem := c.pages % 64; rem != 0 {
+		w := unsent.Words()
+		w[len(w)-1] &= 1<<rem - 1
+	}
+	var err error
+	c.plan, err = c.order(c.plan[:0], unsent.Words())
+	unsent.ClearAll()
+	c.at = 0
+	c.nextPush = now
+	return err
+}
+
+// Request takes the destination's request for pages [page, page+count):
+// those that need it, and their pre-paged neighbours, go next on the urgent
+// connection (or, without one, on the main connection before the push). On
+// the urgent connection a page goes even if the push sent it already (it
+// may be queued behind the push), once a session. A request after every
+// page is sent asks for nothing. A page past the guest's end is an error.
+func (c *Core) Request(page, count uint64) error {
+	if page >= c.pages {
+		return fmt.Errorf("postcopy: request for page %d of %d: %w", page, c.pages, livemig.ErrPageRange)
+	}
+	if c.phase != phasePush {
+		return fmt.Errorf("postcopy: request for page %d before the hand-over: %w", page, livemig.ErrCorrupt)
+	}
+	if c.pushDone && (c.cfg.Urgent || c.doneSent) {
+		return nil // every page is on its way
+	}
+	count = min(max(count, 1), c.pages-page)
+	q := &c.reqMain
+	if c.cfg.Urgent {
+		q = &c.reqUrg
+	}
+	for n := page; n < page+count; n++ {
+		if c.claim(n, c.cfg.Urgent) {
+			*q = append(*q, n)
+		}
+	}
+	// Pre-page around the last page asked for, in the direction faults go.
+	last := page + count - 1
+	dir, more := c.prepage.next(last, c.pages)
+	for i := 1; i <= more; i++ {
+		n := last + uint64(i)
+		if dir < 0 {
+			n = last - uint64(i)
+		}
+		if c.claim(n, false) {
+			*q = append(*q, n)
+		}
+	}
+	return nil
+}
+
+// claim marks page n sent and says whether it needs sending; resend (an
+// urgent request) sends it even if pushed, once a session.
+func (c *Core) claim(n uint64, resend bool) bool {
+	if resend {
+		if c.usent.Test(n) {
+			return false
+		}
+		_ = c.usent.Set(n)
+		_ = c.sent.Set(n)
+		return true
+	}
+	if c.sent.Test(n) {
+		return false
+	}
+	_ = c.sent.Set(n)
+	if c.cfg.Urgent {
+		_ = c.usent.Set(n)
+	}
+	return true
+}
+
+// nextMain is the main connection's next step in the post-copy phase:
+// requested pages (without an urgent connection), then the push at its
+// rate, then Done.
+func (c *Core) nextMain(now time.Time) Out {
+	if len(c.reqMain) > 0 {
+		n := c.reqMain[0]
+		c.reqMain = c.reqMain[1:]
+		return Out{Op: OpPage, Page: n, Pulled: true, Flush: len(c.reqMain) == 0}
+	}
+	if c.doneSent {
+		return Out{Op: OpIdle}
+	}
+	for !c.pushDone {
+		if c.at == len(c.plan) {
+			c.pushDone = true
+			break
+		}
+		n := c.plan[c.at]
+		if c.sent.Test(n) {
+			c.at++ // sent on request
+			continue
+		}
+		if c.cfg.PushBandwidth > 0 {
+			if now.Before(c.nextPush) {
+				return Out{Op: OpWait, At: c.nextPush}
+			}
+			// Behind schedule: catch up, by at most pushSlack.
+			if floor := now.Add(-pushSlack); c.nextPush.Before(floor) {
+				c.nextPush = floor
+			}
+		}
+		c.at++
+		_ = c.sent.Set(n)
+		return Out{Op: OpPage, Page: n}
+	}
+	if c.cfg.Urgent && !c.markerSent {
+		return Out{Op: OpIdle}
+	}
+	c.doneSent = true
+	return Out{Op: OpDone}
+}
+
+// nextUrgent is the urgent connection's next step: requested pages, then,
+// once the push is done, the end marker.
+func (c *Core) nextUrgent() Out {
+	if c.phase != phasePush || !c.cfg.Urgent {
+		return Out{Op: OpIdle}
+	}
+	if len(c.reqUrg) > 0 {
+		n := c.reqUrg[0]
+		c.reqUrg = c.reqUrg[1:]
+		return Out{Op: OpPage, Page: n, Pulled: true, Flush: len(c.reqUrg) == 0}
+	}
+	if c.pushDone && !c.markerSent {
+		return Out{Op: OpMarker, Round: c.Round()}
+	}
+	return Out{Op: OpIdle}
+}
+
+// PushDone says every page has been sent (or is being sent).
+func (c *Core) PushDone() bool { return c.pushDone }
+
+// Wrote says step o went out as a record of encoding enc carrying dataLen
+// bytes of data (OpPage), or the marker did (OpMarker).
+func (c *Core) Wrote(o Out, enc transport.Encoding, dataLen int) {
+	switch o.Op {
+	case OpMarker:
+		c.markerSent = true
+		return
+	case OpPage:
+	default:
+		return
+	}
+	size := uint64(recordOverhead + dataLen)
+	n := &c.n
+	n.sent++
+	n.bytes += size
+	if c.ever.Test(o.Page) {
+		n.resent++
+	}
+	_ = c.ever.Set(o.Page)
+	if enc == transport.EncZero {
+		n.zero++
+	} else if c.cfg.LZ4 {
+		n.raw += uint64(c.cfg.PageSize)
+		n.encoded += uint64(dataLen)
+		if enc == transport.EncLZ4 {
+			n.lz4++
+		}
+	}
+	if c.phase != phasePush {
+		return
+	}
+	if o.Pulled {
+		n.pulled++
+		return
+	}
+	n.pushed++
+	if c.cfg.PushBandwidth > 0 {
+		c.nextPush = c.nextPush.Add(time.Duration(size * uint64(time.Second) / uint64(c.cfg.PushBandwidth)))
+	}
+}
+
+// StateSent counts the device state of n bytes and its switchover record.
+func (c *Core) StateSent(n int) { c.n.bytes += uint64(n) + 2*recordOverhead }
+
+// Pushed and Sent are figures for progress events: pages pushed, and pages
+// sent since the pause.
+func (c *Core) Pushed() uint64 { return c.n.pushed }
+
+// SentSincePause is how many pages went out since the pause.
+func (c *Core) SentSincePause() uint64 { return c.n.sent - c.pre.sent }
+
+// PagesSent is how many page records went out in all.
+func (c *Core) PagesSent() uint64 { return c.n.sent }
+
+// Fill writes the Core's figures into r: the pre-copy rounds, then (once
+// paused) the post-copy phase ending at end, and the totals. resumed is when
+// the destination said it resumed (zero: not known).
+func (c *Core) Fill(r *livemig.Report, end, resumed time.Time, handed bool) {
+	r.Rounds = append(r.Rounds[:0], c.rounds...)
+	if !c.pauseAt.IsZero() {
+		r.Rounds = append(r.Rounds, livemig.Round{
+			Index: len(c.rounds) + 1, Final: true, Start: c.pauseAt.Sub(c.start), Duration: end.Sub(c.pauseAt),
+			DirtyPages: c.toPush, PagesSent: c.n.sent - c.pre.sent, ZeroPages: c.n.zero - c.pre.zero,
+			Bytes: c.n.bytes - c.pre.bytes,
+		})
+	}
+	r.TotalTime = end.Sub(c.start)
+	if !resumed.IsZero() && !c.pauseAt.IsZero() {
+		r.Downtime = resumed.Sub(c.pauseAt)
+	}
+	r.BytesSent, r.PagesSent, r.PagesResent, r.ZeroPages = c.n.bytes, c.n.sent, c.n.resent, c.n.zero
+	if c.cfg.LZ4 {
+		r.Codec = &livemig.CodecStats{RawBytes: c.n.raw, EncodedBytes: c.n.encoded, LZ4Pages: c.n.lz4}
+	}
+	r.Converged = true
+	if handed {
+		if r.PostCopy == nil {
+			r.PostCopy = &livemig.PostCopyStats{}
+		}
+		r.PostCopy.PagesPushed, r.PostCopy.PagesPulled = c.n.pushed, c.n.pulled
+	}
+}
