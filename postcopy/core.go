@@ -333,19 +333,19 @@ func (c *Core) Discarded() {
 }
 
 // Paused says the guest is paused, at now, and (hybrid) the dirty log is
-// synced into DirtyLog. It returns the pages whose copy at the destination
-// is stale (the Core's, valid until the next call), for the switchover's
-// Discard chunks; they and every page not yet sent are left for the push.
-func (c *Core) Paused(now time.Time) (stale []uint64, err error) {
+// synced into DirtyLog. It returns, as an OpDiscard step, the pages whose
+// copy at the destination is stale, for the switchover's Discard chunks
+// (none: no chunk); they and every page not yet sent are left for the push.
+func (c *Core) Paused(now time.Time) (Out, error) {
 	if c.phase != phasePause {
-		return nil, fmt.Errorf("postcopy: core: Paused in phase %d", c.phase)
+		return Out{}, fmt.Errorf("postcopy: core: Paused in phase %d", c.phase)
 	}
 	c.pauseAt = now
 	c.pre = c.n
 	c.phase = phaseHandover
 	if c.cfg.PreCopyRounds > 0 {
 		if err := c.checkDirty(); err != nil {
-			return nil, err
+			return Out{}, err
 		}
 		if c.cfg.Order != nil {
 			c.cfg.Order.Observe(c.dirty.Words())
@@ -358,7 +358,7 @@ func (c *Core) Paused(now time.Time) (stale []uint64, err error) {
 		c.dirty.ClearAll()
 	}
 	c.toPush = c.pages - c.sent.Count()
-	return c.dirty.Words(), nil
+	return Out{Op: OpDiscard, Stale: c.dirty.Words(), Bytes: discardSize(c.dirty.Words())}, nil
 }
 
 // Left is how many pages the last synced dirty log named.

@@ -139,7 +139,7 @@ type receiver struct {
 
 	outMu       sync.Mutex
 	outstanding map[uint64][]time.Time // requested pages not yet placed: when each fault began
-	waits       latencies
+	waits       FaultWaits
 	faults      uint64
 
 	sendMu sync.Mutex // serialises Sends
@@ -620,7 +620,7 @@ func (r *receiver) request(ctx context.Context, n uint64, at time.Time) {
 	r.outMu.Lock()
 	r.faults++
 	if r.isHeld(n) {
-		r.waits.add(r.cfg.Clock.Now().Sub(at))
+		r.waits.Add(r.cfg.Clock.Now().Sub(at))
 		r.outMu.Unlock()
 		return
 	}
@@ -652,7 +652,7 @@ func (r *receiver) served(n uint64) {
 	if ts, ok := r.outstanding[n]; ok {
 		now := r.cfg.Clock.Now()
 		for _, t := range ts {
-			r.waits.add(now.Sub(t))
+			r.waits.Add(now.Sub(t))
 		}
 		delete(r.outstanding, n)
 	}
@@ -781,10 +781,10 @@ func (r *receiver) fillReport() {
 		return // keep the figures sent to the source with AckComplete
 	}
 	r.outMu.Lock()
-	p50, p99, mx := r.waits.summary()
+	p50, p99, mx := r.waits.Summary()
 	r.rep.PostCopy.DemandFaults = r.faults
 	r.rep.PostCopy.FaultP50, r.rep.PostCopy.FaultP99, r.rep.PostCopy.FaultMax = p50, p99, mx
-	r.rep.PostCopy.WaitTotal = r.waits.total
+	r.rep.PostCopy.WaitTotal = r.waits.Total()
 	r.outMu.Unlock()
 	if r.rep.Resumed {
 		if at := r.lastAt.Load(); at > 0 {

@@ -173,6 +173,8 @@ type migration struct {
 	dstStats              destStats
 	haveStats             bool
 	pushDoneEvent         bool
+	timer                 *time.Timer // sleep's, on the wall clock
+	unflushed             bool        // pages written on the main connection since its last flush
 
 	// mainSend sends from the goroutine that runs the migration; urgSend
 	// from the urgent sender.
@@ -432,7 +434,7 @@ func (m *migration) switchover(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := m.sendDiscard(ctx, stale); err != nil {
+	if err := m.sendDiscard(ctx, stale.Stale); err != nil {
 		return err
 	}
 	arg := uint64(round)
@@ -638,10 +640,12 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 			if err := m.sendPage(ctx, s.conn, m.mainSend, o); err != nil {
 				return err
 			}
+			m.unflushed = true
 			if o.Flush {
 				if err := s.conn.Flush(ctx); err != nil {
 					return linkErr("flush requested pages", err)
 				}
+				m.unflushed = false
 			}
 			if !o.Pulled {
 				if pushed++; pushed%PushEventEvery == 0 {
@@ -650,8 +654,11 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 			}
 			continue
 		case OpWait, OpIdle:
-			if err := s.conn.Flush(ctx); err != nil {
-				return linkErr("push", err)
+			if m.unflushed {
+				if err := s.conn.Flush(ctx); err != nil {
+					return linkErr("push", err)
+				}
+				m.unflushed = false
 			}
 			m.pushDone()
 			select { // the urgent sender may have its end marker to send
@@ -725,7 +732,17 @@ func (m *migration) complete(ack transport.Msg) error {
 // has something, the session fails or ctx ends.
 func (m *migration) sleep(ctx context.Context, s *session, at time.Time) error {
 	var timer <-chan struct{}
-	if !at.IsZero() {
+	var wall <-chan time.Time
+	if _, ok := m.cfg.Clock.(livemig.WallClock); ok && !at.IsZero() {
+		if m.timer == nil {
+			m.timer = time.NewTimer(time.Until(at))
+		} else {
+			m.timer.Reset(time.Until(at))
+		}
+		defer m.timer.Stop()
+		wall = m.timer.C
+	} else if !at.IsZero() {
+		// Another clock (a virtual one) is waited on in the background.
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		t := make(chan struct{})
@@ -738,6 +755,7 @@ func (m *migration) sleep(ctx context.Context, s *session, at time.Time) error {
 	select {
 	case <-m.wake:
 	case <-timer:
+	case <-wall:
 	case rm := <-s.ret:
 		if _, err := m.handleReturn(rm); err != nil {
 			return err

@@ -102,13 +102,17 @@ func bitmapChunks(bm []uint64, buf []byte, send func(first uint64, data []byte) 
 	return buf, nil
 }
 
-// latencies collects fault wait times and summarises them.
-type latencies struct {
+// FaultWaits collects the time a destination's guest waited on each demand
+// fault and summarises it: the destination's figures, which package
+// scenario's model of the destination keeps the same way. The zero value is
+// empty; not safe for concurrent use.
+type FaultWaits struct {
 	d     []time.Duration
 	total time.Duration
 }
 
-func (l *latencies) add(d time.Duration) {
+// Add records one fault's wait (a negative one as zero).
+func (l *FaultWaits) Add(d time.Duration) {
 	if d < 0 {
 		d = 0
 	}
@@ -116,9 +120,12 @@ func (l *latencies) add(d time.Duration) {
 	l.total += d
 }
 
-// summary returns the 50th and 99th percentiles (nearest rank) and the
+// Total is the sum of the waits.
+func (l *FaultWaits) Total() time.Duration { return l.total }
+
+// Summary returns the 50th and 99th percentiles (nearest rank) and the
 // maximum.
-func (l *latencies) summary() (p50, p99, mx time.Duration) {
+func (l *FaultWaits) Summary() (p50, p99, mx time.Duration) {
 	if len(l.d) == 0 {
 		return 0, 0, 0
 	}

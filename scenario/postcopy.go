@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/bits"
-	"slices"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -33,15 +31,11 @@ const (
 // PostCopy is a post-copy migration in the simulated world, or with
 // PreCopyRounds > 0 a hybrid one; its Migrate method is a Migrator.
 //
-// It is a discrete-event model, not package postcopy's engine: the engine
-// runs a push, a return-path reader and (with an urgent connection) a
-// request server as goroutines on one end, and over a transport.SimLink
-// which of them reads or writes first, and so the virtual times, would
-// depend on the Go scheduler. The model makes the engine's decisions with
-// the engine's own pieces — the push in the Order's order, the pages a
-// request brings (postcopy.Prepager), the discard of stale copies, a page
-// sent once unless re-sent urgently — in one goroutine, over a model of
-// the link and of the destination's vCPU:
+// It runs package postcopy's Core, the engine's own decisions (the
+// pre-copy rounds and their stop rule, the discard of stale copies, the
+// push in the Order's order at its rate cap, the pages a request brings
+// and the send-once rule, and every counter of the report), in an event
+// loop over a model of the link and of the destination's vCPU:
 //
 //   - The link carries one record at a time at the scenario's bandwidth;
 //     each arrives a latency after its last byte left. The source keeps
@@ -49,9 +43,9 @@ const (
 //     main connection joins the end of that queue; with Urgent it goes on
 //     the wire next, after the record being sent (QEMU's
 //     postcopy-preempt).
-//   - Without Urgent the source handles a request when its push next gets
-//     room to write (the push was blocked in a send); with Urgent, or when
-//     the push is idle, at once.
+//   - The source asks the Core for the main connection's next record when
+//     the queue has room, and for the urgent connection's when a request
+//     arrives: as Migrate does when its writes return.
 //   - The destination runs one vCPU: from the resume on, the workload's
 //     writes (continuing from the running time the guest had at the pause)
 //     are its accesses, made in steps of Quantum. An access to a page that
@@ -62,15 +56,8 @@ const (
 //     lower bound for a guest that reads more than it writes; one vCPU
 //     makes the wait an upper bound for a guest whose other vCPUs run on.
 //
-// One difference from the engine: a hybrid engine names most stale copies
-// before the pause and waits for the destination to discard them (so that
-// the destination's madvise per page stays out of the downtime); the model
-// names them all at the switchover, charging their list to the link (about
-// 0.3 ms for a 4 GiB guest at 1 Gbit/s) and, like the engine, no time for
-// the destination to discard.
-//
-// Pages carry the simulated guest's real contents, zero pages cost only
-// their record (LZ4 blocks their size, with LZ4), and the destination is a sim.Sink that Run checks page by
+// Pages carry the simulated guest's real contents, encoded as the engine
+// encodes them, and the destination is a sim.Sink that Run checks page by
 // page against the paused source. The figures are the engine's: Report
 // with Rounds (pre-copy rounds, then the post-copy phase), Downtime from
 // the pause to the destination's Ack(Resumed) at the source, and PostCopy.
@@ -82,9 +69,8 @@ type PostCopy struct {
 	// Urgent sends requested pages (and their pre-paged neighbours) ahead
 	// of the push, as postcopy.Config.Urgent does.
 	Urgent bool
-	// LZ4 compresses the pages sent, as postcopy.Config.LZ4 does (with the
-	// engine's postcopy.PageEncoder, so the same pages go compressed). The
-	// source's CPU time is not modelled: the link is the bottleneck.
+	// LZ4 compresses the pages sent, as postcopy.Config.LZ4 does, with the
+	// engine's encoder, so the same pages go compressed.
 	LZ4 bool
 	// Order, if set, makes the push order (and the order of the pre-copy
 	// rounds after the first) for a guest of pages pages; once per Run.
@@ -94,6 +80,11 @@ type PostCopy struct {
 	QueueBytes int
 	// Quantum is the vCPU's step; DefaultQuantum if 0.
 	Quantum time.Duration
+
+	// For the differential test: trace sees every page record the source
+	// writes; noVCPU keeps the destination's vCPU still (no demand faults).
+	trace  func(page uint64)
+	noVCPU bool
 }
 
 // Migrate runs the model on e; see PostCopy. It closes e's connections,
@@ -226,8 +217,16 @@ func (f *recQueue) pop() record {
 type record struct {
 	page  uint64
 	bytes int
-	done  bool // the Done message, not a page
+	kind  recKind
 }
+
+type recKind uint8
+
+const (
+	recPage recKind = iota
+	recCtl          // a control record: the Commit, the urgent end marker
+	recDone         // the Done message
+)
 
 const (
 	recOverhead = transport.RecordOverhead
@@ -246,33 +245,24 @@ type pcModel struct {
 	lat   time.Duration
 	order precopy.Order
 
+	core    *postcopy.Core
 	report  *livemig.Report
 	resumed bool
-
-	// Source.
-	sent, usent, ever []uint64
-	dirty, plan       []uint64
-	push              []uint64 // the push order, fixed at the switchover
-	pushAt            int
-	pushDone          bool
-	nextPush          time.Time
-	pushTimer         bool
-	pending           []uint64 // requests waiting for the blocked push (main connection)
-	prepager          *postcopy.Prepager
-	buf               []byte
-	enc               *postcopy.PageEncoder
+	buf     []byte
+	enc     *postcopy.PageEncoder
 
 	// Wire, source to destination.
-	events evHeap
-	seq    uint64
-	busy   bool
-	mainQ  recQueue // written on the main connection, not yet on the wire
-	urgQ   recQueue // requested pages on the urgent connection
+	events    evHeap
+	seq       uint64
+	busy      bool
+	mainQ     recQueue // written on the main connection, not yet on the wire
+	urgQ      recQueue // requested pages on the urgent connection
+	pushTimer bool
 
 	// Destination.
-	present  []uint64
+	present  *bitmap.Bitmap // pages the destination holds
 	held     uint64
-	asked    []uint64
+	asked    *bitmap.Bitmap
 	vrun     time.Duration // the vCPU's running time
 	acc      []uint64
 	touch    sim.WriteFunc // appends to acc; bound once
@@ -280,13 +270,12 @@ type pcModel struct {
 	stalled  bool
 	stallOn  uint64
 	faultAt  time.Time
-	waits    []time.Duration
+	waits    postcopy.FaultWaits
+	nFaults  uint64
 	lastAt   time.Time
 	resumeAt time.Time
 
-	nSent, nBytes, nZero, nResent, nPushed, nPulled uint64
-	nRaw, nEncoded, nLZ4                            uint64 // with LZ4
-	err                                             error  // the first failure in the event loop
+	err error // the first failure in the event loop
 }
 
 func (m *pcModel) tx(n int) time.Duration {
@@ -296,9 +285,6 @@ func (m *pcModel) tx(n int) time.Duration {
 	return time.Duration(float64(n) * 8 * 1e9 / m.bw)
 }
 
-func has(b []uint64, n uint64) bool { return b[n>>6]&(1<<(n&63)) != 0 }
-func set(b []uint64, n uint64)      { b[n>>6] |= 1 << (n & 63) }
-
 func (m *pcModel) run(ctx context.Context) error {
 	clock := m.e.SourceClock
 	alg := "post-copy"
@@ -306,123 +292,37 @@ func (m *pcModel) run(ctx context.Context) error {
 		alg = "hybrid"
 	}
 	m.report = &livemig.Report{Algorithm: alg, GuestPages: m.pages, PageSize: m.ps}
-	words := livemig.WordsFor(m.pages)
-	m.sent, m.usent, m.ever = make([]uint64, words), make([]uint64, words), make([]uint64, words)
-	m.dirty, m.present, m.asked = make([]uint64, words), make([]uint64, words), make([]uint64, words)
+	m.present, m.asked = bitmap.New(m.pages), bitmap.New(m.pages)
 	m.buf, m.enc = make([]byte, m.ps), postcopy.NewPageEncoder(m.ps, m.cfg.LZ4)
-	m.prepager = postcopy.NewPrepager(prepageBase(m.cfg.Prepage))
 	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
+	core, err := postcopy.NewCore(postcopy.CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: m.cfg.PreCopyRounds,
+		PushBandwidth: m.cfg.PushBandwidth, LZ4: m.cfg.LZ4, Order: m.order, Prepage: prepageBase(m.cfg.Prepage),
+		Urgent: m.cfg.Urgent}, start)
+	if err != nil {
+		return fmt.Errorf("scenario: post-copy model: %w", err)
+	}
+	m.core = core
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("scenario: post-copy model: %w", err)
 	}
-	if m.cfg.PreCopyRounds > 0 {
-		if err := m.precopy(ctx, start); err != nil {
-			return err
-		}
+	if err := m.precopy(ctx); err != nil {
+		return err
 	}
-
-	// Switchover: pause, discard stale copies, state, Ack(Ready), Commit.
-	pauseAt := clock.Now()
-	if err := m.g.Pause(ctx); err != nil {
-		return fmt.Errorf("scenario: post-copy model: pause: %w", err)
+	end, err := m.handover(ctx)
+	if err == nil {
+		end, err = m.loop(ctx)
 	}
-	var ctl int
-	if m.cfg.PreCopyRounds > 0 {
-		if err := m.syncDirty(); err != nil {
-			return err
-		}
-		ctl += postcopy.DiscardSize(m.dirty)
-		for i, w := range m.dirty {
-			m.sent[i] &^= w
-		}
-		clear(m.dirty)
-	}
-	copy(m.present, m.sent)
-	m.held = bitmap.CountWords(m.present)
-	toPush := m.pages - m.held
-	preSent, preBytes, preZero := m.nSent, m.nBytes, m.nZero
-	state, err := m.g.SaveState(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("scenario: post-copy model: save state: %w", err)
-	}
-	m.report.StateBytes = uint64(len(state))
-	m.nBytes += uint64(len(state)) + 2*recOverhead
-	ctl += len(state) + 2*recOverhead
-	stateAt := pauseAt.Add(m.tx(ctl) + m.lat)
-	if err := m.sink.LoadState(ctx, state); err != nil {
-		return fmt.Errorf("scenario: post-copy model: destination load state: %w", err)
-	}
-	readyAt := stateAt.Add(m.tx(recOverhead) + m.lat) // Ack(Ready) at the source
-	m.resumeAt = readyAt.Add(m.tx(recOverhead) + m.lat)
-	if err := m.sink.Resume(ctx); err != nil {
-		return fmt.Errorf("scenario: post-copy model: destination resume: %w", err)
-	}
-	m.resumed = true
-	ackResumed := m.resumeAt.Add(m.tx(recOverhead) + m.lat)
-	m.report.Downtime = ackResumed.Sub(pauseAt)
-
-	// Post-copy: the push starts behind the Commit, the vCPU at the resume.
-	if m.order != nil {
-		unsent := make([]uint64, words)
-		for i, w := range m.sent {
-			unsent[i] = ^w
-		}
-		if rem := m.pages % 64; rem != 0 {
-			unsent[words-1] &= 1<<rem - 1
-		}
-		m.push = m.order.Plan(nil, unsent)
-	} else {
-		m.push = make([]uint64, 0, toPush)
-		for n := uint64(0); n < m.pages; n++ {
-			if !has(m.sent, n) {
-				m.push = append(m.push, n)
-			}
-		}
-	}
-	for _, n := range m.push {
-		if n >= m.pages {
-			return fmt.Errorf("scenario: post-copy model: order planned page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
-		}
-	}
-	commitAt := readyAt.Add(m.tx(recOverhead))
-	m.vrun = m.g.Stats().RunTime
-	m.nextPush = commitAt
-	m.schedule(m.resumeAt, evGuest, record{})
-	if m.held == m.pages {
-		m.lastAt = m.resumeAt
-	}
-	m.pusher(commitAt)
-	if m.err != nil {
-		return m.err
-	}
-	endAt, err := m.loop(ctx)
 	if err != nil {
 		return err
 	}
-	clock.AdvanceTo(endAt)
-
-	pc := livemig.Round{Index: len(m.report.Rounds) + 1, Final: true, Start: pauseAt.Sub(start), Duration: endAt.Sub(pauseAt),
-		DirtyPages: toPush, PagesSent: m.nSent - preSent, ZeroPages: m.nZero - preZero, Bytes: m.nBytes - preBytes}
-	m.report.Rounds = append(m.report.Rounds, pc)
-	m.report.TotalTime = endAt.Sub(start)
-	m.report.BytesSent, m.report.PagesSent, m.report.PagesResent, m.report.ZeroPages = m.nBytes, m.nSent, m.nResent, m.nZero
-	m.report.Converged = true
+	clock.AdvanceTo(end)
+	ackResumed := m.resumeAt.Add(m.tx(recOverhead) + m.lat)
+	m.core.Fill(m.report, end, ackResumed, true)
 	m.report.Verified = m.sink.Received() == m.pages
-	if m.cfg.LZ4 {
-		m.report.Codec = &livemig.CodecStats{RawBytes: m.nRaw, EncodedBytes: m.nEncoded, LZ4Pages: m.nLZ4}
-	}
-	st := &livemig.PostCopyStats{PagesPushed: m.nPushed, PagesPulled: m.nPulled, DemandFaults: uint64(len(m.waits)),
-		LastPage: m.lastAt.Sub(m.resumeAt)}
-	if len(m.waits) > 0 {
-		slices.Sort(m.waits)
-		at := func(q float64) time.Duration { return m.waits[int(q*float64(len(m.waits)-1)+0.5)] }
-		st.FaultP50, st.FaultP99, st.FaultMax = at(0.5), at(0.99), m.waits[len(m.waits)-1]
-		for _, w := range m.waits {
-			st.WaitTotal += w
-		}
-	}
-	m.report.PostCopy = st
+	st := m.report.PostCopy
+	st.DemandFaults, st.LastPage, st.WaitTotal = m.nFaults, m.lastAt.Sub(m.resumeAt), m.waits.Total()
+	st.FaultP50, st.FaultP99, st.FaultMax = m.waits.Summary()
 	return nil
 }
 
@@ -437,124 +337,135 @@ func prepageBase(p int) int {
 	return p
 }
 
-func (m *pcModel) syncDirty() error {
-	if err := m.g.SyncDirty(m.dirty); err != nil {
-		return fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
-	}
-	if m.order != nil {
-		m.order.Observe(m.dirty)
-	}
-	return nil
-}
-
-// precopy runs the pre-copy rounds of a hybrid migration: the source
-// writes page after page as the link takes them (nothing comes back before
-// the switchover), the destination stores them.
-func (m *pcModel) precopy(ctx context.Context, start time.Time) error {
+// precopy carries out the Core's steps up to the pause: the pre-copy rounds
+// of a hybrid migration, the source writing page after page as the link
+// takes them, and the discard of the copies they left stale, which waits a
+// round trip for the destination's answer.
+func (m *pcModel) precopy(ctx context.Context) error {
 	clock := m.e.SourceClock
-	if err := m.g.SyncDirty(m.dirty); err != nil {
-		return fmt.Errorf("scenario: post-copy model: start dirty log: %w", err)
-	}
-	clear(m.dirty)
-	var left, prev uint64
-	for round := 1; ; round++ {
-		r := livemig.Round{Index: round, Start: clock.Now().Sub(start), DirtyPages: m.pages}
-		if round > 1 {
-			r.DirtyPages = left
-		}
-		t0 := clock.Now()
-		s0, b0, z0 := m.nSent, m.nBytes, m.nZero
-		send := func(n uint64) error {
-			if (m.nSent-s0)%4096 == 0 {
-				if err := ctx.Err(); err != nil {
-					return fmt.Errorf("scenario: post-copy model: %w", err)
-				}
+	for i := 0; ; i++ {
+		if i%4096 == 0 {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("scenario: post-copy model: %w", err)
 			}
-			set(m.sent, n)
-			size, err := m.sendPage(n)
+		}
+		o := m.core.Next(clock.Now(), false)
+		switch o.Op {
+		case postcopy.OpSync:
+			if err := m.g.SyncDirty(m.core.DirtyLog()); err != nil {
+				return fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
+			}
+			if err := m.core.Synced(clock.Now()); err != nil {
+				return fmt.Errorf("scenario: post-copy model: %w", err)
+			}
+		case postcopy.OpPage:
+			size, err := m.sendPage(o)
 			if err != nil {
 				return err
 			}
+			_ = m.present.Set(o.Page)
 			clock.Advance(m.tx(size))
+		case postcopy.OpEndRound:
+			clock.Advance(m.tx(recOverhead))
+		case postcopy.OpDiscard:
+			// The chunks and an EndRound asking for Ack(AckRound).
+			clock.Advance(m.tx(o.Bytes + recOverhead))
+			clock.Advance(2*m.lat + m.tx(recOverhead))
+			m.discard(o.Stale)
+			m.core.Discarded()
+		case postcopy.OpPause:
 			return nil
-		}
-		if round == 1 {
-			for n := uint64(0); n < m.pages; n++ {
-				if err := send(n); err != nil {
-					return err
-				}
-			}
-		} else {
-			var list []uint64
-			if m.order != nil {
-				m.plan = m.order.Plan(m.plan[:0], m.dirty)
-				list = m.plan
-			} else {
-				m.plan = m.plan[:0]
-				for i, w := range m.dirty {
-					for w != 0 {
-						m.plan = append(m.plan, uint64(i)*64+uint64(bits.TrailingZeros64(w)))
-						w &= w - 1
-					}
-				}
-				list = m.plan
-			}
-			clear(m.dirty)
-			for _, n := range list {
-				if n >= m.pages {
-					return fmt.Errorf("scenario: post-copy model: order planned page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
-				}
-				if err := send(n); err != nil {
-					return err
-				}
-			}
-		}
-		clock.Advance(m.tx(recOverhead)) // EndRound
-		r.Duration = clock.Now().Sub(t0)
-		r.PagesSent, r.Bytes, r.ZeroPages = m.nSent-s0, m.nBytes-b0, m.nZero-z0
-		m.report.Rounds = append(m.report.Rounds, r)
-		if err := m.syncDirty(); err != nil {
-			return err
-		}
-		prev, left = left, bitmap.CountWords(m.dirty)
-		if round >= m.cfg.PreCopyRounds || left == 0 || (round > 1 && left >= prev) {
-			return nil
+		default:
+			return fmt.Errorf("scenario: post-copy model: core asked for %v before the pause", o.Op)
 		}
 	}
 }
 
-// sendPage reads page n of the source, stores it at the destination's sink
-// and counts it as sent; it returns the record's size.
-func (m *pcModel) sendPage(n uint64) (int, error) {
+// discard makes the pages set in stale missing at the destination.
+func (m *pcModel) discard(stale []uint64) {
+	b, _ := bitmap.FromWords(stale, m.pages)
+	m.present.Difference(b)
+}
+
+// handover pauses the guest, sends the discards, the switchover and the
+// state, and resumes the guest at the destination; it returns when the
+// destination is done if every page was there already.
+func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
+	clock := m.e.SourceClock
+	pauseAt := clock.Now()
+	if err := m.g.Pause(ctx); err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: pause: %w", err)
+	}
+	if m.cfg.PreCopyRounds > 0 {
+		if err := m.g.SyncDirty(m.core.DirtyLog()); err != nil {
+			return time.Time{}, fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
+		}
+	}
+	stale, err := m.core.Paused(pauseAt)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: %w", err)
+	}
+	m.discard(stale.Stale)
+	m.held = m.present.Count()
+	state, err := m.g.SaveState(ctx, nil)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: save state: %w", err)
+	}
+	m.report.StateBytes = uint64(len(state))
+	m.core.StateSent(len(state))
+	ctl := stale.Bytes + len(state) + 2*recOverhead // discards, switchover, state
+	stateAt := pauseAt.Add(m.tx(ctl) + m.lat)
+	if err := m.sink.LoadState(ctx, state); err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: destination load state: %w", err)
+	}
+	readyAt := stateAt.Add(m.tx(recOverhead) + m.lat) // Ack(Ready) at the source
+	if err := m.core.Committed(readyAt); err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: %w", err)
+	}
+	m.resumeAt = readyAt.Add(m.tx(recOverhead) + m.lat)
+	// The Commit is on its way: the destination resumes whatever the
+	// source's context does.
+	if err := m.sink.Resume(context.WithoutCancel(ctx)); err != nil {
+		return time.Time{}, fmt.Errorf("scenario: post-copy model: destination resume: %w", err)
+	}
+	m.resumed = true
+
+	// Post-copy: the push starts behind the Commit, the vCPU at the resume.
+	m.vrun = m.g.Stats().RunTime
+	if !m.cfg.noVCPU {
+		m.schedule(m.resumeAt, evGuest, record{})
+	}
+	if m.held == m.pages {
+		m.lastAt = m.resumeAt
+	}
+	m.mainQ.push(record{kind: recCtl, bytes: recOverhead}) // the Commit
+	m.startWire(readyAt)
+	m.pusher(readyAt)
+	return time.Time{}, m.err
+}
+
+// sendPage reads page o.Page of the source, stores it at the destination's
+// sink, and tells the Core; it returns the record's size.
+func (m *pcModel) sendPage(o postcopy.Out) (int, error) {
+	n := o.Page
 	if err := m.g.ReadPage(n, m.buf); err != nil {
 		return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
 	}
 	enc, data := m.enc.Encode(m.buf)
-	size := recOverhead + len(data)
 	var err error
 	if enc == transport.EncZero {
-		m.nZero++
 		err = m.sink.ZeroPage(n)
 	} else {
-		if m.cfg.LZ4 {
-			m.nRaw += uint64(m.ps)
-			m.nEncoded += uint64(len(data))
-			if enc == transport.EncLZ4 {
-				m.nLZ4++
-			}
-		}
 		err = m.sink.WritePage(n, m.buf)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("scenario: post-copy model: destination page %d: %w", n, err)
 	}
-	m.nSent++
-	m.nBytes += uint64(size)
-	if has(m.ever, n) {
-		m.nResent++
+	m.core.Wrote(o, enc, len(data))
+	if m.cfg.trace != nil {
+		m.cfg.trace(n)
 	}
-	set(m.ever, n)
-	return size, nil
+	return recOverhead + len(data), nil
 }
 
 func (m *pcModel) schedule(at time.Time, k evKind, r record) {
@@ -562,25 +473,23 @@ func (m *pcModel) schedule(at time.Time, k evKind, r record) {
 	m.events.push(event{at: at, seq: m.seq, kind: k, rec: r})
 }
 
-// send writes page n at time now on the main connection or, urgent, ahead
-// of it, and returns its record's size. The destination's copy is stored at
-// once (the guest is paused, so it is the copy that arrives); the page
-// counts as held when it arrives. A failure is kept in m.err, which the
-// event loop returns.
-func (m *pcModel) send(now time.Time, n uint64, urgent bool) int {
-	size, err := m.sendPage(n)
+// send writes the page of step o at time now on the main connection or,
+// urgent, ahead of it. The destination's copy is stored at once (the guest
+// is paused, so it is the copy that arrives); the page counts as held when
+// it arrives. A failure is kept in m.err, which the event loop returns.
+func (m *pcModel) send(now time.Time, o postcopy.Out, urgent bool) {
+	size, err := m.sendPage(o)
 	if err != nil {
 		m.err = cmp.Or(m.err, err)
-		return 0
+		return
 	}
-	r := record{page: n, bytes: size}
+	r := record{page: o.Page, bytes: size}
 	if urgent {
 		m.urgQ.push(r)
 	} else {
 		m.mainQ.push(r)
 	}
 	m.startWire(now)
-	return size
 }
 
 // startWire puts the next record on the idle wire: urgent ones first.
@@ -603,99 +512,57 @@ func (m *pcModel) startWire(now time.Time) {
 	m.schedule(fin.Add(m.lat), evArrive, r)
 }
 
-// pusher writes push pages while the queue has room (and the rate cap
-// allows), handling first the requests that waited for it.
+// pusher carries out the Core's main-connection steps while the queue has
+// room, then the urgent connection's.
 func (m *pcModel) pusher(now time.Time) {
-	for {
-		for _, n := range m.pending {
-			m.serve(now, n)
-		}
-		m.pending = m.pending[:0]
-		if m.pushDone || m.mainQ.bytes >= m.cfg.QueueBytes {
-			return
-		}
-		n, ok := m.nextUnsent()
-		if !ok {
-			m.pushDone = true
+	for m.err == nil && m.mainQ.bytes < m.cfg.QueueBytes {
+		o := m.core.Next(now, false)
+		switch o.Op {
+		case postcopy.OpPage:
+			m.send(now, o, false)
+			continue
+		case postcopy.OpWait:
+			if !m.pushTimer {
+				m.pushTimer = true
+				m.schedule(o.At, evPush, record{})
+			}
+		case postcopy.OpDone:
 			// Done follows every page on the main connection (with an
-			// urgent one, after its end marker: urgent records go first).
-			m.mainQ.push(record{done: true, bytes: recOverhead})
+			// urgent one, after its end marker).
+			m.mainQ.push(record{kind: recDone, bytes: recOverhead})
 			m.startWire(now)
-			return
-		}
-		if m.cfg.PushBandwidth > 0 {
-			if now.Before(m.nextPush) {
-				if !m.pushTimer {
-					m.pushTimer = true
-					m.schedule(m.nextPush, evPush, record{})
-				}
-				return
+		case postcopy.OpIdle:
+			if m.urgent(now) {
+				continue // the marker went: Done may follow
 			}
-			// Behind schedule: catch up, but by no more than the engine's
-			// postcopy.PushSlack.
-			if floor := now.Add(-postcopy.PushSlack); m.nextPush.Before(floor) {
-				m.nextPush = floor
-			}
+		default:
+			m.err = cmp.Or(m.err, fmt.Errorf("scenario: post-copy model: core asked for %v in the push", o.Op))
 		}
-		set(m.sent, n)
-		m.pushAt++
-		m.nPushed++
-		size := m.send(now, n, false)
-		if m.cfg.PushBandwidth > 0 {
-			// The cap counts the record's bytes, as the engine's does.
-			m.nextPush = m.nextPush.Add(time.Duration(float64(size) * 1e9 / float64(m.cfg.PushBandwidth)))
-		}
+		return
 	}
 }
 
-// nextUnsent returns the next page of the push not yet sent.
-func (m *pcModel) nextUnsent() (uint64, bool) {
-	for m.pushAt < len(m.push) {
-		n := m.push[m.pushAt]
-		if !has(m.sent, n) {
-			return n, true
-		}
-		m.pushAt++
+// urgent carries out the Core's urgent-connection steps; it says whether
+// the end marker went out.
+func (m *pcModel) urgent(now time.Time) (marked bool) {
+	if !m.cfg.Urgent {
+		return false
 	}
-	return 0, false
-}
-
-// serve sends requested page n and its neighbours, as the engine does.
-func (m *pcModel) serve(now time.Time, n uint64) {
-	urgent := m.cfg.Urgent
-	claim := func(p uint64, resend bool) bool {
-		if resend {
-			if has(m.usent, p) {
-				return false
-			}
-			set(m.usent, p)
-			set(m.sent, p)
-			return true
-		}
-		if has(m.sent, p) {
-			return false
-		}
-		set(m.sent, p)
-		if urgent {
-			set(m.usent, p)
-		}
-		return true
-	}
-	if claim(n, urgent) {
-		m.nPulled++
-		m.send(now, n, urgent)
-	}
-	dir, more := m.prepager.Next(n, m.pages)
-	for i := 1; i <= more; i++ {
-		p := n + uint64(i)
-		if dir < 0 {
-			p = n - uint64(i)
-		}
-		if claim(p, false) {
-			m.nPulled++
-			m.send(now, p, urgent)
+	for m.err == nil {
+		o := m.core.Next(now, true)
+		switch o.Op {
+		case postcopy.OpPage:
+			m.send(now, o, true)
+		case postcopy.OpMarker:
+			m.urgQ.push(record{kind: recCtl, bytes: recOverhead})
+			m.startWire(now)
+			m.core.Wrote(o, 0, 0)
+			marked = true
+		default:
+			return marked
 		}
 	}
+	return marked
 }
 
 // loop runs the events until the source has the destination's final Ack;
@@ -721,26 +588,25 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 			m.pushTimer = false
 			m.pusher(now)
 		case evRequest:
-			switch {
-			case m.pushDone:
-				// Every page is on its way: the engine has nothing to add
-				// (an urgent server has sent its end marker).
-			case m.cfg.Urgent || m.mainQ.bytes < m.cfg.QueueBytes:
-				m.serve(now, ev.rec.page)
-			default:
-				// The push is blocked in a write; it handles the request
-				// once the write returns. (Otherwise it is idle, waiting
-				// on its rate cap.)
-				m.pending = append(m.pending, ev.rec.page)
+			if err := m.core.Request(ev.rec.page, 1); err != nil {
+				return time.Time{}, fmt.Errorf("scenario: post-copy model: %w", err)
 			}
+			if m.cfg.Urgent {
+				m.urgent(now)
+			}
+			// Without an urgent connection the requested pages go when the
+			// push can next write.
+			m.pusher(now)
 		case evArrive:
-			if ev.rec.done {
+			switch ev.rec.kind {
+			case recDone:
 				if m.held != m.pages {
 					return time.Time{}, fmt.Errorf("scenario: post-copy model: Done with %d of %d pages held (a model bug)", m.held, m.pages)
 				}
 				return now.Add(m.tx(recOverhead) + m.lat), nil
+			case recPage:
+				m.arrive(now, ev.rec.page)
 			}
-			m.arrive(now, ev.rec.page)
 		case evGuest:
 			m.vcpu(now)
 		}
@@ -752,16 +618,16 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 
 // arrive places page n at the destination if it is missing.
 func (m *pcModel) arrive(now time.Time, n uint64) {
-	if has(m.present, n) {
+	if m.present.Test(n) {
 		return
 	}
-	set(m.present, n)
+	_ = m.present.Set(n)
 	if m.held++; m.held == m.pages {
 		m.lastAt = now
 	}
 	if m.stalled && m.stallOn == n {
 		m.stalled = false
-		m.waits = append(m.waits, now.Sub(m.faultAt))
+		m.waits.Add(now.Sub(m.faultAt))
 		m.schedule(now, evGuest, record{})
 	}
 }
@@ -780,12 +646,13 @@ func (m *pcModel) vcpu(now time.Time) {
 	}
 	for ; m.accAt < len(m.acc); m.accAt++ {
 		n := m.acc[m.accAt]
-		if n >= m.pages || has(m.present, n) {
+		if n >= m.pages || m.present.Test(n) {
 			continue
 		}
 		m.stalled, m.stallOn, m.faultAt = true, n, now
-		if !has(m.asked, n) {
-			set(m.asked, n)
+		m.nFaults++
+		if !m.asked.Test(n) {
+			_ = m.asked.Set(n)
 			m.schedule(now.Add(m.tx(reqBytes)+m.lat), evRequest, record{page: n})
 		}
 		return
