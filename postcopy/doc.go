@@ -78,17 +78,17 @@
 // goroutines block in Access. FaultQueue adapts a fault callback (faultmem's
 // Config.OnFault) to a FaultSource.
 //
-// # The simulated world
+// # One core, two worlds
 //
-// The engine is concurrent (a push, a return-path reader and an urgent
-// server share one end), so over a transport.SimLink its virtual-time
-// figures would depend on goroutine scheduling. Package scenario's
-// PostCopy is a deterministic discrete-event model of this engine instead:
-// it takes the push order from Config.Order's Order, the pages a request
-// brings from this package's Prepager, and the discard and send-once rules
-// from here, the page records from PageEncoder, and runs the destination's
-// vCPU on the simulated workload, so that examples/compare can set
-// post-copy and hybrid beside pre-copy.
+// Every decision of the source (the pre-copy rounds and their stop rule,
+// which copies are stale, the push order and its rate, what a request
+// brings, what is sent once, the report's counters) is made by Core, a
+// deterministic state machine fed facts and time. Migrate drives it with
+// goroutines and connections; package scenario's PostCopy drives the same
+// Core in an event loop over a model of the link and of the destination's
+// vCPU, so that examples/compare sets post-copy and hybrid beside
+// pre-copy. A differential test in package scenario checks that both send
+// the same pages in the same order and report the same counters.
 //
 // # Usage
 //

@@ -10,11 +10,13 @@
 //
 // Pre-copy runs the same engine code that migrates real memory over TCP
 // (package precopy), over a transport.SimLink. Post-copy and hybrid run
-// PostCopy, a discrete-event model that makes package postcopy's
-// decisions with its own pieces (push order, postcopy.Prepager, discard of
-// stale copies) and runs the destination's vCPU on the workload, faults
-// costing a round trip: the engine's concurrent push and return path
-// would make virtual-time figures depend on goroutine scheduling.
+// PostCopy, an event loop that drives package postcopy's Core (every
+// decision of the engine: rounds, discards, push, requests, pre-paging,
+// counters) over a model of the link and runs the destination's vCPU on
+// the workload, faults costing a round trip: the engine's goroutines
+// around the same Core would make virtual-time figures depend on
+// scheduling. TestDifferentialPostCopy checks that the two worlds send the
+// same pages in the same order and count the same.
 package scenario
 
 import (

@@ -1,0 +1,227 @@
+package postcopy
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+)
+
+var t0 = livemig.VirtualEpoch
+
+// committed returns a post-copy Core of pages pages past its hand-over.
+func committed(t *testing.T, cfg CoreConfig) *Core {
+	t.Helper()
+	cfg.PageSize = 4096
+	c, err := NewCore(cfg, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.Next(t0, false); o.Op != OpPause {
+		t.Fatalf("first step %v, want Pause", o.Op)
+	}
+	if err := c.Request(0, 1); !errors.Is(err, livemig.ErrCorrupt) {
+		t.Fatalf("request before the hand-over: %v", err)
+	}
+	if _, err := c.Paused(t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Committed(t0); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// step takes the next step on a connection and, for a page or the marker,
+// says it was written as a raw page.
+func step(c *Core, now time.Time, urgent bool) Out {
+	o := c.Next(now, urgent)
+	if o.Op == OpPage || o.Op == OpMarker {
+		c.Wrote(o, transport.EncRaw, 4096)
+	}
+	return o
+}
+
+func TestCoreRequestsGoBeforeThePush(t *testing.T) {
+	c := committed(t, CoreConfig{Pages: 100, Prepage: 2})
+	if o := step(c, t0, false); o.Op != OpPage || o.Page != 0 || o.Pulled {
+		t.Fatalf("first push step %+v", o)
+	}
+	if err := c.Request(50, 1); err != nil {
+		t.Fatal(err)
+	}
+	// The page asked for, then two neighbours, the last flushed.
+	for i, want := range []uint64{50, 51, 52} {
+		o := step(c, t0, false)
+		if o.Op != OpPage || o.Page != want || !o.Pulled || o.Flush != (i == 2) {
+			t.Fatalf("requested step %d: %+v, want page %d", i, o, want)
+		}
+	}
+	// A request for a page sent brings only its unsent neighbours: the
+	// window doubled as the faults moved on.
+	if err := c.Request(52, 1); err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for o := step(c, t0, false); o.Pulled; o = step(c, t0, false) {
+		got = append(got, o.Page)
+	}
+	if len(got) != 4 || got[0] != 53 || got[3] != 56 {
+		t.Fatalf("second request sent %v, want 53..56", got)
+	}
+	// The push skips what requests sent, and Done follows the last page.
+	n := 0
+	for o := step(c, t0, false); o.Op != OpDone; o = step(c, t0, false) {
+		if o.Op != OpPage || (o.Page >= 50 && o.Page <= 56) {
+			t.Fatalf("push step %+v", o)
+		}
+		n++
+	}
+	if n+1+7 != 100-1 {
+		t.Fatalf("pushed %d pages after the first, want %d", n, 100-1-1-7)
+	}
+	if err := c.Request(200, 1); !errors.Is(err, livemig.ErrPageRange) {
+		t.Fatalf("request past the end: %v", err)
+	}
+	var r livemig.Report
+	c.Fill(&r, t0, t0, true)
+	if r.PagesSent != 100 || r.PostCopy.PagesPulled != 7 || r.PostCopy.PagesPushed != 93 || r.PagesResent != 0 {
+		t.Fatalf("figures: sent %d pushed %d pulled %d resent %d", r.PagesSent, r.PostCopy.PagesPushed, r.PostCopy.PagesPulled, r.PagesResent)
+	}
+}
+
+func TestCoreUrgentResendsOnceAndMarksTheEnd(t *testing.T) {
+	c := committed(t, CoreConfig{Pages: 4, Urgent: true})
+	if o := step(c, t0, false); o.Page != 0 {
+		t.Fatalf("push %+v", o)
+	}
+	if o := c.Next(t0, true); o.Op != OpIdle {
+		t.Fatalf("urgent with nothing asked: %v", o.Op)
+	}
+	// Page 0 was pushed but may be queued behind the push: it goes again,
+	// on the urgent connection, once.
+	_ = c.Request(0, 1)
+	_ = c.Request(0, 1)
+	if o := step(c, t0, true); o.Op != OpPage || o.Page != 0 || !o.Flush {
+		t.Fatalf("urgent %+v", o)
+	}
+	if o := c.Next(t0, true); o.Op != OpIdle {
+		t.Fatalf("urgent sent page 0 twice: %+v", o)
+	}
+	for _, want := range []uint64{1, 2, 3} {
+		if o := step(c, t0, false); o.Page != want {
+			t.Fatalf("push %+v, want %d", o, want)
+		}
+	}
+	// Done waits for the urgent stream's end marker.
+	if o := c.Next(t0, false); o.Op != OpIdle {
+		t.Fatalf("main before the marker: %v", o.Op)
+	}
+	if o := step(c, t0, true); o.Op != OpMarker {
+		t.Fatalf("urgent after the push: %v", o.Op)
+	}
+	if o := c.Next(t0, false); o.Op != OpDone {
+		t.Fatalf("main after the marker: %v", o.Op)
+	}
+	var r livemig.Report
+	c.Fill(&r, t0, t0, true)
+	if r.PagesResent != 1 || r.PostCopy.PagesPulled != 1 || r.PostCopy.PagesPushed != 4 {
+		t.Fatalf("figures: resent %d pulled %d pushed %d", r.PagesResent, r.PostCopy.PagesPulled, r.PostCopy.PagesPushed)
+	}
+}
+
+func TestCorePushKeepsItsRate(t *testing.T) {
+	const bw = 4096 + transport.RecordOverhead // one page a second
+	c := committed(t, CoreConfig{Pages: 3, PushBandwidth: bw})
+	now := t0
+	if o := step(c, now, false); o.Op != OpPage {
+		t.Fatalf("first push: %v", o.Op)
+	}
+	o := c.Next(now, false)
+	if o.Op != OpWait || !o.At.Equal(t0.Add(time.Second)) {
+		t.Fatalf("after a page: %+v, want a wait until a second on", o)
+	}
+	// Late by more than the slack: catch up, by at most pushSlack.
+	now = t0.Add(10 * time.Second)
+	if o := step(c, now, false); o.Op != OpPage {
+		t.Fatalf("late push: %v", o.Op)
+	}
+	if o := c.Next(now, false); o.Op != OpWait || !o.At.Equal(now.Add(-pushSlack).Add(time.Second)) {
+		t.Fatalf("after catching up: %+v", o)
+	}
+}
+
+func TestCoreReconnectedPushesWhatIsNotHeld(t *testing.T) {
+	c := committed(t, CoreConfig{Pages: 130, Urgent: true})
+	for range 10 {
+		step(c, t0, false)
+	}
+	held := make([]uint64, 3)
+	held[0] = 1<<5 - 1 // pages 0..4 arrived
+	if err := c.Reconnected(t0, held, false); err != nil {
+		t.Fatal(err)
+	}
+	if o := step(c, t0, false); o.Op != OpPage || o.Page != 5 {
+		t.Fatalf("after the reconnection: %+v, want page 5", o)
+	}
+	// Without an urgent connection now, requests go on the main one.
+	_ = c.Request(100, 1)
+	if o := step(c, t0, false); o.Page != 100 || !o.Pulled {
+		t.Fatalf("request after the reconnection: %+v", o)
+	}
+	if err := c.Reconnected(t0, []uint64{0}, false); !errors.Is(err, livemig.ErrPageRange) {
+		t.Fatalf("short held bitmap: %v", err)
+	}
+}
+
+func TestCoreHybridRounds(t *testing.T) {
+	c, err := NewCore(CoreConfig{Pages: 70, PageSize: 4096, PreCopyRounds: 2}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expect := func(op Op) Out {
+		t.Helper()
+		o := step(c, t0, false)
+		if o.Op != op {
+			t.Fatalf("step %v, want %v", o.Op, op)
+		}
+		return o
+	}
+	expect(OpSync)
+	if err := c.Synced(t0); err != nil {
+		t.Fatal(err)
+	}
+	for range 70 {
+		expect(OpPage)
+	}
+	expect(OpEndRound)
+	expect(OpSync)
+	c.DirtyLog()[0] = 1<<3 | 1<<9
+	c.DirtyLog()[1] = 1 << 1 // page 65
+	if err := c.Synced(t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []uint64{3, 9, 65} {
+		if o := expect(OpPage); o.Page != want {
+			t.Fatalf("round 2 sent %d, want %d", o.Page, want)
+		}
+	}
+	expect(OpEndRound)
+	expect(OpSync)
+	c.DirtyLog()[0] = 1 << 9
+	if err := c.Synced(t0); err != nil {
+		t.Fatal(err)
+	}
+	// Round 2 was the last: page 9 is stale at the destination.
+	if o := expect(OpDiscard); o.Stale[0] != 1<<9 || o.Bytes != transport.RecordOverhead+8 {
+		t.Fatalf("discard %+v", o)
+	}
+	c.Discarded()
+	expect(OpPause)
+	c.DirtyLog()[1] = 1<<1 | 1<<10 // page 65 dirtied again; page 74 is past the end
+	if _, err := c.Paused(t0); !errors.Is(err, livemig.ErrPageRange) {
+		t.Fatalf("dirty log past the end: %v", err)
+	}
+}
