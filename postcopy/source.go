@@ -654,7 +654,9 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 			}
 			continue
 		case OpWait, OpIdle:
-			if m.unflushed {
+			// Flush before a wait, but a short one of the rate cap: a
+			// flush a page would cost a write a page.
+			if m.unflushed && (o.Op == OpIdle || o.At.Sub(m.cfg.Clock.Now()) > pushSlack) {
 				if err := s.conn.Flush(ctx); err != nil {
 					return linkErr("push", err)
 				}
