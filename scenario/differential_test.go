@@ -3,7 +3,9 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"net"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -20,25 +22,83 @@ import (
 // source: a transport.Conn over a real in-memory pipe that advances the
 // source's virtual clock as PostCopy's model of the link does (every record
 // the source writes takes its size at the bandwidth; an answer the source
-// waits for, a round trip's record) and records the pages written.
+// waits for, a round trip's record), records the pages written, and plays
+// the script's requests: after the k-th page written since the switchover
+// it hands the source's return-path reader a request and returns only once
+// the reader has taken it in, so the request lands between the same two
+// steps as in the simulator.
 type detConn struct {
 	transport.Conn
-	clock *livemig.VirtualClock
-	bw    float64
-	mu    *sync.Mutex
-	pages *[]uint64
+	clock  *livemig.VirtualClock
+	bw     float64
+	mu     *sync.Mutex
+	pages  *[]uint64
+	script map[int]uint64
+
+	paused  bool // the switchover went
+	writes  int  // pages written since
+	inject  chan transport.Msg
+	entered chan struct{} // the reader is in Recv again
+	pump    chan recvd
+	closed  chan struct{}
+	once    sync.Once
+}
+
+type recvd struct {
+	m   transport.Msg
+	err error
+}
+
+func newDetConn(c transport.Conn, clock *livemig.VirtualClock, bw float64, mu *sync.Mutex, pages *[]uint64, script map[int]uint64) *detConn {
+	d := &detConn{Conn: c, clock: clock, bw: bw, mu: mu, pages: pages, script: script,
+		inject: make(chan transport.Msg), entered: make(chan struct{}, 1), pump: make(chan recvd), closed: make(chan struct{})}
+	go func() {
+		for {
+			var m transport.Msg
+			err := c.Recv(context.Background(), &m)
+			m.Data = slices.Clone(m.Data)
+			select {
+			case d.pump <- recvd{m, err}:
+			case <-d.closed:
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return d
 }
 
 func (c *detConn) tx(n int) time.Duration { return time.Duration(float64(n) * 8 * 1e9 / c.bw) }
+
+func (c *detConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
 
 func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 	if err := c.Conn.Send(ctx, m); err != nil {
 		return err
 	}
+	if m.Kind == transport.KindSwitchover {
+		c.paused = true
+	}
 	if m.Kind == transport.KindPage {
 		c.mu.Lock()
 		*c.pages = append(*c.pages, m.Page)
 		c.mu.Unlock()
+		if c.paused {
+			c.writes++
+			if p, ok := c.script[c.writes]; ok {
+				select { // a stale signal from before
+				case <-c.entered:
+				default:
+				}
+				c.inject <- transport.Msg{Kind: transport.KindRequest, Page: p, Arg: 1}
+				<-c.entered
+			}
+		}
 	}
 	// Before the pause the source's clock is the link's; after it the guest
 	// stands still and the model times the push by events instead.
@@ -50,63 +110,112 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 }
 
 func (c *detConn) Recv(ctx context.Context, m *transport.Msg) error {
-	err := c.Conn.Recv(ctx, m)
-	if err == nil && m.Kind == transport.KindAck && m.Arg == transport.AckRound {
-		c.clock.Advance(c.tx(transport.RecordOverhead)) // the Ack's record
+	select {
+	case c.entered <- struct{}{}:
+	default:
 	}
-	return err
+	select {
+	case *m = <-c.inject:
+		return nil
+	case r := <-c.pump:
+		*m = r.m
+		if r.err == nil && m.Kind == transport.KindAck && m.Arg == transport.AckRound {
+			c.clock.Advance(c.tx(transport.RecordOverhead)) // the Ack's record
+		}
+		return r.err
+	case <-c.closed:
+		return net.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// recorder is a Conn that records the pages written on it.
+type recorder struct {
+	transport.Conn
+	mu    *sync.Mutex
+	pages *[]uint64
+}
+
+func (c recorder) Send(ctx context.Context, m transport.Msg) error {
+	if err := c.Conn.Send(ctx, m); err != nil {
+		return err
+	}
+	if m.Kind == transport.KindPage {
+		c.mu.Lock()
+		*c.pages = append(*c.pages, m.Page)
+		c.mu.Unlock()
+	}
+	return nil
 }
 
 // TestDifferentialPostCopy runs one migration twice, by package postcopy's
-// driver (goroutines, a real in-memory connection, postcopy.Receive at the
+// driver (goroutines, real in-memory connections, postcopy.Receive at the
 // destination) over a deterministic link and by this package's simulator,
-// and checks both send the same pages in the same order and report the same
-// counters: both run postcopy.Core, and neither decides anything else. The
-// destination's guest does not run (no demand faults, whose timing the two
-// worlds model differently), so every page arrives by the rounds or the
-// push.
+// and checks both send the same pages in the same order on each connection
+// and report the same counters: both run postcopy.Core, and neither
+// decides anything else. The destination's guest does not run: its demand
+// faults would come at times the two worlds model differently (a real
+// scheduler, a modelled vCPU). Requests come from a script instead, at the
+// same step in both.
 func TestDifferentialPostCopy(t *testing.T) {
 	const pages = 2048
 	freq := func(pages uint64) (precopy.Order, error) {
 		return reorder.NewFrequency(pages, reorder.FrequencyConfig{})
 	}
+	// Requests for pages the push has not reached, for one it has, one
+	// twice, and neighbours of pages asked for.
+	script := map[int]uint64{3: 1500, 4: 1501, 10: 2, 40: 700, 41: 1500, 300: 699, 900: 2047}
 	cases := []struct {
 		name string
 		pc   PostCopy
 		w    Workload
 	}{
 		{"post-copy", PostCopy{}, Workload{Kind: "hotcold", Rate: 20000}},
-		{"post-copy lz4 capped", PostCopy{LZ4: true, PushBandwidth: 16 << 20}, Workload{Kind: "mix", Rate: 20000}},
+		{"post-copy requests", PostCopy{script: script}, Workload{Kind: "hotcold", Rate: 20000}},
+		{"post-copy urgent requests", PostCopy{Urgent: true, script: script, Prepage: 4}, Workload{Kind: "hotcold", Rate: 20000}},
+		{"post-copy lz4 capped", PostCopy{LZ4: true, PushBandwidth: 16 << 20, script: script}, Workload{Kind: "mix", Rate: 20000}},
 		{"hybrid", PostCopy{PreCopyRounds: 3}, Workload{Kind: "hotcold", Rate: 30000}},
-		{"hybrid lz4 ordered", PostCopy{PreCopyRounds: 4, LZ4: true, Order: freq}, Workload{Kind: "mix", Rate: 30000}},
+		{"hybrid lz4 ordered urgent", PostCopy{PreCopyRounds: 4, LZ4: true, Order: freq, Urgent: true, script: script},
+			Workload{Kind: "mix", Rate: 30000}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			sc := Scenario{Name: c.name, GuestBytes: pages * 4096, Workload: c.w, Bandwidth: 1e9, Seed: 7}
-			var simPages []uint64
+			var simMain, simUrgent []uint64
 			pc := c.pc
-			pc.trace = func(n uint64) { simPages = append(simPages, n) }
+			pc.trace = func(n uint64, urgent bool) {
+				if urgent {
+					simUrgent = append(simUrgent, n)
+				} else {
+					simMain = append(simMain, n)
+				}
+			}
 			pc.noVCPU = true
 			res, err := Run(context.Background(), sc, Algorithm{Name: c.name, Migrate: pc.Migrate})
 			if err != nil || res.Err != nil || !res.Verified {
 				t.Fatalf("simulator: %v, %v, verified %v", err, res.Err, res.Verified)
 			}
-			rep, realPages := runDriver(t, sc, c.pc)
-			if len(simPages) == 0 || !reflect.DeepEqual(simPages, realPages) {
+			rep, realMain, realUrgent := runDriver(t, sc, c.pc)
+			if len(simMain) == 0 || !reflect.DeepEqual(simMain, realMain) {
 				t.Fatalf("page order differs: simulator %d records, driver %d; first difference at %d",
-					len(simPages), len(realPages), firstDiff(simPages, realPages))
+					len(simMain), len(realMain), firstDiff(simMain, realMain))
+			}
+			if !reflect.DeepEqual(simUrgent, realUrgent) || (c.pc.Urgent && len(realUrgent) == 0) {
+				t.Fatalf("urgent pages differ: simulator %v, driver %v", simUrgent, realUrgent)
 			}
 			if got, want := counters(rep), counters(res.Report); got != want {
 				t.Fatalf("counters differ:\ndriver    %s\nsimulator %s", got, want)
 			}
-			t.Logf("%d page records, %s", len(realPages), counters(rep))
+			t.Logf("%d + %d urgent page records, %s", len(realMain), len(realUrgent), counters(rep))
 		})
 	}
 }
 
 // runDriver migrates sc's guest with postcopy.Migrate and Receive over a
-// detConn, and returns the source's report and the pages it wrote.
-func runDriver(t *testing.T, sc Scenario, pc PostCopy) (*livemig.Report, []uint64) {
+// detConn (and a recorded urgent connection with pc.Urgent), and returns the
+// source's report and the pages it wrote on each connection.
+func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, main, urgent []uint64) {
 	t.Helper()
 	ctx := context.Background()
 	pages := sc.GuestBytes / 4096
@@ -127,24 +236,15 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (*livemig.Report, []uint6
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, b := transport.Pipe(1 << 20)
-	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
-	var dconn transport.Conn
-	var derr error
-	opened := make(chan struct{})
-	go func() {
-		defer close(opened)
-		dconn, _, derr = transport.Open(ctx, b, hello, transport.Config{Liveness: -1})
-	}()
-	conn, _, err := transport.Open(ctx, a, hello, transport.Config{Liveness: -1})
-	<-opened
-	if err != nil || derr != nil {
-		t.Fatalf("handshake: %v, %v", err, derr)
-	}
+	conn, dconn := openPipe(t, pages)
 	var mu sync.Mutex
-	var sent []uint64
-	src := &detConn{Conn: conn, clock: clock, bw: sc.Bandwidth, mu: &mu, pages: &sent}
+	src := newDetConn(conn, clock, sc.Bandwidth, &mu, &main, pc.script)
 	cfg := postcopy.Config{Clock: clock, PreCopyRounds: pc.PreCopyRounds, LZ4: pc.LZ4, PushBandwidth: pc.PushBandwidth, Prepage: pc.Prepage}
+	var dcfg postcopy.Config
+	if pc.Urgent {
+		u, du := openPipe(t, pages)
+		cfg.Urgent, dcfg.Urgent = recorder{u, &mu, &urgent}, du
+	}
 	if pc.Order != nil {
 		if cfg.Order, err = pc.Order(pages); err != nil {
 			t.Fatal(err)
@@ -152,19 +252,38 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (*livemig.Report, []uint6
 	}
 	done := make(chan struct{})
 	var drep *postcopy.ReceiveReport
+	var derr error
 	go func() {
 		defer close(done)
-		drep, derr = postcopy.Receive(ctx, dconn, postcopy.Destination{Memory: mem, VM: sink, Pages: pages, PageSize: 4096},
-			postcopy.Config{})
+		drep, derr = postcopy.Receive(ctx, dconn, postcopy.Destination{Memory: mem, VM: sink, Pages: pages, PageSize: 4096}, dcfg)
 	}()
-	rep, err := postcopy.Migrate(ctx, src, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
+	rep, err = postcopy.Migrate(ctx, src, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
 	<-done
 	if err != nil || derr != nil || !rep.Verified || !drep.Complete {
 		t.Fatalf("driver: source %v, destination %v, verified %v", err, derr, rep != nil && rep.Verified)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	return rep, sent
+	return rep, main, urgent
+}
+
+// openPipe returns the two ends of an in-memory connection, handshaken.
+func openPipe(t *testing.T, pages uint64) (a, b transport.Conn) {
+	t.Helper()
+	la, lb := transport.Pipe(1 << 20)
+	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
+	var berr error
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		b, _, berr = transport.Open(context.Background(), lb, hello, transport.Config{Liveness: -1})
+	}()
+	a, _, err := transport.Open(context.Background(), la, hello, transport.Config{Liveness: -1})
+	<-opened
+	if err != nil || berr != nil {
+		t.Fatalf("handshake: %v, %v", err, berr)
+	}
+	return a, b
 }
 
 // counters prints a report's figures that do not depend on how the link

@@ -82,9 +82,12 @@ type PostCopy struct {
 	Quantum time.Duration
 
 	// For the differential test: trace sees every page record the source
-	// writes; noVCPU keeps the destination's vCPU still (no demand faults).
-	trace  func(page uint64)
+	// writes; noVCPU keeps the destination's vCPU still (no demand faults);
+	// script[k] is a page the destination asks for once the k-th page of
+	// the post-copy phase is written on the main connection.
+	trace  func(page uint64, urgent bool)
 	noVCPU bool
+	script map[int]uint64
 }
 
 // Migrate runs the model on e; see PostCopy. It closes e's connections,
@@ -275,7 +278,8 @@ type pcModel struct {
 	lastAt   time.Time
 	resumeAt time.Time
 
-	err error // the first failure in the event loop
+	err        error // the first failure in the event loop
+	mainWrites int   // page records written on the main connection after the pause
 }
 
 func (m *pcModel) tx(n int) time.Duration {
@@ -463,7 +467,7 @@ func (m *pcModel) sendPage(o postcopy.Out) (int, error) {
 	}
 	m.core.Wrote(o, enc, len(data))
 	if m.cfg.trace != nil {
-		m.cfg.trace(n)
+		m.cfg.trace(n, m.cfg.Urgent && o.Pulled)
 	}
 	return recOverhead + len(data), nil
 }
@@ -520,6 +524,9 @@ func (m *pcModel) pusher(now time.Time) {
 		switch o.Op {
 		case postcopy.OpPage:
 			m.send(now, o, false)
+			if m.cfg.script != nil {
+				m.scripted(now)
+			}
 			continue
 		case postcopy.OpWait:
 			if !m.pushTimer {
@@ -539,6 +546,18 @@ func (m *pcModel) pusher(now time.Time) {
 			m.err = cmp.Or(m.err, fmt.Errorf("scenario: post-copy model: core asked for %v in the push", o.Op))
 		}
 		return
+	}
+}
+
+// scripted makes the request the differential test's script has for the
+// page just written on the main connection.
+func (m *pcModel) scripted(now time.Time) {
+	m.mainWrites++
+	if p, ok := m.cfg.script[m.mainWrites]; ok {
+		if err := m.core.Request(p, 1); err != nil {
+			m.err = cmp.Or(m.err, err)
+		}
+		m.urgent(now)
 	}
 }
 
