@@ -46,7 +46,7 @@ import (
 )
 
 // Trigger says where in which connection a rule fires: either at a frame
-// (Kind, Arg, Nth, After) or at a byte offset (AfterBytes).
+// (Kind, Arg, Nth, After, Since) or at a byte offset (AfterBytes).
 type Trigger struct {
 	// Conn is the connection watched, by the order the proxy accepted
 	// them (one whose dial of the target failed is not counted): 0 is the
@@ -75,6 +75,12 @@ type Trigger struct {
 	// than just before its first byte. It applies to Close, Stall and
 	// HalfOpen only.
 	After bool
+	// Since, if not AnyKind, starts the count at a phase of the protocol:
+	// frames are matched only after the first frame of kind Since in Dir
+	// on a watched connection (that frame is not matched itself). With
+	// Kind KindPage and Since KindCommit, Nth counts the pages pushed after
+	// a hybrid migration's hand-over, not those of its pre-copy rounds.
+	Since Kind
 
 	// AfterBytes, if over 0, makes this a byte trigger instead: it fires
 	// once AfterBytes bytes of Dir have been forwarded on the connection,
@@ -116,8 +122,8 @@ func (r Rule) check() error {
 		return bad(fmt.Sprintf("bit %d", r.Bit))
 	case r.After && (r.Fault == FlipHeader || r.Fault == FlipPayload || r.Fault == Drop):
 		return bad("After applies to close, stall and half-open only")
-	case r.AfterBytes > 0 && (r.Kind != AnyKind || r.Arg != nil || r.Nth != 0 || r.After):
-		return bad("AfterBytes excludes Kind, Arg, Nth and After")
+	case r.AfterBytes > 0 && (r.Kind != AnyKind || r.Arg != nil || r.Nth != 0 || r.After || r.Since != AnyKind):
+		return bad("AfterBytes excludes Kind, Arg, Nth, After and Since")
 	case r.AfterBytes > 0 && (r.Fault == FlipHeader || r.Fault == Drop):
 		return bad("needs a frame, not AfterBytes")
 	}
@@ -213,6 +219,7 @@ type rule struct {
 	Rule
 	idx     int
 	matched int  // frames matched so far
+	since   bool // the first frame of kind Since has passed
 	claimed bool // a connection has taken it: it fires there or nowhere
 }
 

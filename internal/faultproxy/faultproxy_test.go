@@ -469,6 +469,23 @@ func TestAnyConn(t *testing.T) {
 	}
 }
 
+// TestSince counts the matching frames only after the first frame of kind
+// Since: the pages of the pre-copy rounds before a Commit do not count.
+func TestSince(t *testing.T) {
+	h := newHarness(t, Rule{Trigger: Trigger{Kind: KindPage, Nth: 2, Since: KindCommit}, Fault: Close})
+	client, server := h.dial()
+	head := cat(hello(), pages(1, 100, 1), pages(2, 100, 2), pages(3, 100, 3), control(KindCommit, 0, 0, nil), pages(4, 100, 4))
+	write(t, client, cat(head, pages(5, 100, 5), pages(6, 100, 6)))
+	if got := readN(t, server, len(head)); !bytes.Equal(got, head) {
+		t.Error("bytes before the fault changed")
+	}
+	expectEnd(t, server)
+	want := Event{Fault: Close, Kind: KindPage, Nth: 2, Offset: int64(len(head))}
+	if ev := waitFired(t, h.p); len(ev) != 1 || ev[0] != want {
+		t.Errorf("events %v, want %v", ev, want)
+	}
+}
+
 func TestAfterBytes(t *testing.T) {
 	for _, f := range []Fault{Close, Stall, HalfOpen} {
 		t.Run(f.String(), func(t *testing.T) {
@@ -629,6 +646,7 @@ func TestRules(t *testing.T) {
 		{Trigger: Trigger{Nth: -1}, Fault: Close},
 		{Trigger: Trigger{AfterBytes: -1}, Fault: Close},
 		{Trigger: Trigger{AfterBytes: 5, Kind: KindPage}, Fault: Close},
+		{Trigger: Trigger{AfterBytes: 5, Since: KindCommit}, Fault: Close},
 		{Trigger: Trigger{AfterBytes: 5}, Fault: FlipHeader},
 		{Trigger: Trigger{AfterBytes: 5}, Fault: Drop},
 		{Trigger: Trigger{After: true}, Fault: FlipPayload},

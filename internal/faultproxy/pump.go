@@ -256,8 +256,14 @@ func (pm *pump) decide() {
 	// after its rules were claimed.
 	c.frames[pm.dir][kind].Add(1)
 	for _, r := range p.rules {
-		if r.claimed || p.healed || r.AfterBytes > 0 || !r.watches(c.idx, pm.dir) ||
-			r.Kind != AnyKind && r.Kind != kind ||
+		if r.claimed || p.healed || r.AfterBytes > 0 || !r.watches(c.idx, pm.dir) {
+			continue
+		}
+		if r.Since != AnyKind && !r.since {
+			r.since = kind == r.Since
+			continue
+		}
+		if r.Kind != AnyKind && r.Kind != kind ||
 			r.Arg != nil && (!hasArg || !r.Arg(arg)) {
 			continue
 		}
