@@ -21,7 +21,7 @@
 //
 // # Usage
 //
-//	rep, err := hybrid.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g},
+//	rep, err := hybrid.Migrate(ctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g},
 //		hybrid.Config{Rounds: 3})
 //
 // and at the destination, whose memory must implement postcopy.Discarder
@@ -38,7 +38,6 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/postcopy"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -84,7 +83,7 @@ func (c Config) postcopy() (postcopy.Config, error) {
 // It owns conn (and cfg.Urgent) and closes them. The report's Rounds are the
 // pre-copy rounds and a final post-copy round; see postcopy.Migrate for the
 // failure rules.
-func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg Config) (*livemig.Report, error) {
+func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg Config) (*livemig.Report, error) {
 	pc, err := cfg.postcopy()
 	if err != nil {
 		conn.Close()

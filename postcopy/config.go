@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"time"
 
 	"github.com/livemig/livemig"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -37,7 +35,7 @@ type Config struct {
 	// Order is the order of the background push (and of the pre-copy
 	// rounds after the first); package reorder provides them. Nil:
 	// ascending page numbers.
-	Order precopy.Order
+	Order livemig.Order
 	// Prepage is how many neighbours of a requested page the source sends
 	// right after it (Hines and Gopalan's pre-paging): in the direction the
 	// faults are moving, and twice as many, up to 8×Prepage, while they
@@ -132,42 +130,28 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// EventKind names a step of a migration.
-type EventKind int
+// EventKind and Event are livemig's. The source reports RoundStarted,
+// RoundEnded, Pausing, HandedOver, Pushing (every PushEventEvery pages),
+// PushDone, LinkCut, Reconnected and Finished; the destination Resumed,
+// LinkCut and Reconnected.
+type (
+	EventKind = livemig.EventKind
+	Event     = livemig.Event
+)
 
-// Steps reported to Config.OnEvent. The source reports all but Resumed; the
-// destination reports Resumed, LinkCut and Reconnected.
+// The steps post-copy reports to Config.OnEvent.
 const (
-	RoundStarted EventKind = iota // a pre-copy round begins
-	RoundEnded                    // a pre-copy round ended
-	Pausing                       // the source is about to pause
-	HandedOver                    // the source sent Commit: it will not run the guest again
-	Pushing                       // progress of the push, every PushEventEvery pages
-	PushDone                      // every page is sent; Done follows
-	LinkCut                       // the link failed after the hand-over
-	Reconnected                   // a new link replaced it
-	Resumed                       // the destination resumed the guest
-	Finished                      // the destination holds and verified every page
+	RoundStarted = livemig.RoundStarted
+	RoundEnded   = livemig.RoundEnded
+	Pausing      = livemig.Pausing
+	HandedOver   = livemig.HandedOver
+	Pushing      = livemig.Pushing
+	PushDone     = livemig.PushDone
+	LinkCut      = livemig.LinkCut
+	Reconnected  = livemig.Reconnected
+	Resumed      = livemig.Resumed
+	Finished     = livemig.Finished
 )
 
 // PushEventEvery is how many pages go between two Pushing events.
 const PushEventEvery = 1024
-
-func (k EventKind) String() string {
-	names := [...]string{"round-started", "round-ended", "pausing", "handed-over", "pushing", "push-done",
-		"link-cut", "reconnected", "resumed", "finished"}
-	if k < 0 || int(k) >= len(names) {
-		return fmt.Sprintf("EventKind(%d)", int(k))
-	}
-	return names[k]
-}
-
-// Event is one step of a migration.
-type Event struct {
-	Kind      EventKind
-	Round     int
-	Pages     uint64 // RoundStarted: pages to send; Pushing: pages sent since the switchover
-	PagesSent uint64 // page records sent so far (source)
-	Elapsed   time.Duration
-	Err       error // LinkCut: what broke
-}

@@ -6,7 +6,6 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -95,7 +94,7 @@ type CoreConfig struct {
 	PreCopyRounds int
 	PushBandwidth int64
 	LZ4           bool
-	Order         precopy.Order
+	Order         livemig.Order
 	Prepage       int
 	// Urgent says requested pages go on an urgent connection.
 	Urgent bool

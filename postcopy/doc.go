@@ -93,7 +93,7 @@
 // # Usage
 //
 //	// Source side.
-//	rep, err := postcopy.Migrate(ctx, conn, precopy.Source{Memory: guest, VM: guest},
+//	rep, err := postcopy.Migrate(ctx, conn, livemig.Source{Memory: guest, VM: guest},
 //		postcopy.Config{Urgent: urgentConn, Redial: redial})
 //
 //	// Destination side.

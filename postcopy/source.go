@@ -15,7 +15,6 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/internal/handover"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -65,7 +64,7 @@ const ackFlag = 1 << 33
 // error wraps livemig.ErrIncomplete and the source must be kept, paused, with
 // its memory: the guest's memory is split between the two hosts. The report
 // returned with an error holds the figures up to the failure.
-func Migrate(ctx context.Context, conn transport.Conn, src precopy.Source, cfg Config) (*livemig.Report, error) {
+func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg Config) (*livemig.Report, error) {
 	cfg.setDefaults()
 	closeAll := func() {
 		conn.Close()
@@ -151,7 +150,7 @@ func (s *session) close() {
 // what to send when is the Core's.
 type migration struct {
 	cfg    Config
-	src    precopy.Source
+	src    livemig.Source
 	log    *slog.Logger
 	pages  uint64
 	ps     int

@@ -163,42 +163,21 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// Order is the order a round's pages go out in; reorder.Order satisfies it.
-// Observe is called after every sync of the dirty log with the pages found
-// dirty; Plan appends the pages set in dirty to dst in sending order, each
-// once, without modifying dirty. Both are called from the migrating
-// goroutine.
-type Order interface {
-	Observe(dirty []uint64)
-	Plan(dst []uint64, dirty []uint64) []uint64
-	Name() string
-}
+// Order is the order a round's pages go out in: livemig.Order.
+type Order = livemig.Order
 
-// EventKind names a step of a migration.
-type EventKind int
-
-// Steps reported to Config.OnEvent.
-const (
-	RoundStarted EventKind = iota
-	RoundEnded
-	Throttled
-	Stopping // the source is about to pause: stop-and-copy begins
-	Finished // the destination resumed
+// EventKind and Event are livemig's; pre-copy reports RoundStarted,
+// RoundEnded, Throttled, Stopping and Finished (the destination resumed).
+type (
+	EventKind = livemig.EventKind
+	Event     = livemig.Event
 )
 
-func (k EventKind) String() string {
-	return [...]string{"round-started", "round-ended", "throttled", "stopping", "finished"}[k]
-}
-
-// Event is one step of a migration, as seen by the source.
-type Event struct {
-	Kind             EventKind
-	Round            int
-	DirtyPages       uint64        // pages to send in this round (RoundStarted) or left after it (RoundEnded)
-	PagesSent        uint64        // so far
-	BytesSent        uint64        // so far
-	Elapsed          time.Duration // since the migration started
-	ExpectedDowntime time.Duration // at the bandwidth of the last round
-	Throttle         float64
-	Reason           string
-}
+// The steps pre-copy reports to Config.OnEvent.
+const (
+	RoundStarted = livemig.RoundStarted
+	RoundEnded   = livemig.RoundEnded
+	Throttled    = livemig.Throttled
+	Stopping     = livemig.Stopping
+	Finished     = livemig.Finished
+)

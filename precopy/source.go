@@ -20,13 +20,8 @@ import (
 	"github.com/livemig/livemig/verify"
 )
 
-// Source is the guest being migrated away: its memory, its dirty log and
-// its control.
-type Source struct {
-	Memory livemig.Memory
-	Dirty  livemig.DirtySource
-	VM     livemig.VM
-}
+// Source is the guest being migrated away: livemig.Source.
+type Source = livemig.Source
 
 // recordOverhead is the wire cost of a message besides its data (page or
 // argument, kind and length), counted for the state and done messages of the
@@ -212,7 +207,7 @@ func (m *migration) event(k EventKind, round int, dirty uint64, reason string, e
 		return
 	}
 	m.cfg.OnEvent(Event{
-		Kind: k, Round: round, DirtyPages: dirty, PagesSent: m.report.PagesSent,
+		Kind: k, Round: round, Pages: dirty, PagesSent: m.report.PagesSent,
 		BytesSent: m.report.BytesSent, Elapsed: m.cfg.Clock.Now().Sub(m.start),
 		ExpectedDowntime: expected, Throttle: m.policy.Throttle(), Reason: reason,
 	})

@@ -10,7 +10,6 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/postcopy"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
 )
@@ -74,7 +73,7 @@ type PostCopy struct {
 	LZ4 bool
 	// Order, if set, makes the push order (and the order of the pre-copy
 	// rounds after the first) for a guest of pages pages; once per Run.
-	Order func(pages uint64) (precopy.Order, error)
+	Order func(pages uint64) (livemig.Order, error)
 	// QueueBytes is how much push may sit written but unsent ahead of a
 	// requested page on the main connection; DefaultQueueBytes if 0.
 	QueueBytes int
@@ -246,7 +245,7 @@ type pcModel struct {
 	ps    int
 	bw    float64
 	lat   time.Duration
-	order precopy.Order
+	order livemig.Order
 
 	core    *postcopy.Core
 	report  *livemig.Report

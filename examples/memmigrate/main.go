@@ -895,7 +895,7 @@ func source(ctx context.Context, o options) error {
 			switch e.Kind {
 			case precopy.RoundEnded, precopy.Stopping, precopy.Throttled:
 				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %8d pages left  %s sent  %v elapsed  expected downtime %v  throttle %.0f%%\n",
-					e.Kind, e.Round, e.DirtyPages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
+					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
 					e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
 			}
 		},
