@@ -11,13 +11,13 @@
 // switchover), and the destination discards its copy (makes it missing),
 // so that the guest never runs on a stale page.
 //
-// The engine is package postcopy's, with Config.PreCopyRounds set; its
-// protocol, failure and recovery rules hold here: before the hand-over a
-// failure leaves the source running, after it a cut link is recovered by
-// reconnecting. This package adds a default number of rounds
-// (DefaultRounds) and a destination that refuses, before anything arrives,
-// a memory that cannot discard; postcopy.Migrate with
-// postcopy.Config{PreCopyRounds: n} is the same migration.
+// The engine is package postcopy's (its Core runs the rounds, then the
+// post-copy phase); its protocol, failure and recovery rules hold here:
+// before the hand-over a failure leaves the source running, after it a cut
+// link is recovered by reconnecting. The number of rounds is this
+// package's setting alone (Config.Rounds, DefaultRounds by default): a
+// postcopy.Config has none, so postcopy.Migrate is always pure post-copy.
+// Receive refuses, before anything arrives, a memory that cannot discard.
 //
 // # Usage
 //
@@ -33,6 +33,8 @@
 package hybrid
 
 import (
+	"github.com/livemig/livemig/internal/hybridhook"
+
 	"context"
 	"fmt"
 
@@ -54,8 +56,7 @@ type Config struct {
 	// set, or leaves nothing dirty.
 	Rounds int
 	// Config configures the post-copy phase and everything else (urgent
-	// connection, push order, pre-paging, recovery, clock, logging). Its
-	// PreCopyRounds is ignored: Rounds sets it.
+	// connection, push order, pre-paging, LZ4, recovery, clock, logging).
 	postcopy.Config
 }
 
@@ -70,12 +71,11 @@ func (c Config) postcopy() (postcopy.Config, error) {
 	if c.Rounds < 0 {
 		return postcopy.Config{}, fmt.Errorf("hybrid: Rounds %d < 0", c.Rounds)
 	}
-	pc := c.Config
-	pc.PreCopyRounds = c.Rounds
-	if pc.PreCopyRounds == 0 {
-		pc.PreCopyRounds = DefaultRounds
+	n := c.Rounds
+	if n == 0 {
+		n = DefaultRounds
 	}
-	return pc, nil
+	return hybridhook.WithRounds(c.Config, n).(postcopy.Config), nil
 }
 
 // Migrate migrates src to the destination at the other end of conn: up to

@@ -1,6 +1,8 @@
 package postcopy
 
 import (
+	"github.com/livemig/livemig/internal/hybridhook"
+
 	"context"
 	"fmt"
 	"log/slog"
@@ -41,12 +43,6 @@ type Config struct {
 	// faults are moving, and twice as many, up to 8×Prepage, while they
 	// keep moving that way. 0 means DefaultPrepage, negative means none.
 	Prepage int
-	// PreCopyRounds is how many pre-copy rounds run before the switchover
-	// (the bulk round included); 0 is pure post-copy. The pre-copy phase
-	// ends early when a round does not shrink the dirty set. Package
-	// hybrid sets it. With rounds, the Source needs a DirtySource and the
-	// destination's Memory must implement Discarder.
-	PreCopyRounds int
 	// LZ4 compresses the pages the source sends (pushed, requested and in
 	// pre-copy rounds) with LZ4 when the block is at most seven eighths of
 	// the page (PageEncoder); the destination decompresses them. It pays on
@@ -98,6 +94,13 @@ type Config struct {
 	// OnEvent, if set, is called synchronously at each step, from the
 	// goroutine that runs Migrate or Receive. It must return quickly.
 	OnEvent func(Event)
+
+	// rounds is how many pre-copy rounds run before the switchover (the
+	// bulk round included); 0 is pure post-copy. Package hybrid sets it
+	// (hybrid.Config.Rounds, through internal/hybridhook). With rounds,
+	// the Source needs a DirtySource and the destination's Memory must
+	// implement Discarder.
+	rounds int
 }
 
 func (c *Config) setDefaults() {
@@ -120,8 +123,8 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	switch {
-	case c.PreCopyRounds < 0:
-		return fmt.Errorf("postcopy: PreCopyRounds %d < 0", c.PreCopyRounds)
+	case c.rounds < 0:
+		return fmt.Errorf("postcopy: %d pre-copy rounds", c.rounds)
 	case c.PushBandwidth < 0:
 		return fmt.Errorf("postcopy: PushBandwidth %d < 0", c.PushBandwidth)
 	case c.MaxReconnects < 0:
@@ -155,3 +158,11 @@ const (
 
 // PushEventEvery is how many pages go between two Pushing events.
 const PushEventEvery = 1024
+
+func init() {
+	hybridhook.WithRounds = func(cfg any, n int) any {
+		c := cfg.(Config)
+		c.rounds = n
+		return c
+	}
+}

@@ -5,9 +5,9 @@
 // which neither host holds the whole guest, which this package survives: a
 // link cut after the switchover is recovered by reconnecting.
 //
-// With Config.PreCopyRounds > 0 the same engine runs a hybrid migration (a
-// bounded pre-copy phase, then post-copy for the rest); package hybrid
-// wraps it.
+// Package hybrid runs the same engine as a hybrid migration (a bounded
+// pre-copy phase, then post-copy for the rest); the number of rounds is its
+// setting (hybrid.Config.Rounds) alone.
 //
 // # Protocol
 //

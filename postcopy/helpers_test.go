@@ -1,6 +1,8 @@
 package postcopy_test
 
 import (
+	"github.com/livemig/livemig/hybrid"
+
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -316,7 +318,7 @@ func run(t *testing.T, s setup) outcome {
 		}
 		mainA, mainB = transport.NewMulti(as), transport.NewMulti(bs)
 	}
-	scfg := postcopy.Config{PreCopyRounds: s.preRounds, Prepage: s.prepage, Order: s.order, LZ4: s.lz4}
+	scfg := postcopy.Config{Prepage: s.prepage, Order: s.order, LZ4: s.lz4}
 	dcfg := postcopy.Config{}
 	if s.urgent {
 		ua, ub := linkPair(t, s.tcp)
@@ -371,7 +373,7 @@ func run(t *testing.T, s setup) outcome {
 			Memory: mem, VM: o.dstVM, Faults: faults, Pages: s.pages, PageSize: pageSize,
 		}, dcfg)
 	}()
-	o.rep, o.err = postcopy.Migrate(ctx, mainA, precopy.Source{Memory: src, Dirty: src, VM: o.srcVM}, scfg)
+	o.rep, o.err = migrate(ctx, mainA, precopy.Source{Memory: src, Dirty: src, VM: o.srcVM}, scfg, s.preRounds)
 	close(srcDone)
 	wg.Wait()
 	// The source stays paused after a hand-over: its memory is the guest
@@ -465,4 +467,14 @@ func checkComplete(t *testing.T, s setup, o outcome) {
 	if pc.DemandFaults != drep.PostCopy.DemandFaults || pc.FaultMax < pc.FaultP99 || pc.FaultP99 < pc.FaultP50 {
 		t.Fatalf("fault figures: source %+v, destination %+v", pc, drep.PostCopy)
 	}
+}
+
+// migrate runs postcopy.Migrate, or with rounds > 0 hybrid.Migrate with
+// that many pre-copy rounds: the same engine, whose rounds setting is
+// package hybrid's.
+func migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg postcopy.Config, rounds int) (*livemig.Report, error) {
+	if rounds > 0 {
+		return hybrid.Migrate(ctx, conn, src, hybrid.Config{Rounds: rounds, Config: cfg})
+	}
+	return postcopy.Migrate(ctx, conn, src, cfg)
 }

@@ -33,7 +33,7 @@ const urgentFlag = 1 << 32
 const ackFlag = 1 << 33
 
 // Migrate migrates src to the destination at the other end of conn with
-// post-copy, after cfg.PreCopyRounds pre-copy rounds (hybrid), and returns
+// post-copy, after cfg.rounds pre-copy rounds (hybrid), and returns
 // its report.
 //
 // conn must have completed its handshake (transport.Open) with a peer of the
@@ -76,13 +76,13 @@ func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg C
 		closeAll()
 		return nil, err
 	}
-	if src.Memory == nil || src.VM == nil || (cfg.PreCopyRounds > 0 && src.Dirty == nil) {
+	if src.Memory == nil || src.VM == nil || (cfg.rounds > 0 && src.Dirty == nil) {
 		closeAll()
 		return nil, errors.New("postcopy: Source needs Memory and VM, and Dirty for pre-copy rounds")
 	}
 	m := &migration{cfg: cfg, src: src, log: cfg.Logger, pages: src.Memory.PageCount(), ps: src.Memory.PageSize()}
 	m.report = &livemig.Report{Algorithm: "post-copy", GuestPages: m.pages, PageSize: m.ps}
-	if cfg.PreCopyRounds > 0 {
+	if cfg.rounds > 0 {
 		m.report.Algorithm = "hybrid"
 	}
 	if !cfg.NoVerify {
@@ -93,7 +93,7 @@ func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg C
 	m.mainSend, m.urgSend = m.newSender(), m.newSender()
 	m.wake, m.uwake = make(chan struct{}, 1), make(chan struct{}, 1)
 	m.start = cfg.Clock.Now()
-	core, err := NewCore(CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: cfg.PreCopyRounds,
+	core, err := NewCore(CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: cfg.rounds,
 		PushBandwidth: cfg.PushBandwidth, LZ4: cfg.LZ4, Order: cfg.Order, Prepage: cfg.Prepage, Urgent: cfg.Urgent != nil}, m.start)
 	if err != nil {
 		closeAll()
@@ -420,7 +420,7 @@ func (m *migration) switchover(ctx context.Context) error {
 		return fmt.Errorf("postcopy: pause source: %w", err)
 	}
 	m.paused = true
-	if m.cfg.PreCopyRounds > 0 {
+	if m.cfg.rounds > 0 {
 		if err := m.src.Dirty.SyncDirty(m.core.DirtyLog()); err != nil {
 			return fmt.Errorf("postcopy: sync dirty log: %w", err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	hybridpkg "github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/reorder"
@@ -239,7 +240,7 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 	conn, dconn := openPipe(t, pages)
 	var mu sync.Mutex
 	src := newDetConn(conn, clock, sc.Bandwidth, &mu, &main, pc.script)
-	cfg := postcopy.Config{Clock: clock, PreCopyRounds: pc.PreCopyRounds, LZ4: pc.LZ4, PushBandwidth: pc.PushBandwidth, Prepage: pc.Prepage}
+	cfg := postcopy.Config{Clock: clock, LZ4: pc.LZ4, PushBandwidth: pc.PushBandwidth, Prepage: pc.Prepage}
 	var dcfg postcopy.Config
 	if pc.Urgent {
 		u, du := openPipe(t, pages)
@@ -257,7 +258,12 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 		defer close(done)
 		drep, derr = postcopy.Receive(ctx, dconn, postcopy.Destination{Memory: mem, VM: sink, Pages: pages, PageSize: 4096}, dcfg)
 	}()
-	rep, err = postcopy.Migrate(ctx, src, precopy.Source{Memory: guest, Dirty: guest, VM: guest}, cfg)
+	gsrc := livemig.Source{Memory: guest, Dirty: guest, VM: guest}
+	if pc.PreCopyRounds > 0 {
+		rep, err = hybridpkg.Migrate(ctx, src, gsrc, hybridpkg.Config{Rounds: pc.PreCopyRounds, Config: cfg})
+	} else {
+		rep, err = postcopy.Migrate(ctx, src, gsrc, cfg)
+	}
 	<-done
 	if err != nil || derr != nil || !rep.Verified || !drep.Complete {
 		t.Fatalf("driver: source %v, destination %v, verified %v", err, derr, rep != nil && rep.Verified)

@@ -114,6 +114,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/faultmem"
+	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
@@ -957,11 +958,14 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 		redial := u.redial(o, dial)
 		cfg.Redial, cfg.RedialUrgent = redial, redial
 	}
-	if o.mode == "hybrid" {
-		cfg.PreCopyRounds = 1
-	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s by %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.mode, o.writers, o.rate)
-	rep, err := postcopy.Migrate(mctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
+	var rep *livemig.Report
+	var err error
+	if o.mode == "hybrid" {
+		rep, err = hybrid.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, hybrid.Config{Rounds: 1, Config: cfg})
+	} else {
+		rep, err = postcopy.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, cfg)
+	}
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))

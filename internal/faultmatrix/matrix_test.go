@@ -1,6 +1,8 @@
 package faultmatrix
 
 import (
+	hybridpkg "github.com/livemig/livemig/hybrid"
+
 	"bytes"
 	"context"
 	"errors"
@@ -326,9 +328,10 @@ func runCell(t *testing.T, e engine, rule faultproxy.Rule, loadFail bool) cell {
 			urgC <- ucn
 			cfg := postcopy.Config{Urgent: ucn, Redial: dial, RedialUrgent: dial}
 			if e == hybrid {
-				cfg.PreCopyRounds = 2
+				c.rep, c.err = hybridpkg.Migrate(ctx, conn, s, hybridpkg.Config{Rounds: 2, Config: cfg})
+			} else {
+				c.rep, c.err = postcopy.Migrate(ctx, conn, s, cfg)
 			}
-			c.rep, c.err = postcopy.Migrate(ctx, conn, s, cfg)
 		}
 	}()
 	if rule.Fault != 0 {
