@@ -86,9 +86,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		cfg: cfg, dst: dst, log: cfg.Logger, pages: dst.Pages, ps: dst.PageSize,
 		digest:      verify.New(dst.Pages, dst.PageSize),
 		rep:         &ReceiveReport{},
-		held:        make([]uint64, livemig.WordsFor(dst.Pages)),
-		requested:   make([]uint64, livemig.WordsFor(dst.Pages)),
-		outstanding: make(map[uint64][]time.Time),
+		demand:      NewDemand(dst.Pages),
 		conn:        conn,
 		urgent:      cfg.Urgent,
 		mainScratch: make([]byte, dst.PageSize),
@@ -133,14 +131,11 @@ type receiver struct {
 	rep       *ReceiveReport
 	start     time.Time
 
-	held      []uint64 // pages present with a valid copy (atomic)
-	heldN     atomic.Uint64
-	requested []uint64 // pages requested at least once (atomic)
-
-	outMu       sync.Mutex
-	outstanding map[uint64][]time.Time // requested pages not yet placed: when each fault began
-	waits       FaultWaits
-	faults      uint64
+	// demand, under demMu, holds which pages are here and which faults
+	// wait on which: the main and the urgent receiver, the requester and
+	// the guest's faulting threads (a FaultQueue served directly) share it.
+	demMu  sync.Mutex
+	demand *Demand
 
 	sendMu sync.Mutex // serialises Sends
 	connMu sync.Mutex // guards conn; the main goroutine alone changes it
@@ -160,7 +155,6 @@ type receiver struct {
 	switched     bool
 	stateLoaded  bool
 	resumeAt     time.Time
-	lastAt       atomic.Int64 // ns from start at which the last missing page was placed
 	state        []byte
 	recvN, zeroN atomic.Uint64
 	dupN, placed atomic.Uint64
@@ -280,9 +274,12 @@ func (r *receiver) resume(ctx context.Context) error {
 		return fmt.Errorf("postcopy: resume guest: %w", err)
 	}
 	r.resumeAt = r.cfg.Clock.Now()
+	r.demMu.Lock()
+	r.demand.Resumed(r.resumeAt)
+	r.demMu.Unlock()
 	r.rep.Resumed = true
 	r.event(Resumed, nil)
-	r.log.Info("guest resumed", "held", r.heldN.Load(), "pages", r.pages)
+	r.log.Info("guest resumed", "held", r.heldCount(), "pages", r.pages)
 	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
 		r.log.Debug("could not tell the source of the resume", "err", err)
 	}
@@ -378,7 +375,7 @@ func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
 	case <-ctx.Done():
 		return true, fmt.Errorf("postcopy: waiting for the urgent stream: %w (%w)", livemig.ErrIncomplete, ctx.Err())
 	}
-	if got := r.heldN.Load(); got != r.pages {
+	if got := r.heldCount(); got != r.pages {
 		return true, fmt.Errorf("postcopy: source done but %d of %d pages never arrived: %w", r.pages-got, r.pages, livemig.ErrIncomplete)
 	}
 	mine := r.digest.Sum()
@@ -460,7 +457,7 @@ func (r *receiver) release(ctx context.Context) {
 // guest waits on.
 func (r *receiver) recoverLink(ctx context.Context, cause error) error {
 	r.event(LinkCut, cause)
-	r.log.Info("link cut", "resumed", r.rep.Resumed, "held", r.heldN.Load(), "err", cause)
+	r.log.Info("link cut", "resumed", r.rep.Resumed, "held", r.heldCount(), "err", cause)
 	r.closeSession()
 	if r.cfg.Reaccept == nil {
 		return fmt.Errorf("postcopy: link cut and no Reaccept: %w (%w)", livemig.ErrIncomplete, cause)
@@ -527,10 +524,9 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 			return err
 		}
 	}
-	snap := make([]uint64, len(r.held))
-	for i := range snap {
-		snap[i] = atomic.LoadUint64(&r.held[i])
-	}
+	r.demMu.Lock()
+	snap := r.demand.AppendHeld(nil)
+	r.demMu.Unlock()
 	if _, err := bitmapChunks(snap, nil, func(first uint64, data []byte) error {
 		return conn.Send(ctx, transport.Msg{Kind: transport.KindRecvBitmap, Page: first, Data: data})
 	}); err != nil {
@@ -552,12 +548,9 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		r.startSession(ctx)
 	}
 	// Ask again for what the guest waits on.
-	r.outMu.Lock()
-	again := make([]uint64, 0, len(r.outstanding))
-	for n := range r.outstanding {
-		again = append(again, n)
-	}
-	r.outMu.Unlock()
+	r.demMu.Lock()
+	again := r.demand.AppendWaiting(nil)
+	r.demMu.Unlock()
 	for _, n := range again {
 		if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
 			return err
@@ -614,25 +607,10 @@ func (r *receiver) requester(ctx context.Context) {
 // the goroutines reporting faults to a FaultQueue served directly call it
 // concurrently.
 func (r *receiver) request(ctx context.Context, n uint64, at time.Time) {
-	if n >= r.pages {
-		return
-	}
-	r.outMu.Lock()
-	r.faults++
-	if r.isHeld(n) {
-		r.waits.Add(r.cfg.Clock.Now().Sub(at))
-		r.outMu.Unlock()
-		return
-	}
-	ts, asked := r.outstanding[n]
-	r.outstanding[n] = append(ts, at)
-	atomic.OrUint64(&r.requested[n/64], 1<<(n%64))
-	r.outMu.Unlock()
-	if r.isHeld(n) {
-		r.served(n) // placed between the two looks
-		return
-	}
-	if asked {
+	r.demMu.Lock()
+	ask := r.demand.Fault(n, at, r.cfg.Clock.Now())
+	r.demMu.Unlock()
+	if !ask {
 		return
 	}
 	if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
@@ -642,32 +620,18 @@ func (r *receiver) request(ctx context.Context, n uint64, at time.Time) {
 	}
 }
 
-func (r *receiver) isHeld(n uint64) bool {
-	return atomic.LoadUint64(&r.held[n/64])&(1<<(n%64)) != 0
+// heldCount is how many pages hold a valid copy.
+func (r *receiver) heldCount() uint64 {
+	r.demMu.Lock()
+	defer r.demMu.Unlock()
+	return r.demand.HeldCount()
 }
 
-// served records the waits on page n, now placed.
-func (r *receiver) served(n uint64) {
-	r.outMu.Lock()
-	if ts, ok := r.outstanding[n]; ok {
-		now := r.cfg.Clock.Now()
-		for _, t := range ts {
-			r.waits.Add(now.Sub(t))
-		}
-		delete(r.outstanding, n)
-	}
-	r.outMu.Unlock()
-}
-
-// markHeld records that page n holds a valid copy.
+// markHeld records that page n holds a valid copy, ending the waits on it.
 func (r *receiver) markHeld(n uint64) {
-	w, bit := n/64, uint64(1)<<(n%64)
-	if atomic.OrUint64(&r.held[w], bit)&bit != 0 {
-		return
-	}
-	if r.heldN.Add(1) == r.pages && r.rep.Resumed {
-		r.lastAt.Store(int64(r.cfg.Clock.Now().Sub(r.start)))
-	}
+	r.demMu.Lock()
+	r.demand.Placed(n, r.cfg.Clock.Now())
+	r.demMu.Unlock()
 }
 
 func (r *receiver) checkPage(msg transport.Msg) error {
@@ -725,10 +689,9 @@ func (r *receiver) discard(n uint64) error {
 	if err := r.discarder.Discard(n); err != nil {
 		return &livemig.PageError{Op: "discard", Page: n, Err: err}
 	}
-	w, bit := n/64, uint64(1)<<(n%64)
-	if atomic.AndUint64(&r.held[w], ^bit)&bit != 0 {
-		r.heldN.Add(^uint64(0))
-	}
+	r.demMu.Lock()
+	r.demand.Discard(n)
+	r.demMu.Unlock()
 	r.rep.Discarded++
 	return nil
 }
@@ -767,9 +730,6 @@ func (r *receiver) place(msg transport.Msg, scratch []byte) error {
 		r.digest.Update(msg.Page, msg.Data)
 	}
 	r.markHeld(msg.Page)
-	if atomic.LoadUint64(&r.requested[msg.Page/64])&(1<<(msg.Page%64)) != 0 {
-		r.served(msg.Page)
-	}
 	return nil
 }
 
@@ -780,15 +740,11 @@ func (r *receiver) fillReport() {
 	if r.rep.Complete {
 		return // keep the figures sent to the source with AckComplete
 	}
-	r.outMu.Lock()
-	p50, p99, mx := r.waits.Summary()
-	r.rep.PostCopy.DemandFaults = r.faults
-	r.rep.PostCopy.FaultP50, r.rep.PostCopy.FaultP99, r.rep.PostCopy.FaultMax = p50, p99, mx
-	r.rep.PostCopy.WaitTotal = r.waits.Total()
-	r.outMu.Unlock()
-	if r.rep.Resumed {
-		if at := r.lastAt.Load(); at > 0 {
-			r.rep.PostCopy.LastPage = r.start.Add(time.Duration(at)).Sub(r.resumeAt)
-		}
+	r.demMu.Lock()
+	r.demand.Fill(&r.rep.PostCopy)
+	last := r.demand.LastPage()
+	r.demMu.Unlock()
+	if r.rep.Resumed && !last.IsZero() {
+		r.rep.PostCopy.LastPage = last.Sub(r.resumeAt)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/bits"
-	"slices"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -100,42 +99,6 @@ func bitmapChunks(bm []uint64, buf []byte, send func(first uint64, data []byte) 
 		}
 	}
 	return buf, nil
-}
-
-// FaultWaits collects the time a destination's guest waited on each demand
-// fault and summarises it: the destination's figures, which package
-// scenario's model of the destination keeps the same way. The zero value is
-// empty; not safe for concurrent use.
-type FaultWaits struct {
-	d     []time.Duration
-	total time.Duration
-}
-
-// Add records one fault's wait (a negative one as zero).
-func (l *FaultWaits) Add(d time.Duration) {
-	if d < 0 {
-		d = 0
-	}
-	l.d = append(l.d, d)
-	l.total += d
-}
-
-// Total is the sum of the waits.
-func (l *FaultWaits) Total() time.Duration { return l.total }
-
-// Summary returns the 50th and 99th percentiles (nearest rank) and the
-// maximum.
-func (l *FaultWaits) Summary() (p50, p99, mx time.Duration) {
-	if len(l.d) == 0 {
-		return 0, 0, 0
-	}
-	s := slices.Clone(l.d)
-	slices.Sort(s)
-	rank := func(p int) time.Duration {
-		i := (len(s)*p + 99) / 100 // ceil(n*p/100), 1-based
-		return s[max(i, 1)-1]
-	}
-	return rank(50), rank(99), s[len(s)-1]
 }
 
 // discardSize is how many bytes the discard messages take on the wire when
