@@ -65,9 +65,11 @@
 // # Compression
 //
 // Every page crosses once, so a delta codec has nothing to work from; with
-// Config.LZ4 the source sends a page as an LZ4 block when that saves an
-// eighth of it (PageEncoder), which pays on links slower than the source
-// compresses. Zero pages always go as zero-page records.
+// Config.LZ4 the source sends a page as an LZ4 block when that saves at
+// least 1/64 of it (codec.PageEncoder, the rule of every engine:
+// codec.MaxLZ4), which pays on links slower than the source compresses.
+// Zero pages always go as zero-page records. The destination decodes with
+// codec.DecodePage.
 //
 // # Destination memory
 //
@@ -86,9 +88,9 @@
 // PostCopy is a deterministic discrete-event model of this engine instead:
 // it takes the push order from Config.Order's Order, the pages a request
 // brings from this package's Prepager, and the discard and send-once rules
-// from here, the page records from PageEncoder, and runs the destination's
-// vCPU on the simulated workload, so that examples/compare can set
-// post-copy and hybrid beside pre-copy.
+// from here, the page records from codec.PageEncoder, and runs the
+// destination's vCPU on the simulated workload, so that examples/compare
+// can set post-copy and hybrid beside pre-copy.
 //
 // # Usage
 //

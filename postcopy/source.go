@@ -15,6 +15,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
@@ -978,14 +979,14 @@ func (m *migration) serve(ctx context.Context, conn transport.Conn, urgent bool,
 }
 
 // pageSender is what one goroutine needs to send pages: a page buffer
-// (unused when the memory has views) and an encoder.
+// (unused when the memory has views), an encoder and its output buffer.
 type pageSender struct {
-	buf []byte
-	enc *PageEncoder
+	buf, out []byte
+	enc      *codec.PageEncoder
 }
 
 func (m *migration) newSender() *pageSender {
-	return &pageSender{buf: make([]byte, m.ps), enc: NewPageEncoder(m.ps, m.cfg.LZ4)}
+	return &pageSender{buf: make([]byte, m.ps), out: make([]byte, 0, m.ps), enc: &codec.PageEncoder{LZ4: m.cfg.LZ4}}
 }
 
 // sendPage reads page n and sends it on conn, encoded by ps.enc.
@@ -1004,7 +1005,7 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 		page = ps.buf
 	}
 	msg := transport.Msg{Kind: transport.KindPage, Page: n}
-	msg.Enc, msg.Data = ps.enc.Encode(page)
+	msg.Enc, msg.Data = ps.enc.Encode(ps.out[:0], page)
 	switch msg.Enc {
 	case transport.EncZero:
 		m.nZero.Add(1)

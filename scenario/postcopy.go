@@ -11,6 +11,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
@@ -83,7 +84,7 @@ type PostCopy struct {
 	// of the push, as postcopy.Config.Urgent does.
 	Urgent bool
 	// LZ4 compresses the pages sent, as postcopy.Config.LZ4 does (with the
-	// engine's postcopy.PageEncoder, so the same pages go compressed). The
+	// engine's codec.PageEncoder, so the same pages go compressed). The
 	// source's CPU time is not modelled: the link is the bottleneck.
 	LZ4 bool
 	// Order, if set, makes the push order (and the order of the pre-copy
@@ -259,8 +260,8 @@ type pcModel struct {
 	pushTimer         bool
 	pending           []uint64 // requests waiting for the blocked push (main connection)
 	prepager          *postcopy.Prepager
-	buf               []byte
-	enc               *postcopy.PageEncoder
+	buf, out          []byte
+	enc               *codec.PageEncoder
 
 	// Wire, source to destination.
 	events evHeap
@@ -309,7 +310,7 @@ func (m *pcModel) run(ctx context.Context) error {
 	words := livemig.WordsFor(m.pages)
 	m.sent, m.usent, m.ever = make([]uint64, words), make([]uint64, words), make([]uint64, words)
 	m.dirty, m.present, m.asked = make([]uint64, words), make([]uint64, words), make([]uint64, words)
-	m.buf, m.enc = make([]byte, m.ps), postcopy.NewPageEncoder(m.ps, m.cfg.LZ4)
+	m.buf, m.out, m.enc = make([]byte, m.ps), make([]byte, 0, m.ps), &codec.PageEncoder{LZ4: m.cfg.LZ4}
 	m.prepager = postcopy.NewPrepager(prepageBase(m.cfg.Prepage))
 	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
@@ -529,7 +530,7 @@ func (m *pcModel) sendPage(n uint64) (int, error) {
 	if err := m.g.ReadPage(n, m.buf); err != nil {
 		return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
 	}
-	enc, data := m.enc.Encode(m.buf)
+	enc, data := m.enc.Encode(m.out[:0], m.buf)
 	size := recOverhead + len(data)
 	var err error
 	if enc == transport.EncZero {
