@@ -29,24 +29,19 @@ func (b *Bitmap) MarkAtomic(page uint64) error {
 	if page >= b.pages {
 		return rangeError("mark", page)
 	}
-	w := &b.words[page/64]
-	bit := uint64(1) << (page % 64)
 	// A page written again before it is drained is already marked: a plain
 	// load keeps the cache line shared between writers instead of bouncing
 	// it with a locked write. The drain that clears the bit comes after this
 	// load in the words' modification order, so this mark is not lost.
-	if atomic.LoadUint64(w)&bit == 0 {
-		atomic.OrUint64(w, bit)
+	if w := Words(b.words); !w.TestAtomic(page) {
+		w.SetAtomic(page)
 	}
 	return nil
 }
 
 // TestAtomic is Test for use while writers call MarkAtomic.
 func (b *Bitmap) TestAtomic(page uint64) bool {
-	if page >= b.pages {
-		return false
-	}
-	return atomic.LoadUint64(&b.words[page/64])&(1<<(page%64)) != 0
+	return page < b.pages && Words(b.words).TestAtomic(page)
 }
 
 func (b *Bitmap) checkDst(dst []uint64) error {

@@ -10,6 +10,12 @@
 // bitmap can be filled by KVM or a DirtySource and read here with no
 // conversion. Bits of the last word past the page count are never reported.
 //
+// A set kept as a plain []uint64 (an engine's sent set, a memory's present
+// pages, a peek at the dirty log) is read and written through [Words], a
+// view of the slice that copies nothing: Words(s).Set(n), Test, their
+// atomic forms, Count and NextSet. It is the one place of the bit
+// arithmetic; Bitmap's methods use it too.
+//
 // # Concurrency
 //
 // The plain methods (Set, Clear, Test, Count, Union, NextSetMany, ...) are
