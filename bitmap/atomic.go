@@ -44,6 +44,20 @@ func (b *Bitmap) TestAtomic(page uint64) bool {
 	return page < b.pages && Words(b.words).TestAtomic(page)
 }
 
+// CountAtomic is Count for use while writers call MarkAtomic: it loads each
+// word atomically, so a page marked meanwhile may or may not be counted.
+func (b *Bitmap) CountAtomic() uint64 {
+	var n uint64
+	for i := range b.words {
+		w := atomic.LoadUint64(&b.words[i])
+		if i == len(b.words)-1 {
+			w &= b.tail
+		}
+		n += uint64(bits.OnesCount64(w))
+	}
+	return n
+}
+
 func (b *Bitmap) checkDst(dst []uint64) error {
 	if len(dst) < len(b.words) {
 		return fmt.Errorf("%w: %d pages need %d words, got %d", ErrShort, b.pages, len(b.words), len(dst))

@@ -21,10 +21,11 @@
 // The plain methods (Set, Clear, Test, Count, Union, NextSetMany, ...) are
 // like those of a slice: any number of goroutines may read at once, but a
 // goroutine that writes needs exclusive access. The atomic methods
-// ([Bitmap.MarkAtomic], [Bitmap.TestAtomic], [Bitmap.DrainInto],
-// [Bitmap.SnapshotInto], and SyncDirty/PeekDirty built on them) may be called
-// from any number of goroutines at once, but only with each other: while
-// writers mark, no goroutine may call a plain method on the same bitmap.
+// ([Bitmap.MarkAtomic], [Bitmap.TestAtomic], [Bitmap.CountAtomic],
+// [Bitmap.DrainInto], [Bitmap.SnapshotInto], and SyncDirty/PeekDirty built
+// on them) may be called from any number of goroutines at once, but only
+// with each other: while writers mark, no goroutine may call a plain method
+// on the same bitmap.
 // A Bitmap used that way is a software dirty log: writer goroutines call
 // MarkAtomic after they write a page, and one engine goroutine drains.
 //
