@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // TB is the part of testing.TB the checks use; *testing.T and *testing.B
@@ -203,10 +204,6 @@ func allByte(b []byte, v byte) bool {
 	return true
 }
 
-// bitmap helpers over KVM's layout.
-func bitSet(b []uint64, n uint64) bool { return b[n/64]&(1<<(n%64)) != 0 }
-func setBit(b []uint64, n uint64)      { b[n/64] |= 1 << (n % 64) }
-
 // TestDirtySource checks ds, the dirty log of a guest of pages pages,
 // against the livemig.DirtySource contract. write(n) must write page n of
 // that guest so that the dirty log sees it; it is called from several
@@ -258,7 +255,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	for _, n := range written {
-		if !bitSet(d1, n) {
+		if !bitmap.Words(d1).Test(n) {
 			t.Errorf("livemigtest: DirtySource: page %d was written but the next SyncDirty did not report it", n)
 		}
 	}
@@ -267,7 +264,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 	}
 	if d2 := sync1("second sync"); d2 != nil {
 		for _, n := range written {
-			if bitSet(d2, n) {
+			if bitmap.Words(d2).Test(n) {
 				t.Errorf("livemigtest: DirtySource: page %d was reported again by the sync after the one that reported it (SyncDirty must clear)", n)
 				break
 			}
@@ -279,7 +276,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 	dst := make([]uint64, words+extra)
 	pre := samplePages(pages, 16, 4)
 	for _, n := range pre {
-		setBit(dst, n)
+		bitmap.Words(dst).Set(n)
 	}
 	dst[words+1] = 1 << 7
 	w := pages / 2
@@ -289,12 +286,12 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	for _, n := range pre {
-		if !bitSet(dst, n) {
+		if !bitmap.Words(dst).Test(n) {
 			t.Errorf("livemigtest: DirtySource: SyncDirty cleared bit %d that was set in dst (it must OR)", n)
 			break
 		}
 	}
-	if !bitSet(dst, w) {
+	if !bitmap.Words(dst).Test(w) {
 		t.Errorf("livemigtest: DirtySource: page %d written before a sync into a non-empty dst was not reported", w)
 	}
 	if dst[words+1] != 1<<7 {
@@ -311,7 +308,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		var targets [writers][]uint64
 		for i, n := range distinctPages(r, pages, perRound) {
 			targets[i%writers] = append(targets[i%writers], n)
-			setBit(want, n)
+			bitmap.Words(want).Set(n)
 		}
 		union := make([]uint64, words+extra)
 		done := make(chan struct{})
@@ -382,15 +379,8 @@ func distinctPages(r *rand.Rand, pages uint64, k int) []uint64 {
 
 func checkPast(t TB, dst []uint64, pages uint64, what string) {
 	t.Helper()
-	words := livemig.WordsFor(pages)
-	if pages%64 != 0 && dst[words-1]>>(pages%64) != 0 {
-		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits past page count %d in the last word: %#x", what, pages, dst[words-1])
-	}
-	for i := words; i < len(dst); i++ {
-		if dst[i] != 0 {
-			t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits in word %d, past the %d words of %d pages", what, i, words, pages)
-			return
-		}
+	if n, ok := bitmap.Words(dst).NextSet(pages); ok {
+		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set page %d, past the page count %d", what, n, pages)
 	}
 }
 
@@ -735,10 +725,10 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 	changed, lost := make([]uint64, words), make([]uint64, words)
 	for i, n := range sample {
 		if !bytes.Equal(paused1[i], paused2[i]) {
-			setBit(changed, n)
+			bitmap.Words(changed).Set(n)
 		}
-		if !bytes.Equal(before[i], paused1[i]) && !bitSet(first, n) && !bitSet(second, n) {
-			setBit(lost, n)
+		if !bytes.Equal(before[i], paused1[i]) && !bitmap.Words(first).Test(n) && !bitmap.Words(second).Test(n) {
+			bitmap.Words(lost).Set(n)
 		}
 	}
 	report(changed, "livemigtest: VM: Pause returned but page %d was written after it (two reads of it after Pause differ)")
