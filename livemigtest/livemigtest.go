@@ -26,7 +26,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/bits"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -240,7 +239,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	if d := sync1("no writes"); d != nil {
-		if c := count(d); c != 0 {
+		if c := bitmap.CountWords(d); c != 0 {
 			t.Errorf("livemigtest: DirtySource: a sync with no writes since the previous one reported %d pages (first %d); the guest must be quiescent, or SyncDirty does not clear", c, first(d))
 		}
 	}
@@ -259,7 +258,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 			t.Errorf("livemigtest: DirtySource: page %d was written but the next SyncDirty did not report it", n)
 		}
 	}
-	if c := count(d1); c != uint64(len(written)) {
+	if c := bitmap.CountWords(d1); c != uint64(len(written)) {
 		t.Errorf("livemigtest: DirtySource: %d pages written, SyncDirty reported %d", len(written), c)
 	}
 	if d2 := sync1("second sync"); d2 != nil {
@@ -345,7 +344,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 				if firstLost < 0 {
 					firstLost = i
 				}
-				lost += count([]uint64{m})
+				lost += bitmap.CountWords([]uint64{m})
 			}
 		}
 		if lost > 0 {
@@ -382,16 +381,6 @@ func checkPast(t TB, dst []uint64, pages uint64, what string) {
 	if n, ok := bitmap.Words(dst).NextSet(pages); ok {
 		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set page %d, past the page count %d", what, n, pages)
 	}
-}
-
-func count(b []uint64) uint64 {
-	var c uint64
-	for _, w := range b {
-		for ; w != 0; w &= w - 1 {
-			c++
-		}
-	}
-	return c
 }
 
 func first(b []uint64) int64 {
@@ -626,7 +615,7 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 			if d == nil {
 				return false
 			}
-			if count(d) > 0 {
+			if bitmap.CountWords(d) > 0 {
 				return true
 			}
 			if run != nil && i >= runSteps || run == nil && time.Since(start) > selfRunning {
@@ -651,13 +640,12 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 	report := func(d []uint64, format string) {
 		t.Helper()
 		shown := 0
-		for i := 0; i < len(d) && shown < 4; i++ {
-			for w := d[i]; w != 0 && shown < 4; w &= w - 1 {
-				t.Errorf(format, uint64(i)*64+uint64(bits.TrailingZeros64(w)))
-				shown++
-			}
+		w := bitmap.Words(d)
+		for n, ok := w.NextSet(0); ok && shown < 4; n, ok = w.NextSet(n + 1) {
+			t.Errorf(format, n)
+			shown++
 		}
-		if c := count(d); c > uint64(shown) {
+		if c := bitmap.CountWords(d); c > uint64(shown) {
 			t.Errorf("livemigtest: VM: ... and %d more pages", c-uint64(shown))
 		}
 	}
