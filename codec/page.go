@@ -16,24 +16,25 @@ import (
 // this rule, through PageEncoder.
 //
 // Why 1/64. The source has compressed the page whatever the rule (it cannot
-// know the block's size before), and its compressor stops as soon as its
-// output passes MaxLZ4, so the rule costs the source nothing. What it weighs
+// know the block's size before), and a compressor that gives up when its
+// output would pass MaxLZ4 is no slower, so the rule costs the source
+// nothing. What it weighs
 // is the destination's time: a block of nearly a page is mostly literals and
 // decompresses in about the time of the copy a raw page costs anyway, but
 // not quite. BenchmarkLZ4Limit (go test ./codec -run '^$' -bench LZ4Limit
 // -count 10 -cpu 1) decompresses blocks of 92 to 99.9 % of a 4 KiB page in
 // 120-175 ns against 58-95 ns for the copy, on a loaded, shared 2-CPU AMD
 // EPYC VM (medians, ±15-45 %): 30-110 ns more per page, the link time of
-// 4-14 bytes at 1 Gbit/s and of 40-140 bytes at 10 Gbit/s, about the
-// fastest link on which LZ4 pays at all (it compresses at 0.4-1.9 GB/s a
-// core here, and Adapt turns it off on faster links). So a block saving
-// less than about 64 bytes costs the destination more than it saves on the
-// link, and one saving more is worth its decompression. The two rules this
-// one replaced erred each way: "any block smaller than the page" (the
-// Pipeline's, and QEMU multifd UADK's) sent blocks saving a byte; "at most
-// seven eighths of the page" (post-copy's) sent raw pages that LZ4 shrank by
-// up to 12 %, 0.4 µs of link per page at 10 Gbit/s, to save about 0.1 µs of
-// decompression.
+// 4-14 bytes at 1 Gbit/s and of 40-140 bytes at 10 Gbit/s. 64 bytes is
+// the break-even near 10 Gbit/s, about the speed one core's LZ4 keeps up
+// with (0.4-1.9 GB/s here). On slower links, where compression pays most,
+// every block the rule sends saves more link time than its decompression
+// costs, and what it refuses would have saved at most 1/64 of a page. The
+// two rules this one replaced erred each way: "any block smaller than the
+// page" (the Pipeline's, and QEMU multifd UADK's) sent blocks saving a
+// byte; "at most seven eighths of the page" (post-copy's) sent raw pages
+// that LZ4 shrank by up to 12 %, 0.4 µs of link per page at 10 Gbit/s, to
+// save about 0.1 µs of decompression.
 //
 // A decoder accepts any valid block of a page, whatever its size: the rule
 // is the sender's choice, not part of the format.
