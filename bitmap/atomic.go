@@ -29,24 +29,33 @@ func (b *Bitmap) MarkAtomic(page uint64) error {
 	if page >= b.pages {
 		return rangeError("mark", page)
 	}
-	w := &b.words[page/64]
-	bit := uint64(1) << (page % 64)
 	// A page written again before it is drained is already marked: a plain
 	// load keeps the cache line shared between writers instead of bouncing
 	// it with a locked write. The drain that clears the bit comes after this
 	// load in the words' modification order, so this mark is not lost.
-	if atomic.LoadUint64(w)&bit == 0 {
-		atomic.OrUint64(w, bit)
+	if w := Words(b.words); !w.TestAtomic(page) {
+		w.SetAtomic(page)
 	}
 	return nil
 }
 
 // TestAtomic is Test for use while writers call MarkAtomic.
 func (b *Bitmap) TestAtomic(page uint64) bool {
-	if page >= b.pages {
-		return false
+	return page < b.pages && Words(b.words).TestAtomic(page)
+}
+
+// CountAtomic is Count for use while writers call MarkAtomic: it loads each
+// word atomically, so a page marked meanwhile may or may not be counted.
+func (b *Bitmap) CountAtomic() uint64 {
+	var n uint64
+	for i := range b.words {
+		w := atomic.LoadUint64(&b.words[i])
+		if i == len(b.words)-1 {
+			w &= b.tail
+		}
+		n += uint64(bits.OnesCount64(w))
 	}
-	return atomic.LoadUint64(&b.words[page/64])&(1<<(page%64)) != 0
+	return n
 }
 
 func (b *Bitmap) checkDst(dst []uint64) error {

@@ -128,3 +128,29 @@ func TestConcurrentMarkDrain(t *testing.T) {
 	}
 	t.Logf("%d drains", epoch.Load())
 }
+
+// CountAtomic counts what concurrent markers marked, and nothing past the
+// page count.
+func TestCountAtomic(t *testing.T) {
+	b := New(130)
+	b.Words()[2] = ^uint64(0) // bits past page 129 are ignored
+	if got := b.CountAtomic(); got != 2 {
+		t.Fatalf("CountAtomic = %d, want 2", got)
+	}
+	b.ClearAll()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := uint64(g); p < 130; p += 4 {
+				_ = b.MarkAtomic(p)
+				_ = b.CountAtomic()
+			}
+		}()
+	}
+	wg.Wait()
+	if got := b.CountAtomic(); got != 130 {
+		t.Fatalf("CountAtomic = %d, want 130", got)
+	}
+}

@@ -120,7 +120,7 @@ func (b *Bitmap) Set(page uint64) error {
 	if page >= b.pages {
 		return rangeError("set", page)
 	}
-	b.words[page/64] |= 1 << (page % 64)
+	Words(b.words).Set(page)
 	return nil
 }
 
@@ -130,16 +130,13 @@ func (b *Bitmap) Clear(page uint64) error {
 	if page >= b.pages {
 		return rangeError("clear", page)
 	}
-	b.words[page/64] &^= 1 << (page % 64)
+	Words(b.words).Clear(page)
 	return nil
 }
 
 // Test reports whether page is marked; it is false for page >= Len().
 func (b *Bitmap) Test(page uint64) bool {
-	if page >= b.pages {
-		return false
-	}
-	return b.words[page/64]&(1<<(page%64)) != 0
+	return page < b.pages && Words(b.words).Test(page)
 }
 
 // CountWords returns how many bits are set in words, a bitmap in KVM's

@@ -36,8 +36,8 @@ type Config struct {
 	// power of two pages for the direct-mapped policy). Cache.PageSize is
 	// taken from PageSize.
 	Cache delta.CacheConfig
-	// LZ4 sends a page as an LZ4 block when that is smaller than the page
-	// (and no XBZRLE delta was sent).
+	// LZ4 sends a page as an LZ4 block when the block saves at least 1/64
+	// of the page (MaxLZ4; and no XBZRLE delta was sent).
 	LZ4 bool
 	// Workers is how many goroutines encode pages; 0 means
 	// runtime.GOMAXPROCS(0), at most 256. With 1 the pipeline starts no

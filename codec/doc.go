@@ -18,9 +18,14 @@
 //     is stored as zeros in the cache, so no later delta applies to a stale
 //     copy;
 //  3. with Config.LZ4, a page is sent as an LZ4 block (transport.EncLZ4,
-//     github.com/pierrec/lz4/v4's block format) when the block is smaller
-//     than the page;
+//     github.com/pierrec/lz4/v4's block format) when the block saves at
+//     least 1/64 of the page (MaxLZ4 says why);
 //  4. otherwise the page goes raw (transport.EncRaw).
+//
+// Steps 1, 3 and 4 need no history: they are a PageEncoder's, which every
+// engine uses, the post-copy source directly. Every engine's destination
+// decodes with DecodePage (Decoder.Apply is DecodePage and a write to a
+// livemig.PageSink).
 //
 // # Parallel workers
 //

@@ -87,3 +87,31 @@ func Example() {
 	// true
 	// 2 LZ4 pages, 1 delta pages, 1 cache hits
 }
+
+// ExamplePageEncoder encodes pages one at a time, as an engine that sends
+// every page once does (post-copy), and decodes each record on its own at
+// the destination, where the engine places the page itself.
+func ExamplePageEncoder() {
+	text := bytes.Repeat([]byte("guest memory "), 316)[:4096]
+	random := make([]byte, 4096)
+	for i := range random {
+		random[i] = byte(i * i * 2654435761 >> 13)
+	}
+	enc := &codec.PageEncoder{LZ4: true} // one per sending goroutine
+	out := make([]byte, 0, 4096)         // the encoder's output buffer
+	page := make([]byte, 4096)           // the decoder's
+	for _, p := range [][]byte{make([]byte, 4096), text, random} {
+		e, data := enc.Encode(out[:0], p)
+		got, err := codec.DecodePage(page, 7, e, data, nil)
+		if got == nil {
+			got = make([]byte, 4096) // a zero page
+		}
+		fmt.Printf("encoding %d, %d bytes, decoded %v\n", e, len(data), err == nil && bytes.Equal(got, p))
+	}
+	fmt.Println(codec.MaxLZ4(4096))
+	// Output:
+	// encoding 1, 0 bytes, decoded true
+	// encoding 3, 47 bytes, decoded true
+	// encoding 0, 4096 bytes, decoded true
+	// 4032
+}

@@ -5,8 +5,7 @@ import "github.com/pierrec/lz4/v4"
 // lz4Compress compresses src into dst with c and returns the block's
 // length, or 0 when the block would not fit in dst: the caller then sends
 // the page raw. It is the only place that calls lz4 with its (src, dst)
-// argument order. To use LZ4 only when it saves bytes, pass a dst shorter
-// than the page.
+// argument order. PageEncoder passes a dst of MaxLZ4 bytes.
 func lz4Compress(c *lz4.Compressor, dst, src []byte) int {
 	n, err := c.CompressBlock(src, dst)
 	if err != nil || n <= 0 || n > len(dst) {

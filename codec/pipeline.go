@@ -32,8 +32,9 @@ const queueDepth = 2
 // zero page; else an XBZRLE delta against the page's cached copy when
 // XBZRLE is on, the round is 2 or later and the page is cached (a page
 // unchanged since its cached copy produces no record at all); else an LZ4
-// block when LZ4 is on and the block is smaller than the page; else the raw
-// page.
+// block when LZ4 is on and the block saves at least 1/64 of the page
+// (MaxLZ4); else the raw page. The zero-page test, LZ4 and raw are a
+// PageEncoder's choice, the one every engine makes.
 //
 // The calls Submit, Barrier, StartRound, ObserveLink and Close come from one
 // goroutine, the engine's. send is called from one goroutine at a time,

@@ -8,7 +8,6 @@ import (
 	"github.com/livemig/livemig/delta"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
-	"github.com/pierrec/lz4/v4"
 )
 
 // params are the settings a page is encoded with, fixed when it is
@@ -90,8 +89,8 @@ type worker struct {
 	cache   delta.Cache
 	enc     *delta.Encoder
 	epoch   uint64
-	lz      *lz4.Compressor
-	scratch []byte // encoder output
+	pe      PageEncoder // LZ4 or raw, once zero pages and XBZRLE are done
+	scratch []byte      // encoder output
 	tick    int
 }
 
@@ -101,7 +100,6 @@ func newWorker(cfg *Config, mem livemig.Memory, digest *verify.Digest) (*worker,
 		shards:  uint64(cfg.Workers),
 		mem:     mem,
 		digest:  digest,
-		lz:      new(lz4.Compressor),
 		scratch: make([]byte, 0, 2*cfg.PageSize+16),
 	}
 	w.view, _ = mem.(livemig.PageView)
@@ -238,21 +236,24 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			c.stats.CacheMisses++
 		}
 	}
+	// The rest of the choice is the PageEncoder's: LZ4 or raw.
+	w.pe.LZ4 = p.lz4
+	enc, out := w.pe.encodeNonZero(w.scratch[:0], src)
 	if p.lz4 {
 		c.lRan++
-		k := lz4Compress(w.lz, w.scratch[:ps-1], src)
 		if sample {
 			c.lNs += uint64(time.Since(t0))
 		}
-		if k > 0 {
-			c.stats.LZ4Pages++
-			c.stats.EncodedBytes += uint64(k)
-			c.lSaved += uint64(ps - k)
-			rec.enc, rec.data = transport.EncLZ4, slot[:copy(slot, w.scratch[:k])]
-			c.records++
-			c.wire += recordOverhead + uint64(k)
-			return
-		}
+	}
+	if enc == transport.EncLZ4 {
+		k := len(out)
+		c.stats.LZ4Pages++
+		c.stats.EncodedBytes += uint64(k)
+		c.lSaved += uint64(ps - k)
+		rec.enc, rec.data = transport.EncLZ4, slot[:copy(slot, out)]
+		c.records++
+		c.wire += recordOverhead + uint64(k)
+		return
 	}
 	c.stats.RawBytes -= uint64(ps) // raw adds it back
 	w.raw(rec, src, c)

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/internal/uffd"
 )
 
@@ -29,8 +30,8 @@ type Region struct {
 	onFault  func(uint64)
 	log      *slog.Logger
 
-	present   []uint64 // bit n: page n placed; set atomically, cleared only by Discard
-	requested []uint64 // bit n: page n faulted and awaits placement; changed under mu
+	present   bitmap.Words // bit n: page n placed; set atomically, cleared only by Discard
+	requested bitmap.Words // bit n: page n faulted and awaits placement; changed under mu
 	missing   atomic.Uint64
 	faults    atomic.Uint64
 	requests  atomic.Uint64
@@ -144,18 +145,17 @@ func (r *Region) serve() {
 // loads requested, so at least one of them sees the other, and a fault
 // time is neither lost nor left behind.
 func (r *Region) request(n uint64, t time.Time) bool {
-	w, b := n/64, uint64(1)<<(n%64)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	atomic.OrUint64(&r.requested[w], b)
-	if atomic.LoadUint64(&r.present[w])&b != 0 {
+	r.requested.SetAtomic(n)
+	if r.present.TestAtomic(n) {
 		// Placed since the fault: the placement woke the faulter. An
 		// earlier fault's entry stays for markPresent, which has seen or
 		// will see the requested bit that fault set, and records its
 		// wait; deleting it here lost that wait when markPresent had set
 		// present but not yet looked (FaultStats one short, now and then).
 		if _, earlier := r.pending[n]; !earlier {
-			atomic.AndUint64(&r.requested[w], ^b)
+			r.requested.ClearAtomic(n)
 		}
 		return false
 	}
@@ -169,11 +169,10 @@ func (r *Region) request(n uint64, t time.Time) bool {
 
 // markPresent records that page n is mapped.
 func (r *Region) markPresent(n uint64) {
-	w, b := n/64, uint64(1)<<(n%64)
-	if atomic.OrUint64(&r.present[w], b)&b == 0 {
+	if r.present.SetAtomic(n) {
 		r.missing.Add(^uint64(0))
 	}
-	if atomic.LoadUint64(&r.requested[w])&b == 0 {
+	if !r.requested.TestAtomic(n) {
 		return
 	}
 	now := time.Now()
@@ -182,7 +181,7 @@ func (r *Region) markPresent(n uint64) {
 		delete(r.pending, n)
 		r.lat.add(now.Sub(t))
 	}
-	atomic.AndUint64(&r.requested[w], ^b)
+	r.requested.ClearAtomic(n)
 	r.mu.Unlock()
 }
 
@@ -206,7 +205,7 @@ func (r *Region) Bytes() []byte {
 // Present reports whether page n has been placed. Out-of-range pages are
 // never present.
 func (r *Region) Present(n uint64) bool {
-	return n < r.pages && atomic.LoadUint64(&r.present[n/64])&(1<<(n%64)) != 0
+	return n < r.pages && r.present.TestAtomic(n)
 }
 
 // Missing returns how many pages have not been placed yet.
@@ -356,14 +355,13 @@ func (r *Region) Discard(n uint64) error {
 		return err
 	}
 	defer r.life.RUnlock()
-	w, b := n/64, uint64(1)<<(n%64)
-	if atomic.LoadUint64(&r.present[w])&b == 0 {
+	if !r.present.TestAtomic(n) {
 		return nil
 	}
 	if err := unix.Madvise(r.page(n), unix.MADV_DONTNEED); err != nil {
 		return &livemig.PageError{Op: "discard", Page: n, Err: fmt.Errorf("faultmem: madvise: %w", err)}
 	}
-	if atomic.AndUint64(&r.present[w], ^b)&b != 0 {
+	if r.present.ClearAtomic(n) {
 		r.missing.Add(1)
 	}
 	return nil

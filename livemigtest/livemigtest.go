@@ -26,13 +26,13 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/bits"
 	"math/rand/v2"
 	"runtime"
 	"sync"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // TB is the part of testing.TB the checks use; *testing.T and *testing.B
@@ -203,10 +203,6 @@ func allByte(b []byte, v byte) bool {
 	return true
 }
 
-// bitmap helpers over KVM's layout.
-func bitSet(b []uint64, n uint64) bool { return b[n/64]&(1<<(n%64)) != 0 }
-func setBit(b []uint64, n uint64)      { b[n/64] |= 1 << (n % 64) }
-
 // TestDirtySource checks ds, the dirty log of a guest of pages pages,
 // against the livemig.DirtySource contract. write(n) must write page n of
 // that guest so that the dirty log sees it; it is called from several
@@ -243,7 +239,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	if d := sync1("no writes"); d != nil {
-		if c := count(d); c != 0 {
+		if c := bitmap.CountWords(d); c != 0 {
 			t.Errorf("livemigtest: DirtySource: a sync with no writes since the previous one reported %d pages (first %d); the guest must be quiescent, or SyncDirty does not clear", c, first(d))
 		}
 	}
@@ -258,16 +254,16 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	for _, n := range written {
-		if !bitSet(d1, n) {
+		if !bitmap.Words(d1).Test(n) {
 			t.Errorf("livemigtest: DirtySource: page %d was written but the next SyncDirty did not report it", n)
 		}
 	}
-	if c := count(d1); c != uint64(len(written)) {
+	if c := bitmap.CountWords(d1); c != uint64(len(written)) {
 		t.Errorf("livemigtest: DirtySource: %d pages written, SyncDirty reported %d", len(written), c)
 	}
 	if d2 := sync1("second sync"); d2 != nil {
 		for _, n := range written {
-			if bitSet(d2, n) {
+			if bitmap.Words(d2).Test(n) {
 				t.Errorf("livemigtest: DirtySource: page %d was reported again by the sync after the one that reported it (SyncDirty must clear)", n)
 				break
 			}
@@ -279,7 +275,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 	dst := make([]uint64, words+extra)
 	pre := samplePages(pages, 16, 4)
 	for _, n := range pre {
-		setBit(dst, n)
+		bitmap.Words(dst).Set(n)
 	}
 	dst[words+1] = 1 << 7
 	w := pages / 2
@@ -289,12 +285,12 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		return
 	}
 	for _, n := range pre {
-		if !bitSet(dst, n) {
+		if !bitmap.Words(dst).Test(n) {
 			t.Errorf("livemigtest: DirtySource: SyncDirty cleared bit %d that was set in dst (it must OR)", n)
 			break
 		}
 	}
-	if !bitSet(dst, w) {
+	if !bitmap.Words(dst).Test(w) {
 		t.Errorf("livemigtest: DirtySource: page %d written before a sync into a non-empty dst was not reported", w)
 	}
 	if dst[words+1] != 1<<7 {
@@ -311,7 +307,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 		var targets [writers][]uint64
 		for i, n := range distinctPages(r, pages, perRound) {
 			targets[i%writers] = append(targets[i%writers], n)
-			setBit(want, n)
+			bitmap.Words(want).Set(n)
 		}
 		union := make([]uint64, words+extra)
 		done := make(chan struct{})
@@ -348,7 +344,7 @@ func TestDirtySource(t TB, ds livemig.DirtySource, pages uint64, write func(n ui
 				if firstLost < 0 {
 					firstLost = i
 				}
-				lost += count([]uint64{m})
+				lost += bitmap.CountWords([]uint64{m})
 			}
 		}
 		if lost > 0 {
@@ -382,26 +378,9 @@ func distinctPages(r *rand.Rand, pages uint64, k int) []uint64 {
 
 func checkPast(t TB, dst []uint64, pages uint64, what string) {
 	t.Helper()
-	words := livemig.WordsFor(pages)
-	if pages%64 != 0 && dst[words-1]>>(pages%64) != 0 {
-		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits past page count %d in the last word: %#x", what, pages, dst[words-1])
+	if n, ok := bitmap.Words(dst).NextSet(pages); ok {
+		t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set page %d, past the page count %d", what, n, pages)
 	}
-	for i := words; i < len(dst); i++ {
-		if dst[i] != 0 {
-			t.Errorf("livemigtest: DirtySource.SyncDirty (%s) set bits in word %d, past the %d words of %d pages", what, i, words, pages)
-			return
-		}
-	}
-}
-
-func count(b []uint64) uint64 {
-	var c uint64
-	for _, w := range b {
-		for ; w != 0; w &= w - 1 {
-			c++
-		}
-	}
-	return c
 }
 
 func first(b []uint64) int64 {
@@ -636,7 +615,7 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 			if d == nil {
 				return false
 			}
-			if count(d) > 0 {
+			if bitmap.CountWords(d) > 0 {
 				return true
 			}
 			if run != nil && i >= runSteps || run == nil && time.Since(start) > selfRunning {
@@ -661,13 +640,12 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 	report := func(d []uint64, format string) {
 		t.Helper()
 		shown := 0
-		for i := 0; i < len(d) && shown < 4; i++ {
-			for w := d[i]; w != 0 && shown < 4; w &= w - 1 {
-				t.Errorf(format, uint64(i)*64+uint64(bits.TrailingZeros64(w)))
-				shown++
-			}
+		w := bitmap.Words(d)
+		for n, ok := w.NextSet(0); ok && shown < 4; n, ok = w.NextSet(n + 1) {
+			t.Errorf(format, n)
+			shown++
 		}
-		if c := count(d); c > uint64(shown) {
+		if c := bitmap.CountWords(d); c > uint64(shown) {
 			t.Errorf("livemigtest: VM: ... and %d more pages", c-uint64(shown))
 		}
 	}
@@ -735,10 +713,10 @@ func TestVM(t TB, vm livemig.VM, m livemig.Memory, ds livemig.DirtySource, run f
 	changed, lost := make([]uint64, words), make([]uint64, words)
 	for i, n := range sample {
 		if !bytes.Equal(paused1[i], paused2[i]) {
-			setBit(changed, n)
+			bitmap.Words(changed).Set(n)
 		}
-		if !bytes.Equal(before[i], paused1[i]) && !bitSet(first, n) && !bitSet(second, n) {
-			setBit(lost, n)
+		if !bytes.Equal(before[i], paused1[i]) && !bitmap.Words(first).Test(n) && !bitmap.Words(second).Test(n) {
+			bitmap.Words(lost).Set(n)
 		}
 	}
 	report(changed, "livemigtest: VM: Pause returned but page %d was written after it (two reads of it after Pause differ)")

@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/region"
 )
@@ -113,7 +114,7 @@ func (r *ref) write(n uint64) {
 	}
 	r.mu.Lock()
 	r.pages[n][0]++
-	r.dirty[n/64] |= 1 << (n % 64)
+	bitmap.Words(r.dirty).Set(n)
 	r.mu.Unlock()
 }
 
@@ -126,7 +127,7 @@ func (r *ref) poke(n uint64) {
 
 func (r *ref) mark(n uint64) {
 	r.mu.Lock()
-	r.dirty[n/64] |= 1 << (n % 64)
+	bitmap.Words(r.dirty).Set(n)
 	r.mu.Unlock()
 }
 

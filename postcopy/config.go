@@ -44,8 +44,9 @@ type Config struct {
 	// keep moving that way. 0 means DefaultPrepage, negative means none.
 	Prepage int
 	// LZ4 compresses the pages the source sends (pushed, requested and in
-	// pre-copy rounds) with LZ4 when the block is at most seven eighths of
-	// the page (PageEncoder); the destination decompresses them. It pays on
+	// pre-copy rounds) with LZ4 when the block saves at least 1/64 of the
+	// page (codec.PageEncoder, codec.MaxLZ4); the destination decompresses
+	// them. It pays on
 	// links slower than the source compresses (about 1 GB/s a core). Zero
 	// pages go as zero-page records either way.
 	LZ4 bool

@@ -10,10 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pierrec/lz4/v4"
-
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
@@ -148,7 +147,7 @@ type receiver struct {
 	reqWG   sync.WaitGroup
 	direct  *FaultQueue // dst.Faults, served directly from the resume on
 
-	mainScratch []byte        // the main receiver's page for LZ4 blocks
+	mainScratch []byte        // the main receiver's page for LZ4 blocks (codec.DecodePage)
 	completeAck transport.Msg // Ack(AckComplete), kept for a source that missed it
 
 	session      uint64
@@ -634,24 +633,11 @@ func (r *receiver) markHeld(n uint64) {
 	r.demMu.Unlock()
 }
 
+// checkPage checks a page record's page number; codec.DecodePage checks
+// its encoding and data.
 func (r *receiver) checkPage(msg transport.Msg) error {
 	if msg.Page >= r.pages {
 		return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
-	}
-	switch msg.Enc {
-	case transport.EncZero:
-	case transport.EncRaw:
-		if len(msg.Data) != r.ps {
-			return &livemig.PageError{Op: "receive", Page: msg.Page,
-				Err: fmt.Errorf("raw page of %d bytes, page size %d: %w", len(msg.Data), r.ps, livemig.ErrCorrupt)}
-		}
-	case transport.EncLZ4:
-		if len(msg.Data) > lz4.CompressBlockBound(r.ps) {
-			return &livemig.PageError{Op: "receive", Page: msg.Page,
-				Err: fmt.Errorf("LZ4 block of %d bytes, longer than any page's: %w", len(msg.Data), livemig.ErrCorrupt)}
-		}
-	default:
-		return &livemig.PageError{Op: "receive", Page: msg.Page, Err: fmt.Errorf("encoding %d: %w", msg.Enc, livemig.ErrNotSupported)}
 	}
 	return nil
 }
@@ -662,7 +648,7 @@ func (r *receiver) write(msg transport.Msg) error {
 	if err := r.checkPage(msg); err != nil {
 		return err
 	}
-	data, err := decodePage(msg, r.mainScratch)
+	data, err := codec.DecodePage(r.mainScratch, msg.Page, msg.Enc, msg.Data, nil)
 	if err != nil {
 		return err
 	}
@@ -703,7 +689,7 @@ func (r *receiver) place(msg transport.Msg, scratch []byte) error {
 	if err := r.checkPage(msg); err != nil {
 		return err
 	}
-	data, err := decodePage(msg, scratch)
+	data, err := codec.DecodePage(scratch, msg.Page, msg.Enc, msg.Data, nil)
 	if err != nil {
 		return err
 	}

@@ -65,9 +65,11 @@
 // # Compression
 //
 // Every page crosses once, so a delta codec has nothing to work from; with
-// Config.LZ4 the source sends a page as an LZ4 block when that saves an
-// eighth of it (PageEncoder), which pays on links slower than the source
-// compresses. Zero pages always go as zero-page records.
+// Config.LZ4 the source sends a page as an LZ4 block when that saves at
+// least 1/64 of it (codec.PageEncoder, the rule of every engine:
+// codec.MaxLZ4), which pays on links slower than the source compresses.
+// Zero pages always go as zero-page records. The destination decodes with
+// codec.DecodePage.
 //
 // # Destination memory
 //

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 )
@@ -195,12 +196,12 @@ func receiveSeeds(t testing.TB) [][]byte {
 	badBitmap := enc(transport.Msg{Kind: transport.KindDiscard, Page: 192, Data: transport.AppendBitmap(nil, []uint64{1 << 9})})
 	// The same post-copy with its pages as LZ4 blocks, and one block
 	// that does not decompress to a page.
-	pe := NewPageEncoder(64, true)
+	pe := &codec.PageEncoder{LZ4: true}
 	var packed []transport.Msg
 	for _, m := range pages {
 		if m.Enc != transport.EncZero {
-			enc, data := pe.Encode(m.Data)
-			m.Enc, m.Data = enc, bytes.Clone(data)
+			enc, data := pe.Encode(nil, m.Data)
+			m.Enc, m.Data = enc, data
 		}
 		packed = append(packed, m)
 	}

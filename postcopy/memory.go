@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // Memory is the destination's memory in a post-copy migration: a
@@ -75,7 +76,7 @@ type FaultQueue struct {
 	clock   livemig.Clock
 	pages   uint64
 	mu      sync.Mutex
-	pending []uint64 // bitmap of queued pages
+	pending bitmap.Words // queued pages
 	q       []fault
 	head    int
 	signal  chan struct{} // holds a token while q is not empty
@@ -122,12 +123,10 @@ func (f *FaultQueue) Fault(n uint64) {
 	}
 	f.dmu.RUnlock()
 	f.mu.Lock()
-	w, bit := n/64, uint64(1)<<(n%64)
-	if f.pending[w]&bit != 0 {
+	if !f.pending.Set(n) {
 		f.mu.Unlock()
-		return
+		return // already queued
 	}
-	f.pending[w] |= bit
 	f.q = append(f.q, fault{n, at})
 	f.mu.Unlock()
 	select {
@@ -160,7 +159,7 @@ func (f *FaultQueue) NextFault(ctx context.Context) (uint64, time.Time, error) {
 			} else if f.head > 1024 && f.head*2 > len(f.q) {
 				f.q, f.head = append(f.q[:0], f.q[f.head:]...), 0
 			}
-			f.pending[x.page/64] &^= 1 << (x.page % 64)
+			f.pending.Clear(x.page)
 			more := f.head < len(f.q)
 			f.mu.Unlock()
 			if more {
@@ -192,7 +191,7 @@ type HeapMemory struct {
 	onFault  func(uint64)
 
 	mu      sync.Mutex
-	present []uint64 // atomic loads outside mu
+	present bitmap.Words // atomic loads outside mu
 	waiters map[uint64]chan struct{}
 	locks   [256]sync.Mutex // guest access and ReadPage, by page
 	faults  atomic.Uint64
@@ -239,7 +238,7 @@ func (h *HeapMemory) check(n uint64, op string) error {
 
 // Present reports whether page n is present.
 func (h *HeapMemory) Present(n uint64) bool {
-	return n < h.pages && atomic.LoadUint64(&h.present[n/64])&(1<<(n%64)) != 0
+	return n < h.pages && h.present.TestAtomic(n)
 }
 
 // Access is a guest access to page n: it waits until the page is present
@@ -300,7 +299,7 @@ func (h *HeapMemory) place(n uint64, data []byte, overwrite bool) (bool, error) 
 		copy(h.page(n), data)
 	}
 	l.Unlock()
-	atomic.OrUint64(&h.present[n/64], 1<<(n%64))
+	h.present.SetAtomic(n)
 	if ch := h.waiters[n]; ch != nil {
 		close(ch)
 		delete(h.waiters, n)
@@ -345,7 +344,7 @@ func (h *HeapMemory) Discard(n uint64) error {
 	l.Lock()
 	clear(h.page(n))
 	l.Unlock()
-	atomic.AndUint64(&h.present[n/64], ^(uint64(1) << (n % 64)))
+	h.present.ClearAtomic(n)
 	return nil
 }
 

@@ -1,7 +1,6 @@
 package postcopy
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"testing"
@@ -97,49 +96,5 @@ func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
 	}
 	if r.rep == nil || !r.rep.Resumed || r.rep.Complete {
 		t.Fatalf("report %+v", r.rep)
-	}
-}
-
-// PageEncoder sends zero pages as such, compressible pages as LZ4 blocks
-// that decode back to the page, the rest raw; decodePage refuses a block
-// that is not a page.
-func TestPageEncoder(t *testing.T) {
-	const ps = 4096
-	zero := make([]byte, ps)
-	words := make([]byte, ps)
-	for i := range words {
-		words[i] = byte(i / 512)
-	}
-	random := make([]byte, ps)
-	for i := range random {
-		random[i] = byte((i*2654435761)>>13 ^ i*31)
-	}
-	for _, c := range []struct {
-		name string
-		lz4  bool
-		page []byte
-		want transport.Encoding
-	}{
-		{"zero", true, zero, transport.EncZero},
-		{"zero without lz4", false, zero, transport.EncZero},
-		{"compressible", true, words, transport.EncLZ4},
-		{"compressible without lz4", false, words, transport.EncRaw},
-		{"incompressible", true, random, transport.EncRaw},
-	} {
-		enc, data := NewPageEncoder(ps, c.lz4).Encode(c.page)
-		if enc != c.want {
-			t.Fatalf("%s: encoding %d, want %d", c.name, enc, c.want)
-		}
-		got, err := decodePage(transport.Msg{Kind: transport.KindPage, Enc: enc, Data: data}, make([]byte, ps))
-		if err != nil || (enc != transport.EncZero && !bytes.Equal(got, c.page)) {
-			t.Fatalf("%s: decodes to %d bytes, %v", c.name, len(got), err)
-		}
-	}
-	_, data := NewPageEncoder(ps, true).Encode(words)
-	if _, err := decodePage(transport.Msg{Enc: transport.EncLZ4, Page: 9, Data: data}, make([]byte, ps/2)); !errors.Is(err, livemig.ErrCorrupt) {
-		t.Fatalf("a block of another size: %v", err)
-	}
-	if _, err := decodePage(transport.Msg{Enc: transport.EncLZ4, Page: 9, Data: []byte{0xff, 1}}, make([]byte, ps)); !errors.Is(err, livemig.ErrCorrupt) {
-		t.Fatalf("a broken block: %v", err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
@@ -887,14 +888,14 @@ func (m *migration) urgentSender(ctx context.Context, s *session) {
 }
 
 // pageSender is what one goroutine needs to send pages: a page buffer
-// (unused when the memory has views) and an encoder.
+// (unused when the memory has views), an encoder and its output buffer.
 type pageSender struct {
-	buf []byte
-	enc *PageEncoder
+	buf, out []byte
+	enc      *codec.PageEncoder
 }
 
 func (m *migration) newSender() *pageSender {
-	return &pageSender{buf: make([]byte, m.ps), enc: NewPageEncoder(m.ps, m.cfg.LZ4)}
+	return &pageSender{buf: make([]byte, m.ps), out: make([]byte, 0, m.ps), enc: &codec.PageEncoder{LZ4: m.cfg.LZ4}}
 }
 
 // sendPage reads the page of step o, sends it on conn, encoded by ps.enc,
@@ -915,7 +916,7 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 		page = ps.buf
 	}
 	msg := transport.Msg{Kind: transport.KindPage, Page: n}
-	msg.Enc, msg.Data = ps.enc.Encode(page)
+	msg.Enc, msg.Data = ps.enc.Encode(ps.out[:0], page)
 	if m.digest != nil {
 		if msg.Enc == transport.EncZero {
 			m.digest.Zero(n)

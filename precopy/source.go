@@ -513,11 +513,8 @@ func (m *migration) sendRound(ctx context.Context, r *livemig.Round, all bool) e
 	}
 	// The bitmap has exactly the guest's words: only the last can hold
 	// bits past the last page, which a broken dirty log might set.
-	if rem := m.pages % 64; rem != 0 {
-		if extra := m.dirty[len(m.dirty)-1] >> rem; extra != 0 {
-			n := m.pages + uint64(bits.TrailingZeros64(extra))
-			return fmt.Errorf("precopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
-		}
+	if n, ok := bitmap.Words(m.dirty).NextSet(m.pages); ok {
+		return fmt.Errorf("precopy: dirty log reports page %d of %d: %w", n, m.pages, livemig.ErrPageRange)
 	}
 	if m.cfg.Order != nil {
 		m.plan = m.cfg.Order.Plan(m.plan[:0], m.dirty)
@@ -596,11 +593,9 @@ func (m *migration) send(msg transport.Msg) error {
 	if err != nil {
 		return err
 	}
-	w, bit := msg.Page/64, uint64(1)<<(msg.Page%64)
-	if m.sent[w]&bit != 0 {
+	if !bitmap.Words(m.sent).Set(msg.Page) {
 		m.resent++
 	}
-	m.sent[w] |= bit
 	return nil
 }
 

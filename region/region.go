@@ -18,11 +18,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/bits"
 	"sync"
 	"sync/atomic"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // ErrPaused is returned by TryWrite while the region is paused.
@@ -37,7 +37,7 @@ type Region struct {
 	pages    uint64
 	unmap    func() error
 
-	dirty []uint64 // KVM layout, updated atomically
+	dirty *bitmap.Bitmap // a software dirty log: MarkAtomic, SyncDirty
 	locks [stripes]sync.Mutex
 
 	gate   sync.RWMutex // writers hold it shared; Pause holds it exclusively
@@ -64,7 +64,7 @@ func New(pageSize int, pages uint64) (*Region, error) {
 	}
 	return &Region{
 		mem: mem, pageSize: pageSize, pages: pages, unmap: unmap,
-		dirty: make([]uint64, livemig.WordsFor(pages)),
+		dirty: bitmap.New(pages),
 	}, nil
 }
 
@@ -125,7 +125,7 @@ func (r *Region) Update(n uint64, f func(page []byte), off, length int) error {
 	l := &r.locks[n%stripes]
 	l.Lock()
 	f(r.page(n))
-	atomic.OrUint64(&r.dirty[n/64], 1<<(n%64))
+	_ = r.dirty.MarkAtomic(n) // n < pages: checked above
 	l.Unlock()
 	r.gate.RUnlock()
 	r.writes.Add(1)
@@ -149,39 +149,27 @@ func (r *Region) ReadPage(n uint64, dst []byte) error {
 }
 
 // SyncDirty ORs the pages written since the previous sync into dst and
-// clears them (fetch-and-clear, word by word with atomic swaps).
+// clears them (fetch-and-clear, word by word with atomic swaps:
+// bitmap.Bitmap.SyncDirty). A dst shorter than livemig.WordsFor(PageCount())
+// is an error wrapping bitmap.ErrShort.
 func (r *Region) SyncDirty(dst []uint64) error {
-	if len(dst) < len(r.dirty) {
-		return fmt.Errorf("region: dirty bitmap of %d words, need %d", len(dst), len(r.dirty))
-	}
-	for i := range r.dirty {
-		if atomic.LoadUint64(&r.dirty[i]) != 0 {
-			dst[i] |= atomic.SwapUint64(&r.dirty[i], 0)
-		}
+	if err := r.dirty.SyncDirty(dst); err != nil {
+		return fmt.Errorf("region: %w", err)
 	}
 	return nil
 }
 
 // PeekDirty ORs the pages written since the previous sync into dst without
-// clearing them.
+// clearing them; dst as for SyncDirty.
 func (r *Region) PeekDirty(dst []uint64) error {
-	if len(dst) < len(r.dirty) {
-		return fmt.Errorf("region: dirty bitmap of %d words, need %d", len(dst), len(r.dirty))
-	}
-	for i := range r.dirty {
-		dst[i] |= atomic.LoadUint64(&r.dirty[i])
+	if err := r.dirty.PeekDirty(dst); err != nil {
+		return fmt.Errorf("region: %w", err)
 	}
 	return nil
 }
 
 // DirtyCount returns how many pages are marked dirty now.
-func (r *Region) DirtyCount() uint64 {
-	var c int
-	for i := range r.dirty {
-		c += bits.OnesCount64(atomic.LoadUint64(&r.dirty[i]))
-	}
-	return uint64(c)
-}
+func (r *Region) DirtyCount() uint64 { return r.dirty.CountAtomic() }
 
 // WritePage stores data as page n (destination side).
 func (r *Region) WritePage(n uint64, data []byte) error {

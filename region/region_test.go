@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 func TestWriteMarksDirty(t *testing.T) {
@@ -95,7 +96,7 @@ func TestConcurrentWritersNeverLoseAMark(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				written[w][n/64] |= 1 << (n % 64)
+				bitmap.Words(written[w]).Set(n)
 			}
 		}(w)
 	}

@@ -1,6 +1,10 @@
 package reorder
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/livemig/livemig/bitmap"
+)
 
 // Deferred is the deferral rule of Clark et al. ("Live Migration of Virtual
 // Machines", NSDI 2005): a page planned for this round that has been dirtied
@@ -18,8 +22,7 @@ func Deferred(peek []uint64, page uint64, final bool) bool {
 	if final {
 		return false
 	}
-	w := page / 64
-	return w < uint64(len(peek)) && peek[w]&(1<<(page%64)) != 0
+	return bitmap.Words(peek).Test(page)
 }
 
 // DefaultPeekEvery is how many pages a Deferrer lets go between two looks at

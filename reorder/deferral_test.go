@@ -4,6 +4,8 @@ import (
 	"errors"
 	"slices"
 	"testing"
+
+	"github.com/livemig/livemig/bitmap"
 )
 
 func TestDeferredRule(t *testing.T) {
@@ -51,7 +53,7 @@ func runRound(t *testing.T, d *Deferrer, log *fakeLog, plan []uint64, final bool
 	d.Start(final)
 	for i, p := range plan {
 		for _, w := range writes[i] {
-			log.dirty[w/64] |= 1 << (w % 64)
+			bitmap.Words(log.dirty).Set(w)
 		}
 		if buf := d.Due(); buf != nil {
 			if err := log.PeekDirty(buf); err != nil {

@@ -5,13 +5,15 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/livemig/livemig/bitmap"
 )
 
 // bm builds a bitmap of pages pages with the given pages set.
 func bm(pages uint64, set ...uint64) []uint64 {
 	w := make([]uint64, (pages+63)/64)
 	for _, p := range set {
-		w[p/64] |= 1 << (p % 64)
+		bitmap.Words(w).Set(p)
 	}
 	return w
 }
@@ -160,7 +162,7 @@ type naive struct {
 
 func (n *naive) observe(dirty []uint64) {
 	for p := range n.pages {
-		if p/64 < uint64(len(dirty)) && dirty[p/64]&(1<<(p%64)) != 0 && n.count[p] < MaxCount {
+		if bitmap.Words(dirty).Test(p) && n.count[p] < MaxCount {
 			n.count[p]++
 		}
 	}
@@ -203,7 +205,7 @@ func randomDirty(r *rand.Rand, words int, hot uint64) []uint64 {
 			pr = density
 		}
 		if r.Float64() < pr {
-			d[p/64] |= 1 << (p % 64)
+			bitmap.Words(d).Set(p)
 		}
 	}
 	return d

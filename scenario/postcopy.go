@@ -9,6 +9,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
@@ -69,7 +70,7 @@ type PostCopy struct {
 	// of the push, as postcopy.Config.Urgent does.
 	Urgent bool
 	// LZ4 compresses the pages sent, as postcopy.Config.LZ4 does, with the
-	// engine's encoder, so the same pages go compressed.
+	// engine's encoder (codec.PageEncoder), so the same pages go compressed.
 	LZ4 bool
 	// Order, if set, makes the push order (and the order of the pre-copy
 	// rounds after the first) for a guest of pages pages; once per Run.
@@ -247,11 +248,11 @@ type pcModel struct {
 	lat   time.Duration
 	order livemig.Order
 
-	core    *postcopy.Core
-	report  *livemig.Report
-	resumed bool
-	buf     []byte
-	enc     *postcopy.PageEncoder
+	core     *postcopy.Core
+	report   *livemig.Report
+	resumed  bool
+	buf, out []byte
+	enc      *codec.PageEncoder
 
 	// Wire, source to destination.
 	events    evHeap
@@ -262,19 +263,13 @@ type pcModel struct {
 	pushTimer bool
 
 	// Destination.
-	present  *bitmap.Bitmap // pages the destination holds
-	held     uint64
-	asked    *bitmap.Bitmap
-	vrun     time.Duration // the vCPU's running time
+	dem      *postcopy.Demand // the destination's pages and faults, as Receive keeps them
+	vrun     time.Duration    // the vCPU's running time
 	acc      []uint64
 	touch    sim.WriteFunc // appends to acc; bound once
 	accAt    int
 	stalled  bool
 	stallOn  uint64
-	faultAt  time.Time
-	waits    postcopy.FaultWaits
-	nFaults  uint64
-	lastAt   time.Time
 	resumeAt time.Time
 
 	err        error // the first failure in the event loop
@@ -295,8 +290,8 @@ func (m *pcModel) run(ctx context.Context) error {
 		alg = "hybrid"
 	}
 	m.report = &livemig.Report{Algorithm: alg, GuestPages: m.pages, PageSize: m.ps}
-	m.present, m.asked = bitmap.New(m.pages), bitmap.New(m.pages)
-	m.buf, m.enc = make([]byte, m.ps), postcopy.NewPageEncoder(m.ps, m.cfg.LZ4)
+	m.dem = postcopy.NewDemand(m.pages)
+	m.buf, m.out, m.enc = make([]byte, m.ps), make([]byte, 0, m.ps), &codec.PageEncoder{LZ4: m.cfg.LZ4}
 	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
 	core, err := postcopy.NewCore(postcopy.CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: m.cfg.PreCopyRounds,
@@ -324,8 +319,8 @@ func (m *pcModel) run(ctx context.Context) error {
 	m.core.Fill(m.report, end, ackResumed, true)
 	m.report.Verified = m.sink.Received() == m.pages
 	st := m.report.PostCopy
-	st.DemandFaults, st.LastPage, st.WaitTotal = m.nFaults, m.lastAt.Sub(m.resumeAt), m.waits.Total()
-	st.FaultP50, st.FaultP99, st.FaultMax = m.waits.Summary()
+	m.dem.Fill(st)
+	st.LastPage = m.dem.LastPage().Sub(m.resumeAt)
 	return nil
 }
 
@@ -366,7 +361,7 @@ func (m *pcModel) precopy(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			_ = m.present.Set(o.Page)
+			m.dem.Placed(o.Page, clock.Now())
 			clock.Advance(m.tx(size))
 		case postcopy.OpEndRound:
 			clock.Advance(m.tx(recOverhead))
@@ -387,7 +382,9 @@ func (m *pcModel) precopy(ctx context.Context) error {
 // discard makes the pages set in stale missing at the destination.
 func (m *pcModel) discard(stale []uint64) {
 	b, _ := bitmap.FromWords(stale, m.pages)
-	m.present.Difference(b)
+	for n := range b.All() {
+		m.dem.Discard(n)
+	}
 }
 
 // handover pauses the guest, sends the discards, the switchover and the
@@ -409,7 +406,6 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("scenario: post-copy model: %w", err)
 	}
 	m.discard(stale.Stale)
-	m.held = m.present.Count()
 	state, err := m.g.SaveState(ctx, nil)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("scenario: post-copy model: save state: %w", err)
@@ -438,9 +434,7 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 	if !m.cfg.noVCPU {
 		m.schedule(m.resumeAt, evGuest, record{})
 	}
-	if m.held == m.pages {
-		m.lastAt = m.resumeAt
-	}
+	m.dem.Resumed(m.resumeAt)
 	m.mainQ.push(record{kind: recCtl, bytes: recOverhead}) // the Commit
 	m.startWire(readyAt)
 	m.pusher(readyAt)
@@ -454,7 +448,7 @@ func (m *pcModel) sendPage(o postcopy.Out) (int, error) {
 	if err := m.g.ReadPage(n, m.buf); err != nil {
 		return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
 	}
-	enc, data := m.enc.Encode(m.buf)
+	enc, data := m.enc.Encode(m.out[:0], m.buf)
 	var err error
 	if enc == transport.EncZero {
 		err = m.sink.ZeroPage(n)
@@ -618,8 +612,8 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 		case evArrive:
 			switch ev.rec.kind {
 			case recDone:
-				if m.held != m.pages {
-					return time.Time{}, fmt.Errorf("scenario: post-copy model: Done with %d of %d pages held (a model bug)", m.held, m.pages)
+				if held := m.dem.HeldCount(); held != m.pages {
+					return time.Time{}, fmt.Errorf("scenario: post-copy model: Done with %d of %d pages held (a model bug)", held, m.pages)
 				}
 				return now.Add(m.tx(recOverhead) + m.lat), nil
 			case recPage:
@@ -636,16 +630,8 @@ func (m *pcModel) loop(ctx context.Context) (time.Time, error) {
 
 // arrive places page n at the destination if it is missing.
 func (m *pcModel) arrive(now time.Time, n uint64) {
-	if m.present.Test(n) {
-		return
-	}
-	_ = m.present.Set(n)
-	if m.held++; m.held == m.pages {
-		m.lastAt = now
-	}
-	if m.stalled && m.stallOn == n {
+	if m.dem.Placed(n, now) && m.stalled && m.stallOn == n {
 		m.stalled = false
-		m.waits.Add(now.Sub(m.faultAt))
 		m.schedule(now, evGuest, record{})
 	}
 }
@@ -653,7 +639,7 @@ func (m *pcModel) arrive(now time.Time, n uint64) {
 // vcpu runs the destination's vCPU at now: the accesses left of its step,
 // then the next step, until an access faults or every page is held.
 func (m *pcModel) vcpu(now time.Time) {
-	if m.held == m.pages {
+	if m.dem.HeldCount() == m.pages {
 		return // nothing can fault any more
 	}
 	if m.accAt == len(m.acc) {
@@ -664,13 +650,11 @@ func (m *pcModel) vcpu(now time.Time) {
 	}
 	for ; m.accAt < len(m.acc); m.accAt++ {
 		n := m.acc[m.accAt]
-		if n >= m.pages || m.present.Test(n) {
+		if n >= m.pages || m.dem.Held(n) {
 			continue
 		}
-		m.stalled, m.stallOn, m.faultAt = true, n, now
-		m.nFaults++
-		if !m.asked.Test(n) {
-			_ = m.asked.Set(n)
+		m.stalled, m.stallOn = true, n
+		if m.dem.Fault(n, now, now) {
 			m.schedule(now.Add(m.tx(reqBytes)+m.lat), evRequest, record{page: n})
 		}
 		return

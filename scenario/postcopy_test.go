@@ -259,7 +259,7 @@ func TestPostCopyModelRefusesBadConfig(t *testing.T) {
 	}
 }
 
-// With LZ4 (the engine's PageEncoder) post-copy sends the simulated guest's
+// With LZ4 (the engine's codec.PageEncoder) post-copy sends the simulated guest's
 // pages in about half the bytes; on a slow link the migration and the
 // guest's waits shrink with them.
 func TestPostCopyLZ4(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // readAdvanceEvery is how often ReadPage brings the guest up to date: every
@@ -37,7 +38,7 @@ type Guest struct {
 	reads atomic.Uint32
 
 	mu       sync.Mutex
-	dirty    []uint64 // pages written since the last SyncDirty, KVM layout
+	dirty    bitmap.Words // pages written since the last SyncDirty, KVM layout
 	last     time.Time
 	run      time.Duration // running time so far
 	rem      uint64        // running time below 1 ns, in units of 2^-32 ns
@@ -200,7 +201,7 @@ func (g *Guest) write(n uint64, whole bool) {
 	}
 	g.stats.Writes++
 	atomic.StoreUint64(&g.state[n], s.pack())
-	g.dirty[n>>6] |= 1 << (n & 63)
+	g.dirty.Set(n)
 }
 
 // Advance applies the writes due by the clock's current time. Every method

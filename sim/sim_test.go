@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // newGuest returns a guest on a fresh virtual clock, failing the test on
@@ -363,7 +364,7 @@ func TestDirtyLog(t *testing.T) {
 	for n, s := range snap {
 		if s.Version > 0 {
 			written++
-			if d[n/64]&(1<<(n%64)) == 0 {
+			if !bitmap.Words(d).Test(uint64(n)) {
 				t.Fatalf("page %d written but not dirty", n)
 			}
 		}

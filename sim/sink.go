@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // Sink is a destination for a simulated guest: a livemig.PageSink that
@@ -30,9 +31,9 @@ import (
 type Sink struct {
 	cfg     GuestConfig
 	lay     layout
-	ident   []uint64 // packed PageState per page, atomic
-	have    []uint64 // pages received, atomic bitmap
-	zero    []uint64 // of those, pages that are all zeros, atomic bitmap
+	ident   []uint64     // packed PageState per page, atomic
+	have    bitmap.Words // pages received, atomic bitmap
+	zero    bitmap.Words // of those, pages that are all zeros, atomic bitmap
 	scratch sync.Pool
 
 	mu      sync.Mutex
@@ -69,10 +70,6 @@ func (s *Sink) PageSize() int { return s.cfg.PageSize }
 
 // PageCount returns the number of pages.
 func (s *Sink) PageCount() uint64 { return s.cfg.Pages }
-
-func setBit(b []uint64, n uint64)       { atomic.OrUint64(&b[n>>6], 1<<(n&63)) }
-func clearBit(b []uint64, n uint64)     { atomic.AndUint64(&b[n>>6], ^uint64(1<<(n&63))) }
-func testBit(b []uint64, n uint64) bool { return atomic.LoadUint64(&b[n>>6])&(1<<(n&63)) != 0 }
 
 func allZero(b []byte) bool {
 	for _, c := range b {
@@ -121,8 +118,8 @@ func (s *Sink) WritePage(n uint64, data []byte) error {
 		return &livemig.PageError{Op: "write", Page: n, Err: fmt.Errorf("%w: byte %d differs from the contents of state %v", livemig.ErrCorrupt, off, st)}
 	}
 	atomic.StoreUint64(&s.ident[n], st.pack())
-	clearBit(s.zero, n)
-	setBit(s.have, n)
+	s.zero.ClearAtomic(n)
+	s.have.SetAtomic(n)
 	return nil
 }
 
@@ -133,8 +130,8 @@ func (s *Sink) ZeroPage(n uint64) error {
 		return &livemig.PageError{Op: "zero", Page: n, Err: livemig.ErrPageRange}
 	}
 	atomic.StoreUint64(&s.ident[n], 0)
-	setBit(s.zero, n)
-	setBit(s.have, n)
+	s.zero.SetAtomic(n)
+	s.have.SetAtomic(n)
 	return nil
 }
 
@@ -149,7 +146,7 @@ func (s *Sink) ReadPage(n uint64, dst []byte) error {
 	if len(dst) != s.cfg.PageSize {
 		return &livemig.PageError{Op: "read", Page: n, Err: fmt.Errorf("%w: %d bytes, want %d", ErrBufferSize, len(dst), s.cfg.PageSize)}
 	}
-	if !testBit(s.have, n) || testBit(s.zero, n) {
+	if !s.have.TestAtomic(n) || s.zero.TestAtomic(n) {
 		clear(dst)
 		return nil
 	}
@@ -164,7 +161,7 @@ func (s *Sink) Page(n uint64) (st PageState, received, zero bool) {
 	if n >= s.cfg.Pages {
 		return PageState{}, false, false
 	}
-	return unpack(atomic.LoadUint64(&s.ident[n])), testBit(s.have, n), testBit(s.zero, n)
+	return unpack(atomic.LoadUint64(&s.ident[n])), s.have.TestAtomic(n), s.zero.TestAtomic(n)
 }
 
 // Received returns the number of distinct pages received.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 )
 
 // copyPages sends the pages set in d (or every page if d is nil) from g to
@@ -16,7 +17,7 @@ func copyPages(t testing.TB, g *Guest, s *Sink, d []uint64) {
 	t.Helper()
 	buf := make([]byte, g.PageSize())
 	for n := uint64(0); n < g.PageCount(); n++ {
-		if d != nil && d[n/64]&(1<<(n%64)) == 0 {
+		if d != nil && !bitmap.Words(d).Test(n) {
 			continue
 		}
 		if err := g.ReadPage(n, buf); err != nil {
