@@ -168,6 +168,17 @@ func (b *Bitmap) SetAll() {
 	}
 }
 
+// Complement marks every unmarked page of b and unmarks every marked one
+// (b = ^b within Len()).
+func (b *Bitmap) Complement() {
+	for i := range b.words {
+		b.words[i] = ^b.words[i]
+	}
+	if n := len(b.words); n > 0 {
+		b.words[n-1] &= b.tail
+	}
+}
+
 // common returns the number of words b and o share, treating a nil o as a
 // bitmap of 0 pages.
 func (b *Bitmap) common(o *Bitmap) int {

@@ -530,3 +530,18 @@ func TestCountWords(t *testing.T) {
 		t.Fatalf("CountWords(nil) = %d", got)
 	}
 }
+
+func TestComplement(t *testing.T) {
+	b := New(70)
+	_ = b.Set(3)
+	_ = b.Set(69)
+	b.Complement()
+	if b.Count() != 68 || b.Test(3) || b.Test(69) || !b.Test(0) || !b.Test(68) {
+		t.Fatalf("complement: %d pages, 3 %v 69 %v", b.Count(), b.Test(3), b.Test(69))
+	}
+	if w := b.Words(); w[1]>>6 != 0 {
+		t.Fatalf("bits past the end: %x", w[1])
+	}
+	var empty Bitmap
+	empty.Complement()
+}

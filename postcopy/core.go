@@ -309,13 +309,8 @@ func (c *Core) beginRound(now time.Time) {
 
 // checkDirty fails if the dirty log names pages past the guest's end.
 func (c *Core) checkDirty() error {
-	w := c.dirty.Words()
-	if rem := c.pages % 64; rem != 0 {
-		if extra := w[len(w)-1] >> rem; extra != 0 {
-			b, _ := bitmap.FromWords([]uint64{extra}, 64)
-			first, _ := b.NextSetMany(0, make([]uint64, 1))
-			return fmt.Errorf("postcopy: dirty log reports page %d of %d: %w", c.pages+first, c.pages, livemig.ErrPageRange)
-		}
+	if n, past := bitmap.Words(c.dirty.Words()).NextSet(c.pages); past {
+		return fmt.Errorf("postcopy: dirty log reports page %d of %d: %w", n, c.pages, livemig.ErrPageRange)
 	}
 	return nil
 }
@@ -394,14 +389,12 @@ func (c *Core) Reconnected(now time.Time, held []uint64, urgent bool) error {
 	if c.phase != phasePush {
 		return fmt.Errorf("postcopy: core: Reconnected in phase %d", c.phase)
 	}
-	w := c.sent.Words()
-	if len(held) < len(w) {
-		return fmt.Errorf("postcopy: core: held bitmap of %d words for %d pages: %w", len(held), c.pages, livemig.ErrPageRange)
+	h, err := bitmap.FromWords(held, c.pages)
+	if err != nil {
+		return fmt.Errorf("postcopy: core: held bitmap of %d words for %d pages: %w (%w)", len(held), c.pages, livemig.ErrPageRange, err)
 	}
-	copy(w, held)
-	if rem := c.pages % 64; rem != 0 {
-		w[len(w)-1] &= 1<<rem - 1
-	}
+	c.sent.ClearAll()
+	c.sent.Union(h)
 	c.usent.ClearAll()
 	c.cfg.Urgent = urgent
 	return c.startPush(now)
@@ -412,14 +405,9 @@ func (c *Core) startPush(now time.Time) error {
 	c.reqMain, c.reqUrg = c.reqMain[:0], c.reqUrg[:0]
 	c.pushDone, c.markerSent, c.doneSent = false, false, false
 	unsent := c.dirty // reused: empty since the pause
-	copy(unsent.Words(), c.sent.Words())
-	for i, x := range unsent.Words() {
-		unsent.Words()[i] = ^x
-	}
-	if rem := c.pages % 64; rem != 0 {
-		w := unsent.Words()
-		w[len(w)-1] &= 1<<rem - 1
-	}
+	unsent.ClearAll()
+	unsent.Union(c.sent)
+	unsent.Complement()
 	var err error
 	c.plan, err = c.order(c.plan[:0], unsent.Words())
 	unsent.ClearAll()
