@@ -89,8 +89,11 @@
 // goroutines and connections; package scenario's PostCopy drives the same
 // Core in an event loop over a model of the link and of the destination's
 // vCPU, so that examples/compare sets post-copy and hybrid beside
-// pre-copy. A differential test in package scenario checks that both send
-// the same pages in the same order and report the same counters.
+// pre-copy. The destination's side is Demand (which faults become
+// requests, when a wait ends, the fault figures), kept by Receive and by
+// the model's destination alike. A differential test in package scenario
+// checks that both worlds send the same pages in the same order and report
+// the same counters.
 //
 // # Usage
 //
