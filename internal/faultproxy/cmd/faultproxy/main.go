@@ -3,6 +3,10 @@
 //
 //	faultproxy -listen 127.0.0.1:7001 -to 127.0.0.1:7000 -fault stall -kind Commit
 //
+// A trigger can wait for a phase of the protocol: with -kind Page -nth 100
+// -since Commit it fires at the 100th page after the Commit, in a hybrid
+// migration's post-copy push.
+//
 // The source dials the -listen address; the proxy dials -to for each
 // connection. It prints where it listens on standard error, prints one line
 // on standard output when the fault fires ("fired: stall on conn 0 s2d at
@@ -53,6 +57,43 @@ func (e usageError) Unwrap() error { return e.err }
 // run parses args, starts the proxy and serves until ctx ends. A bad command
 // line is a usageError, -h or -help flag.ErrHelp.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	o, err := parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	p, err := faultproxy.Listen(o.listen, o.to, o.rule)
+	if err != nil {
+		// Listen refuses a bad rule (flags that do not go together)
+		// before it listens; a listening error is a *net.OpError.
+		if opErr := (*net.OpError)(nil); !errors.As(err, &opErr) {
+			return usageError{err}
+		}
+		return err
+	}
+	defer p.Close()
+	fmt.Fprintf(stderr, "faultproxy: listening on %s, forwarding to %s\n", p.Addr(), o.to)
+
+	select {
+	case <-p.Fired():
+		for _, e := range p.Events() {
+			fmt.Fprintln(stdout, "fired:", e)
+		}
+	case <-ctx.Done():
+	}
+	<-ctx.Done()
+	return p.Close()
+}
+
+// options is a parsed command line.
+type options struct {
+	listen, to string
+	rule       faultproxy.Rule
+}
+
+// parse parses args, writing the usage to stderr where it is asked for or
+// the command line is incomplete. A bad command line is a usageError, -h or
+// -help flag.ErrHelp. The rule is not checked: Listen does that.
+func parse(args []string, stderr io.Writer) (options, error) {
 	fs := flag.NewFlagSet("faultproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
@@ -65,60 +106,54 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		arg        = fs.Int64("arg", -1, "match only a control frame whose Arg is this (round, Ack code); -1: any")
 		nth        = fs.Int("nth", 1, "fire at the Nth matching frame")
 		after      = fs.Bool("after", false, "fire after forwarding the matched frame instead of before it")
+		since      = fs.String("since", "any", "count matching frames only after the first frame of this kind in -dir (a name or number, as -kind); any: from the start")
 		afterBytes = fs.Int64("after-bytes", 0, "fire once this many bytes went in -dir instead (frame flags ignored)")
 		bit        = fs.Int("bit", 0, "the bit flip-header and flip-payload flip")
 	)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return err
+			return options{}, err
 		}
-		return usageError{err}
+		return options{}, usageError{err}
 	}
 	if *to == "" || *fault == "" {
 		fs.Usage()
-		return usageError{errors.New("-to and -fault are required")}
+		return options{}, usageError{errors.New("-to and -fault are required")}
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()
-		return usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
+		return options{}, usageError{fmt.Errorf("unexpected arguments %q", fs.Args())}
 	}
 	f, err := faultproxy.ParseFault(*fault)
 	if err != nil {
-		return usageError{err}
+		return options{}, usageError{err}
 	}
 	d, err := faultproxy.ParseDir(*dir)
 	if err != nil {
-		return usageError{err}
+		return options{}, usageError{err}
 	}
 	r := faultproxy.Rule{Trigger: faultproxy.Trigger{Conn: *conn, Dir: d, AfterBytes: *afterBytes}, Fault: f, Bit: *bit}
 	if *afterBytes == 0 {
-		if r.Kind, err = faultproxy.ParseKind(*kind); err != nil {
-			return usageError{err}
+		if r.Kind, err = parseKind("kind", *kind); err != nil {
+			return options{}, err
+		}
+		if r.Since, err = parseKind("since", *since); err != nil {
+			return options{}, err
 		}
 		if *arg >= 0 {
 			r.Arg = faultproxy.ArgIs(uint64(*arg))
 		}
 		r.Nth, r.After = *nth, *after
 	}
-	p, err := faultproxy.Listen(*listen, *to, r)
-	if err != nil {
-		// Listen refuses a bad rule (flags that do not go together)
-		// before it listens; a listening error is a *net.OpError.
-		if opErr := (*net.OpError)(nil); !errors.As(err, &opErr) {
-			return usageError{err}
-		}
-		return err
-	}
-	defer p.Close()
-	fmt.Fprintf(stderr, "faultproxy: listening on %s, forwarding to %s\n", p.Addr(), *to)
+	return options{listen: *listen, to: *to, rule: r}, nil
+}
 
-	select {
-	case <-p.Fired():
-		for _, e := range p.Events() {
-			fmt.Fprintln(stdout, "fired:", e)
-		}
-	case <-ctx.Done():
+// parseKind parses the frame kind given to flag name; a bad one is a
+// usageError that names the flag.
+func parseKind(name, s string) (faultproxy.Kind, error) {
+	k, err := faultproxy.ParseKind(s)
+	if err != nil {
+		return 0, usageError{fmt.Errorf("faultproxy: -%s: %s", name, strings.TrimPrefix(err.Error(), "faultproxy: "))}
 	}
-	<-ctx.Done()
-	return p.Close()
+	return k, nil
 }
