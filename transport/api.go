@@ -141,6 +141,13 @@ const (
 // Hello is what each side announces in the handshake. Version is filled in by
 // the package. Streams and Stream number the connections of a multi-stream
 // session, which share Session.
+//
+// PageSize and PageCount are the guest's geometry, which both sides must
+// share. A side that does not know it yet (a destination that serves
+// guests of any size on one listener, and creates each one as it learns
+// its geometry) announces PageCount 0: it adopts the peer's page size and
+// count, which Open's returned hello (and the Conn) then carry. (Two sides
+// that both announce 0 get a Conn that checks no page number.)
 type Hello struct {
 	Version   uint16
 	PageSize  uint32

@@ -142,11 +142,13 @@ func versionErr(v uint16) error {
 }
 
 // checkPeer refuses a peer that speaks another version or has another page
-// geometry.
+// geometry; a side whose PageCount is 0 takes the other's.
 func checkPeer(local, peer Hello) error {
 	switch {
 	case peer.Version != ProtocolVersion:
 		return versionErr(peer.Version)
+	case local.PageCount == 0 || peer.PageCount == 0:
+		return nil // one side adopts the other's geometry
 	case peer.PageSize != local.PageSize:
 		return fmt.Errorf("transport: peer page size %d, ours %d: %w", peer.PageSize, local.PageSize, livemig.ErrVersion)
 	case peer.PageCount != local.PageCount:
@@ -240,8 +242,8 @@ func handshake(ctx context.Context, link Link, local Hello, timeout time.Duratio
 }
 
 // Open runs Handshake on link and returns a Conn over it for the agreed
-// geometry (cfg.PageSize and cfg.PageCount are taken from local), with the
-// peer's hello. A zero local.PageSize is livemig.DefaultPageSize. The
+// geometry (cfg.PageSize and cfg.PageCount are taken from local, or from
+// the peer when local.PageCount is 0), with the peer's hello. A zero local.PageSize is livemig.DefaultPageSize. The
 // handshake is bounded by cfg.Liveness (as Handshake is by DefaultLiveness;
 // not at all when liveness is off). Each side announces its Liveness in the
 // hello, and the Conn uses the agreed bound: the longer of the two, or none
@@ -257,6 +259,10 @@ func Open(ctx context.Context, link Link, local Hello, cfg Config) (Conn, Hello,
 	}
 	cfg.PageSize = int(local.PageSize)
 	cfg.PageCount = local.PageCount
+	if local.PageCount == 0 {
+		// Any geometry: the peer's.
+		cfg.PageSize, cfg.PageCount = int(peer.PageSize), peer.PageCount
+	}
 	cfg.Liveness = agreedLiveness(local.Liveness, peer.Liveness)
 	if cfg.Liveness == 0 {
 		cfg.Liveness = -1

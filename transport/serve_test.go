@@ -356,3 +356,62 @@ func ltTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// A destination that announces 0 pages takes each source's geometry: one
+// listener serves guests of different sizes at once, each Conn bound to its
+// own guest's page count.
+func TestAcceptAnyGeometry(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	sizes := map[uint64]bool{16: true, 300: true, 4096: true}
+	acc := acceptAsync(ctx, ln, transport.Hello{Features: transport.FeatDigest}, len(sizes))
+	var srcs []transport.Conn
+	for pages := range sizes {
+		link, err := transport.Dial(ctx, ln.Addr().String(), transport.DialConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _, err := transport.Open(ctx, link, transport.Hello{PageSize: 4096, PageCount: pages}, transport.Config{})
+		if err != nil {
+			t.Fatalf("source of %d pages: %v", pages, err)
+		}
+		srcs = append(srcs, c)
+		// The last page goes; one past it is refused at the source.
+		if err := c.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: pages - 1, Enc: transport.EncZero}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: pages, Enc: transport.EncZero}); !errors.Is(err, transport.ErrInvalid) {
+			t.Fatalf("page %d of %d: %v", pages, pages, err)
+		}
+		if err := c.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range len(srcs) {
+		a := <-acc
+		if a.err != nil {
+			t.Fatal(a.err)
+		}
+		if !sizes[a.h.PageCount] || a.h.PageSize != 4096 {
+			t.Fatalf("accepted a source of %d pages of %d bytes", a.h.PageCount, a.h.PageSize)
+		}
+		delete(sizes, a.h.PageCount)
+		var m transport.Msg
+		if err := a.c.Recv(ctx, &m); err != nil || m.Page != a.h.PageCount-1 {
+			t.Fatalf("destination of %d pages received page %d: %v", a.h.PageCount, m.Page, err)
+		}
+		a.c.Close()
+	}
+	if len(sizes) != 0 {
+		t.Fatalf("sources of %v pages never accepted", sizes)
+	}
+	for _, c := range srcs {
+		c.Close()
+	}
+
+}
