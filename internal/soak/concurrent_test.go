@@ -17,9 +17,8 @@ import (
 // concurrentPlans are the eight migrations TestEightConcurrent runs at once:
 // each engine, with and without its extras (XBZRLE and LZ4 for pre-copy, an
 // urgent connection for post-copy and hybrid), eleven connections in all.
-// The guests are all of 2 MiB: concurrent AcceptConn calls answer with the
-// same hello, and a source of another geometry fails its handshake (see
-// transport.Listener.AcceptConn).
+// The guests are of eight sizes, 1 to 2 MiB: the destination announces 0
+// pages and each connection takes its source's geometry (transport.Hello).
 var concurrentPlans = func() []plan {
 	var ps []plan
 	for _, x := range []struct {
@@ -29,7 +28,7 @@ var concurrentPlans = func() []plan {
 		{preCopy, false}, {preCopy, true}, {postCopy, false}, {postCopy, true},
 		{hybridCopy, false}, {hybridCopy, true}, {preCopy, true}, {postCopy, true},
 	} {
-		ps = append(ps, plan{e: x.e, pages: 512, extras: x.extras})
+		ps = append(ps, plan{e: x.e, pages: uint64(256 + 32*len(ps)), extras: x.extras})
 	}
 	return ps
 }()
@@ -76,7 +75,8 @@ func runConcurrent(t *testing.T, ln *transport.Listener, plans []plan, srcs []*r
 	actx, stopAccepting := context.WithCancel(ctx)
 	defer stopAccepting()
 	var acceptors sync.WaitGroup
-	hello := plans[0].hello() // the same geometry for all: see concurrentPlans
+	hello := plans[0].hello()
+	hello.PageCount = 0 // any geometry: each source's own
 	for range conns {
 		acceptors.Add(1)
 		go func() {
