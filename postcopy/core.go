@@ -69,6 +69,7 @@ type Core struct {
 
 	// Post-copy.
 	prepage    prepager
+	early      []reqRange // requests before the push was planned
 	reqMain    []uint64 // requested pages to send on the main connection
 	reqUrg     []uint64 // and on the urgent one
 	nextPush   time.Time
@@ -251,10 +252,14 @@ func (c *Core) order(dst, bm []uint64) ([]uint64, error) {
 		return dst, nil
 	}
 	b, _ := bitmap.FromWords(bm, c.pages)
-	for n := range b.All() {
-		dst = append(dst, n)
+	var buf [256]uint64
+	for next := uint64(0); ; {
+		var out []uint64
+		if next, out = b.NextSetMany(next, buf[:]); len(out) == 0 {
+			return dst, nil
+		}
+		dst = append(dst, out...)
 	}
-	return dst, nil
 }
 
 // Synced takes the dirty log the driver synced into DirtyLog at OpSync, at
@@ -372,7 +377,8 @@ func (c *Core) ToPush() uint64 { return c.toPush }
 // phase's.
 func (c *Core) Round() int { return len(c.rounds) + 1 }
 
-// Committed says the Commit went out at now: the push starts.
+// Committed says the Commit went out at now: the push starts. Requests
+// may come in between: Request takes them in after the pause.
 func (c *Core) Committed(now time.Time) error {
 	if c.phase != phaseHandover {
 		return fmt.Errorf("postcopy: core: Committed in phase %d", c.phase)
@@ -400,20 +406,57 @@ func (c *Core) Reconnected(now time.Time, held []uint64, urgent bool) error {
 	return c.startPush(now)
 }
 
-// startPush plans the push of every page not sent.
+// startPush plans the push of every page not sent: in the Order's order,
+// or ascending, by a cursor over the pages unsent now (c.dirty, unused
+// after the pause) that costs nothing to set up, so that the hand-over
+// does not wait for a plan of every page. Requests that came before it are
+// taken in.
 func (c *Core) startPush(now time.Time) error {
 	c.reqMain, c.reqUrg = c.reqMain[:0], c.reqUrg[:0]
 	c.pushDone, c.markerSent, c.doneSent = false, false, false
-	unsent := c.dirty // reused: empty since the pause
+	unsent := c.dirty
 	unsent.ClearAll()
 	unsent.Union(c.sent)
 	unsent.Complement()
-	var err error
-	c.plan, err = c.order(c.plan[:0], unsent.Words())
-	unsent.ClearAll()
-	c.at = 0
-	c.nextPush = now
-	return err
+	c.plan, c.at, c.nextPush = c.plan[:0], 0, now
+	if c.cfg.Order != nil {
+		var err error
+		if c.plan, err = c.order(c.plan, unsent.Words()); err != nil {
+			return err
+		}
+		unsent.ClearAll()
+	}
+	early := c.early
+	c.early = nil
+	for _, r := range early {
+		if err := c.Request(r.page, r.count); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nextPushPage returns the push's next page not yet sent, from c.at on.
+func (c *Core) nextPushPage() (uint64, bool) {
+	if c.cfg.Order != nil {
+		for ; c.at < len(c.plan); c.at++ {
+			if n := c.plan[c.at]; !c.sent.Test(n) {
+				return n, true
+			}
+		}
+		return 0, false
+	}
+	for {
+		n, ok := bitmap.Words(c.dirty.Words()).NextSet(uint64(c.at))
+		if !ok || n >= c.pages {
+			return 0, false
+		}
+		c.at = int(n)
+		if !c.sent.Test(n) {
+			return n, true
+		}
+		c.at++ // sent on request
+	}
 }
 
 // Request takes the destination's request for pages [page, page+count):
@@ -425,6 +468,15 @@ func (c *Core) startPush(now time.Time) error {
 func (c *Core) Request(page, count uint64) error {
 	if page >= c.pages {
 		return fmt.Errorf("postcopy: request for page %d of %d: %w", page, c.pages, livemig.ErrPageRange)
+	}
+	if c.phase == phaseHandover {
+		// The Commit is out and the guest runs there, but the push is not
+		// planned yet: take the request in then.
+		if uint64(len(c.early)) >= c.pages {
+			return fmt.Errorf("postcopy: %d requests before the push started: %w", len(c.early), livemig.ErrCorrupt)
+		}
+		c.early = append(c.early, reqRange{page, count})
+		return nil
 	}
 	if c.phase != phasePush {
 		return fmt.Errorf("postcopy: request for page %d before the hand-over: %w", page, livemig.ErrCorrupt)
@@ -491,14 +543,10 @@ func (c *Core) nextMain(now time.Time) Out {
 		return Out{Op: OpIdle}
 	}
 	for !c.pushDone {
-		if c.at == len(c.plan) {
+		n, ok := c.nextPushPage()
+		if !ok {
 			c.pushDone = true
 			break
-		}
-		n := c.plan[c.at]
-		if c.sent.Test(n) {
-			c.at++ // sent on request
-			continue
 		}
 		if c.cfg.PushBandwidth > 0 {
 			if now.Before(c.nextPush) {
@@ -622,3 +670,6 @@ func (c *Core) Fill(r *livemig.Report, end, resumed time.Time, handed bool) {
 		r.PostCopy.PagesPushed, r.PostCopy.PagesPulled = c.n.pushed, c.n.pulled
 	}
 }
+
+// reqRange is a request taken before the push was planned.
+type reqRange struct{ page, count uint64 }

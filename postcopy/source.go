@@ -460,19 +460,20 @@ func (m *migration) switchover(ctx context.Context) error {
 		return err
 	}
 	// From here on the guest may run at the destination: never resume it
-	// here. The push starts before the Commit goes: the destination may
-	// ask for pages the moment it has it.
+	// here. The push is planned once the Commit is out, outside the
+	// downtime (the Core takes in requests that come first).
 	m.handed = true
+	m.event(HandedOver, round, toPush, nil)
+	m.log.Info("guest handed over", "pages_to_push", toPush, "session", m.session)
+	serr := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit})
 	m.mu.Lock()
 	err = m.core.Committed(m.cfg.Clock.Now())
 	m.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	m.event(HandedOver, round, toPush, nil)
-	m.log.Info("guest handed over", "pages_to_push", toPush, "session", m.session)
-	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
-		return linkErr("commit", err)
+	if serr != nil {
+		return linkErr("commit", serr)
 	}
 	return nil
 }
