@@ -70,8 +70,8 @@ type Core struct {
 	// Post-copy.
 	prepage    prepager
 	early      []reqRange // requests before the push was planned
-	reqMain    []uint64 // requested pages to send on the main connection
-	reqUrg     []uint64 // and on the urgent one
+	reqMain    []uint64   // requested pages to send on the main connection
+	reqUrg     []uint64   // and on the urgent one
 	nextPush   time.Time
 	pushDone   bool // every page is sent
 	markerSent bool
