@@ -16,9 +16,6 @@ import (
 // buffered bytes are drained).
 type Link = io.ReadWriteCloser
 
-// Kind is the type of a Msg.
-type Kind uint8
-
 // Message kinds. Source to destination: Page, EndRound, State, Switchover,
 // Done, Commit, Discard, Resume, Error. Destination to source (the return
 // path): Request, Ack, RecvBitmap, Error.
@@ -47,11 +44,30 @@ const (
 	// new connection after a cut: Page: the migration's session id, as sent
 	// in its KindSwitchover.
 	KindResume Kind = 12
-	// KindHeartbeat keeps a quiet direction alive (Config.Liveness). A Conn
-	// writes it by itself and Recv skips it: callers never see one, and
-	// Send refuses it.
-	KindHeartbeat Kind = 13
 )
+
+func init() {
+	for _, d := range []struct {
+		k    Kind
+		name string
+		c    Class
+	}{
+		{KindPage, "Page", ClassRecords},
+		{KindEndRound, "EndRound", ClassControl},
+		{KindState, "State", ClassBlob},
+		{KindSwitchover, "Switchover", ClassControl},
+		{KindDone, "Done", ClassControl},
+		{KindCommit, "Commit", ClassControl},
+		{KindError, "Error", ClassPriority},
+		{KindRequest, "Request", ClassPriority},
+		{KindAck, "Ack", ClassPriority},
+		{KindDiscard, "Discard", ClassBitmap},
+		{KindRecvBitmap, "RecvBitmap", ClassBitmap},
+		{KindResume, "Resume", ClassControl},
+	} {
+		DefineKind(d.k, d.name, d.c)
+	}
+}
 
 // Encoding says how a page record's Data encodes the page.
 type Encoding uint8

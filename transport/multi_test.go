@@ -455,7 +455,8 @@ func TestSendRefusalsLeaveConnUsable(t *testing.T) {
 			also error
 		}{
 			{"page past the guest", transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: pages}, livemig.ErrPageRange},
-			{"request past the guest", transport.Msg{Kind: transport.KindRequest, Page: pages - 1, Arg: 2}, livemig.ErrPageRange},
+			{"kind not defined", transport.Msg{Kind: 200}, nil},
+			{"heartbeat", transport.Msg{Kind: transport.KindHeartbeat}, nil},
 			{"bitmap of 5 bytes", transport.Msg{Kind: transport.KindDiscard, Data: make([]byte, 5)}, nil},
 			{"empty bitmap", transport.Msg{Kind: transport.KindRecvBitmap}, nil},
 			{"state too large", transport.Msg{Kind: transport.KindState, Data: make([]byte, 2<<20)}, transport.ErrTooLarge},
