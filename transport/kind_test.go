@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"strings"
@@ -9,6 +10,36 @@ import (
 
 	"github.com/livemig/livemig"
 )
+
+// The migration protocol's kinds (package wire defines them; it imports
+// transport, so this package's own tests cannot import it). The tests use
+// the same numbers, names and classes, so that the streams they write, and
+// the fuzz corpora, are the protocol's; DefineKind panics if wire's
+// definitions, in the same test binary, differ.
+const (
+	kindPage       Kind = 1
+	kindEndRound   Kind = 2
+	kindState      Kind = 3
+	kindSwitchover Kind = 4
+	kindDone       Kind = 5
+	kindCommit     Kind = 6
+	kindError      Kind = 7
+	kindRequest    Kind = 8
+	kindAck        Kind = 9
+	kindDiscard    Kind = 10
+	kindRecvBitmap Kind = 11
+	kindResume     Kind = 12
+
+	ackReady = 2 // wire.AckReady
+)
+
+// appendWords appends words to dst as a bitmap message's Data.
+func appendWords(dst []byte, words []uint64) []byte {
+	for _, w := range words {
+		dst = binary.LittleEndian.AppendUint64(dst, w)
+	}
+	return dst
+}
 
 // Kinds of a second protocol, to show that the framing follows the classes
 // and not the kind numbers.
@@ -20,6 +51,19 @@ const (
 )
 
 func init() {
+	DefineKind(kindPage, "Page", ClassRecords)
+	DefineKind(kindEndRound, "EndRound", ClassControl)
+	DefineKind(kindState, "State", ClassBlob)
+	DefineKind(kindSwitchover, "Switchover", ClassControl)
+	DefineKind(kindDone, "Done", ClassControl)
+	DefineKind(kindCommit, "Commit", ClassControl)
+	DefineKind(kindError, "Error", ClassPriority)
+	DefineKind(kindRequest, "Request", ClassPriority)
+	DefineKind(kindAck, "Ack", ClassPriority)
+	DefineKind(kindDiscard, "Discard", ClassBitmap)
+	DefineKind(kindRecvBitmap, "RecvBitmap", ClassBitmap)
+	DefineKind(kindResume, "Resume", ClassControl)
+
 	DefineKind(testRecords, "TestRecords", ClassRecords)
 	DefineKind(testBlob, "TestBlob", ClassBlob)
 	DefineKind(testBitmap, "TestBitmap", ClassBitmap)
@@ -74,7 +118,7 @@ func TestClassesNotNumbers(t *testing.T) {
 	msgs := []Msg{
 		{Kind: testRecords, Enc: EncRaw, Page: 1, Data: seq(64, 1)},
 		{Kind: testRecords, Enc: EncZero, Page: 2},
-		{Kind: KindPage, Enc: EncZero, Page: 3},
+		{Kind: kindPage, Enc: EncZero, Page: 3},
 		{Kind: testRecords, Enc: EncZero, Page: 4},
 		{Kind: testBlob, Page: 5, Arg: 6, Data: seq(3000, 2)},
 		{Kind: testBitmap, Page: 64, Data: seq(16, 3)},
@@ -103,7 +147,7 @@ func TestClassesNotNumbers(t *testing.T) {
 		t.Errorf("a priority message over a frame: %v, want ErrTooLarge", err)
 	}
 	// A blob continued by a frame of another blob kind is corrupt.
-	bad := cat(frame(testBlob, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindState, 0, 0, control(0, 0, nil)))
+	bad := cat(frame(testBlob, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(kindState, 0, 0, control(0, 0, nil)))
 	_, err = decode(bad, cfg)
 	if !errors.Is(err, livemig.ErrCorrupt) || !strings.Contains(err.Error(), "State frame inside a TestBlob blob") {
 		t.Errorf("a blob cut by another blob kind: %v", err)
