@@ -9,6 +9,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 // batchSize is how many pages go to a worker at once, at most.
@@ -209,7 +210,7 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 			return p.fail(rec.err)
 		}
 		if !rec.skip {
-			if err := p.send(transport.Msg{Kind: transport.KindPage, Enc: rec.enc, Page: n, Data: rec.data}); err != nil {
+			if err := p.send(transport.Msg{Kind: wire.KindPage, Enc: rec.enc, Page: n, Data: rec.data}); err != nil {
 				return p.fail(err)
 			}
 		}
@@ -493,7 +494,7 @@ func (p *Pipeline) collector() {
 				if r.skip {
 					continue
 				}
-				if err = p.send(transport.Msg{Kind: transport.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
+				if err = p.send(transport.Msg{Kind: wire.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
 					break
 				}
 			}

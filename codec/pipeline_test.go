@@ -13,6 +13,7 @@ import (
 	"github.com/livemig/livemig/delta"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 const testPS = 4096
@@ -65,7 +66,7 @@ func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int
 	)
 	send := func(m transport.Msg) error {
 		defer g.enter(t)()
-		if m.Kind != transport.KindPage {
+		if m.Kind != wire.KindPage {
 			t.Errorf("record of kind %d", m.Kind)
 		}
 		switch m.Enc {

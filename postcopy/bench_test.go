@@ -10,6 +10,7 @@ import (
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // toucher is a destination memory and a guest access that blocks until a
@@ -110,7 +111,7 @@ func BenchmarkRoundTrip4KiB(b *testing.B) {
 				done <- nil
 				return
 			}
-			if err := cb.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: m.Page, Data: page}); err != nil {
+			if err := cb.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: m.Page, Data: page}); err != nil {
 				done <- err
 				return
 			}
@@ -127,7 +128,7 @@ func BenchmarkRoundTrip4KiB(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		if err := ca.Send(ctx, transport.Msg{Kind: transport.KindRequest, Page: uint64(i % pages), Arg: 1}); err != nil {
+		if err := ca.Send(ctx, transport.Msg{Kind: wire.KindRequest, Page: uint64(i % pages), Arg: 1}); err != nil {
 			b.Fatal(err)
 		}
 		if err := ca.Recv(ctx, &m); err != nil {

@@ -464,10 +464,12 @@ func (c *Core) nextPushPage() (uint64, bool) {
 // connection (or, without one, on the main connection before the push). On
 // the urgent connection a page goes even if the push sent it already (it
 // may be queued behind the push), once a session. A request after every
-// page is sent asks for nothing. A page past the guest's end is an error.
+// page is sent asks for nothing. A count of 0 asks for one page. A request
+// that reaches past the guest's end is an error (the destination's is
+// bad input: the transport does not check it).
 func (c *Core) Request(page, count uint64) error {
-	if page >= c.pages {
-		return fmt.Errorf("postcopy: request for page %d of %d: %w", page, c.pages, livemig.ErrPageRange)
+	if page >= c.pages || count > c.pages-page {
+		return fmt.Errorf("postcopy: request for %d pages from page %d of %d: %w", count, page, c.pages, livemig.ErrPageRange)
 	}
 	if c.phase == phaseHandover {
 		// The Commit is out and the guest runs there, but the push is not
@@ -484,7 +486,7 @@ func (c *Core) Request(page, count uint64) error {
 	if c.pushDone && (c.cfg.Urgent || c.doneSent) {
 		return nil // every page is on its way
 	}
-	count = min(max(count, 1), c.pages-page)
+	count = max(count, 1)
 	q := &c.reqMain
 	if c.cfg.Urgent {
 		q = &c.reqUrg

@@ -16,6 +16,7 @@ import (
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 // Destination is where the guest goes.
@@ -100,7 +101,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		if !r.rep.Resumed {
 			promise = r.session
 		}
-		_ = r.send(tell, transport.ErrorMsg(err, promise))
+		_ = r.send(tell, wire.ErrorMsg(err, promise))
 		_ = r.current().Flush(tell)
 		cancelTell()
 		if r.rep.Resumed {
@@ -205,24 +206,24 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 			return err
 		}
 		switch msg.Kind {
-		case transport.KindPage:
+		case wire.KindPage:
 			if r.switched {
 				return fmt.Errorf("postcopy: page %d after the switchover, before the resume: %w", msg.Page, livemig.ErrCorrupt)
 			}
 			if err := r.write(msg); err != nil {
 				return err
 			}
-		case transport.KindEndRound:
-			if msg.Arg&ackFlag != 0 {
+		case wire.KindEndRound:
+			if msg.Arg&wire.FlagAck != 0 {
 				// The source waits until what came before (discards) is
 				// applied.
-				if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckRound, Page: msg.Arg &^ ackFlag}); err != nil {
+				if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckRound, Page: msg.Arg &^ wire.FlagAck}); err != nil {
 					return fmt.Errorf("postcopy: acknowledge the discards: %w (%w)", livemig.ErrIncomplete, err)
 				}
 				continue
 			}
 			r.rep.Rounds++
-		case transport.KindDiscard:
+		case wire.KindDiscard:
 			if r.switched {
 				return fmt.Errorf("postcopy: discard after the switchover: %w", livemig.ErrCorrupt)
 			}
@@ -232,16 +233,16 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 			if err := applyBitmap(msg, r.pages, r.discard); err != nil {
 				return err
 			}
-		case transport.KindSwitchover:
+		case wire.KindSwitchover:
 			if r.switched {
 				return fmt.Errorf("postcopy: second switchover: %w", livemig.ErrCorrupt)
 			}
-			if (msg.Arg&urgentFlag != 0) != (r.urgent != nil) {
+			if (msg.Arg&wire.FlagUrgent != 0) != (r.urgent != nil) {
 				return fmt.Errorf("postcopy: the source's use of an urgent connection (%v) differs from ours (%v): %w",
-					msg.Arg&urgentFlag != 0, r.urgent != nil, livemig.ErrVersion)
+					msg.Arg&wire.FlagUrgent != 0, r.urgent != nil, livemig.ErrVersion)
 			}
 			r.switched, r.session = true, msg.Page
-		case transport.KindState:
+		case wire.KindState:
 			if !r.switched || r.stateLoaded {
 				return fmt.Errorf("postcopy: state before the switchover or twice: %w", livemig.ErrCorrupt)
 			}
@@ -251,15 +252,15 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 				return fmt.Errorf("postcopy: load state: %w", err)
 			}
 			r.stateLoaded = true
-			if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady}); err != nil {
+			if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady}); err != nil {
 				return fmt.Errorf("postcopy: acknowledge the state: %w (%w)", livemig.ErrIncomplete, err)
 			}
-		case transport.KindCommit:
+		case wire.KindCommit:
 			if !r.stateLoaded {
 				return fmt.Errorf("postcopy: commit before the state: %w", livemig.ErrCorrupt)
 			}
 			return r.resume(ctx)
-		case transport.KindError:
+		case wire.KindError:
 			return fmt.Errorf("postcopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
 		default:
 			return fmt.Errorf("postcopy: unexpected %v message before the resume: %w", msg.Kind, livemig.ErrCorrupt)
@@ -279,7 +280,7 @@ func (r *receiver) resume(ctx context.Context) error {
 	r.rep.Resumed = true
 	r.event(Resumed, nil)
 	r.log.Info("guest resumed", "held", r.heldCount(), "pages", r.pages)
-	if err := r.send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
+	if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed}); err != nil {
 		r.log.Debug("could not tell the source of the resume", "err", err)
 	}
 	r.startSession(ctx)
@@ -326,13 +327,13 @@ func (r *receiver) afterResume(ctx context.Context) error {
 		err := r.conn.Recv(ctx, &msg)
 		if err == nil {
 			switch msg.Kind {
-			case transport.KindPage:
+			case wire.KindPage:
 				err = r.place(msg, r.mainScratch)
 				if err != nil {
 					return err
 				}
 				continue
-			case transport.KindDone:
+			case wire.KindDone:
 				var done bool
 				done, err = r.done(ctx, msg.Arg)
 				if err == nil {
@@ -341,7 +342,7 @@ func (r *receiver) afterResume(ctx context.Context) error {
 				if done || err == nil {
 					return err
 				}
-			case transport.KindError:
+			case wire.KindError:
 				return fmt.Errorf("postcopy: source failed after the resume: %s: %w", msg.Data, livemig.ErrPeer)
 			default:
 				return fmt.Errorf("postcopy: unexpected %v message after the resume: %w", msg.Kind, livemig.ErrCorrupt)
@@ -388,7 +389,7 @@ func (r *receiver) done(ctx context.Context, sum uint64) (bool, error) {
 	pc := r.rep.PostCopy
 	data := appendStats(nil, destStats{Faults: pc.DemandFaults, P50: pc.FaultP50, P99: pc.FaultP99, Max: pc.FaultMax,
 		WaitTotal: pc.WaitTotal, LastPage: pc.LastPage, Placed: r.placed.Load(), Duplicates: r.dupN.Load()})
-	r.completeAck = transport.Msg{Kind: transport.KindAck, Arg: transport.AckComplete, Page: mine, Data: data}
+	r.completeAck = transport.Msg{Kind: wire.KindAck, Arg: wire.AckComplete, Page: mine, Data: data}
 	if err := r.send(ctx, r.completeAck); err != nil {
 		// The source did not get it (a frame is whole or refused): it
 		// will come back and send Done again.
@@ -408,7 +409,7 @@ func (r *receiver) release(ctx context.Context) {
 	var msg transport.Msg
 	err := conn.Recv(ctx, &msg)
 	for tries := 0; ; {
-		for err == nil && (msg.Kind != transport.KindAck || msg.Arg != transport.AckReleased) {
+		for err == nil && (msg.Kind != wire.KindAck || msg.Arg != wire.AckReleased) {
 			err = conn.Recv(ctx, &msg)
 		}
 		if err == nil || r.cfg.Reaccept == nil || ctx.Err() != nil {
@@ -433,11 +434,11 @@ func (r *receiver) release(ctx context.Context) {
 			fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait)
 			err = c.Recv(fctx, &msg)
 			cancel()
-			if err == nil && msg.Kind == transport.KindResume && msg.Page == r.session {
+			if err == nil && msg.Kind == wire.KindResume && msg.Page == r.session {
 				break
 			}
 		}
-		if msg.Arg&urgentFlag != 0 && r.cfg.ReacceptUrgent != nil {
+		if msg.Arg&wire.FlagUrgent != 0 && r.cfg.ReacceptUrgent != nil {
 			if u, uerr := r.cfg.ReacceptUrgent(ctx); uerr == nil {
 				u.Close() // not needed: the migration is complete
 			}
@@ -495,16 +496,16 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		return fmt.Errorf("postcopy: wait for the source's resume: %w", err)
 	}
 	switch {
-	case msg.Kind == transport.KindError && msg.Page == r.session:
+	case msg.Kind == wire.KindError && msg.Page == r.session:
 		return fmt.Errorf("postcopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
-	case msg.Kind != transport.KindResume:
+	case msg.Kind != wire.KindResume:
 		return fmt.Errorf("postcopy: %v message instead of Resume on a new connection: %w", msg.Kind, livemig.ErrCorrupt)
 	case msg.Page != r.session:
 		return fmt.Errorf("postcopy: resume of session %016x, ours is %016x: %w", msg.Page, r.session, livemig.ErrVersion)
-	case msg.Arg&urgentFlag != 0 && r.cfg.ReacceptUrgent == nil:
+	case msg.Arg&wire.FlagUrgent != 0 && r.cfg.ReacceptUrgent == nil:
 		return fmt.Errorf("postcopy: the source resumes with an urgent connection and we have no ReacceptUrgent: %w", livemig.ErrVersion)
 	}
-	if msg.Arg&urgentFlag != 0 {
+	if msg.Arg&wire.FlagUrgent != 0 {
 		u, err := r.cfg.ReacceptUrgent(ctx)
 		if err != nil {
 			return fmt.Errorf("postcopy: reaccept the urgent connection: %w", err)
@@ -519,7 +520,7 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	// so the bitmap stays true.
 	if r.rep.Resumed {
 		// The source may have missed the first one.
-		if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed}); err != nil {
+		if err := conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed}); err != nil {
 			return err
 		}
 	}
@@ -527,11 +528,11 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	snap := r.demand.AppendHeld(nil)
 	r.demMu.Unlock()
 	if _, err := bitmapChunks(snap, nil, func(first uint64, data []byte) error {
-		return conn.Send(ctx, transport.Msg{Kind: transport.KindRecvBitmap, Page: first, Data: data})
+		return conn.Send(ctx, transport.Msg{Kind: wire.KindRecvBitmap, Page: first, Data: data})
 	}); err != nil {
 		return err
 	}
-	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckHeld, Page: bitmap.CountWords(snap)}); err != nil {
+	if err := conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckHeld, Page: bitmap.CountWords(snap)}); err != nil {
 		return err
 	}
 	r.connMu.Lock()
@@ -551,7 +552,7 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	again := r.demand.AppendWaiting(nil)
 	r.demMu.Unlock()
 	for _, n := range again {
-		if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
+		if err := r.send(ctx, transport.Msg{Kind: wire.KindRequest, Page: n, Arg: 1}); err != nil {
 			return err
 		}
 	}
@@ -569,9 +570,9 @@ func (r *receiver) urgentReceiver(ctx context.Context, c transport.Conn, errc ch
 		err := c.Recv(ctx, &msg)
 		if err == nil {
 			switch {
-			case msg.Kind == transport.KindPage && !marked:
+			case msg.Kind == wire.KindPage && !marked:
 				err = r.place(msg, scratch)
-			case msg.Kind == transport.KindEndRound && !marked:
+			case msg.Kind == wire.KindEndRound && !marked:
 				marked = true
 				close(marker)
 			default:
@@ -612,7 +613,7 @@ func (r *receiver) request(ctx context.Context, n uint64, at time.Time) {
 	if !ask {
 		return
 	}
-	if err := r.send(ctx, transport.Msg{Kind: transport.KindRequest, Page: n, Arg: 1}); err != nil {
+	if err := r.send(ctx, transport.Msg{Kind: wire.KindRequest, Page: n, Arg: 1}); err != nil {
 		// A cut: the main receiver notices it and asks again once
 		// reconnected.
 		r.log.Debug("request failed", "page", n, "err", err)

@@ -19,6 +19,7 @@ import (
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 var update = flag.Bool("update", false, "rewrite the fuzz seed corpora in testdata/fuzz")
@@ -61,7 +62,7 @@ func FuzzBitmap(f *testing.F) {
 		f.Add(s.page, s.data)
 	}
 	f.Fuzz(func(t *testing.T, page uint64, data []byte) {
-		m := transport.Msg{Kind: transport.KindDiscard, Page: page, Data: data}
+		m := transport.Msg{Kind: wire.KindDiscard, Page: page, Data: data}
 		var got []uint64
 		err := applyBitmap(m, fuzzPages, func(n uint64) error {
 			got = append(got, n)
@@ -98,11 +99,11 @@ type bitmapSeed struct {
 
 func bitmapSeeds() []bitmapSeed {
 	return []bitmapSeed{
-		{0, transport.AppendBitmap(nil, []uint64{0x8000_0000_0000_0001, 0, 0, 0xff})},
-		{128, transport.AppendBitmap(nil, []uint64{1 << 8})},
-		{128, transport.AppendBitmap(nil, []uint64{1 << 8, 1})},
+		{0, wire.AppendBitmap(nil, []uint64{0x8000_0000_0000_0001, 0, 0, 0xff})},
+		{128, wire.AppendBitmap(nil, []uint64{1 << 8})},
+		{128, wire.AppendBitmap(nil, []uint64{1 << 8, 1})},
 		{64, []byte{1, 2, 3}},
-		{3, transport.AppendBitmap(nil, []uint64{1})},
+		{3, wire.AppendBitmap(nil, []uint64{1})},
 	}
 }
 
@@ -174,26 +175,26 @@ func receiveSeeds(t testing.TB) [][]byte {
 	var pages []transport.Msg
 	for n := uint64(0); n < fuzzPages; n++ {
 		if n%4 == 0 {
-			pages = append(pages, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: n})
+			pages = append(pages, transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: n})
 			d.Zero(n)
 		} else {
-			pages = append(pages, transport.Msg{Kind: transport.KindPage, Page: n, Data: page(n)})
+			pages = append(pages, transport.Msg{Kind: wire.KindPage, Page: n, Data: page(n)})
 			d.Update(n, page(n))
 		}
 	}
 	head := []transport.Msg{
-		{Kind: transport.KindSwitchover, Page: 0x5e55, Arg: 1},
-		{Kind: transport.KindState, Data: []byte("state")},
-		{Kind: transport.KindCommit},
+		{Kind: wire.KindSwitchover, Page: 0x5e55, Arg: 1},
+		{Kind: wire.KindState, Data: []byte("state")},
+		{Kind: wire.KindCommit},
 	}
-	post := enc(append(append(head, pages...), transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)
+	post := enc(append(append(head, pages...), transport.Msg{Kind: wire.KindDone, Arg: d.Sum()})...)
 	hybrid := enc(append(append([]transport.Msg{
-		pages[5], pages[6], {Kind: transport.KindEndRound, Arg: 1},
-		{Kind: transport.KindDiscard, Page: 0, Data: transport.AppendBitmap(nil, []uint64{1 << 5})},
-	}, head...), append(pages, transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)...)
-	badDigest := enc(append(append(head, pages...), transport.Msg{Kind: transport.KindDone, Arg: 12345})...)
-	early := enc(transport.Msg{Kind: transport.KindCommit})
-	badBitmap := enc(transport.Msg{Kind: transport.KindDiscard, Page: 192, Data: transport.AppendBitmap(nil, []uint64{1 << 9})})
+		pages[5], pages[6], {Kind: wire.KindEndRound, Arg: 1},
+		{Kind: wire.KindDiscard, Page: 0, Data: wire.AppendBitmap(nil, []uint64{1 << 5})},
+	}, head...), append(pages, transport.Msg{Kind: wire.KindDone, Arg: d.Sum()})...)...)
+	badDigest := enc(append(append(head, pages...), transport.Msg{Kind: wire.KindDone, Arg: 12345})...)
+	early := enc(transport.Msg{Kind: wire.KindCommit})
+	badBitmap := enc(transport.Msg{Kind: wire.KindDiscard, Page: 192, Data: wire.AppendBitmap(nil, []uint64{1 << 9})})
 	// The same post-copy with its pages as LZ4 blocks, and one block
 	// that does not decompress to a page.
 	pe := &codec.PageEncoder{LZ4: true}
@@ -205,8 +206,8 @@ func receiveSeeds(t testing.TB) [][]byte {
 		}
 		packed = append(packed, m)
 	}
-	lz4Post := enc(append(append(head, packed...), transport.Msg{Kind: transport.KindDone, Arg: d.Sum()})...)
-	badLZ4 := enc(append(head, transport.Msg{Kind: transport.KindPage, Enc: transport.EncLZ4, Page: 3, Data: []byte{0x40, 1, 2}})...)
+	lz4Post := enc(append(append(head, packed...), transport.Msg{Kind: wire.KindDone, Arg: d.Sum()})...)
+	badLZ4 := enc(append(head, transport.Msg{Kind: wire.KindPage, Enc: transport.EncLZ4, Page: 3, Data: []byte{0x40, 1, 2}})...)
 	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2], lz4Post, badLZ4}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // faultMem is the real destination: a userfaultfd region whose guest
@@ -152,7 +153,7 @@ type requestLog struct {
 
 func (c *requestLog) Send(ctx context.Context, m transport.Msg) error {
 	err := c.Conn.Send(ctx, m)
-	if err == nil && m.Kind == transport.KindRequest && m.Page < uint64(len(c.sent)) {
+	if err == nil && m.Kind == wire.KindRequest && m.Page < uint64(len(c.sent)) {
 		c.sent[m.Page].Store(true)
 	}
 	return err

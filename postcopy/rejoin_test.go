@@ -9,6 +9,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // scriptedPair opens a handshaken pair of Conns over an in-memory pipe.
@@ -58,8 +59,8 @@ func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
 	}()
 	// The first session: switchover, state, Ack(Ready), Commit, then a cut.
 	for _, m := range []transport.Msg{
-		{Kind: transport.KindSwitchover, Page: session, Arg: 1},
-		{Kind: transport.KindState, Data: make([]byte, 64)},
+		{Kind: wire.KindSwitchover, Page: session, Arg: 1},
+		{Kind: wire.KindState, Data: make([]byte, 64)},
 	} {
 		if err := src.Send(ctx, m); err != nil {
 			t.Fatal(err)
@@ -69,21 +70,21 @@ func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ack transport.Msg
-	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != transport.KindAck || ack.Arg != transport.AckReady {
+	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != wire.KindAck || ack.Arg != wire.AckReady {
 		t.Fatalf("want Ack(Ready), got %v %v", ack, err)
 	}
-	if err := src.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
+	if err := src.Send(ctx, transport.Msg{Kind: wire.KindCommit}); err != nil {
 		t.Fatal(err)
 	}
 	if err := src.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != transport.KindAck || ack.Arg != transport.AckResumed {
+	if err := src.Recv(ctx, &ack); err != nil || ack.Kind != wire.KindAck || ack.Arg != wire.AckResumed {
 		t.Fatalf("want Ack(Resumed), got %v %v", ack, err)
 	}
 	src.Close()
 	// The reconnection asks for an urgent connection.
-	if err := again.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: session, Arg: urgentFlag}); err != nil {
+	if err := again.Send(ctx, transport.Msg{Kind: wire.KindResume, Page: session, Arg: wire.FlagUrgent}); err != nil {
 		t.Fatal(err)
 	}
 	if err := again.Flush(ctx); err != nil {

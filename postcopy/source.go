@@ -18,20 +18,11 @@ import (
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 // recordOverhead is the wire cost of a page record besides its data.
 const recordOverhead = transport.RecordOverhead
-
-// urgentFlag, in KindSwitchover's Arg, says the source sends requested pages
-// on the urgent connection; the low 32 bits are the round number.
-const urgentFlag = 1 << 32
-
-// ackFlag, in KindEndRound's Arg, asks the destination for Ack(AckRound)
-// once it has applied everything sent before: the source waits so on the
-// discards it sends before the pause (see discardEarly). Such an EndRound
-// ends no round.
-const ackFlag = 1 << 33
 
 // Migrate migrates src to the destination at the other end of conn with
 // post-copy, after cfg.rounds pre-copy rounds (hybrid), and returns
@@ -57,7 +48,7 @@ const ackFlag = 1 << 33
 // destination that may wait for the source to come back is told on a new
 // connection). After the Commit the source resumes only when the
 // destination promised, for this session, that it did not resume
-// (transport.ErrorNotResumed); otherwise the guest runs at the destination,
+// (wire.ErrorNotResumed); otherwise the guest runs at the destination,
 // and the source finishes after the destination's AckComplete (a
 // destination that completed answers a source that missed it). A cut link
 // is then recovered with cfg.Redial (the destination says which pages it
@@ -182,8 +173,8 @@ type migration struct {
 
 	s *session
 
-	peerFail  atomic.Pointer[transport.PeerError] // the destination's KindError, once it came
-	stateSent bool                                // the destination may wait for us in doubt
+	peerFail  atomic.Pointer[wire.PeerError] // the destination's KindError, once it came
+	stateSent bool                           // the destination may wait for us in doubt
 }
 
 // cutError marks a failure of the link (as opposed to the peer's or the
@@ -240,7 +231,7 @@ func (m *migration) reader(ctx context.Context, s *session) {
 	var msg transport.Msg // one for the loop: Recv's argument escapes
 	for {
 		err := s.conn.Recv(ctx, &msg)
-		if err == nil && msg.Kind == transport.KindRequest {
+		if err == nil && msg.Kind == wire.KindRequest {
 			m.mu.Lock()
 			err := m.core.Request(msg.Page, msg.Arg)
 			m.mu.Unlock()
@@ -254,10 +245,10 @@ func (m *migration) reader(ctx context.Context, s *session) {
 		}
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
-			if msg.Kind == transport.KindError {
+			if msg.Kind == wire.KindError {
 				// Stop the migration at once, even inside a blocked send:
 				// the destination has given up (no recovery follows).
-				m.peerFail.Store(transport.PeerErrorOf(msg, m.session))
+				m.peerFail.Store(wire.PeerErrorOf(msg, m.session))
 				s.conn.Close()
 				if s.urgent != nil {
 					s.urgent.Close()
@@ -286,7 +277,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		if pe := m.peerFail.Load(); pe != nil && !errors.Is(err, livemig.ErrPeer) {
 			err = errors.Join(pe, err)
 		}
-		if m.handed && m.resumedAt.IsZero() && transport.NotResumed(err) {
+		if m.handed && m.resumedAt.IsZero() && wire.NotResumed(err) {
 			// The Commit went out but the destination promised it never
 			// resumed: the guest may run here again.
 			m.handed = false
@@ -308,7 +299,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 			m.paused = false
 		}
 		tell, cancel := context.WithTimeout(bg, 2*time.Second)
-		_ = m.s.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		_ = m.s.conn.Send(tell, transport.Msg{Kind: wire.KindError, Data: []byte(err.Error())})
 		cancel()
 		if m.stateSent && m.cfg.Redial != nil && !errors.Is(err, livemig.ErrPeer) {
 			handover.Abandon(bg, m.cfg.Redial, m.session, err)
@@ -361,7 +352,7 @@ func (m *migration) precopyPhase(ctx context.Context) error {
 				return err
 			}
 		case OpEndRound:
-			if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(o.Round)}); err != nil {
+			if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(o.Round)}); err != nil {
 				return linkErr(fmt.Sprintf("end of round %d", o.Round), err)
 			}
 		case OpDiscard:
@@ -384,18 +375,19 @@ func (m *migration) precopyPhase(ctx context.Context) error {
 // made them missing. With userfaultfd memory that is a madvise per page
 // (about 3 µs: BenchmarkDiscard in package faultmem), which would
 // otherwise fall inside the downtime; the switchover then discards only
-// what the guest dirtied since.
+// what the guest dirtied since. It waits for the Ack(AckRound) that an
+// EndRound flagged wire.FlagAck asks for (an EndRound that ends no round).
 func (m *migration) discardEarly(ctx context.Context, stale []uint64) error {
 	if err := m.sendDiscard(ctx, stale); err != nil {
 		return err
 	}
-	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(m.core.Round()-1) | ackFlag}); err != nil {
+	if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(m.core.Round()-1) | wire.FlagAck}); err != nil {
 		return linkErr("discard", err)
 	}
 	if err := m.s.conn.Flush(ctx); err != nil {
 		return linkErr("discard", err)
 	}
-	if _, err := m.await(ctx, m.s, transport.AckRound); err != nil {
+	if _, err := m.await(ctx, m.s, wire.AckRound); err != nil {
 		return err
 	}
 	m.log.Debug("stale copies discarded before the pause", "pages", bitmap.CountWords(stale))
@@ -405,7 +397,7 @@ func (m *migration) discardEarly(ctx context.Context, stale []uint64) error {
 // sendDiscard sends the pages set in stale as Discard chunks.
 func (m *migration) sendDiscard(ctx context.Context, stale []uint64) error {
 	if _, err := bitmapChunks(stale, nil, func(first uint64, data []byte) error {
-		return m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Page: first, Data: data})
+		return m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindDiscard, Page: first, Data: data})
 	}); err != nil {
 		return linkErr("discard", err)
 	}
@@ -439,9 +431,9 @@ func (m *migration) switchover(ctx context.Context) error {
 	}
 	arg := uint64(round)
 	if m.s.urgent != nil {
-		arg |= urgentFlag
+		arg |= wire.FlagUrgent
 	}
-	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindSwitchover, Page: m.session, Arg: arg}); err != nil {
+	if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindSwitchover, Page: m.session, Arg: arg}); err != nil {
 		return linkErr("switchover", err)
 	}
 	state, err := m.src.VM.SaveState(ctx, nil)
@@ -453,10 +445,10 @@ func (m *migration) switchover(ctx context.Context) error {
 	m.core.StateSent(len(state))
 	m.mu.Unlock()
 	m.stateSent = true
-	if err := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindState, Data: state}); err != nil {
+	if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindState, Data: state}); err != nil {
 		return linkErr("state", err)
 	}
-	if _, err := m.await(ctx, m.s, transport.AckReady); err != nil {
+	if _, err := m.await(ctx, m.s, wire.AckReady); err != nil {
 		return err
 	}
 	// From here on the guest may run at the destination: never resume it
@@ -465,7 +457,7 @@ func (m *migration) switchover(ctx context.Context) error {
 	m.handed = true
 	m.event(HandedOver, round, toPush, nil)
 	m.log.Info("guest handed over", "pages_to_push", toPush, "session", m.session)
-	serr := m.s.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit})
+	serr := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindCommit})
 	m.mu.Lock()
 	err = m.core.Committed(m.cfg.Clock.Now())
 	m.mu.Unlock()
@@ -546,9 +538,9 @@ func (m *migration) reconnect(ctx context.Context) error {
 	}
 	var arg uint64
 	if m.cfg.RedialUrgent != nil {
-		arg |= urgentFlag
+		arg |= wire.FlagUrgent
 	}
-	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: m.session, Arg: arg}); err != nil {
+	if err := conn.Send(ctx, transport.Msg{Kind: wire.KindResume, Page: m.session, Arg: arg}); err != nil {
 		return fail(&cutError{fmt.Errorf("postcopy: resume: %w", err)})
 	}
 	if err := conn.Flush(ctx); err != nil {
@@ -592,26 +584,26 @@ func (m *migration) awaitHeld(ctx context.Context, conn transport.Conn, held *bi
 			return &cutError{fmt.Errorf("postcopy: receive the destination's bitmap: %w", err)}
 		}
 		switch {
-		case msg.Kind == transport.KindRecvBitmap:
+		case msg.Kind == wire.KindRecvBitmap:
 			if err := applyBitmap(msg, m.pages, held.Set); err != nil {
 				return fmt.Errorf("postcopy: destination's bitmap: %w", err)
 			}
-		case msg.Kind == transport.KindAck && msg.Arg == transport.AckResumed:
+		case msg.Kind == wire.KindAck && msg.Arg == wire.AckResumed:
 			m.noteResumed()
-		case msg.Kind == transport.KindAck && msg.Arg == transport.AckComplete:
+		case msg.Kind == wire.KindAck && msg.Arg == wire.AckComplete:
 			// The destination finished before the cut: only its answer
 			// was lost.
 			msg.Data = bytes.Clone(msg.Data)
-			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+			_ = conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReleased})
 			_ = conn.Flush(ctx)
 			return &completedError{msg}
-		case msg.Kind == transport.KindAck && msg.Arg == transport.AckHeld:
+		case msg.Kind == wire.KindAck && msg.Arg == wire.AckHeld:
 			if got := held.Count(); got != msg.Page {
 				return fmt.Errorf("postcopy: destination holds %d pages, its bitmap names %d: %w", msg.Page, got, livemig.ErrCorrupt)
 			}
 			return nil
-		case msg.Kind == transport.KindError:
-			return transport.PeerErrorOf(msg, m.session)
+		case msg.Kind == wire.KindError:
+			return wire.PeerErrorOf(msg, m.session)
 		default:
 			return fmt.Errorf("postcopy: %v message while reconnecting: %w", msg.Kind, livemig.ErrCorrupt)
 		}
@@ -681,14 +673,14 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 		if m.digest != nil {
 			sum = m.digest.Sum()
 		}
-		if err := s.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
+		if err := s.conn.Send(ctx, transport.Msg{Kind: wire.KindDone, Arg: sum}); err != nil {
 			return linkErr("done", err)
 		}
-		ack, err := m.await(ctx, s, transport.AckComplete)
+		ack, err := m.await(ctx, s, wire.AckComplete)
 		if err != nil {
 			return err
 		}
-		_ = s.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+		_ = s.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReleased})
 		_ = s.conn.Flush(ctx)
 		return m.complete(ack)
 	}
@@ -822,10 +814,10 @@ func (m *migration) handleReturn(rm retMsg) (ack bool, err error) {
 		return false, &cutError{fmt.Errorf("postcopy: return path: %w", rm.err)}
 	}
 	switch rm.m.Kind {
-	case transport.KindError:
-		return false, transport.PeerErrorOf(rm.m, m.session)
-	case transport.KindAck:
-		if rm.m.Arg == transport.AckResumed {
+	case wire.KindError:
+		return false, wire.PeerErrorOf(rm.m, m.session)
+	case wire.KindAck:
+		if rm.m.Arg == wire.AckResumed {
 			m.noteResumed()
 		}
 		return true, nil
@@ -864,7 +856,7 @@ func (m *migration) urgentSender(ctx context.Context, s *session) {
 			}
 			continue
 		case OpMarker:
-			if err := s.urgent.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(o.Round)}); err != nil {
+			if err := s.urgent.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(o.Round)}); err != nil {
 				fail(linkErr("urgent end marker", err))
 				return
 			}
@@ -916,7 +908,7 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 		}
 		page = ps.buf
 	}
-	msg := transport.Msg{Kind: transport.KindPage, Page: n}
+	msg := transport.Msg{Kind: wire.KindPage, Page: n}
 	msg.Enc, msg.Data = ps.enc.Encode(ps.out[:0], page)
 	if m.digest != nil {
 		if msg.Enc == transport.EncZero {
@@ -953,8 +945,8 @@ func (m *migration) explain(s *session, err error) error {
 	for {
 		select {
 		case rm := <-s.ret:
-			if rm.err == nil && rm.m.Kind == transport.KindError {
-				return errors.Join(transport.PeerErrorOf(rm.m, m.session), err)
+			if rm.err == nil && rm.m.Kind == wire.KindError {
+				return errors.Join(wire.PeerErrorOf(rm.m, m.session), err)
 			}
 			if rm.err != nil {
 				return err

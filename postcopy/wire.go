@@ -8,6 +8,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // statsLen is the size of the figures an Ack(AckComplete) carries: eight
@@ -59,12 +60,12 @@ func parseStats(b []byte) (destStats, error) {
 // f for every page it names, in ascending order, stopping at f's first
 // error.
 func applyBitmap(m transport.Msg, pages uint64, f func(n uint64) error) error {
-	words, err := transport.CheckBitmap(m, pages)
+	words, err := wire.CheckBitmap(m, pages)
 	if err != nil {
 		return err
 	}
 	for i := range words {
-		w := transport.BitmapWord(m, i)
+		w := wire.BitmapWord(m, i)
 		for w != 0 {
 			b := bits.TrailingZeros64(w)
 			w &= w - 1
@@ -93,7 +94,7 @@ func bitmapChunks(bm []uint64, buf []byte, send func(first uint64, data []byte) 
 		if lo == hi {
 			continue
 		}
-		buf = transport.AppendBitmap(buf[:0], chunk[lo:hi])
+		buf = wire.AppendBitmap(buf[:0], chunk[lo:hi])
 		if err := send(uint64(i+lo)*64, buf); err != nil {
 			return buf, err
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 // Destination is where the guest goes: its memory and its control.
@@ -45,7 +46,7 @@ type ReceiveReport struct {
 // stream ended early, livemig.ErrPeer when the source gave up,
 // livemig.ErrVerify or livemig.ErrCorrupt for bad data, the VM's error when
 // the state does not load) with ReceiveReport.Resumed false, and tells the
-// source it will not resume (transport.ErrorNotResumed), so that the source
+// source it will not resume (wire.ErrorNotResumed), so that the source
 // resumes its guest even after the Commit.
 //
 // A link that fails once the destination said Ready leaves the source in
@@ -66,7 +67,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 	if err != nil && !rv.rep.Resumed {
 		tell, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		// The promise not to resume, for the session we were given.
-		_ = rv.conn.Send(tell, transport.ErrorMsg(err, rv.session))
+		_ = rv.conn.Send(tell, wire.ErrorMsg(err, rv.session))
 		_ = rv.conn.Flush(tell)
 		cancel()
 		cfg.Logger.Info("pre-copy receive failed; guest not resumed", "err", err)
@@ -126,7 +127,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			}
 			continue
 		}
-		if ready && msg.Kind != transport.KindCommit && msg.Kind != transport.KindError {
+		if ready && msg.Kind != wire.KindCommit && msg.Kind != wire.KindError {
 			// Ready: everything is received, verified and loaded; only the
 			// Commit or the source's giving up may come.
 			err := fmt.Errorf("precopy: %v message after the source said done: %w", msg.Kind, livemig.ErrCorrupt)
@@ -136,7 +137,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			continue
 		}
 		switch msg.Kind {
-		case transport.KindPage:
+		case wire.KindPage:
 			if msg.Page >= dst.Pages {
 				return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
 			}
@@ -151,16 +152,16 @@ func (rv *receiver) receive(ctx context.Context) error {
 				digest.Update(msg.Page, page)
 			}
 			rep.PagesReceived++
-		case transport.KindEndRound:
+		case wire.KindEndRound:
 			rep.Rounds++
-		case transport.KindSwitchover:
+		case wire.KindSwitchover:
 			switched = true
 			rv.session = msg.Page
-		case transport.KindState:
+		case wire.KindState:
 			state = append(state[:0], msg.Data...)
 			gotState = true
 			rep.StateBytes = len(state)
-		case transport.KindDone:
+		case wire.KindDone:
 			if !switched || !gotState {
 				return fmt.Errorf("precopy: source said done before switchover and state: %w", livemig.ErrCorrupt)
 			}
@@ -180,12 +181,12 @@ func (rv *receiver) receive(ctx context.Context) error {
 				return fmt.Errorf("precopy: load state: %w", err)
 			}
 			ready = true
-			if err := rv.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady, Page: sum}); err != nil {
+			if err := rv.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady, Page: sum}); err != nil {
 				if err := rv.reconnect(ctx, false, fmt.Errorf("precopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)); err != nil {
 					return err
 				}
 			}
-		case transport.KindCommit:
+		case wire.KindCommit:
 			if !ready {
 				return fmt.Errorf("precopy: hand-over before the source said done: %w", livemig.ErrCorrupt)
 			}
@@ -196,7 +197,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			rv.cfg.Logger.Info("guest resumed")
 			rv.release(ctx)
 			return nil
-		case transport.KindError:
+		case wire.KindError:
 			return fmt.Errorf("precopy: source failed: %s: %w", msg.Data, livemig.ErrPeer)
 		default:
 			return fmt.Errorf("precopy: unexpected message kind %d: %w", msg.Kind, livemig.ErrCorrupt)
@@ -208,14 +209,14 @@ func (rv *receiver) receive(ctx context.Context) error {
 // knows (AckReleased), answering it again if it comes back after a cut. The
 // guest runs here whatever happens: failures are only logged.
 func (rv *receiver) release(ctx context.Context) {
-	err := rv.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckResumed})
+	err := rv.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed})
 	if err == nil {
 		err = rv.conn.Flush(ctx)
 	}
 	var msg transport.Msg
 	for {
 		for err == nil {
-			if err = rv.conn.Recv(ctx, &msg); err == nil && msg.Kind == transport.KindAck && msg.Arg == transport.AckReleased {
+			if err = rv.conn.Recv(ctx, &msg); err == nil && msg.Kind == wire.KindAck && msg.Arg == wire.AckReleased {
 				return
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/internal/handover"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // The hand-over, as both sides see it.
@@ -19,7 +20,7 @@ import (
 //
 // The source resumes its guest on any failure before it sends the Commit,
 // and after it only when the destination promised not to resume
-// (KindError with transport.ErrorNotResumed). A destination sends that
+// (KindError with wire.ErrorNotResumed). A destination sends that
 // promise whenever it gives up before resuming. Once the Commit is sent and
 // the link fails before either AckResumed or the promise arrives, the
 // outcome is unknown to the source: it redials (Config.Redial) and asks
@@ -59,7 +60,7 @@ func (e *InDoubtError) Unwrap() []error { return []error{livemig.ErrInDoubt, e.E
 // at the source), and an error when it could not learn either (the guest
 // must stay paused; ask again). The caller keeps conn and closes it.
 func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed bool, err error) {
-	if err := conn.Send(ctx, transport.Msg{Kind: transport.KindResume, Page: session}); err != nil {
+	if err := conn.Send(ctx, transport.Msg{Kind: wire.KindResume, Page: session}); err != nil {
 		return false, fmt.Errorf("precopy: resolve: ask: %w", err)
 	}
 	if err := conn.Flush(ctx); err != nil {
@@ -71,17 +72,17 @@ func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed 
 			return false, fmt.Errorf("precopy: resolve: waiting for the answer: %w", err)
 		}
 		switch {
-		case msg.Kind == transport.KindAck && msg.Arg == transport.AckResumed:
-			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+		case msg.Kind == wire.KindAck && msg.Arg == wire.AckResumed:
+			_ = conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReleased})
 			_ = conn.Flush(ctx)
 			return true, nil
-		case msg.Kind == transport.KindAck && msg.Arg == transport.AckReady:
+		case msg.Kind == wire.KindAck && msg.Arg == wire.AckReady:
 			// Ready, the Commit never came: send it again.
-			if err := conn.Send(ctx, transport.Msg{Kind: transport.KindCommit}); err != nil {
+			if err := conn.Send(ctx, transport.Msg{Kind: wire.KindCommit}); err != nil {
 				return false, fmt.Errorf("precopy: resolve: commit again: %w", err)
 			}
-		case msg.Kind == transport.KindError:
-			pe := transport.PeerErrorOf(msg, session)
+		case msg.Kind == wire.KindError:
+			pe := wire.PeerErrorOf(msg, session)
 			if pe.NotResumed {
 				return false, nil
 			}
@@ -96,7 +97,7 @@ func Resolve(ctx context.Context, conn transport.Conn, session uint64) (resumed 
 // and asks until it knows or cfg.HandoverTimeout passes, even if the
 // caller's ctx has ended (a guest in doubt must not be left so for want of
 // asking). It returns nil when the guest runs at the destination, a
-// *transport.PeerError with NotResumed when it does not (the caller resumes
+// *wire.PeerError with NotResumed when it does not (the caller resumes
 // the source), an *InDoubtError otherwise.
 func (m *migration) resolve(ctx context.Context, cause error) error {
 	if m.cfg.Redial == nil {
@@ -119,7 +120,7 @@ func (m *migration) resolve(ctx context.Context, cause error) error {
 					m.cfg.Logger.Info("the destination resumed the guest", "session", m.session)
 					return nil
 				}
-				return &transport.PeerError{Message: "the destination did not resume the guest", NotResumed: true}
+				return &wire.PeerError{Message: "the destination did not resume the guest", NotResumed: true}
 			}
 		}
 		cause = err
@@ -146,19 +147,19 @@ func awaitResume(ctx context.Context, cfg *Config, session uint64, resumed bool,
 		switch {
 		case err != nil:
 			cause = err
-		case msg.Kind == transport.KindError && msg.Page == session:
+		case msg.Kind == wire.KindError && msg.Page == session:
 			conn.Close()
 			return nil, fmt.Errorf("precopy: the source came back to say it gave up: %s: %w", msg.Data, livemig.ErrPeer)
-		case msg.Kind != transport.KindResume || msg.Page != session:
-			_ = conn.Send(ctx, transport.Msg{Kind: transport.KindError,
+		case msg.Kind != wire.KindResume || msg.Page != session:
+			_ = conn.Send(ctx, transport.Msg{Kind: wire.KindError,
 				Data: fmt.Appendf(nil, "%v message for session %016x; this destination waits for session %016x", msg.Kind, msg.Page, session)})
 			_ = conn.Flush(ctx)
 		default:
-			ack := uint64(transport.AckReady)
+			ack := uint64(wire.AckReady)
 			if resumed {
-				ack = transport.AckResumed
+				ack = wire.AckResumed
 			}
-			if err = conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: ack}); err == nil {
+			if err = conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: ack}); err == nil {
 				if err = conn.Flush(ctx); err == nil {
 					return conn, nil
 				}

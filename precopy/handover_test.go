@@ -13,6 +13,7 @@ import (
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // lyingVM's Pause returns without pausing: its vCPU writes a page during
@@ -87,7 +88,7 @@ func TestPeerErrorStopsBlockedSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if err := cb.Send(context.Background(), transport.Msg{Kind: transport.KindError, Arg: transport.ErrorNotResumed, Data: []byte("disk full")}); err != nil {
+	if err := cb.Send(context.Background(), transport.Msg{Kind: wire.KindError, Arg: wire.ErrorNotResumed, Data: []byte("disk full")}); err != nil {
 		t.Fatal(err)
 	}
 	err = <-errc // cb never reads again: the source's sends block

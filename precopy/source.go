@@ -18,6 +18,7 @@ import (
 	"github.com/livemig/livemig/reorder"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
+	"github.com/livemig/livemig/wire"
 )
 
 // Source is the guest being migrated away: livemig.Source.
@@ -161,8 +162,8 @@ type migration struct {
 	deferrer *reorder.Deferrer   // set when cfg.Defer
 
 	session  uint64
-	peerFail atomic.Pointer[transport.PeerError] // the destination's KindError, once it came
-	doneSent bool                                // the destination may be in Ready
+	peerFail atomic.Pointer[wire.PeerError] // the destination's KindError, once it came
+	doneSent bool                           // the destination may be in Ready
 	start    time.Time
 	paused   bool
 	handed   bool // the Commit is (being) sent: the outcome may be in doubt
@@ -182,12 +183,12 @@ func (m *migration) readReturnPath(ctx context.Context) {
 		err := m.conn.Recv(ctx, &msg)
 		if err == nil {
 			msg.Data = bytes.Clone(msg.Data)
-			if msg.Kind == transport.KindError {
+			if msg.Kind == wire.KindError {
 				// Stop the source at once, even inside a blocked send:
 				// the destination has given up, the link is of no more use.
 				// (Closing it, not a ctx, keeps a ctx without Done free of
 				// a per-frame AfterFunc.)
-				m.peerFail.Store(transport.PeerErrorOf(msg, m.session))
+				m.peerFail.Store(wire.PeerErrorOf(msg, m.session))
 				m.conn.Close()
 			}
 		}
@@ -240,9 +241,9 @@ func (m *migration) run(ctx context.Context) (err error) {
 			th.SetThrottle(0)
 		}
 		tell, cancel := context.WithTimeout(bg, 2*time.Second) // the link may be gone
-		_ = m.conn.Send(tell, transport.Msg{Kind: transport.KindError, Data: []byte(err.Error())})
+		_ = m.conn.Send(tell, transport.Msg{Kind: wire.KindError, Data: []byte(err.Error())})
 		cancel()
-		if m.doneSent && m.cfg.Redial != nil && !transport.NotResumed(err) {
+		if m.doneSent && m.cfg.Redial != nil && !wire.NotResumed(err) {
 			// The destination may be in Ready, waiting for us to come
 			// back: tell it we resumed.
 			handover.Abandon(ctx, m.cfg.Redial, m.session, err)
@@ -274,7 +275,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		if err := m.endRound(ctx, &r); err != nil {
 			return err
 		}
-		if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
+		if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(round)}); err != nil {
 			return m.linkErr(fmt.Sprintf("end of round %d", round), err)
 		}
 		r.Duration = m.cfg.Clock.Now().Sub(t0)
@@ -326,7 +327,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		return fmt.Errorf("precopy: pause source: %w", err)
 	}
 	m.paused = true
-	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindSwitchover, Page: m.session, Arg: uint64(round)}); err != nil {
+	if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindSwitchover, Page: m.session, Arg: uint64(round)}); err != nil {
 		return m.linkErr("switchover", err)
 	}
 	if err := m.src.Dirty.SyncDirty(m.dirty); err != nil {
@@ -348,7 +349,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		return fmt.Errorf("precopy: save source state: %w", err)
 	}
 	m.report.StateBytes = uint64(len(state))
-	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindState, Data: state}); err != nil {
+	if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindState, Data: state}); err != nil {
 		return m.linkErr("state", err)
 	}
 	var sum uint64
@@ -356,7 +357,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		sum = m.digest.Sum()
 	}
 	m.doneSent = true
-	if err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: sum}); err != nil {
+	if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindDone, Arg: sum}); err != nil {
 		return m.linkErr("done", err)
 	}
 	r.Bytes += uint64(len(state)) + 2*recordOverhead
@@ -376,7 +377,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		return fmt.Errorf("precopy: VM.Pause returned but the guest went on writing: %d pages (the first %d) dirtied after the pause; Pause must return only once the guest writes no more: %w",
 			n, first, livemig.ErrNotSupported)
 	}
-	ack, err := m.await(ctx, transport.AckReady)
+	ack, err := m.await(ctx, wire.AckReady)
 	if err != nil {
 		return err
 	}
@@ -403,20 +404,20 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 // *InDoubtError, m.handed set, when the outcome is unknown.
 func (m *migration) commit(ctx context.Context) error {
 	m.handed = true
-	err := m.conn.Send(ctx, transport.Msg{Kind: transport.KindCommit})
+	err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindCommit})
 	if err != nil {
 		err = m.linkErr("commit", err)
 	} else {
-		_, err = m.await(ctx, transport.AckResumed)
+		_, err = m.await(ctx, wire.AckResumed)
 	}
 	if err == nil {
 		// Best effort: a destination that misses it waits for a
 		// reconnection that never comes, and then reports success.
-		_ = m.conn.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReleased})
+		_ = m.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReleased})
 		_ = m.conn.Flush(ctx)
 		return nil
 	}
-	if !transport.NotResumed(err) {
+	if !wire.NotResumed(err) {
 		// The connection failed us: close it, so that the destination,
 		// which may see it alive (heartbeats), turns to Reaccept.
 		m.conn.Close()
@@ -425,7 +426,7 @@ func (m *migration) commit(ctx context.Context) error {
 			return nil
 		}
 	}
-	if transport.NotResumed(err) {
+	if wire.NotResumed(err) {
 		m.handed = false // certain: the destination will not resume
 		return fmt.Errorf("precopy: hand-over refused: %w", err)
 	}
@@ -449,7 +450,7 @@ func (m *migration) await(ctx context.Context, want uint64) (transport.Msg, erro
 		if err := m.handleReturn(rm); err != nil {
 			return transport.Msg{}, err
 		}
-		if rm.m.Kind == transport.KindAck && rm.m.Arg == want {
+		if rm.m.Kind == wire.KindAck && rm.m.Arg == want {
 			return rm.m, nil
 		}
 	}
@@ -462,9 +463,9 @@ func (m *migration) handleReturn(rm retMsg) error {
 		return m.linkErr("return path", rm.err)
 	}
 	switch rm.m.Kind {
-	case transport.KindError:
-		return transport.PeerErrorOf(rm.m, m.session)
-	case transport.KindAck, transport.KindRequest:
+	case wire.KindError:
+		return wire.PeerErrorOf(rm.m, m.session)
+	case wire.KindAck, wire.KindRequest:
 		return nil
 	}
 	return fmt.Errorf("precopy: unexpected %d message on the return path: %w", rm.m.Kind, livemig.ErrCorrupt)

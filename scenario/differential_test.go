@@ -17,6 +17,7 @@ import (
 	"github.com/livemig/livemig/reorder"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // detConn is the deterministic link of the differential test, at the
@@ -82,10 +83,10 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 	if err := c.Conn.Send(ctx, m); err != nil {
 		return err
 	}
-	if m.Kind == transport.KindSwitchover {
+	if m.Kind == wire.KindSwitchover {
 		c.paused = true
 	}
-	if m.Kind == transport.KindPage {
+	if m.Kind == wire.KindPage {
 		c.mu.Lock()
 		*c.pages = append(*c.pages, m.Page)
 		c.mu.Unlock()
@@ -96,7 +97,7 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 				case <-c.entered:
 				default:
 				}
-				c.inject <- transport.Msg{Kind: transport.KindRequest, Page: p, Arg: 1}
+				c.inject <- transport.Msg{Kind: wire.KindRequest, Page: p, Arg: 1}
 				<-c.entered
 			}
 		}
@@ -104,7 +105,7 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 	// Before the pause the source's clock is the link's; after it the guest
 	// stands still and the model times the push by events instead.
 	switch m.Kind {
-	case transport.KindPage, transport.KindEndRound, transport.KindDiscard:
+	case wire.KindPage, wire.KindEndRound, wire.KindDiscard:
 		c.clock.Advance(c.tx(transport.RecordOverhead + len(m.Data)))
 	}
 	return nil
@@ -120,7 +121,7 @@ func (c *detConn) Recv(ctx context.Context, m *transport.Msg) error {
 		return nil
 	case r := <-c.pump:
 		*m = r.m
-		if r.err == nil && m.Kind == transport.KindAck && m.Arg == transport.AckRound {
+		if r.err == nil && m.Kind == wire.KindAck && m.Arg == wire.AckRound {
 			c.clock.Advance(c.tx(transport.RecordOverhead)) // the Ack's record
 		}
 		return r.err
@@ -142,7 +143,7 @@ func (c recorder) Send(ctx context.Context, m transport.Msg) error {
 	if err := c.Conn.Send(ctx, m); err != nil {
 		return err
 	}
-	if m.Kind == transport.KindPage {
+	if m.Kind == wire.KindPage {
 		c.mu.Lock()
 		*c.pages = append(*c.pages, m.Page)
 		c.mu.Unlock()

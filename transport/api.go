@@ -16,44 +16,8 @@ import (
 // buffered bytes are drained).
 type Link = io.ReadWriteCloser
 
-// Kind is the type of a Msg.
-type Kind uint8
-
-// Message kinds. Source to destination: Page, EndRound, State, Switchover,
-// Done, Commit, Discard, Resume, Error. Destination to source (the return
-// path): Request, Ack, RecvBitmap, Error.
-const (
-	KindPage       Kind = 1 // Page, Enc, Data: one page record (batched on the wire)
-	KindEndRound   Kind = 2 // Arg: the round that ended
-	KindState      Kind = 3 // Data: the CPU/device state blob
-	KindSwitchover Kind = 4 // the source has paused; Arg: the final round's number
-	KindDone       Kind = 5 // every page and the state are sent; Arg: the source's digest
-	KindCommit     Kind = 6 // the source hands the guest over: the destination may resume
-	KindError      Kind = 7 // Data: a UTF-8 message; the sender gives up
-	KindRequest    Kind = 8 // return path: Page: first page wanted, Arg: how many
-	KindAck        Kind = 9 // return path: Arg: an AckCode, Page: a value for it
-
-	// KindDiscard (post-copy, hybrid) names pages whose copy at the
-	// destination is stale (dirtied at the source since it was sent): the
-	// destination makes them missing again before it resumes the guest.
-	// Page: the first page of the chunk, a multiple of 64; Data: a bitmap
-	// chunk (see CheckBitmap).
-	KindDiscard Kind = 10
-	// KindRecvBitmap (post-copy recovery, return path) names the pages the
-	// destination holds, after a reconnection: chunks like KindDiscard's,
-	// then Ack(AckHeld).
-	KindRecvBitmap Kind = 11
-	// KindResume (post-copy recovery) is the source's first message on a
-	// new connection after a cut: Page: the migration's session id, as sent
-	// in its KindSwitchover.
-	KindResume Kind = 12
-	// KindHeartbeat keeps a quiet direction alive (Config.Liveness). A Conn
-	// writes it by itself and Recv skips it: callers never see one, and
-	// Send refuses it.
-	KindHeartbeat Kind = 13
-)
-
-// Encoding says how a page record's Data encodes the page.
+// Encoding says how a page record's Data encodes the page. The framing
+// checks a record's length by its encoding, before it returns the record.
 type Encoding uint8
 
 // Page encodings. Raw pages carry exactly the page size; zero pages carry no
@@ -65,34 +29,11 @@ const (
 	EncLZ4    Encoding = 3 // an LZ4 block of the page
 )
 
-// Ack codes carried in a KindAck message's Arg.
-const (
-	AckRound   = 1 // Page: the round received in full
-	AckReady   = 2 // the destination verified everything and waits for Commit; Page: its digest
-	AckResumed = 3 // the destination resumed the guest
-	// AckComplete (post-copy): the destination holds every page and its
-	// digest matched the source's Done; Page: its digest, Data: the
-	// destination's post-copy figures (the engine defines the layout).
-	AckComplete = 4
-	// AckHeld ends a KindRecvBitmap after a reconnection; Page: how many
-	// pages the destination holds.
-	AckHeld = 5
-	// AckReleased (source to destination) acknowledges the outcome, the
-	// AckResumed of pre-copy or the AckComplete of post-copy: the source
-	// knows it and will not come back to ask.
-	AckReleased = 6
-)
-
-// ErrorNotResumed, in the Arg of a KindError a destination sends with the
-// migration's session in Page, promises that it has not resumed the guest
-// and never will for this migration: a source that receives it for its
-// session may resume its guest even after the Commit (see ErrorMsg,
-// PeerErrorOf).
-const ErrorNotResumed = 1
-
-// Msg is one message. On Send the caller owns Data and may reuse it as soon
-// as Send returns (the connection copies it). On Recv, Data is borrowed from
-// the connection and valid only until the next Recv.
+// Msg is one message. Its Kind's Class says which fields the framing
+// carries; the protocol that defines the kind says what they mean. On Send
+// the caller owns Data and may reuse it as soon as Send returns (the
+// connection copies it). On Recv, Data is borrowed from the connection and
+// valid only until the next Recv.
 type Msg struct {
 	Kind Kind
 	Enc  Encoding
@@ -103,12 +44,12 @@ type Msg struct {
 
 // Conn is a framed, checksummed connection carrying Msgs in both directions.
 //
-// Send queues m. Page records are batched and reach the link when a batch
-// fills, at Flush, or before any other kind of message, which is sent at
-// once. Recv fills m with the next message from the peer, in the order the
-// peer sent them (for a multi-stream Conn: in order for each page, with a
-// control message returned only after every message sent before it on any
-// stream — except Request, Ack and Error, which travel on stream 0 alone
+// Send queues m. Page records (ClassRecords) are batched and reach the link
+// when a batch fills, at Flush, or before any other message, which is sent
+// at once. Recv fills m with the next message from the peer, in the order
+// the peer sent them (for a multi-stream Conn: in order for each page, with
+// any other message returned only after every message sent before it on any
+// stream — except ClassPriority messages, which travel on stream 0 alone
 // and may overtake page records of other streams; see NewMulti). One
 // goroutine may Send/Flush while another Recvs; Close may be called from
 // any goroutine and unblocks both. A message Send refuses returns an error
@@ -117,8 +58,8 @@ type Msg struct {
 // If ctx is done while Send, Flush or Recv is blocked on the link, the Conn is
 // closed and the call returns an error wrapping ctx.Err(). A corrupt frame is
 // an error wrapping livemig.ErrCorrupt (a *livemig.StreamError saying where);
-// a link cut mid-frame is io.ErrUnexpectedEOF; a KindError from the peer is
-// returned by Recv as a message, not as an error.
+// a link cut mid-frame is io.ErrUnexpectedEOF; a message saying the peer
+// failed is returned by Recv as a message, not as an error.
 type Conn interface {
 	Send(ctx context.Context, m Msg) error
 	Flush(ctx context.Context) error

@@ -66,7 +66,7 @@ func (p *pageSender) send(b *testing.B, n int) time.Duration {
 	errc := make(chan error, 1)
 	go func() {
 		for i := range uint64(n) {
-			if err := p.src.Send(bg, Msg{Kind: KindPage, Page: first + i, Data: p.page}); err != nil {
+			if err := p.src.Send(bg, Msg{Kind: kindPage, Page: first + i, Data: p.page}); err != nil {
 				errc <- err
 				return
 			}

@@ -20,9 +20,10 @@ type Config struct {
 	// PageSize is the size of a raw page record: livemig.DefaultPageSize
 	// if 0. It must not exceed MaxPageSize.
 	PageSize int
-	// PageCount, if not 0, bounds page numbers: a page record or a Request
-	// past it is refused on Send and is corrupt on Recv. Open sets it from
-	// the hello.
+	// PageCount, if not 0, bounds the page numbers of page records
+	// (ClassRecords): a record past it is refused on Send and is corrupt
+	// on Recv. Open sets it from the hello. The Page of other messages is
+	// the protocol's to check.
 	PageCount uint64
 	// BatchBytes is how many bytes of page records (data and record
 	// headers) a batch frame collects before it goes out:
@@ -33,8 +34,8 @@ type Config struct {
 	// (MaxEncodedLen) if smaller. Both peers must use the same value or the
 	// receiver's must be larger.
 	MaxFrame int
-	// MaxState bounds a state blob, sent and reassembled on receipt:
-	// DefaultMaxState if 0.
+	// MaxState bounds a blob (ClassBlob, such as a guest's CPU and device
+	// state), sent and reassembled on receipt: DefaultMaxState if 0.
 	MaxState int
 	// Liveness bounds how long the peer may stay silent: a Recv that sees
 	// no byte arrive for this long, or a frame write that makes no headway
@@ -106,10 +107,11 @@ var (
 // NewConn returns a Conn that frames messages over link, which it owns from
 // now on (Close closes it). It does not handshake: see Open and Handshake.
 //
-// Page records go out in batch frames of about cfg.BatchBytes; any other
-// message flushes the batch and then goes out as its own frame. Every frame
-// goes to the link in one Write. A state blob longer than a frame goes as
-// several KindState frames, which Recv reassembles into one message.
+// Page records (ClassRecords) go out in batch frames of about
+// cfg.BatchBytes; any other message flushes the batch and then goes out as
+// its own frame. Every frame goes to the link in one Write. A blob
+// (ClassBlob) longer than a frame goes as several frames, which Recv
+// reassembles into one message.
 //
 // Recv's Data is borrowed from the Conn until the next Recv. Sending or
 // receiving a 4 KiB page record allocates nothing; with a ctx whose Done is
@@ -191,20 +193,23 @@ type conn struct {
 	// sender
 	wbuf   []byte // the frame being built: header room, then the payload
 	wcount int    // records in wbuf
+	wkind  Kind   // their kind
 	werr   error  // sticky send error
 
 	// receiver
-	rbuf     []byte // the current frame, header included; then read-ahead bytes
-	roff     int64  // stream offset of the next frame
-	foff     int64  // stream offset of the current frame
-	rpos     int    // offset in rbuf of the next record to return
-	rleft    int    // records of the current batch not yet returned
-	rerr     error  // sticky receive error
-	state    []byte // a state blob being reassembled
-	inState  bool   // a State frame with the "more" flag came last
-	stateOff int64  // stream offset of the blob's first frame
-	ahead    int    // bytes of the next frame read ahead, at rbuf[len(rbuf):]
-	aheadErr error  // the link's error that came with the end of a frame
+	rbuf      []byte // the current frame, header included; then read-ahead bytes
+	roff      int64  // stream offset of the next frame
+	foff      int64  // stream offset of the current frame
+	rpos      int    // offset in rbuf of the next record to return
+	rleft     int    // records of the current batch not yet returned
+	rkind     Kind   // their kind
+	rerr      error  // sticky receive error
+	state     []byte // a blob being reassembled
+	inState   bool   // a blob frame with the "more" flag came last
+	stateKind Kind   // that frame's kind
+	stateOff  int64  // stream offset of the blob's first frame
+	ahead     int    // bytes of the next frame read ahead, at rbuf[len(rbuf):]
+	aheadErr  error  // the link's error that came with the end of a frame
 }
 
 // Close closes the Conn and its link, unblocking any Send, Flush or Recv.
@@ -258,13 +263,17 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 		c.wbuf = make([]byte, frameHeaderSize,
 			frameHeaderSize+max(c.batchBytes, recordHeaderSize+MaxEncodedLen(c.pageSize))+frameTrailerSize)
 	}
-	if m.Kind == KindPage {
-		return c.sendPage(ctx, m.Page, m.Enc, m.Data)
+	switch cl := m.Kind.Class(); cl {
+	case ClassRecords:
+		return c.sendPage(ctx, m.Kind, m.Page, m.Enc, m.Data)
+	case ClassNone, ClassHeartbeat:
+		return fmt.Errorf("transport: send: kind %d: %w", m.Kind, ErrInvalid)
+	default:
+		return c.sendControl(ctx, m.Kind, cl, m.Page, m.Arg, m.Data)
 	}
-	return c.sendControl(ctx, m.Kind, m.Page, m.Arg, m.Data)
 }
 
-func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []byte) error {
+func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encoding, data []byte) error {
 	if bad := checkRecord(enc, len(data), c.pageSize); bad != "" {
 		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %s (encoding %d, %d bytes)", ErrInvalid, bad, enc, len(data))}
 	}
@@ -272,7 +281,7 @@ func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []b
 		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
 	}
 	rec := recordHeaderSize + len(data)
-	if c.wcount > 0 && (len(c.wbuf)+rec > frameHeaderSize+c.batchBytes || c.wcount == maxBatchCount) {
+	if c.wcount > 0 && (len(c.wbuf)+rec > frameHeaderSize+c.batchBytes || c.wcount == maxBatchCount || kind != c.wkind) {
 		if err := c.flush(ctx); err != nil {
 			return err
 		}
@@ -286,22 +295,17 @@ func (c *conn) sendPage(ctx context.Context, page uint64, enc Encoding, data []b
 	copy(b[off+recordHeaderSize:], data)
 	c.wbuf = b
 	c.wcount++
+	c.wkind = kind
 	return nil
 }
 
-func (c *conn) sendControl(ctx context.Context, kind Kind, page, arg uint64, data []byte) error {
-	if kind <= KindPage || kind >= KindHeartbeat {
-		return fmt.Errorf("transport: send: kind %d: %w", kind, ErrInvalid)
-	}
-	if kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
-		return &livemig.PageError{Op: "request", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
-	}
-	if n := len(data); (kind == KindDiscard || kind == KindRecvBitmap) && (n == 0 || n%8 != 0 || n > 8*MaxBitmapWords) {
+func (c *conn) sendControl(ctx context.Context, kind Kind, cl Class, page, arg uint64, data []byte) error {
+	if n := len(data); cl == ClassBitmap && (n == 0 || n%8 != 0 || n > 8*MaxBitmapWords) {
 		// The peer's checkHeader would reject the frame as corrupt.
 		return fmt.Errorf("transport: send %v: %d bitmap bytes, want 1 to %d whole words: %w", kind, n, MaxBitmapWords, ErrInvalid)
 	}
 	chunk := c.maxFrame - controlHeaderSize
-	if len(data) > chunk && (kind != KindState || len(data) > c.maxState) {
+	if len(data) > chunk && (cl != ClassBlob || len(data) > c.maxState) {
 		return fmt.Errorf("transport: send %v: %d bytes: %w (%w)", kind, len(data), ErrTooLarge, ErrInvalid)
 	}
 	if err := c.flush(ctx); err != nil {
@@ -351,7 +355,7 @@ func (c *conn) flush(ctx context.Context) error {
 	if c.wcount == 0 {
 		return nil
 	}
-	putFrameHeader(c.wbuf, len(c.wbuf)-frameHeaderSize, KindPage, 0, c.wcount)
+	putFrameHeader(c.wbuf, len(c.wbuf)-frameHeaderSize, c.wkind, 0, c.wcount)
 	return c.writeFrame(ctx)
 }
 
@@ -413,7 +417,7 @@ func (c *conn) Recv(ctx context.Context, m *Msg) error {
 func (c *conn) nextRecord(m *Msg) {
 	b := c.rbuf[c.rpos:]
 	n := int(binary.LittleEndian.Uint32(b[9:]))
-	m.Kind = KindPage
+	m.Kind = c.rkind
 	m.Enc = Encoding(b[8])
 	m.Page = binary.LittleEndian.Uint64(b)
 	m.Arg = 0
@@ -436,14 +440,15 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 		if err != nil {
 			return err
 		}
-		if h.kind == KindHeartbeat {
+		cl := h.kind.Class()
+		if cl == ClassHeartbeat {
 			continue // it kept the link alive; nothing for the caller
 		}
 		p := c.rbuf[frameHeaderSize : frameHeaderSize+h.length]
-		if c.inState && h.kind != KindState {
-			return corruptf(c.foff, fmt.Sprintf("%v frame inside a state blob begun at offset %d", h.kind, c.stateOff))
+		if c.inState && h.kind != c.stateKind {
+			return corruptf(c.foff, fmt.Sprintf("%v frame inside a %v blob begun at offset %d", h.kind, c.stateKind, c.stateOff))
 		}
-		if h.kind == KindPage {
+		if cl == ClassRecords {
 			off, what, outOfRange := checkBatch(p, h.count, c.pageSize, c.pageCount)
 			if what != "" {
 				if outOfRange {
@@ -451,22 +456,19 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 				}
 				return corruptf(c.foff+frameHeaderSize+int64(off), what)
 			}
-			c.rpos, c.rleft = frameHeaderSize, h.count
+			c.rpos, c.rleft, c.rkind = frameHeaderSize, h.count, h.kind
 			c.nextRecord(m)
 			return nil
 		}
 		page := binary.LittleEndian.Uint64(p)
 		arg := binary.LittleEndian.Uint64(p[8:])
 		data := p[controlHeaderSize:]
-		if h.kind == KindRequest && c.pageCount != 0 && (page >= c.pageCount || arg > c.pageCount-page) {
-			return corruptf(c.foff, fmt.Sprintf("request for %d pages from page %d of %d", arg, page, c.pageCount), livemig.ErrPageRange)
-		}
-		if h.kind == KindState && (c.inState || h.flags&frameFlagMore != 0) {
+		if cl == ClassBlob && (c.inState || h.flags&frameFlagMore != 0) {
 			if !c.inState {
-				c.stateOff = c.foff
+				c.stateOff, c.stateKind = c.foff, h.kind
 			}
 			if len(c.state)+len(data) > c.maxState {
-				return corruptf(c.stateOff, fmt.Sprintf("state blob over the limit %d", c.maxState))
+				return corruptf(c.stateOff, fmt.Sprintf("%v blob over the limit %d", h.kind, c.maxState))
 			}
 			if need := len(c.state) + len(data); need > cap(c.state) {
 				// Grow by doubling, never past maxState.

@@ -1,7 +1,14 @@
-// Package transport is livemig's wire protocol between a migration source and
-// its destination, and the links it runs on: the in-memory Pipe, TCP and TLS
-// (Dial, Listen), a bandwidth limit (RateLimit), a simulated link in virtual
-// time (SimLink) and several connections used as one (NewMulti, DialMulti).
+// Package transport carries messages between a migration source and its
+// destination: the handshake, the framing of messages (Conn), and the links
+// it runs on: the in-memory Pipe, TCP and TLS (Dial, Listen), a bandwidth
+// limit (RateLimit), a simulated link in virtual time (SimLink) and several
+// connections used as one (NewMulti, DialMulti), whose barrier keeps the
+// order across them.
+//
+// What the messages mean is the protocol's: livemig's migration protocol,
+// its kinds, Ack codes and commit sequence, is package wire. The transport
+// knows of a kind only its name and its Class, which the protocol declares
+// (DefineKind), and which says how the framing carries it.
 //
 // # Handshake
 //
@@ -23,13 +30,23 @@
 // header (u32 payload length, u8 type, u8 flags, u16 record count, and a
 // CRC32C of those 8 bytes, so that a corrupt length or type is refused the
 // moment the header arrives), the payload, and a CRC32C (Castagnoli;
-// hash/crc32 uses the CPU's instruction) of header and payload. A frame's type is the Kind of what it carries. Page
-// records travel in batches: a KindPage frame holds count records of u64
-// page, u8 encoding (EncRaw: exactly one page; EncZero: no data; EncXBZRLE,
-// EncLZ4: a codec's output, at most MaxEncodedLen), u32 length and the data.
-// Every other message is one frame of u64 page, u64 arg and its data; a
-// state blob longer than a frame goes as several KindState frames, all but
-// the last flagged "more", reassembled by the receiver up to Config.MaxState.
+// hash/crc32 uses the CPU's instruction) of header and payload. A frame's
+// type is the Kind of what it carries, and the kind's Class its layout:
+//
+//   - ClassRecords: page records, in batches. A frame holds count records
+//     of u64 page, u8 encoding (EncRaw: exactly one page; EncZero: no data;
+//     EncXBZRLE, EncLZ4: a codec's output, at most MaxEncodedLen), u32
+//     length and the data. A page must be below Config.PageCount.
+//   - ClassControl, ClassPriority: one frame of u64 page, u64 arg and the
+//     data, which fits a frame.
+//   - ClassBlob: the same, but data longer than a frame goes as several
+//     frames, all but the last flagged "more", reassembled by the receiver
+//     up to Config.MaxState.
+//   - ClassBitmap: the same, with 1 to MaxBitmapWords whole 8-byte words
+//     of data.
+//   - ClassHeartbeat: KindHeartbeat's empty frame (see Liveness).
+//
+// A frame of a kind no one defined is corrupt.
 //
 // A Conn (NewConn, Open) collects page records into a batch of about
 // Config.BatchBytes and writes it when it fills, at Flush, or before any
@@ -42,36 +59,15 @@
 // link cut inside a frame is io.ErrUnexpectedEOF; a link that ends between
 // frames is io.EOF. Sending or receiving a page record allocates nothing.
 //
-// # The return path and the commit sequence
+// # Several streams
 //
-// The destination talks back on the same Conn: KindRequest asks for pages
-// ahead of the background push of a post-copy (Page: the first, Arg: how
-// many), KindAck acknowledges (Arg: an AckCode). Either side may send
-// KindError with a message and give up. Pre-copy ends a migration with:
-//
-//	source                          destination
-//	Switchover (Page: session) -->                                the source has paused
-//	State, Done (Arg: digest)  -->
-//	                           <--  Ack(AckReady, Page: digest)   everything received, verified and loaded
-//	Commit                     -->
-//	                           <--  Ack(AckResumed)               the guest runs at the destination
-//	Ack(AckReleased)           -->                                the source knows it
-//
-// Post-copy sends Switchover and State, waits for AckReady (the state is
-// loaded), sends Commit (the destination resumes at once and says
-// AckResumed when it can), pushes the pages, sends Done, and waits for
-// Ack(AckComplete), which it answers with AckReleased.
-//
-// The destination resumes only after Commit; a destination that gives up
-// before it sends KindError with Arg ErrorNotResumed and the session in
-// Page, a promise never to resume that migration (ErrorMsg, PeerErrorOf).
-// The source resumes its guest whenever it has not sent Commit, or holds
-// that promise for its session. After an ambiguous failure (Commit sent,
-// neither the answer nor the promise received) it reconnects and sends
-// KindResume(Page: session); the destination, which waits for it, answers
-// (pre-copy: AckResumed, or AckReady if the Commit never came, and the
-// source sends Commit again; post-copy: the pages it holds, or
-// AckComplete), and the exchange goes on from there.
+// NewMulti (DialMulti, AcceptConn) stripes a session over several Conns,
+// like QEMU's multifd, by class: the page records of page p on stream
+// p % N, so that the copies of a page keep their order; ClassPriority
+// messages on stream 0 alone, free to overtake records that other streams
+// still hold; every other message as a barrier, written on every stream
+// behind its pending records and received only once every stream has
+// delivered it, hence after everything sent before it.
 //
 // # Liveness
 //
@@ -84,11 +80,15 @@
 // at each wake: a stall is found between the bound and a quarter more. A
 // peer whose process is alive (it sends heartbeats) but does not read is
 // not a stall: the write waits, bounded by its ctx.
-
+//
+// # Conformance
+//
 // The conformance suite in package transporttest runs one body of tests
 // over any Link or Conn.
 //
 // # Usage
+//
+// The messages are package wire's.
 //
 //	// Source side.
 //	link, err := transport.Dial(ctx, "dest:7070", transport.DialConfig{})
@@ -104,11 +104,11 @@
 //	useLZ4 := transport.Agreed(hello, peer)&transport.FeatLZ4 != 0
 //	for n := range mem.PageCount() {
 //		mem.ReadPage(n, buf)
-//		if err := conn.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: n, Data: buf}); err != nil {
+//		if err := conn.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: n, Data: buf}); err != nil {
 //			return err
 //		}
 //	}
-//	conn.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: 0})
+//	conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: 0})
 //
 //	// Destination side.
 //	var m transport.Msg
@@ -117,13 +117,13 @@
 //			return err
 //		}
 //		switch m.Kind {
-//		case transport.KindPage: // m.Data is valid until the next Recv
+//		case wire.KindPage: // m.Data is valid until the next Recv
 //			if m.Enc == transport.EncZero {
 //				sink.ZeroPage(m.Page)
 //			} else {
 //				sink.WritePage(m.Page, m.Data) // EncRaw; a codec decodes the others
 //			}
-//		case transport.KindError:
+//		case wire.KindError:
 //			return fmt.Errorf("source: %s: %w", m.Data, livemig.ErrPeer)
 //		}
 //	}

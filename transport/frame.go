@@ -20,10 +20,11 @@ import (
 // moment the header arrives, instead of waiting for a payload that never
 // comes (protocol version 2; version 1 had no header CRC).
 //
-// The frame type is the Kind of the message(s) it carries. A KindPage frame is
-// a batch of count page records, each u64 page, u8 encoding, u32 data length,
-// then the data. Every other frame carries one control message: u64 page,
-// u64 arg, then the data (the rest of the payload); its count is 0.
+// The frame type is the Kind of the message(s) it carries. A frame of a
+// ClassRecords kind is a batch of count page records, each u64 page, u8
+// encoding, u32 data length, then the data. Every other frame carries one
+// message: u64 page, u64 arg, then the data (the rest of the payload); its
+// count is 0.
 const (
 	// FrameOverhead is the bytes a frame adds around its payload: the
 	// 12-byte header and the 4-byte CRC.
@@ -38,8 +39,8 @@ const (
 	controlHeaderSize = 16
 	maxBatchCount     = 1<<16 - 1
 
-	// frameFlagMore marks a KindState frame that the next State frame
-	// continues (a state blob longer than one frame).
+	// frameFlagMore marks a ClassBlob frame that the next frame of its
+	// kind continues (a blob longer than one frame).
 	frameFlagMore = 1 << 0
 )
 
@@ -52,8 +53,8 @@ const (
 	// 1 MiB plus room for a page record. A received frame announcing more is
 	// refused before anything is allocated.
 	DefaultMaxFrame = 1<<20 + 64<<10
-	// DefaultMaxState bounds a reassembled state blob when Config.MaxState
-	// is 0. A state blob longer than one frame is sent as several KindState
+	// DefaultMaxState bounds a reassembled blob (ClassBlob) when
+	// Config.MaxState is 0. A blob longer than one frame is sent as several
 	// frames and reassembled by the receiver, up to this bound.
 	DefaultMaxState = 64 << 20
 	// MaxPageSize is the largest page size a Conn accepts (2 MiB, a huge
@@ -72,11 +73,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Errors a Conn returns for messages it cannot send.
 var (
-	// ErrInvalid: Send was given a message that breaks the protocol's
-	// rules (an unknown kind or encoding, a raw page of the wrong size, a
-	// page past the guest, a bitmap chunk of no or too many words, data too
-	// large). Every refusal of Send wraps it: nothing was sent, and the
-	// Conn goes on.
+	// ErrInvalid: Send was given a message that breaks the framing's
+	// rules (a kind not defined, an unknown encoding, a raw page of the
+	// wrong size, a page record past the guest, a bitmap of no or too many
+	// words, data too large). Every refusal of Send wraps it: nothing was
+	// sent, and the Conn goes on.
 	ErrInvalid = errors.New("transport: invalid message")
 	// ErrTooLarge: a message's Data exceeds what a frame (or, for a state
 	// blob, Config.MaxState) can carry. It comes wrapped with ErrInvalid.
@@ -136,14 +137,17 @@ func parseFrameHeader(b []byte) (h frameHeader, ok bool) {
 // checkHeader validates a frame header before its payload is read, so that a
 // hostile length is refused before any allocation.
 func checkHeader(h frameHeader, maxFrame int) string {
-	switch {
-	case h.length > maxFrame:
+	if h.length > maxFrame {
 		return fmt.Sprintf("frame length %d over the limit %d", h.length, maxFrame)
-	case h.kind < KindPage || h.kind > lastKind:
+	}
+	switch cl := h.kind.Class(); cl {
+	case ClassNone:
 		return fmt.Sprintf("unknown frame type %d", h.kind)
-	case h.kind == KindHeartbeat && (h.length != controlHeaderSize || h.flags != 0 || h.count != 0):
-		return fmt.Sprintf("heartbeat frame of %d bytes, flags %#x, count %d", h.length, h.flags, h.count)
-	case h.kind == KindPage:
+	case ClassHeartbeat:
+		if h.length != controlHeaderSize || h.flags != 0 || h.count != 0 {
+			return fmt.Sprintf("heartbeat frame of %d bytes, flags %#x, count %d", h.length, h.flags, h.count)
+		}
+	case ClassRecords:
 		if h.flags != 0 {
 			return fmt.Sprintf("batch frame with flags %#x", h.flags)
 		}
@@ -157,13 +161,13 @@ func checkHeader(h frameHeader, maxFrame int) string {
 		if h.count != 0 {
 			return fmt.Sprintf("control frame with record count %d", h.count)
 		}
-		if h.flags&^frameFlagMore != 0 || (h.flags != 0 && h.kind != KindState) {
+		if h.flags&^frameFlagMore != 0 || (h.flags != 0 && cl != ClassBlob) {
 			return fmt.Sprintf("%v frame with flags %#x", h.kind, h.flags)
 		}
 		if h.length < controlHeaderSize {
 			return fmt.Sprintf("control frame of %d bytes", h.length)
 		}
-		if h.kind == KindDiscard || h.kind == KindRecvBitmap {
+		if cl == ClassBitmap {
 			if n := h.length - controlHeaderSize; n == 0 || n%8 != 0 || n > 8*MaxBitmapWords {
 				return fmt.Sprintf("%v frame with %d bitmap bytes (want 1 to %d whole words)", h.kind, n, MaxBitmapWords)
 			}
@@ -172,60 +176,10 @@ func checkHeader(h frameHeader, maxFrame int) string {
 	return ""
 }
 
-// lastKind is the highest Kind a frame may have.
-const lastKind = KindHeartbeat
-
-// MaxBitmapWords bounds the bitmap chunk a KindDiscard or KindRecvBitmap
-// message carries: 512 words, 32768 pages, 4 KiB, so that a chunk fits the
-// smallest frame a Conn allows. A 256 GiB guest of 4 KiB pages takes 2048
-// chunks.
+// MaxBitmapWords bounds the Data of a ClassBitmap message: 512 words, 4 KiB
+// (a chunk of a bitmap of 32768 pages), so that it fits the smallest frame a
+// Conn allows. A 256 GiB guest of 4 KiB pages takes 2048 chunks.
 const MaxBitmapWords = 512
-
-// CheckBitmap validates a KindDiscard or KindRecvBitmap message for a guest
-// of pageCount pages and returns how many bitmap words it carries. Its Data
-// is 1 to MaxBitmapWords little-endian uint64 words in KVM's layout: bit i of
-// word w is page m.Page + 64*w + i. m.Page must be a multiple of 64, the
-// chunk must not reach past the guest's last word, and bits past the guest's
-// last page must be clear. The error wraps livemig.ErrCorrupt (a malformed
-// chunk) or livemig.ErrPageRange (a chunk past the guest). A Conn checks
-// only that Data is whole words (the frame rule); engines call CheckBitmap
-// before they use a chunk.
-func CheckBitmap(m Msg, pageCount uint64) (int, error) {
-	n := len(m.Data)
-	switch {
-	case m.Kind != KindDiscard && m.Kind != KindRecvBitmap:
-		return 0, fmt.Errorf("transport: %v is not a bitmap message: %w", m.Kind, livemig.ErrCorrupt)
-	case n == 0 || n%8 != 0 || n > 8*MaxBitmapWords:
-		return 0, fmt.Errorf("transport: %v chunk of %d bytes (want 1 to %d whole words): %w", m.Kind, n, MaxBitmapWords, livemig.ErrCorrupt)
-	case m.Page%64 != 0:
-		return 0, fmt.Errorf("transport: %v chunk at page %d, not a multiple of 64: %w", m.Kind, m.Page, livemig.ErrCorrupt)
-	}
-	words := n / 8
-	limit := uint64(livemig.WordsFor(pageCount))
-	if w := m.Page / 64; w >= limit || uint64(words) > limit-w {
-		return 0, &livemig.PageError{Op: "bitmap", Page: m.Page,
-			Err: fmt.Errorf("%v chunk of %d words past page %d: %w", m.Kind, words, pageCount, livemig.ErrPageRange)}
-	}
-	if rem := pageCount % 64; rem != 0 && m.Page/64+uint64(words) == limit {
-		if extra := binary.LittleEndian.Uint64(m.Data[n-8:]) >> rem; extra != 0 {
-			return 0, &livemig.PageError{Op: "bitmap", Page: pageCount,
-				Err: fmt.Errorf("%v chunk names pages past %d: %w", m.Kind, pageCount, livemig.ErrPageRange)}
-		}
-	}
-	return words, nil
-}
-
-// BitmapWord returns word i of a bitmap message's Data (CheckBitmap first).
-func BitmapWord(m Msg, i int) uint64 { return binary.LittleEndian.Uint64(m.Data[8*i:]) }
-
-// AppendBitmap appends words to dst in the layout of a bitmap message's Data
-// and returns the extended slice.
-func AppendBitmap(dst []byte, words []uint64) []byte {
-	for _, w := range words {
-		dst = binary.LittleEndian.AppendUint64(dst, w)
-	}
-	return dst
-}
 
 // checkBatch validates every record of a batch payload holding count
 // records. It returns the offset in p of the bad record and what is wrong,
@@ -254,39 +208,6 @@ func checkBatch(p []byte, count, pageSize int, pageCount uint64) (off int, what 
 		return pos, fmt.Sprintf("%d bytes after the last of %d records", len(p)-pos, count), false
 	}
 	return 0, "", false
-}
-
-// String returns the kind's name.
-func (k Kind) String() string {
-	switch k {
-	case KindPage:
-		return "Page"
-	case KindEndRound:
-		return "EndRound"
-	case KindState:
-		return "State"
-	case KindSwitchover:
-		return "Switchover"
-	case KindDone:
-		return "Done"
-	case KindCommit:
-		return "Commit"
-	case KindError:
-		return "Error"
-	case KindRequest:
-		return "Request"
-	case KindAck:
-		return "Ack"
-	case KindDiscard:
-		return "Discard"
-	case KindRecvBitmap:
-		return "RecvBitmap"
-	case KindResume:
-		return "Resume"
-	case KindHeartbeat:
-		return "Heartbeat"
-	}
-	return fmt.Sprintf("Kind(%d)", uint8(k))
 }
 
 // sealFrame appends the trailer, the CRC32C of b (a frame's header and

@@ -84,9 +84,9 @@ func seq(n int, seed byte) []byte {
 func TestWireFormat(t *testing.T) {
 	cfg := Config{PageSize: 8}
 	got := encode(t, cfg,
-		Msg{Kind: KindPage, Enc: EncRaw, Page: 5, Data: seq(8, 1)},
-		Msg{Kind: KindPage, Enc: EncZero, Page: 6},
-		Msg{Kind: KindEndRound, Page: 0, Arg: 3},
+		Msg{Kind: kindPage, Enc: EncRaw, Page: 5, Data: seq(8, 1)},
+		Msg{Kind: kindPage, Enc: EncZero, Page: 6},
+		Msg{Kind: kindEndRound, Page: 0, Arg: 3},
 	)
 	want := "" +
 		// batch: length 34, type 1, flags 0, count 2, CRC32C of those 8 bytes
@@ -124,22 +124,22 @@ func TestRoundTripAllKinds(t *testing.T) {
 	cfg := Config{PageSize: 64, PageCount: 100, MaxFrame: 5000, MaxState: 20000}
 	state := seq(12345, 9) // several frames of at most 5000-16 bytes
 	msgs := []Msg{
-		{Kind: KindPage, Enc: EncRaw, Page: 1, Data: seq(64, 1)},
-		{Kind: KindPage, Enc: EncZero, Page: 2},
-		{Kind: KindPage, Enc: EncXBZRLE, Page: 3, Data: seq(10, 2)},
-		{Kind: KindPage, Enc: EncLZ4, Page: 99, Data: seq(128, 3)},
-		{Kind: KindEndRound, Arg: 1},
-		{Kind: KindState, Page: 4, Arg: 5, Data: state},
-		{Kind: KindState, Data: seq(4984, 4)}, // exactly one frame
-		{Kind: KindSwitchover, Arg: 2},
-		{Kind: KindDone, Arg: 77},
-		{Kind: KindCommit},
-		{Kind: KindError, Data: []byte("boom")},
-		{Kind: KindRequest, Page: 90, Arg: 10},
-		{Kind: KindAck, Arg: AckReady, Page: 42},
-		{Kind: KindDiscard, Page: 64, Data: AppendBitmap(nil, []uint64{5})},
-		{Kind: KindRecvBitmap, Data: AppendBitmap(nil, []uint64{1, 2})},
-		{Kind: KindResume, Page: 7},
+		{Kind: kindPage, Enc: EncRaw, Page: 1, Data: seq(64, 1)},
+		{Kind: kindPage, Enc: EncZero, Page: 2},
+		{Kind: kindPage, Enc: EncXBZRLE, Page: 3, Data: seq(10, 2)},
+		{Kind: kindPage, Enc: EncLZ4, Page: 99, Data: seq(128, 3)},
+		{Kind: kindEndRound, Arg: 1},
+		{Kind: kindState, Page: 4, Arg: 5, Data: state},
+		{Kind: kindState, Data: seq(4984, 4)}, // exactly one frame
+		{Kind: kindSwitchover, Arg: 2},
+		{Kind: kindDone, Arg: 77},
+		{Kind: kindCommit},
+		{Kind: kindError, Data: []byte("boom")},
+		{Kind: kindRequest, Page: 90, Arg: 10},
+		{Kind: kindAck, Arg: ackReady, Page: 42},
+		{Kind: kindDiscard, Page: 64, Data: appendWords(nil, []uint64{5})},
+		{Kind: kindRecvBitmap, Data: appendWords(nil, []uint64{1, 2})},
+		{Kind: kindResume, Page: 7},
 	}
 	stream := encode(t, cfg, msgs...)
 	got, err := decode(stream, cfg)
@@ -164,30 +164,30 @@ func TestSendRefusesBadMessages(t *testing.T) {
 		m    Msg
 		want error
 	}{
-		{Msg{Kind: KindPage, Enc: EncRaw, Data: make([]byte, 63)}, ErrInvalid},
-		{Msg{Kind: KindPage, Enc: EncZero, Data: make([]byte, 1)}, ErrInvalid},
-		{Msg{Kind: KindPage, Enc: 9}, ErrInvalid},
-		{Msg{Kind: KindPage, Enc: EncLZ4, Data: make([]byte, 129)}, ErrInvalid},
-		{Msg{Kind: KindPage, Enc: EncZero, Page: 10}, livemig.ErrPageRange},
-		{Msg{Kind: KindRequest, Page: 5, Arg: 6}, livemig.ErrPageRange},
+		{Msg{Kind: kindPage, Enc: EncRaw, Data: make([]byte, 63)}, ErrInvalid},
+		{Msg{Kind: kindPage, Enc: EncZero, Data: make([]byte, 1)}, ErrInvalid},
+		{Msg{Kind: kindPage, Enc: 9}, ErrInvalid},
+		{Msg{Kind: kindPage, Enc: EncLZ4, Data: make([]byte, 129)}, ErrInvalid},
+		{Msg{Kind: kindPage, Enc: EncZero, Page: 10}, livemig.ErrPageRange},
 		{Msg{Kind: 0}, ErrInvalid},
-		{Msg{Kind: lastKind + 1}, ErrInvalid},
-		{Msg{Kind: KindError, Data: make([]byte, 5000)}, ErrTooLarge},
-		{Msg{Kind: KindState, Data: make([]byte, 6001)}, ErrTooLarge},
+		{Msg{Kind: 14}, ErrInvalid}, // not defined
+		{Msg{Kind: KindHeartbeat}, ErrInvalid},
+		{Msg{Kind: kindError, Data: make([]byte, 5000)}, ErrTooLarge},
+		{Msg{Kind: kindState, Data: make([]byte, 6001)}, ErrTooLarge},
 	} {
 		if err := c.Send(bg, tc.m); !errors.Is(err, tc.want) {
 			t.Errorf("Send(%v enc %d page %d, %d bytes) = %v, want %v", tc.m.Kind, tc.m.Enc, tc.m.Page, len(tc.m.Data), err, tc.want)
 		}
 	}
 	// A refused message does not break the Conn.
-	if err := c.Send(bg, Msg{Kind: KindDone}); err != nil {
+	if err := c.Send(bg, Msg{Kind: kindDone}); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestConfigPageSizeTooLarge(t *testing.T) {
 	c := NewConn(&bufLink{r: bytes.NewReader(nil)}, Config{PageSize: MaxPageSize + 1})
-	if err := c.Send(bg, Msg{Kind: KindDone}); !errors.Is(err, ErrInvalid) {
+	if err := c.Send(bg, Msg{Kind: kindDone}); !errors.Is(err, ErrInvalid) {
 		t.Errorf("Send on a Conn with a bad page size: %v, want ErrInvalid", err)
 	}
 	var m Msg
@@ -223,7 +223,7 @@ func cat(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 // valid CRC, and where the error points.
 func TestRecvRefusesBadFrames(t *testing.T) {
 	cfg := Config{PageSize: 64, PageCount: 100, MaxFrame: 5000, MaxState: 6000}
-	good := frame(KindEndRound, 0, 0, control(0, 1, nil))
+	good := frame(kindEndRound, 0, 0, control(0, 1, nil))
 	off := int64(len(good))
 	for _, tc := range []struct {
 		name, what string
@@ -231,32 +231,31 @@ func TestRecvRefusesBadFrames(t *testing.T) {
 		want       error
 		at         int64 // offset of the error after the good frame
 	}{
-		{"RawShort", "raw page of the wrong length", frame(KindPage, 0, 1, record(1, EncRaw, seq(63, 0))), livemig.ErrCorrupt, frameHeaderSize},
-		{"ZeroWithData", "zero page with data", frame(KindPage, 0, 1, record(1, EncZero, seq(1, 0))), livemig.ErrCorrupt, frameHeaderSize},
-		{"UnknownEncoding", "unknown page encoding", frame(KindPage, 0, 1, record(1, 4, nil)), livemig.ErrCorrupt, frameHeaderSize},
-		{"EncodedTooLong", "longer than twice", frame(KindPage, 0, 1, record(1, EncLZ4, seq(129, 0))), livemig.ErrCorrupt, frameHeaderSize},
-		{"SecondRecordPastEnd", "past the frame's end", frame(KindPage, 0, 2, cat(record(1, EncRaw, seq(64, 0)), record(2, EncZero, nil)[:12])), livemig.ErrCorrupt, frameHeaderSize + 13 + 64},
-		{"DataPastEnd", "past the frame's end", frame(KindPage, 0, 1, record(1, EncRaw, seq(64, 0))[:40]), livemig.ErrCorrupt, frameHeaderSize},
-		{"TrailingBytes", "after the last of 1 records", frame(KindPage, 0, 1, cat(record(1, EncZero, nil), seq(3, 0))), livemig.ErrCorrupt, frameHeaderSize + 13},
-		{"PageRange", "page 100 of 100", frame(KindPage, 0, 2, cat(record(1, EncZero, nil), record(100, EncZero, nil))), livemig.ErrPageRange, frameHeaderSize + 13},
-		{"RequestRange", "request for 11 pages from page 90", frame(KindRequest, 0, 0, control(90, 11, nil)), livemig.ErrPageRange, 0},
-		{"EmptyBatch", "empty batch", frame(KindPage, 0, 0, nil), livemig.ErrCorrupt, 0},
-		{"BatchFlags", "batch frame with flags", frame(KindPage, 2, 1, record(1, EncZero, nil)), livemig.ErrCorrupt, 0},
-		{"ControlCount", "record count 1", frame(KindDone, 0, 1, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"ControlShort", "control frame of 15 bytes", frame(KindDone, 0, 0, seq(15, 0)), livemig.ErrCorrupt, 0},
-		{"MoreOnDone", "Done frame with flags", frame(KindDone, frameFlagMore, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"RawShort", "raw page of the wrong length", frame(kindPage, 0, 1, record(1, EncRaw, seq(63, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"ZeroWithData", "zero page with data", frame(kindPage, 0, 1, record(1, EncZero, seq(1, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"UnknownEncoding", "unknown page encoding", frame(kindPage, 0, 1, record(1, 4, nil)), livemig.ErrCorrupt, frameHeaderSize},
+		{"EncodedTooLong", "longer than twice", frame(kindPage, 0, 1, record(1, EncLZ4, seq(129, 0))), livemig.ErrCorrupt, frameHeaderSize},
+		{"SecondRecordPastEnd", "past the frame's end", frame(kindPage, 0, 2, cat(record(1, EncRaw, seq(64, 0)), record(2, EncZero, nil)[:12])), livemig.ErrCorrupt, frameHeaderSize + 13 + 64},
+		{"DataPastEnd", "past the frame's end", frame(kindPage, 0, 1, record(1, EncRaw, seq(64, 0))[:40]), livemig.ErrCorrupt, frameHeaderSize},
+		{"TrailingBytes", "after the last of 1 records", frame(kindPage, 0, 1, cat(record(1, EncZero, nil), seq(3, 0))), livemig.ErrCorrupt, frameHeaderSize + 13},
+		{"PageRange", "page 100 of 100", frame(kindPage, 0, 2, cat(record(1, EncZero, nil), record(100, EncZero, nil))), livemig.ErrPageRange, frameHeaderSize + 13},
+		{"EmptyBatch", "empty batch", frame(kindPage, 0, 0, nil), livemig.ErrCorrupt, 0},
+		{"BatchFlags", "batch frame with flags", frame(kindPage, 2, 1, record(1, EncZero, nil)), livemig.ErrCorrupt, 0},
+		{"ControlCount", "record count 1", frame(kindDone, 0, 1, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"ControlShort", "control frame of 15 bytes", frame(kindDone, 0, 0, seq(15, 0)), livemig.ErrCorrupt, 0},
+		{"MoreOnDone", "Done frame with flags", frame(kindDone, frameFlagMore, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
 		{"UnknownType", "unknown frame type 0", frame(0, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"StateCut", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4},
-		{"StateTooLong", "state blob over the limit 6000", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(4000, 0))), frame(KindState, 0, 0, control(0, 0, seq(2001, 0)))), livemig.ErrCorrupt, 0},
-		{"BitmapNotWords", "Discard frame with 9 bitmap bytes", frame(KindDiscard, 0, 0, control(0, 0, seq(9, 0))), livemig.ErrCorrupt, 0},
-		{"BitmapEmpty", "RecvBitmap frame with 0 bitmap bytes", frame(KindRecvBitmap, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"UnknownKind", "unknown frame type 14", frame(lastKind+1, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
-		{"BadHeaderCRC", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[headerCRCOffset] ^= 1; return f }(), livemig.ErrCorrupt, 0},
-		{"FlippedLength", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[0] ^= 0x10; return f }(), livemig.ErrCorrupt, 0},
-		{"FlippedKind", "header CRC mismatch", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[4] ^= 0x4; return f }(), livemig.ErrCorrupt, 0},
-		{"HeartbeatInsideState", "Done frame inside a state blob", cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindHeartbeat, 0, 0, control(0, 0, nil)), frame(KindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4 + heartbeatSize},
-		{"BadCRC", "CRC", func() []byte { f := frame(KindDone, 0, 0, control(0, 0, nil)); f[len(f)-1] ^= 1; return f }(), livemig.ErrCorrupt, 0},
-		{"TooLong", "frame length 5001 over the limit 5000", frame(KindState, 0, 0, control(0, 0, seq(5001-16, 0))), livemig.ErrCorrupt, 0},
+		{"StateCut", "Done frame inside a State blob", cat(frame(kindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(kindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4},
+		{"StateTooLong", "State blob over the limit 6000", cat(frame(kindState, frameFlagMore, 0, control(0, 0, seq(4000, 0))), frame(kindState, 0, 0, control(0, 0, seq(2001, 0)))), livemig.ErrCorrupt, 0},
+		{"BitmapNotWords", "Discard frame with 9 bitmap bytes", frame(kindDiscard, 0, 0, control(0, 0, seq(9, 0))), livemig.ErrCorrupt, 0},
+		{"BitmapEmpty", "RecvBitmap frame with 0 bitmap bytes", frame(kindRecvBitmap, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"UnknownKind", "unknown frame type 14", frame(14, 0, 0, control(0, 0, nil)), livemig.ErrCorrupt, 0},
+		{"BadHeaderCRC", "header CRC mismatch", func() []byte { f := frame(kindDone, 0, 0, control(0, 0, nil)); f[headerCRCOffset] ^= 1; return f }(), livemig.ErrCorrupt, 0},
+		{"FlippedLength", "header CRC mismatch", func() []byte { f := frame(kindDone, 0, 0, control(0, 0, nil)); f[0] ^= 0x10; return f }(), livemig.ErrCorrupt, 0},
+		{"FlippedKind", "header CRC mismatch", func() []byte { f := frame(kindDone, 0, 0, control(0, 0, nil)); f[4] ^= 0x4; return f }(), livemig.ErrCorrupt, 0},
+		{"HeartbeatInsideState", "Done frame inside a State blob", cat(frame(kindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindHeartbeat, 0, 0, control(0, 0, nil)), frame(kindDone, 0, 0, control(0, 0, nil))), livemig.ErrCorrupt, frameHeaderSize + 16 + 10 + 4 + heartbeatSize},
+		{"BadCRC", "CRC", func() []byte { f := frame(kindDone, 0, 0, control(0, 0, nil)); f[len(f)-1] ^= 1; return f }(), livemig.ErrCorrupt, 0},
+		{"TooLong", "frame length 5001 over the limit 5000", frame(kindState, 0, 0, control(0, 0, seq(5001-16, 0))), livemig.ErrCorrupt, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := decode(cat(good, tc.frame), cfg)
@@ -276,7 +275,7 @@ func TestRecvRefusesBadFrames(t *testing.T) {
 
 func TestRecvCutStream(t *testing.T) {
 	cfg := Config{PageSize: 64}
-	stream := encode(t, cfg, Msg{Kind: KindPage, Data: seq(64, 0)}, Msg{Kind: KindDone, Arg: 1})
+	stream := encode(t, cfg, Msg{Kind: kindPage, Data: seq(64, 0)}, Msg{Kind: kindDone, Arg: 1})
 	first := frameHeaderSize + recordHeaderSize + 64 + frameTrailerSize
 	for cut := 0; cut <= len(stream); cut++ {
 		got, err := decode(stream[:cut], cfg)
@@ -298,7 +297,7 @@ func TestRecvCutStream(t *testing.T) {
 // length is refused before its buffer grows.
 func TestHostileLengthAllocatesNothing(t *testing.T) {
 	var hdr [frameHeaderSize]byte
-	putFrameHeader(hdr[:], 0xffff_ffff, KindState, 0, 0)
+	putFrameHeader(hdr[:], 0xffff_ffff, kindState, 0, 0)
 	c := NewConn(&loopLink{data: hdr[:]}, Config{}).(*conn)
 	var m Msg
 	if err := c.Recv(bg, &m); !errors.Is(err, livemig.ErrCorrupt) {
@@ -315,7 +314,7 @@ func TestPageRecordsAllocateNothing(t *testing.T) {
 	i := uint64(0)
 	if n := testing.AllocsPerRun(10000, func() {
 		i++
-		if err := send.Send(bg, Msg{Kind: KindPage, Page: i, Data: page}); err != nil {
+		if err := send.Send(bg, Msg{Kind: kindPage, Page: i, Data: page}); err != nil {
 			t.Fatal(err)
 		}
 	}); n != 0 {
@@ -324,7 +323,7 @@ func TestPageRecordsAllocateNothing(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	var msgs []Msg
 	for n := range 300 {
-		msgs = append(msgs, Msg{Kind: KindPage, Page: uint64(n), Enc: Encoding(r.IntN(2)), Data: page})
+		msgs = append(msgs, Msg{Kind: kindPage, Page: uint64(n), Enc: Encoding(r.IntN(2)), Data: page})
 		if msgs[n].Enc == EncZero {
 			msgs[n].Data = nil
 		}
@@ -345,7 +344,7 @@ func TestBatchBounds(t *testing.T) {
 	cfg := Config{PageSize: 64, BatchBytes: 1000}
 	var msgs []Msg
 	for i := range 100 {
-		msgs = append(msgs, Msg{Kind: KindPage, Page: uint64(i), Data: seq(64, byte(i))})
+		msgs = append(msgs, Msg{Kind: kindPage, Page: uint64(i), Data: seq(64, byte(i))})
 	}
 	stream := encode(t, cfg, msgs...)
 	perFrame := 1000 / (recordHeaderSize + 64) // 12
@@ -358,7 +357,7 @@ func TestBatchBounds(t *testing.T) {
 	}
 	zeros := make([]Msg, 70000)
 	for i := range zeros {
-		zeros[i] = Msg{Kind: KindPage, Enc: EncZero, Page: uint64(i)}
+		zeros[i] = Msg{Kind: kindPage, Enc: EncZero, Page: uint64(i)}
 	}
 	stream = encode(t, Config{BatchBytes: 2 << 20, MaxFrame: 2 << 20}, zeros...)
 	if h, _ := parseFrameHeader(stream); h.count != maxBatchCount {
@@ -367,36 +366,5 @@ func TestBatchBounds(t *testing.T) {
 	got, err := decode(stream, Config{MaxFrame: 2 << 20})
 	if err != io.EOF || len(got) != len(zeros) || got[69999].Page != 69999 {
 		t.Fatalf("decoded %d zero pages, %v", len(got), err)
-	}
-}
-
-func TestCheckBitmap(t *testing.T) {
-	words := func(ws ...uint64) []byte { return AppendBitmap(nil, ws) }
-	for _, tc := range []struct {
-		name  string
-		m     Msg
-		pages uint64
-		words int
-		want  error
-	}{
-		{"one word", Msg{Kind: KindDiscard, Data: words(1)}, 64, 1, nil},
-		{"second chunk", Msg{Kind: KindRecvBitmap, Page: 128, Data: words(1, 1<<9)}, 266, 2, nil},
-		{"last page", Msg{Kind: KindDiscard, Page: 64, Data: words(1 << 35)}, 100, 1, nil},
-		{"bit past the end", Msg{Kind: KindDiscard, Page: 64, Data: words(1 << 36)}, 100, 0, livemig.ErrPageRange},
-		{"chunk past the end", Msg{Kind: KindDiscard, Page: 64, Data: words(1, 0)}, 100, 0, livemig.ErrPageRange},
-		{"far past the end", Msg{Kind: KindDiscard, Page: 1 << 63, Data: words(1)}, 100, 0, livemig.ErrPageRange},
-		{"unaligned", Msg{Kind: KindDiscard, Page: 3, Data: words(1)}, 100, 0, livemig.ErrCorrupt},
-		{"empty", Msg{Kind: KindDiscard}, 100, 0, livemig.ErrCorrupt},
-		{"torn word", Msg{Kind: KindDiscard, Data: seq(12, 0)}, 100, 0, livemig.ErrCorrupt},
-		{"too long", Msg{Kind: KindDiscard, Data: make([]byte, 8*MaxBitmapWords+8)}, 1 << 30, 0, livemig.ErrCorrupt},
-		{"not a bitmap", Msg{Kind: KindDone, Data: words(1)}, 100, 0, livemig.ErrCorrupt},
-	} {
-		n, err := CheckBitmap(tc.m, tc.pages)
-		if n != tc.words || (tc.want == nil && err != nil) || (tc.want != nil && !errors.Is(err, tc.want)) {
-			t.Errorf("%s: CheckBitmap = %d, %v; want %d, %v", tc.name, n, err, tc.words, tc.want)
-		}
-		if err == nil && BitmapWord(tc.m, n-1) != binary.LittleEndian.Uint64(tc.m.Data[len(tc.m.Data)-8:]) {
-			t.Errorf("%s: BitmapWord disagrees with the layout", tc.name)
-		}
 	}
 }

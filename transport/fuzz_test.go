@@ -38,26 +38,26 @@ type seed struct {
 
 func recvSeeds(t testing.TB) []seed {
 	all := []Msg{
-		{Kind: KindPage, Enc: EncRaw, Page: 1, Data: seq(64, 1)},
-		{Kind: KindPage, Enc: EncZero, Page: 2},
-		{Kind: KindPage, Enc: EncXBZRLE, Page: 3, Data: seq(10, 2)},
-		{Kind: KindPage, Enc: EncLZ4, Page: 999, Data: seq(70, 3)},
-		{Kind: KindEndRound, Arg: 1},
-		{Kind: KindState, Page: 4, Arg: 5, Data: seq(1200, 9)}, // three frames
-		{Kind: KindSwitchover, Arg: 2},
-		{Kind: KindDone, Arg: 77},
-		{Kind: KindCommit},
-		{Kind: KindError, Data: []byte("boom")},
-		{Kind: KindRequest, Page: 90, Arg: 10},
-		{Kind: KindAck, Arg: AckReady, Page: 42},
-		{Kind: KindDiscard, Page: 64, Data: AppendBitmap(nil, []uint64{1, 1 << 63})},
-		{Kind: KindRecvBitmap, Page: 0, Data: AppendBitmap(nil, []uint64{^uint64(0)})},
-		{Kind: KindResume, Page: 0xfeed},
+		{Kind: kindPage, Enc: EncRaw, Page: 1, Data: seq(64, 1)},
+		{Kind: kindPage, Enc: EncZero, Page: 2},
+		{Kind: kindPage, Enc: EncXBZRLE, Page: 3, Data: seq(10, 2)},
+		{Kind: kindPage, Enc: EncLZ4, Page: 999, Data: seq(70, 3)},
+		{Kind: kindEndRound, Arg: 1},
+		{Kind: kindState, Page: 4, Arg: 5, Data: seq(1200, 9)}, // three frames
+		{Kind: kindSwitchover, Arg: 2},
+		{Kind: kindDone, Arg: 77},
+		{Kind: kindCommit},
+		{Kind: kindError, Data: []byte("boom")},
+		{Kind: kindRequest, Page: 90, Arg: 10},
+		{Kind: kindAck, Arg: ackReady, Page: 42},
+		{Kind: kindDiscard, Page: 64, Data: appendWords(nil, []uint64{1, 1 << 63})},
+		{Kind: kindRecvBitmap, Page: 0, Data: appendWords(nil, []uint64{^uint64(0)})},
+		{Kind: kindResume, Page: 0xfeed},
 	}
 	valid := encode(t, fuzzCfg, all...)
 	var batch []Msg
 	for i := range 40 {
-		m := Msg{Kind: KindPage, Page: uint64(i * 7 % 1000), Enc: Encoding(i % 4)}
+		m := Msg{Kind: kindPage, Page: uint64(i * 7 % 1000), Enc: Encoding(i % 4)}
 		switch m.Enc {
 		case EncRaw:
 			m.Data = seq(64, byte(i))
@@ -71,8 +71,8 @@ func recvSeeds(t testing.TB) []seed {
 	flip[100] ^= 0x08
 	hostile := bytes.Clone(batchStream)
 	hostile[3] = 0x7f
-	badEnc := frame(KindPage, 0, 1, record(5, 9, nil))
-	stateCut := cat(frame(KindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(KindDone, 0, 0, control(0, 0, nil)))
+	badEnc := frame(kindPage, 0, 1, record(5, 9, nil))
+	stateCut := cat(frame(kindState, frameFlagMore, 0, control(0, 0, seq(10, 0))), frame(kindDone, 0, 0, control(0, 0, nil)))
 	return []seed{
 		{"valid-all-kinds", outEOF, valid, len(all)},
 		{"valid-batches", outEOF, batchStream, len(batch)},
@@ -81,8 +81,8 @@ func recvSeeds(t testing.TB) []seed {
 		{"corrupt-length", outCorrupt, hostile, 0},
 		{"corrupt-encoding", outCorrupt, badEnc, 0},
 		{"corrupt-state-cut", outCorrupt, stateCut, 0},
-		{"corrupt-page-range", outCorrupt, frame(KindPage, 0, 1, record(1000, EncZero, nil)), 0},
-		{"corrupt-bitmap-words", outCorrupt, frame(KindDiscard, 0, 0, control(0, 0, seq(12, 0))), 0},
+		{"corrupt-page-range", outCorrupt, frame(kindPage, 0, 1, record(1000, EncZero, nil)), 0},
+		{"corrupt-bitmap-words", outCorrupt, frame(kindDiscard, 0, 0, control(0, 0, seq(12, 0))), 0},
 		{"cut-mid-frame", outUnexpected, valid[:len(valid)-3], len(all) - 1},
 		{"cut-mid-state", outUnexpected, valid[:400], 5},
 	}
@@ -196,11 +196,11 @@ func FuzzRecv(f *testing.F) {
 				break
 			}
 			switch {
-			case m.Kind < KindPage || m.Kind > lastKind:
+			case m.Kind.Class() == ClassNone || m.Kind.Class() == ClassHeartbeat:
 				t.Fatalf("Recv returned kind %d", m.Kind)
-			case m.Kind == KindPage && checkRecord(m.Enc, len(m.Data), c.pageSize) != "":
+			case m.Kind == kindPage && checkRecord(m.Enc, len(m.Data), c.pageSize) != "":
 				t.Fatalf("Recv returned a bad page record: encoding %d, %d bytes", m.Enc, len(m.Data))
-			case m.Kind == KindPage && m.Page >= c.pageCount:
+			case m.Kind == kindPage && m.Page >= c.pageCount:
 				t.Fatalf("Recv returned page %d of %d", m.Page, c.pageCount)
 			case len(m.Data) > c.maxState:
 				t.Fatalf("Recv returned %d bytes", len(m.Data))

@@ -10,6 +10,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/transport/transporttest"
+	"github.com/livemig/livemig/wire"
 )
 
 // ltBenchLink writes b.N pieces of size bytes on a while a goroutine reads
@@ -104,11 +105,11 @@ func ltBenchPages(b *testing.B, a, c transport.Conn) {
 	b.ResetTimer()
 	start := time.Now()
 	for i := range b.N {
-		if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: uint64(i) % 262144, Data: page}); err != nil {
+		if err := a.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: uint64(i) % 262144, Data: page}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if err := a.Send(ctx, transport.Msg{Kind: transport.KindDone}); err != nil {
+	if err := a.Send(ctx, transport.Msg{Kind: wire.KindDone}); err != nil {
 		b.Fatal(err)
 	}
 	if err := <-done; err != nil {

@@ -32,7 +32,7 @@ func TestLivenessSilentPeer(t *testing.T) {
 		t.Fatalf("Recv from a silent peer: %v, want ErrStalled", err)
 	}
 	within(t, "stall detected", time.Since(start))
-	if err := c.Send(context.Background(), Msg{Kind: KindDone}); err == nil {
+	if err := c.Send(context.Background(), Msg{Kind: kindDone}); err == nil {
 		t.Error("Send after a stall succeeded; the link should be closed")
 	}
 }
@@ -46,7 +46,7 @@ func TestLivenessStuckWrite(t *testing.T) {
 	page := make([]byte, 4096)
 	var err error
 	for n := uint64(0); err == nil; n++ {
-		err = c.Send(context.Background(), Msg{Kind: KindPage, Page: n % 16, Data: page})
+		err = c.Send(context.Background(), Msg{Kind: kindPage, Page: n % 16, Data: page})
 		if err == nil && n%8 == 7 {
 			err = c.Flush(context.Background())
 		}
@@ -103,13 +103,13 @@ func TestLivenessAfterQuiet(t *testing.T) {
 	}()
 	// Wait out several heartbeat periods before sending.
 	<-time.After(3 * testLive)
-	if err := ca.Send(context.Background(), Msg{Kind: KindEndRound, Arg: 7}); err != nil {
+	if err := ca.Send(context.Background(), Msg{Kind: kindEndRound, Arg: 7}); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	if m := <-got; m.Kind != KindEndRound || m.Arg != 7 {
+	if m := <-got; m.Kind != kindEndRound || m.Arg != 7 {
 		t.Errorf("got %v arg %d, want EndRound 7", m.Kind, m.Arg)
 	}
 }

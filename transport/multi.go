@@ -29,26 +29,26 @@ const multiBigBuf = 1 << 20
 
 var errMultiClosed = fmt.Errorf("transport: multi-stream: %w", livemig.ErrClosed)
 
-// zeroWord is the bitmap a Discard or RecvBitmap marker carries on the
-// streams other than 0.
+// zeroWord is the bitmap a ClassBitmap barrier carries on the streams other
+// than 0.
 var zeroWord [8]byte
 
 // NewMulti returns a Conn that stripes messages over conns, a multi-stream
 // session like QEMU's multifd. It owns conns from now on (Close closes them).
 // Both peers must build it over the same streams in the same order.
 //
-// Sending: a page record for page p goes on conns[p % N], so that each page
-// always takes the same stream and the stream's order keeps the newest copy
-// of a page behind the older ones (newest wins). KindRequest, KindAck and
-// KindError go on stream 0 only: they are the return path and the last
-// word, not barriers. Every other message (EndRound, State, Switchover,
-// Done, Commit, and post-copy's Discard, Resume and RecvBitmap) is a
-// barrier: it is written on every stream, after that stream's pending page
-// records, with its Data on stream 0 only (the other streams' copies of a
-// bitmap chunk carry one zero word, since a chunk is not valid without
-// words). A Discard is thus applied only after every older copy of the
-// pages it names has arrived. A message Send refuses (ErrInvalid) leaves
-// the Conn usable, as a single Conn does.
+// Which streams a message takes depends on its kind's Class. Sending: a
+// page record (ClassRecords) for page p goes on conns[p % N], so that each
+// page always takes the same stream and the stream's order keeps the newest
+// copy of a page behind the older ones (newest wins). A ClassPriority
+// message goes on stream 0 only: not a barrier. Every other message
+// (ClassControl, ClassBlob, ClassBitmap) is a barrier: it is written on
+// every stream, after that stream's pending page records, with its Data on
+// stream 0 only (the other streams' copies of a ClassBitmap message carry
+// one zero word, since a bitmap is not valid without words). A barrier that
+// names pages (say, pages to forget) is thus received only after every
+// older copy of them. A message Send refuses (ErrInvalid) leaves the Conn
+// usable, as a single Conn does.
 //
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
 // messages, whose buffers are recycled: receiving a page allocates nothing),
@@ -56,10 +56,10 @@ var zeroWord [8]byte
 // waiting on another. Recv returns page records as they come, in order for
 // each page; it returns a barrier only once every stream has delivered its
 // copy, hence after every page record sent before it, and holds back what
-// the streams deliver after their copy until then. Return-path messages
+// the streams deliver after their copy until then. ClassPriority messages
 // from stream 0 come in stream 0's order, possibly before page records
-// that other streams still hold: a peer that sends them does not also send
-// pages.
+// that other streams still hold: a peer that relies on their order does not
+// also send pages.
 //
 // Errors: an error on any stream fails the whole Conn and closes every
 // stream. A stream the peer closed cleanly (io.EOF) just ends; Recv returns
@@ -237,22 +237,22 @@ func (c *multiConn) Send(ctx context.Context, m Msg) error {
 	}
 	n := uint64(len(c.conns))
 	var err error
-	switch m.Kind {
-	case KindPage:
+	switch cl := m.Kind.Class(); cl {
+	case ClassRecords:
 		err = c.conns[m.Page%n].Send(ctx, m)
-	case KindRequest, KindAck, KindError:
+	case ClassPriority, ClassNone, ClassHeartbeat:
+		// Stream 0 alone; it refuses kinds it may not send.
 		err = c.conns[0].Send(ctx, m)
 	default:
 		// Stream 0 first, with the data: if it refuses the message (an
 		// error wrapping ErrInvalid) no stream has written anything. The
-		// others carry only the marker; a bitmap chunk (Discard,
-		// RecvBitmap) is not valid without words, so theirs is one zero
-		// word.
+		// others carry only the marker; a bitmap is not valid without
+		// words, so theirs is one zero word.
 		err = c.conns[0].Send(ctx, m)
 		for i := 1; i < len(c.conns) && err == nil; i++ {
 			cp := m
 			cp.Data = nil
-			if m.Kind == KindDiscard || m.Kind == KindRecvBitmap {
+			if cl == ClassBitmap {
 				cp.Data = zeroWord[:]
 			}
 			err = c.conns[i].Send(ctx, cp)
@@ -352,9 +352,9 @@ func (c *multiConn) take(it multiItem, out *Msg) (bool, error) {
 		return false, c.checkEnded()
 	}
 	m := &s.slots[it.slot].m
-	switch m.Kind {
-	case KindPage:
-	case KindRequest, KindAck, KindError:
+	switch m.Kind.Class() {
+	case ClassRecords:
+	case ClassPriority:
 		if it.stream != 0 {
 			c.release(it)
 			return false, c.fail(fmt.Errorf("transport: multi-stream: %v on stream %d, not 0: %w", m.Kind, it.stream, livemig.ErrCorrupt))

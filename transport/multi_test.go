@@ -14,6 +14,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/transport/transporttest"
+	"github.com/livemig/livemig/wire"
 )
 
 // TestLinkSuite runs the conformance suite over every link, and over a
@@ -127,18 +128,18 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 				for c := range 2 {
 					binary.LittleEndian.PutUint64(data, uint64(p))
 					binary.LittleEndian.PutUint64(data[8:], uint64(round*4+k/pages*2+c))
-					if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: uint64(p), Data: data}); err != nil {
+					if err := a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncXBZRLE, Page: uint64(p), Data: data}); err != nil {
 						sent <- err
 						return
 					}
 				}
 			}
-			if err := a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(round)}); err != nil {
+			if err := a.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(round)}); err != nil {
 				sent <- err
 				return
 			}
 		}
-		sent <- a.Send(ctx, transport.Msg{Kind: transport.KindDone})
+		sent <- a.Send(ctx, transport.Msg{Kind: wire.KindDone})
 	}()
 	version := make([]uint64, pages)
 	rounds0 := 0
@@ -148,7 +149,7 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 			t.Fatal(err)
 		}
 		switch m.Kind {
-		case transport.KindPage:
+		case wire.KindPage:
 			if p := binary.LittleEndian.Uint64(m.Data); p != m.Page {
 				t.Fatalf("page %d carries data of page %d", m.Page, p)
 			}
@@ -157,7 +158,7 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 				t.Fatalf("page %d: version %d landed after version %d", m.Page, v, version[m.Page])
 			}
 			version[m.Page] = v
-		case transport.KindEndRound:
+		case wire.KindEndRound:
 			rounds0++
 			if m.Arg != uint64(rounds0) {
 				t.Fatalf("EndRound %d, want %d", m.Arg, rounds0)
@@ -167,7 +168,7 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 					t.Fatalf("EndRound %d returned while page %d is at version %d", m.Arg, p, v)
 				}
 			}
-		case transport.KindDone:
+		case wire.KindDone:
 			if rounds0 != rounds {
 				t.Fatalf("Done after %d rounds", rounds0)
 			}
@@ -209,7 +210,7 @@ func TestMultiStreamCorruptFailsConn(t *testing.T) {
 	defer a.Close()
 	ctx := context.Background()
 	for p := range 8 {
-		if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
+		if err := a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -236,7 +237,7 @@ func TestMultiStreamCorruptFailsConn(t *testing.T) {
 	}
 	// The failure closed every stream: the source's sends fail too.
 	for p := range 1000 {
-		if err = a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: uint64(p)}); err != nil {
+		if err = a.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(p)}); err != nil {
 			break
 		}
 	}
@@ -253,7 +254,7 @@ func TestMultiStreamEndsInsideBarrier(t *testing.T) {
 	raw[1].Close() // stream 1 ends cleanly under the source
 	ctx := context.Background()
 	// The barrier reaches streams 0 and 2, not 1.
-	_ = a.Send(ctx, transport.Msg{Kind: transport.KindEndRound, Arg: 1})
+	_ = a.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: 1})
 	var m transport.Msg
 	if err := b.Recv(ctx, &m); !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, livemig.ErrClosed) {
 		t.Fatalf("Recv of a barrier a stream cannot complete: %v, want io.ErrUnexpectedEOF", err)
@@ -266,11 +267,11 @@ func TestMultiCleanEOF(t *testing.T) {
 	defer b.Close()
 	ctx := context.Background()
 	for p := range 10 {
-		if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
+		if err := a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: uint64(p)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := a.Send(ctx, transport.Msg{Kind: transport.KindError, Data: []byte("bye")}); err != nil {
+	if err := a.Send(ctx, transport.Msg{Kind: wire.KindError, Data: []byte("bye")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Flush(ctx); err != nil {
@@ -389,13 +390,13 @@ func TestMultiBitmapBarriers(t *testing.T) {
 		defer cancel() // a failed send ends the Recv below
 		data := make([]byte, 64)
 		for p := range uint64(pages) {
-			if err := a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: p, Data: data}); err != nil {
+			if err := a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncXBZRLE, Page: p, Data: data}); err != nil {
 				sent <- err
 				return
 			}
 		}
-		for _, k := range []transport.Kind{transport.KindDiscard, transport.KindRecvBitmap} {
-			if err := a.Send(ctx, transport.Msg{Kind: k, Page: 0, Data: transport.AppendBitmap(nil, words)}); err != nil {
+		for _, k := range []transport.Kind{wire.KindDiscard, wire.KindRecvBitmap} {
+			if err := a.Send(ctx, transport.Msg{Kind: k, Page: 0, Data: wire.AppendBitmap(nil, words)}); err != nil {
 				sent <- err
 				return
 			}
@@ -404,22 +405,22 @@ func TestMultiBitmapBarriers(t *testing.T) {
 		<-ctx.Done() // the receiver is done (cancel is deferred by the test)
 	}()
 	got := 0
-	for _, want := range []transport.Kind{transport.KindDiscard, transport.KindRecvBitmap} {
+	for _, want := range []transport.Kind{wire.KindDiscard, wire.KindRecvBitmap} {
 		for {
 			var m transport.Msg
 			if err := b.Recv(ctx, &m); err != nil {
 				t.Fatal(err, <-sent)
 			}
-			if m.Kind == transport.KindPage {
+			if m.Kind == wire.KindPage {
 				got++
 				continue
 			}
 			if m.Kind != want || got != pages {
 				t.Fatalf("%v after %d pages, want %v after %d", m.Kind, got, want, pages)
 			}
-			n, err := transport.CheckBitmap(m, pages)
-			if err != nil || n != len(words) || transport.BitmapWord(m, 0) != words[0] || transport.BitmapWord(m, 1) != words[1] {
-				t.Fatalf("%v: %d words (%v), %x %x", m.Kind, n, err, transport.BitmapWord(m, 0), transport.BitmapWord(m, 1))
+			n, err := wire.CheckBitmap(m, pages)
+			if err != nil || n != len(words) || wire.BitmapWord(m, 0) != words[0] || wire.BitmapWord(m, 1) != words[1] {
+				t.Fatalf("%v: %d words (%v), %x %x", m.Kind, n, err, wire.BitmapWord(m, 0), wire.BitmapWord(m, 1))
 			}
 			break
 		}
@@ -454,11 +455,12 @@ func TestSendRefusalsLeaveConnUsable(t *testing.T) {
 			m    transport.Msg
 			also error
 		}{
-			{"page past the guest", transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: pages}, livemig.ErrPageRange},
-			{"request past the guest", transport.Msg{Kind: transport.KindRequest, Page: pages - 1, Arg: 2}, livemig.ErrPageRange},
-			{"bitmap of 5 bytes", transport.Msg{Kind: transport.KindDiscard, Data: make([]byte, 5)}, nil},
-			{"empty bitmap", transport.Msg{Kind: transport.KindRecvBitmap}, nil},
-			{"state too large", transport.Msg{Kind: transport.KindState, Data: make([]byte, 2<<20)}, transport.ErrTooLarge},
+			{"page past the guest", transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: pages}, livemig.ErrPageRange},
+			{"kind not defined", transport.Msg{Kind: 200}, nil},
+			{"heartbeat", transport.Msg{Kind: transport.KindHeartbeat}, nil},
+			{"bitmap of 5 bytes", transport.Msg{Kind: wire.KindDiscard, Data: make([]byte, 5)}, nil},
+			{"empty bitmap", transport.Msg{Kind: wire.KindRecvBitmap}, nil},
+			{"state too large", transport.Msg{Kind: wire.KindState, Data: make([]byte, 2<<20)}, transport.ErrTooLarge},
 		} {
 			err := a.Send(ctx, c.m)
 			if !errors.Is(err, transport.ErrInvalid) || (c.also != nil && !errors.Is(err, c.also)) {
@@ -466,18 +468,18 @@ func TestSendRefusalsLeaveConnUsable(t *testing.T) {
 			}
 		}
 		// The Conn goes on: a bitmap chunk and a page arrive.
-		words := transport.AppendBitmap(nil, []uint64{1})
+		words := wire.AppendBitmap(nil, []uint64{1})
 		go func() {
-			_ = a.Send(ctx, transport.Msg{Kind: transport.KindDiscard, Data: words})
-			_ = a.Send(ctx, transport.Msg{Kind: transport.KindPage, Enc: transport.EncZero, Page: 3})
+			_ = a.Send(ctx, transport.Msg{Kind: wire.KindDiscard, Data: words})
+			_ = a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: 3})
 			_ = a.Flush(ctx)
 		}()
-		for _, want := range []transport.Kind{transport.KindDiscard, transport.KindPage} {
+		for _, want := range []transport.Kind{wire.KindDiscard, wire.KindPage} {
 			var m transport.Msg
 			if err := b.Recv(ctx, &m); err != nil || m.Kind != want {
 				t.Fatalf("%d streams: after the refusals got %v, %v; want %v", streams, m.Kind, err, want)
 			}
-			if want == transport.KindDiscard && (len(m.Data) != 8 || transport.BitmapWord(m, 0) != 1) {
+			if want == wire.KindDiscard && (len(m.Data) != 8 || wire.BitmapWord(m, 0) != 1) {
 				t.Fatalf("%d streams: discard carries %x", streams, m.Data)
 			}
 		}

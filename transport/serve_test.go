@@ -15,6 +15,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/transport/transporttest"
+	"github.com/livemig/livemig/wire"
 )
 
 // Eight AcceptConn calls on one listener take eight sources that connect at
@@ -73,18 +74,18 @@ func ltEightMigrations(t *testing.T, lc transport.ListenConfig, dc transport.Dia
 			for p := range uint64(pages) {
 				binary.LittleEndian.PutUint64(data, uint64(i))
 				binary.LittleEndian.PutUint64(data[8:], p)
-				if err := c.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: p, Data: data}); err != nil {
+				if err := c.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: p, Data: data}); err != nil {
 					errs <- fmt.Errorf("source %d: %w", i, err)
 					return
 				}
 			}
-			if err := c.Send(ctx, transport.Msg{Kind: transport.KindDone, Arg: uint64(i)}); err != nil {
+			if err := c.Send(ctx, transport.Msg{Kind: wire.KindDone, Arg: uint64(i)}); err != nil {
 				errs <- fmt.Errorf("source %d: %w", i, err)
 				return
 			}
 			// Wait for the destination's word before closing.
 			var m transport.Msg
-			if err := c.Recv(ctx, &m); err != nil || m.Kind != transport.KindAck {
+			if err := c.Recv(ctx, &m); err != nil || m.Kind != wire.KindAck {
 				errs <- fmt.Errorf("source %d: no ack: %v %v", i, m.Kind, err)
 			}
 		}()
@@ -114,18 +115,18 @@ func ltRecvMigration(ctx context.Context, c transport.Conn, pages int) (uint64, 
 			return 0, err
 		}
 		switch m.Kind {
-		case transport.KindPage:
+		case wire.KindPage:
 			if m.Page >= uint64(pages) || have[m.Page] || binary.LittleEndian.Uint64(m.Data[8:]) != m.Page {
 				return 0, fmt.Errorf("page %d: unexpected record", m.Page)
 			}
 			have[m.Page], from[m.Page] = true, binary.LittleEndian.Uint64(m.Data)
-		case transport.KindDone:
+		case wire.KindDone:
 			for p := range pages {
 				if !have[p] || from[p] != m.Arg {
 					return 0, fmt.Errorf("source %d: page %d missing or from source %d", m.Arg, p, from[p])
 				}
 			}
-			if err := c.Send(ctx, transport.Msg{Kind: transport.KindAck, Arg: transport.AckReady}); err != nil {
+			if err := c.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady}); err != nil {
 				return 0, err
 			}
 			return m.Arg, c.Flush(ctx)
@@ -382,10 +383,10 @@ func TestAcceptAnyGeometry(t *testing.T) {
 		}
 		srcs = append(srcs, c)
 		// The last page goes; one past it is refused at the source.
-		if err := c.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: pages - 1, Enc: transport.EncZero}); err != nil {
+		if err := c.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: pages - 1, Enc: transport.EncZero}); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Send(ctx, transport.Msg{Kind: transport.KindPage, Page: pages, Enc: transport.EncZero}); !errors.Is(err, transport.ErrInvalid) {
+		if err := c.Send(ctx, transport.Msg{Kind: wire.KindPage, Page: pages, Enc: transport.EncZero}); !errors.Is(err, transport.ErrInvalid) {
 			t.Fatalf("page %d of %d: %v", pages, pages, err)
 		}
 		if err := c.Flush(ctx); err != nil {

@@ -6,10 +6,12 @@ import (
 	"strings"
 
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
-// What the proxy knows of livemig's wire format, taken from package
-// transport so that the two cannot drift apart. The proxy still finds the
+// What the proxy knows of livemig's wire format, taken from packages
+// transport (the framing) and wire (the kinds and Ack codes) so that they
+// cannot drift apart. The proxy still finds the
 // frames' boundaries with its own parser (pump.go), an oracle independent
 // of transport's; TestTransportFrames checks that the two agree.
 const (
@@ -34,35 +36,36 @@ const (
 // Kind is a frame's kind, the fifth byte of its header: transport's Kind.
 type Kind = transport.Kind
 
-// Frame kinds, transport's. In a Trigger, 0 (AnyKind) matches every frame.
+// Frame kinds: the migration protocol's (package wire) and the transport's
+// heartbeat. In a Trigger, 0 (AnyKind) matches every frame.
 const (
 	AnyKind        Kind = 0
-	KindPage            = transport.KindPage // a batch of page records
-	KindEndRound        = transport.KindEndRound
-	KindState           = transport.KindState
-	KindSwitchover      = transport.KindSwitchover
-	KindDone            = transport.KindDone
-	KindCommit          = transport.KindCommit
-	KindError           = transport.KindError
-	KindRequest         = transport.KindRequest
-	KindAck             = transport.KindAck // Arg: one of the Ack codes below
-	KindDiscard         = transport.KindDiscard
-	KindRecvBitmap      = transport.KindRecvBitmap
-	KindResume          = transport.KindResume
+	KindPage            = wire.KindPage // a batch of page records
+	KindEndRound        = wire.KindEndRound
+	KindState           = wire.KindState
+	KindSwitchover      = wire.KindSwitchover
+	KindDone            = wire.KindDone
+	KindCommit          = wire.KindCommit
+	KindError           = wire.KindError
+	KindRequest         = wire.KindRequest
+	KindAck             = wire.KindAck // Arg: one of the Ack codes below
+	KindDiscard         = wire.KindDiscard
+	KindRecvBitmap      = wire.KindRecvBitmap
+	KindResume          = wire.KindResume
 	KindHeartbeat       = transport.KindHeartbeat
 )
 
-// Ack codes, the Arg of a KindAck frame: transport's.
+// Ack codes, the Arg of a KindAck frame: package wire's.
 const (
-	AckRound    = transport.AckRound
-	AckReady    = transport.AckReady
-	AckResumed  = transport.AckResumed
-	AckComplete = transport.AckComplete
-	AckHeld     = transport.AckHeld
-	AckReleased = transport.AckReleased
+	AckRound    = wire.AckRound
+	AckReady    = wire.AckReady
+	AckResumed  = wire.AckResumed
+	AckComplete = wire.AckComplete
+	AckHeld     = wire.AckHeld
+	AckReleased = wire.AckReleased
 )
 
-// ParseKind reads a kind by its name in transport (Kind.String),
+// ParseKind reads a kind by its name (transport.Kind.String),
 // case-insensitively ("commit", "Ack", "Kind(14)"), or by number ("6");
 // "any" and "" are AnyKind.
 func ParseKind(s string) (Kind, error) {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // FirstMessageWait bounds how long a destination waiting for its source to
@@ -29,7 +30,7 @@ func Abandon(ctx context.Context, redial func(context.Context) (transport.Conn, 
 		return
 	}
 	defer conn.Close()
-	_ = conn.Send(actx, transport.Msg{Kind: transport.KindError, Page: session,
+	_ = conn.Send(actx, transport.Msg{Kind: wire.KindError, Page: session,
 		Data: []byte("source resumed the guest before the commit: " + why.Error())})
 	_ = conn.Flush(actx)
 	var msg transport.Msg

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // gen makes seeded random messages.
@@ -31,7 +32,7 @@ func (g *gen) bytes(n int) []byte {
 // page returns a page record of a random encoding: raw, zero, or codec data
 // of a random length (the Conn does not decode it).
 func (g *gen) page(n uint64) transport.Msg {
-	m := transport.Msg{Kind: transport.KindPage, Page: n}
+	m := transport.Msg{Kind: wire.KindPage, Page: n}
 	switch x := g.r.IntN(20); {
 	case x < 10:
 		m.Enc, m.Data = transport.EncRaw, g.bytes(PageSize)
@@ -110,7 +111,7 @@ func checkOrder(want, got []transport.Msg, strict, prefix bool) error {
 	queues := map[uint64][]int{}
 	var controls []int
 	for i, m := range want {
-		if m.Kind == transport.KindPage {
+		if m.Kind == wire.KindPage {
 			queues[m.Page] = append(queues[m.Page], i)
 		} else {
 			controls = append(controls, i)
@@ -120,7 +121,7 @@ func checkOrder(want, got []transport.Msg, strict, prefix bool) error {
 	low := 0
 	for j, g := range got {
 		var i int
-		if g.Kind == transport.KindPage {
+		if g.Kind == wire.KindPage {
 			q := queues[g.Page]
 			if len(q) == 0 {
 				return fmt.Errorf("message %d: %s: no such page record pending", j, describe(g))

@@ -7,6 +7,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 func runConnTests(t *testing.T, mk func(t *testing.T) pair, strict bool) {
@@ -40,19 +41,21 @@ func exchange(t *testing.T, from, to transport.Conn, want []transport.Msg, stric
 // a state blob of stateLen bytes.
 func everyKind(g *gen, stateLen int) []transport.Msg {
 	return []transport.Msg{
-		{Kind: transport.KindPage, Enc: transport.EncRaw, Page: 7, Data: g.bytes(PageSize)},
-		{Kind: transport.KindPage, Enc: transport.EncZero, Page: 8},
-		{Kind: transport.KindPage, Enc: transport.EncXBZRLE, Page: 9, Data: g.bytes(100)},
-		{Kind: transport.KindPage, Enc: transport.EncLZ4, Page: 10, Data: g.bytes(PageSize + 20)},
-		{Kind: transport.KindEndRound, Arg: 1},
-		{Kind: transport.KindPage, Enc: transport.EncRaw, Page: 7, Data: g.bytes(PageSize)},
-		{Kind: transport.KindSwitchover, Arg: 2},
-		{Kind: transport.KindState, Data: g.bytes(stateLen)},
-		{Kind: transport.KindState, Data: g.bytes(10)},
-		{Kind: transport.KindState},
-		{Kind: transport.KindDone, Arg: 0xfeedface_cafebeef},
-		{Kind: transport.KindCommit},
-		{Kind: transport.KindError, Data: []byte("source: giving up")},
+		{Kind: wire.KindPage, Enc: transport.EncRaw, Page: 7, Data: g.bytes(PageSize)},
+		{Kind: wire.KindPage, Enc: transport.EncZero, Page: 8},
+		{Kind: wire.KindPage, Enc: transport.EncXBZRLE, Page: 9, Data: g.bytes(100)},
+		{Kind: wire.KindPage, Enc: transport.EncLZ4, Page: 10, Data: g.bytes(PageSize + 20)},
+		{Kind: wire.KindEndRound, Arg: 1},
+		{Kind: wire.KindPage, Enc: transport.EncRaw, Page: 7, Data: g.bytes(PageSize)},
+		{Kind: wire.KindDiscard, Page: 64, Data: wire.AppendBitmap(nil, []uint64{1, 1 << 63})},
+		{Kind: wire.KindSwitchover, Arg: 2},
+		{Kind: wire.KindState, Data: g.bytes(stateLen)},
+		{Kind: wire.KindState, Data: g.bytes(10)},
+		{Kind: wire.KindState},
+		{Kind: wire.KindDone, Arg: 0xfeedface_cafebeef},
+		{Kind: wire.KindCommit},
+		{Kind: wire.KindResume, Page: 0xfeed},
+		{Kind: wire.KindError, Data: []byte("source: giving up")},
 	}
 }
 
@@ -61,11 +64,13 @@ func testRoundTrip(t *testing.T, p pair, strict bool) {
 	// A state blob of 3 MiB does not fit one frame.
 	exchange(t, p.a, p.b, everyKind(g, 3<<20+17), strict)
 	back := []transport.Msg{
-		{Kind: transport.KindRequest, Page: 12, Arg: 3},
-		{Kind: transport.KindAck, Arg: transport.AckRound, Page: 1},
-		{Kind: transport.KindAck, Arg: transport.AckReady, Page: 0xfeedface_cafebeef},
-		{Kind: transport.KindAck, Arg: transport.AckResumed},
-		{Kind: transport.KindError, Data: []byte("destination: giving up")},
+		{Kind: wire.KindRequest, Page: 12, Arg: 3},
+		{Kind: wire.KindAck, Arg: wire.AckRound, Page: 1},
+		{Kind: wire.KindAck, Arg: wire.AckReady, Page: 0xfeedface_cafebeef},
+		{Kind: wire.KindAck, Arg: wire.AckResumed},
+		{Kind: wire.KindRecvBitmap, Data: wire.AppendBitmap(nil, []uint64{^uint64(0)})},
+		{Kind: wire.KindAck, Arg: wire.AckHeld, Page: 64},
+		{Kind: wire.KindError, Data: []byte("destination: giving up")},
 	}
 	exchange(t, p.b, p.a, back, strict)
 }
@@ -74,21 +79,21 @@ func testLargeBatch(t *testing.T, p pair, strict bool) {
 	g := newGen(2)
 	var want []transport.Msg
 	want = append(want, g.pages(6000, 1000)...)
-	want = append(want, transport.Msg{Kind: transport.KindEndRound, Arg: 1})
+	want = append(want, transport.Msg{Kind: wire.KindEndRound, Arg: 1})
 	want = append(want, g.pages(4000, 1000)...)
-	want = append(want, transport.Msg{Kind: transport.KindDone, Arg: 2})
+	want = append(want, transport.Msg{Kind: wire.KindDone, Arg: 2})
 	exchange(t, p.a, p.b, want, strict)
 }
 
 func testReturnPath(t *testing.T, p pair, strict bool) {
 	g := newGen(3)
-	fwd := append(g.pages(3000, 500), transport.Msg{Kind: transport.KindDone})
+	fwd := append(g.pages(3000, 500), transport.Msg{Kind: wire.KindDone})
 	var back []transport.Msg
 	for i := range 1000 {
 		if i%2 == 0 {
-			back = append(back, transport.Msg{Kind: transport.KindRequest, Page: uint64(i) % 500, Arg: 1})
+			back = append(back, transport.Msg{Kind: wire.KindRequest, Page: uint64(i) % 500, Arg: 1})
 		} else {
-			back = append(back, transport.Msg{Kind: transport.KindAck, Arg: transport.AckRound, Page: uint64(i)})
+			back = append(back, transport.Msg{Kind: wire.KindAck, Arg: wire.AckRound, Page: uint64(i)})
 		}
 	}
 	// Four goroutines at once: each Conn sends and receives.
@@ -152,7 +157,7 @@ func testCloseUnblocksSend(t *testing.T, p pair) {
 				close(going)
 			}
 			// Nobody reads: the link fills up and Send blocks.
-			err := p.a.Send(bg, transport.Msg{Kind: transport.KindPage, Page: uint64(i % 1000), Data: data})
+			err := p.a.Send(bg, transport.Msg{Kind: wire.KindPage, Page: uint64(i % 1000), Data: data})
 			if err != nil {
 				if i < 10 {
 					close(going)
@@ -178,7 +183,7 @@ func checkClosed(t *testing.T, c transport.Conn) {
 	if err := c.Recv(bg, &m); !errors.Is(err, livemig.ErrClosed) {
 		t.Errorf("Recv on a closed Conn: %v, want livemig.ErrClosed", err)
 	}
-	if err := c.Send(bg, transport.Msg{Kind: transport.KindDone}); !errors.Is(err, livemig.ErrClosed) {
+	if err := c.Send(bg, transport.Msg{Kind: wire.KindDone}); !errors.Is(err, livemig.ErrClosed) {
 		t.Errorf("Send on a closed Conn: %v, want livemig.ErrClosed", err)
 	}
 	if err := c.Flush(bg); !errors.Is(err, livemig.ErrClosed) {
@@ -218,7 +223,7 @@ func testExpiredContext(t *testing.T, p pair) {
 	if err := p.b.Recv(ctx, &m); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Recv with a done ctx: %v, want context.Canceled", err)
 	}
-	if err := p.a.Send(ctx, transport.Msg{Kind: transport.KindDone}); !errors.Is(err, context.Canceled) {
+	if err := p.a.Send(ctx, transport.Msg{Kind: wire.KindDone}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Send of a control message with a done ctx: %v, want context.Canceled", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 type linkMaker func(t *testing.T) (a, b transport.Link)
@@ -201,7 +202,7 @@ func testCleanEOF(t *testing.T, links linkMaker) {
 	b := transport.NewConn(lb, transport.Config{})
 	defer b.Close()
 	g := newGen(6)
-	want := append(g.pages(200, 50), transport.Msg{Kind: transport.KindDone})
+	want := append(g.pages(200, 50), transport.Msg{Kind: wire.KindDone})
 	sent := goErr(func() error {
 		if err := sendAll(bg, a, want); err != nil {
 			return err
@@ -254,7 +255,7 @@ func testCut(t *testing.T, links linkMaker, cut int) {
 	g := newGen(7)
 	want := make([]transport.Msg, 300)
 	for i := range want {
-		want[i] = transport.Msg{Kind: transport.KindPage, Page: uint64(i), Data: g.bytes(PageSize)}
+		want[i] = transport.Msg{Kind: wire.KindPage, Page: uint64(i), Data: g.bytes(PageSize)}
 	}
 	sent := goErr(func() error { return sendAll(bg, a, want) })
 	got, err := recvN(bg, b, len(want))
@@ -302,9 +303,9 @@ func testCorrupt(t *testing.T, links linkMaker, off int, bit uint) {
 	g := newGen(8)
 	want := make([]transport.Msg, 400) // about 7 frames, so a longer length still meets data
 	for i := range want {
-		want[i] = transport.Msg{Kind: transport.KindPage, Page: uint64(i), Data: g.bytes(PageSize)}
+		want[i] = transport.Msg{Kind: wire.KindPage, Page: uint64(i), Data: g.bytes(PageSize)}
 	}
-	want = append(want, transport.Msg{Kind: transport.KindDone})
+	want = append(want, transport.Msg{Kind: wire.KindDone})
 	sent := goErr(func() error { return sendAll(bg, a, want) })
 	got, err := recvN(bg, b, len(want))
 	var se *livemig.StreamError
@@ -334,7 +335,7 @@ func testHostileLength(t *testing.T, links linkMaker) {
 	}{
 		{"4GiB", 0xffff_ffff, 1, 1},
 		{"OverMaxFrame", transport.DefaultMaxFrame + 1, 1, 1},
-		{"StateOverMaxFrame", transport.DefaultMaxFrame + 1, byte(transport.KindState), 0},
+		{"StateOverMaxFrame", transport.DefaultMaxFrame + 1, byte(wire.KindState), 0},
 		{"UnknownType", 20, 0x42, 0},
 		{"EmptyBatch", 0, 1, 0},
 		{"CountOverLength", 100, 1, 9},

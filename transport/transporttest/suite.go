@@ -3,7 +3,8 @@
 // with one call.
 //
 // RunLinkSuite checks a Link through transport.NewConn and transport.Open:
-// the handshake and its refusals, round trips of every message kind, a large
+// the handshake and its refusals, round trips of every message kind of the
+// migration protocol (package wire; one of each transport.Class), a large
 // batch, the return path, Close and context cancellation, a link cut mid-
 // stream, corrupt frames and hostile lengths. RunConnSuite checks a Conn pair
 // built some other way (a multi-stream Conn) with the subset that needs no
@@ -83,9 +84,10 @@ func RunLinkSuite(t *testing.T, newLinks func(t *testing.T) (a, b transport.Link
 //
 // The suite checks the ordering Conn promises: page records in order for
 // each page, control messages in the order sent, and a control message only
-// after every message sent before it. (A multi-stream Conn lets Request,
-// Ack and Error overtake page records of other streams; the suite sends
-// none of them after pages, so it does not check that case.)
+// after every message sent before it. (A multi-stream Conn lets
+// ClassPriority messages, such as Request, Ack and Error, overtake page
+// records of other streams; the suite sends none of them after pages, so it
+// does not check that case.)
 func RunConnSuite(t *testing.T, newConns func(t *testing.T) (a, b transport.Conn)) {
 	mk := func(t *testing.T) pair {
 		a, b := newConns(t)

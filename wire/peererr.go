@@ -1,9 +1,10 @@
-package transport
+package wire
 
 import (
 	"errors"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
 )
 
 // PeerError is the error a peer's KindError message reports: it gave up,
@@ -31,7 +32,7 @@ func (e *PeerError) Unwrap() error { return livemig.ErrPeer }
 // makes it for the session it received (in KindSwitchover's Page), so that
 // one that never knew this migration, say a new Receive that a reconnecting
 // source reached, cannot make it.
-func PeerErrorOf(m Msg, session uint64) *PeerError {
+func PeerErrorOf(m transport.Msg, session uint64) *PeerError {
 	return &PeerError{Message: string(m.Data), NotResumed: m.Arg&ErrorNotResumed != 0 && session != 0 && m.Page == session}
 }
 
@@ -45,8 +46,8 @@ func NotResumed(err error) bool {
 // ErrorMsg returns the KindError message that reports err. A destination
 // that has not resumed the guest of session (not 0) and never will passes
 // it, and the message carries the promise for that session; 0 makes none.
-func ErrorMsg(err error, session uint64) Msg {
-	m := Msg{Kind: KindError, Data: []byte(err.Error())}
+func ErrorMsg(err error, session uint64) transport.Msg {
+	m := transport.Msg{Kind: KindError, Data: []byte(err.Error())}
 	if session != 0 {
 		m.Arg, m.Page = ErrorNotResumed, session
 	}
