@@ -222,8 +222,11 @@ func handshake(ctx context.Context, link Link, local Hello, timeout time.Duratio
 		err = fmt.Errorf("transport: handshake: reading the peer's hello: %w", err)
 	}
 	if !valid {
-		// The peer may not be reading: unblock our write.
-		link.Close()
+		// The peer may not be reading: unblock our write. A TCP peer that
+		// is reading (a dialer that offers a key, looking for a challenge)
+		// gets our hello first: a close with its bytes unread here would
+		// reset the connection and could lose the hello it reads.
+		lingerClose(link, wdone)
 	}
 	werr := <-wdone
 	if stop != nil && !stop() {
@@ -269,3 +272,28 @@ func Open(ctx context.Context, link Link, local Hello, cfg Config) (Conn, Hello,
 	}
 	return NewConn(link, cfg), peer, nil
 }
+
+// lingerClose closes link once our hello is written (wdone says so; it
+// gets the result back); a network link first stops writing and, for at
+// most lingerTime, reads and drops what the peer sent, so that the close
+// does not reset the connection under bytes the peer has still to read.
+func lingerClose(link Link, wdone chan error) {
+	if nc, ok := link.(NetConn); ok {
+		t := time.NewTimer(lingerTime)
+		defer t.Stop()
+		select {
+		case err := <-wdone:
+			wdone <- err // for the caller
+			c := nc.NetConn()
+			if cw, ok := c.(interface{ CloseWrite() error }); ok && err == nil && c.SetReadDeadline(time.Now().Add(lingerTime)) == nil {
+				_ = cw.CloseWrite()
+				_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+			}
+		case <-t.C:
+		}
+	}
+	link.Close()
+}
+
+// lingerTime bounds lingerClose's wait for the peer to read and close.
+const lingerTime = 100 * time.Millisecond
