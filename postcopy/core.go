@@ -32,22 +32,25 @@ import (
 //     with the ack flag, wait for Ack(AckRound), and call Discarded.
 //   - OpPause: pause the guest, sync the dirty log into DirtyLog() (hybrid),
 //     call Paused, send the Discard chunks it returns, then the switchover
-//     and the state, and once the destination has the guest, call Committed.
+//     and the state; once the destination is ready, send the Commit and
+//     call Committed (a request that comes in between is taken in).
 //   - OpMarker (urgent connection only): send the urgent stream's end
 //     marker, then call Wrote.
 //   - OpDone (main connection only): every page and the marker are out:
 //     send KindDone and wait for the destination's Ack(AckComplete).
 //   - OpWait: nothing to send on this connection before Out.At (the push's
 //     rate cap) unless an input comes first; OpIdle: nothing until an input.
-//     Flush the connection before waiting.
+//     Flush the connection before waiting (Migrate skips the flush before a
+//     rate-cap wait shorter than pushSlack, a flush a page otherwise).
 //
 // Request is the input of a page request; Reconnected that of a new
 // connection after a cut. After an input the driver asks Next again on every
 // connection that was waiting.
 //
 // Every method must be called from one goroutine at a time (the driver's
-// lock, or its only goroutine); a step's Wrote (or Synced, Discarded,
-// Paused) comes before the next Next on any connection.
+// lock, or its only goroutine). A step's Synced, Discarded or Paused comes
+// before the next Next; a page's or the marker's Wrote before the next Next
+// on its connection.
 type Core struct {
 	cfg   CoreConfig
 	pages uint64
@@ -61,7 +64,7 @@ type Core struct {
 	// Pre-copy rounds.
 	round      int
 	plan       []uint64 // the round's pages, or the push order
-	at         int      // next index in plan (round 1: the next page)
+	at         int      // next index in plan; round 1 and an ascending push: the next page
 	left, prev uint64   // pages dirty after this round and the one before
 	roundStart time.Time
 	r          livemig.Round
