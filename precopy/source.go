@@ -97,10 +97,11 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	if ccfg.Logger == nil {
 		ccfg.Logger = cfg.Logger
 	}
-	if _, virtual := cfg.Clock.(*livemig.VirtualClock); virtual {
-		// A simulation: encoding costs no virtual time, and one worker
-		// keeps the results independent of goroutine scheduling.
-		ccfg.VirtualTime = true
+	if vc, virtual := cfg.Clock.(*livemig.VirtualClock); virtual {
+		// A simulation: encoding costs the virtual time of the codec's
+		// cost model (ccfg.Cost), and one worker keeps the results
+		// independent of goroutine scheduling.
+		ccfg.VirtualTime, ccfg.Clock = true, vc
 		if ccfg.Workers == 0 {
 			ccfg.Workers = 1
 		}

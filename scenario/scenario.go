@@ -2,8 +2,9 @@
 // simulated links, in virtual time: the evaluation of examples/compare and of
 // the simulated benchmarks.
 //
-// A Scenario is a guest (size, workload, seed) and a link (bandwidth,
-// latency). Run migrates it with an Algorithm between a sim.Guest and a
+// A Scenario is a guest (size, workload, seed), a link (bandwidth,
+// latency) and what the hosts' CPUs take to encode and decode pages (a
+// codec.CostModel). Run migrates it with an Algorithm between a sim.Guest and a
 // sim.Sink, and returns the engine's report and whether the destination
 // verified every page against the paused source. Everything is
 // deterministic: the same scenario gives the same figures on every run.
@@ -25,6 +26,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
@@ -135,6 +137,13 @@ type Scenario struct {
 	// StateBytes is the CPU/device state; default 256 KiB, about what a
 	// small QEMU guest's device sections take.
 	StateBytes int `json:"state_bytes,omitempty"`
+	// Cost is what encoding and decoding pages costs the two hosts' CPUs,
+	// charged in virtual time (see codec.CostModel): nil means
+	// codec.DefaultCost(), &codec.CostModel{} free CPUs. Pre-copy's codec
+	// pipeline charges it unless the Algorithm's PreCopy.Codec.Cost is
+	// set; a Migrator of another kind reads it from Endpoints.Scenario
+	// (its methods take a nil model as the default).
+	Cost *codec.CostModel `json:"cost,omitempty"`
 }
 
 // handshakeTime is when, in virtual time, a scenario's guest starts: after
@@ -209,6 +218,9 @@ type Migrator func(ctx context.Context, e Endpoints) Outcome
 func (alg Algorithm) preCopy(ctx context.Context, e Endpoints) Outcome {
 	cfg := alg.PreCopy
 	cfg.Clock = e.SourceClock
+	if cfg.Codec.Cost == nil {
+		cfg.Codec.Cost = e.Scenario.Cost
+	}
 	if alg.Order != nil {
 		o, err := alg.Order(e.Pages)
 		if err != nil {
