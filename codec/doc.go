@@ -40,7 +40,8 @@
 // Compression that slows a migration down is the complaint users raise
 // most about it: when the link is faster than the encoders, sending raw
 // pages is quicker. Unless Config.NoAdapt is set, the engine reports the
-// link's capacity once a round (Pipeline.ObserveLink) and the pipeline
+// link's capacity once a round and every 32 MiB of pages within one
+// (Pipeline.ObserveLink, as package precopy calls it) and the pipeline
 // weighs it against what it measured — worker time per input byte for each
 // codec, timed on the wall clock on one page in eight, and the bytes each
 // saved — with Adapt, a pure function: compression pays only when

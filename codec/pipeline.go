@@ -378,7 +378,11 @@ func (p *Pipeline) Codecs() Codecs {
 // ObserveLink tells the pipeline the link's capacity, in wire bytes per
 // second as the engine measures it on its Clock, and re-evaluates which
 // codecs to use (see Adapt) from what was measured since the previous call;
-// it returns the decision. The engine calls it once a round, after Barrier.
+// it returns the decision. The engine calls it at the end of each round,
+// after Barrier, and may call it within a round too (package precopy does,
+// every 32 MiB of pages, so that a long bulk round does not run its whole
+// length on a codec slower than the link): the pages submitted after it
+// are encoded with the new choice.
 //
 // bytesPerSec should be what the link can carry, not what it carried: when
 // the encoders are the bottleneck the rate achieved is theirs. Measure the
