@@ -276,6 +276,10 @@ type Row struct {
 	// Codec figures, on rows whose algorithm uses a codec.
 	CodecRatio   float64 `json:"codec_ratio,omitempty"`    // page bytes before / after encoding
 	CacheHitRate float64 `json:"cache_hit_rate,omitempty"` // XBZRLE cache hits / lookups
+	// Codecs are the optional codecs on at the end, on pre-copy rows with
+	// a codec: "xbzrle+lz4", "xbzrle", "lz4", or "none" when adaptation
+	// turned them all off.
+	Codecs string `json:"codecs,omitempty"`
 	// Post-copy figures, on post-copy and hybrid rows when not zero: the
 	// destination's demand faults, the pages sent because the destination
 	// asked (requested pages and their pre-paged neighbours), and the
@@ -300,6 +304,7 @@ func (r Result) Row() Row {
 		if rep.Codec != nil {
 			row.CodecRatio = rep.Codec.Ratio()
 			row.CacheHitRate = rep.Codec.HitRate()
+			row.Codecs = rep.Codec.Codecs
 		}
 		if pc := rep.PostCopy; pc != nil {
 			row.DemandFaults, row.PagesPulled = pc.DemandFaults, pc.PagesPulled
