@@ -88,7 +88,8 @@ func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) (
 				return files, err
 			}
 			h := 9 * vg.Centimeter * vg.Length(len(p))
-			if err := save(fileName(s.name+"-time"), 30*vg.Centimeter, h, p); err != nil {
+			w := max(30*vg.Centimeter, 9.5*vg.Centimeter*vg.Length(len(p[0])))
+			if err := save(fileName(s.name+"-time"), w, h, p); err != nil {
 				return files, err
 			}
 			if s.sweep != sweepBandwidth {
@@ -408,9 +409,30 @@ func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx 
 	if withFaults {
 		rows = 3
 	}
+	// With many algorithms the legend would cover the lines: it gets a
+	// column of its own.
+	legendCol := len(names) > 8
+	cols := len(series)
+	if legendCol {
+		cols++
+	}
 	grid := make([][]*plot.Plot, rows)
 	for r := range grid {
-		grid[r] = make([]*plot.Plot, len(series))
+		grid[r] = make([]*plot.Plot, cols)
+	}
+	if legendCol {
+		lp := plot.New()
+		lp.HideAxes()
+		entries, err := seriesLegend(names)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			lp.Legend.Add(e.name, e.thumbs...)
+		}
+		lp.Legend.Top, lp.Legend.Left = true, true
+		lp.Legend.TextStyle.Font.Size = vg.Points(10)
+		grid[0][cols-1] = lp
 	}
 	for c, ser := range series {
 		total, down, wait := map[string]plotter.XYs{}, map[string]plotter.XYs{}, map[string]plotter.XYs{}
@@ -445,7 +467,7 @@ func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx 
 		for r, p := range col {
 			p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 			p.X.Tick.Marker, p.Y.Tick.Marker = logTicks{}, logTicks{}
-			if err := addLines(p, names, data[r], r == 0 && c == 0); err != nil {
+			if err := addLines(p, names, data[r], r == 0 && c == 0 && !legendCol); err != nil {
 				return nil, err
 			}
 			decades(&p.X)
@@ -536,8 +558,11 @@ func codecPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*pl
 				p.Legend.Add(n, l, sc)
 			}
 		}
-		decades(&p.X)
-		p.Y.Min = 0
+		// The sweep's range, and a logarithmic ratio: twice as slow is as
+		// far from 1 as twice as fast.
+		p.X.Min, p.X.Max = p.X.Min/1.25, p.X.Max*1.25
+		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, ratioTicks{}
+		p.Y.Min, p.Y.Max = min(p.Y.Min, 0.5), max(p.Y.Max, 2)
 		one, err := plotter.NewLine(plotter.XYs{{X: p.X.Min, Y: 1}, {X: p.X.Max, Y: 1}})
 		if err != nil {
 			return nil, err
@@ -550,6 +575,26 @@ func codecPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*pl
 		grid[0][c] = p
 	}
 	return grid, nil
+}
+
+// ratioTicks marks the powers of two in [min, max]: ¼, ½, 1, 2, 4.
+type ratioTicks struct{}
+
+// Ticks returns the ticks of the powers of two in [min, max].
+func (ratioTicks) Ticks(min, max float64) []plot.Tick {
+	var ticks []plot.Tick
+	if min <= 0 || max <= min {
+		return ticks
+	}
+	for e := math.Ceil(math.Log2(min) - 1e-9); e <= math.Floor(math.Log2(max)+1e-9); e++ {
+		v := math.Exp2(e)
+		label := strconv.FormatFloat(v, 'g', 3, 64)
+		if e < 0 {
+			label = "1/" + strconv.FormatFloat(1/v, 'g', 3, 64)
+		}
+		ticks = append(ticks, plot.Tick{Value: v, Label: label})
+	}
+	return ticks
 }
 
 // logTicks marks the powers of ten in [min, max], labelled 1, 10, 100, 1k,
