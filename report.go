@@ -66,6 +66,10 @@ type CodecStats struct {
 	Overflows    uint64 `json:"overflows"` // deltas that did not fit
 	DeltaPages   uint64 `json:"delta_pages"`
 	LZ4Pages     uint64 `json:"lz4_pages"`
+	// Codecs names the optional codecs in use at the end ("xbzrle+lz4",
+	// "xbzrle", "lz4" or "none"): fewer than configured when adaptation
+	// turned some off. Empty when not known.
+	Codecs string `json:"codecs,omitempty"`
 }
 
 // Ratio is RawBytes/EncodedBytes, 1 when nothing was encoded.
@@ -146,8 +150,12 @@ func (r *Report) WriteTable(w io.Writer) error {
 		orDash(r.Algorithm), r.TotalTime.Round(time.Microsecond), r.Downtime.Round(time.Microsecond),
 		FormatBytes(r.BytesSent), r.PagesSent, r.PagesResent, r.ZeroPages, len(r.Rounds), r.Converged, r.Verified)
 	if r.Codec != nil {
-		fmt.Fprintf(&b, "codec: ratio %.2f, cache hit rate %.1f%%, %d delta pages, %d lz4 pages, %d overflows\n",
+		fmt.Fprintf(&b, "codec: ratio %.2f, cache hit rate %.1f%%, %d delta pages, %d lz4 pages, %d overflows",
 			r.Codec.Ratio(), 100*r.Codec.HitRate(), r.Codec.DeltaPages, r.Codec.LZ4Pages, r.Codec.Overflows)
+		if r.Codec.Codecs != "" {
+			fmt.Fprintf(&b, ", %s at the end", r.Codec.Codecs)
+		}
+		b.WriteString("\n")
 	}
 	if p := r.PostCopy; p != nil {
 		fmt.Fprintf(&b, "post-copy: %d pushed, %d pulled, %d faults, wait p50 %v p99 %v max %v, last page after %v\n",

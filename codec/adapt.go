@@ -48,6 +48,11 @@ type Facts struct {
 	// BaseWire is the wire bytes per byte of input with no optional codec
 	// (record headers and raw pages; zero pages cost only a header).
 	BaseWire float64
+	// BaseNsPerByte is the worker time every choice spends besides the
+	// codecs (the zero check, copies, the digest), in nanoseconds per byte
+	// of input. The real pipeline does not time it and leaves it 0; in
+	// virtual time it comes from the cost model.
+	BaseNsPerByte float64
 	// XBZRLE and LZ4 are the codecs' figures; for a codec that was off in
 	// the window measured, the last figures it had when on.
 	XBZRLE, LZ4 CodecFacts
@@ -72,18 +77,21 @@ const Hysteresis = 0.1
 // was on; allowed is what the configuration enables.
 //
 // A set of codecs moves pages at min(W·E, L·r) bytes of input per second,
-// where W·E is the workers' combined encode rate (W × 1e9 / NsPerByte of
-// the codecs on), L the link's capacity and r the compression ratio
-// (wire bytes without the codecs over wire bytes with them); without codecs
-// the rate is L (times the zero pages' gain, common to every choice).
-// Compression pays only when min(W·E, L·r) > L: it is turned down when the
-// link is faster than the encoders. The choices are tried in a fixed order
+// where W·E is the workers' combined encode rate (W × 1e9 / the
+// BaseNsPerByte plus the NsPerByte of the codecs on), L the link's
+// capacity and r the compression ratio (wire bytes without the codecs over
+// wire bytes with them); without codecs the rate is L (times the zero
+// pages' gain, common to every choice), or W × 1e9 / BaseNsPerByte if that
+// is less. Compression pays only when min(W·E, L·r) > L: it is turned down
+// when the link is faster than the encoders. The choices are tried in a fixed order
 // of precedence — both on, XBZRLE alone, none (LZ4 alone only when XBZRLE is
 // not allowed) — so LZ4, the costlier and, on pages sent before, the less
 // effective, is turned off before XBZRLE. Adapt switches only when the best
 // choice promises more than (1+Hysteresis) times cur's rate, and never
 // flips a codec whose facts are not Known. Encoding that costs nothing
-// (NsPerByte 0, as in a simulation) never loses, so it is never turned off.
+// (NsPerByte 0, as in a simulation without a cost model) never loses, so it
+// is never turned off. Adapt sees the source's side only, as the real
+// pipeline does: it cannot measure the destination's decoders.
 //
 // Adapt is a pure function: the Pipeline calls it from ObserveLink.
 func Adapt(f Facts, cur, allowed Codecs) Decision {
@@ -125,7 +133,7 @@ func Adapt(f Facts, cur, allowed Codecs) Decision {
 
 // rate is the expected page input rate with codecs c on.
 func (f *Facts) rate(c Codecs) float64 {
-	wire, ns := f.BaseWire, 0.0
+	wire, ns := f.BaseWire, max(f.BaseNsPerByte, 0)
 	if c.XBZRLE {
 		wire -= f.XBZRLE.SavedPerByte
 		ns += f.XBZRLE.NsPerByte

@@ -259,3 +259,23 @@ func BenchmarkPipeline(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkCalibrate runs Calibrate and prints the model it measured, as
+// Go source, and its main costs as metrics (ns per 4 KiB page). Run it a
+// few times and take the median: go test -run '^$' -bench Calibrate
+// -count 5 ./codec.
+func BenchmarkCalibrate(b *testing.B) {
+	var m CostModel
+	for b.Loop() {
+		var err error
+		if m, err = Calibrate(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(m.ZeroScan, "zero-scan-ns")
+	b.ReportMetric(m.Digest, "digest-ns")
+	b.ReportMetric(m.XBZRLEHit, "xbzrle-hit-ns")
+	b.ReportMetric(m.LZ4Compress, "lz4-ns")
+	b.ReportMetric(m.LZ4Decompress, "unlz4-ns")
+	b.Log(m.String())
+}

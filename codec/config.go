@@ -49,12 +49,21 @@ type Config struct {
 	// default the pipeline turns them off when they slow the migration
 	// (see Adapt).
 	NoAdapt bool
-	// VirtualTime says the engine runs on a virtual clock (a simulation),
-	// where encoding takes no time: the pipeline reads no wall clock, takes
-	// every encode cost as zero, and so adaptation never turns a codec off.
-	// Set it in simulations so that their results do not depend on the
-	// speed of the machine they run on.
+	// VirtualTime says the engine runs on a virtual clock (a simulation):
+	// the pipeline reads no wall clock. Without Clock, encoding then takes
+	// no time at all: every encode cost is zero, and adaptation never
+	// turns a codec off.
 	VirtualTime bool
+	// Clock, in a simulation, is the source's virtual clock, and implies
+	// VirtualTime: the pipeline then charges each record the CPU time Cost
+	// gives its pages, as the encoding and decoding stages of a pipelined
+	// stream (see the package doc's "Virtual time"), and adapts on those
+	// costs instead of wall-clock timings. The figures depend only on the
+	// pages, the calls and Cost, not on the machine.
+	Clock *livemig.VirtualClock
+	// Cost is the CPU cost model charged with Clock; nil means
+	// DefaultCost(). Ignored without Clock.
+	Cost *CostModel
 	// Logger receives the adaptation decisions at Info level; nil means
 	// none.
 	Logger *slog.Logger
@@ -71,6 +80,14 @@ func (cfg Config) norm() (Config, error) {
 	}
 	if cfg.XBZRLE && cfg.PageSize > delta.MaxPageSize {
 		return cfg, fmt.Errorf("%w: page size %d too large for XBZRLE (at most %d)", ErrConfig, cfg.PageSize, delta.MaxPageSize)
+	}
+	if cfg.Clock != nil {
+		cfg.VirtualTime = true
+		m := DefaultCost()
+		if cfg.Cost != nil {
+			m = *cfg.Cost // a copy of our own: the caller may change theirs
+		}
+		cfg.Cost = &m
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)

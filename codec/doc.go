@@ -45,7 +45,8 @@
 // Compression that slows a migration down is the complaint users raise
 // most about it: when the link is faster than the encoders, sending raw
 // pages is quicker. Unless Config.NoAdapt is set, the engine reports the
-// link's capacity once a round (Pipeline.ObserveLink) and the pipeline
+// link's capacity once a round and every 32 MiB of pages within one
+// (Pipeline.ObserveLink, as package precopy calls it) and the pipeline
 // weighs it against what it measured — worker time per input byte for each
 // codec, timed on the wall clock on one page in eight, and the bytes each
 // saved — with Adapt, a pure function: compression pays only when
@@ -53,8 +54,32 @@
 // XBZRLE; a choice changes only when another promises 10 % more page
 // throughput (Hysteresis), and is logged at Info. When XBZRLE goes off its
 // caches are dropped, and new ones start when it comes back. In a
-// simulation (Config.VirtualTime) encoding takes no virtual time, so the
-// encode cost is taken as zero and adaptation never turns a codec off.
+// simulation the costs come from the cost model instead (below).
+//
+// # Virtual time
+//
+// In a simulation (Config.Clock, a *livemig.VirtualClock; package precopy
+// sets it when its own Clock is one) the pipeline reads no wall clock:
+// what encoding and decoding a page cost is a CostModel's (Config.Cost,
+// DefaultCost by default), from what the page is and what the encoder did
+// with it (an Outcome: zero page, XBZRLE miss, delta of n bytes or
+// unchanged, LZ4 block sent or rejected, raw), in nanoseconds of one core
+// per 4 KiB page, on CostModel.Workers cores at the source and
+// DecodeWorkers at the destination. The records go through three stages
+// in a row — the encoders, the link, the decoders — each holding a few
+// hundred records of buffer, as socket buffers do: a stream moves at the
+// pace of its slowest stage, so a codec slower than the link slows the
+// round, as it does for real, while a fast one costs the time of a page.
+// The pipeline charges this by advancing the clock, before each send, to
+// when the record can go (encoded, and with room at the destination);
+// the link's own time is the simulated link's. Adaptation then weighs the
+// modelled costs: on the default model LZ4 (about 1 GB/s on one core)
+// pays on a link of a few Gbit/s and is turned off at 10 Gbit/s. The
+// figures depend only on the pages, the calls and the model: the same
+// simulation gives the same figures on any machine. Calibrate measures a
+// machine's own model (go test -run '^$' -bench Calibrate ./codec prints
+// it). With VirtualTime alone (no Clock) encoding costs nothing and
+// adaptation never turns a codec off, as before the model.
 //
 // # Usage
 //

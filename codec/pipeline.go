@@ -49,7 +49,9 @@ const queueDepth = 2
 // With Workers == 1 the pipeline starts no goroutine: Submit does
 // everything, send included, before it returns, and the records depend
 // only on the pages and the calls (and, through ObserveLink, on wall-clock
-// encode costs, unless Config.VirtualTime is set).
+// encode costs, unless Config.VirtualTime is set). With Config.Clock the
+// pipeline also advances that clock by the modelled encode and decode
+// time (see the package doc's "Virtual time").
 //
 // Stats, RoundStats and Codecs may be called from any goroutine.
 type Pipeline struct {
@@ -67,6 +69,10 @@ type Pipeline struct {
 	seq          uint64 // bumped whenever par changes
 	closed       bool
 	lastX, lastL CodecFacts
+
+	// In virtual time with a Clock: the stream model that charges the
+	// records' CPU time to it.
+	vs *stream
 
 	// Workers == 1.
 	sw   *worker
@@ -133,6 +139,9 @@ func NewPipeline(cfg Config, mem livemig.Memory, digest *verify.Digest, send fun
 		allowed: Codecs{XBZRLE: cfg.XBZRLE, LZ4: cfg.LZ4},
 	}
 	p.codecs = p.allowed
+	if cfg.Clock != nil {
+		p.vs = newStream(cfg.Clock)
+	}
 	p.par = params{gen: 1, xbzrle: cfg.XBZRLE, lz4: cfg.LZ4, timeOff: cfg.VirtualTime}
 	W := cfg.Workers
 	ws := make([]*worker, W)
@@ -182,6 +191,9 @@ func (p *Pipeline) StartRound(round int, final bool) {
 	p.mu.Lock()
 	p.atRound = p.total
 	p.mu.Unlock()
+	if p.vs != nil {
+		p.vs.startRound()
+	}
 }
 
 // Submit queues page n for encoding and sending. With Workers == 1 the
@@ -209,10 +221,8 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 		if rec.err != nil {
 			return p.fail(rec.err)
 		}
-		if !rec.skip {
-			if err := p.send(transport.Msg{Kind: wire.KindPage, Enc: rec.enc, Page: n, Data: rec.data}); err != nil {
-				return p.fail(err)
-			}
+		if err := p.emit(&rec); err != nil {
+			return p.fail(err)
 		}
 		p.mu.Lock()
 		p.total.add(&c)
@@ -266,6 +276,9 @@ func (p *Pipeline) Barrier(ctx context.Context) error {
 		return err
 	}
 	if p.sw != nil {
+		if p.vs != nil {
+			p.vs.barrier()
+		}
 		return nil
 	}
 	for w, b := range p.pending {
@@ -287,7 +300,31 @@ func (p *Pipeline) Barrier(ctx context.Context) error {
 	case <-ctx.Done():
 		return p.fail(fmt.Errorf("codec: barrier: %w", ctx.Err()))
 	}
+	if p.vs != nil {
+		p.vs.barrier()
+	}
 	return p.loadErr()
+}
+
+// emit passes a record to send, unless it is an unchanged page; in
+// virtual time it charges the record's CPU time first (see stream).
+func (p *Pipeline) emit(r *record) error {
+	if r.skip {
+		if p.vs != nil {
+			p.vs.skip(r.encPs)
+		}
+		return nil
+	}
+	if p.vs != nil {
+		p.vs.before(r.encPs, r.decPs)
+	}
+	if err := p.send(transport.Msg{Kind: wire.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
+		return err
+	}
+	if p.vs != nil {
+		p.vs.after()
+	}
+	return nil
 }
 
 // Close stops the workers and waits for them to end. Pages submitted
@@ -311,14 +348,16 @@ func (p *Pipeline) Close() error {
 	return nil
 }
 
-// Stats returns the totals over every record that has reached send. Zero
-// pages are not counted in RawBytes and EncodedBytes; a page found
-// unchanged since its cached copy counts a cache hit, RawBytes and 0
-// EncodedBytes.
+// Stats returns the totals over every record that has reached send, and
+// the codecs in use now (Codecs, as Codecs.String). Zero pages are not
+// counted in RawBytes and EncodedBytes; a page found unchanged since its
+// cached copy counts a cache hit, RawBytes and 0 EncodedBytes.
 func (p *Pipeline) Stats() livemig.CodecStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.total.stats
+	st := p.total.stats
+	st.Codecs = p.codecs.String()
+	return st
 }
 
 // RoundStats returns, since the last StartRound, the page records passed to
@@ -341,14 +380,19 @@ func (p *Pipeline) Codecs() Codecs {
 // ObserveLink tells the pipeline the link's capacity, in wire bytes per
 // second as the engine measures it on its Clock, and re-evaluates which
 // codecs to use (see Adapt) from what was measured since the previous call;
-// it returns the decision. The engine calls it once a round, after Barrier.
+// it returns the decision. The engine calls it at the end of each round,
+// after Barrier, and may call it within a round too (package precopy does,
+// every 32 MiB of pages, so that a long bulk round does not run its whole
+// length on a codec slower than the link): the pages submitted after it
+// are encoded with the new choice.
 //
 // bytesPerSec should be what the link can carry, not what it carried: when
 // the encoders are the bottleneck the rate achieved is theirs. Measure the
 // wire bytes over the time spent in send (which blocks while the link is
 // busy), or use the link's configured bandwidth. Encode costs are measured
-// on the wall clock inside the workers (one page in 8), except with
-// Config.VirtualTime, where they are zero and codecs are never turned off.
+// on the wall clock inside the workers (one page in 8); with Config.Clock
+// they are the cost model's, for every page, on Cost.Workers cores; with
+// Config.VirtualTime alone they are zero and codecs are never turned off.
 // With Config.NoAdapt, or an unknown bytesPerSec (≤ 0), nothing changes.
 func (p *Pipeline) ObserveLink(bytesPerSec float64) Decision {
 	p.mu.Lock()
@@ -369,11 +413,19 @@ func (p *Pipeline) ObserveLink(bytesPerSec float64) Decision {
 		LinkBytesPerSec: bytesPerSec,
 		BaseWire:        float64(win.pages*recordOverhead+(win.pages-win.zero)*uint64(p.ps)) / in,
 	}
+	unit := 1.0 // of the counters' times, in ns
+	if p.vs != nil {
+		// Virtual time: the cost model timed every page, in picoseconds
+		// of one core, and Cost.Workers cores encode.
+		unit = 1e-3
+		f.Workers = max(p.cfg.Cost.Workers, 1)
+		f.BaseNsPerByte = float64(win.baseNs) * unit / float64(win.sampled)
+	}
 	measure := func(ran uint64, ns, saved uint64, last *CodecFacts) CodecFacts {
 		if ran > 0 && (win.sampled > 0 || p.cfg.VirtualTime) {
 			*last = CodecFacts{Known: true, SavedPerByte: float64(saved) / in}
 			if win.sampled > 0 {
-				last.NsPerByte = float64(ns) / float64(win.sampled)
+				last.NsPerByte = float64(ns) * unit / float64(win.sampled)
 			}
 		}
 		return *last
@@ -419,6 +471,7 @@ func sub(c, o *counters) {
 	c.sampled -= o.sampled
 	c.xNs -= o.xNs
 	c.lNs -= o.lNs
+	c.baseNs -= o.baseNs
 }
 
 func (p *Pipeline) check(ctx context.Context) error {
@@ -491,10 +544,7 @@ func (p *Pipeline) collector() {
 					err = r.err
 					break
 				}
-				if r.skip {
-					continue
-				}
-				if err = p.send(transport.Msg{Kind: wire.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
+				if err = p.emit(r); err != nil {
 					break
 				}
 			}

@@ -29,6 +29,9 @@ type record struct {
 	skip bool   // unchanged since its cached copy: nothing to send
 	data []byte // a worker slot, or a PageView for raw pages
 	err  error
+	// In virtual time, the record's time in the source's and the
+	// destination's CPU stage, in picoseconds (CostModel.Stage).
+	encPs, decPs int64
 }
 
 // counters are the figures a worker adds up and the pipeline folds into
@@ -44,6 +47,10 @@ type counters struct {
 	xRan, lRan  uint64 // pages the codec ran on
 	sampled     uint64 // input bytes of the pages timed
 	xNs, lNs    uint64 // time spent in each codec on the pages timed
+	// In virtual time every page is "timed" by the cost model, and xNs,
+	// lNs and baseNs (the encoding besides the codecs: zero check, copy,
+	// digest) hold picoseconds of one core.
+	baseNs uint64
 }
 
 func (c *counters) add(o *counters) {
@@ -66,6 +73,7 @@ func (c *counters) add(o *counters) {
 	c.sampled += o.sampled
 	c.xNs += o.xNs
 	c.lNs += o.lNs
+	c.baseNs += o.baseNs
 }
 
 // recordOverhead is a page record's wire cost besides its data: page
@@ -92,6 +100,7 @@ type worker struct {
 	pe      PageEncoder // LZ4 or raw, once zero pages and XBZRLE are done
 	scratch []byte      // encoder output
 	tick    int
+	cost    *CostModel // in virtual time (Config.Clock), else nil
 }
 
 func newWorker(cfg *Config, mem livemig.Memory, digest *verify.Digest) (*worker, error) {
@@ -103,6 +112,9 @@ func newWorker(cfg *Config, mem livemig.Memory, digest *verify.Digest) (*worker,
 		scratch: make([]byte, 0, 2*cfg.PageSize+16),
 	}
 	w.view, _ = mem.(livemig.PageView)
+	if cfg.Clock != nil {
+		w.cost = cfg.Cost // norm made it ours
+	}
 	if cfg.XBZRLE {
 		c, err := cfg.newCache()
 		if err != nil {
@@ -157,6 +169,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		src = slot
 	}
 	c.pages++
+	o := Outcome{NoDigest: w.digest == nil}
 	sample := false
 	if !p.timeOff {
 		if w.tick++; w.tick >= sampleEvery {
@@ -183,6 +196,8 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		c.zero++
 		c.records++
 		c.wire += recordOverhead
+		o.Zero = true
+		w.charge(&o, ps, rec, c)
 		return
 	}
 	if w.view != nil {
@@ -192,6 +207,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 				w.digest.Update(n, src)
 			}
 			w.raw(rec, src, c)
+			w.charge(&o, ps, rec, c)
 			return
 		}
 		// The encoders and the cache need bytes that hold still.
@@ -214,8 +230,10 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			c.xNs += uint64(t1.Sub(t0))
 			t0 = t1
 		}
+		o.XBZRLE = xbzrleSteps[res]
 		switch res {
 		case delta.ResultDelta:
+			o.DeltaBytes = len(out)
 			c.stats.CacheHits++
 			c.stats.DeltaPages++
 			c.stats.EncodedBytes += uint64(len(out))
@@ -223,11 +241,13 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			rec.enc, rec.data = transport.EncXBZRLE, slot[:copy(slot, out)]
 			c.records++
 			c.wire += recordOverhead + uint64(len(out))
+			w.charge(&o, ps, rec, c)
 			return
 		case delta.ResultUnchanged:
 			c.stats.CacheHits++
 			c.xSaved += uint64(ps) + recordOverhead
 			rec.skip = true
+			w.charge(&o, ps, rec, c)
 			return
 		case delta.ResultOverflow:
 			c.stats.CacheHits++
@@ -244,19 +264,49 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		if sample {
 			c.lNs += uint64(time.Since(t0))
 		}
+		o.LZ4 = LZ4Rejected
 	}
 	if enc == transport.EncLZ4 {
 		k := len(out)
+		o.LZ4 = LZ4Sent
 		c.stats.LZ4Pages++
 		c.stats.EncodedBytes += uint64(k)
 		c.lSaved += uint64(ps - k)
 		rec.enc, rec.data = transport.EncLZ4, slot[:copy(slot, out)]
 		c.records++
 		c.wire += recordOverhead + uint64(k)
+		w.charge(&o, ps, rec, c)
 		return
 	}
 	c.stats.RawBytes -= uint64(ps) // raw adds it back
 	w.raw(rec, src, c)
+	w.charge(&o, ps, rec, c)
+}
+
+// xbzrleSteps maps delta's results to the cost model's steps.
+var xbzrleSteps = [...]XBZRLEStep{
+	delta.ResultMiss:      XBZRLEMiss,
+	delta.ResultDelta:     XBZRLEDelta,
+	delta.ResultUnchanged: XBZRLEUnchanged,
+	delta.ResultOverflow:  XBZRLEOverflow,
+}
+
+// charge, in virtual time, sets rec's stage times from the cost of the
+// page's outcome o, and adds the cost to c for adaptation: every page
+// counts as timed.
+func (w *worker) charge(o *Outcome, ps int, rec *record, c *counters) {
+	if w.cost == nil {
+		return
+	}
+	m := w.cost
+	enc := m.encodePs(*o, ps)
+	x, l := m.xbzrlePs(*o, ps), m.lz4Ps(*o, ps)
+	rec.encPs = enc / int64(max(m.Workers, 1))
+	rec.decPs = m.decodePs(*o, ps) / int64(max(m.DecodeWorkers, 1))
+	c.sampled += uint64(ps)
+	c.xNs += uint64(x)
+	c.lNs += uint64(l)
+	c.baseNs += uint64(enc - x - l)
 }
 
 func (w *worker) raw(rec *record, src []byte, c *counters) {

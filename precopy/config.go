@@ -42,8 +42,11 @@ type Config struct {
 	// Codec chooses how pages are encoded: zero pages always go as zero
 	// records; XBZRLE and LZ4 are off by default. Codec.Workers goroutines
 	// read and encode pages (default: one per CPU, or 1 when Clock is a
-	// *livemig.VirtualClock, so that simulations are deterministic). Enable only codecs the destination agreed to
-	// in the handshake (transport.Agreed).
+	// *livemig.VirtualClock, so that simulations are deterministic). With a
+	// *livemig.VirtualClock, Codec.Clock is set to it: encoding then takes
+	// the virtual time of Codec.Cost (nil: codec.DefaultCost()), on
+	// Codec.Cost.Workers modelled cores. Enable only codecs the destination
+	// agreed to in the handshake (transport.Agreed).
 	Codec codec.Config
 	// Order decides the order of each round's pages (package reorder:
 	// reorder.ByFrequency sends often-dirtied pages last). Nil: ascending

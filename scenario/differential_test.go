@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	hybridpkg "github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
@@ -183,7 +184,8 @@ func TestDifferentialPostCopy(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			sc := Scenario{Name: c.name, GuestBytes: pages * 4096, Workload: c.w, Bandwidth: 1e9, Seed: 7}
+			// Free CPUs: the deterministic link charges bytes only.
+			sc := Scenario{Name: c.name, GuestBytes: pages * 4096, Workload: c.w, Bandwidth: 1e9, Seed: 7, Cost: &codec.CostModel{}}
 			var simMain, simUrgent []uint64
 			pc := c.pc
 			pc.trace = func(n uint64, urgent bool) {

@@ -43,6 +43,11 @@ const (
 //     main connection joins the end of that queue; with Urgent it goes on
 //     the wire next, after the record being sent (QEMU's
 //     postcopy-preempt).
+//   - The hosts' CPUs are the scenario's codec.CostModel: a page holds its
+//     connection for the longer of its bytes on the wire and its encoding at
+//     the source or decoding at the destination (one goroutine encodes
+//     what a connection sends, one decodes what it receives), so LZ4 slows
+//     a push on a link faster than one core compresses.
 //   - The source asks the Core for the main connection's next record when
 //     the queue has room, and for the urgent connection's when a request
 //     arrives: as Migrate does when its writes return.
@@ -220,6 +225,7 @@ func (f *recQueue) pop() record {
 type record struct {
 	page  uint64
 	bytes int
+	cpu   time.Duration // the page's encode or decode, if longer than its bytes on the wire
 	kind  recKind
 }
 
@@ -357,12 +363,12 @@ func (m *pcModel) precopy(ctx context.Context) error {
 				return fmt.Errorf("scenario: post-copy model: %w", err)
 			}
 		case postcopy.OpPage:
-			size, err := m.sendPage(o)
+			size, cpu, err := m.sendPage(o)
 			if err != nil {
 				return err
 			}
 			m.dem.Placed(o.Page, clock.Now())
-			clock.Advance(m.tx(size))
+			clock.Advance(max(m.tx(size), cpu))
 		case postcopy.OpEndRound:
 			clock.Advance(m.tx(recOverhead))
 		case postcopy.OpDiscard:
@@ -442,11 +448,15 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 }
 
 // sendPage reads page o.Page of the source, stores it at the destination's
-// sink, and tells the Core; it returns the record's size.
-func (m *pcModel) sendPage(o postcopy.Out) (int, error) {
+// sink, and tells the Core; it returns the record's size and the CPU time
+// its page costs: the longer of encoding it at the source and decoding it
+// at the destination (the engine encodes on the goroutine that sends, and
+// decodes on the one that receives, a page after the other, so a page
+// holds its connection that long if the link is faster).
+func (m *pcModel) sendPage(o postcopy.Out) (int, time.Duration, error) {
 	n := o.Page
 	if err := m.g.ReadPage(n, m.buf); err != nil {
-		return 0, &livemig.PageError{Op: "read", Page: n, Err: err}
+		return 0, 0, &livemig.PageError{Op: "read", Page: n, Err: err}
 	}
 	enc, data := m.enc.Encode(m.out[:0], m.buf)
 	var err error
@@ -456,13 +466,21 @@ func (m *pcModel) sendPage(o postcopy.Out) (int, error) {
 		err = m.sink.WritePage(n, m.buf)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("scenario: post-copy model: destination page %d: %w", n, err)
+		return 0, 0, fmt.Errorf("scenario: post-copy model: destination page %d: %w", n, err)
 	}
 	m.core.Wrote(o, enc, len(data))
 	if m.cfg.trace != nil {
 		m.cfg.trace(n, m.cfg.Urgent && o.Pulled)
 	}
-	return recOverhead + len(data), nil
+	out := codec.Outcome{Zero: enc == transport.EncZero}
+	if m.cfg.LZ4 && !out.Zero {
+		out.LZ4 = codec.LZ4Rejected
+		if enc == transport.EncLZ4 {
+			out.LZ4 = codec.LZ4Sent
+		}
+	}
+	cost := m.e.Scenario.Cost
+	return recOverhead + len(data), max(cost.Encode(out, m.ps), cost.Decode(out, m.ps)), nil
 }
 
 func (m *pcModel) schedule(at time.Time, k evKind, r record) {
@@ -475,12 +493,12 @@ func (m *pcModel) schedule(at time.Time, k evKind, r record) {
 // is paused, so it is the copy that arrives); the page counts as held when
 // it arrives. A failure is kept in m.err, which the event loop returns.
 func (m *pcModel) send(now time.Time, o postcopy.Out, urgent bool) {
-	size, err := m.sendPage(o)
+	size, cpu, err := m.sendPage(o)
 	if err != nil {
 		m.err = cmp.Or(m.err, err)
 		return
 	}
-	r := record{page: o.Page, bytes: size}
+	r := record{page: o.Page, bytes: size, cpu: cpu}
 	if urgent {
 		m.urgQ.push(r)
 	} else {
@@ -504,7 +522,7 @@ func (m *pcModel) startWire(now time.Time) {
 		return
 	}
 	m.busy = true
-	fin := now.Add(m.tx(r.bytes))
+	fin := now.Add(max(m.tx(r.bytes), r.cpu))
 	m.schedule(fin, evWire, record{})
 	m.schedule(fin.Add(m.lat), evArrive, r)
 }

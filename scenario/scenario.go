@@ -2,8 +2,9 @@
 // simulated links, in virtual time: the evaluation of examples/compare and of
 // the simulated benchmarks.
 //
-// A Scenario is a guest (size, workload, seed) and a link (bandwidth,
-// latency). Run migrates it with an Algorithm between a sim.Guest and a
+// A Scenario is a guest (size, workload, seed), a link (bandwidth,
+// latency) and what the hosts' CPUs take to encode and decode pages (a
+// codec.CostModel). Run migrates it with an Algorithm between a sim.Guest and a
 // sim.Sink, and returns the engine's report and whether the destination
 // verified every page against the paused source. Everything is
 // deterministic: the same scenario gives the same figures on every run.
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
@@ -137,6 +139,13 @@ type Scenario struct {
 	// StateBytes is the CPU/device state; default 256 KiB, about what a
 	// small QEMU guest's device sections take.
 	StateBytes int `json:"state_bytes,omitempty"`
+	// Cost is what encoding and decoding pages costs the two hosts' CPUs,
+	// charged in virtual time (see codec.CostModel): nil means
+	// codec.DefaultCost(), &codec.CostModel{} free CPUs. Pre-copy's codec
+	// pipeline charges it unless the Algorithm's PreCopy.Codec.Cost is
+	// set; a Migrator of another kind reads it from Endpoints.Scenario
+	// (its methods take a nil model as the default).
+	Cost *codec.CostModel `json:"cost,omitempty"`
 }
 
 // handshakeTime is when, in virtual time, a scenario's guest starts: after
@@ -211,6 +220,9 @@ type Migrator func(ctx context.Context, e Endpoints) Outcome
 func (alg Algorithm) preCopy(ctx context.Context, e Endpoints) Outcome {
 	cfg := alg.PreCopy
 	cfg.Clock = e.SourceClock
+	if cfg.Codec.Cost == nil {
+		cfg.Codec.Cost = e.Scenario.Cost
+	}
 	if alg.Order != nil {
 		o, err := alg.Order(e.Pages)
 		if err != nil {
@@ -266,6 +278,10 @@ type Row struct {
 	// Codec figures, on rows whose algorithm uses a codec.
 	CodecRatio   float64 `json:"codec_ratio,omitempty"`    // page bytes before / after encoding
 	CacheHitRate float64 `json:"cache_hit_rate,omitempty"` // XBZRLE cache hits / lookups
+	// Codecs are the optional codecs on at the end, on pre-copy rows with
+	// a codec: "xbzrle+lz4", "xbzrle", "lz4", or "none" when adaptation
+	// turned them all off.
+	Codecs string `json:"codecs,omitempty"`
 	// Post-copy figures, on post-copy and hybrid rows when not zero: the
 	// destination's demand faults, the pages sent because the destination
 	// asked (requested pages and their pre-paged neighbours), and the
@@ -290,6 +306,7 @@ func (r Result) Row() Row {
 		if rep.Codec != nil {
 			row.CodecRatio = rep.Codec.Ratio()
 			row.CacheHitRate = rep.Codec.HitRate()
+			row.Codecs = rep.Codec.Codecs
 		}
 		if pc := rep.PostCopy; pc != nil {
 			row.DemandFaults, row.PagesPulled = pc.DemandFaults, pc.PagesPulled

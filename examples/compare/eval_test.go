@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/scenario"
 )
 
@@ -226,12 +227,12 @@ func TestPlots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(files) != 6 {
+	if len(files) != 8 {
 		t.Errorf("sweeps wrote %v", files)
 	}
 	// Minimum heights: the dirty-rate and latency sweeps ran post-copy, so
 	// they have a panel more (the guest time lost to faults).
-	for name, height := range map[string]int{"custom-rounds-hotcold": 400, "d-downtime": 700, "b-time": 400, "l-time": 1000} {
+	for name, height := range map[string]int{"custom-rounds-hotcold": 400, "d-downtime": 700, "b-time": 400, "b-codecs": 400, "l-time": 1000} {
 		f, err := os.Open(filepath.Join(dir, name+".png"))
 		if err != nil {
 			t.Fatal(err)
@@ -282,5 +283,74 @@ func TestSets(t *testing.T) {
 	}
 	if _, err := chooseSets("thesis,nosuch"); err == nil {
 		t.Error("unknown set accepted")
+	}
+}
+
+// Under the default CPU cost model LZ4 (about 4.3 µs a page on one core)
+// pays on a slow link and not on a fast one: at 100 Mbit/s it cuts the
+// total time, at 10 and 25 Gbit/s LZ4 kept on (no adaptation) is slower
+// than no compression, and adaptation turns it off within the bulk round,
+// which saves most of what it cost. With free CPUs (the
+// simulator before the cost model) LZ4 looks best at 25 Gbit/s too, and
+// with 8 modelled cores it pays at 10 Gbit/s.
+func TestLZ4CrossOver(t *testing.T) {
+	skipFigures(t)
+	guest := []string{"-guest", "128MiB", "-workload", "hotcold", "-rate", "3000", "-hot", "16MiB", "-hot-fraction", "0.9",
+		"-algorithms", "precopy,precopy-lz4,precopy-lz4-noadapt"}
+	at := func(bw string, more ...string) (plain, lz4, fixed scenario.Row) {
+		rows := rowsOf(t, append(append(guest, "-bandwidth", bw), more...)...)
+		return rows["pre-copy"], rows["pre-copy+lz4"], rows["pre-copy+lz4-noadapt"]
+	}
+	plain, lz4, fixed := at("100Mbit")
+	if lz4.TotalMS > 0.7*plain.TotalMS || fixed.TotalMS != lz4.TotalMS || lz4.Codecs != "lz4" {
+		t.Errorf("100 Mbit/s: LZ4 %.1f ms (codecs %q at the end), kept on %.1f ms, none %.1f ms: LZ4 should pay",
+			lz4.TotalMS, lz4.Codecs, fixed.TotalMS, plain.TotalMS)
+	}
+	for _, bw := range []string{"10Gbit", "25Gbit"} {
+		plain, lz4, fixed := at(bw)
+		if fixed.TotalMS <= plain.TotalMS {
+			t.Errorf("%s: LZ4 kept on %.1f ms, none %.1f ms: LZ4 should lose", bw, fixed.TotalMS, plain.TotalMS)
+		}
+		// Adaptation looks every 32 MiB: on this 128 MiB guest a quarter
+		// of the bulk round goes by before it can turn LZ4 off.
+		if lz4.Codecs != "none" || lz4.TotalMS-plain.TotalMS > 0.5*(fixed.TotalMS-plain.TotalMS) {
+			t.Errorf("%s: adaptive LZ4 %.1f ms (codecs %q at the end), kept on %.1f ms, none %.1f ms: adaptation should turn it off early",
+				bw, lz4.TotalMS, lz4.Codecs, fixed.TotalMS, plain.TotalMS)
+		}
+	}
+	if plain, lz4, _ := at("25Gbit", "-cost", "free"); lz4.TotalMS >= plain.TotalMS || lz4.Codecs != "lz4" {
+		t.Errorf("25 Gbit/s, free CPUs: LZ4 %.1f ms (codecs %q), none %.1f ms: free compression should pay",
+			lz4.TotalMS, lz4.Codecs, plain.TotalMS)
+	}
+	if plain, lz4, _ := at("10Gbit", "-cost-workers", "8"); lz4.TotalMS >= plain.TotalMS || lz4.Codecs != "lz4" {
+		t.Errorf("10 Gbit/s, 8 cores: LZ4 %.1f ms (codecs %q), none %.1f ms: 8 cores should keep up",
+			lz4.TotalMS, lz4.Codecs, plain.TotalMS)
+	}
+}
+
+// -calibrate prints this machine's cost model as JSON, which -cost reads
+// back: the rows then say so in the table's CPU line, and differ from the
+// default model's only by the costs.
+func TestCalibrateFlag(t *testing.T) {
+	skipFigures(t) // half a second of measurements
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"-calibrate"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	var m codec.CostModel
+	if err := json.Unmarshal(out.Bytes(), &m); err != nil || !(m.LZ4Compress > 0) || !(m.Copy > 0) {
+		t.Fatalf("-calibrate printed %q: %+v, %v", out.String(), m, err)
+	}
+	file := filepath.Join(t.TempDir(), "cost.json")
+	if err := os.WriteFile(file, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"-q", "-guest", "16MiB", "-workload", "idle", "-algorithms", "precopy-lz4",
+		"-cost", file, "-cost-workers", "3"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "3 cores at the source, 3 at the destination"; !strings.Contains(out.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, out.String())
 	}
 }

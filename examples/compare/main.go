@@ -2,7 +2,8 @@
 // Migration Principles and Performance" in livemig's simulated world: each
 // scenario (a guest, its workload, a link) is migrated by each algorithm in
 // virtual time, and the results print as a table or as JSON, and as plots.
-// Pre-copy rows run package precopy's engine over a simulated link;
+// Pre-copy rows run package precopy's engine over a simulated link, its
+// codecs charged the CPU time of a cost model (codec.CostModel; -cost);
 // post-copy and hybrid rows run scenario.PostCopy, a discrete-event model of
 // package postcopy in which the destination's vCPU runs the workload and
 // waits a round trip on each page it touches before the page arrives.
@@ -20,8 +21,9 @@
 //     SPECweb server, an idle guest, a uniform control) by standard
 //     pre-copy, + deferral, + reordering, + XBZRLE, + both, post-copy and
 //     hybrid;
-//   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 10 Gbit/s (with
-//     post-copy+preempt+lz4 too);
+//   - sweep-bandwidth: 1 GiB guests over 100 Mbit/s to 25 Gbit/s, with
+//     LZ4 too: pre-copy with LZ4 (adaptation on and off), with XBZRLE and
+//     LZ4, and post-copy+preempt+lz4;
 //   - sweep-dirty: a 1 GiB memory benchmark at rising dirty rates;
 //   - sweep-latency: 1 GiB guests over links of 0.1 ms to 50 ms latency.
 //
@@ -29,14 +31,24 @@
 // writes PNG and SVG figures: pages dirty and sent per round for each
 // scenario of a plain set, downtime (and post-copy's time lost to faults)
 // against dirty rate for sweep-dirty, total time, downtime and time lost to
-// faults against bandwidth or latency for the other sweeps.
+// faults against bandwidth or latency for the other sweeps, and for the
+// bandwidth sweep each codec row's total time over its twin's without the
+// codec.
+//
+// -cost FILE takes the CPU cost model from a JSON file (as -calibrate
+// prints it: this machine's costs, measured by codec.Calibrate), -cost free
+// charges no CPU, and -cost-workers N models N cores encoding at the source
+// and decoding at the destination; by default the model is
+// codec.DefaultCost, measured on the project's machines, on one core.
 // docs/EVALUATION.md is made from
 //
 //	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth,sweep-latency -plots docs/plots > docs/plots/tables.txt
 //
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
-// rows of algorithms with a codec add codec_ratio and cache_hit_rate;
+// rows of algorithms with a codec add codec_ratio and cache_hit_rate, and
+// pre-copy's codecs (those on at the end: adaptation may have turned some
+// off);
 // post-copy and hybrid rows add demand_faults, pages_pulled, fault_wait_ms
 // (the guest's time lost waiting on faults) and fault_p99_ms when not zero;
 // an aborted migration adds error. The rows are the same on every run.
@@ -47,6 +59,8 @@
 //	go run ./examples/compare -guest 16GiB -workload hotcold -rate 40000 -bandwidth 10Gbit
 //	go run ./examples/compare -algorithms precopy,precopy-reorder -downtime 30ms
 //	go run ./examples/compare -algorithms precopy,postcopy,postcopy-preempt,hybrid -latency 20ms
+//	go run ./examples/compare -calibrate > cost.json
+//	go run ./examples/compare -set sweep-bandwidth -cost cost.json -cost-workers 4
 package main
 
 import (
@@ -65,6 +79,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/scenario"
 )
 
@@ -104,6 +119,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		plots     = fs.String("plots", "", "write plots (PNG and SVG) to this directory")
 		quiet     = fs.Bool("q", false, "no progress on stderr")
 		parallel  = fs.Int("parallel", 2, "runs at once (results do not depend on it)")
+		costFile  = fs.String("cost", "", "CPU cost model: a JSON file as -calibrate prints, or free (default: codec.DefaultCost, measured on the project's machines)")
+		costCores = fs.Int("cost-workers", 0, "modelled cores that encode at the source and decode at the destination (default: the model's, 1)")
+		calibrate = fs.Bool("calibrate", false, "measure this machine's CPU cost model (codec.Calibrate), print it as JSON for -cost, and exit")
 	)
 	known := registry(300*time.Millisecond, 30)
 	fs.Lookup("algorithms").Usage += algorithmNames(known)
@@ -113,6 +131,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	known = registry(*downtime, *maxRounds)
+	if *calibrate {
+		m, err := codec.Calibrate(ctx)
+		if err != nil {
+			return err
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(m)
+	}
+	cost, err := costModel(*costFile, *costCores)
+	if err != nil {
+		return err
+	}
 
 	chosenSets, err := chooseSets(*setNames)
 	if err != nil {
@@ -144,6 +175,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			if given["seed"] {
 				sc.Seed = *seed
 			}
+			sc.Cost = cost
 		}
 	}
 	jobs, err := planJobs(chosenSets, *algs, known)
@@ -252,6 +284,36 @@ func execute(ctx context.Context, jobs []job, parallel int, progress io.Writer) 
 	return results, errors.Join(errs...)
 }
 
+// costModel returns the cost model -cost and -cost-workers ask for: nil
+// (the default model) when neither is given.
+func costModel(file string, workers int) (*codec.CostModel, error) {
+	if file == "" && workers == 0 {
+		return nil, nil
+	}
+	m := codec.DefaultCost()
+	switch file {
+	case "":
+	case "free":
+		m = codec.CostModel{}
+	default:
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("-cost: %w", err)
+		}
+		m = codec.CostModel{}
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("-cost %s: %w", file, err)
+		}
+	}
+	if workers < 0 {
+		return nil, fmt.Errorf("-cost-workers %d", workers)
+	}
+	if workers > 0 {
+		m.Workers, m.DecodeWorkers = workers, workers
+	}
+	return &m, nil
+}
+
 // customScenario builds the scenario the -guest, -workload, ... flags
 // describe: 4 GiB over 1 Gbit/s unless told otherwise.
 func customScenario(guest, workload string, rate float64, hot, buffer string, hotFrac float64, whole bool) (scenario.Scenario, error) {
@@ -293,20 +355,26 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 		fmt.Fprintf(w, ": %s", s.about)
 	}
 	fmt.Fprintln(w, " (virtual time; every page checked at the destination)")
+	if len(s.entries) > 0 {
+		fmt.Fprintf(w, "  CPU: %s (charged on pre-copy rows)\n", describeCost(s.entries[0].sc.Cost))
+	}
 	for _, e := range s.entries {
 		fmt.Fprintf(w, "  %-18s %s, %s, link %s, latency %v\n", e.sc.Name, livemig.FormatBytes(e.sc.GuestBytes),
 			e.sc.Workload, formatBandwidth(e.sc.Bandwidth), e.sc.Latency)
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\talgorithm\ttotal\tdowntime\tMB sent\tpages sent\tre-sent\trounds\tconverged\tcodec ratio\tcache hits\tfaults\tfault wait\tp99 fault\tverified\t")
+	fmt.Fprintln(tw, "scenario\talgorithm\ttotal\tdowntime\tMB sent\tpages sent\tre-sent\trounds\tconverged\tcodec ratio\tcache hits\tcodecs at end\tfaults\tfault wait\tp99 fault\tverified\t")
 	for _, r := range results {
 		row := r.Row()
 		verified := fmt.Sprint(row.Verified)
 		if r.Err != nil {
 			verified = "aborted"
 		}
-		ratio, hits := "-", "-"
+		ratio, hits, codecs := "-", "-", "-"
+		if row.Codecs != "" {
+			codecs = row.Codecs
+		}
 		if row.CodecRatio > 0 {
 			ratio = fmt.Sprintf("%.2f", row.CodecRatio)
 		}
@@ -317,11 +385,24 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 		if r.Report != nil && r.Report.PostCopy != nil {
 			faults, wait, p99 = fmt.Sprint(row.DemandFaults), fmtMS(row.FaultWaitMS), fmtMS(row.FaultP99MS)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%v\t%s\t%s\t%s\t%s\t%s\t%s\t\n", row.Scenario, row.Algorithm,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%.1f\t%d\t%d\t%d\t%v\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", row.Scenario, row.Algorithm,
 			fmtMS(row.TotalMS), fmtMS(row.DowntimeMS), float64(row.BytesSent)/1e6, row.PagesSent, row.PagesResent,
-			row.Rounds, row.Converged, ratio, hits, faults, wait, p99, verified)
+			row.Rounds, row.Converged, ratio, hits, codecs, faults, wait, p99, verified)
 	}
 	return tw.Flush()
+}
+
+// describeCost names a scenario's CPU cost model for the tables.
+func describeCost(m *codec.CostModel) string {
+	cores := func(n int) int { return max(n, 1) }
+	if m == nil {
+		d := codec.DefaultCost()
+		return fmt.Sprintf("the default cost model (codec.DefaultCost: LZ4 %.1f µs a page), 1 core at each end", d.LZ4Compress/1000)
+	}
+	if *m == (codec.CostModel{Workers: m.Workers, DecodeWorkers: m.DecodeWorkers}) {
+		return "free (no CPU cost)"
+	}
+	return fmt.Sprintf("%s; %d cores at the source, %d at the destination", m, cores(m.Workers), cores(m.DecodeWorkers))
 }
 
 func fmtMS(ms float64) string {

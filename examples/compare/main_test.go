@@ -71,6 +71,7 @@ func TestTable(t *testing.T) {
 func TestBadFlags(t *testing.T) {
 	for _, args := range [][]string{
 		{"-algorithms", "nosuch"}, {"-bandwidth", "fast"}, {"-guest", "lots"}, {"-workload", "bogus", "-guest", "1MiB"},
+		{"-cost", "/nonexistent/cost.json"}, {"-cost-workers", "-1"},
 	} {
 		if err := run(context.Background(), append(args, "-q"), &bytes.Buffer{}, &bytes.Buffer{}); err == nil {
 			t.Errorf("%v: no error", args)

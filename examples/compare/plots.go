@@ -34,7 +34,12 @@ import (
 //     post-copy or hybrid ran) the guest time they lost to demand faults;
 //   - for a bandwidth or latency sweep, SET-time: total time, downtime and
 //     (when post-copy or hybrid ran) the guest time lost to demand faults
-//     against the link's bandwidth or latency, one column per workload.
+//     against the link's bandwidth or latency, one column per workload;
+//   - for a bandwidth sweep with codec rows, SET-codecs: each codec row's
+//     total time over its twin's without the codecs (pre-copy+lz4 over
+//     pre-copy, post-copy+preempt+lz4 over post-copy+preempt), against
+//     the bandwidth: below 1 the codec pays, above it it slows the
+//     migration.
 //
 // Values of 0 on a logarithmic axis are drawn at the axis' floor.
 func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) ([]string, error) {
@@ -83,8 +88,19 @@ func writePlots(dir string, sets []set, jobs []job, results []scenario.Result) (
 				return files, err
 			}
 			h := 9 * vg.Centimeter * vg.Length(len(p))
-			if err := save(fileName(s.name+"-time"), 30*vg.Centimeter, h, p); err != nil {
+			w := max(30*vg.Centimeter, 9.5*vg.Centimeter*vg.Length(len(p[0])))
+			if err := save(fileName(s.name+"-time"), w, h, p); err != nil {
 				return files, err
+			}
+			if s.sweep != sweepBandwidth {
+				continue
+			}
+			if p, err := codecPlot(s, jobs, results, mine); err != nil {
+				return files, err
+			} else if p != nil {
+				if err := save(fileName(s.name+"-codecs"), 30*vg.Centimeter, 10*vg.Centimeter, p); err != nil {
+					return files, err
+				}
 			}
 		}
 	}
@@ -393,9 +409,30 @@ func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx 
 	if withFaults {
 		rows = 3
 	}
+	// With many algorithms the legend would cover the lines: it gets a
+	// column of its own.
+	legendCol := len(names) > 8
+	cols := len(series)
+	if legendCol {
+		cols++
+	}
 	grid := make([][]*plot.Plot, rows)
 	for r := range grid {
-		grid[r] = make([]*plot.Plot, len(series))
+		grid[r] = make([]*plot.Plot, cols)
+	}
+	if legendCol {
+		lp := plot.New()
+		lp.HideAxes()
+		entries, err := seriesLegend(names)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			lp.Legend.Add(e.name, e.thumbs...)
+		}
+		lp.Legend.Top, lp.Legend.Left = true, true
+		lp.Legend.TextStyle.Font.Size = vg.Points(10)
+		grid[0][cols-1] = lp
 	}
 	for c, ser := range series {
 		total, down, wait := map[string]plotter.XYs{}, map[string]plotter.XYs{}, map[string]plotter.XYs{}
@@ -430,7 +467,7 @@ func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx 
 		for r, p := range col {
 			p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
 			p.X.Tick.Marker, p.Y.Tick.Marker = logTicks{}, logTicks{}
-			if err := addLines(p, names, data[r], r == 0 && c == 0); err != nil {
+			if err := addLines(p, names, data[r], r == 0 && c == 0 && !legendCol); err != nil {
 				return nil, err
 			}
 			decades(&p.X)
@@ -441,6 +478,123 @@ func sweepPlot(s set, xLabel string, jobs []job, results []scenario.Result, idx 
 		col[0].Legend.XOffs, col[0].Legend.YOffs = vg.Millimeter*2, vg.Millimeter*2
 	}
 	return grid, nil
+}
+
+// codecTwin is the name of the algorithm name without its codecs
+// (+xbzrle, +lz4, -noadapt), or "" when name has none.
+func codecTwin(name string) string {
+	twin := name
+	for _, c := range []string{"+xbzrle", "+lz4", "-noadapt"} {
+		twin = strings.ReplaceAll(twin, c, "")
+	}
+	if twin == name {
+		return ""
+	}
+	return twin
+}
+
+// codecPlot draws, one column per workload, each codec row's total time
+// over its twin's without codecs against the sweep's axis; nil when no
+// codec row has its twin among the results.
+func codecPlot(s set, jobs []job, results []scenario.Result, idx []int) ([][]*plot.Plot, error) {
+	names := algorithmOrder(jobs, idx)
+	total := map[string]float64{} // series, algorithm, x -> total time
+	key := func(ser, alg string, x float64) string { return fmt.Sprintf("%s\x00%s\x00%g", ser, alg, x) }
+	for _, i := range idx {
+		if rep := results[i].Report; rep != nil && results[i].Err == nil {
+			j := jobs[i]
+			total[key(j.entry.series, j.alg.Name, j.entry.x)] = rep.TotalTime.Seconds()
+		}
+	}
+	var series []string
+	for _, e := range s.entries {
+		if !slices.Contains(series, e.series) {
+			series = append(series, e.series)
+		}
+	}
+	var pairs []string // codec rows with a twin, in registry order
+	for _, n := range names {
+		if t := codecTwin(n); t != "" && slices.Contains(names, t) {
+			pairs = append(pairs, n)
+		}
+	}
+	if len(pairs) == 0 {
+		return nil, nil
+	}
+	grid := [][]*plot.Plot{make([]*plot.Plot, len(series))}
+	for c, ser := range series {
+		data := map[string]plotter.XYs{}
+		var w scenario.Scenario
+		for _, e := range s.entries {
+			if e.series != ser {
+				continue
+			}
+			w = e.sc
+			for _, n := range pairs {
+				with, ok1 := total[key(ser, n, e.x)]
+				without, ok2 := total[key(ser, codecTwin(n), e.x)]
+				if ok1 && ok2 && without > 0 {
+					data[n] = append(data[n], plotter.XY{X: e.x, Y: with / without})
+				}
+			}
+		}
+		p := newPlot(fmt.Sprintf("%s\n%s, %s", ser, livemig.FormatBytes(w.GuestBytes), w.Workload),
+			"link bandwidth (bit/s)", "total time: with codec / without")
+		p.Title.TextStyle.Font.Size = vg.Points(8)
+		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, logTicks{}
+		// The same styles as the time plot: the index in names.
+		for i, n := range names {
+			xy := data[n]
+			if len(xy) == 0 {
+				continue
+			}
+			l, sc, err := plotter.NewLinePoints(xy)
+			if err != nil {
+				return nil, err
+			}
+			styleLine(i, l, sc)
+			p.Add(l, sc)
+			if c == 0 {
+				p.Legend.Add(n, l, sc)
+			}
+		}
+		// The sweep's range, and a logarithmic ratio: twice as slow is as
+		// far from 1 as twice as fast.
+		p.X.Min, p.X.Max = p.X.Min/1.25, p.X.Max*1.25
+		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, ratioTicks{}
+		p.Y.Min, p.Y.Max = min(p.Y.Min, 0.5), max(p.Y.Max, 2)
+		one, err := plotter.NewLine(plotter.XYs{{X: p.X.Min, Y: 1}, {X: p.X.Max, Y: 1}})
+		if err != nil {
+			return nil, err
+		}
+		one.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		one.Color = plotGrey
+		p.Add(one)
+		p.Legend.Top, p.Legend.Left = true, true
+		p.Legend.XOffs, p.Legend.YOffs = vg.Millimeter*2, -vg.Millimeter*2
+		grid[0][c] = p
+	}
+	return grid, nil
+}
+
+// ratioTicks marks the powers of two in [min, max]: ¼, ½, 1, 2, 4.
+type ratioTicks struct{}
+
+// Ticks returns the ticks of the powers of two in [min, max].
+func (ratioTicks) Ticks(min, max float64) []plot.Tick {
+	var ticks []plot.Tick
+	if min <= 0 || max <= min {
+		return ticks
+	}
+	for e := math.Ceil(math.Log2(min) - 1e-9); e <= math.Floor(math.Log2(max)+1e-9); e++ {
+		v := math.Exp2(e)
+		label := strconv.FormatFloat(v, 'g', 3, 64)
+		if e < 0 {
+			label = "1/" + strconv.FormatFloat(1/v, 'g', 3, 64)
+		}
+		ticks = append(ticks, plot.Tick{Value: v, Label: label})
+	}
+	return ticks
 }
 
 // logTicks marks the powers of ten in [min, max], labelled 1, 10, 100, 1k,
