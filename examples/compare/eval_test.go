@@ -192,7 +192,7 @@ func TestPlots(t *testing.T) {
 	base := scenario.Scenario{GuestBytes: 16 << 20, Bandwidth: 1e9, Latency: 100 * time.Microsecond, Seed: 1,
 		Workload: scenario.Workload{Kind: "hotcold", Rate: 5000, HotBytes: 1 << 20, HotFraction: 0.9}}
 	dirty := set{name: "d", sweep: sweepDirty, algorithms: "precopy,precopy-xbzrle,postcopy-preempt"}
-	bw := set{name: "b", sweep: sweepBandwidth, algorithms: "precopy,precopy-xbzrle"}
+	bw := set{name: "b", sweep: sweepBandwidth, algorithms: "precopy,precopy-xbzrle,postcopy-preempt"}
 	lat := set{name: "l", sweep: sweepLatency, algorithms: "precopy,postcopy,hybrid"}
 	for _, l := range []time.Duration{100 * time.Microsecond, 10 * time.Millisecond} {
 		sc := base

@@ -645,6 +645,11 @@ func decades(a *plot.Axis) {
 	if a.Max > 0 {
 		a.Max = math.Pow(10, math.Ceil(math.Log10(a.Max)-1e-9))
 	}
+	// An axis whose values are all equal (an idle guest's fault wait, all
+	// at the floor) would be widened by gonum to [v-1, v+1], through 0.
+	if a.Min > 0 && a.Max <= a.Min {
+		a.Max = 10 * a.Min
+	}
 }
 
 // integerTicks marks whole numbers only, at most about 15 of them.
