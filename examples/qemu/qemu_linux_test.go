@@ -1,0 +1,396 @@
+//go:build linux
+
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/livemig/livemig/examples/qemu/internal/qemutest"
+	"github.com/livemig/livemig/examples/qemu/stream"
+	"github.com/livemig/livemig/internal/testkit"
+)
+
+// The streams the tests share, saved from a real QEMU once per test binary.
+const (
+	streamStopped = "stopped" // a guest that never ran (-S): small, the same every run
+	streamLive    = "live"    // a running guest, held for 5 passes
+	streamXBZRLE  = "xbzrle"  // the same with QEMU's xbzrle capability
+)
+
+type savedStream struct {
+	file string
+	// last is the last counter the source guest printed before it stopped
+	// (0 for a guest that never ran).
+	last uint32
+	mig  qemutest.Migration
+}
+
+var (
+	fixDir  string
+	fixMu   sync.Mutex
+	fixOnce = map[string]*sync.Once{streamStopped: {}, streamLive: {}, streamXBZRLE: {}}
+	fixes   = map[string]*savedStream{}
+	fixErr  = map[string]error{}
+)
+
+func TestMain(m *testing.M) {
+	d, err := os.MkdirTemp("", "livemig-qemu-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	fixDir = d
+	code := m.Run()
+	os.RemoveAll(d)
+	os.Exit(code)
+}
+
+// needQEMU skips the test when QEMU is absent, or fails it under
+// LIVEMIG_REQUIRE_QEMU=1.
+func needQEMU(t testing.TB) {
+	t.Helper()
+	if _, err := qemutest.Find(); err != nil {
+		testkit.SkipOrFail(t, err, "QEMU", "LIVEMIG_REQUIRE_QEMU")
+	}
+}
+
+// saved returns the named stream, saving it from a real QEMU the first time.
+func saved(t *testing.T, name string) *savedStream {
+	t.Helper()
+	needQEMU(t)
+	fixMu.Lock()
+	once := fixOnce[name]
+	fixMu.Unlock()
+	once.Do(func() {
+		file := filepath.Join(fixDir, name+".mig")
+		opt := qemutest.SaveOptions{}
+		switch name {
+		case streamLive:
+			opt = qemutest.SaveOptions{Live: true, Passes: 5}
+		case streamXBZRLE:
+			opt = qemutest.SaveOptions{Live: true, Passes: 5, XBZRLE: true}
+		}
+		start := time.Now()
+		vm, mig, err := qemutest.Save(t, fixDir, file, opt)
+		s := &savedStream{file: file, mig: mig}
+		if vm != nil {
+			if _, counters := vm.Log(); len(counters) > 0 {
+				s.last = counters[len(counters)-1]
+			}
+			vm.Stop()
+		}
+		fi, serr := os.Stat(file)
+		if err == nil && serr != nil {
+			err = serr
+		}
+		fixMu.Lock()
+		fixes[name], fixErr[name] = s, err
+		fixMu.Unlock()
+		if err == nil {
+			t.Logf("saved the %s stream: %d bytes, %d dirty syncs, in %v", name, fi.Size(), mig.RAM.DirtySyncCount, time.Since(start).Round(time.Millisecond))
+		}
+	})
+	fixMu.Lock()
+	defer fixMu.Unlock()
+	if err := fixErr[name]; err != nil {
+		t.Fatalf("saving the %s stream from QEMU: %v", name, err)
+	}
+	return fixes[name]
+}
+
+func inspectFile(t *testing.T, file string) *summary {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s, err := inspect(f)
+	if err != nil {
+		t.Fatalf("inspect %s: %v", file, err)
+	}
+	return s
+}
+
+// TestQEMUStreamsParse reads every stream QEMU saved and checks what it
+// holds: the header, the machine, the blocks, the records, the devices.
+func TestQEMUStreamsParse(t *testing.T) {
+	for _, name := range []string{streamStopped, streamLive, streamXBZRLE} {
+		t.Run(name, func(t *testing.T) {
+			st := saved(t, name)
+			s := inspectFile(t, st.file)
+			fi, _ := os.Stat(st.file)
+			if s.Bytes != fi.Size() {
+				t.Errorf("read %d bytes of %d", s.Bytes, fi.Size())
+			}
+			if s.Version != 3 || s.Machine != qemutest.Machine {
+				t.Errorf("version %d machine %q", s.Version, s.Machine)
+			}
+			if len(s.RAMBlocks) == 0 || s.RAMBlocks[0] != (blockJSON{"pc.ram", qemutest.RAMBytes}) {
+				t.Errorf("RAM blocks %v, want pc.ram of 64 MiB first", s.RAMBlocks)
+			}
+			var total uint64
+			for _, b := range s.RAMBlocks {
+				total += b.Size
+			}
+			if s.PagesSent != total/stream.PageSize {
+				t.Errorf("%d pages sent of %d: QEMU's bulk pass sends every page", s.PagesSent, total/stream.PageSize)
+			}
+			if s.Records["page"] == 0 || s.Records["zero"] == 0 || s.Records["eof"] != 1 || s.Records["vmdesc"] != 1 {
+				t.Errorf("records %v", s.Records)
+			}
+			if s.Records["section"] != s.Records["footer"] {
+				t.Errorf("%d sections, %d footers", s.Records["section"], s.Records["footer"])
+			}
+			names := map[string]bool{}
+			for _, d := range s.Devices {
+				names[d.Name] = true
+			}
+			for _, want := range []string{"cpu", "apic", "globalstate", "mc146818rtc", "0000:00:01.1/ide"} {
+				if !names[want] {
+					t.Errorf("no device section %q among %d", want, len(s.Devices))
+				}
+			}
+			for i := 1; i < len(s.Sections); i++ {
+				if s.Sections[i].Offset != s.Sections[i-1].Offset+s.Sections[i-1].Bytes {
+					t.Errorf("section %d at %d does not follow section %d (%d + %d)", i, s.Sections[i].Offset, i-1, s.Sections[i-1].Offset, s.Sections[i-1].Bytes)
+					break
+				}
+			}
+			switch name {
+			case streamLive, streamXBZRLE:
+				if s.MaxSends < 3 {
+					t.Errorf("a page sent at most %d times: want several passes (QEMU synced %d times)", s.MaxSends, st.mig.RAM.DirtySyncCount)
+				}
+			}
+			if name == streamXBZRLE && s.Records["xbzrle"] == 0 {
+				t.Errorf("no XBZRLE records in the xbzrle stream: %v", s.Records)
+			}
+			if name != streamXBZRLE && s.Records["xbzrle"] != 0 {
+				t.Errorf("XBZRLE records in a stream without the capability: %v", s.Records)
+			}
+			t.Logf("%s: %d bytes, records %v, a page sent at most %d times, %d devices", name, s.Bytes, s.Records, s.MaxSends, len(s.Devices))
+		})
+	}
+}
+
+// TestQEMURoundTrip writes back every record of each stream with the
+// Writer: the result is QEMU's stream byte for byte.
+func TestQEMURoundTrip(t *testing.T) {
+	for _, name := range []string{streamStopped, streamLive, streamXBZRLE} {
+		t.Run(name, func(t *testing.T) {
+			st := saved(t, name)
+			in, err := os.ReadFile(st.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out bytes.Buffer
+			if _, err := convert(bytes.NewReader(in), &out, convertCopy); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(in, out.Bytes()) {
+				i := 0
+				for i < len(in) && i < out.Len() && in[i] == out.Bytes()[i] {
+					i++
+				}
+				t.Fatalf("rewritten stream differs from QEMU's at offset %d (%d vs %d bytes)", i, out.Len(), len(in))
+			}
+		})
+	}
+}
+
+// extractDir runs extract on file into a new directory and returns it.
+func extractDir(t *testing.T, file string) string {
+	t.Helper()
+	dir := t.TempDir()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := extract(f, dir); err != nil {
+		t.Fatalf("extract %s: %v", file, err)
+	}
+	return dir
+}
+
+// legacy is the window where VGA and ROMs overlay pc.ram in the physical
+// view (0xA0000-0xFFFFF).
+func legacy(addr uint64) bool { return addr >= 0xA0000 && addr < 0x100000 }
+
+// compareWithQEMU checks the extracted blocks in dir against the loaded
+// VM's own view of its memory: pc.ram against guest-physical 0..64 MiB
+// (outside the legacy window), pc.bios against its mapping below 4 GiB.
+func compareWithQEMU(t *testing.T, vm *qemutest.VM, dir string) {
+	t.Helper()
+	ram, err := os.ReadFile(filepath.Join(dir, "pc.ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pmem, err := vm.Pmemsave(0, qemutest.RAMBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ram) != len(pmem) {
+		t.Fatalf("pc.ram.bin has %d bytes, pmemsave %d", len(ram), len(pmem))
+	}
+	diff, legacyDiff := 0, 0
+	for off := 0; off < len(ram); off += stream.PageSize {
+		if bytes.Equal(ram[off:off+stream.PageSize], pmem[off:off+stream.PageSize]) {
+			continue
+		}
+		if legacy(uint64(off)) {
+			legacyDiff++
+			continue
+		}
+		if diff < 5 {
+			t.Errorf("pc.ram page at %#x differs from QEMU's memory", off)
+		}
+		diff++
+	}
+	if diff > 0 {
+		t.Fatalf("%d pages of pc.ram differ from QEMU's pmemsave (outside the legacy window)", diff)
+	}
+	bios, err := os.ReadFile(filepath.Join(dir, "pc.bios.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pbios, err := vm.Pmemsave(1<<32-uint64(len(bios)), uint64(len(bios)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(bios, pbios) {
+		t.Errorf("pc.bios differs from QEMU's memory at 4 GiB - %d", len(bios))
+	}
+	t.Logf("pc.ram equals QEMU's memory byte for byte (%d pages in the legacy window overlaid), pc.bios too", legacyDiff)
+}
+
+// runsOn resumes the loaded VM and checks that the guest carries on from
+// where the source stopped: no second boot, and counters past the source's
+// last one and past the counter in the loaded memory.
+func runsOn(t *testing.T, vm *qemutest.VM, st *savedStream, dir string) {
+	t.Helper()
+	ram, err := os.ReadFile(filepath.Join(dir, "pc.ram.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := binary.LittleEndian.Uint32(ram[qemutest.CounterAddr:])
+	if st.last != 0 && mem < st.last {
+		t.Errorf("counter in the stream's memory %#x below the source's last printed %#x", mem, st.last)
+	}
+	if _, err := vm.Cmd("cont", nil); err != nil {
+		t.Fatal(err)
+	}
+	if st.last == 0 { // a guest that never ran boots now, through the BIOS
+		if err := vm.WaitBoot(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	boots, counters, err := vm.WaitCounter(20*time.Second, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if boots != 0 {
+		t.Errorf("guest booted again (%d BOOT lines) instead of running on", boots)
+	}
+	if counters[0] <= st.last || counters[0] <= mem {
+		t.Errorf("guest's first counter %#x, want past the source's last %#x and memory's %#x", counters[0], st.last, mem)
+	}
+	t.Logf("guest runs on: source stopped at %#x (memory %#x), destination prints %#x, %#x", st.last, mem, counters[0], counters[1])
+}
+
+// TestQEMUExtract loads each stream in QEMU and compares extract's output
+// with QEMU's own view of the loaded guest, then resumes the guest.
+func TestQEMUExtract(t *testing.T) {
+	for _, name := range []string{streamStopped, streamLive, streamXBZRLE} {
+		t.Run(name, func(t *testing.T) {
+			st := saved(t, name)
+			dir := extractDir(t, st.file)
+			vm, err := qemutest.Load(t, fixDir, st.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareWithQEMU(t, vm, dir)
+			runsOn(t, vm, st, dir)
+		})
+	}
+}
+
+// convertFile converts in to a new file and returns its name.
+func convertFile(t *testing.T, in string, mode convertMode) (string, convertStats) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "converted.mig")
+	fi, err := os.Open(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fi.Close()
+	fo, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := convert(fi, fo, mode)
+	if cerr := fo.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(st)
+	return out, st
+}
+
+// TestQEMUConvertLoads converts streams both ways; QEMU loads the results,
+// holds the same memory as after the original, and the guest runs on.
+func TestQEMUConvertLoads(t *testing.T) {
+	cases := []struct {
+		name, from string
+		mode       convertMode
+	}{
+		{"plain", streamXBZRLE, convertPlain},
+		{"xbzrle", streamLive, convertXBZRLE},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			st := saved(t, c.from)
+			out, cs := convertFile(t, st.file, c.mode)
+			s := inspectFile(t, out)
+			switch c.mode {
+			case convertPlain:
+				if s.Records["xbzrle"] != 0 || cs.Expanded == 0 {
+					t.Errorf("-plain left %d XBZRLE records (expanded %d)", s.Records["xbzrle"], cs.Expanded)
+				}
+			case convertXBZRLE:
+				if s.Records["xbzrle"] == 0 || s.Records["xbzrle"] != uint64(cs.Deltas) {
+					t.Errorf("-xbzrle wrote %d XBZRLE records, counted %d deltas", s.Records["xbzrle"], cs.Deltas)
+				}
+				if cs.Out >= cs.In {
+					t.Errorf("-xbzrle did not shrink the stream: %d -> %d bytes", cs.In, cs.Out)
+				}
+			}
+			orig := extractDir(t, st.file)
+			conv := extractDir(t, out)
+			for _, b := range []string{"pc.ram.bin", "pc.bios.bin"} {
+				a, _ := os.ReadFile(filepath.Join(orig, b))
+				c, _ := os.ReadFile(filepath.Join(conv, b))
+				if !bytes.Equal(a, c) {
+					t.Errorf("%s after the converted stream differs from after the original", b)
+				}
+			}
+			vm, err := qemutest.Load(t, fixDir, out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			compareWithQEMU(t, vm, orig)
+			runsOn(t, vm, st, orig)
+		})
+	}
+}
