@@ -21,6 +21,7 @@ const (
 	DefaultMaxBlocks   = 1024
 	DefaultMaxSections = 4096
 	defaultBuffer      = 256 << 10
+	minBuffer          = 2 * PageSize
 	maxMachineName     = 256
 	maxCapabilities    = 64
 )
@@ -39,7 +40,7 @@ type Config struct {
 	// MaxSections bounds the number of distinct section ids and names
 	// (DefaultMaxSections).
 	MaxSections int
-	// BufferSize is the read buffer's size, at least 64 KiB (256 KiB).
+	// BufferSize is the read buffer's size, at least 8 KiB (256 KiB).
 	BufferSize int
 }
 
@@ -56,8 +57,11 @@ func (c *Config) fill() {
 	if c.MaxSections <= 0 {
 		c.MaxSections = DefaultMaxSections
 	}
-	if c.BufferSize < 64<<10 {
+	switch {
+	case c.BufferSize == 0:
 		c.BufferSize = defaultBuffer
+	case c.BufferSize < minBuffer:
+		c.BufferSize = minBuffer
 	}
 }
 
@@ -121,7 +125,7 @@ type Reader struct {
 	hugePages bool // POSTCOPY_ADVISE said some block has pages > 4 KiB
 
 	scratch []byte // device sections, the description, raw subsections
-	cmdBuf  [1 << 16]byte
+	cmdBuf  []byte
 }
 
 // NewReader returns a Reader of the stream r, bounded by cfg.
@@ -268,7 +272,7 @@ func (r *Reader) readLong(dst []byte, n int, what string) ([]byte, error) {
 		return dst, corrupt(at, what, "%d bytes cross the end of the PACKAGED sub-stream at %d", n, r.limit)
 	}
 	for n > 0 {
-		c := min(n, 64<<10)
+		c := min(n, r.cfg.BufferSize/2)
 		b, err := r.take(c, what)
 		if err != nil {
 			return dst, errAt(at, what, errors.Unwrap(err))
@@ -538,7 +542,8 @@ func (r *Reader) command(rec Record) (Record, error) {
 	if err != nil {
 		return rec, err
 	}
-	rec.Data = r.cmdBuf[:copy(r.cmdBuf[:], p)]
+	r.cmdBuf = append(r.cmdBuf[:0], p...)
+	rec.Data = r.cmdBuf
 	rec.Kind, rec.Command = KindCommand, cmd
 	switch cmd {
 	case CmdPostcopyAdvise:
@@ -765,6 +770,7 @@ func (r *Reader) pageRecord(rec Record, flags, addr uint64) (Record, error) {
 func (r *Reader) device(rec Record) (Record, error) {
 	const look = 5 + 1 + 4 + 1 + 255 + 8 // footer, then the longest header
 	data := r.scratch[:0]
+	weakAt, weakByte := int64(-1), byte(0)
 	for {
 		n := max(r.br.Buffered(), look)
 		w, perr := r.br.Peek(n)
@@ -779,6 +785,10 @@ func (r *Reader) device(rec Record) (Record, error) {
 			err := error(io.ErrUnexpectedEOF)
 			if r.limit >= 0 && r.off == r.limit {
 				err = fmt.Errorf("%w: no footer before the end of the PACKAGED sub-stream", errCorrupt)
+			} else if weakAt >= 0 {
+				// The stream was cut, or it ends with the footer, EOF and
+				// a byte that is not the JSON description's.
+				err = fmt.Errorf("%w: no footer followed by a well-formed record (the footer before offset %d is followed by EOF and byte 0x%02x, not the JSON description)", err, weakAt, weakByte)
 			}
 			return rec, errAt(rec.Offset, "device section "+r.cur.name, err)
 		}
@@ -794,6 +804,9 @@ func (r *Reader) device(rec Record) (Record, error) {
 			if ok {
 				found = true
 				break
+			}
+			if !more && r.limit < 0 && i+7 <= len(w) && w[i+5] == typeEOF && binary.BigEndian.Uint32(w[i+1:]) == r.curID {
+				weakAt, weakByte = r.off+int64(i)+6, w[i+6]
 			}
 			if more {
 				break
