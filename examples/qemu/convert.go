@@ -15,6 +15,7 @@ const (
 	convertCopy convertMode = iota
 	convertPlain
 	convertXBZRLE
+	convertCompact
 )
 
 // convertStats counts what convert did to the page records.
@@ -47,6 +48,9 @@ func (c *countWriter) Write(p []byte) (int, error) {
 // convert rewrites the stream in to out record by record. An Image follows
 // the destination's view of RAM: what QEMU holds after each record.
 func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error) {
+	if mode == convertCompact {
+		return compact(in, out)
+	}
 	var st convertStats
 	r := stream.NewReader(in, stream.Config{})
 	cw := &countWriter{w: out}
@@ -98,7 +102,7 @@ func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error
 			if err := img.Apply(&rec); err != nil {
 				return st, err
 			}
-		default:
+		case mode != convertCopy: // a copy needs no view of RAM
 			if err := img.Apply(&rec); err != nil {
 				return st, err
 			}
@@ -118,4 +122,107 @@ func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error
 	}
 	st.In, st.Out = r.Offset(), cw.n
 	return st, nil
+}
+
+// compact reads the whole stream, then writes one holding each page once,
+// with its final contents: the header and configuration, the RAM section
+// (its block list; every page, zero pages as ZERO records; an empty end),
+// then the other sections, EOF and the description as they were. Post-copy
+// streams (with commands) are refused.
+func compact(in io.Reader, out io.Writer) (convertStats, error) {
+	var st convertStats
+	r := stream.NewReader(in, stream.Config{})
+	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	var head, tail []stream.Record // before the RAM section; after it
+	var ramStart stream.Record
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return st, err
+		}
+		if err := img.Apply(&rec); err != nil {
+			return st, err
+		}
+		if rec.Kind.IsPage() {
+			st.PagesIn++
+		}
+		switch {
+		case rec.Kind == stream.KindCommand:
+			return st, fmt.Errorf("compact: a stream with commands (%s at offset %d): post-copy or return path", rec.Command, rec.Offset)
+		case rec.Kind == stream.KindHeader || rec.Kind == stream.KindConfiguration:
+			head = append(head, keep(rec))
+		case rec.Kind == stream.KindSection && rec.Name == stream.RAMName:
+			if rec.Type == stream.SectionStart {
+				ramStart = rec
+			}
+		case rec.Kind.IsRAM() || (rec.Kind == stream.KindFooter && rec.Name == stream.RAMName):
+		default:
+			tail = append(tail, keep(rec))
+		}
+	}
+	if img.Layout() == nil || ramStart.Kind == 0 {
+		return st, fmt.Errorf("compact: the stream has no RAM section")
+	}
+	cw := &countWriter{w: out}
+	w := stream.NewWriter(cw)
+	var recs []stream.Record
+	recs = append(recs, head...)
+	id := ramStart.ID
+	footer := stream.Record{Kind: stream.KindFooter, ID: id}
+	recs = append(recs, ramStart,
+		stream.Record{Kind: stream.KindMemSize, Blocks: img.Layout().Blocks()},
+		stream.Record{Kind: stream.KindEOS}, footer,
+		stream.Record{Kind: stream.KindSection, Type: stream.SectionPart, ID: id})
+	for _, rec := range recs {
+		if err := w.Write(&rec); err != nil {
+			return st, err
+		}
+	}
+	page := make([]byte, stream.PageSize)
+	for _, b := range img.Layout().Blocks() {
+		for p := range b.Pages() {
+			rec := stream.Record{Kind: stream.KindZero, Block: b.Name, Addr: p * stream.PageSize}
+			if v := img.View(b.First + p); v != nil && !allZero(v) {
+				copy(page, v)
+				rec.Kind, rec.Data = stream.KindPage, page
+			}
+			if err := w.Write(&rec); err != nil {
+				return st, err
+			}
+			st.PagesOut++
+		}
+	}
+	recs = append(recs[:0], stream.Record{Kind: stream.KindEOS}, footer,
+		stream.Record{Kind: stream.KindSection, Type: stream.SectionEnd, ID: id},
+		stream.Record{Kind: stream.KindEOS}, footer)
+	recs = append(recs, tail...)
+	for _, rec := range recs {
+		if err := w.Write(&rec); err != nil {
+			return st, err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return st, err
+	}
+	st.In, st.Out = r.Offset(), cw.n
+	return st, nil
+}
+
+// keep returns rec with its borrowed slices copied.
+func keep(rec stream.Record) stream.Record {
+	rec.Data = append([]byte(nil), rec.Data...)
+	rec.Blocks = append([]stream.Block(nil), rec.Blocks...)
+	return rec
+}
+
+func allZero(p []byte) bool {
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -3,7 +3,7 @@
 //
 //	go run ./examples/qemu inspect [-json] FILE
 //	go run ./examples/qemu extract -o DIR FILE
-//	go run ./examples/qemu convert [-xbzrle|-plain] IN OUT
+//	go run ./examples/qemu convert [-xbzrle|-plain|-compact] IN OUT
 //
 // inspect prints the stream's sections with their offsets, the RAM blocks,
 // the number of records of each kind and the device sections; with -json it
@@ -22,8 +22,11 @@
 // stream sent before as an XBZRLE delta against its previous content (or
 // drops it when it did not change, or keeps it plain when the delta would
 // not fit in a page), as QEMU's xbzrle capability does with a cache that
-// holds every page. Without a flag the stream is copied record by record,
-// which reproduces it byte for byte. QEMU loads what convert writes.
+// holds every page; -compact writes each page once, with its final
+// contents, so that a many-pass stream shrinks to a one-pass one (it holds
+// the whole RAM in memory, and refuses post-copy streams). Without a flag
+// the stream is copied record by record, which reproduces it byte for
+// byte. QEMU loads what convert writes.
 //
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
@@ -47,7 +50,7 @@ func main() {
 const usage = `usage:
   qemu inspect [-json] FILE
   qemu extract -o DIR FILE
-  qemu convert [-xbzrle|-plain] IN OUT
+  qemu convert [-xbzrle|-plain|-compact] IN OUT
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -94,17 +97,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "convert":
 		toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
 		toPlain := fs.Bool("plain", false, "expand XBZRLE and compressed pages")
+		toCompact := fs.Bool("compact", false, "write each page once, with its final contents")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
-		if fs.NArg() != 2 || (*toX && *toPlain) {
-			return fmt.Errorf("convert: want [-xbzrle|-plain] IN OUT")
+		mode, flags := convertCopy, 0
+		for _, f := range []struct {
+			set  bool
+			mode convertMode
+		}{{*toX, convertXBZRLE}, {*toPlain, convertPlain}, {*toCompact, convertCompact}} {
+			if f.set {
+				mode, flags = f.mode, flags+1
+			}
 		}
-		mode := convertCopy
-		if *toX {
-			mode = convertXBZRLE
-		} else if *toPlain {
-			mode = convertPlain
+		if fs.NArg() != 2 || flags > 1 {
+			return fmt.Errorf("convert: want [-xbzrle|-plain|-compact] IN OUT")
 		}
 		return withInput(fs.Arg(0), func(in io.Reader) error {
 			return withOutput(fs.Arg(1), stdout, func(out io.Writer) error {

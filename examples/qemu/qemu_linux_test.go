@@ -5,13 +5,17 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/examples/qemu/internal/qemutest"
 	"github.com/livemig/livemig/examples/qemu/stream"
 	"github.com/livemig/livemig/internal/testkit"
@@ -348,8 +352,10 @@ func convertFile(t *testing.T, in string, mode convertMode) (string, convertStat
 	return out, st
 }
 
-// TestQEMUConvertLoads converts streams both ways; QEMU loads the results,
-// holds the same memory as after the original, and the guest runs on.
+// TestQEMUConvertLoads converts streams: XBZRLE to plain, plain to XBZRLE,
+// and a many-pass stream to one the Writer builds from hand-made records
+// (compact). QEMU loads each, holds the same memory as after the original,
+// and the guest runs on.
 func TestQEMUConvertLoads(t *testing.T) {
 	cases := []struct {
 		name, from string
@@ -357,6 +363,7 @@ func TestQEMUConvertLoads(t *testing.T) {
 	}{
 		{"plain", streamXBZRLE, convertPlain},
 		{"xbzrle", streamLive, convertXBZRLE},
+		{"compact", streamXBZRLE, convertCompact},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -375,6 +382,10 @@ func TestQEMUConvertLoads(t *testing.T) {
 				if cs.Out >= cs.In {
 					t.Errorf("-xbzrle did not shrink the stream: %d -> %d bytes", cs.In, cs.Out)
 				}
+			case convertCompact:
+				if s.MaxSends != 1 || s.PagesSent != uint64(cs.PagesOut) || s.Records["xbzrle"] != 0 {
+					t.Errorf("-compact: a page sent up to %d times, %d pages, records %v", s.MaxSends, s.PagesSent, s.Records)
+				}
 			}
 			orig := extractDir(t, st.file)
 			conv := extractDir(t, out)
@@ -391,6 +402,100 @@ func TestQEMUConvertLoads(t *testing.T) {
 			}
 			compareWithQEMU(t, vm, orig)
 			runsOn(t, vm, st, orig)
+		})
+	}
+}
+
+// recordAt returns the first record of file for which match is true.
+func recordAt(t *testing.T, file string, match func(*stream.Record) bool) stream.Record {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r := stream.NewReader(f, stream.Config{})
+	for {
+		rec, err := r.Next()
+		if err != nil {
+			t.Fatalf("no matching record in %s: %v", file, err)
+		}
+		if match(&rec) {
+			rec.Data = bytes.Clone(rec.Data)
+			return rec
+		}
+	}
+}
+
+// TestQEMUCorruptStreams breaks QEMU's streams in the ways QEMU's loader
+// checks: the Reader reports each at the bad item's offset, and QEMU itself
+// refuses the same stream.
+func TestQEMUCorruptStreams(t *testing.T) {
+	stopped := saved(t, streamStopped)
+	xb := saved(t, streamXBZRLE)
+	pcspk := recordAt(t, stopped.file, func(r *stream.Record) bool { return r.Kind == stream.KindFooter && r.Name == "pcspk" })
+	zero := recordAt(t, stopped.file, func(r *stream.Record) bool { return r.Kind == stream.KindZero && !r.Continue })
+	page := recordAt(t, stopped.file, func(r *stream.Record) bool { return r.Kind == stream.KindPage && r.Continue })
+	xr := recordAt(t, xb.file, func(r *stream.Record) bool { return r.Kind == stream.KindXBZRLE && len(r.Data) > 4 })
+	cases := []struct {
+		name  string
+		file  string
+		edit  func([]byte) []byte
+		at    int64
+		qemu  string // in QEMU's error output
+		cause error
+	}{
+		{"footer", stopped.file, func(b []byte) []byte { b[pcspk.Offset+4]++; return b }, pcspk.Offset,
+			"Mismatched section id in footer for pcspk", livemig.ErrCorrupt},
+		{"flags", stopped.file, func(b []byte) []byte { b[page.Offset+7] |= 0x03; return b }, page.Offset,
+			"Unknown combination of migration flags", livemig.ErrCorrupt},
+		{"block", stopped.file, func(b []byte) []byte { b[zero.Offset+9] = 'X'; return b }, zero.Offset,
+			"Can't find block", livemig.ErrCorrupt},
+		{"xbzrle", xb.file, func(b []byte) []byte {
+			// A zero-length changed run: the delta's second run length.
+			o := xr.Offset + 8 + 3 + 1
+			if !xr.Continue {
+				o += int64(1 + len(xr.Block))
+			}
+			i := 0
+			for xr.Data[i]&0x80 != 0 { // skip the first zrun
+				i++
+			}
+			b[o+int64(i)] = 0
+			return b
+		}, -1, "Failed to load XBZRLE page", livemig.ErrCorrupt},
+		{"cut", stopped.file, func(b []byte) []byte { return b[:page.Offset+100] }, page.Offset + 8,
+			"", io.ErrUnexpectedEOF},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b, err := os.ReadFile(c.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b = c.edit(b)
+			_, err = inspect(bytes.NewReader(b))
+			var se *livemig.StreamError
+			if !errors.As(err, &se) || !errors.Is(err, c.cause) {
+				t.Fatalf("inspect: %v, want a StreamError wrapping %v", err, c.cause)
+			}
+			if c.at >= 0 && se.Offset != c.at {
+				t.Errorf("error at offset %d, want %d: %v", se.Offset, c.at, err)
+			}
+			t.Logf("reader: %v", err)
+			bad := filepath.Join(t.TempDir(), "bad.mig")
+			if err := os.WriteFile(bad, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			vm, err := qemutest.Load(t, fixDir, bad)
+			if err == nil {
+				t.Fatalf("QEMU loaded the corrupt stream")
+			}
+			_ = vm.Wait(5 * time.Second)
+			if !strings.Contains(vm.Stderr(), c.qemu) {
+				t.Errorf("QEMU's error %q does not say %q", vm.Stderr(), c.qemu)
+			}
+			t.Logf("QEMU: %s", strings.TrimSpace(vm.Stderr()))
 		})
 	}
 }

@@ -771,6 +771,14 @@ func (r *Reader) device(rec Record) (Record, error) {
 	const look = 5 + 1 + 4 + 1 + 255 + 8 // footer, then the longest header
 	data := r.scratch[:0]
 	weakAt, weakByte := int64(-1), byte(0)
+	// The first footer of another section's id followed by a well-formed
+	// record: where the section most likely ends, if no footer of its own
+	// id does.
+	badAt, badID := int64(-1), uint32(0)
+	mismatch := func(end error) error {
+		return errAt(badAt, "section footer", fmt.Errorf("%w: mismatched section id in footer for %s: read %d, expected %d (or %w: no footer of id %d follows)",
+			errCorrupt, r.cur.name, badID, r.curID, end, r.curID))
+	}
 	for {
 		n := max(r.br.Buffered(), look)
 		w, perr := r.br.Peek(n)
@@ -782,6 +790,9 @@ func (r *Reader) device(rec Record) (Record, error) {
 			w, ended = w[:r.limit-r.off], true
 		}
 		if len(w) == 0 {
+			if badAt >= 0 {
+				return rec, mismatch(io.ErrUnexpectedEOF)
+			}
 			err := error(io.ErrUnexpectedEOF)
 			if r.limit >= 0 && r.off == r.limit {
 				err = fmt.Errorf("%w: no footer before the end of the PACKAGED sub-stream", errCorrupt)
@@ -808,12 +819,20 @@ func (r *Reader) device(rec Record) (Record, error) {
 			if !more && r.limit < 0 && i+7 <= len(w) && w[i+5] == typeEOF && binary.BigEndian.Uint32(w[i+1:]) == r.curID {
 				weakAt, weakByte = r.off+int64(i)+6, w[i+6]
 			}
+			if !more && badAt < 0 && i+6 <= len(w) && len(data)+i <= r.cfg.MaxSection {
+				if ok, _ := r.footerLike(w, i, false); ok {
+					badAt, badID = r.off+int64(i), binary.BigEndian.Uint32(w[i+1:])
+				}
+			}
 			if more {
 				break
 			}
 			i++
 		}
 		if len(data)+i > r.cfg.MaxSection {
+			if badAt >= 0 {
+				return rec, mismatch(ErrLimit)
+			}
 			return rec, errAt(rec.Offset, "device section "+r.cur.name, fmt.Errorf("%w: no footer within %d bytes (MaxSection)", ErrLimit, r.cfg.MaxSection))
 		}
 		data = append(data, w[:i]...)
@@ -834,12 +853,17 @@ func (r *Reader) device(rec Record) (Record, error) {
 // that it cannot tell without more bytes than w holds. ended says w ends
 // where the input (or the PACKAGED sub-stream) ends.
 func (r *Reader) footerAt(w []byte, i int, ended bool) (ok, more bool) {
+	if i+5 <= len(w) && binary.BigEndian.Uint32(w[i+1:]) != r.curID {
+		return false, false
+	}
+	return r.footerLike(w, i, ended)
+}
+
+// footerLike is footerAt for a footer of any section id.
+func (r *Reader) footerLike(w []byte, i int, ended bool) (ok, more bool) {
 	have := func(n int) bool { return i+n <= len(w) }
 	if !have(5) {
 		return false, !ended
-	}
-	if binary.BigEndian.Uint32(w[i+1:]) != r.curID {
-		return false, false
 	}
 	if !have(6) {
 		// The footer ends the input or the sub-stream: let what follows
