@@ -49,8 +49,7 @@ type Image struct {
 	chunks [][]byte
 	sent   []uint64
 	stats  ImageStats
-	zr     io.ReadCloser
-	zsrc   bytes.Reader
+	zlib   inflater
 }
 
 // NewImage returns an empty Image. With a nil layout, the stream's MEM_SIZE
@@ -139,37 +138,11 @@ func (m *Image) Apply(rec *Record) error {
 		if !m.Sent(n) {
 			m.stats.Unsent++
 		}
-		if err := m.inflate(m.page(n), rec.Data); err != nil {
+		if err := m.zlib.inflate(m.page(n), rec.Data); err != nil {
 			return errAt(rec.Offset, "compressed page", err)
 		}
 	}
 	m.sent[n/64] |= 1 << (n % 64)
-	return nil
-}
-
-// inflate decompresses a zlib stream onto page, as QEMU's
-// qemu_uncompress_data does: at most a page of output, which may be
-// shorter (the rest of the page keeps its bytes).
-func (m *Image) inflate(page, data []byte) error {
-	m.zsrc.Reset(data)
-	var err error
-	if m.zr == nil {
-		m.zr, err = zlib.NewReader(&m.zsrc)
-	} else {
-		err = m.zr.(zlib.Resetter).Reset(&m.zsrc, nil)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: zlib: %v", livemig.ErrCorrupt, err)
-	}
-	var tmp [PageSize + 1]byte
-	n, err := io.ReadFull(m.zr, tmp[:])
-	switch {
-	case err == nil:
-		return fmt.Errorf("%w: zlib data inflates past a page", livemig.ErrCorrupt)
-	case err != io.ErrUnexpectedEOF && err != io.EOF:
-		return fmt.Errorf("%w: zlib: %v", livemig.ErrCorrupt, err)
-	}
-	copy(page, tmp[:n])
 	return nil
 }
 
@@ -292,5 +265,37 @@ func (m *Image) WriteBlock(w io.Writer, i int) error {
 		}
 		p += n
 	}
+	return nil
+}
+
+// inflater decompresses COMPRESS_PAGE records, reusing its zlib state.
+type inflater struct {
+	zr  io.ReadCloser
+	src bytes.Reader
+	tmp [PageSize + 1]byte
+}
+
+// inflate decompresses a zlib stream onto page (nil: only check it), as
+// QEMU's qemu_uncompress_data does: at most a page of output, which may be
+// shorter (the rest of the page keeps its bytes).
+func (z *inflater) inflate(page, data []byte) error {
+	z.src.Reset(data)
+	var err error
+	if z.zr == nil {
+		z.zr, err = zlib.NewReader(&z.src)
+	} else {
+		err = z.zr.(zlib.Resetter).Reset(&z.src, nil)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: zlib: %v", livemig.ErrCorrupt, err)
+	}
+	n, err := io.ReadFull(z.zr, z.tmp[:])
+	switch {
+	case err == nil:
+		return fmt.Errorf("%w: zlib data inflates past a page", livemig.ErrCorrupt)
+	case err != io.ErrUnexpectedEOF && err != io.EOF:
+		return fmt.Errorf("%w: zlib: %v", livemig.ErrCorrupt, err)
+	}
+	copy(page, z.tmp[:n])
 	return nil
 }

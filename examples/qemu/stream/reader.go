@@ -95,7 +95,7 @@ type section struct {
 // destination's devices: the magic and version, the configuration's
 // subsections, section ids and their footers, command lengths, RAM record
 // flags, block names and offsets, XBZRLE encodings (through package delta)
-// and zlib lengths. Device sections carry no length: the Reader finds a
+// and zlib data. Device sections carry no length: the Reader finds a
 // device section's end by its footer (7E and the section id) followed by a
 // well-formed next record; streams without section footers (machine types
 // before 2.4) are not supported.
@@ -125,6 +125,7 @@ type Reader struct {
 	hugePages bool // POSTCOPY_ADVISE said some block has pages > 4 KiB
 
 	scratch []byte // device sections, the description, raw subsections
+	zlib    inflater
 	cmdBuf  []byte
 }
 
@@ -756,9 +757,13 @@ func (r *Reader) pageRecord(rec Record, flags, addr uint64) (Record, error) {
 		if n > compressBound {
 			return rec, corrupt(r.off-4, "compressed page", "length %d, more than %d", n, compressBound)
 		}
+		at := r.off
 		d, err := r.take(int(n), "compressed page")
 		if err != nil {
 			return rec, err
+		}
+		if err := r.zlib.inflate(nil, d); err != nil {
+			return rec, errAt(at, "compressed page", err)
 		}
 		rec.Kind, rec.Data = KindCompressed, d
 	}
