@@ -66,7 +66,7 @@ func needQEMU(t testing.TB) {
 }
 
 // saved returns the named stream, saving it from a real QEMU the first time.
-func saved(t *testing.T, name string) *savedStream {
+func saved(t testing.TB, name string) *savedStream {
 	t.Helper()
 	needQEMU(t)
 	fixMu.Lock()
