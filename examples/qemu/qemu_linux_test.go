@@ -52,6 +52,12 @@ func TestMain(m *testing.M) {
 	}
 	fixDir = d
 	code := m.Run()
+	if keep := os.Getenv("LIVEMIG_QEMU_KEEP"); keep != "" {
+		// Keep the streams the tests saved, to look at them.
+		if err := os.Rename(d, keep); err != nil {
+			fmt.Fprintln(os.Stderr, "LIVEMIG_QEMU_KEEP:", err)
+		}
+	}
 	os.RemoveAll(d)
 	os.Exit(code)
 }
@@ -498,4 +504,91 @@ func TestQEMUCorruptStreams(t *testing.T) {
 			t.Logf("QEMU: %s", strings.TrimSpace(vm.Stderr()))
 		})
 	}
+}
+
+// TestQEMUPostcopy captures a post-copy migration between two QEMUs and
+// reads it: the commands (return path, pings, advise, discards, the
+// PACKAGED sub-stream with LISTEN, the devices and RUN), then the pages
+// pushed after the switch. The extracted RAM equals the destination's
+// memory outside the ranges the guest kept writing since, and the guest
+// runs on at the destination.
+func TestQEMUPostcopy(t *testing.T) {
+	needQEMU(t)
+	res, err := qemutest.Postcopy(t, fixDir)
+	if err != nil {
+		if res.Dst != nil && strings.Contains(res.Dst.Stderr(), "userfault") {
+			testkit.SkipOrFail(t, fmt.Errorf("%w: %v", livemig.ErrNotSupported, err), "userfaultfd for QEMU's post-copy", "LIVEMIG_REQUIRE_UFFD")
+		}
+		t.Fatal(err)
+	}
+	s, err := inspect(bytes.NewReader(res.Stream))
+	if err != nil {
+		t.Fatalf("inspect the post-copy stream: %v", err)
+	}
+	t.Logf("post-copy stream: %d bytes, records %v, commands %d, devices %d", s.Bytes, s.Records, len(s.Commands), len(s.Devices))
+	seen := map[string]int{}
+	for _, c := range s.Commands {
+		key := c.Name
+		if c.Packaged {
+			key += "(packaged)"
+		}
+		seen[key]++
+	}
+	for _, want := range []string{"OPEN_RETURN_PATH", "PING", "POSTCOPY_ADVISE", "PACKAGED", "POSTCOPY_LISTEN(packaged)", "POSTCOPY_RUN(packaged)"} {
+		if seen[want] == 0 {
+			t.Errorf("no %s command: %v", want, seen)
+		}
+	}
+	packagedDevices := 0
+	for _, sec := range s.Sections {
+		if sec.Packaged && sec.Type == "full" {
+			packagedDevices++
+		}
+	}
+	if packagedDevices < 25 || s.Records["package_end"] != 1 {
+		t.Errorf("%d device sections in the package, %d package ends", packagedDevices, s.Records["package_end"])
+	}
+	if s.Records["page"] == 0 || s.PagesSent == 0 {
+		t.Errorf("records %v", s.Records)
+	}
+	file := filepath.Join(fixDir, "postcopy.mig")
+	if err := os.WriteFile(file, res.Stream, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dir := extractDir(t, file)
+	ram, _ := os.ReadFile(filepath.Join(dir, "pc.ram.bin"))
+	if _, err := res.Dst.Cmd("stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	pmem, err := res.Dst.Pmemsave(0, qemutest.RAMBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff := 0
+	for off := 0; off < len(ram); off += stream.PageSize {
+		a := uint64(off)
+		if legacy(a) || (a >= qemutest.SmallPages && a < qemutest.WholePages+64*stream.PageSize) {
+			continue // overlaid, or written by the guest since it resumed
+		}
+		if !bytes.Equal(ram[off:off+stream.PageSize], pmem[off:off+stream.PageSize]) {
+			if diff < 5 {
+				t.Errorf("pc.ram page %#x differs from the destination's memory", off)
+			}
+			diff++
+		}
+	}
+	if diff > 0 {
+		t.Fatalf("%d pages differ", diff)
+	}
+	if _, err := res.Dst.Cmd("cont", nil); err != nil {
+		t.Fatal(err)
+	}
+	boots, counters, err := res.Dst.WaitCounter(20*time.Second, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if boots != 0 || counters[0] <= res.Last {
+		t.Errorf("destination: %d boots, first counter %#x after the source's last %#x", boots, counters[0], res.Last)
+	}
+	t.Logf("guest runs on at the destination: source's last %#x, destination %#x", res.Last, counters[len(counters)-1])
 }

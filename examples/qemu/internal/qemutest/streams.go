@@ -106,3 +106,72 @@ func Load(t testing.TB, dir, file string) (*VM, error) {
 	}
 	return vm, nil
 }
+
+// PostcopyResult is what Postcopy leaves: the running destination, the
+// paused source, and the stream that went between them.
+type PostcopyResult struct {
+	Src, Dst *VM
+	Stream   []byte
+	// Last is the last counter the source guest printed.
+	Last uint32
+}
+
+// Postcopy migrates a running guest from one QEMU to another over TCP
+// through a Tee, switching to post-copy once the bulk pass is under way
+// (max-bandwidth 32 MiB/s keeps pre-copy going long enough). It returns
+// once both sides report completed and the connection has closed.
+func Postcopy(t testing.TB, dir string) (*PostcopyResult, error) {
+	res := &PostcopyResult{}
+	addr, err := FreePort()
+	if err != nil {
+		return res, err
+	}
+	caps := map[string]any{"capabilities": []map[string]any{{"capability": "postcopy-ram", "state": true}}}
+	if res.Dst, err = Start(t, dir, Options{Incoming: "defer"}); err != nil {
+		return res, err
+	}
+	if _, err := res.Dst.Cmd("migrate-set-capabilities", caps); err != nil {
+		return res, err
+	}
+	if _, err := res.Dst.Cmd("migrate-incoming", map[string]any{"uri": "tcp:" + addr}); err != nil {
+		return res, err
+	}
+	tee, err := NewTee(t, addr)
+	if err != nil {
+		return res, err
+	}
+	if res.Src, err = Start(t, dir, Options{}); err != nil {
+		return res, err
+	}
+	if _, _, err := res.Src.WaitCounter(10*time.Second, 2); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.Cmd("migrate-set-capabilities", caps); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.Cmd("migrate-set-parameters", map[string]any{"max-bandwidth": 32 << 20}); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.Cmd("migrate", map[string]any{"uri": "tcp:" + tee.Addr()}); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.WaitMigration(20*time.Second, func(m Migration) bool {
+		return m.Status == "active" && m.RAM.Transferred > 1<<20
+	}); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.Cmd("migrate-start-postcopy", nil); err != nil {
+		return res, err
+	}
+	if _, err := res.Src.WaitMigration(30*time.Second, Completed); err != nil {
+		return res, err
+	}
+	if _, counters := res.Src.Log(); len(counters) > 0 {
+		res.Last = counters[len(counters)-1]
+	}
+	if _, err := res.Dst.WaitMigration(30*time.Second, Completed); err != nil {
+		return res, fmt.Errorf("destination: %w", err)
+	}
+	res.Stream, err = tee.Wait(10 * time.Second)
+	return res, err
+}
