@@ -45,83 +45,111 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// convert rewrites the stream in to out record by record. An Image follows
-// the destination's view of RAM: what QEMU holds after each record.
+// recoder rewrites page records one at a time, following the
+// destination's view of RAM in an Image: what QEMU holds after each record.
+type recoder struct {
+	mode convertMode
+	img  *stream.Image
+	page []byte
+	dbuf []byte
+	out  stream.Record
+	st   convertStats
+	// plainOnly is set from the first post-copy command on: QEMU's
+	// post-copy loader takes only zero and plain pages, and discarded
+	// pages no longer hold what the image says.
+	plainOnly bool
+}
+
+func newRecoder(mode convertMode) *recoder {
+	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	return &recoder{mode: mode, img: img, page: make([]byte, stream.PageSize), dbuf: make([]byte, 0, stream.PageSize)}
+}
+
+// recode returns the record to write in rec's place, or nil to write
+// nothing. The result is valid until the next call.
+func (c *recoder) recode(rec *stream.Record) (*stream.Record, error) {
+	if rec.Kind.IsPage() {
+		c.st.PagesIn++
+	}
+	if rec.Kind == stream.KindCommand && (rec.Command == stream.CmdPackaged || rec.Command == stream.CmdPostcopyDiscard) {
+		c.plainOnly = true
+	}
+	out := rec
+	switch {
+	case c.mode == convertCopy: // a copy needs no view of RAM
+	case c.mode == convertPlain && (rec.Kind == stream.KindXBZRLE || rec.Kind == stream.KindCompressed):
+		if err := c.img.Apply(rec); err != nil {
+			return nil, err
+		}
+		_ = c.img.ReadPage(rec.Page, c.page)
+		c.out = *rec
+		c.out.Kind, c.out.Data = stream.KindPage, c.page
+		out = &c.out
+		c.st.Expanded++
+	case c.mode == convertXBZRLE && !c.plainOnly && rec.Kind == stream.KindPage && c.img.Sent(rec.Page):
+		_ = c.img.ReadPage(rec.Page, c.page)
+		d, err := delta.Encode(c.dbuf[:0], c.page, rec.Data, stream.PageSize)
+		switch {
+		case err == nil:
+			c.out = *rec
+			c.out.Kind, c.out.Data = stream.KindXBZRLE, d
+			out = &c.out
+			c.st.Deltas++
+			c.st.DeltaBytes += int64(len(d))
+		case errors.Is(err, delta.ErrUnchanged):
+			out = nil
+			c.st.Dropped++
+		case errors.Is(err, delta.ErrOverflow):
+			c.st.Overflows++
+		default:
+			return nil, err
+		}
+		if err := c.img.Apply(rec); err != nil {
+			return nil, err
+		}
+	default:
+		if err := c.img.Apply(rec); err != nil {
+			return nil, err
+		}
+	}
+	if out != nil && out.Kind.IsPage() {
+		c.st.PagesOut++
+	}
+	return out, nil
+}
+
+// convert rewrites the stream in to out record by record.
 func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error) {
 	if mode == convertCompact {
 		return compact(in, out)
 	}
-	var st convertStats
 	r := stream.NewReader(in, stream.Config{})
 	cw := &countWriter{w: out}
 	w := stream.NewWriter(cw)
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
-	page := make([]byte, stream.PageSize)
-	dbuf := make([]byte, 0, stream.PageSize)
+	c := newRecoder(mode)
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return st, err
+			return c.st, err
 		}
-		if rec.Kind.IsPage() {
-			st.PagesIn++
+		o, err := c.recode(&rec)
+		if err != nil {
+			return c.st, err
 		}
-		outRec := &rec
-		var conv stream.Record
-		switch {
-		case mode == convertPlain && (rec.Kind == stream.KindXBZRLE || rec.Kind == stream.KindCompressed):
-			if err := img.Apply(&rec); err != nil {
-				return st, err
+		if o != nil {
+			if err := w.Write(o); err != nil {
+				return c.st, err
 			}
-			_ = img.ReadPage(rec.Page, page)
-			conv = rec
-			conv.Kind, conv.Data = stream.KindPage, page
-			outRec = &conv
-			st.Expanded++
-		case mode == convertXBZRLE && rec.Kind == stream.KindPage && img.Sent(rec.Page):
-			_ = img.ReadPage(rec.Page, page)
-			d, err := delta.Encode(dbuf[:0], page, rec.Data, stream.PageSize)
-			switch {
-			case err == nil:
-				conv = rec
-				conv.Kind, conv.Data = stream.KindXBZRLE, d
-				outRec = &conv
-				st.Deltas++
-				st.DeltaBytes += int64(len(d))
-			case errors.Is(err, delta.ErrUnchanged):
-				outRec = nil
-				st.Dropped++
-			case errors.Is(err, delta.ErrOverflow):
-				st.Overflows++
-			default:
-				return st, err
-			}
-			if err := img.Apply(&rec); err != nil {
-				return st, err
-			}
-		case mode != convertCopy: // a copy needs no view of RAM
-			if err := img.Apply(&rec); err != nil {
-				return st, err
-			}
-		}
-		if outRec == nil {
-			continue
-		}
-		if outRec.Kind.IsPage() {
-			st.PagesOut++
-		}
-		if err := w.Write(outRec); err != nil {
-			return st, err
 		}
 	}
 	if err := w.Flush(); err != nil {
-		return st, err
+		return c.st, err
 	}
-	st.In, st.Out = r.Offset(), cw.n
-	return st, nil
+	c.st.In, c.st.Out = r.Offset(), cw.n
+	return c.st, nil
 }
 
 // compact reads the whole stream, then writes one holding each page once,

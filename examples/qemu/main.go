@@ -4,6 +4,7 @@
 //	go run ./examples/qemu inspect [-json] FILE
 //	go run ./examples/qemu extract -o DIR FILE
 //	go run ./examples/qemu convert [-xbzrle|-plain|-compact] IN OUT
+//	go run ./examples/qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
 //
 // inspect prints the stream's sections with their offsets, the RAM blocks,
 // the number of records of each kind and the device sections; with -json it
@@ -28,6 +29,15 @@
 // the stream is copied record by record, which reproduces it byte for
 // byte. QEMU loads what convert writes.
 //
+// relay carries one live migration between two QEMUs: the source migrates
+// to tcp:LISTEN, the destination runs with -incoming tcp:TO. The relay
+// rewrites the stream record by record on the way, as convert does (-xbzrle
+// re-sends pages as deltas against what the destination holds, in
+// pre-copy; post-copy pages go plain, as QEMU's post-copy loader wants),
+// flushing whenever it would wait for the source, and copies the return
+// path (pings, post-copy page requests, the final status) back as it is.
+// It prints the bytes it carried each way.
+//
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
 // is then 1.
@@ -37,6 +47,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 )
 
@@ -51,6 +62,7 @@ const usage = `usage:
   qemu inspect [-json] FILE
   qemu extract -o DIR FILE
   qemu convert [-xbzrle|-plain|-compact] IN OUT
+  qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -122,6 +134,32 @@ func run(args []string, stdout, stderr io.Writer) error {
 				return err
 			})
 		})
+	case "relay":
+		listen := fs.String("listen", "", "address the source QEMU migrates to (tcp:ADDR)")
+		to := fs.String("to", "", "address of the destination QEMU (its -incoming tcp:ADDR)")
+		toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas (pre-copy)")
+		toPlain := fs.Bool("plain", false, "expand XBZRLE and compressed pages")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *listen == "" || *to == "" || fs.NArg() != 0 || (*toX && *toPlain) {
+			return fmt.Errorf("relay: want -listen ADDR -to ADDR [-xbzrle|-plain]")
+		}
+		mode := convertCopy
+		if *toX {
+			mode = convertXBZRLE
+		} else if *toPlain {
+			mode = convertPlain
+		}
+		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Fprintf(stderr, "relay: waiting for the source on %s\n", ln.Addr())
+		st, err := relayOnce(ln, *to, mode)
+		fmt.Fprintln(stderr, st)
+		return err
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -591,4 +592,116 @@ func TestQEMUPostcopy(t *testing.T) {
 		t.Errorf("destination: %d boots, first counter %#x after the source's last %#x", boots, counters[0], res.Last)
 	}
 	t.Logf("guest runs on at the destination: source's last %#x, destination %#x", res.Last, counters[len(counters)-1])
+}
+
+type relayResult struct {
+	st  relayStats
+	err error
+}
+
+// startRelay listens on a free port and relays one migration to to.
+func startRelay(t *testing.T, to string, mode convertMode) (string, <-chan relayResult) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	done := make(chan relayResult, 1)
+	go func() {
+		st, err := relayOnce(ln, to, mode)
+		done <- relayResult{st, err}
+	}()
+	return ln.Addr().String(), done
+}
+
+func relayDone(t *testing.T, done <-chan relayResult) relayStats {
+	t.Helper()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("relay: %v", r.err)
+		}
+		t.Log(r.st)
+		return r.st
+	case <-time.After(20 * time.Second):
+		t.Fatal("the relay is still running 20 s after the migration completed")
+	}
+	return relayStats{}
+}
+
+// TestQEMURelay migrates a running guest between two QEMUs through the
+// relay, which re-sends pages as XBZRLE deltas against what the
+// destination holds: a 5-pass pre-copy migration with and without QEMU's
+// own xbzrle capability, and a post-copy migration (deltas before the
+// switch, plain pages after). Each completes, the guest runs on at the
+// destination, and the relay sends fewer bytes than it receives.
+func TestQEMURelay(t *testing.T) {
+	needQEMU(t)
+	for _, qx := range []bool{false, true} {
+		name := "precopy"
+		if qx {
+			name = "precopy-qemu-xbzrle"
+		}
+		t.Run(name, func(t *testing.T) {
+			addr, err := qemutest.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst, err := qemutest.Start(t, fixDir, qemutest.Options{Incoming: "tcp:" + addr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			raddr, done := startRelay(t, addr, convertXBZRLE)
+			src, mig, err := qemutest.MigrateOnce(t, fixDir, "tcp:"+raddr, qemutest.SaveOptions{Live: true, Passes: 5, XBZRLE: qx})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dst.WaitMigration(20*time.Second, qemutest.Completed); err != nil {
+				t.Fatalf("destination: %v", err)
+			}
+			st := relayDone(t, done)
+			if st.Out >= st.In {
+				t.Errorf("the relay sent %d bytes for QEMU's %d", st.Out, st.In)
+			}
+			t.Logf("QEMU sent %d bytes in %d dirty syncs; the relay passed on %d (%.1f%%)", st.In, mig.RAM.DirtySyncCount, st.Out, 100*float64(st.Out)/float64(st.In))
+			_, counters := src.Log()
+			guestRunsOn(t, dst, counters)
+		})
+	}
+	t.Run("postcopy", func(t *testing.T) {
+		var done <-chan relayResult
+		res, err := qemutest.PostcopyVia(t, fixDir, func(to string) (string, error) {
+			var addr string
+			addr, done = startRelay(t, to, convertXBZRLE)
+			return addr, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := relayDone(t, done)
+		if st.ReturnPath == 0 {
+			t.Errorf("nothing came back on the return path")
+		}
+		_, counters := res.Src.Log()
+		guestRunsOn(t, res.Dst, counters)
+	})
+}
+
+// guestRunsOn checks that the guest at dst, which the migration left
+// running, prints counters past the source's last one and did not boot.
+func guestRunsOn(t *testing.T, dst *qemutest.VM, srcCounters []uint32) {
+	t.Helper()
+	if len(srcCounters) == 0 {
+		t.Fatal("the source guest printed no counter")
+	}
+	last := srcCounters[len(srcCounters)-1]
+	boots, counters, err := dst.WaitCounter(20*time.Second, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if boots != 0 || counters[0] <= last {
+		t.Errorf("destination: %d boots, first counter %#x after the source's last %#x", boots, counters[0], last)
+	}
+	t.Logf("guest runs on at the destination: source's last %#x, destination %#x..%#x", last, counters[0], counters[len(counters)-1])
 }

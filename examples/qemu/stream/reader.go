@@ -146,6 +146,11 @@ func NewReader(r io.Reader, cfg Config) *Reader {
 // next record.
 func (r *Reader) Offset() int64 { return r.off }
 
+// Buffered returns the number of bytes read from the input and not yet
+// consumed: a relay that flushes its output when this is 0, before calling
+// Next, never holds back records while Next waits for input.
+func (r *Reader) Buffered() int { return r.br.Buffered() }
+
 // Layout returns the RAM block layout once a MEM_SIZE record has been
 // read, nil before.
 func (r *Reader) Layout() *Layout { return r.layout }
@@ -786,6 +791,10 @@ func (r *Reader) device(rec Record) (Record, error) {
 	}
 	for {
 		n := max(r.br.Buffered(), look)
+		if r.limit >= 0 && r.limit-r.off < int64(n) {
+			// Never wait for bytes past the sub-stream's end.
+			n = int(r.limit - r.off)
+		}
 		w, perr := r.br.Peek(n)
 		ended := len(w) < n
 		if ended && perr != nil && perr != io.EOF && perr != bufio.ErrBufferFull {

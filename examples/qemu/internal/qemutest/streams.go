@@ -36,7 +36,7 @@ type SaveOptions struct {
 // times in all.
 func Save(t testing.TB, dir, file string, opt SaveOptions) (*VM, Migration, error) {
 	for try := 1; ; try++ {
-		vm, m, err := save(t, dir, file, opt)
+		vm, m, err := MigrateOnce(t, dir, "exec:cat > "+file, opt)
 		if err != nil || !opt.Live || m.RAM.DirtySyncCount >= opt.Passes || try == 3 {
 			if err == nil && opt.Live && m.RAM.DirtySyncCount < opt.Passes {
 				err = fmt.Errorf("the migration completed after %d dirty syncs, %d times, want %d", m.RAM.DirtySyncCount, try, opt.Passes)
@@ -48,7 +48,10 @@ func Save(t testing.TB, dir, file string, opt SaveOptions) (*VM, Migration, erro
 	}
 }
 
-func save(t testing.TB, dir, file string, opt SaveOptions) (*VM, Migration, error) {
+// MigrateOnce runs a guest and migrates it to uri ("exec:...",
+// "tcp:ADDR") once, as Save does, returning when the source reports the
+// migration completed.
+func MigrateOnce(t testing.TB, dir, uri string, opt SaveOptions) (*VM, Migration, error) {
 	vm, err := Start(t, dir, Options{Paused: !opt.Live})
 	if err != nil {
 		return vm, Migration{}, err
@@ -73,7 +76,7 @@ func save(t testing.TB, dir, file string, opt SaveOptions) (*VM, Migration, erro
 			return vm, Migration{}, err
 		}
 	}
-	if _, err := vm.Cmd("migrate", map[string]any{"uri": "exec:cat > " + file}); err != nil {
+	if _, err := vm.Cmd("migrate", map[string]any{"uri": uri}); err != nil {
 		return vm, Migration{}, err
 	}
 	if hold {
@@ -121,6 +124,26 @@ type PostcopyResult struct {
 // (max-bandwidth 32 MiB/s keeps pre-copy going long enough). It returns
 // once both sides report completed and the connection has closed.
 func Postcopy(t testing.TB, dir string) (*PostcopyResult, error) {
+	var tee *Tee
+	res, err := PostcopyVia(t, dir, func(to string) (string, error) {
+		var err error
+		tee, err = NewTee(t, to)
+		if err != nil {
+			return "", err
+		}
+		return tee.Addr(), nil
+	})
+	if err != nil {
+		return res, err
+	}
+	res.Stream, err = tee.Wait(10 * time.Second)
+	return res, err
+}
+
+// PostcopyVia is Postcopy with the connection going through what via
+// starts: given the destination's address, it returns the address the
+// source migrates to. Result.Stream is left empty.
+func PostcopyVia(t testing.TB, dir string, via func(to string) (string, error)) (*PostcopyResult, error) {
 	res := &PostcopyResult{}
 	addr, err := FreePort()
 	if err != nil {
@@ -136,7 +159,7 @@ func Postcopy(t testing.TB, dir string) (*PostcopyResult, error) {
 	if _, err := res.Dst.Cmd("migrate-incoming", map[string]any{"uri": "tcp:" + addr}); err != nil {
 		return res, err
 	}
-	tee, err := NewTee(t, addr)
+	srcAddr, err := via(addr)
 	if err != nil {
 		return res, err
 	}
@@ -152,7 +175,7 @@ func Postcopy(t testing.TB, dir string) (*PostcopyResult, error) {
 	if _, err := res.Src.Cmd("migrate-set-parameters", map[string]any{"max-bandwidth": 32 << 20}); err != nil {
 		return res, err
 	}
-	if _, err := res.Src.Cmd("migrate", map[string]any{"uri": "tcp:" + tee.Addr()}); err != nil {
+	if _, err := res.Src.Cmd("migrate", map[string]any{"uri": "tcp:" + srcAddr}); err != nil {
 		return res, err
 	}
 	if _, err := res.Src.WaitMigration(20*time.Second, func(m Migration) bool {
@@ -172,6 +195,5 @@ func Postcopy(t testing.TB, dir string) (*PostcopyResult, error) {
 	if _, err := res.Dst.WaitMigration(30*time.Second, Completed); err != nil {
 		return res, fmt.Errorf("destination: %w", err)
 	}
-	res.Stream, err = tee.Wait(10 * time.Second)
-	return res, err
+	return res, nil
 }
