@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,11 @@ type deviceJSON struct {
 	Version  uint32 `json:"version"`
 	Offset   int64  `json:"offset"`
 	Bytes    int    `json:"bytes"`
+	// Fields counts the fields the JSON description walks in the
+	// section's bytes (0 without a description); WalkError says where
+	// the bytes and the description disagree.
+	Fields    int    `json:"fields,omitempty"`
+	WalkError string `json:"walk_error,omitempty"`
 }
 
 type sectionJSON struct {
@@ -55,10 +61,11 @@ type summary struct {
 	Commands  []commandJSON     `json:"commands"`
 	// PagesSent counts the distinct pages any record set; MaxSends is the
 	// most times one page was sent (the number of passes it took part in).
-	PagesSent uint64 `json:"pages_sent"`
-	MaxSends  int    `json:"max_sends"`
-	VMDesc    int    `json:"vmdesc_bytes"`
-	Bytes     int64  `json:"bytes"`
+	PagesSent   uint64 `json:"pages_sent"`
+	MaxSends    int    `json:"max_sends"`
+	VMDesc      int    `json:"vmdesc_bytes"`
+	VMDescError string `json:"vmdesc_error,omitempty"`
+	Bytes       int64  `json:"bytes"`
 }
 
 // inspect reads a whole stream and sums it up.
@@ -67,6 +74,8 @@ func inspect(in io.Reader) (*summary, error) {
 	r := stream.NewReader(in, stream.Config{})
 	var sends []uint8
 	var counts [32]uint64
+	var devData [][]byte // each device section's bytes, to walk with the description
+	kept := 0
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -93,6 +102,12 @@ func inspect(in io.Reader) (*summary, error) {
 				sec := s.Sections[n-1]
 				s.Devices = append(s.Devices, deviceJSON{Name: sec.Name, Instance: sec.Instance, Version: sec.Version,
 					Offset: sec.Offset, Bytes: len(rec.Data)})
+				var d []byte
+				if kept+len(rec.Data) <= maxKeptDevices {
+					d = bytes.Clone(rec.Data)
+					kept += len(d)
+				}
+				devData = append(devData, d)
 			}
 		case stream.KindCommand:
 			n := len(rec.Data)
@@ -102,6 +117,7 @@ func inspect(in io.Reader) (*summary, error) {
 			s.Commands = append(s.Commands, commandJSON{Offset: rec.Offset, Name: rec.Command.String(), Length: n, Packaged: rec.Packaged})
 		case stream.KindVMDesc:
 			s.VMDesc = len(rec.Data)
+			s.walkDevices(rec.Data, devData)
 		case stream.KindMemSize:
 			s.RAMBlocks = s.RAMBlocks[:0]
 			for _, b := range rec.Blocks {
@@ -129,6 +145,35 @@ func inspect(in io.Reader) (*summary, error) {
 	}
 	s.Bytes = r.Offset()
 	return s, nil
+}
+
+// maxKeptDevices bounds the device bytes inspect keeps to walk them with
+// the description at the stream's end.
+const maxKeptDevices = 64 << 20
+
+// walkDevices walks each device section's bytes with the JSON description.
+func (s *summary) walkDevices(desc []byte, data [][]byte) {
+	d, err := stream.ParseVMDesc(desc)
+	if err != nil {
+		s.VMDescError = err.Error()
+		return
+	}
+	for i := range s.Devices {
+		dev := &s.Devices[i]
+		dd, ok := d.Device(dev.Name, dev.Instance)
+		switch {
+		case !ok:
+			dev.WalkError = "not in the description"
+		case data[i] == nil:
+			dev.WalkError = "not kept (over the bound)"
+		default:
+			n := 0
+			if err := dd.Walk(data[i], func(stream.Field) { n++ }); err != nil {
+				dev.WalkError = err.Error()
+			}
+			dev.Fields = n
+		}
+	}
 }
 
 func (s *summary) writeJSON(w io.Writer) error {
@@ -168,7 +213,17 @@ func (s *summary) writeText(w io.Writer) error {
 	}
 	fmt.Fprintf(tw, "\ndevices\n")
 	for _, d := range s.Devices {
-		fmt.Fprintf(tw, "  %s\tinstance %d\tversion %d\t%d bytes\n", d.Name, d.Instance, d.Version, d.Bytes)
+		walk := ""
+		switch {
+		case d.WalkError != "":
+			walk = "\t" + d.WalkError
+		case d.Fields > 0:
+			walk = fmt.Sprintf("\t%d fields", d.Fields)
+		}
+		fmt.Fprintf(tw, "  %s\tinstance %d\tversion %d\t%d bytes%s\n", d.Name, d.Instance, d.Version, d.Bytes, walk)
+	}
+	if s.VMDescError != "" {
+		fmt.Fprintf(tw, "  (JSON description: %s)\n", s.VMDescError)
 	}
 	fmt.Fprintf(tw, "\nsections\n")
 	for _, c := range s.Sections {

@@ -11,7 +11,9 @@
 // prints one JSON object with the keys version, machine, ram_blocks
 // ([{"name","size"}] in stream order), records (counts by lower-case kind:
 // page, zero, xbzrle, ...), devices ([{"name","instance","version"}], one per
-// device section), sections (in order, with offsets), commands and bytes.
+// device section; with the JSON description, the number of fields it walks
+// in the section's bytes, or where they disagree), sections (in order, with
+// offsets), commands and bytes.
 //
 // extract applies every RAM record and writes each block's final contents
 // (what the destination QEMU holds after loading the stream) to

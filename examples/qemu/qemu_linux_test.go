@@ -131,7 +131,8 @@ func inspectFile(t *testing.T, file string) *summary {
 }
 
 // TestQEMUStreamsParse reads every stream QEMU saved and checks what it
-// holds: the header, the machine, the blocks, the records, the devices.
+// holds: the header, the machine, the blocks, the records, the devices
+// (each device section walks exactly with QEMU's JSON description).
 func TestQEMUStreamsParse(t *testing.T) {
 	for _, name := range []string{streamStopped, streamLive, streamXBZRLE} {
 		t.Run(name, func(t *testing.T) {
@@ -167,6 +168,13 @@ func TestQEMUStreamsParse(t *testing.T) {
 			for _, want := range []string{"cpu", "apic", "globalstate", "mc146818rtc", "0000:00:01.1/ide"} {
 				if !names[want] {
 					t.Errorf("no device section %q among %d", want, len(s.Devices))
+				}
+			}
+			for _, d := range s.Devices {
+				// The device section's extent, found by its footer, is what
+				// QEMU's own description of its fields accounts for.
+				if d.WalkError != "" || d.Fields == 0 {
+					t.Errorf("device %s: %d fields walked by the JSON description: %s", d.Name, d.Fields, d.WalkError)
 				}
 			}
 			for i := 1; i < len(s.Sections); i++ {

@@ -6,7 +6,8 @@
 // description; and inside the "ram" section, its records: the RAM block
 // list, zero pages, pages, XBZRLE deltas (decoded by package delta),
 // zlib-compressed pages, end-of-section marks and multifd flushes. Device
-// sections are kept as opaque bytes.
+// sections are kept as opaque bytes, which the JSON description walks field
+// by field when the stream has one (VMDesc).
 //
 // The facts of the format (constants, byte layouts) come from QEMU's
 // migration/savevm.c, migration/ram.c and migration/qemu-file.c; this
@@ -67,7 +68,9 @@
 // the Reader finds a device section's end at its footer (7E and the section
 // id) followed by a well-formed record, so device bytes that happened to
 // contain such a sequence would end the section early (and fail at the
-// next record); QEMU's own streams never do in practice. Multifd channels
+// next record); QEMU's own streams never do in practice, and a VMDesc
+// (the trailing JSON description, ParseVMDesc) walks each device section's
+// bytes field by field to confirm its extent. Multifd channels
 // and post-copy's preempt channel are separate connections this package
 // does not read.
 package stream
