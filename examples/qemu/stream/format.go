@@ -244,7 +244,8 @@ type Record struct {
 
 	// KindConfiguration: the machine type's full name, the subsections'
 	// contents (PageBits 0 when absent) and their raw bytes in Data, which
-	// a Writer writes back as they are.
+	// a Writer writes back as they are (with Data empty, it encodes the
+	// subsections from these fields).
 	Machine      string
 	PageBits     uint32
 	Capabilities []string

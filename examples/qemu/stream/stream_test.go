@@ -551,4 +551,9 @@ func TestConfigurationSubsections(t *testing.T) {
 	if out := write(t, got); !bytes.Equal(out, b) {
 		t.Errorf("rewritten configuration differs:\n%x\n%x", out, b)
 	}
+	// Built by hand, without the raw bytes: the Writer encodes the fields.
+	got[1].Data = nil
+	if out := write(t, got); !bytes.Equal(out, b) {
+		t.Errorf("configuration written from its fields differs:\n%x\n%x", out, b)
+	}
 }

@@ -110,7 +110,11 @@ func (w *Writer) Write(rec *Record) error {
 	case KindConfiguration:
 		w.putByte(typeConfig)
 		w.be32(uint32(len(rec.Machine)))
-		w.put([]byte(rec.Machine), rec.Data)
+		sub := rec.Data
+		if len(sub) == 0 {
+			sub = configSubsections(rec)
+		}
+		w.put([]byte(rec.Machine), sub)
 		w.ignSh = slices.Contains(rec.Capabilities, "x-ignore-shared")
 	case KindSection:
 		w.putByte(byte(rec.Type))
@@ -182,6 +186,14 @@ func (w *Writer) check(rec *Record) error {
 	case KindConfiguration:
 		if len(rec.Machine) == 0 || len(rec.Machine) > maxMachineName {
 			return badRecord(rec, "machine name of %d bytes", len(rec.Machine))
+		}
+		if len(rec.Capabilities) > maxCapabilities || (len(rec.UUID) != 0 && len(rec.UUID) != 16) {
+			return badRecord(rec, "%d capabilities, a UUID of %d bytes", len(rec.Capabilities), len(rec.UUID))
+		}
+		for _, c := range rec.Capabilities {
+			if len(c) > 255 {
+				return badRecord(rec, "capability name of %d bytes", len(c))
+			}
 		}
 	case KindSection:
 		switch rec.Type {
@@ -289,4 +301,32 @@ func (w *Writer) pageRecord(rec *Record) {
 		w.be32(uint32(len(rec.Data)))
 		w.put(rec.Data)
 	}
+}
+
+// configSubsections encodes a configuration's subsections from its fields,
+// in QEMU's order, for a record built by hand (Data empty).
+func configSubsections(rec *Record) []byte {
+	var b []byte
+	sub := func(name string) {
+		b = append(b, typeSubsection, byte(len(name)))
+		b = append(b, name...)
+		b = binary.BigEndian.AppendUint32(b, 1)
+	}
+	if rec.PageBits != 0 {
+		sub("configuration/target-page-bits")
+		b = binary.BigEndian.AppendUint32(b, rec.PageBits)
+	}
+	if len(rec.Capabilities) > 0 {
+		sub("configuration/capabilities")
+		b = binary.BigEndian.AppendUint32(b, uint32(len(rec.Capabilities)))
+		for _, c := range rec.Capabilities {
+			b = append(b, byte(len(c)))
+			b = append(b, c...)
+		}
+	}
+	if len(rec.UUID) == 16 {
+		sub("configuration/uuid")
+		b = append(b, rec.UUID...)
+	}
+	return b
 }
