@@ -1,0 +1,297 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/livemig/livemig/examples/qemu/stream"
+)
+
+type blockJSON struct {
+	Name string `json:"name"`
+	Size uint64 `json:"size"`
+}
+
+type deviceJSON struct {
+	Name     string `json:"name"`
+	Instance uint32 `json:"instance"`
+	Version  uint32 `json:"version"`
+	Offset   int64  `json:"offset"`
+	Bytes    int    `json:"bytes"`
+	// Fields counts the fields the JSON description walks in the
+	// section's bytes (0 without a description); WalkError says where
+	// the bytes and the description disagree.
+	Fields    int    `json:"fields,omitempty"`
+	WalkError string `json:"walk_error,omitempty"`
+}
+
+type sectionJSON struct {
+	Offset   int64  `json:"offset"`
+	Type     string `json:"type"`
+	ID       uint32 `json:"id"`
+	Name     string `json:"name"`
+	Instance uint32 `json:"instance"`
+	Version  uint32 `json:"version,omitempty"`
+	Bytes    int64  `json:"bytes"` // header to footer, inclusive
+	Packaged bool   `json:"packaged,omitempty"`
+}
+
+type commandJSON struct {
+	Offset   int64  `json:"offset"`
+	Name     string `json:"name"`
+	Length   int    `json:"length"`
+	Packaged bool   `json:"packaged,omitempty"`
+}
+
+// summary is what inspect finds in a stream.
+type summary struct {
+	Version   uint32            `json:"version"`
+	Machine   string            `json:"machine"`
+	RAMBlocks []blockJSON       `json:"ram_blocks"`
+	Records   map[string]uint64 `json:"records"`
+	Devices   []deviceJSON      `json:"devices"`
+	Sections  []sectionJSON     `json:"sections"`
+	Commands  []commandJSON     `json:"commands"`
+	// PagesSent counts the distinct pages any record set; MaxSends is the
+	// most times one page was sent (the number of passes it took part in).
+	PagesSent   uint64 `json:"pages_sent"`
+	MaxSends    int    `json:"max_sends"`
+	VMDesc      int    `json:"vmdesc_bytes"`
+	VMDescError string `json:"vmdesc_error,omitempty"`
+	Bytes       int64  `json:"bytes"`
+}
+
+// inspect reads a whole stream and sums it up.
+func inspect(in io.Reader) (*summary, error) {
+	s := &summary{Records: map[string]uint64{}, RAMBlocks: []blockJSON{}, Devices: []deviceJSON{}, Sections: []sectionJSON{}, Commands: []commandJSON{}}
+	r := stream.NewReader(in, stream.Config{})
+	var sends []uint8
+	var counts [32]uint64
+	var devData [][]byte // each device section's bytes, to walk with the description
+	kept := 0
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return s, err
+		}
+		counts[rec.Kind]++
+		switch rec.Kind {
+		case stream.KindHeader:
+			s.Version = rec.Version
+		case stream.KindConfiguration:
+			s.Machine = rec.Machine
+		case stream.KindSection:
+			s.Sections = append(s.Sections, sectionJSON{Offset: rec.Offset, Type: rec.Type.String(), ID: rec.ID,
+				Name: rec.Name, Instance: rec.Instance, Version: rec.Version, Packaged: rec.Packaged})
+		case stream.KindFooter:
+			if n := len(s.Sections); n > 0 {
+				s.Sections[n-1].Bytes = rec.Offset + 5 - s.Sections[n-1].Offset
+			}
+		case stream.KindDevice:
+			if n := len(s.Sections); n > 0 && s.Sections[n-1].Type != "part" && s.Sections[n-1].Type != "end" {
+				sec := s.Sections[n-1]
+				s.Devices = append(s.Devices, deviceJSON{Name: sec.Name, Instance: sec.Instance, Version: sec.Version,
+					Offset: sec.Offset, Bytes: len(rec.Data)})
+				var d []byte
+				if kept+len(rec.Data) <= maxKeptDevices {
+					d = bytes.Clone(rec.Data)
+					kept += len(d)
+				}
+				devData = append(devData, d)
+			}
+		case stream.KindCommand:
+			n := len(rec.Data)
+			if rec.Command == stream.CmdPackaged {
+				n = int(rec.Length)
+			}
+			s.Commands = append(s.Commands, commandJSON{Offset: rec.Offset, Name: rec.Command.String(), Length: n, Packaged: rec.Packaged})
+		case stream.KindVMDesc:
+			s.VMDesc = len(rec.Data)
+			s.walkDevices(rec.Data, devData)
+		case stream.KindMemSize:
+			s.RAMBlocks = s.RAMBlocks[:0]
+			for _, b := range rec.Blocks {
+				s.RAMBlocks = append(s.RAMBlocks, blockJSON{Name: b.Name, Size: b.Size})
+			}
+			if sends == nil {
+				sends = make([]uint8, r.Layout().Pages())
+			}
+		case stream.KindZero, stream.KindPage, stream.KindXBZRLE, stream.KindCompressed:
+			if sends[rec.Page] < 255 {
+				sends[rec.Page]++
+			}
+		}
+	}
+	for k, n := range counts {
+		if n > 0 {
+			s.Records[stream.Kind(k).String()] = n
+		}
+	}
+	for _, n := range sends {
+		if n > 0 {
+			s.PagesSent++
+		}
+		s.MaxSends = max(s.MaxSends, int(n))
+	}
+	s.Bytes = r.Offset()
+	return s, nil
+}
+
+// maxKeptDevices bounds the device bytes inspect keeps to walk them with
+// the description at the stream's end.
+const maxKeptDevices = 64 << 20
+
+// walkDevices walks each device section's bytes with the JSON description.
+func (s *summary) walkDevices(desc []byte, data [][]byte) {
+	d, err := stream.ParseVMDesc(desc)
+	if err != nil {
+		s.VMDescError = err.Error()
+		return
+	}
+	for i := range s.Devices {
+		dev := &s.Devices[i]
+		dd, ok := d.Device(dev.Name, dev.Instance)
+		switch {
+		case !ok:
+			dev.WalkError = "not in the description"
+		case data[i] == nil:
+			dev.WalkError = "not kept (over the bound)"
+		default:
+			n := 0
+			if err := dd.Walk(data[i], func(stream.Field) { n++ }); err != nil {
+				dev.WalkError = err.Error()
+			}
+			dev.Fields = n
+		}
+	}
+}
+
+func (s *summary) writeJSON(w io.Writer) error {
+	e := json.NewEncoder(w)
+	e.SetIndent("", "  ")
+	return e.Encode(s)
+}
+
+func (s *summary) writeText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "stream\tversion %d, %d bytes\n", s.Version, s.Bytes)
+	fmt.Fprintf(tw, "machine\t%s\n", s.Machine)
+	fmt.Fprintf(tw, "\nRAM blocks\n")
+	var total uint64
+	for _, b := range s.RAMBlocks {
+		fmt.Fprintf(tw, "  %s\t%#x\t(%d pages)\n", b.Name, b.Size, b.Size/stream.PageSize)
+		total += b.Size
+	}
+	fmt.Fprintf(tw, "  total\t%#x\t(%d pages; %d sent, a page at most %d times)\n", total, total/stream.PageSize, s.PagesSent, s.MaxSends)
+	fmt.Fprintf(tw, "\nrecords\n")
+	keys := make([]string, 0, len(s.Records))
+	for k := range s.Records {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(tw, "  %s\t%d\n", k, s.Records[k])
+	}
+	if s.VMDesc > 0 {
+		fmt.Fprintf(tw, "  (JSON description: %d bytes)\n", s.VMDesc)
+	}
+	if len(s.Commands) > 0 {
+		fmt.Fprintf(tw, "\ncommands\n")
+		for _, c := range s.Commands {
+			fmt.Fprintf(tw, "  %d\t%s\tlength %d%s\n", c.Offset, c.Name, c.Length, packaged(c.Packaged))
+		}
+	}
+	fmt.Fprintf(tw, "\ndevices\n")
+	for _, d := range s.Devices {
+		walk := ""
+		switch {
+		case d.WalkError != "":
+			walk = "\t" + d.WalkError
+		case d.Fields > 0:
+			walk = fmt.Sprintf("\t%d fields", d.Fields)
+		}
+		fmt.Fprintf(tw, "  %s\tinstance %d\tversion %d\t%d bytes%s\n", d.Name, d.Instance, d.Version, d.Bytes, walk)
+	}
+	if s.VMDescError != "" {
+		fmt.Fprintf(tw, "  (JSON description: %s)\n", s.VMDescError)
+	}
+	fmt.Fprintf(tw, "\nsections\n")
+	for _, c := range s.Sections {
+		ver := ""
+		if c.Type == "start" || c.Type == "full" {
+			ver = fmt.Sprintf("v%d", c.Version)
+		}
+		fmt.Fprintf(tw, "  %d\t%s\tid %d\t%s\t%d\t%s\t%d bytes%s\n", c.Offset, c.Type, c.ID, c.Name, c.Instance, ver, c.Bytes, packaged(c.Packaged))
+	}
+	return tw.Flush()
+}
+
+func packaged(p bool) string {
+	if p {
+		return "\t(packaged)"
+	}
+	return ""
+}
+
+// blockFile is the file name extract gives a block.
+func blockFile(name string) string { return strings.ReplaceAll(name, "/", "_") + ".bin" }
+
+// extract applies the stream's RAM records and writes every block to dir;
+// it returns the files written.
+func extract(in io.Reader, dir string) ([]string, error) {
+	img, err := readImage(in)
+	if err != nil {
+		return nil, err
+	}
+	if img.Layout() == nil {
+		return nil, fmt.Errorf("extract: the stream has no RAM block list")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var names []string
+	for i, b := range img.Layout().Blocks() {
+		name := filepath.Join(dir, blockFile(b.Name))
+		f, err := os.Create(name)
+		if err != nil {
+			return names, err
+		}
+		err = img.WriteBlock(f, i)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return names, err
+		}
+		names = append(names, name)
+	}
+	return names, nil
+}
+
+// readImage reads a whole stream into an Image.
+func readImage(in io.Reader) (*stream.Image, error) {
+	r := stream.NewReader(in, stream.Config{})
+	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return img, nil
+		}
+		if err != nil {
+			return img, err
+		}
+		if err := img.Apply(&rec); err != nil {
+			return img, err
+		}
+	}
+}
