@@ -71,58 +71,89 @@ func (r *progressReader) Read(p []byte) (int, error) {
 // conversion: nothing is allocated per read).
 func (c *conn) reader() *progressReader { return (*progressReader)(c) }
 
-// watch is the watcher goroutine. Heartbeats count as writes, so on a
-// quiet direction one goes out every other wake: at most half the bound
-// apart.
+// watch is the watcher goroutine: every live/4 it reads the conn's
+// progress counters and lets a stallCheck decide.
 func (c *conn) watch(live time.Duration) {
 	defer c.watchers.Done()
 	t := time.NewTicker(live / 4)
 	defer t.Stop()
-	now := time.Now()
-	var (
-		lastRead     = c.rprog.Load()
-		readSince    = now // the last time a waiting Recv saw progress
-		lastProgress = now // the last time any byte came in, Recv waiting or not
-		lastWrites   = c.wdone.Load()
-		writeSince   = now // the last time no write was under way, or one ended
-	)
+	l := newStallCheck(live, time.Now(), c.observe())
 	for {
 		select {
 		case <-c.stop:
 			return
-		case now = <-t.C:
-		}
-		p := c.rprog.Load()
-		if p != lastRead {
-			lastProgress = now
-		}
-		if p != lastRead || !c.reading.Load() {
-			lastRead, readSince = p, now
-		} else if quiet := now.Sub(readSince); quiet >= live {
-			c.stall(fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), live, ErrStalled))
-			return
-		}
-		w, busy := c.wdone.Load(), c.wbusy.Load()
-		switch {
-		case w != lastWrites || !busy:
-			if w == lastWrites && !busy {
-				// Nothing written since the last wake: keep the
-				// direction alive.
+		case now := <-t.C:
+			beat, err := l.tick(now, c.observe())
+			if err != nil {
+				c.stall(err)
+				return
+			}
+			if beat {
 				select {
 				case c.beat <- struct{}{}:
 				default:
 				}
 			}
-			lastWrites, writeSince = w, now
-		case now.Sub(writeSince) >= live && now.Sub(lastProgress) >= live:
-			// A write blocked while bytes still come in is a peer that
-			// does not read this direction now, not a dead link: its own
-			// Recv, if it waits, finds the stall.
-			c.stall(fmt.Errorf("a frame write made no headway for %v (liveness %v): %w",
-				now.Sub(writeSince).Round(time.Millisecond), live, ErrStalled))
-			return
 		}
 	}
+}
+
+// observe samples the conn's progress for the watcher.
+func (c *conn) observe() progress {
+	return progress{reads: c.rprog.Load(), reading: c.reading.Load(), writes: c.wdone.Load(), writing: c.wbusy.Load()}
+}
+
+// progress is what the watcher sees of a conn at one instant.
+type progress struct {
+	reads   uint64 // reads of the link that returned bytes, so far
+	reading bool   // a Recv waits for bytes
+	writes  uint64 // frame writes done, so far
+	writing bool   // a frame write is under way
+}
+
+// stallCheck decides, from the progress sampled every live/4, whether a
+// direction has stalled and when a heartbeat should go: the watcher's
+// decisions, pure (fed the time and the samples), so that they are tested
+// without a clock.
+type stallCheck struct {
+	live         time.Duration
+	last         progress
+	readSince    time.Time // the last time a waiting Recv saw progress
+	lastProgress time.Time // the last time any byte came in, Recv waiting or not
+	writeSince   time.Time // the last time no write was under way, or one ended
+}
+
+func newStallCheck(live time.Duration, now time.Time, p progress) *stallCheck {
+	return &stallCheck{live: live, last: p, readSince: now, lastProgress: now, writeSince: now}
+}
+
+// tick takes the progress p at now. It returns an error wrapping ErrStalled
+// when a waiting Recv has seen no byte for live, or a frame write has made
+// no headway for live while no byte came in either (a write blocked while
+// bytes still come in is a peer that does not read this direction now,
+// not a dead link: its own Recv, if it waits, finds the stall). beat says
+// nothing was written since the last tick: a heartbeat keeps the direction
+// alive, so on a quiet direction one goes out every other tick, at most
+// half the bound apart.
+func (l *stallCheck) tick(now time.Time, p progress) (beat bool, err error) {
+	if p.reads != l.last.reads {
+		l.lastProgress = now
+	}
+	if p.reads != l.last.reads || !p.reading {
+		l.readSince = now
+	} else if quiet := now.Sub(l.readSince); quiet >= l.live {
+		return false, fmt.Errorf("no byte from the peer for %v (liveness %v): %w", quiet.Round(time.Millisecond), l.live, ErrStalled)
+	}
+	switch {
+	case p.writes != l.last.writes || !p.writing:
+		beat = p.writes == l.last.writes && !p.writing
+		l.writeSince = now
+	case now.Sub(l.writeSince) >= l.live && now.Sub(l.lastProgress) >= l.live:
+		return false, fmt.Errorf("a frame write made no headway for %v (liveness %v): %w",
+			now.Sub(l.writeSince).Round(time.Millisecond), l.live, ErrStalled)
+	}
+	l.last = p
+	return beat, nil
 }
 
 // stall records err and closes the link.
