@@ -637,10 +637,6 @@ func (c *Core) Wrote(o Out, enc transport.Encoding, dataLen int) {
 // StateSent counts the device state of n bytes and its switchover record.
 func (c *Core) StateSent(n int) { c.n.bytes += uint64(n) + 2*recordOverhead }
 
-// Pushed and Sent are figures for progress events: pages pushed, and pages
-// sent since the pause.
-func (c *Core) Pushed() uint64 { return c.n.pushed }
-
 // SentSincePause is how many pages went out since the pause.
 func (c *Core) SentSincePause() uint64 { return c.n.sent - c.pre.sent }
 
