@@ -4,9 +4,11 @@
 // virtual time, and the results print as a table or as JSON, and as plots.
 // Pre-copy rows run package precopy's engine over a simulated link, its
 // codecs charged the CPU time of a cost model (codec.CostModel; -cost);
-// post-copy and hybrid rows run scenario.PostCopy, a discrete-event model of
-// package postcopy in which the destination's vCPU runs the workload and
-// waits a round trip on each page it touches before the page arrives.
+// post-copy and hybrid rows run scenario.PostCopy, package postcopy's own
+// Core in an event loop over a model of the link (each page charged the same
+// cost model, one core per connection at each end) and of the destination's
+// vCPU, which runs the workload and waits a round trip on each page it
+// touches before the page arrives.
 //
 // With no flags it runs the embedded default set: a 4 GiB guest over
 // 1 Gbit/s, idle and under uniform, hot/cold and streaming workloads at a low
@@ -356,7 +358,7 @@ func writeTable(w io.Writer, s set, results []scenario.Result) error {
 	}
 	fmt.Fprintln(w, " (virtual time; every page checked at the destination)")
 	if len(s.entries) > 0 {
-		fmt.Fprintf(w, "  CPU: %s (charged on pre-copy rows)\n", describeCost(s.entries[0].sc.Cost))
+		fmt.Fprintf(w, "  CPU: %s (charged on every row; post-copy and hybrid: one core per connection at each end)\n", describeCost(s.entries[0].sc.Cost))
 	}
 	for _, e := range s.entries {
 		fmt.Fprintf(w, "  %-18s %s, %s, link %s, latency %v\n", e.sc.Name, livemig.FormatBytes(e.sc.GuestBytes),

@@ -66,8 +66,8 @@ func registry(downtime time.Duration, maxRounds int) []algorithm {
 			PreCopy: with(func(c *precopy.Config) { c.Codec.LZ4, c.Codec.NoAdapt = true, true })}},
 		{"precopy-xbzrle-lz4", scenario.Algorithm{Name: "pre-copy+xbzrle+lz4",
 			PreCopy: with(func(c *precopy.Config) { xbzrle(c); c.Codec.LZ4 = true })}},
-		// Post-copy and hybrid run scenario.PostCopy's model of package
-		// postcopy (see package scenario for why a model): requested pages
+		// Post-copy and hybrid run scenario.PostCopy: package postcopy's
+		// Core over a model of the link and the destination: requested pages
 		// on the main connection behind the push, or on an urgent one
 		// (QEMU's postcopy-preempt); hybrid is one pre-copy round (the
 		// bulk copy) and then post-copy, as Hines and Gopalan's.
