@@ -67,7 +67,8 @@ type Core struct {
 	at         int      // next index in plan; round 1 and an ascending push: the next page
 	left, prev uint64   // pages dirty after this round and the one before
 	roundStart time.Time
-	r          livemig.Round
+	r          livemig.Round // the round under way: its figures so far
+	roundBase  counters      // the counters when it began
 	rounds     []livemig.Round
 
 	// Post-copy.
@@ -282,7 +283,7 @@ func (c *Core) Synced(now time.Time) error {
 		return nil
 	}
 	r := c.r
-	r.PagesSent, r.Bytes, r.ZeroPages = c.n.sent-r.PagesSent, c.n.bytes-r.Bytes, c.n.zero-r.ZeroPages
+	r.PagesSent, r.Bytes, r.ZeroPages = c.n.sent-c.roundBase.sent, c.n.bytes-c.roundBase.bytes, c.n.zero-c.roundBase.zero
 	c.rounds = append(c.rounds, r)
 	if c.cfg.Order != nil {
 		c.cfg.Order.Observe(c.dirty.Words())
@@ -311,8 +312,7 @@ func (c *Core) beginRound(now time.Time) {
 	if c.round > 1 {
 		c.r.DirtyPages = c.left
 	}
-	// The counters at the start; Synced takes the differences.
-	c.r.PagesSent, c.r.Bytes, c.r.ZeroPages = c.n.sent, c.n.bytes, c.n.zero
+	c.roundBase = c.n
 }
 
 // checkDirty fails if the dirty log names pages past the guest's end.

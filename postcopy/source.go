@@ -156,16 +156,16 @@ type migration struct {
 	// have something new for them (a request came, the marker went out).
 	wake, uwake chan struct{}
 
-	start, pauseAt, endAt time.Time
-	resumedAt             time.Time
-	paused, handed        bool
-	session               uint64
-	reconnects            int
-	dstStats              destStats
-	haveStats             bool
-	pushDoneEvent         bool
-	timer                 *time.Timer // sleep's, on the wall clock
-	unflushed             bool        // pages written on the main connection since its last flush
+	start, endAt   time.Time
+	resumedAt      time.Time
+	paused, handed bool
+	session        uint64
+	reconnects     int
+	dstStats       destStats
+	haveStats      bool
+	pushDoneEvent  bool
+	timer          *time.Timer // sleep's, on the wall clock
+	unflushed      bool        // pages written on the main connection since its last flush
 
 	// mainSend sends from the goroutine that runs the migration; urgSend
 	// from the urgent sender.
@@ -419,8 +419,7 @@ func (m *migration) switchover(ctx context.Context) error {
 		}
 	}
 	m.mu.Lock()
-	m.pauseAt = m.cfg.Clock.Now()
-	stale, err := m.core.Paused(m.pauseAt)
+	stale, err := m.core.Paused(m.cfg.Clock.Now())
 	toPush := m.core.ToPush()
 	m.mu.Unlock()
 	if err != nil {
