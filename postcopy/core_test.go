@@ -278,3 +278,31 @@ func BenchmarkCoreHandover(b *testing.B) {
 	}
 	b.ReportMetric(float64(in.Microseconds())/float64(b.N), "handover-µs")
 }
+
+// Demand needs the time only for a page that ends a wait or completes the
+// guest after the resume; the waits it measures are the placements'.
+func TestDemandTimed(t *testing.T) {
+	d := NewDemand(3)
+	if d.Timed(0) {
+		t.Fatal("a page nobody waits on, before the resume, needs no time")
+	}
+	d.Placed(0, time.Time{})
+	d.Resumed(t0)
+	if !d.Fault(1, t0, t0) || d.Fault(1, t0, t0) {
+		t.Fatal("the first fault on page 1 asks, the second does not")
+	}
+	if !d.Timed(1) || d.Timed(0) || d.Timed(7) {
+		t.Fatalf("timed: page 1 %v, page 0 %v, page 7 %v", d.Timed(1), d.Timed(0), d.Timed(7))
+	}
+	d.Placed(1, t0.Add(time.Millisecond))
+	if !d.Timed(2) {
+		t.Fatal("the last missing page after the resume needs the time")
+	}
+	d.Placed(2, t0.Add(2*time.Millisecond))
+	var pc livemig.PostCopyStats
+	d.Fill(&pc)
+	if pc.DemandFaults != 2 || pc.WaitTotal != 2*time.Millisecond || pc.FaultMax != time.Millisecond ||
+		!d.LastPage().Equal(t0.Add(2*time.Millisecond)) {
+		t.Fatalf("figures %+v, last page %v", pc, d.LastPage())
+	}
+}

@@ -80,6 +80,16 @@ func (d *Demand) Placed(n uint64, now time.Time) (missing bool) {
 	return true
 }
 
+// Timed says whether Placed(n, now) needs the time: placing page n ends a
+// wait, or the last missing page after the resume. Otherwise a caller on
+// the per-page path may pass the zero time and read no clock.
+func (d *Demand) Timed(n uint64) bool {
+	if n >= d.pages || d.held.Test(n) {
+		return false
+	}
+	return d.asked.Test(n) || (d.resumed && d.heldN+1 == d.pages)
+}
+
 // Discard makes page n missing again (a stale copy, before the resume).
 func (d *Demand) Discard(n uint64) {
 	if n < d.pages && d.held.Test(n) {

@@ -630,7 +630,11 @@ func (r *receiver) heldCount() uint64 {
 // markHeld records that page n holds a valid copy, ending the waits on it.
 func (r *receiver) markHeld(n uint64) {
 	r.demMu.Lock()
-	r.demand.Placed(n, r.cfg.Clock.Now())
+	var now time.Time // read only when it counts: not a clock read a page
+	if r.demand.Timed(n) {
+		now = r.cfg.Clock.Now()
+	}
+	r.demand.Placed(n, now)
 	r.demMu.Unlock()
 }
 
