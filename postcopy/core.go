@@ -74,8 +74,8 @@ type Core struct {
 	// Post-copy.
 	prepage    prepager
 	early      []reqRange // requests before the push was planned
-	reqMain    []uint64   // requested pages to send on the main connection
-	reqUrg     []uint64   // and on the urgent one
+	reqMain    pageQueue  // requested pages to send on the main connection
+	reqUrg     pageQueue  // and on the urgent one
 	nextPush   time.Time
 	pushDone   bool // every page is sent
 	markerSent bool
@@ -415,7 +415,8 @@ func (c *Core) Reconnected(now time.Time, held []uint64, urgent bool) error {
 // does not wait for a plan of every page. Requests that came before it are
 // taken in.
 func (c *Core) startPush(now time.Time) error {
-	c.reqMain, c.reqUrg = c.reqMain[:0], c.reqUrg[:0]
+	c.reqMain.reset()
+	c.reqUrg.reset()
 	c.pushDone, c.markerSent, c.doneSent = false, false, false
 	unsent := c.dirty
 	unsent.ClearAll()
@@ -496,7 +497,7 @@ func (c *Core) Request(page, count uint64) error {
 	}
 	for n := page; n < page+count; n++ {
 		if c.claim(n, c.cfg.Urgent) {
-			*q = append(*q, n)
+			q.push(n)
 		}
 	}
 	// Pre-page around the last page asked for, in the direction faults go.
@@ -508,7 +509,7 @@ func (c *Core) Request(page, count uint64) error {
 			n = last - uint64(i)
 		}
 		if c.claim(n, false) {
-			*q = append(*q, n)
+			q.push(n)
 		}
 	}
 	return nil
@@ -539,10 +540,8 @@ func (c *Core) claim(n uint64, resend bool) bool {
 // requested pages (without an urgent connection), then the push at its
 // rate, then Done.
 func (c *Core) nextMain(now time.Time) Out {
-	if len(c.reqMain) > 0 {
-		n := c.reqMain[0]
-		c.reqMain = c.reqMain[1:]
-		return Out{Op: OpPage, Page: n, Pulled: true, Flush: len(c.reqMain) == 0}
+	if n, ok := c.reqMain.pop(); ok {
+		return Out{Op: OpPage, Page: n, Pulled: true, Flush: c.reqMain.empty()}
 	}
 	if c.doneSent {
 		return Out{Op: OpIdle}
@@ -579,10 +578,8 @@ func (c *Core) nextUrgent() Out {
 	if c.phase != phasePush || !c.cfg.Urgent {
 		return Out{Op: OpIdle}
 	}
-	if len(c.reqUrg) > 0 {
-		n := c.reqUrg[0]
-		c.reqUrg = c.reqUrg[1:]
-		return Out{Op: OpPage, Page: n, Pulled: true, Flush: len(c.reqUrg) == 0}
+	if n, ok := c.reqUrg.pop(); ok {
+		return Out{Op: OpPage, Page: n, Pulled: true, Flush: c.reqUrg.empty()}
 	}
 	if c.pushDone && !c.markerSent {
 		return Out{Op: OpMarker, Round: c.Round()}
@@ -674,3 +671,28 @@ func (c *Core) Fill(r *livemig.Report, end, resumed time.Time, handed bool) {
 
 // reqRange is a request taken before the push was planned.
 type reqRange struct{ page, count uint64 }
+
+// pageQueue is a FIFO of pages that reuses its array: popping moves a head,
+// and an emptied queue starts again at the array's start, so a steady flow
+// of requests allocates nothing.
+type pageQueue struct {
+	q    []uint64
+	head int
+}
+
+func (f *pageQueue) push(n uint64) { f.q = append(f.q, n) }
+
+func (f *pageQueue) pop() (uint64, bool) {
+	if f.head == len(f.q) {
+		return 0, false
+	}
+	n := f.q[f.head]
+	if f.head++; f.head == len(f.q) {
+		f.reset()
+	}
+	return n, true
+}
+
+func (f *pageQueue) empty() bool { return f.head == len(f.q) }
+
+func (f *pageQueue) reset() { f.q, f.head = f.q[:0], 0 }

@@ -18,11 +18,14 @@ import (
 //
 // Not safe for concurrent use.
 type Demand struct {
-	pages   uint64
-	held    *bitmap.Bitmap
-	heldN   uint64
-	asked   *bitmap.Bitmap         // pages with a fault waiting
-	waiting map[uint64][]time.Time // when each waiting fault began
+	pages uint64
+	held  *bitmap.Bitmap
+	heldN uint64
+	asked *bitmap.Bitmap // pages with a fault waiting
+	// waiting are the faults that wait, each a page and when it began: as
+	// many as the guest has threads blocked, so a short list, scanned when
+	// a page that has waiters lands, and reused without allocating.
+	waiting []waiter
 	faults  uint64
 	waits   []time.Duration
 	total   time.Duration
@@ -32,7 +35,13 @@ type Demand struct {
 
 // NewDemand returns the Demand of a guest of pages pages, none held.
 func NewDemand(pages uint64) *Demand {
-	return &Demand{pages: pages, held: bitmap.New(pages), asked: bitmap.New(pages), waiting: make(map[uint64][]time.Time)}
+	return &Demand{pages: pages, held: bitmap.New(pages), asked: bitmap.New(pages)}
+}
+
+// waiter is a fault that waits: on page, since at.
+type waiter struct {
+	page uint64
+	at   time.Time
 }
 
 // Fault records that the guest began, at time at, to wait on page n, and
@@ -48,10 +57,10 @@ func (d *Demand) Fault(n uint64, at, now time.Time) (ask bool) {
 		d.wait(now.Sub(at))
 		return false
 	}
-	ts := d.waiting[n]
-	d.waiting[n] = append(ts, at)
+	first := !d.asked.Test(n)
+	d.waiting = append(d.waiting, waiter{n, at})
 	_ = d.asked.Set(n)
-	return len(ts) == 0
+	return first
 }
 
 func (d *Demand) wait(w time.Duration) {
@@ -72,10 +81,13 @@ func (d *Demand) Placed(n uint64, now time.Time) (missing bool) {
 	}
 	if d.asked.Test(n) {
 		_ = d.asked.Clear(n)
-		for _, t := range d.waiting[n] {
-			d.wait(now.Sub(t))
-		}
-		delete(d.waiting, n)
+		d.waiting = slices.DeleteFunc(d.waiting, func(w waiter) bool {
+			if w.page != n {
+				return false
+			}
+			d.wait(now.Sub(w.at))
+			return true
+		})
 	}
 	return true
 }
@@ -120,11 +132,11 @@ func (d *Demand) AppendHeld(dst []uint64) []uint64 { return append(dst, d.held.W
 // for again after a reconnection.
 func (d *Demand) AppendWaiting(dst []uint64) []uint64 {
 	from := len(dst)
-	for n := range d.waiting {
-		dst = append(dst, n)
+	for _, w := range d.waiting {
+		dst = append(dst, w.page)
 	}
 	slices.Sort(dst[from:])
-	return dst
+	return dst[:from+len(slices.Compact(dst[from:]))]
 }
 
 // LastPage is when the last missing page was placed after the resume (zero:
