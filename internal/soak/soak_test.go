@@ -71,16 +71,8 @@ func TestSoak(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the soak takes seconds; not in -short")
 	}
+	ln, before, want, baseFDs := listenFrom(t)
 	ctx := context.Background()
-	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-
-	before, baseFDs := baseline(t)
-	want := before
-	want.goroutines += listenerGoroutines
 	samples := make([]sample, migrations+1) // samples[i]: after migration i
 	samples[0] = before
 	outcomes := make([]outcome, 0, migrations)
@@ -145,15 +137,7 @@ func TestEightConcurrent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("eight migrations at once take seconds; not in -short")
 	}
-	ctx := context.Background()
-	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	before, baseFDs := baseline(t)
-	want := before
-	want.goroutines += listenerGoroutines
+	ln, before, want, baseFDs := listenFrom(t)
 
 	srcs := make([]*region.Region, len(concurrentPlans))
 	for i, p := range concurrentPlans {
@@ -226,4 +210,21 @@ func logFigures(t *testing.T, outs []outcome, s []sample, total time.Duration) {
 		t.Logf("after migration %2d: %d goroutines, %d fds, RSS %.1f MiB", i, s[i].goroutines, s[i].fds, float64(s[i].rssKiB)/1024)
 	}
 	t.Logf("RSS per migration: %s", rssSeries(s))
+}
+
+// listenFrom opens the listener the migrations go into (closed when the
+// test ends) and takes the process's figures with it open (before); want is
+// what the process must come back to after each migration: before, plus
+// the goroutines the listener starts once it accepts.
+func listenFrom(t *testing.T) (ln *transport.Listener, before, want sample, baseFDs map[string]string) {
+	t.Helper()
+	ln, err := transport.Listen(context.Background(), "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	before, baseFDs = baseline(t)
+	want = before
+	want.goroutines += listenerGoroutines
+	return ln, before, want, baseFDs
 }
