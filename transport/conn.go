@@ -151,6 +151,7 @@ func NewConn(link Link, cfg Config) Conn {
 		c.batchBytes = DefaultBatchBytes
 	}
 	c.batchBytes = min(c.batchBytes, c.maxFrame)
+	c.fr = NewFraming(c.batchBytes, c.maxFrame)
 	c.maxState = cfg.MaxState
 	if c.maxState <= 0 {
 		c.maxState = DefaultMaxState
@@ -178,6 +179,7 @@ type conn struct {
 	closed   atomic.Bool
 	once     sync.Once
 	closeErr error
+	written  atomic.Uint64 // bytes written to the link (Meter)
 
 	// liveness (see live.go)
 	wmu      sync.Mutex    // one frame write at a time: the sender's or a heartbeat
@@ -191,10 +193,11 @@ type conn struct {
 	watchers sync.WaitGroup
 
 	// sender
-	wbuf   []byte // the frame being built: header room, then the payload
-	wcount int    // records in wbuf
-	wkind  Kind   // their kind
-	werr   error  // sticky send error
+	wbuf   []byte  // the frame being built: header room, then the payload
+	wcount int     // records in wbuf
+	wkind  Kind    // their kind
+	werr   error   // sticky send error
+	fr     Framing // where batches end
 
 	// receiver
 	rbuf      []byte // the current frame, header included; then read-ahead bytes
@@ -281,8 +284,8 @@ func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encodin
 		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
 	}
 	rec := recordHeaderSize + len(data)
-	if c.wcount > 0 && (len(c.wbuf)+rec > frameHeaderSize+c.batchBytes || c.wcount == maxBatchCount || kind != c.wkind) {
-		if err := c.flush(ctx); err != nil {
+	if c.fr.Page(kind, len(data)) { // the open batch ends before this record
+		if err := c.writeBatch(ctx); err != nil {
 			return err
 		}
 	}
@@ -311,6 +314,7 @@ func (c *conn) sendControl(ctx context.Context, kind Kind, cl Class, page, arg u
 	if err := c.flush(ctx); err != nil {
 		return err
 	}
+	c.fr.Control(len(data), c.maxFrame)
 	for {
 		n := min(len(data), chunk)
 		var flags uint8
@@ -352,9 +356,17 @@ func (c *conn) Flush(ctx context.Context) error {
 }
 
 func (c *conn) flush(ctx context.Context) error {
-	if c.wcount == 0 {
+	if !c.fr.Flush() {
 		return nil
 	}
+	return c.writeBatch(ctx)
+}
+
+// Written returns the bytes written to the link; see Meter.
+func (c *conn) Written() uint64 { return c.written.Load() }
+
+// writeBatch writes the batch in wbuf.
+func (c *conn) writeBatch(ctx context.Context) error {
 	putFrameHeader(c.wbuf, len(c.wbuf)-frameHeaderSize, c.wkind, 0, c.wcount)
 	return c.writeFrame(ctx)
 }

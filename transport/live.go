@@ -35,13 +35,15 @@ func (c *conn) startLiveness(d time.Duration) {
 // the progress the watcher looks at (nothing more when liveness is off).
 func (c *conn) write(b []byte) error {
 	if c.stop == nil {
-		_, err := c.link.Write(b)
+		n, err := c.link.Write(b)
+		c.written.Add(uint64(n))
 		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbusy.Store(true)
-	_, err := c.link.Write(b)
+	n, err := c.link.Write(b)
+	c.written.Add(uint64(n))
 	c.wbusy.Store(false)
 	c.wdone.Add(1)
 	return err
@@ -180,7 +182,8 @@ func (c *conn) beatLoop() {
 			continue
 		}
 		c.wbusy.Store(true)
-		_, _ = c.link.Write(hb) // a failure shows at the next Send or Recv
+		n, _ := c.link.Write(hb) // a failure shows at the next Send or Recv
+		c.written.Add(uint64(n))
 		c.wbusy.Store(false)
 		c.wdone.Add(1)
 		c.wmu.Unlock()

@@ -567,3 +567,15 @@ func (l *Listener) AcceptConn(ctx context.Context, local Hello, cfg Config) (Con
 	}
 	return NewMulti(conns), hellos[0], nil
 }
+
+// Written returns the bytes its streams have written; see Meter. A stream
+// that is no Meter counts nothing.
+func (c *multiConn) Written() uint64 {
+	var n uint64
+	for _, s := range c.conns {
+		if w, ok := Written(s); ok {
+			n += w
+		}
+	}
+	return n
+}
