@@ -24,9 +24,10 @@ import (
 // Source is the guest being migrated away: livemig.Source.
 type Source = livemig.Source
 
-// recordOverhead is the wire cost of a message besides its data (page or
-// argument, kind and length), counted for the state and done messages of the
-// final round; page records are counted by the codec pipeline.
+// recordOverhead is a record's cost besides its data (page or argument,
+// kind and length), counted for the EndRound, state and done messages on a
+// Conn that counts no bytes (no transport.Meter); page records are counted
+// by the codec pipeline.
 const recordOverhead = 13
 
 // Migrate migrates src to the destination at the other end of conn with the
@@ -126,8 +127,12 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	}
 
 	m.sendCtx = ctx
+	if mt, ok := conn.(transport.Meter); ok {
+		m.meter, m.w0 = mt, mt.Written()
+	}
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
+	m.report.BytesSent = m.wireBytes()
 	conn.Close()
 	close(m.stop)
 	for range m.ret { // wait for the reader to end
@@ -179,6 +184,24 @@ type migration struct {
 	retErr   error
 	pending  int    // pages since the last look at the return path
 	resent   uint64 // records for pages sent before
+
+	// The bytes sent: the Conn's count when it is a transport.Meter
+	// (meter, and its count w0 at the start), else recBytes, the records
+	// given to it without their framing.
+	meter    transport.Meter
+	w0       uint64
+	recBytes uint64
+}
+
+// wireBytes returns the bytes the migration has sent so far: what the
+// Conn wrote to its link since the start, framing, control frames and
+// heartbeats included, or, on a Conn that does not count them, the bytes
+// of the records.
+func (m *migration) wireBytes() uint64 {
+	if m.meter != nil {
+		return m.meter.Written() - m.w0
+	}
+	return m.recBytes
 }
 
 // readReturnPath forwards what the destination says, so that a peer error
@@ -268,6 +291,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 	var left uint64
 	for {
 		r := livemig.Round{Index: round, Start: m.cfg.Clock.Now().Sub(m.start)}
+		b0 := m.wireBytes()
 		if round == 1 {
 			r.DirtyPages = m.pages
 		} else {
@@ -285,6 +309,9 @@ func (m *migration) run(ctx context.Context) (err error) {
 		if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(round)}); err != nil {
 			return m.linkErr(fmt.Sprintf("end of round %d", round), err)
 		}
+		m.recBytes += recordOverhead
+		r.Bytes = m.wireBytes() - b0 // the EndRound wrote the round's last batch
+		m.report.BytesSent = m.wireBytes()
 		r.Duration = m.cfg.Clock.Now().Sub(t0)
 		m.report.Rounds = append(m.report.Rounds, r)
 
@@ -344,6 +371,7 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 		m.cfg.Order.Observe(m.dirty)
 	}
 	r := livemig.Round{Index: round, Final: true, Start: pauseAt.Sub(m.start), DirtyPages: bitmap.CountWords(m.dirty)}
+	b0 := m.wireBytes()
 	m.startRound(&r)
 	if err := m.sendRound(ctx, &r, false); err != nil {
 		return err
@@ -367,8 +395,9 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindDone, Arg: sum}); err != nil {
 		return m.linkErr("done", err)
 	}
-	r.Bytes += uint64(len(state)) + 2*recordOverhead
-	m.report.BytesSent += uint64(len(state)) + 2*recordOverhead
+	m.recBytes += uint64(len(state)) + 2*recordOverhead
+	r.Bytes = m.wireBytes() - b0 // the state wrote the last batch, the Done is written
+	m.report.BytesSent = m.wireBytes()
 	// The guest is paused: the log must be empty now, or Pause lied and
 	// the pages sent may be stale. Checked while the destination verifies
 	// (before the Commit, outside the time it needs).
@@ -651,10 +680,10 @@ func (m *migration) endRound(ctx context.Context, r *livemig.Round) error {
 		return m.sendErr(fmt.Sprintf("end of round %d", r.Index), err)
 	}
 	pages, zero, bytes := m.pipe.RoundStats()
-	r.PagesSent, r.ZeroPages, r.Bytes = pages, zero, bytes
+	r.PagesSent, r.ZeroPages = pages, zero
 	m.report.PagesSent += pages
 	m.report.ZeroPages += zero
-	m.report.BytesSent += bytes
+	m.recBytes += bytes
 	m.report.PagesResent = m.resent
 	if m.codecs {
 		st := m.pipe.Stats()
