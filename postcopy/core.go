@@ -40,8 +40,8 @@ import (
 //     send KindDone and wait for the destination's Ack(AckComplete).
 //   - OpWait: nothing to send on this connection before Out.At (the push's
 //     rate cap) unless an input comes first; OpIdle: nothing until an input.
-//     Flush the connection before waiting (Migrate skips the flush before a
-//     rate-cap wait shorter than pushSlack, a flush a page otherwise).
+//     With Out.Flush flush the connection before waiting (not before a wait
+//     of the rate cap shorter than pushSlack: a flush a page otherwise).
 //
 // Request is the input of a page request; Reconnected that of a new
 // connection after a cut. After an input the driver asks Next again on every
@@ -148,12 +148,12 @@ type Out struct {
 	Op     Op
 	Page   uint64    // OpPage
 	Pulled bool      // OpPage: requested or pre-paged, not pushed
-	Flush  bool      // OpPage: the last page of a request's
+	Flush  bool      // OpPage: the last page of a request's; OpWait, OpIdle: flush first
 	Round  int       // OpEndRound, OpSync: the round (0: the dirty log starts)
 	At     time.Time // OpWait
 	// Stale is OpDiscard's pages, in the dirty log's layout; the Core's,
 	// valid until Discarded. Bytes is their Discard chunks' size on the
-	// wire.
+	// wire: their frames, at the framing's defaults.
 	Stale []uint64
 	Bytes int
 }
@@ -544,7 +544,7 @@ func (c *Core) nextMain(now time.Time) Out {
 		return Out{Op: OpPage, Page: n, Pulled: true, Flush: c.reqMain.empty()}
 	}
 	if c.doneSent {
-		return Out{Op: OpIdle}
+		return Out{Op: OpIdle, Flush: true}
 	}
 	for !c.pushDone {
 		n, ok := c.nextPushPage()
@@ -554,7 +554,9 @@ func (c *Core) nextMain(now time.Time) Out {
 		}
 		if c.cfg.PushBandwidth > 0 {
 			if now.Before(c.nextPush) {
-				return Out{Op: OpWait, At: c.nextPush}
+				// Flush before a wait, but a short one of the rate cap:
+				// a flush a page would cost a write a page.
+				return Out{Op: OpWait, At: c.nextPush, Flush: c.nextPush.Sub(now) > pushSlack}
 			}
 			// Behind schedule: catch up, by at most pushSlack.
 			if floor := now.Add(-pushSlack); c.nextPush.Before(floor) {
@@ -566,7 +568,7 @@ func (c *Core) nextMain(now time.Time) Out {
 		return Out{Op: OpPage, Page: n}
 	}
 	if c.cfg.Urgent && !c.markerSent {
-		return Out{Op: OpIdle}
+		return Out{Op: OpIdle, Flush: true}
 	}
 	c.doneSent = true
 	return Out{Op: OpDone}
@@ -601,10 +603,9 @@ func (c *Core) Wrote(o Out, enc transport.Encoding, dataLen int) {
 	default:
 		return
 	}
-	size := uint64(recordOverhead + dataLen)
+	size := uint64(recordOverhead + dataLen) // the push's rate counts records
 	n := &c.n
 	n.sent++
-	n.bytes += size
 	if c.ever.Test(o.Page) {
 		n.resent++
 	}
@@ -631,8 +632,12 @@ func (c *Core) Wrote(o Out, enc transport.Encoding, dataLen int) {
 	}
 }
 
-// StateSent counts the device state of n bytes and its switchover record.
-func (c *Core) StateSent(n int) { c.n.bytes += uint64(n) + 2*recordOverhead }
+// Written tells the Core how many bytes the driver's connections have
+// written to their links so far (transport.Meter's count, or a model's
+// transport.Framing): the figure its rounds and its report count. Call it
+// before Synced, Paused and Fill, so that a round's bytes are those written
+// up to its end.
+func (c *Core) Written(total uint64) { c.n.bytes = total }
 
 // SentSincePause is how many pages went out since the pause.
 func (c *Core) SentSincePause() uint64 { return c.n.sent - c.pre.sent }

@@ -217,7 +217,7 @@ func TestCoreHybridRounds(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Round 2 was the last: page 9 is stale at the destination.
-	if o := expect(OpDiscard); o.Stale[0] != 1<<9 || o.Bytes != transport.RecordOverhead+8 {
+	if o := expect(OpDiscard); o.Stale[0] != 1<<9 || o.Bytes != transport.FrameOverhead+16+8 {
 		t.Fatalf("discard %+v", o)
 	}
 	c.Discarded()

@@ -188,6 +188,8 @@ type setup struct {
 	noUrgentAfterCut bool
 	// lz4 compresses the pages the source sends.
 	lz4 bool
+	// pushBandwidth caps the push (Config.PushBandwidth).
+	pushBandwidth int64
 	// dirtyAtPause pages are written at the source just before it pauses.
 	dirtyAtPause int
 	order        precopy.Order
@@ -318,7 +320,7 @@ func run(t *testing.T, s setup) outcome {
 		}
 		mainA, mainB = transport.NewMulti(as), transport.NewMulti(bs)
 	}
-	scfg := postcopy.Config{Prepage: s.prepage, Order: s.order, LZ4: s.lz4}
+	scfg := postcopy.Config{Prepage: s.prepage, Order: s.order, LZ4: s.lz4, PushBandwidth: s.pushBandwidth}
 	dcfg := postcopy.Config{}
 	if s.urgent {
 		ua, ub := linkPair(t, s.tcp)

@@ -45,13 +45,15 @@ func TestDiscardSize(t *testing.T) {
 	if n := discardSize(words); n != 0 {
 		t.Fatalf("no stale page: %d bytes", n)
 	}
+	// A chunk is a control frame: the framing, page and argument, words.
+	frame := transport.FrameOverhead + 16
 	words[5] = 1 // one word in the first chunk
-	if n, want := discardSize(words), transport.RecordOverhead+8; n != want {
+	if n, want := discardSize(words), frame+8; n != want {
 		t.Fatalf("one page: %d bytes, want %d", n, want)
 	}
 	words[9] = 1 << 63                    // the first chunk now spans words 5..9
 	words[2*transport.MaxBitmapWords] = 1 // and the third chunk holds one word
-	if n, want := discardSize(words), 2*transport.RecordOverhead+5*8+8; n != want {
+	if n, want := discardSize(words), 2*frame+5*8+8; n != want {
 		t.Fatalf("two chunks: %d bytes, want %d", n, want)
 	}
 }

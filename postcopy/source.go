@@ -116,7 +116,22 @@ type session struct {
 	failed       chan struct{}
 	failErr      error
 	closeOnce    sync.Once
+	base         uint64 // counted() when the session began
 }
+
+// counted returns the bytes the session's connections have written to
+// their links (both are transport.Meters: see newSession).
+func (s *session) counted() uint64 {
+	n, _ := transport.Written(s.conn)
+	if s.urgent != nil {
+		u, _ := transport.Written(s.urgent)
+		n += u
+	}
+	return n
+}
+
+// written returns the bytes written on the session's connections.
+func (s *session) written() uint64 { return s.counted() - s.base }
 
 func (s *session) fail(err error) {
 	s.failOnce.Do(func() {
@@ -171,7 +186,8 @@ type migration struct {
 	// from the urgent sender.
 	mainSend, urgSend *pageSender
 
-	s *session
+	s        *session
+	wirePast uint64 // bytes written on the sessions before s
 
 	peerFail  atomic.Pointer[wire.PeerError] // the destination's KindError, once it came
 	stateSent bool                           // the destination may wait for us in doubt
@@ -213,12 +229,17 @@ func (m *migration) event(k EventKind, round int, pages uint64, err error) {
 }
 
 func (m *migration) newSession(ctx context.Context, conn, urgent transport.Conn) *session {
+	conn = transport.Metered(conn)
+	if urgent != nil {
+		urgent = transport.Metered(urgent)
+	}
 	s := &session{
 		conn: conn, urgent: urgent,
 		ret:    make(chan retMsg, 256),
 		stop:   make(chan struct{}),
 		failed: make(chan struct{}),
 	}
+	s.base = s.counted()
 	s.wg.Add(1)
 	go m.reader(ctx, s)
 	return s
@@ -329,6 +350,7 @@ func (m *migration) precopyPhase(ctx context.Context) error {
 				return fmt.Errorf("postcopy: sync dirty log: %w", err)
 			}
 			m.mu.Lock()
+			m.core.Written(m.wireBytes())
 			err := m.core.Synced(m.cfg.Clock.Now())
 			round, left, pages, inRound := m.core.Round(), m.core.Left(), m.core.RoundPages(), m.core.InRound()
 			m.mu.Unlock()
@@ -419,6 +441,7 @@ func (m *migration) switchover(ctx context.Context) error {
 		}
 	}
 	m.mu.Lock()
+	m.core.Written(m.wireBytes())
 	stale, err := m.core.Paused(m.cfg.Clock.Now())
 	toPush := m.core.ToPush()
 	m.mu.Unlock()
@@ -440,9 +463,6 @@ func (m *migration) switchover(ctx context.Context) error {
 		return fmt.Errorf("postcopy: save source state: %w", err)
 	}
 	m.report.StateBytes = uint64(len(state))
-	m.mu.Lock()
-	m.core.StateSent(len(state))
-	m.mu.Unlock()
 	m.stateSent = true
 	if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindState, Data: state}); err != nil {
 		return linkErr("state", err)
@@ -562,6 +582,7 @@ func (m *migration) reconnect(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
+	m.wirePast += m.s.written() // the old session's, closed
 	m.s = m.newSession(ctx, conn, urgent)
 	if urgent != nil {
 		m.s.wg.Add(1)
@@ -646,9 +667,7 @@ func (m *migration) pushAndFinish(ctx context.Context, s *session) error {
 			}
 			continue
 		case OpWait, OpIdle:
-			// Flush before a wait, but a short one of the rate cap: a
-			// flush a page would cost a write a page.
-			if m.unflushed && (o.Op == OpIdle || o.At.Sub(m.cfg.Clock.Now()) > pushSlack) {
+			if m.unflushed && o.Flush {
 				if err := s.conn.Flush(ctx); err != nil {
 					return linkErr("push", err)
 				}
@@ -956,9 +975,14 @@ func (m *migration) explain(s *session, err error) error {
 	}
 }
 
+// wireBytes returns the bytes written on every connection of the
+// migration so far.
+func (m *migration) wireBytes() uint64 { return m.wirePast + m.s.written() }
+
 // fillReport completes the report from the Core's figures.
 func (m *migration) fillReport() {
 	m.mu.Lock()
+	m.core.Written(m.wireBytes())
 	m.core.Fill(m.report, m.endAt, m.resumedAt, m.handed)
 	m.mu.Unlock()
 	if m.handed && m.haveStats {

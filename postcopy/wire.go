@@ -104,12 +104,12 @@ func bitmapChunks(bm []uint64, buf []byte, send func(first uint64, data []byte) 
 
 // discardSize is how many bytes the discard messages take on the wire when
 // a hybrid migration names the stale pages set in stale (KVM bitmap
-// layout): the chunks the source sends, each a record and its bitmap words.
+// layout): the chunks the source sends, each a frame of its bitmap words.
 func discardSize(stale []uint64) int {
-	n := 0
+	fr := transport.NewFraming(0, 0)
 	_, _ = bitmapChunks(stale, nil, func(_ uint64, data []byte) error {
-		n += recordOverhead + len(data)
+		fr.Control(len(data), 0)
 		return nil
 	})
-	return n
+	return int(fr.Written())
 }

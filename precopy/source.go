@@ -24,12 +24,6 @@ import (
 // Source is the guest being migrated away: livemig.Source.
 type Source = livemig.Source
 
-// recordOverhead is a record's cost besides its data (page or argument,
-// kind and length), counted for the EndRound, state and done messages on a
-// Conn that counts no bytes (no transport.Meter); page records are counted
-// by the codec pipeline.
-const recordOverhead = 13
-
 // Migrate migrates src to the destination at the other end of conn with the
 // iterative pre-copy algorithm, and returns its report.
 //
@@ -127,9 +121,9 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	}
 
 	m.sendCtx = ctx
-	if mt, ok := conn.(transport.Meter); ok {
-		m.meter, m.w0 = mt, mt.Written()
-	}
+	m.conn = transport.Metered(conn)
+	m.meter = m.conn.(transport.Meter)
+	m.w0 = m.meter.Written()
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
 	m.report.BytesSent = m.wireBytes()
@@ -185,24 +179,15 @@ type migration struct {
 	pending  int    // pages since the last look at the return path
 	resent   uint64 // records for pages sent before
 
-	// The bytes sent: the Conn's count when it is a transport.Meter
-	// (meter, and its count w0 at the start), else recBytes, the records
-	// given to it without their framing.
-	meter    transport.Meter
-	w0       uint64
-	recBytes uint64
+	meter transport.Meter // conn's count of the bytes it wrote
+	w0    uint64          // its count at the start
 }
 
 // wireBytes returns the bytes the migration has sent so far: what the
 // Conn wrote to its link since the start, framing, control frames and
-// heartbeats included, or, on a Conn that does not count them, the bytes
-// of the records.
-func (m *migration) wireBytes() uint64 {
-	if m.meter != nil {
-		return m.meter.Written() - m.w0
-	}
-	return m.recBytes
-}
+// heartbeats included (see transport.Metered for a Conn that counts
+// nothing).
+func (m *migration) wireBytes() uint64 { return m.meter.Written() - m.w0 }
 
 // readReturnPath forwards what the destination says, so that a peer error
 // stops the source at once rather than at the end.
@@ -309,7 +294,6 @@ func (m *migration) run(ctx context.Context) (err error) {
 		if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(round)}); err != nil {
 			return m.linkErr(fmt.Sprintf("end of round %d", round), err)
 		}
-		m.recBytes += recordOverhead
 		r.Bytes = m.wireBytes() - b0 // the EndRound wrote the round's last batch
 		m.report.BytesSent = m.wireBytes()
 		r.Duration = m.cfg.Clock.Now().Sub(t0)
@@ -395,7 +379,6 @@ func (m *migration) stopAndCopy(ctx context.Context, round int) error {
 	if err := m.conn.Send(ctx, transport.Msg{Kind: wire.KindDone, Arg: sum}); err != nil {
 		return m.linkErr("done", err)
 	}
-	m.recBytes += uint64(len(state)) + 2*recordOverhead
 	r.Bytes = m.wireBytes() - b0 // the state wrote the last batch, the Done is written
 	m.report.BytesSent = m.wireBytes()
 	// The guest is paused: the log must be empty now, or Pause lied and
@@ -645,7 +628,7 @@ func (m *migration) send(msg transport.Msg) error {
 		t0 := m.cfg.Clock.Now()
 		err = m.conn.Send(m.sendCtx, msg)
 		m.sendTime.Add(int64(m.cfg.Clock.Now().Sub(t0)))
-		m.sendBytes.Add(recordOverhead + uint64(len(msg.Data)))
+		m.sendBytes.Add(transport.RecordOverhead + uint64(len(msg.Data)))
 	} else {
 		err = m.conn.Send(m.sendCtx, msg)
 	}
@@ -679,11 +662,10 @@ func (m *migration) endRound(ctx context.Context, r *livemig.Round) error {
 	if err := m.pipe.Barrier(ctx); err != nil {
 		return m.sendErr(fmt.Sprintf("end of round %d", r.Index), err)
 	}
-	pages, zero, bytes := m.pipe.RoundStats()
+	pages, zero, _ := m.pipe.RoundStats()
 	r.PagesSent, r.ZeroPages = pages, zero
 	m.report.PagesSent += pages
 	m.report.ZeroPages += zero
-	m.recBytes += bytes
 	m.report.PagesResent = m.resent
 	if m.codecs {
 		st := m.pipe.Stats()

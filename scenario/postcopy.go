@@ -13,6 +13,7 @@ import (
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 // Defaults of PostCopy's model parameters.
@@ -280,6 +281,25 @@ type pcModel struct {
 
 	err        error // the first failure in the event loop
 	mainWrites int   // page records written on the main connection after the pause
+
+	// The bytes the driver's connections write: each connection's
+	// framing, and the discard chunks' frames (the Core sizes them).
+	mainFr, urgFr transport.Framing
+	discards      uint64
+}
+
+// written is the bytes the source has written on its connections.
+func (m *pcModel) written() uint64 {
+	return m.mainFr.Written() + m.urgFr.Written() + m.discards
+}
+
+// control counts a control message of n data bytes on the main connection.
+func (m *pcModel) control(n int) { m.mainFr.Control(n, 0) }
+
+// discarded counts discard chunks of the given frame bytes.
+func (m *pcModel) discarded(bytes int) {
+	m.mainFr.Flush()
+	m.discards += uint64(bytes)
 }
 
 func (m *pcModel) tx(n int) time.Duration {
@@ -298,6 +318,7 @@ func (m *pcModel) run(ctx context.Context) error {
 	m.report = &livemig.Report{Algorithm: alg, GuestPages: m.pages, PageSize: m.ps}
 	m.dem = postcopy.NewDemand(m.pages)
 	m.buf, m.out, m.enc = make([]byte, m.ps), make([]byte, 0, m.ps), &codec.PageEncoder{LZ4: m.cfg.LZ4}
+	m.mainFr, m.urgFr = transport.NewFraming(0, 0), transport.NewFraming(0, 0)
 	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
 	core, err := postcopy.NewCore(postcopy.CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: m.cfg.PreCopyRounds,
@@ -322,6 +343,8 @@ func (m *pcModel) run(ctx context.Context) error {
 	}
 	clock.AdvanceTo(end)
 	ackResumed := m.resumeAt.Add(m.tx(recOverhead) + m.lat)
+	m.control(0) // Ack(AckReleased)
+	m.core.Written(m.written())
 	m.core.Fill(m.report, end, ackResumed, true)
 	m.report.Verified = m.sink.Received() == m.pages
 	st := m.report.PostCopy
@@ -359,6 +382,7 @@ func (m *pcModel) precopy(ctx context.Context) error {
 			if err := m.g.SyncDirty(m.core.DirtyLog()); err != nil {
 				return fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
 			}
+			m.core.Written(m.written())
 			if err := m.core.Synced(clock.Now()); err != nil {
 				return fmt.Errorf("scenario: post-copy model: %w", err)
 			}
@@ -367,12 +391,16 @@ func (m *pcModel) precopy(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			m.mainFr.Page(wire.KindPage, size-recOverhead)
 			m.dem.Placed(o.Page, clock.Now())
 			clock.Advance(max(m.tx(size), cpu))
 		case postcopy.OpEndRound:
+			m.control(0)
 			clock.Advance(m.tx(recOverhead))
 		case postcopy.OpDiscard:
 			// The chunks and an EndRound asking for Ack(AckRound).
+			m.discarded(o.Bytes)
+			m.control(0)
 			clock.Advance(m.tx(o.Bytes + recOverhead))
 			clock.Advance(2*m.lat + m.tx(recOverhead))
 			m.discard(o.Stale)
@@ -407,6 +435,7 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 			return time.Time{}, fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
 		}
 	}
+	m.core.Written(m.written())
 	stale, err := m.core.Paused(pauseAt)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("scenario: post-copy model: %w", err)
@@ -417,7 +446,9 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("scenario: post-copy model: save state: %w", err)
 	}
 	m.report.StateBytes = uint64(len(state))
-	m.core.StateSent(len(state))
+	m.discarded(stale.Bytes)
+	m.control(0)                                    // the switchover
+	m.control(len(state))                           // the state
 	ctl := stale.Bytes + len(state) + 2*recOverhead // discards, switchover, state
 	stateAt := pauseAt.Add(m.tx(ctl) + m.lat)
 	if err := m.sink.LoadState(ctx, state); err != nil {
@@ -442,6 +473,7 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 	}
 	m.dem.Resumed(m.resumeAt)
 	m.mainQ.push(record{kind: recCtl, bytes: recOverhead}) // the Commit
+	m.control(0)
 	m.startWire(readyAt)
 	m.pusher(readyAt)
 	return time.Time{}, m.err
@@ -499,10 +531,16 @@ func (m *pcModel) send(now time.Time, o postcopy.Out, urgent bool) {
 		return
 	}
 	r := record{page: o.Page, bytes: size, cpu: cpu}
+	fr := &m.mainFr
 	if urgent {
 		m.urgQ.push(r)
+		fr = &m.urgFr
 	} else {
 		m.mainQ.push(r)
+	}
+	fr.Page(wire.KindPage, size-recOverhead)
+	if o.Flush {
+		fr.Flush()
 	}
 	m.startWire(now)
 }
@@ -540,6 +578,9 @@ func (m *pcModel) pusher(now time.Time) {
 			}
 			continue
 		case postcopy.OpWait:
+			if o.Flush {
+				m.mainFr.Flush()
+			}
 			if !m.pushTimer {
 				m.pushTimer = true
 				m.schedule(o.At, evPush, record{})
@@ -548,8 +589,12 @@ func (m *pcModel) pusher(now time.Time) {
 			// Done follows every page on the main connection (with an
 			// urgent one, after its end marker).
 			m.mainQ.push(record{kind: recDone, bytes: recOverhead})
+			m.control(0)
 			m.startWire(now)
 		case postcopy.OpIdle:
+			if o.Flush {
+				m.mainFr.Flush()
+			}
 			if m.urgent(now) {
 				continue // the marker went: Done may follow
 			}
@@ -585,6 +630,7 @@ func (m *pcModel) urgent(now time.Time) (marked bool) {
 			m.send(now, o, true)
 		case postcopy.OpMarker:
 			m.urgQ.push(record{kind: recCtl, bytes: recOverhead})
+			m.urgFr.Control(0, 0)
 			m.startWire(now)
 			m.core.Wrote(o, 0, 0)
 			marked = true

@@ -1,5 +1,10 @@
 package transport
 
+import (
+	"context"
+	"sync/atomic"
+)
+
 // Framing is the framing's batching rule and its byte count, as a pure
 // value: which page record closes the batch being built, and how many bytes
 // the frames closed so far take on the link.
@@ -100,3 +105,47 @@ func Written(c Conn) (uint64, bool) {
 	}
 	return m.Written(), true
 }
+
+// Metered returns c if it is a Meter, and otherwise a Conn that passes every
+// call to c and counts what it sends with a Framing at this package's
+// defaults (DefaultBatchBytes, DefaultMaxFrame): the bytes a Conn of this
+// package would write for the same sends, without heartbeats. Engines use it
+// so that their reports count bytes the same way on any Conn.
+func Metered(c Conn) Conn {
+	if _, ok := c.(Meter); ok {
+		return c
+	}
+	return &meteredConn{Conn: c, fr: NewFraming(0, 0)}
+}
+
+// meteredConn counts a Conn's sends. fr belongs to the goroutine that
+// sends; written is its count for any goroutine.
+type meteredConn struct {
+	Conn
+	fr      Framing
+	written atomic.Uint64
+}
+
+func (m *meteredConn) Send(ctx context.Context, msg Msg) error {
+	if err := m.Conn.Send(ctx, msg); err != nil {
+		return err
+	}
+	if msg.Kind.Class() == ClassRecords {
+		m.fr.Page(msg.Kind, len(msg.Data))
+	} else {
+		m.fr.Control(len(msg.Data), 0)
+	}
+	m.written.Store(m.fr.Written())
+	return nil
+}
+
+func (m *meteredConn) Flush(ctx context.Context) error {
+	if err := m.Conn.Flush(ctx); err != nil {
+		return err
+	}
+	m.fr.Flush()
+	m.written.Store(m.fr.Written())
+	return nil
+}
+
+func (m *meteredConn) Written() uint64 { return m.written.Load() }

@@ -28,6 +28,13 @@ func framingRun(t *testing.T, cfg Config, seed uint64) {
 	ctx := context.Background()
 	a, b := Pipe(1 << 16)
 	conn := NewConn(a, cfg)
+	// A Conn that counts nothing, counted by Metered: the same bytes, at
+	// the defaults.
+	var metered Conn
+	if cfg.BatchBytes == 0 && cfg.MaxFrame == 0 {
+		metered = Metered(struct{ Conn }{conn})
+		conn = metered
+	}
 	got := make(chan int64, 1)
 	go func() {
 		n, _ := io.Copy(io.Discard, b)
@@ -77,6 +84,9 @@ func framingRun(t *testing.T, cfg Config, seed uint64) {
 	w, ok := Written(conn)
 	if !ok {
 		t.Fatal("a Conn of this package is no Meter")
+	}
+	if metered != nil {
+		t.Logf("seed %d: Metered counts %d bytes", seed, w)
 	}
 	if err := conn.Close(); err != nil {
 		t.Fatal(err)
