@@ -232,7 +232,7 @@ func TestErrors(t *testing.T) {
 	if _, err := New(0); err == nil {
 		t.Error("New(0) accepted")
 	}
-	if _, err := Track(r.Bytes()[1:r.PageSize()+1]); err == nil {
+	if _, err := Track(r.Bytes()[1 : r.PageSize()+1]); err == nil {
 		t.Error("Track of unaligned memory accepted")
 	}
 	// Memory already under tracking can't be tracked twice.
