@@ -76,8 +76,13 @@ func (v *gateVM) SaveState(_ context.Context, dst []byte) ([]byte, error) {
 	return append(dst, v.state...), nil
 }
 
-func (v *gateVM) LoadState(context.Context, []byte) error {
-	return errors.New("gateVM: a source, not a destination")
+// LoadState accepts only the state the source holds: it serves as a
+// source, and changes nothing.
+func (v *gateVM) LoadState(_ context.Context, state []byte) error {
+	if !bytes.Equal(state, v.state) {
+		return errors.New("gateVM: a source, not a destination: it loads no other state")
+	}
+	return nil
 }
 
 // writers starts three writers of mem (of which they write only the pages

@@ -68,7 +68,9 @@ func New(pages uint64) (*Region, error) {
 // a private anonymous mapping (mmap MAP_PRIVATE|MAP_ANONYMOUS, not Go heap
 // memory, not MAP_SHARED), page-aligned in start and length, that stays
 // mapped until Close returns. It advises the kernel against transparent huge
-// pages on mem (MADV_NOHUGEPAGE). The first SyncDirty reports the pages
+// pages on mem (MADV_NOHUGEPAGE); that does not split huge pages mem
+// already has, and a write to one of those shows as its 512 4 KiB pages
+// until the kernel splits it. The first SyncDirty reports the pages
 // written since Track returned, whatever mem held before. Close stops the
 // tracking and leaves mem mapped. Errors as for New.
 func Track(mem []byte) (*Region, error) {
