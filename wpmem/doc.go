@@ -21,7 +21,10 @@
 // same ioctl (PM_SCAN_WP_MATCHING), protects them again. So a page costs
 // one minor fault on its first write after each sync, and nothing after
 // that until the next sync; a sync costs a walk of the page tables of the
-// range, cheap where nothing was written.
+// range, cheap where nothing was written, plus the re-protection of each
+// 2 MiB block of page table that holds a written page: scattered writes
+// cost more to sync than the same number packed together
+// (docs/BENCHMARKS.md, "Kernel dirty tracking for process memory").
 //
 // The page size is the host's (unix.Getpagesize(): 4 KiB on x86-64): one
 // bit of the dirty bitmap per host page. New advises the kernel against
@@ -64,8 +67,10 @@
 //
 // # Platforms
 //
-// Linux 6.7 or later with userfaultfd available to the process (root, or
-// access to /dev/userfaultfd, or vm.unprivileged_userfaultfd=1). Elsewhere
-// New and Track return an error matching livemig.ErrNotSupported that says
-// what is missing.
+// Linux 6.7 or later, built with userfaultfd. No privilege is needed: the
+// userfaultfd is opened with UFFD_USER_MODE_ONLY, which any process may do
+// even where vm.unprivileged_userfaultfd is 0, and which still tracks writes
+// made in kernel mode (the kernel resolves the fault before it would look at
+// the descriptor). Elsewhere New and Track return an error matching
+// livemig.ErrNotSupported that says what is missing.
 package wpmem

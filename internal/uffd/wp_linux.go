@@ -84,8 +84,17 @@ func (f *FD) WriteProtect(start, length uintptr, mode uint64) error {
 // seen). Like Open it probes on a throw-away descriptor first; a kernel
 // older than 6.7, or one without the features, gives an error matching
 // livemig.ErrNotSupported that names what is missing.
+//
+// The descriptor is opened with UFFD_USER_MODE_ONLY. The kernel resolves an
+// asynchronous write-protect fault by itself, in user or kernel mode alike,
+// before the descriptor would be consulted, so writes made by system calls
+// are tracked all the same (TestWPAsyncKernelModeWrite); and a process
+// without CAP_SYS_PTRACE may open such a descriptor even where
+// vm.unprivileged_userfaultfd is 0. Only register ranges with
+// RegisterModeWP on it: missing-page faults taken in kernel mode would fail
+// with EFAULT.
 func OpenWPAsync() (*FD, error) {
-	return Open(FeaturePagefaultFlagWP | FeatureWPAsync | FeatureWPUnpopulated)
+	return open(FeaturePagefaultFlagWP|FeatureWPAsync|FeatureWPUnpopulated, userModeOnly)
 }
 
 // Pagemap is this process's /proc/self/pagemap, opened for PAGEMAP_SCAN.

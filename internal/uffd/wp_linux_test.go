@@ -195,3 +195,24 @@ func TestWPScanErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A write made by the kernel on the process's behalf (read(2) from a pipe
+// into the range: a kernel-mode fault) is tracked although OpenWPAsync's
+// descriptor handles user-mode faults only: the kernel resolves the
+// asynchronous fault before it would look at the descriptor.
+func TestWPAsyncKernelModeWrite(t *testing.T) {
+	w := newWPTracked(t, 8)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	if _, err := unix.Write(p[1], []byte("kernel")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := unix.Read(p[0], w.mem[3*w.ps:3*w.ps+6]); n != 6 || err != nil {
+		t.Fatalf("read(2) into the range: %d, %v", n, err)
+	}
+	w.want(t, true, 4, "3-4")
+}
