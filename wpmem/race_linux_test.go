@@ -20,7 +20,7 @@ import (
 // minSyncs syncs have run during its writes, so the race is exercised
 // without sleeping.
 func TestRacingWritesNeverLost(t *testing.T) {
-	const pages, minWrites, minSyncs = 1024, 200_000, 200
+	const pages, minWrites, minSyncs = 1024, 200_000, 2000
 	r := newOrSkip(t, pages)
 	ps := r.PageSize()
 	mem := r.Bytes()
