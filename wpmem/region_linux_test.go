@@ -5,9 +5,13 @@ package wpmem
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -273,4 +277,32 @@ func TestTrack(t *testing.T) {
 		t.Fatal(err)
 	}
 	mem[4*ps] = 1 // still mapped, no longer protected
+}
+
+// The mapping carries MADV_NOHUGEPAGE (VmFlags "nh" in /proc/self/smaps),
+// and a write into a region of many 2 MiB blocks dirties one 4 KiB page,
+// not a huge page's 512.
+func TestNoHugePages(t *testing.T) {
+	const pages = 4096 // 16 MiB
+	r := newOrSkip(t, pages)
+	ps := r.PageSize()
+	mem := r.Bytes()
+	for _, n := range []int{600, 1536, 4095} {
+		mem[n*ps+1] = 1
+	}
+	wantSynced(t, r, 600, 1536, 4095)
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no /proc/self/smaps: %v", err)
+	}
+	start := fmt.Sprintf("%x-", uintptr(unsafe.Pointer(unsafe.SliceData(mem))))
+	_, rest, found := strings.Cut(string(smaps), "\n"+start)
+	if !found {
+		t.Fatalf("mapping %s... not in /proc/self/smaps", start)
+	}
+	_, flags, _ := strings.Cut(rest, "VmFlags:")
+	flags, _, _ = strings.Cut(flags, "\n")
+	if !slices.Contains(strings.Fields(flags), "nh") {
+		t.Fatalf("VmFlags of the mapping: %q, no nh (MADV_NOHUGEPAGE)", flags)
+	}
 }
