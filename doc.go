@@ -23,6 +23,8 @@
 //     device state as opaque bytes.
 //
 // Package region provides all three over real memory written by goroutines;
+// package wpmem provides a Memory and DirtySource over process memory that
+// any code writes directly, the kernel tracking the writes;
 // package sim provides them for simulated guests whose workloads dirty pages
 // as (virtual) time passes; a hypervisor provides its own, and checks them
 // with package livemigtest.

@@ -1,11 +1,13 @@
 // Package uffd is a thin layer over Linux userfaultfd(2): open a
 // userfaultfd, negotiate its API, register ranges in MISSING mode, place
 // pages with UFFDIO_COPY / UFFDIO_ZEROPAGE, wake waiters and read fault
-// messages.
+// messages; and the kernel's dirty tracking of process memory: asynchronous
+// write-protect (OpenWPAsync, RegisterModeWP, WriteProtect) read and re-armed
+// by PAGEMAP_SCAN on /proc/self/pagemap (Pagemap).
 //
-// golang.org/x/sys/unix defines none of the userfaultfd constants or
-// structs, so they are defined here by hand from Linux's
-// include/uapi/linux/userfaultfd.h. The package builds on Linux only; on
+// golang.org/x/sys/unix defines none of the userfaultfd or PAGEMAP_SCAN
+// constants or structs, so they are defined here by hand from Linux's
+// include/uapi/linux/userfaultfd.h and include/uapi/linux/fs.h. The package builds on Linux only; on
 // other platforms Open returns an error matching livemig.ErrNotSupported.
 //
 // An FD is safe for concurrent use: several goroutines may place pages while

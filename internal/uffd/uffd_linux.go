@@ -36,8 +36,11 @@ const (
 	// (Linux 6.1+) that returns a new userfaultfd; include/uapi/linux/userfaultfd.h.
 	ioctlNew = 0xAA00
 
-	// UFFD_USER_MODE_ONLY, a flag of userfaultfd(2) (not used: KVM's
-	// accesses to guest memory are kernel-mode faults).
+	// UFFD_USER_MODE_ONLY, a flag of userfaultfd(2): the descriptor handles
+	// only faults taken in user mode. Open does not use it (KVM's accesses
+	// to guest memory are kernel-mode faults); OpenWPAsync does, since an
+	// asynchronous write-protect fault never reaches the descriptor, and
+	// then an unprivileged process may open it.
 	userModeOnly = 1
 )
 
@@ -139,9 +142,9 @@ func notSupported(what string, err error) error {
 // openRaw returns a fresh userfaultfd (O_CLOEXEC|O_NONBLOCK), before its API
 // handshake. It tries /dev/userfaultfd first (its access is governed by file
 // permissions, and it serves kernel-mode faults), then the userfaultfd(2)
-// system call.
-func openRaw() (int, error) {
-	const flags = unix.O_CLOEXEC | unix.O_NONBLOCK
+// system call. extra is 0 or userModeOnly.
+func openRaw(extra uintptr) (int, error) {
+	flags := unix.O_CLOEXEC | unix.O_NONBLOCK | extra
 	dev, err := unix.Open("/dev/userfaultfd", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err == nil {
 		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(dev), ioctlNew, flags)
@@ -167,8 +170,11 @@ func handshake(fd int, features uint64) (uffdioAPI, error) {
 // Supported returns the features and ioctls the kernel offers. It probes on
 // a throw-away descriptor, since UFFDIO_API may be called only once per
 // descriptor (QEMU does the same).
-func Supported() (features, ioctls uint64, err error) {
-	fd, err := openRaw()
+func Supported() (features, ioctls uint64, err error) { return supported(0) }
+
+// supported is Supported on a descriptor opened with extra flags.
+func supported(extra uintptr) (features, ioctls uint64, err error) {
+	fd, err := openRaw(extra)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -184,16 +190,19 @@ func Supported() (features, ioctls uint64, err error) {
 // MISSING faults on anonymous memory). It probes the kernel first; a
 // feature the kernel lacks gives an error matching livemig.ErrNotSupported,
 // as does a kernel or a process that can't use userfaultfd at all.
-func Open(features uint64) (*FD, error) {
-	supported, _, err := Supported()
+func Open(features uint64) (*FD, error) { return open(features, 0) }
+
+// open is Open with extra flags for userfaultfd(2): 0 or userModeOnly.
+func open(features uint64, extra uintptr) (*FD, error) {
+	offered, _, err := supported(extra)
 	if err != nil {
 		return nil, err
 	}
-	if missing := features &^ supported; missing != 0 {
+	if missing := features &^ offered; missing != 0 {
 		return nil, fmt.Errorf("uffd: features %#x not offered by the kernel (it offers %#x): %w",
-			missing, supported, livemig.ErrNotSupported)
+			missing, offered, livemig.ErrNotSupported)
 	}
-	fd, err := openRaw()
+	fd, err := openRaw(extra)
 	if err != nil {
 		return nil, err
 	}

@@ -50,3 +50,29 @@ func (f *FD) Read(msgs []Msg) (int, error) { return 0, errNotSupported() }
 
 // Close does nothing.
 func (f *FD) Close() error { return nil }
+
+// WriteProtect returns an error matching livemig.ErrNotSupported.
+func (f *FD) WriteProtect(start, length uintptr, mode uint64) error { return errNotSupported() }
+
+// OpenWPAsync returns an error matching livemig.ErrNotSupported on this
+// platform.
+func OpenWPAsync() (*FD, error) { return nil, errNotSupported() }
+
+// Pagemap is /proc/self/pagemap. On this platform none can be opened.
+type Pagemap struct{}
+
+// OpenPagemap returns an error matching livemig.ErrNotSupported.
+func OpenPagemap() (*Pagemap, error) {
+	return nil, fmt.Errorf("uffd: PAGEMAP_SCAN on %s: %w", runtime.GOOS, livemig.ErrNotSupported)
+}
+
+// ScanOnce returns an error matching livemig.ErrNotSupported.
+func (p *Pagemap) ScanOnce(s Scan, vec []PageRegion) (int, uintptr, error) {
+	return 0, s.Start, errNotSupported()
+}
+
+// Scan returns an error matching livemig.ErrNotSupported.
+func (p *Pagemap) Scan(s Scan, vec []PageRegion, fn func(PageRegion)) error { return errNotSupported() }
+
+// Close does nothing.
+func (p *Pagemap) Close() error { return nil }
