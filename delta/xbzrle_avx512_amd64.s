@@ -5,28 +5,39 @@
 // func encodeAVX512(out *byte, w int, old, new *byte, n, limit int) int
 //
 // The whole encoder of encode (xbzrle.go) with AVX-512BW: the same runs, the
-// same room checks against limit, the same result (length, 0 unchanged, -1
-// overflow). n >= 1, limit >= 2, w = len(out) >= min(limit, 2n+16).
+// same result (length, 0 unchanged, -1 overflow) for the same limit. n >= 1,
+// limit >= 2, w = len(out) >= min(limit, 2n+16).
 //
-// Each 64-byte block is compared once (VPCMPUB into a K register); the run
-// walk then finds boundaries with TZCNT on that block's mask, kept in R13.
-// Stretches of unchanged (or changed) bytes are skipped four blocks at a
-// time with KORTESTQ. The last partial block is loaded with a zeroing mask
-// (K7), so the bytes past the page compare equal. A changed run is copied
-// with one 64-byte store when out has room behind it, else a masked store,
-// or 64-byte chunks for longer runs.
+// Each 64-byte block is compared once (VPCMPUB into a K register). From its
+// mask X of the bytes in the state opposite to the current run's (changed
+// bytes in an unchanged run, unchanged ones in a changed run), T = X ^ X<<1
+// has a bit set at each run boundary of the block; the walk takes them in
+// order with TZCNT and BLSR, so a boundary costs no shift by the run start.
+// Stretches of one state are skipped four blocks at a time (KORTESTQ). The
+// last partial block is loaded with a zeroing mask (K7): the bytes past the
+// page compare equal, so a changed run at the end closes at n.
 //
-// A changed run that already cannot fit (it covers [start, Q) with
-// Q - start > limit - d - 1) ends the encode with -1 before its end is
-// found: QEMU's scalar encoder fails on that run too, with any header.
+// Room checks. QEMU's scalar encoder fails (-1) when fewer than 2 bytes are
+// left before an unchanged run, or after its header, or when a changed
+// run's header and bytes do not fit. Each pair of runs needs
+// hz + hn + m bytes (headers and bytes), and that check passing implies the
+// first two, while any of them failing fails the encode; so one check per
+// pair, made before anything of the pair is written, gives QEMU's result.
+// The final unchanged run, which is not written, keeps its 2-byte check. A
+// changed run that already covers more than limit-d-2 bytes fails before
+// its end is found.
 //
-// Registers: R8 out, R15 w-64, SI old, DI new, R14 n, R9 limit, R10 d (bytes
-// written), R11 start of the current run, R12 offset of the current block,
-// R13 its equal-bytes mask, K7 the mask of the bytes of a partial last block.
+// A header is written as two bytes (MOVW): the second is overwritten next
+// when the length takes one. A changed run of up to 64 bytes is copied with
+// one 64-byte load and store when both stay in new and out, else with masks.
+//
+// Registers: R8 out, SI old, DI new, R14 n, R9 limit, R10 d (bytes written),
+// R11 start of the current pair, R12 offset of the current block, R13 its
+// boundaries not yet taken, BX/CX the pair's boundaries, K7 the partial
+// block's byte mask; w+8(FP) holds w-64.
 TEXT ·encodeAVX512(SB), NOSPLIT, $0-56
 	MOVQ  out+0(FP), R8
-	MOVQ  w+8(FP), R15
-	SUBQ  $64, R15
+	SUBQ  $64, w+8(FP)
 	MOVQ  old+16(FP), SI
 	MOVQ  new+24(FP), DI
 	MOVQ  n+32(FP), R14
@@ -39,41 +50,121 @@ TEXT ·encodeAVX512(SB), NOSPLIT, $0-56
 	XORQ  R10, R10
 	XORQ  R11, R11
 	XORQ  R12, R12
-	JMP   zgroup // limit >= 2: room for the first run
+	JMP   zgroup
 
-// An unchanged run starts at R11, inside block R12.
+// An unchanged run starts at R11; R13 holds block R12's boundaries past it.
 zrun:
-	LEAQ   2(R10), AX
-	CMPQ   AX, R9
-	JGT    overflow
-	MOVQ   R11, CX
-	SUBQ   R12, CX
-	MOVQ   R13, AX
-	NOTQ   AX
-	SHRXQ  CX, AX, AX
-	TZCNTQ AX, BX
-	JCC    zhdr // BX = run length
+	TZCNTQ R13, BX
+	JCS    zskip
+	BLSRQ  R13, R13
+	ADDQ   R12, BX
 
+// A changed run starts at BX.
+nzrun:
+	TZCNTQ R13, CX
+	JCS    nzskip
+	BLSRQ  R13, R13
+	ADDQ   R12, CX
+
+// The pair: unchanged [R11, BX), changed [BX, CX).
+pair:
+	MOVQ   BX, AX
+	SUBQ   R11, AX          // AX = unchanged run's length
+	MOVQ   CX, R11
+	MOVQ   CX, DX
+	SUBQ   BX, DX           // DX = changed run's length
+	LEAQ   0x3F80(AX), CX
+	SHRQ   $14, CX          // CX = 1 if AX takes two bytes
+	LEAQ   2(R10)(CX*1), R15
+	ADDQ   DX, R15
+	CMPQ   DX, $0x80
+	SBBQ   $-1, R15         // R15 = d + both headers + DX
+	CMPQ   R15, R9
+	JGT    overflow
+	MOVQ   AX, R15          // the ULEB128 of AX: AX + AX&^0x7f + CX<<7
+	ANDQ   $-128, R15
+	ADDQ   R15, AX
+	SHLQ   $7, CX
+	ORQ    CX, AX
+	MOVW   AX, (R8)(R10*1)
+	SHRQ   $7, CX
+	LEAQ   1(R10)(CX*1), R10
+	LEAQ   0x3F80(DX), CX   // the same for DX
+	SHRQ   $14, CX
+	MOVQ   DX, AX
+	MOVQ   DX, R15
+	ANDQ   $-128, R15
+	ADDQ   R15, AX
+	SHLQ   $7, CX
+	ORQ    CX, AX
+	MOVW   AX, (R8)(R10*1)
+	SHRQ   $7, CX
+	LEAQ   1(R10)(CX*1), R10
+	CMPQ   DX, $64
+	JGT    copylong
+	CMPQ   R10, w+8(FP)
+	JGT    copymasked       // out has no 64 bytes of room
+	LEAQ   64(BX), AX
+	CMPQ   AX, R14
+	JGT    copymasked       // a 64-byte load would leave new
+	VMOVDQU64 (DI)(BX*1), Z0
+	VMOVDQU64 Z0, (R8)(R10*1)
+
+copied:
+	ADDQ DX, R10
+	CMPQ R11, R14
+	JLT  zrun
+	MOVQ R10, ret+48(FP)
+	VZEROUPPER
+	RET
+
+copymasked:
+	MOVQ       $-1, AX
+	BZHIQ      DX, AX, AX
+	KMOVQ      AX, K1
+	VMOVDQU8.Z (DI)(BX*1), K1, Z0
+	VMOVDQU8   Z0, K1, (R8)(R10*1)
+	JMP        copied
+
+copylong: // DX > 64: 64-byte chunks, the last one ending with the run
+	LEAQ (DI)(BX*1), AX
+	LEAQ (R8)(R10*1), R15
+	MOVQ DX, CX
+
+copyloop:
+	VMOVDQU64 (AX), Z0
+	VMOVDQU64 Z0, (R15)
+	ADDQ      $64, AX
+	ADDQ      $64, R15
+	SUBQ      $64, CX
+	CMPQ      CX, $64
+	JGT       copyloop
+	VMOVDQU64 -64(AX)(CX*1), Z0
+	VMOVDQU64 Z0, -64(R15)(CX*1)
+	JMP       copied
+
+// The unchanged run goes on past block R12.
+zskip:
 	ADDQ $64, R12
 
 zgroup:
-	LEAQ     256(R12), AX
-	CMPQ     AX, R14
-	JGT      zblock
+	LEAQ      256(R12), AX
+	CMPQ      AX, R14
+	JGT       zblock
 	VMOVDQU64 (SI)(R12*1), Z0
 	VMOVDQU64 64(SI)(R12*1), Z1
 	VMOVDQU64 128(SI)(R12*1), Z2
 	VMOVDQU64 192(SI)(R12*1), Z3
-	VPCMPUB  $4, (DI)(R12*1), Z0, K1
-	VPCMPUB  $4, 64(DI)(R12*1), Z1, K2
-	VPCMPUB  $4, 128(DI)(R12*1), Z2, K3
-	VPCMPUB  $4, 192(DI)(R12*1), Z3, K4
-	KORQ     K1, K2, K5
-	KORQ     K3, K4, K6
-	KORTESTQ K5, K6
-	JNZ      zfind
-	ADDQ     $256, R12
-	JMP      zgroup
+	VPCMPUB   $4, (DI)(R12*1), Z0, K1
+	VPCMPUB   $4, 64(DI)(R12*1), Z1, K2
+	VPCMPUB   $4, 128(DI)(R12*1), Z2, K3
+	VPCMPUB   $4, 192(DI)(R12*1), Z3, K4
+	KORQ      K1, K2, K5
+	KORQ      K3, K4, K6
+	KORTESTQ  K5, K6
+	JNZ       zfind
+	ADDQ      $256, R12
+	JMP       zgroup
 
 zfind: // some byte of the four blocks changed
 	KMOVQ K1, AX
@@ -115,65 +206,48 @@ ztail:
 
 zhit: // AX: the changed-bytes mask of block R12, not 0
 	MOVQ   AX, R13
-	NOTQ   R13
-	TZCNTQ AX, BX
+	SHLQ   $1, R13
+	XORQ   AX, R13
+	TZCNTQ R13, BX
+	BLSRQ  R13, R13
 	ADDQ   R12, BX
-	SUBQ   R11, BX
+	JMP    nzrun
 
-zhdr: // BX: the unchanged run's length; write it, start the changed run
-	ADDQ BX, R11
-	CMPQ BX, $0x80
-	JAE  zhdr2
-	MOVB BX, (R8)(R10*1)
-	INCQ R10
-	JMP  nzrun
+zend: // no change up to the end of the page: the final run is not written
+	LEAQ 2(R10), AX
+	CMPQ AX, R9
+	JGT  overflow
+	MOVQ R10, ret+48(FP)
+	VZEROUPPER
+	RET
 
-zhdr2:
-	MOVQ BX, AX
-	ORQ  $0x80, AX
-	MOVB AX, (R8)(R10*1)
-	SHRQ $7, BX
-	MOVB BX, 1(R8)(R10*1)
-	ADDQ $2, R10
-
-// A changed run starts at R11, inside block R12.
-nzrun:
-	LEAQ   2(R10), AX
-	CMPQ   AX, R9
-	JGT    overflow
-	MOVQ   R11, CX
-	SUBQ   R12, CX
-	SHRXQ  CX, R13, AX
-	TZCNTQ AX, BX
-	JCC    nzhdr // BX = run length
-
-	// DX: a run that covers [R11, DX+1) cannot fit, whatever its header.
-	MOVQ R9, DX
-	SUBQ R10, DX
-	ADDQ R11, DX
-	DECQ DX
+// The changed run from BX goes on past block R12.
+nzskip:
+	MOVQ R9, DX             // DX = BX + limit - d - 2: a run covering
+	SUBQ R10, DX            // [BX, R12) with R12 > DX cannot fit
+	LEAQ -2(DX)(BX*1), DX
 	ADDQ $64, R12
 
-nzgroup: // the run covers [R11, R12)
-	CMPQ     R12, DX
-	JGT      overflow
-	LEAQ     256(R12), AX
-	CMPQ     AX, R14
-	JGT      nzblock
+nzgroup:
+	CMPQ      R12, DX
+	JGT       overflow
+	LEAQ      256(R12), AX
+	CMPQ      AX, R14
+	JGT       nzblock
 	VMOVDQU64 (SI)(R12*1), Z0
 	VMOVDQU64 64(SI)(R12*1), Z1
 	VMOVDQU64 128(SI)(R12*1), Z2
 	VMOVDQU64 192(SI)(R12*1), Z3
-	VPCMPUB  $0, (DI)(R12*1), Z0, K1
-	VPCMPUB  $0, 64(DI)(R12*1), Z1, K2
-	VPCMPUB  $0, 128(DI)(R12*1), Z2, K3
-	VPCMPUB  $0, 192(DI)(R12*1), Z3, K4
-	KORQ     K1, K2, K5
-	KORQ     K3, K4, K6
-	KORTESTQ K5, K6
-	JNZ      nzfind
-	ADDQ     $256, R12
-	JMP      nzgroup
+	VPCMPUB   $0, (DI)(R12*1), Z0, K1
+	VPCMPUB   $0, 64(DI)(R12*1), Z1, K2
+	VPCMPUB   $0, 128(DI)(R12*1), Z2, K3
+	VPCMPUB   $0, 192(DI)(R12*1), Z3, K4
+	KORQ      K1, K2, K5
+	KORQ      K3, K4, K6
+	KORTESTQ  K5, K6
+	JNZ       nzfind
+	ADDQ      $256, R12
+	JMP       nzgroup
 
 nzfind: // some byte of the four blocks is unchanged
 	KMOVQ K1, AX
@@ -213,83 +287,17 @@ nztail: // the bytes past the page compare equal: the run ends in this block
 
 nzhit: // AX: the equal-bytes mask of block R12, not 0
 	MOVQ   AX, R13
-	TZCNTQ AX, BX
-	ADDQ   R12, BX
-	SUBQ   R11, BX
-	JMP    nzhdr
+	SHLQ   $1, R13
+	XORQ   AX, R13
+	TZCNTQ R13, CX
+	BLSRQ  R13, R13
+	ADDQ   R12, CX
+	JMP    pair
 
 nzend: // the run ends the page (n is a multiple of 64)
-	MOVQ R14, BX
-	SUBQ R11, BX
-
-nzhdr: // BX: the changed run's length; write it and the run's bytes
-	CMPQ BX, $0x80
-	JAE  nzhdr2
-	MOVB BX, (R8)(R10*1)
-	INCQ R10
-	JMP  nzcheck
-
-nzhdr2:
-	MOVQ BX, AX
-	ORQ  $0x80, AX
-	MOVB AX, (R8)(R10*1)
-	MOVQ BX, AX
-	SHRQ $7, AX
-	MOVB AX, 1(R8)(R10*1)
-	ADDQ $2, R10
-
-nzcheck:
-	LEAQ (R10)(BX*1), AX
-	CMPQ AX, R9
-	JGT  overflow
-	CMPQ BX, $64
-	JGT  copylong
-	CMPQ R10, R15
-	JGT  copymasked // out has no 64 bytes of room
-	LEAQ 64(R11), AX
-	CMPQ AX, R14
-	JGT  copymasked // a 64-byte load would leave the page
-	VMOVDQU64 (DI)(R11*1), Z0
-	VMOVDQU64 Z0, (R8)(R10*1)
-
-copied:
-	ADDQ BX, R10
-	ADDQ BX, R11
-	CMPQ R11, R14
-	JLT  zrun
-	MOVQ R10, ret+48(FP)
-	VZEROUPPER
-	RET
-
-copymasked:
-	MOVQ       $-1, AX
-	BZHIQ      BX, AX, AX
-	KMOVQ      AX, K1
-	VMOVDQU8.Z (DI)(R11*1), K1, Z0
-	VMOVDQU8   Z0, K1, (R8)(R10*1)
-	JMP        copied
-
-copylong: // BX > 64: 64-byte chunks, the last one ending with the run
-	LEAQ (DI)(R11*1), AX
-	LEAQ (R8)(R10*1), DX
-	MOVQ BX, CX
-
-copyloop:
-	VMOVDQU64 (AX), Z0
-	VMOVDQU64 Z0, (DX)
-	ADDQ      $64, AX
-	ADDQ      $64, DX
-	SUBQ      $64, CX
-	CMPQ      CX, $64
-	JGT       copyloop
-	VMOVDQU64 -64(AX)(CX*1), Z0
-	VMOVDQU64 Z0, -64(DX)(CX*1)
-	JMP       copied
-
-zend: // no change up to the end of the page: the final run is not written
-	MOVQ R10, ret+48(FP)
-	VZEROUPPER
-	RET
+	MOVQ R14, CX
+	XORQ R13, R13
+	JMP  pair
 
 overflow:
 	MOVQ $-1, ret+48(FP)
