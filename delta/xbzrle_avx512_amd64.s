@@ -68,38 +68,47 @@ nzrun:
 
 // The pair: unchanged [R11, BX), changed [BX, CX).
 pair:
-	MOVQ   BX, AX
-	SUBQ   R11, AX          // AX = unchanged run's length
-	MOVQ   CX, R11
-	MOVQ   CX, DX
-	SUBQ   BX, DX           // DX = changed run's length
-	LEAQ   0x3F80(AX), CX
-	SHRQ   $14, CX          // CX = 1 if AX takes two bytes
-	LEAQ   2(R10)(CX*1), R15
-	ADDQ   DX, R15
-	CMPQ   DX, $0x80
-	SBBQ   $-1, R15         // R15 = d + both headers + DX
-	CMPQ   R15, R9
-	JGT    overflow
-	MOVQ   AX, R15          // the ULEB128 of AX: AX + AX&^0x7f + CX<<7
-	ANDQ   $-128, R15
-	ADDQ   R15, AX
-	SHLQ   $7, CX
-	ORQ    CX, AX
-	MOVW   AX, (R8)(R10*1)
-	SHRQ   $7, CX
-	LEAQ   1(R10)(CX*1), R10
-	LEAQ   0x3F80(DX), CX   // the same for DX
-	SHRQ   $14, CX
-	MOVQ   DX, AX
-	MOVQ   DX, R15
-	ANDQ   $-128, R15
-	ADDQ   R15, AX
-	SHLQ   $7, CX
-	ORQ    CX, AX
-	MOVW   AX, (R8)(R10*1)
-	SHRQ   $7, CX
-	LEAQ   1(R10)(CX*1), R10
+	MOVQ BX, AX
+	SUBQ R11, AX            // AX = unchanged run's length
+	MOVQ CX, R11
+	MOVQ CX, DX
+	SUBQ BX, DX             // DX = changed run's length
+	LEAQ 4(R10)(DX*1), R15  // room for two-byte headers?
+	CMPQ R15, R9
+	JGT  tight
+
+headers:
+	CMPQ AX, $0x80
+	JAE  zlong
+	MOVB AX, (R8)(R10*1)
+	INCQ R10
+	JMP  nzhdr
+
+zlong:
+	MOVQ AX, R15
+	ORQ  $0x80, R15
+	MOVB R15, (R8)(R10*1)
+	SHRQ $7, AX
+	MOVB AX, 1(R8)(R10*1)
+	ADDQ $2, R10
+
+nzhdr:
+	CMPQ DX, $0x80
+	JAE  nzlong
+	MOVB DX, (R8)(R10*1)
+	INCQ R10
+	JMP  copy
+
+nzlong:
+	MOVQ DX, R15
+	ORQ  $0x80, R15
+	MOVB R15, (R8)(R10*1)
+	MOVQ DX, AX
+	SHRQ $7, AX
+	MOVB AX, 1(R8)(R10*1)
+	ADDQ $2, R10
+
+copy:
 	CMPQ   DX, $64
 	JGT    copylong
 	CMPQ   R10, w+8(FP)
@@ -145,7 +154,16 @@ copyloop:
 
 // The unchanged run goes on past block R12.
 zskip:
-	ADDQ $64, R12
+	ADDQ      $64, R12
+	LEAQ      64(R12), AX
+	CMPQ      AX, R14
+	JGT       zblock
+	VMOVDQU64 (SI)(R12*1), Z0 // the next block alone first: changes
+	VPCMPUB   $4, (DI)(R12*1), Z0, K1 // are often near each other
+	KMOVQ     K1, AX
+	TESTQ     AX, AX
+	JNZ       zhit
+	ADDQ      $64, R12
 
 zgroup:
 	LEAQ      256(R12), AX
@@ -298,6 +316,16 @@ nzend: // the run ends the page (n is a multiple of 64)
 	MOVQ R14, CX
 	XORQ R13, R13
 	JMP  pair
+
+tight: // the exact room check: d + both headers + DX <= limit
+	LEAQ 0x3F80(AX), CX
+	SHRQ $14, CX            // CX = 1 if AX takes two bytes
+	LEAQ 2(R10)(CX*1), R15
+	ADDQ DX, R15
+	CMPQ DX, $0x80
+	SBBQ $-1, R15
+	CMPQ R15, R9
+	JLE  headers
 
 overflow:
 	MOVQ $-1, ret+48(FP)
