@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -146,6 +148,42 @@ func TestEncodePathsRandomRuns(t *testing.T) {
 		}
 		for _, lim := range limitsAround(old, new) {
 			checkPaths(t, paths, old, new, lim, fmt.Sprintf("iter %d n=%d", iter, n))
+		}
+	}
+}
+
+// TestSetPath: each path can be chosen where the CPU has it, and a path it
+// lacks falls back to the best one below.
+func TestSetPath(t *testing.T) {
+	defer setPath(currentPath())
+	want := map[string]string{pathGo: pathGo, pathAVX2: pathGo, pathAVX512: pathGo, "sse": pathGo}
+	if hasAVX2 {
+		want[pathAVX2], want[pathAVX512] = pathAVX2, pathAVX2
+	}
+	if hasAVX512 {
+		want[pathAVX512] = pathAVX512
+	}
+	for p, w := range want {
+		if got := setPath(p); got != w || currentPath() != w {
+			t.Errorf("setPath(%q) = %q, currentPath %q; want %q", p, got, currentPath(), w)
+		}
+	}
+}
+
+// TestPathEnv runs this test binary again with LIVEMIG_DELTA_PATH set and
+// checks that Encode starts on the path asked for.
+func TestPathEnv(t *testing.T) {
+	if p := os.Getenv("LIVEMIG_DELTA_PATH_CHILD"); p != "" {
+		if got := currentPath(); got != p {
+			t.Fatalf("%s=%s: Encode uses %s", pathEnv, os.Getenv(pathEnv), got)
+		}
+		return
+	}
+	for _, p := range availablePaths(t) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestPathEnv$", "-test.count=1")
+		cmd.Env = append(os.Environ(), pathEnv+"="+p, "LIVEMIG_DELTA_PATH_CHILD="+p)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("%s=%s: %v\n%s", pathEnv, p, err, out)
 		}
 	}
 }
