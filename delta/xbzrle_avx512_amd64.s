@@ -19,17 +19,18 @@
 //
 // Room checks. QEMU's scalar encoder fails (-1) when fewer than 2 bytes are
 // left before an unchanged run, or after its header, or when a changed
-// run's header and bytes do not fit. Each pair of runs needs
-// hz + hn + m bytes (headers and bytes), and that check passing implies the
-// first two, while any of them failing fails the encode; so one check per
-// pair, made before anything of the pair is written, gives QEMU's result.
-// The final unchanged run, which is not written, keeps its 2-byte check. A
-// changed run that already covers more than limit-d-2 bytes fails before
-// its end is found.
+// run's header and bytes do not fit. Each pair of runs needs hz + hn + m
+// bytes (headers and bytes); that check passing implies the first two,
+// while any of them failing fails the encode; so one check per pair, made
+// before anything of the pair is written, gives QEMU's result. It is made
+// with two-byte headers assumed (d + 4 + m <= limit), and with the headers'
+// real sizes only when that fails (tight). The final unchanged run, which
+// is not written, keeps its 2-byte check. A changed run that already
+// covers more than limit-d-2 bytes fails before its end is found.
 //
-// A header is written as two bytes (MOVW): the second is overwritten next
-// when the length takes one. A changed run of up to 64 bytes is copied with
-// one 64-byte load and store when both stay in new and out, else with masks.
+// A changed run of up to 64 bytes is copied with one 64-byte load and
+// store when both stay in new and out (the bytes past the run are
+// overwritten next or lie past the result), else with a byte mask.
 //
 // Registers: R8 out, SI old, DI new, R14 n, R9 limit, R10 d (bytes written),
 // R11 start of the current pair, R12 offset of the current block, R13 its
