@@ -13,9 +13,12 @@
 // bytes in an unchanged run, unchanged ones in a changed run), T = X ^ X<<1
 // has a bit set at each run boundary of the block; the walk takes them in
 // order with TZCNT and BLSR, so a boundary costs no shift by the run start.
-// Stretches of one state are skipped four blocks at a time (KORTESTQ). The
-// last partial block is loaded with a zeroing mask (K7): the bytes past the
-// page compare equal, so a changed run at the end closes at n.
+// Stretches of one state are skipped four blocks at a time (KORTESTQ). A
+// partial last block takes its bits from a compare of the page's last 64
+// bytes (or, for a page shorter than 64 bytes, from loads masked by K7),
+// and the bytes past the page count as unchanged, so a changed run at the
+// end closes at n. Nothing past old or new is read: masked-out bytes on an
+// unmapped page can cost some CPUs a slow assist.
 //
 // Room checks. QEMU's scalar encoder fails (-1) when fewer than 2 bytes are
 // left before an unchanged run, or after its header, or when a changed
@@ -30,15 +33,17 @@
 //
 // A changed run of up to 64 bytes is copied with one 64-byte load and
 // store when both stay in new and out (the bytes past the run are
-// overwritten next or lie past the result), else with a byte mask.
+// overwritten next or lie past the result), else eight bytes and then one
+// at a time.
 //
 // Registers: R8 out, SI old, DI new, R14 n, R9 limit, R10 d (bytes written),
 // R11 start of the current pair, R12 offset of the current block, R13 its
 // boundaries not yet taken, BX/CX the pair's boundaries, K7 the partial
-// block's byte mask; w+8(FP) holds w-64.
+// block's byte mask, R15 w-64.
 TEXT ·encodeAVX512(SB), NOSPLIT, $0-56
 	MOVQ  out+0(FP), R8
-	SUBQ  $64, w+8(FP)
+	MOVQ  w+8(FP), R15
+	SUBQ  $64, R15
 	MOVQ  old+16(FP), SI
 	MOVQ  new+24(FP), DI
 	MOVQ  n+32(FP), R14
@@ -74,8 +79,8 @@ pair:
 	MOVQ CX, R11
 	MOVQ CX, DX
 	SUBQ BX, DX             // DX = changed run's length
-	LEAQ 4(R10)(DX*1), R15  // room for two-byte headers?
-	CMPQ R15, R9
+	LEAQ 4(R10)(DX*1), CX   // room for two-byte headers?
+	CMPQ CX, R9
 	JGT  tight
 
 headers:
@@ -86,9 +91,9 @@ headers:
 	JMP  nzhdr
 
 zlong:
-	MOVQ AX, R15
-	ORQ  $0x80, R15
-	MOVB R15, (R8)(R10*1)
+	MOVQ AX, CX
+	ORQ  $0x80, CX
+	MOVB CX, (R8)(R10*1)
 	SHRQ $7, AX
 	MOVB AX, 1(R8)(R10*1)
 	ADDQ $2, R10
@@ -101,9 +106,9 @@ nzhdr:
 	JMP  copy
 
 nzlong:
-	MOVQ DX, R15
-	ORQ  $0x80, R15
-	MOVB R15, (R8)(R10*1)
+	MOVQ DX, AX
+	ORQ  $0x80, AX
+	MOVB AX, (R8)(R10*1)
 	MOVQ DX, AX
 	SHRQ $7, AX
 	MOVB AX, 1(R8)(R10*1)
@@ -112,11 +117,11 @@ nzlong:
 copy:
 	CMPQ   DX, $64
 	JGT    copylong
-	CMPQ   R10, w+8(FP)
-	JGT    copymasked       // out has no 64 bytes of room
+	CMPQ   R10, R15
+	JGT    copyend          // out has no 64 bytes of room
 	LEAQ   64(BX), AX
 	CMPQ   AX, R14
-	JGT    copymasked       // a 64-byte load would leave new
+	JGT    copyend          // a 64-byte load would leave new
 	VMOVDQU64 (DI)(BX*1), Z0
 	VMOVDQU64 Z0, (R8)(R10*1)
 
@@ -128,29 +133,56 @@ copied:
 	VZEROUPPER
 	RET
 
-copymasked:
-	MOVQ       $-1, AX
-	BZHIQ      DX, AX, AX
-	KMOVQ      AX, K1
-	VMOVDQU8.Z (DI)(BX*1), K1, Z0
-	VMOVDQU8   Z0, K1, (R8)(R10*1)
-	JMP        copied
+// Near the end of new or of out: eight bytes at a time, then bytes, so
+// that nothing past the run is read or written. (A masked load or store
+// would not fault there, but on some CPUs it is very slow when the masked
+// bytes lie on a page that is not mapped, as past a page at the end of an
+// allocation can be.) R13 is kept in X2 meanwhile.
+copyend:
+	VMOVQ R13, X2
+	LEAQ  (DI)(BX*1), AX
+	LEAQ  (R8)(R10*1), BX
+	MOVQ  DX, CX
+
+copyend8:
+	CMPQ CX, $8
+	JLT  copyend1
+	MOVQ (AX), R13
+	MOVQ R13, (BX)
+	ADDQ $8, AX
+	ADDQ $8, BX
+	SUBQ $8, CX
+	JMP  copyend8
+
+copyend1:
+	TESTQ CX, CX
+	JZ    copyend0
+	MOVB  (AX), R13
+	MOVB  R13, (BX)
+	INCQ  AX
+	INCQ  BX
+	DECQ  CX
+	JMP   copyend1
+
+copyend0:
+	VMOVQ X2, R13
+	JMP   copied
 
 copylong: // DX > 64: 64-byte chunks, the last one ending with the run
 	LEAQ (DI)(BX*1), AX
-	LEAQ (R8)(R10*1), R15
+	LEAQ (R8)(R10*1), BX
 	MOVQ DX, CX
 
 copyloop:
 	VMOVDQU64 (AX), Z0
-	VMOVDQU64 Z0, (R15)
+	VMOVDQU64 Z0, (BX)
 	ADDQ      $64, AX
-	ADDQ      $64, R15
+	ADDQ      $64, BX
 	SUBQ      $64, CX
 	CMPQ      CX, $64
 	JGT       copyloop
 	VMOVDQU64 -64(AX)(CX*1), Z0
-	VMOVDQU64 Z0, -64(R15)(CX*1)
+	VMOVDQU64 Z0, -64(BX)(CX*1)
 	JMP       copied
 
 // The unchanged run goes on past block R12.
@@ -215,7 +247,21 @@ zblock: // fewer than four blocks left
 	ADDQ      $64, R12
 	JMP       zblock
 
-ztail:
+ztail: // the last block, partial: compare the page's last 64 bytes
+	CMPQ      R14, $64
+	JLT       ztiny
+	VMOVDQU64 -64(SI)(R14*1), Z0
+	VPCMPUB   $4, -64(DI)(R14*1), Z0, K1
+	KMOVQ     K1, AX
+	MOVQ      R12, CX
+	SUBQ      R14, CX
+	ADDQ      $64, CX
+	SHRXQ     CX, AX, AX // bit 0 for byte R12; bytes past the page: unchanged
+	TESTQ     AX, AX
+	JZ        zend
+	JMP       zhit
+
+ztiny: // a page shorter than 64 bytes: loads masked to it
 	VMOVDQU8.Z (SI)(R12*1), K7, Z0
 	VMOVDQU8.Z (DI)(R12*1), K7, Z1
 	VPCMPUB    $4, Z1, Z0, K1
@@ -298,7 +344,23 @@ nzblock: // fewer than four blocks left
 	ADDQ      $64, R12
 	JMP       nzgroup
 
-nztail: // the bytes past the page compare equal: the run ends in this block
+nztail: // the last block, partial, where the run ends: the bytes past the
+	// page count as unchanged
+	CMPQ      R14, $64
+	JLT       nztiny
+	VMOVDQU64 -64(SI)(R14*1), Z0
+	VPCMPUB   $0, -64(DI)(R14*1), Z0, K1
+	KMOVQ     K1, AX
+	MOVQ      R12, CX
+	SUBQ      R14, CX
+	ADDQ      $64, CX
+	SHRXQ     CX, AX, AX
+	KMOVQ     K7, R13
+	NOTQ      R13
+	ORQ       R13, AX
+	JMP       nzhit
+
+nztiny:
 	VMOVDQU8.Z (SI)(R12*1), K7, Z0
 	VMOVDQU8.Z (DI)(R12*1), K7, Z1
 	VPCMPUB    $0, Z1, Z0, K1
@@ -320,12 +382,12 @@ nzend: // the run ends the page (n is a multiple of 64)
 
 tight: // the exact room check: d + both headers + DX <= limit
 	LEAQ 0x3F80(AX), CX
-	SHRQ $14, CX            // CX = 1 if AX takes two bytes
-	LEAQ 2(R10)(CX*1), R15
-	ADDQ DX, R15
+	SHRQ $14, CX            // 1 if AX takes two bytes
+	LEAQ 2(R10)(CX*1), CX
+	ADDQ DX, CX
 	CMPQ DX, $0x80
-	SBBQ $-1, R15
-	CMPQ R15, R9
+	SBBQ $-1, CX            // + 1 if DX takes two bytes
+	CMPQ CX, R9
 	JLE  headers
 
 overflow:
