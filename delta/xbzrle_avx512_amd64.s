@@ -33,8 +33,9 @@
 //
 // A changed run of up to 64 bytes is copied with one 64-byte load and
 // store when both stay in new and out (the bytes past the run are
-// overwritten next or lie past the result), else eight bytes and then one
-// at a time.
+// overwritten next or lie past the result, within w), else eight bytes and
+// then one at a time; a longer one in 64-byte chunks, the last of which
+// ends with the run and overlaps the one before.
 //
 // Registers: R8 out, SI old, DI new, R14 n, R9 limit, R10 d (bytes written),
 // R11 start of the current pair, R12 offset of the current block, R13 its
