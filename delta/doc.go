@@ -45,6 +45,10 @@
 // # Speed
 //
 // Encode scans eight bytes at a time in pure Go; on amd64 it uses AVX2 for
-// long runs when the CPU has it (detected at run time). Build with the
-// purego tag to use only the Go code. Every path writes the same bytes.
+// long runs when the CPU has it, and where the CPU has AVX-512F and BW the
+// whole encoder runs in AVX-512 assembly (both detected at run time). The
+// environment variable LIVEMIG_DELTA_PATH=go, avx2 or avx512, read at init,
+// picks a slower path (or the best one the CPU has below the one asked
+// for). Build with the purego tag to use only the Go code. Every path
+// writes the same bytes.
 package delta

@@ -49,7 +49,10 @@ func FuzzDecode(f *testing.F) {
 
 // FuzzRoundTrip: on every path Encode gives the reference encoder's bytes
 // and outcome for the limit, and a delta decodes onto old to give new.
+// The paths are the Go scanners, AVX2 and AVX-512 where the CPU has them
+// (the fuzz log says which are missing).
 func FuzzRoundTrip(f *testing.F) {
+	paths := availablePaths(f)
 	f.Add([]byte("0123456789abcdef"), []byte("0123x56789abcdeF"), 0)
 	f.Fuzz(func(t *testing.T, old, new []byte, limit int) {
 		n := min(len(old), len(new), MaxPageSize)
@@ -83,12 +86,9 @@ func FuzzRoundTrip(f *testing.F) {
 				}
 			}
 		}
-		saved := useAVX2
-		defer func() { useAVX2 = saved }()
-		useAVX2 = false
-		check(t)
-		if hasAVX2 {
-			useAVX2 = true
+		defer setPath(currentPath())
+		for _, p := range paths {
+			setPath(p)
 			check(t)
 		}
 	})

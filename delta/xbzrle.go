@@ -95,7 +95,7 @@ func Encode(dst, old, new []byte, limit int) ([]byte, error) {
 		out = append(dst[:base:base], make([]byte, w)...)
 	}
 	win := out[base : base+w]
-	d := encode(win, old, new[:len(old)], limit)
+	d := encodePage(win, old, new[:len(old)], limit)
 	if d <= 0 {
 		if d == 0 {
 			return dst, ErrUnchanged

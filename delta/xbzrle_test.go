@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"testing"
 
@@ -125,18 +126,40 @@ func retOf(out []byte, err error) int {
 	return -2
 }
 
-// forEachPath runs f once per scanner implementation this build has: the
-// Go one and, where the CPU has it, AVX2.
+// forEachPath runs f once per Encode path this build and CPU have: the Go
+// scanners, AVX2 and the AVX-512 encoder. It logs the paths it cannot run,
+// and fails instead where LIVEMIG_REQUIRE_AVX512=1 asks for AVX-512.
 func forEachPath(t *testing.T, f func(t *testing.T)) {
 	t.Helper()
-	saved := useAVX2
-	defer func() { useAVX2 = saved }()
-	useAVX2 = false
-	t.Run("go", f)
-	if hasAVX2 {
-		useAVX2 = true
-		t.Run("avx2", f)
+	for _, p := range availablePaths(t) {
+		t.Run(p, func(t *testing.T) {
+			defer setPath(currentPath())
+			if got := setPath(p); got != p {
+				t.Fatalf("setPath(%q) chose %q", p, got)
+			}
+			f(t)
+		})
 	}
+}
+
+// availablePaths lists the paths forEachPath runs, and says which it
+// cannot.
+func availablePaths(t testing.TB) []string {
+	t.Helper()
+	paths := []string{pathGo}
+	if hasAVX2 {
+		paths = append(paths, pathAVX2)
+	} else {
+		t.Log("no AVX2 here (CPU or purego build): the AVX2 path is not tested")
+	}
+	if hasAVX512 {
+		paths = append(paths, pathAVX512)
+	} else if os.Getenv("LIVEMIG_REQUIRE_AVX512") == "1" {
+		t.Fatal("LIVEMIG_REQUIRE_AVX512=1 but this CPU or build has no AVX-512 path")
+	} else {
+		t.Log("no AVX-512F/BW here (CPU or purego build): the AVX-512 path is not tested")
+	}
+	return paths
 }
 
 func mustHex(t testing.TB, s string) []byte {
@@ -447,12 +470,15 @@ func TestZeroAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := testing.AllocsPerRun(100, func() {
-		_, _ = Encode(buf, old, new, 0)
-		copy(page, old)
-		_ = Decode(page, d)
+	d = append([]byte(nil), d...)
+	forEachPath(t, func(t *testing.T) {
+		n := testing.AllocsPerRun(100, func() {
+			_, _ = Encode(buf, old, new, 0)
+			copy(page, old)
+			_ = Decode(page, d)
+		})
+		if n != 0 {
+			t.Errorf("%v allocations per Encode+Decode", n)
+		}
 	})
-	if n != 0 {
-		t.Errorf("%v allocations per Encode+Decode", n)
-	}
 }
