@@ -145,19 +145,7 @@ func runSource(ctx context.Context, qemu net.Conn, conn transport.Conn, cfg sour
 	err := s.copyStream(r)
 	st.QEMUBytes = r.Offset()
 	if err == nil {
-		// Whatever follows the stream's end goes as it is.
-		var n int64
-		n, err = io.Copy(blobSender{s}, qemu)
-		st.QEMUBytes += n
-	}
-	if err == nil {
-		err = s.flush(true)
-	}
-	if err == nil {
-		err = conn.Send(ctx, transport.Msg{Kind: kindQEnd})
-	}
-	if err == nil {
-		err = conn.Flush(ctx)
+		err = s.finish(qemu, &st.QEMUBytes)
 	}
 	if err != nil {
 		qemu.Close()
@@ -175,6 +163,25 @@ func runSource(ctx context.Context, qemu net.Conn, conn transport.Conn, cfg sour
 	}
 	st.LinkBytes, _ = transport.Written(conn)
 	return st, err
+}
+
+// finish sends whatever follows the stream's end as it is, then kindQEnd.
+func (s *sourceSender) finish(qemu net.Conn, n *int64) error {
+	k, err := io.Copy(blobSender{s}, qemu)
+	*n += k
+	if err == nil {
+		err = s.flush(true)
+	}
+	if err == nil {
+		err = s.conn.Send(s.ctx, transport.Msg{Kind: kindQEnd})
+	}
+	if err == nil {
+		err = s.conn.Flush(s.ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("relay source half: after the stream's end: %w", err)
+	}
+	return nil
 }
 
 // sourceSender turns the source QEMU's records into messages.
@@ -218,7 +225,7 @@ func (s *sourceSender) copyStream(r *stream.Reader) error {
 			return fmt.Errorf("relay source half: source QEMU's stream: %w", err)
 		}
 		if err := s.record(&rec); err != nil {
-			return err
+			return fmt.Errorf("relay source half: %v record at stream offset %d: %w", rec.Kind, rec.Offset, err)
 		}
 	}
 }
@@ -246,7 +253,7 @@ func (s *sourceSender) record(rec *stream.Record) error {
 		s.pl.StartRound(s.round, rec.Type == stream.SectionEnd)
 	}
 	if err := s.bw.Write(rec); err != nil {
-		return fmt.Errorf("relay source half: at stream offset %d: %w", rec.Offset, err)
+		return err
 	}
 	if s.blob.Len() >= blobFlushAt {
 		return s.flush(false)
@@ -262,7 +269,7 @@ func (s *sourceSender) blocks(rec *stream.Record) error {
 	var b []byte
 	for _, blk := range rec.Blocks {
 		if blk.Addr != 0 {
-			return fmt.Errorf("relay source half: at stream offset %d: block %s with an address (x-ignore-shared): %w", rec.Offset, blk.Name, livemig.ErrNotSupported)
+			return fmt.Errorf("block %s with an address (x-ignore-shared): %w", blk.Name, livemig.ErrNotSupported)
 		}
 		b = append(b, byte(len(blk.Name)))
 		b = append(b, blk.Name...)
@@ -271,15 +278,15 @@ func (s *sourceSender) blocks(rec *stream.Record) error {
 	if s.img == nil {
 		l, err := stream.NewLayout(rec.Blocks)
 		if err != nil {
-			return fmt.Errorf("relay source half: at stream offset %d: %w", rec.Offset, err)
+			return err
 		}
 		if s.img, err = stream.NewImage(l, stream.ImageConfig{}); err != nil {
-			return fmt.Errorf("relay source half: at stream offset %d: %w", rec.Offset, err)
+			return err
 		}
 		s.pl, err = codec.NewPipeline(codec.Config{XBZRLE: s.cfg.XBZRLE, LZ4: s.cfg.LZ4, Workers: 1, NoAdapt: true,
 			Cache: deltaCache(s.cfg.Cache)}, s.img, nil, s.sendPage)
 		if err != nil {
-			return fmt.Errorf("relay source half: %w", err)
+			return err
 		}
 	}
 	return s.conn.Send(s.ctx, transport.Msg{Kind: kindQBlocks, Data: b})
@@ -289,13 +296,13 @@ func (s *sourceSender) blocks(rec *stream.Record) error {
 // and sends the page's new contents through the codecs.
 func (s *sourceSender) page(rec *stream.Record) error {
 	if rec.Packaged || s.img == nil {
-		return fmt.Errorf("relay source half: at stream offset %d: a page record inside a PACKAGED sub-stream or before the block list: %w", rec.Offset, livemig.ErrNotSupported)
+		return fmt.Errorf("a page record inside a PACKAGED sub-stream or before the block list: %w", livemig.ErrNotSupported)
 	}
 	if err := s.flush(false); err != nil {
 		return err
 	}
 	if err := s.img.Apply(rec); err != nil {
-		return fmt.Errorf("relay source half: %w", err)
+		return err
 	}
 	s.dirty = true
 	if !s.plain {

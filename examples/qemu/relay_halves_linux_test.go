@@ -82,7 +82,9 @@ const relayRate = 8 << 20
 // (XBZRLE against the relay's cache and LZ4), with and without QEMU's own
 // xbzrle capability: the migration completes, the guest runs on at the
 // destination, and the link between the halves carried fewer bytes than
-// QEMU's own stream of the same migration.
+// QEMU's own stream of the same migration. A post-copy migration through
+// the halves completes too, its return path (pings, page requests, the
+// final status) carried back over the same livemig connection.
 func TestQEMURelayHalves(t *testing.T) {
 	needQEMU(t)
 	for _, qx := range []bool{false, true} {
@@ -120,6 +122,27 @@ func TestQEMURelayHalves(t *testing.T) {
 			guestRunsOn(t, dst, counters)
 		})
 	}
+	t.Run("postcopy", func(t *testing.T) {
+		var sd <-chan sourceResult
+		var dd <-chan destResult
+		res, err := qemutest.PostcopyVia(t, fixDir, func(to string) (string, error) {
+			var addr string
+			addr, sd, dd = startHalves(t, to, relayRate, sourceConfig{XBZRLE: true, LZ4: true})
+			return addr, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, d := halvesDone(t, sd, dd)
+		if s.err != nil || d.err != nil {
+			t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
+		}
+		if s.st.ReturnBytes == 0 || d.st.ReturnBytes != s.st.ReturnBytes {
+			t.Errorf("return path: %d bytes from the destination QEMU, %d to the source QEMU", d.st.ReturnBytes, s.st.ReturnBytes)
+		}
+		_, counters := res.Src.Log()
+		guestRunsOn(t, res.Dst, counters)
+	})
 }
 
 // TestQEMURelayHalvesCut cuts the link between the halves in the middle of
