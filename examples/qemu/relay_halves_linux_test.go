@@ -16,7 +16,7 @@ import (
 // startHalves starts the relay's two halves in this process, over TCP
 // loopback between them: the source half listens for the source QEMU on the
 // address it returns, the destination half dials the destination QEMU at to.
-func startHalves(t *testing.T, to string, rate float64, cfg sourceConfig) (string, <-chan sourceResult, <-chan destResult) {
+func startHalves(t testing.TB, to string, rate float64, cfg sourceConfig) (string, <-chan sourceResult, <-chan destResult) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -54,7 +54,7 @@ type destResult struct {
 }
 
 // halvesDone waits for both halves to end, up to 20 s.
-func halvesDone(t *testing.T, sd <-chan sourceResult, dd <-chan destResult) (sourceResult, destResult) {
+func halvesDone(t testing.TB, sd <-chan sourceResult, dd <-chan destResult) (sourceResult, destResult) {
 	t.Helper()
 	timeout := time.After(20 * time.Second)
 	var s sourceResult
@@ -77,6 +77,36 @@ func halvesDone(t *testing.T, sd <-chan sourceResult, dd <-chan destResult) (sou
 // passes, so that the relay only keeps up by sending fewer bytes.
 const relayRate = 8 << 20
 
+// migrateThroughHalves migrates a running guest, held for 4 passes, from a
+// source QEMU (with QEMU's xbzrle capability if qx) through the relay's
+// halves (cfg, over a relayRate link) to a destination QEMU, and returns
+// both VMs, the source's last query-migrate and the source half's result.
+// Both halves must succeed.
+func migrateThroughHalves(t testing.TB, qx bool, cfg sourceConfig) (src, dst *qemutest.VM, mig qemutest.Migration, s sourceResult) {
+	t.Helper()
+	addr, err := qemutest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err = qemutest.Start(t, fixDir, qemutest.Options{Incoming: "tcp:" + addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raddr, sd, dd := startHalves(t, addr, relayRate, cfg)
+	src, mig, err = qemutest.MigrateOnce(t, fixDir, "tcp:"+raddr, qemutest.SaveOptions{Live: true, Passes: 4, XBZRLE: qx})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dst.WaitMigration(20*time.Second, qemutest.Completed); err != nil {
+		t.Fatalf("destination: %v", err)
+	}
+	s, d := halvesDone(t, sd, dd)
+	if s.err != nil || d.err != nil {
+		t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
+	}
+	return src, dst, mig, s
+}
+
 // TestQEMURelayHalves migrates a running guest between two QEMUs through
 // the relay's two halves, over livemig's transport on a rate-limited link
 // (XBZRLE against the relay's cache and LZ4), with and without QEMU's own
@@ -93,26 +123,7 @@ func TestQEMURelayHalves(t *testing.T) {
 			name = "qemu-xbzrle"
 		}
 		t.Run(name, func(t *testing.T) {
-			addr, err := qemutest.FreePort()
-			if err != nil {
-				t.Fatal(err)
-			}
-			dst, err := qemutest.Start(t, fixDir, qemutest.Options{Incoming: "tcp:" + addr})
-			if err != nil {
-				t.Fatal(err)
-			}
-			raddr, sd, dd := startHalves(t, addr, relayRate, sourceConfig{XBZRLE: true, LZ4: true})
-			src, mig, err := qemutest.MigrateOnce(t, fixDir, "tcp:"+raddr, qemutest.SaveOptions{Live: true, Passes: 4, XBZRLE: qx})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := dst.WaitMigration(20*time.Second, qemutest.Completed); err != nil {
-				t.Fatalf("destination: %v", err)
-			}
-			s, d := halvesDone(t, sd, dd)
-			if s.err != nil || d.err != nil {
-				t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
-			}
+			src, dst, mig, s := migrateThroughHalves(t, qx, sourceConfig{XBZRLE: true, LZ4: true})
 			if s.st.LinkBytes >= uint64(s.st.QEMUBytes) {
 				t.Errorf("the link carried %d bytes for QEMU's %d", s.st.LinkBytes, s.st.QEMUBytes)
 			}
@@ -190,4 +201,44 @@ func TestQEMURelayHalvesCut(t *testing.T) {
 		t.Errorf("the destination guest ran: %d boots, %d counters", boots, len(counters))
 	}
 	t.Logf("destination QEMU: %s", dst.Stderr())
+}
+
+// BenchmarkQEMURelayHalves migrates a running guest through the relay's
+// halves, one migration per iteration (run it with -benchtime 1x or a few
+// x), for each choice of the relay's codecs, with QEMU's xbzrle capability
+// off and on. It reports QEMU's own stream bytes and the bytes the livemig
+// link between the halves carried for the same migration (qemu-B/op,
+// link-B/op, link-%), and the migration's dirty syncs.
+func BenchmarkQEMURelayHalves(b *testing.B) {
+	needQEMU(b)
+	for _, qx := range []bool{false, true} {
+		for _, c := range []struct {
+			name string
+			cfg  sourceConfig
+		}{
+			{"zero", sourceConfig{}},
+			{"xbzrle", sourceConfig{XBZRLE: true}},
+			{"lz4", sourceConfig{LZ4: true}},
+			{"xbzrle+lz4", sourceConfig{XBZRLE: true, LZ4: true}},
+		} {
+			name := "qemu-plain/" + c.name
+			if qx {
+				name = "qemu-xbzrle/" + c.name
+			}
+			b.Run(name, func(b *testing.B) {
+				var qemu, link, syncs float64
+				for b.Loop() {
+					_, _, mig, s := migrateThroughHalves(b, qx, c.cfg)
+					qemu += float64(s.st.QEMUBytes)
+					link += float64(s.st.LinkBytes)
+					syncs += float64(mig.RAM.DirtySyncCount)
+				}
+				n := float64(b.N)
+				b.ReportMetric(qemu/n, "qemu-B/op")
+				b.ReportMetric(link/n, "link-B/op")
+				b.ReportMetric(100*link/qemu, "link-%")
+				b.ReportMetric(syncs/n, "syncs/op")
+			})
+		}
+	}
 }
