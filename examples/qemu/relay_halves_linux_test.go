@@ -3,10 +3,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/qemu/stream"
 
 	"github.com/livemig/livemig/examples/qemu/internal/qemutest"
 	"github.com/livemig/livemig/internal/testkit"
@@ -239,6 +247,160 @@ func BenchmarkQEMURelayHalves(b *testing.B) {
 				b.ReportMetric(100*link/qemu, "link-%")
 				b.ReportMetric(syncs/n, "syncs/op")
 			})
+		}
+	}
+}
+
+// relayFile runs the relay's halves in this process over an in-memory
+// transport.Pipe on the stream in b, given as the source QEMU's output,
+// and returns the stream the destination half wrote and both results.
+func relayFile(t *testing.T, b []byte, cfg sourceConfig) ([]byte, sourceResult, destResult) {
+	t.Helper()
+	ctx := context.Background()
+	la, lb := transport.Pipe(0)
+	ca, cb, err := testkit.OpenPair(ctx, la, lb, relayHello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcQEMU, srcRelay := tcpPair(t)
+	dstRelay, dstQEMU := tcpPair(t)
+	go func() { // the source QEMU: its stream, then it closes
+		_, _ = srcQEMU.Write(b)
+		srcQEMU.Close()
+	}()
+	out := make(chan []byte, 1)
+	go func() { // the destination QEMU: reads it all (to the relay's CloseWrite), then closes
+		got, _ := io.ReadAll(dstQEMU)
+		dstQEMU.Close()
+		out <- got
+	}()
+	dd := make(chan destResult, 1)
+	go func() {
+		st, err := runDest(ctx, cb, dstRelay)
+		dd <- destResult{st, err}
+	}()
+	st, err := runSource(ctx, srcRelay, ca, cfg)
+	d := <-dd
+	return <-out, sourceResult{st, err}, d
+}
+
+// tcpPair returns the two ends of a TCP loopback connection (the halves
+// shut a QEMU's write side, which a net.Pipe cannot).
+func tcpPair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err = ln.Accept(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// imageOf applies every record of the stream in b to an image.
+func imageOf(t *testing.T, b []byte) *stream.Image {
+	t.Helper()
+	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	r := stream.NewReader(bytes.NewReader(b), stream.Config{})
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return img
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := img.Apply(&rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRelayHalvesRebuildStream relays QEMU's saved 5-pass streams, with
+// and without QEMU's XBZRLE, through the two halves over an in-memory link,
+// for each choice of codecs: the destination half's stream parses, leaves
+// every page of every RAM block as QEMU's own stream does (XBZRLE between
+// the halves decodes against exactly what the source half's cache held),
+// and carries the device state byte for byte. A stream cut short fails
+// both halves with the stream offset.
+func TestRelayHalvesRebuildStream(t *testing.T) {
+	for _, name := range []string{streamLive, streamXBZRLE} {
+		b, err := os.ReadFile(saved(t, name).file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := imageOf(t, b)
+		for _, cfg := range []sourceConfig{{}, {XBZRLE: true}, {XBZRLE: true, LZ4: true, Cache: 1 << 20}} {
+			t.Run(fmt.Sprintf("%s/xbzrle=%v,lz4=%v", name, cfg.XBZRLE, cfg.LZ4), func(t *testing.T) {
+				got, s, d := relayFile(t, b, cfg)
+				if s.err != nil || d.err != nil {
+					t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
+				}
+				t.Log(s.st)
+				if s.st.QEMUBytes != int64(len(b)) || d.st.QEMUBytes != int64(len(got)) {
+					t.Errorf("source half read %d of %d bytes; destination half wrote %d of %d", s.st.QEMUBytes, len(b), d.st.QEMUBytes, len(got))
+				}
+				img := imageOf(t, got)
+				l := want.Layout()
+				if !l.Equal(img.Layout()) {
+					t.Fatal("the rebuilt stream's block list differs")
+				}
+				p, q := make([]byte, stream.PageSize), make([]byte, stream.PageSize)
+				for n := range l.Pages() {
+					_ = want.ReadPage(n, p)
+					_ = img.ReadPage(n, q)
+					if !bytes.Equal(p, q) {
+						t.Fatalf("page %d differs", n)
+					}
+				}
+				if ws, gs := devices(t, b), devices(t, got); ws != gs {
+					t.Errorf("device state differs: %d bytes in QEMU's stream, %d in the rebuilt one", len(ws), len(gs))
+				}
+			})
+		}
+	}
+	t.Run("cut", func(t *testing.T) {
+		b, err := os.ReadFile(saved(t, streamLive).file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, s, d := relayFile(t, b[:len(b)/2], sourceConfig{XBZRLE: true})
+		var se *livemig.StreamError
+		if !errors.As(s.err, &se) || !errors.Is(s.err, io.ErrUnexpectedEOF) || se.Offset > int64(len(b)/2) {
+			t.Errorf("source half: %v, want a cut stream at an offset", s.err)
+		}
+		if d.err == nil {
+			t.Error("the destination half ended cleanly on a cut stream")
+		}
+		t.Logf("source half: %v", s.err)
+		t.Logf("destination half: %v", d.err)
+	})
+}
+
+// devices returns the stream's device sections, JSON description and
+// commands, concatenated: what the relay carries as it is.
+func devices(t *testing.T, b []byte) string {
+	t.Helper()
+	var out []byte
+	r := stream.NewReader(bytes.NewReader(b), stream.Config{})
+	for {
+		rec, err := r.Next()
+		if err == io.EOF {
+			return string(out)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Kind == stream.KindDevice || rec.Kind == stream.KindVMDesc || rec.Kind == stream.KindCommand {
+			out = append(out, rec.Name...)
+			out = append(out, rec.Data...)
 		}
 	}
 }
