@@ -69,7 +69,10 @@
 // on, and the destination QEMU never runs a half-received guest. Memory:
 // each half holds a copy of every page sent (at most the guest's RAM, in
 // 256 KiB chunks, none for pages never sent non-zero), the source half
-// also its XBZRLE cache.
+// also its XBZRLE cache. The one-process relay (-listen -to) stays as it
+// was: it needs no process beside the destination QEMU and speaks QEMU's
+// own format end to end (its deltas are QEMU's XBZRLE records), where the
+// halves' link speaks livemig's protocol and codecs.
 //
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
