@@ -134,8 +134,11 @@ func (d *destWriter) run(ctx context.Context, conn transport.Conn) error {
 		default:
 			err = fmt.Errorf("unexpected %v message: %w", m.Kind, livemig.ErrCorrupt)
 		}
-		if err != nil {
+		if err != nil && m.Kind == kindQPage {
 			return fmt.Errorf("relay destination half: %v message (page %d): %w", m.Kind, m.Page, err)
+		}
+		if err != nil {
+			return fmt.Errorf("relay destination half: %v message: %w", m.Kind, err)
 		}
 	}
 }
@@ -144,13 +147,13 @@ func (d *destWriter) run(ctx context.Context, conn transport.Conn) error {
 // time, sets up the image.
 func (d *destWriter) blocks(b []byte) error {
 	var blocks []stream.Block
-	for len(b) > 0 {
-		n := int(b[0])
-		if n == 0 || len(b) < 1+n+8 {
-			return fmt.Errorf("%w: block list cut or with an empty name at byte %d", livemig.ErrCorrupt, len(b))
+	for at := 0; at < len(b); {
+		n := int(b[at])
+		if n == 0 || len(b)-at < 1+n+8 {
+			return fmt.Errorf("%w: block list cut or with an empty name at byte %d of %d", livemig.ErrCorrupt, at, len(b))
 		}
-		blocks = append(blocks, stream.Block{Name: string(b[1 : 1+n]), Size: binary.BigEndian.Uint64(b[1+n:])})
-		b = b[1+n+8:]
+		blocks = append(blocks, stream.Block{Name: string(b[at+1 : at+1+n]), Size: binary.BigEndian.Uint64(b[at+1+n:])})
+		at += 1 + n + 8
 		if len(blocks) > stream.DefaultMaxBlocks {
 			return fmt.Errorf("%w: more than %d blocks", livemig.ErrCorrupt, stream.DefaultMaxBlocks)
 		}
