@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -150,7 +151,11 @@ func runSource(ctx context.Context, qemu net.Conn, conn transport.Conn, cfg sour
 	if err != nil {
 		qemu.Close()
 		conn.Close()
-		<-rpDone
+		// A failure on the return path (the destination half gone) closed
+		// qemu under the reader: say so first.
+		if rpErr := <-rpDone; rpErr != nil && !errors.Is(rpErr, livemig.ErrClosed) {
+			err = errors.Join(rpErr, err)
+		}
 	} else {
 		err = <-rpDone
 		conn.Close()
