@@ -5,6 +5,8 @@
 //	go run ./examples/qemu extract -o DIR FILE
 //	go run ./examples/qemu convert [-xbzrle|-plain|-compact] IN OUT
 //	go run ./examples/qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
+//	go run ./examples/qemu relay -listen ADDR -peer ADDR [-rate BYTES/S] [-xbzrle] [-lz4] [-cache BYTES]
+//	go run ./examples/qemu relay -accept ADDR -to ADDR
 //
 // inspect prints the stream's sections with their offsets, the RAM blocks,
 // the number of records of each kind and the device sections; with -json it
@@ -40,17 +42,52 @@
 // path (pings, post-copy page requests, the final status) back as it is.
 // It prints the bytes it carried each way.
 //
+// With -peer or -accept the relay is two halves, one beside each QEMU,
+// that carry the migration over livemig's transport (package transport:
+// framed, checksummed, liveness-checked) between them. The source half
+// (-listen ADDR -peer ADDR) accepts the source QEMU's migration on ADDR
+// (the source migrates to tcp:ADDR), dials the destination half at -peer,
+// and reads the stream record by record: each RAM page (QEMU's plain,
+// zero, XBZRLE or zlib pages, expanded against what QEMU sent before)
+// goes as a livemig page record through livemig's codecs (package codec:
+// a zero page; with -xbzrle, from the second RAM section on, an XBZRLE
+// delta against the relay's own cache of what it last sent for the page,
+// or nothing when the page is unchanged; with -lz4, an LZ4 block; else the
+// raw page), and everything else (header, configuration, section framing,
+// device state, commands, EOF, the JSON description) goes as it is, in
+// order. After a post-copy command every page goes, with no delta. -rate
+// limits what it writes to the link, in bytes per second; -cache sets the
+// XBZRLE cache's size (default 64 MiB, QEMU's). The destination half
+// (-accept ADDR -to ADDR) accepts the source half on ADDR, dials the
+// destination QEMU (its -incoming tcp:ADDR) and rebuilds a stream QEMU
+// loads: each page as a PAGE or ZERO record, the rest as it came. The
+// return path (pings, post-copy page requests, the final status) travels
+// back over the same livemig connection. Each half carries one migration,
+// prints what it carried (the source half: QEMU's stream bytes and the
+// livemig link's) and exits; start the destination half first. A cut
+// between the halves fails both QEMUs' migrations: the source guest runs
+// on, and the destination QEMU never runs a half-received guest. Memory:
+// each half holds a copy of every page sent (at most the guest's RAM, in
+// 256 KiB chunks, none for pages never sent non-zero), the source half
+// also its XBZRLE cache. The one-process relay (-listen -to) stays as it
+// was: it needs no process beside the destination QEMU and speaks QEMU's
+// own format end to end (its deltas are QEMU's XBZRLE records), where the
+// halves' link speaks livemig's protocol and codecs.
+//
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
 // is then 1.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
+
+	"github.com/livemig/livemig/transport"
 )
 
 func main() {
@@ -65,6 +102,8 @@ const usage = `usage:
   qemu extract -o DIR FILE
   qemu convert [-xbzrle|-plain|-compact] IN OUT
   qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
+  qemu relay -listen ADDR -peer ADDR [-rate BYTES/S] [-xbzrle] [-lz4] [-cache BYTES]
+  qemu relay -accept ADDR -to ADDR
 `
 
 func run(args []string, stdout, stderr io.Writer) error {
@@ -137,31 +176,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 			})
 		})
 	case "relay":
-		listen := fs.String("listen", "", "address the source QEMU migrates to (tcp:ADDR)")
-		to := fs.String("to", "", "address of the destination QEMU (its -incoming tcp:ADDR)")
-		toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas (pre-copy)")
-		toPlain := fs.Bool("plain", false, "expand XBZRLE and compressed pages")
-		if err := fs.Parse(args[1:]); err != nil {
-			return err
-		}
-		if *listen == "" || *to == "" || fs.NArg() != 0 || (*toX && *toPlain) {
-			return fmt.Errorf("relay: want -listen ADDR -to ADDR [-xbzrle|-plain]")
-		}
-		mode := convertCopy
-		if *toX {
-			mode = convertXBZRLE
-		} else if *toPlain {
-			mode = convertPlain
-		}
-		ln, err := net.Listen("tcp", *listen)
-		if err != nil {
-			return err
-		}
-		defer ln.Close()
-		fmt.Fprintf(stderr, "relay: waiting for the source on %s\n", ln.Addr())
-		st, err := relayOnce(ln, *to, mode)
-		fmt.Fprintln(stderr, st)
-		return err
+		return runRelay(fs, args[1:], stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -196,4 +211,62 @@ func withOutput(name string, stdout io.Writer, f func(io.Writer) error) error {
 		return err
 	}
 	return out.Close()
+}
+
+func runRelay(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	listen := fs.String("listen", "", "address the source QEMU migrates to (tcp:ADDR)")
+	to := fs.String("to", "", "address of the destination QEMU (its -incoming tcp:ADDR)")
+	peer := fs.String("peer", "", "source half: address of the destination half")
+	accept := fs.String("accept", "", "destination half: address the source half dials")
+	rate := fs.Float64("rate", 0, "source half: bytes per second on the link (0: no limit)")
+	lz4 := fs.Bool("lz4", false, "source half: send pages as LZ4 blocks when that saves")
+	cache := fs.Int64("cache", 0, "source half: XBZRLE cache bytes (0: 64 MiB)")
+	toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
+	toPlain := fs.Bool("plain", false, "one process: expand XBZRLE and compressed pages")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	switch {
+	case fs.NArg() != 0:
+	case *peer != "" && *listen != "" && *to == "" && *accept == "" && !*toPlain && *rate >= 0 && *cache >= 0:
+		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Fprintf(stderr, "relay: source half waiting for the source QEMU on %s\n", ln.Addr())
+		st, err := relaySource(ctx, ln, *peer, *rate, sourceConfig{XBZRLE: *toX, LZ4: *lz4, Cache: *cache})
+		fmt.Fprintln(stderr, st)
+		return err
+	case *accept != "" && *to != "" && *listen == "" && *peer == "" && !*toX && !*toPlain && !*lz4 && *rate == 0 && *cache == 0:
+		ln, err := transport.Listen(ctx, *accept, transport.ListenConfig{})
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Fprintf(stderr, "relay: destination half waiting for the source half on %s\n", ln.Addr())
+		st, err := relayDest(ctx, ln, *to)
+		fmt.Fprintln(stderr, st)
+		return err
+	case *listen != "" && *to != "" && *peer == "" && *accept == "" && !(*toX && *toPlain) && !*lz4 && *rate == 0 && *cache == 0:
+		mode := convertCopy
+		if *toX {
+			mode = convertXBZRLE
+		} else if *toPlain {
+			mode = convertPlain
+		}
+		ln, err := net.Listen("tcp", *listen)
+		if err != nil {
+			return err
+		}
+		defer ln.Close()
+		fmt.Fprintf(stderr, "relay: waiting for the source on %s\n", ln.Addr())
+		st, err := relayOnce(ln, *to, mode)
+		fmt.Fprintln(stderr, st)
+		return err
+	}
+	return fmt.Errorf("relay: want -listen ADDR -to ADDR [-xbzrle|-plain] (one process), " +
+		"-listen ADDR -peer ADDR [-rate BYTES/S] [-xbzrle] [-lz4] [-cache BYTES] (source half) " +
+		"or -accept ADDR -to ADDR (destination half)")
 }
