@@ -45,9 +45,10 @@ var errStopped = errors.New("vCPU stopped")
 type runner struct {
 	cpu          vcpu
 	pauseTimeout time.Duration
-	// onBatch, if set, is called on the vCPU's goroutine after each batch
-	// exit, while the vCPU is out of the guest.
-	onBatch func()
+	// gap, if over 0, is the least time from one batch's end to the next
+	// entry into the guest (the -rate pacing); the vCPU counts as paused
+	// while it waits.
+	gap time.Duration
 
 	mu      sync.Mutex
 	cond    *sync.Cond
@@ -56,13 +57,16 @@ type runner struct {
 	stopped bool // the loop ended
 	err     error
 	batches uint64
-	work    []func()
+	work    []func() // run while paused (do)
+	atEnd   []func() // run at the next batch's end (atBatch)
+	next    time.Time
+	timer   *time.Timer
 	done    chan struct{}
 }
 
-// newRunner starts the goroutine of cpu, paused.
-func newRunner(cpu vcpu, pauseTimeout time.Duration, onBatch func()) *runner {
-	r := &runner{cpu: cpu, pauseTimeout: pauseTimeout, onBatch: onBatch, done: make(chan struct{})}
+// newRunner starts the goroutine of cpu, paused; gap paces its batches.
+func newRunner(cpu vcpu, pauseTimeout, gap time.Duration) *runner {
+	r := &runner{cpu: cpu, pauseTimeout: pauseTimeout, gap: gap, done: make(chan struct{})}
 	r.cond = sync.NewCond(&r.mu)
 	go r.loop()
 	return r
@@ -86,15 +90,27 @@ func (r *runner) loop() {
 			return
 		}
 		if s == stepBatch {
-			if r.onBatch != nil {
-				r.onBatch()
-			}
-			r.mu.Lock()
-			r.batches++
-			r.cond.Broadcast()
-			r.mu.Unlock()
+			r.batchEnded()
 		}
 	}
+}
+
+// batchEnded runs, on the vCPU's goroutine, what waits for a batch's end.
+func (r *runner) batchEnded() {
+	r.mu.Lock()
+	fs := r.atEnd
+	r.atEnd = nil
+	r.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+	r.mu.Lock()
+	r.batches++
+	if r.gap > 0 {
+		r.next = time.Now().Add(r.gap)
+	}
+	r.cond.Broadcast()
+	r.mu.Unlock()
 }
 
 // waitToRun waits, out of the guest, until the vCPU should run, doing the
@@ -113,7 +129,7 @@ func (r *runner) waitToRun() bool {
 		if r.stopped {
 			return false
 		}
-		if r.want {
+		if r.want && !r.paced() {
 			r.out = false
 			return true
 		}
@@ -123,6 +139,24 @@ func (r *runner) waitToRun() bool {
 		}
 		r.cond.Wait()
 	}
+}
+
+// paced says whether the vCPU must wait before its next batch, and if so
+// arranges to be woken when the wait is over. Called with r.mu held.
+func (r *runner) paced() bool {
+	d := time.Until(r.next)
+	if r.gap <= 0 || d <= 0 {
+		return false
+	}
+	if r.timer == nil {
+		r.timer = time.AfterFunc(d, func() {
+			r.mu.Lock()
+			r.timer = nil
+			r.cond.Broadcast()
+			r.mu.Unlock()
+		})
+	}
+	return true
 }
 
 func (r *runner) stop(err error) {
@@ -198,6 +232,36 @@ func (r *runner) do(f func() error) error {
 	return <-res
 }
 
+// atBatch runs f on the vCPU's goroutine at the end of the guest's next
+// batch (its stores complete, the vCPU out of the guest) and returns once
+// it has run, or ctx ends, or the vCPU stops.
+func (r *runner) atBatch(ctx context.Context, f func()) error {
+	ran := false
+	r.mu.Lock()
+	if r.stopped {
+		defer r.mu.Unlock()
+		return fmt.Errorf("%w: %w", errStopped, r.err)
+	}
+	r.atEnd = append(r.atEnd, func() {
+		f()
+		r.mu.Lock()
+		ran = true
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	r.mu.Unlock()
+	err := r.waitFor(ctx, 0, func() bool { return ran || r.stopped })
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case ran:
+		return nil
+	case r.stopped:
+		return fmt.Errorf("%w: %w", errStopped, r.err)
+	}
+	return err
+}
+
 // Batches returns how many batches the guest has completed.
 func (r *runner) Batches() uint64 {
 	r.mu.Lock()
@@ -256,10 +320,17 @@ func (r *runner) Close() error {
 	r.cond.Broadcast()
 	r.mu.Unlock()
 	r.cpu.kick()
+	return r.wait(r.pauseTimeout)
+}
+
+// wait waits at most d for the vCPU's goroutine to end.
+func (r *runner) wait(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-r.done:
 		return nil
-	case <-time.After(r.pauseTimeout):
-		return fmt.Errorf("close: the vCPU did not leave the guest within %v", r.pauseTimeout)
+	case <-t.C:
+		return fmt.Errorf("the vCPU did not leave the guest within %v", d)
 	}
 }

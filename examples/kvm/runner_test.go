@@ -58,8 +58,7 @@ func (f *fakeCPU) inside() bool {
 func TestRunnerPauseResume(t *testing.T) {
 	ctx := context.Background()
 	cpu := newFakeCPU()
-	batches := 0
-	r := newRunner(cpu, 5*time.Second, func() { batches++ })
+	r := newRunner(cpu, 5*time.Second, 0)
 	defer r.Close()
 	// It starts paused: do works, and Pause of a paused vCPU returns at once.
 	if err := r.Pause(ctx); err != nil {
@@ -88,15 +87,17 @@ func TestRunnerPauseResume(t *testing.T) {
 	if cpu.inside() || r.Running() {
 		t.Fatal("paused, yet inside the guest")
 	}
-	if batches != 3 {
-		t.Fatalf("onBatch ran %d times, want 3", batches)
-	}
 	if err := r.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
-	cpu.batch <- struct{}{}
-	if err := r.WaitBatches(ctx, 3); err != nil {
+	// atBatch runs at the end of the next batch.
+	got := make(chan uint64, 1)
+	go func() { cpu.batch <- struct{}{} }()
+	if err := r.atBatch(ctx, func() { got <- r.Batches() }); err != nil {
 		t.Fatal(err)
+	}
+	if n := <-got; n != 3 {
+		t.Fatalf("atBatch ran after %d batches, want 3 (before the 4th is counted)", n)
 	}
 }
 
@@ -106,7 +107,7 @@ func TestRunnerPauseBounded(t *testing.T) {
 	ctx := context.Background()
 	cpu := newFakeCPU()
 	cpu.stuck = true
-	r := newRunner(cpu, 50*time.Millisecond, nil)
+	r := newRunner(cpu, 50*time.Millisecond, 0)
 	if err := r.Resume(ctx); err != nil {
 		t.Fatal(err)
 	}
