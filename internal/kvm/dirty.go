@@ -20,28 +20,38 @@ const DefaultClearChunkPages = 4096
 // at or past n are ignored. dst must hold livemig.WordsFor(base+n) words.
 // Zero words of src cost one load and one branch.
 func orShifted(dst, src []uint64, base, n uint64) {
-	words := livemig.WordsFor(n)
-	if words > len(src) {
-		words = len(src)
+	words := min(livemig.WordsFor(n), len(src))
+	if words == 0 {
+		return
 	}
-	k, s := base/64, base%64
-	for i := 0; i < words; i++ {
-		w := src[i]
-		if i == words-1 && n%64 != 0 && uint64(i+1)*64 > n {
-			w &= 1<<(n%64) - 1
+	last := src[words-1]
+	if n%64 != 0 && uint64(words)*64 > n {
+		last &= 1<<(n%64) - 1
+	}
+	body := src[:words-1]
+	k, s := int(base/64), base%64
+	if s == 0 {
+		d := dst[k : k+words]
+		for i, w := range body {
+			if w != 0 {
+				d[i] |= w
+			}
 		}
-		if w == 0 {
-			continue
+		d[words-1] |= last
+		return
+	}
+	// The bits of body land in dst[k : k+words]; last's high part may
+	// reach dst[k+words], which exists only if it holds some of them.
+	d := dst[k : k+words]
+	for i, w := range body {
+		if w != 0 {
+			d[i] |= w << s
+			d[i+1] |= w >> (64 - s)
 		}
-		j := k + uint64(i)
-		if s == 0 {
-			dst[j] |= w
-			continue
-		}
-		dst[j] |= w << s
-		if hi := w >> (64 - s); hi != 0 {
-			dst[j+1] |= hi
-		}
+	}
+	d[words-1] |= last << s
+	if hi := last >> (64 - s); hi != 0 {
+		dst[k+words] |= hi
 	}
 }
 
