@@ -276,8 +276,14 @@ func TestDirtyLogsExact(t *testing.T) {
 	} {
 		t.Run(c.mode, func(t *testing.T) {
 			m := newMachine(t, c.ring, guest.Params{PerBatch: c.perBatch, Pattern: c.pattern, Seed: 42})
-			log := startLog(t, m, c.mode)
+			// One batch before logging starts, so that KVM has mapped the
+			// code page: on a first fetch after logging starts, KVM may map
+			// a page writable and report it dirty (seen with Linux 6.1
+			// kvm-amd), a harmless over-report this test would flag.
 			model := guest.NewModel(m.params)
+			m.batches(t, 1)
+			model.Next(nil)
+			log := startLog(t, m, c.mode)
 			words := livemig.WordsFor(m.layout.PageCount())
 			for round := range 3 {
 				n := c.batches
