@@ -78,6 +78,8 @@ func (c *VCPU) MSRs(entries []MSREntry) (int, error) {
 		return 0, nil
 	}
 	buf := msrBuf(entries)
+	c.kickMu.RLock()
+	defer c.kickMu.RUnlock()
 	if c.closed.Load() {
 		return 0, fmt.Errorf("kvm: vCPU %d: KVM_GET_MSRS: %w", c.id, ErrClosed)
 	}
@@ -96,6 +98,8 @@ func (c *VCPU) SetMSRs(entries []MSREntry) (int, error) {
 		return 0, nil
 	}
 	buf := msrBuf(entries)
+	c.kickMu.RLock()
+	defer c.kickMu.RUnlock()
 	if c.closed.Load() {
 		return 0, fmt.Errorf("kvm: vCPU %d: KVM_SET_MSRS: %w", c.id, ErrClosed)
 	}

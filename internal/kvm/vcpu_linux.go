@@ -32,6 +32,10 @@ type VCPU struct {
 
 	runMu  sync.Mutex // held by Run; Close takes it to wait for Run
 	closed atomic.Bool
+	// kickMu is held shared by Kick while it touches the kvm_run page and
+	// exclusively by Close while it unmaps it, so a Kick racing with Close
+	// (from a context's AfterFunc, say) never writes to an unmapped page.
+	kickMu sync.RWMutex
 }
 
 // NewVCPU creates vCPU id (KVM_CREATE_VCPU) and maps its kvm_run page and,
@@ -92,6 +96,8 @@ func (c *VCPU) setImmediateExit(v bool) {
 // KVM_RUN is not lost: the next Run returns ExitIntr at once. Kick of a
 // closed vCPU does nothing.
 func (c *VCPU) Kick() {
+	c.kickMu.RLock()
+	defer c.kickMu.RUnlock()
 	if c.closed.Load() {
 		return
 	}
@@ -163,7 +169,9 @@ func (c *VCPU) Run(ctx context.Context) (Exit, error) {
 // Close kicks the vCPU out of Run, waits for Run to return, harvests its
 // dirty ring into the running ring log, and unmaps and closes it.
 func (c *VCPU) Close() error {
+	c.kickMu.RLock()
 	if c.closed.Swap(true) {
+		c.kickMu.RUnlock()
 		return nil
 	}
 	c.kicked.Store(true)
@@ -171,8 +179,11 @@ func (c *VCPU) Close() error {
 	if tid := c.tid.Load(); tid != 0 {
 		_ = unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
 	}
+	c.kickMu.RUnlock()
 	c.runMu.Lock()
 	defer c.runMu.Unlock()
+	c.kickMu.Lock() // no Kick is touching kvm_run
+	defer c.kickMu.Unlock()
 	var errs []error
 	c.vm.ringMu.Lock()
 	if c.ring != nil {
@@ -189,6 +200,8 @@ func (c *VCPU) Close() error {
 }
 
 func (c *VCPU) get(req uintptr, p unsafe.Pointer, what string) error {
+	c.kickMu.RLock() // keeps Close from closing the fd under this call
+	defer c.kickMu.RUnlock()
 	if c.closed.Load() {
 		return fmt.Errorf("kvm: vCPU %d: %s: %w", c.id, what, ErrClosed)
 	}
