@@ -19,7 +19,7 @@ import (
 
 // The test machine: slot 0 at GPA 0 (1 MiB: parameters, code, then data
 // range A from 64 KiB), a 1 MiB hole, slot 1 at 2 MiB (1 MiB, data range
-// B). Guest memory stays small: KVM here may be a slow nested one.
+// B; newMachineSized puts it 1 MiB after slot 0's end). Guest memory stays small: KVM here may be a slow nested one.
 const (
 	slot0Size = 1 << 20
 	slot1GPA  = 2 << 20
@@ -72,7 +72,8 @@ func newMachineSized(tb testing.TB, ringBytes int, p guest.Params, size0, size1 
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { vm.Close() })
-	for _, s := range []kvm.Slot{{ID: 0, GPA: 0, Mem: m0}, {ID: 1, GPA: slot1GPA, Mem: m1}} {
+	gpa1 := uint64(size0) + 1<<20 // a 1 MiB hole after slot 0
+	for _, s := range []kvm.Slot{{ID: 0, GPA: 0, Mem: m0}, {ID: 1, GPA: gpa1, Mem: m1}} {
 		if err := vm.SetSlot(s); err != nil {
 			tb.Fatal(err)
 		}
@@ -87,7 +88,7 @@ func newMachineSized(tb testing.TB, ringBytes int, p guest.Params, size0, size1 
 		tb.Fatal(err)
 	}
 	p.A = guest.Range{GPA: aGPA, Pages: uint32((size0 - aGPA) / kvm.PageSize)}
-	p.B = guest.Range{GPA: slot1GPA, Pages: uint32(size1 / kvm.PageSize)}
+	p.B = guest.Range{GPA: gpa1, Pages: uint32(size1 / kvm.PageSize)}
 	if err := guest.Load(l, p); err != nil {
 		tb.Fatal(err)
 	}
