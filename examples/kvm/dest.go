@@ -12,6 +12,7 @@ import (
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/hybrid"
+	"github.com/livemig/livemig/internal/kvm/guest"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
@@ -144,7 +145,7 @@ func preCopyDestination(ctx context.Context, o options, g geometry, a *acceptor,
 		conn.Close()
 		return failed(dstNotHere, err)
 	}
-	defer m.Close()
+	defer m.end(o, "destination")
 	cfg := precopy.Config{Logger: o.logger()}
 	if !o.noRecover {
 		cfg.Reaccept = a.reaccept
@@ -189,7 +190,7 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 		urgent.Close()
 		return failed(dstNotHere, err)
 	}
-	defer m.Close()
+	defer m.end(o, "destination")
 	cfg := postcopy.Config{Urgent: urgent, Logger: o.logger()}
 	if !o.noRecover {
 		cfg.Reaccept, cfg.ReacceptUrgent = a.reaccept, a.reaccept
@@ -219,8 +220,11 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 			err = errors.New("the engine returned with pages missing")
 		}
 		// The guest runs here, waiting on pages that will not come: the
-		// counter shows whether it ran on; the checksum cannot be checked.
-		res.CounterAfter, _ = m.counter()
+		// counter, if its page is here, shows whether it ran on; the
+		// checksum cannot be checked.
+		if n, perr := m.layout.PageOfGPA(guest.ParamsGPA); perr == nil && m.region.Present(n) {
+			res.CounterAfter, _ = m.counter()
+		}
 		return split(dstSplit, err)
 	}
 	if cerr := m.checkRunOn(ctx, res); cerr != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -155,6 +156,7 @@ func newSourceMachine(o options, g geometry) (*machine, error) {
 	if err != nil {
 		return nil, err
 	}
+	fill(mem)
 	m, err := newMachine(o, g, mem, o.dirtyLog)
 	if err != nil {
 		_ = unmapMemory(mem)
@@ -162,6 +164,17 @@ func newSourceMachine(o options, g geometry) (*machine, error) {
 	}
 	m.unmap = func() error { return unmapMemory(mem) }
 	return m, nil
+}
+
+// fill writes a pattern into the guest's memory, as a booted guest's is
+// not all zeros: one non-zero word per 64 bytes, every eighth page left
+// zero (the guest's checksum starts from what it finds).
+func fill(mem []byte) {
+	for i := 0; i+8 <= len(mem); i += 64 {
+		if (i/kvm.PageSize)%8 != 7 {
+			binary.LittleEndian.PutUint64(mem[i:], uint64(i)*0x9E3779B97F4A7C15|1)
+		}
+	}
 }
 
 // newDestMachine maps the destination's slot memory, plain (onFault nil,
@@ -334,11 +347,23 @@ func (m *machine) checkRunOn(ctx context.Context, res *destResult) error {
 	return nil
 }
 
+// end tells o.observe whether the guest runs here, then closes m.
+func (m *machine) end(o options, side string) {
+	if o.observe != nil {
+		o.observe(side, m.run.Running())
+	}
+	_ = m.Close()
+}
+
 // Close stops the vCPU and releases the VM and its memory. A vCPU blocked
 // on a page that will never come (post-copy, link lost) is released by
 // stopping the region's fault service.
 func (m *machine) Close() error {
 	var errs []error
+	if m.region != nil && m.region.Missing() > 0 {
+		// No page comes any more: release a vCPU waiting on one.
+		errs = append(errs, m.region.Stop())
+	}
 	if err := m.run.Close(); err != nil && m.region != nil {
 		_ = m.region.Stop()
 		errs = append(errs, m.run.wait(runOnWait))

@@ -108,6 +108,9 @@ type options struct {
 	liveness        time.Duration
 	pauseTimeout    time.Duration
 	timeout         time.Duration
+	// observe, if set (tests), is told at the end of each side whether the
+	// guest's vCPU runs there, just before the side stops it.
+	observe func(side string, running bool)
 }
 
 // postCopy says whether the mode hands the guest over before its memory.

@@ -66,7 +66,7 @@ type runner struct {
 
 // newRunner starts the goroutine of cpu, paused; gap paces its batches.
 func newRunner(cpu vcpu, pauseTimeout, gap time.Duration) *runner {
-	r := &runner{cpu: cpu, pauseTimeout: pauseTimeout, gap: gap, done: make(chan struct{})}
+	r := &runner{cpu: cpu, pauseTimeout: pauseTimeout, gap: gap, done: make(chan struct{}), out: true}
 	r.cond = sync.NewCond(&r.mu)
 	go r.loop()
 	return r

@@ -29,7 +29,7 @@ func source(ctx context.Context, o options, out io.Writer) error {
 	}
 	// The process ends here: stop the vCPU, whatever the outcome says
 	// about the guest.
-	defer m.Close()
+	defer m.end(o, "source")
 	if err := m.Resume(ctx); err != nil {
 		return err
 	}
