@@ -97,7 +97,8 @@ func migrate(t *testing.T, o options, rules ...faultproxy.Rule) *outcome {
 	}
 	defer l.Close()
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, o, l, &out.dst) }()
+	dst := o
+	go func() { done <- serve(ctx, dst, l, &out.dst) }()
 	o.connect = l.Addr().String()
 	if rules != nil {
 		p, err := faultproxy.New(o.connect, rules...)
