@@ -100,6 +100,7 @@ type options struct {
 	memMiB          int
 	rate            float64 // guest batches per second, 0: flat out
 	rounds          int     // hybrid's pre-copy rounds
+	pushBandwidth   int64   // post-copy's push cap, bytes/s; 0: none
 	downtime        time.Duration
 	jsonOut         bool
 	verbose         bool
@@ -140,6 +141,8 @@ func (o options) check() error {
 	switch {
 	case o.rate < 0:
 		return fmt.Errorf("-rate %v: must not be negative", o.rate)
+	case o.pushBandwidth < 0:
+		return fmt.Errorf("-push-bandwidth %d: must not be negative", o.pushBandwidth)
 	case o.rounds < 0:
 		return fmt.Errorf("-rounds %d: must not be negative", o.rounds)
 	case o.recoverWait <= 0:
@@ -262,6 +265,7 @@ func main() {
 	flag.IntVar(&o.memMiB, "mem", 4, "guest memory in MiB, over two slots (the same on both sides)")
 	flag.Float64Var(&o.rate, "rate", 0, "source: guest batches per second (0: as fast as the guest runs)")
 	flag.IntVar(&o.rounds, "rounds", 2, "hybrid: pre-copy rounds before the switchover")
+	flag.Int64Var(&o.pushBandwidth, "push-bandwidth", 0, "source, post-copy and hybrid: cap the background push at `BYTES` per second (0: none)")
 	flag.DurationVar(&o.downtime, "downtime", 300*time.Millisecond, "pre-copy: downtime target")
 	flag.BoolVar(&o.jsonOut, "json", false, "end stdout with one JSON line: the report")
 	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")

@@ -19,7 +19,7 @@ import (
 
 // kvmUsable says whether /dev/kvm works here; where it does not the test
 // is skipped, or fails with LIVEMIG_REQUIRE_KVM=1.
-func kvmUsable(t *testing.T) bool {
+func kvmUsable(t testing.TB) bool {
 	t.Helper()
 	sys, err := kvm.Open()
 	if err == nil {
@@ -31,7 +31,7 @@ func kvmUsable(t *testing.T) bool {
 }
 
 // uffdUsable says whether userfaultfd works here (skip or fail as above).
-func uffdUsable(t *testing.T) bool {
+func uffdUsable(t testing.TB) bool {
 	t.Helper()
 	r, err := faultmem.New(livemig.DefaultPageSize, 1, faultmem.Config{})
 	if err == nil {
@@ -43,7 +43,7 @@ func uffdUsable(t *testing.T) bool {
 }
 
 // useStandIn runs the rest of the test on the Go stand-in for KVM.
-func useStandIn(t *testing.T) {
+func useStandIn(t testing.TB) {
 	t.Helper()
 	old := newHardware
 	newHardware = standIn
@@ -52,7 +52,7 @@ func useStandIn(t *testing.T) {
 
 // hardwareFor picks KVM where it works, else the stand-in (saying so);
 // false: the test cannot run here (it was skipped).
-func hardwareFor(t *testing.T, mode string) bool {
+func hardwareFor(t testing.TB, mode string) bool {
 	t.Helper()
 	if mode != "precopy" && !uffdUsable(t) {
 		return false
@@ -80,7 +80,7 @@ type outcome struct {
 
 // migrate runs a destination and a source in this process over loopback
 // TCP, through a fault proxy applying rules if any (it checks they fired).
-func migrate(t *testing.T, o options, rules ...faultproxy.Rule) *outcome {
+func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *outcome {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -127,7 +127,7 @@ func migrate(t *testing.T, o options, rules ...faultproxy.Rule) *outcome {
 
 // wantMigrated checks a migration that succeeded: the guest runs at the
 // destination alone, ran on there, its checksum intact.
-func wantMigrated(t *testing.T, out *outcome) {
+func wantMigrated(t testing.TB, out *outcome) {
 	t.Helper()
 	if out.srcErr != nil || out.dstErr != nil {
 		t.Fatalf("source: %v; destination: %v", out.srcErr, out.dstErr)
@@ -148,7 +148,7 @@ func wantMigrated(t *testing.T, out *outcome) {
 
 // wantAtSource checks a migration that failed before the hand-over: the
 // guest runs at the source alone and the destination did not resume it.
-func wantAtSource(t *testing.T, out *outcome) {
+func wantAtSource(t testing.TB, out *outcome) {
 	t.Helper()
 	if exitStatus(out.srcErr) != exitFailed || !strings.HasPrefix(lastLine(false, out.srcErr), "source: guest running HERE at the source") {
 		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
@@ -209,7 +209,7 @@ func TestCutLink(t *testing.T) {
 		name, mode string
 		rule       faultproxy.Rule
 		noRecover  bool
-		want       func(*testing.T, *outcome)
+		want       func(testing.TB, *outcome)
 	}{
 		{"precopy/start", "precopy", first, false, wantAtSource},
 		{"precopy/rounds", "precopy", rounds, false, wantAtSource},
@@ -239,7 +239,7 @@ func TestCutLink(t *testing.T) {
 // wantSplit checks a post-copy migration whose link was lost after the
 // hand-over without recovery: the guest runs at the destination alone, the
 // source keeps it paused with the memory still there, and both say so.
-func wantSplit(t *testing.T, out *outcome) {
+func wantSplit(t testing.TB, out *outcome) {
 	t.Helper()
 	if exitStatus(out.srcErr) != exitSplit || !strings.HasPrefix(lastLine(false, out.srcErr), "source: guest running at the destination, part of its memory still here") {
 		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
@@ -288,6 +288,7 @@ func TestCheck(t *testing.T) {
 		"dirty-log":     func(o *options) { o.dirtyLog = "pml" },
 		"mem":           func(o *options) { o.memMiB = 0 },
 		"rate":          func(o *options) { o.rate = -1 },
+		"push":          func(o *options) { o.pushBandwidth = -1 },
 		"recover-wait":  func(o *options) { o.recoverWait = 0 },
 		"pause-timeout": func(o *options) { o.pauseTimeout = 0 },
 		"timeout":       func(o *options) { o.timeout = 0 },

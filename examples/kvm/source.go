@@ -136,7 +136,7 @@ func postCopySource(ctx context.Context, o options, m *machine, conn, urgent tra
 	mctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	handed := false
-	cfg := postcopy.Config{Urgent: urgent, Logger: o.logger(),
+	cfg := postcopy.Config{Urgent: urgent, PushBandwidth: o.pushBandwidth, Logger: o.logger(),
 		OnEvent: func(e postcopy.Event) {
 			if e.Kind == postcopy.HandedOver {
 				handed = true
