@@ -56,6 +56,9 @@ func (c countingLink) Read(p []byte) (int, error) {
 
 // destination receives one migration on -listen and runs the guest here.
 func destination(ctx context.Context, o options, out io.Writer) error {
+	if err := probeHardware(); err != nil {
+		return fmt.Errorf("no guest can run here: %w", err)
+	}
 	l, err := transport.Listen(ctx, o.listen, transport.ListenConfig{Logger: o.logger()})
 	if err != nil {
 		return err

@@ -129,6 +129,16 @@ type hardware interface {
 // started; at the destination with nothing loaded. Tests replace it.
 var newHardware = newKVM
 
+// probeHardware checks, before the destination listens, that it can run a
+// guest; tests replace it with newHardware.
+var probeHardware = func() error {
+	sys, err := kvm.Open()
+	if err == nil {
+		sys.Close()
+	}
+	return err
+}
+
 // machine is one side's guest: its memory, its dirty log (source), its
 // hardware and the runner of its vCPU. It is the side's livemig.VM.
 type machine struct {

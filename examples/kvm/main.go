@@ -48,6 +48,7 @@
 //
 //	source:
 //	  guest running at the destination (migration complete)                 0
+//	  no guest here (it could not be started: ERR)                          1
 //	  guest running HERE at the source (migration failed before the
 //	    hand-over: ERR)                                                     1
 //	  guest running HERE at the source (migration failed: ERR)              1
@@ -204,6 +205,7 @@ func (e *statusError) Unwrap() error { return e.err }
 // Where the guest is, as each side's last line says it.
 const (
 	srcDone    = "guest running at the destination (migration complete)"
+	srcNoGuest = "no guest here (it could not be started: %v)"
 	srcHere    = "guest running HERE at the source (migration failed before the hand-over: %v)"
 	srcBack    = "guest running HERE at the source (migration failed: %v)"
 	srcInDoubt = "guest PAUSED here, outcome unknown (session %016x): %v"

@@ -45,9 +45,9 @@ func uffdUsable(t testing.TB) bool {
 // useStandIn runs the rest of the test on the Go stand-in for KVM.
 func useStandIn(t testing.TB) {
 	t.Helper()
-	old := newHardware
-	newHardware = standIn
-	t.Cleanup(func() { newHardware = old })
+	old, oldProbe := newHardware, probeHardware
+	newHardware, probeHardware = standIn, func() error { return nil }
+	t.Cleanup(func() { newHardware, probeHardware = old, oldProbe })
 }
 
 // hardwareFor picks KVM where it works, else the stand-in (saying so);

@@ -25,17 +25,17 @@ func source(ctx context.Context, o options, out io.Writer) error {
 	}
 	m, err := newSourceMachine(o, g)
 	if err != nil {
-		return err
+		return failed(srcNoGuest, err)
 	}
 	// The process ends here: stop the vCPU, whatever the outcome says
 	// about the guest.
 	defer m.end(o, "source")
 	if err := m.Resume(ctx); err != nil {
-		return err
+		return failed(srcNoGuest, err)
 	}
 	// The guest is live before the migration starts: one batch done.
 	if err := m.run.WaitBatches(ctx, 0); err != nil {
-		return fmt.Errorf("the guest did not run: %w", err)
+		return failed(srcNoGuest, fmt.Errorf("the guest did not run: %w", err))
 	}
 	dial := dialer(o, g.pages())
 	conn, err := dial(ctx)
