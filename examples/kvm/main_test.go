@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -203,6 +204,10 @@ func TestCutLink(t *testing.T) {
 	rounds := faultproxy.Rule{Trigger: faultproxy.Trigger{Kind: faultproxy.KindPage, Nth: 2}, Fault: faultproxy.Close}
 	ready := faultproxy.Rule{Trigger: faultproxy.Trigger{Dir: faultproxy.DstToSrc, Kind: faultproxy.KindAck,
 		Arg: faultproxy.ArgIs(faultproxy.AckReady)}, Fault: faultproxy.Close}
+	// The destination's answer to the Commit lost: it resumed, the
+	// source does not know.
+	resumed := faultproxy.Rule{Trigger: faultproxy.Trigger{Dir: faultproxy.DstToSrc, Kind: faultproxy.KindAck,
+		Arg: faultproxy.ArgIs(faultproxy.AckResumed)}, Fault: faultproxy.Close}
 	push := faultproxy.Rule{Trigger: faultproxy.Trigger{Kind: faultproxy.KindPage, Since: faultproxy.KindCommit, Nth: 1},
 		Fault: faultproxy.Close}
 	for _, c := range []struct {
@@ -214,6 +219,8 @@ func TestCutLink(t *testing.T) {
 		{"precopy/start", "precopy", first, false, wantAtSource},
 		{"precopy/rounds", "precopy", rounds, false, wantAtSource},
 		{"precopy/handover", "precopy", ready, false, wantAtSource},
+		{"precopy/commit", "precopy", resumed, false, wantMigrated},
+		{"precopy/commit/no-recover", "precopy", resumed, true, wantInDoubt},
 		{"postcopy/start", "postcopy", first, false, wantAtSource},
 		{"postcopy/handover", "postcopy", ready, false, wantAtSource},
 		{"postcopy/push", "postcopy", push, false, wantMigrated},
@@ -249,6 +256,23 @@ func wantSplit(t testing.TB, out *outcome) {
 	}
 	if !out.res.Resumed || out.running["source"] || !out.running["destination"] {
 		t.Errorf("guest running at %v, resumed at the destination %v: want the destination alone", out.running, out.res.Resumed)
+	}
+}
+
+// wantInDoubt checks a pre-copy migration whose answer to the Commit was
+// lost without recovery: the guest runs at the destination alone, the
+// source keeps it paused, exits 3 and says the outcome is unknown.
+func wantInDoubt(t testing.TB, out *outcome) {
+	t.Helper()
+	if exitStatus(out.srcErr) != exitSplit || !errors.Is(out.srcErr, livemig.ErrInDoubt) ||
+		!strings.HasPrefix(lastLine(false, out.srcErr), "source: guest PAUSED here, outcome unknown") {
+		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
+	}
+	if exitStatus(out.dstErr) != 0 || !out.res.Resumed || !out.res.ChecksumOK {
+		t.Errorf("destination: status %d: %v, %+v", exitStatus(out.dstErr), out.dstErr, out.res)
+	}
+	if out.running["source"] || !out.running["destination"] {
+		t.Errorf("guest running at %v, want the destination alone", out.running)
 	}
 }
 
