@@ -210,6 +210,10 @@ func TestCutLink(t *testing.T) {
 		Arg: faultproxy.ArgIs(faultproxy.AckResumed)}, Fault: faultproxy.Close}
 	push := faultproxy.Rule{Trigger: faultproxy.Trigger{Kind: faultproxy.KindPage, Since: faultproxy.KindCommit, Nth: 1},
 		Fault: faultproxy.Close}
+	// Hybrid may leave nothing to push (a round that finds nothing dirty
+	// ends the pre-copy phase): cut right after its Commit instead, where
+	// the push phase begins.
+	committed := faultproxy.Rule{Trigger: faultproxy.Trigger{Kind: faultproxy.KindCommit, After: true}, Fault: faultproxy.Close}
 	for _, c := range []struct {
 		name, mode string
 		rule       faultproxy.Rule
@@ -227,7 +231,8 @@ func TestCutLink(t *testing.T) {
 		{"postcopy/push/no-recover", "postcopy", push, true, wantSplit},
 		{"hybrid/rounds", "hybrid", rounds, false, wantAtSource},
 		{"hybrid/handover", "hybrid", ready, false, wantAtSource},
-		{"hybrid/push", "hybrid", push, false, wantMigrated},
+		{"hybrid/after-commit", "hybrid", committed, false, wantMigrated},
+		{"hybrid/after-commit/no-recover", "hybrid", committed, true, wantSplit},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if !hardwareFor(t, c.mode) {
