@@ -14,14 +14,24 @@
 //
 // # Usage
 //
-//	sys, err := kvm.Open()            // /dev/kvm, API 12
+//	sys, err := kvm.Open()             // /dev/kvm, API 12
 //	vm, err := sys.NewVM()
 //	mem, err := kvm.MapMemory(1 << 20) // caller-owned slot memory
 //	err = vm.SetSlot(kvm.Slot{ID: 0, GPA: 0, Mem: mem})
-//	log, err := vm.StartBitmapLog()   // or StartManualLog, StartRingLog
+//	// vm.EnableDirtyRing(64 << 10) here, before the first vCPU, for StartRingLog
 //	cpu, err := vm.NewVCPU(0)
-//	exit, err := cpu.Run(ctx)         // one exit; cpu.Kick() from elsewhere
-//	err = log.SyncDirty(dst)          // dst in livemig numbering (vm.Layout())
+//	log, err := vm.StartBitmapLog()    // or StartManualLog(0), StartRingLog()
+//	exit, err := cpu.Run(ctx)          // one exit; cpu.Kick() from elsewhere
+//	err = log.SyncDirty(dst)           // dst in livemig numbering: log.Layout()
+//
+// The Layout numbers the slots' pages for livemig: slots in ascending ID
+// order, each slot's pages consecutive, the GPA holes between slots
+// skipped. It is also the guest's livemig.Memory and livemig.PageView.
+//
+// What KVM reports: every page the guest wrote since the previous sync,
+// and possibly a few it only read or fetched for the first time since
+// logging started (KVM may map such a page writable at once and mark it
+// dirty; seen with Linux 6.1 kvm-amd). Never fewer.
 //
 // # Ownership and order
 //

@@ -49,7 +49,7 @@ func multiboot(t *testing.T, l *kvm.Layout) []byte {
 // the Go model replayed on host memory: the guest writes exactly the pages
 // and values the model predicts, and its checksum verifies.
 func TestGuestUnderQEMU(t *testing.T) {
-	bin, err := exec.LookPath("qemu-system-i386")
+	bin, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		testkit.SkipOrFail(t, fmt.Errorf("%w: %v", livemig.ErrNotSupported, err), "QEMU", "LIVEMIG_REQUIRE_QEMU")
 	}
