@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/livemigtest"
 )
 
 // aligned returns n zeroed bytes starting on a page boundary (from the Go
@@ -105,4 +106,16 @@ func TestLayoutRejects(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrBadInput", name, err)
 		}
 	}
+}
+
+// TestLayoutConformance runs livemig's Memory conformance suite on a
+// Layout of two slots with a hole between them.
+func TestLayoutConformance(t *testing.T) {
+	l := twoSlots(t)
+	for i, s := range l.Slots() {
+		for j := range s.Mem {
+			s.Mem[j] = byte(i*31 + j*7)
+		}
+	}
+	livemigtest.TestMemory(t, l)
 }
