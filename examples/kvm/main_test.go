@@ -119,10 +119,16 @@ func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *outcome {
 		}()
 	}
 	out.srcErr = source(ctx, o, &out.src)
+	if out.srcErr != nil {
+		// A source that failed before it connected leaves the destination
+		// waiting: give it a while, then end it.
+		stop := time.AfterFunc(15*time.Second, cancel)
+		defer stop.Stop()
+	}
 	out.dstErr = <-done
 	lines := strings.Split(strings.TrimSpace(out.dst.String()), "\n")
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &out.res); err != nil {
-		t.Fatalf("the destination's last line is not JSON: %v: %q", err, out.dst.String())
+		t.Fatalf("the destination's last line is not JSON: %v: %q (source: %v; destination: %v)", err, out.dst.String(), out.srcErr, out.dstErr)
 	}
 	t.Logf("destination: %s", lines[len(lines)-1])
 	return out
