@@ -177,7 +177,10 @@ type ManualLog struct {
 	Clears atomic.Uint64
 }
 
-var _ livemig.DirtySource = (*ManualLog)(nil)
+var (
+	_ livemig.DirtySource = (*ManualLog)(nil)
+	_ livemig.DirtyPeeker = (*ManualLog)(nil)
+)
 
 // StartManualLog enables manual protection and logging in every slot.
 // chunkPages is the clear chunk: 0 means DefaultClearChunkPages; it must
@@ -217,6 +220,28 @@ func (m *ManualLog) SyncDirty(dst []uint64) error {
 			return err
 		}
 		orShifted(dst, buf, m.layout.base[i], s.Pages())
+	}
+	return nil
+}
+
+// PeekDirty ORs into dst the pages written since the previous SyncDirty
+// without clearing or re-protecting them (livemig.DirtyPeeker): with manual
+// protection KVM_GET_DIRTY_LOG does not clear. The next SyncDirty reports
+// them again.
+func (m *ManualLog) PeekDirty(dst []uint64) error {
+	if err := checkDst(dst, m.layout.pages); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return fmt.Errorf("kvm: manual log: %w", ErrClosed)
+	}
+	for i, s := range m.layout.slots {
+		if err := m.vm.getDirtyLog(s.ID, m.bufs[i]); err != nil {
+			return err
+		}
+		orShifted(dst, m.bufs[i], m.layout.base[i], s.Pages())
 	}
 	return nil
 }

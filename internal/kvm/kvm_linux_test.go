@@ -296,6 +296,15 @@ func TestDirtyLogsExact(t *testing.T) {
 				if err := model.Expected(m.layout, n, want); err != nil {
 					t.Fatal(err)
 				}
+				if peeker, ok := log.(livemig.DirtyPeeker); ok {
+					peek := make([]uint64, words)
+					if err := peeker.PeekDirty(peek); err != nil {
+						t.Fatal(err)
+					}
+					if !slices.Equal(peek, want) {
+						t.Fatalf("round %d: peeked pages %v, want %v", round, pagesOf(peek), pagesOf(want))
+					}
+				}
 				got := make([]uint64, words)
 				if err := log.SyncDirty(got); err != nil {
 					t.Fatal(err)

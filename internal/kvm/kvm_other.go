@@ -141,6 +141,9 @@ type ManualLog struct {
 	Clears atomic.Uint64
 }
 
+// PeekDirty returns an error matching livemig.ErrNotSupported.
+func (m *ManualLog) PeekDirty(dst []uint64) error { return errNotSupported() }
+
 // RingLog is KVM's dirty ring; none exists on this platform.
 type RingLog struct{}
 
