@@ -1,0 +1,305 @@
+// Command kvm is a mini-VMM: it runs a tiny KVM guest (internal/kvm's
+// guest program, which writes pages of its memory in batches and keeps a
+// counter and an additive checksum of its data region) and migrates it live
+// between two processes over TCP with livemig's pre-copy, post-copy or
+// hybrid engine.
+//
+// Start the destination, then the source, with the same -mode and -mem:
+//
+//	go run ./examples/kvm -listen 127.0.0.1:4444 -mode precopy -json
+//	go run ./examples/kvm -connect 127.0.0.1:4444 -mode precopy -dirty-log bitmap -json
+//
+//	go run ./examples/kvm -listen 127.0.0.1:4444 -mode postcopy -json
+//	go run ./examples/kvm -connect 127.0.0.1:4444 -mode postcopy -dirty-log ring -json
+//
+// The guest's memory is two KVM memory slots with a hole between them
+// (internal/kvm's Layout numbers their pages for livemig). The source runs
+// the guest on a vCPU goroutine locked to its thread, logs its writes with
+// KVM's dirty log chosen by -dirty-log (bitmap: KVM_GET_DIRTY_LOG; manual:
+// the same with MANUAL_DIRTY_LOG_PROTECT2 and KVM_CLEAR_DIRTY_LOG; ring:
+// the per-vCPU dirty ring), and migrates it while it runs. Pausing the guest
+// kicks its vCPU out of KVM_RUN and waits, at most -pause-timeout, until it
+// is out; its CPU state (general, special and FPU/XSAVE registers, MSRs)
+// travels in package vmstate's versioned format.
+//
+// The destination creates the same VM and slots before anything arrives.
+// Pre-copy writes pages straight into the slots' memory; post-copy and
+// hybrid back the slots with one userfaultfd region (package faultmem), so
+// that the vCPU's accesses to pages not yet here fault inside KVM_RUN and
+// are served by the engine, which asks the source for them. The guest
+// resumes only once the engine says so (every page and the state here for
+// pre-copy; the state loaded and the Commit received for post-copy). A
+// moment after the resume the destination reads the guest's counter again
+// (it must have grown: the guest runs on) and, with every page here, checks
+// the guest's checksum over its data region.
+//
+// With -json each side's last line on stdout is one JSON object: the
+// destination's holds resumed, checksum_ok, counter_at_pause,
+// counter_after, downtime_ms (the source's pause, as its clock stamped it
+// in the state, to the resume here: both clocks must agree, as on one
+// host), total_ms (the first connection to the migration's end), and
+// bytes_sent (bytes the source sent, counted as they arrived); the
+// source's is its engine's report.
+//
+// # Where the guest is
+//
+// Each side's last line on stderr says where the guest is, and the exit
+// status says it too:
+//
+//	source:
+//	  guest running at the destination (migration complete)                 0
+//	  no guest here (it could not be started: ERR)                          1
+//	  guest running HERE at the source (migration failed before the
+//	    hand-over: ERR)                                                     1
+//	  guest running HERE at the source (migration failed: ERR)              1
+//	  guest PAUSED here, outcome unknown (session ID): ERR                   3
+//	  guest PAUSED here, not resumed at the destination (...: ERR)          3
+//	  guest running at the destination, part of its memory still here
+//	    only (post-copy link lost: ERR)                                     3
+//	destination:
+//	  guest resumed HERE                                                    0
+//	  guest resumed HERE (the source may be left in doubt: ERR)             0
+//	  guest resumed HERE, part of its memory still at the source only
+//	    (post-copy link lost: ERR)                                          3
+//	  guest NOT resumed here: ERR                                           1
+//	either side, before any work:
+//	  kvm: ERR                                                              2
+//
+// These are examples/memmigrate's lines and statuses, with its recovery
+// rules: after the hand-over a cut link is recovered by default (the
+// source redials, the destination keeps its listener open), each outage
+// bounded by -recover-wait; -no-recover turns that off.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/transport"
+)
+
+// Exit statuses besides 0.
+const (
+	exitFailed = 1 // the guest runs at the source, not at the destination
+	exitUsage  = 2 // bad flags: nothing was done
+	exitSplit  = 3 // the guest is paused here, or its memory is split between the hosts
+)
+
+type options struct {
+	listen, connect string
+	mode            string // precopy, postcopy, hybrid
+	dirtyLog        string // bitmap, manual, ring
+	memMiB          int
+	rate            float64 // guest batches per second, 0: flat out
+	rounds          int     // hybrid's pre-copy rounds
+	pushBandwidth   int64   // post-copy's push cap, bytes/s; 0: none
+	downtime        time.Duration
+	jsonOut         bool
+	verbose         bool
+	noRecover       bool
+	recoverWait     time.Duration
+	liveness        time.Duration
+	pauseTimeout    time.Duration
+	timeout         time.Duration
+	// observe, if set (tests), is told at the end of each side whether the
+	// guest's vCPU runs there, just before the side stops it.
+	observe func(side string, running bool)
+}
+
+// postCopy says whether the mode hands the guest over before its memory.
+func (o options) postCopy() (bool, error) {
+	switch o.mode {
+	case "precopy":
+		return false, nil
+	case "postcopy", "hybrid":
+		return true, nil
+	}
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
+}
+
+// check returns the usage error in o's flags, if any.
+func (o options) check() error {
+	if _, err := o.postCopy(); err != nil {
+		return err
+	}
+	switch o.dirtyLog {
+	case "bitmap", "manual", "ring":
+	default:
+		return fmt.Errorf("-dirty-log %q: want bitmap, manual or ring", o.dirtyLog)
+	}
+	if _, err := newGeometry(o.memMiB); err != nil {
+		return err
+	}
+	switch {
+	case o.rate < 0:
+		return fmt.Errorf("-rate %v: must not be negative", o.rate)
+	case o.pushBandwidth < 0:
+		return fmt.Errorf("-push-bandwidth %d: must not be negative", o.pushBandwidth)
+	case o.rounds < 0:
+		return fmt.Errorf("-rounds %d: must not be negative", o.rounds)
+	case o.recoverWait <= 0:
+		return fmt.Errorf("-recover-wait %v: must be positive", o.recoverWait)
+	case o.pauseTimeout <= 0:
+		return fmt.Errorf("-pause-timeout %v: must be positive", o.pauseTimeout)
+	case o.timeout <= 0:
+		return fmt.Errorf("-timeout %v: must be positive", o.timeout)
+	case o.liveness < 0:
+		return fmt.Errorf("-liveness %v: must not be negative", o.liveness)
+	}
+	return nil
+}
+
+// errMode marks a peer that runs another mode: retrying will not help.
+var errMode = errors.New("mode mismatch")
+
+// hello is the handshake of the mode for a guest of pages pages.
+func (o options) hello(pages uint64) transport.Hello {
+	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
+	if pc, _ := o.postCopy(); pc {
+		h.Features |= transport.FeatPostCopy
+	}
+	return h
+}
+
+// checkPeer refuses a peer that runs another mode.
+func (o options) checkPeer(peer transport.Hello) error {
+	pc, _ := o.postCopy()
+	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
+		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
+			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode, errMode)
+	}
+	return nil
+}
+
+func (o options) connConfig() transport.Config {
+	return transport.Config{Liveness: o.liveness, Logger: o.logger()}
+}
+
+func (o options) logger() *slog.Logger {
+	if !o.verbose {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// statusError carries the exit status of a failure and the line that says
+// where the guest is.
+type statusError struct {
+	status int
+	where  string
+	err    error
+}
+
+func (e *statusError) Error() string { return e.where }
+func (e *statusError) Unwrap() error { return e.err }
+
+// Where the guest is, as each side's last line says it.
+const (
+	srcDone    = "guest running at the destination (migration complete)"
+	srcNoGuest = "no guest here (it could not be started: %v)"
+	srcHere    = "guest running HERE at the source (migration failed before the hand-over: %v)"
+	srcBack    = "guest running HERE at the source (migration failed: %v)"
+	srcInDoubt = "guest PAUSED here, outcome unknown (session %016x): %v"
+	srcPaused  = "guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: %v)"
+	srcSplit   = "guest running at the destination, part of its memory still here only (post-copy link lost: %v)"
+	dstResumed = "guest resumed HERE"
+	dstWarned  = "guest resumed HERE (the source may be left in doubt: %v)"
+	dstSplit   = "guest resumed HERE, part of its memory still at the source only (post-copy link lost: %v)"
+	dstNotHere = "guest NOT resumed here: %v"
+)
+
+func failed(format string, err error) error {
+	return &statusError{status: exitFailed, where: fmt.Sprintf(format, err), err: err}
+}
+
+func split(format string, err error) error {
+	return &statusError{status: exitSplit, where: fmt.Sprintf(format, err), err: err}
+}
+
+// exitStatus is the exit status for err, as source or destination returned it.
+func exitStatus(err error) int {
+	var se *statusError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &se):
+		return se.status
+	}
+	return exitFailed
+}
+
+// lastLine is the line that ends a side's stderr: where the guest is.
+func lastLine(dest bool, err error) string {
+	var se *statusError
+	var s string
+	switch {
+	case err == nil && dest:
+		s = "destination: " + dstResumed
+	case err == nil:
+		s = "source: " + srcDone
+	case errors.As(err, &se) && dest:
+		s = "destination: " + se.where
+	case errors.As(err, &se):
+		s = "source: " + se.where
+	case dest:
+		s = "destination: " + fmt.Sprintf(dstNotHere, err)
+	default:
+		s = "source: " + fmt.Sprintf(srcHere, err)
+	}
+	return strings.ReplaceAll(s, "\n", "; ")
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.listen, "listen", "", "run the destination, listening on `ADDR`")
+	flag.StringVar(&o.connect, "connect", "", "run the source, connecting to `ADDR`")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
+	flag.StringVar(&o.dirtyLog, "dirty-log", "bitmap", "source: KVM's dirty log: bitmap, manual (MANUAL_DIRTY_LOG_PROTECT2) or ring")
+	flag.IntVar(&o.memMiB, "mem", 4, "guest memory in MiB, over two slots (the same on both sides)")
+	flag.Float64Var(&o.rate, "rate", 0, "source: guest batches per second (0: as fast as the guest runs)")
+	flag.IntVar(&o.rounds, "rounds", 2, "hybrid: pre-copy rounds before the switchover")
+	flag.Int64Var(&o.pushBandwidth, "push-bandwidth", 0, "source, post-copy and hybrid: cap the background push at `BYTES` per second (0: none)")
+	flag.DurationVar(&o.downtime, "downtime", 300*time.Millisecond, "pre-copy: downtime target")
+	flag.BoolVar(&o.jsonOut, "json", false, "end stdout with one JSON line: the report")
+	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")
+	flag.BoolVar(&o.noRecover, "no-recover", false, "do not recover from a link cut after the hand-over")
+	flag.DurationVar(&o.recoverWait, "recover-wait", 30*time.Second, "after a cut, how long each side waits for the other to come back")
+	flag.DurationVar(&o.liveness, "liveness", 0, "a silent peer is given up after this long (0: the library's default, 5s)")
+	flag.DurationVar(&o.pauseTimeout, "pause-timeout", 5*time.Second, "how long a pause waits for the vCPU to leave the guest")
+	flag.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long")
+	flag.Parse()
+	if (o.listen == "") == (o.connect == "") || flag.NArg() > 0 {
+		usage("give exactly one of -listen and -connect, and no arguments")
+	}
+	if err := o.check(); err != nil {
+		usage(err.Error())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	var err error
+	if o.listen != "" {
+		err = destination(ctx, o, os.Stdout)
+	} else {
+		err = source(ctx, o, os.Stdout)
+	}
+	fmt.Fprintln(os.Stderr, lastLine(o.listen != "", err))
+	os.Exit(exitStatus(err))
+}
+
+// usage ends the process with status 2, before any work.
+func usage(msg string) {
+	flag.Usage()
+	fmt.Fprintln(os.Stderr, "kvm: "+msg)
+	os.Exit(exitUsage)
+}

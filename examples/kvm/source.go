@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/hybrid"
+	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/transport"
+)
+
+// source runs the guest here and migrates it to -connect, writing the
+// engine's report on out (as JSON with -json).
+func source(ctx context.Context, o options, out io.Writer) error {
+	g, err := newGeometry(o.memMiB)
+	if err != nil {
+		return err
+	}
+	m, err := newSourceMachine(o, g)
+	if err != nil {
+		return failed(srcNoGuest, err)
+	}
+	// The process ends here: stop the vCPU, whatever the outcome says
+	// about the guest.
+	defer m.end(o, "source")
+	if err := m.Resume(ctx); err != nil {
+		return failed(srcNoGuest, err)
+	}
+	// The guest is live before the migration starts: one batch done.
+	if err := m.run.WaitBatches(ctx, 0); err != nil {
+		return failed(srcNoGuest, fmt.Errorf("the guest did not run: %w", err))
+	}
+	dial := dialer(o, g.pages())
+	conn, err := dial(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "source: migrating a %d MiB KVM guest (%d pages in %d slots, dirty log %s) to %s by %s\n",
+		o.memMiB, g.pages(), len(g.slots), o.dirtyLog, o.connect, o.mode)
+	var rep *livemig.Report
+	if pc, _ := o.postCopy(); pc {
+		urgent, err := dial(ctx)
+		if err != nil {
+			conn.Close()
+			return fmt.Errorf("urgent connection: %w", err)
+		}
+		rep, err = postCopySource(ctx, o, m, conn, urgent, dial)
+		printReport(out, o, rep)
+		return err
+	}
+	rep, err = preCopySource(ctx, o, m, conn, dial)
+	printReport(out, o, rep)
+	return err
+}
+
+// printReport writes rep, if any, as one JSON line with -json, or as a table.
+func printReport(out io.Writer, o options, rep *livemig.Report) {
+	if rep == nil {
+		return
+	}
+	if !o.jsonOut {
+		_ = rep.WriteTable(out)
+		return
+	}
+	b, _ := json.Marshal(rep)
+	fmt.Fprintln(out, string(b))
+}
+
+// dialer returns the source's dial: it connects to -connect and
+// handshakes once.
+func dialer(o options, pages uint64) func(context.Context) (transport.Conn, error) {
+	return func(ctx context.Context) (transport.Conn, error) {
+		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{})
+		if err != nil {
+			return nil, err
+		}
+		conn, peer, err := transport.Open(ctx, link, o.hello(pages), o.connConfig())
+		if err != nil {
+			return nil, err
+		}
+		if err := o.checkPeer(peer); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+}
+
+// preCopySource migrates m by pre-copy over conn and says where the guest
+// is.
+func preCopySource(ctx context.Context, o options, m *machine, conn transport.Conn,
+	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
+	stopping := false // the stop-and-copy began: the Commit may have gone out
+	cfg := precopy.Config{DowntimeTarget: o.downtime, Logger: o.logger(), HandoverTimeout: o.recoverWait,
+		OnEvent: func(e precopy.Event) {
+			if e.Kind == precopy.Stopping {
+				stopping = true
+			}
+			if e.Kind == precopy.RoundEnded || e.Kind == precopy.Stopping {
+				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %6d pages left  %s sent  %v elapsed\n",
+					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond))
+			}
+		}}
+	if !o.noRecover {
+		cfg.Redial = dial
+	}
+	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: m.layout, Dirty: m.dirty, VM: m}, cfg)
+	var doubt *precopy.InDoubtError
+	switch {
+	case errors.As(err, &doubt):
+		return rep, &statusError{status: exitSplit, where: fmt.Sprintf(srcInDoubt, doubt.Session, doubt.Err), err: err}
+	case err != nil && !m.run.Running():
+		return rep, split(srcPaused, err)
+	case err != nil && stopping:
+		return rep, failed(srcBack, err)
+	case err != nil:
+		return rep, failed(srcHere, err)
+	}
+	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, %d guest batches here\n",
+		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
+		len(rep.Rounds), m.run.Batches())
+	return rep, nil
+}
+
+// postCopySource migrates m by post-copy or hybrid over conn, requested
+// pages on urgent, and says where the guest is.
+func postCopySource(ctx context.Context, o options, m *machine, conn, urgent transport.Conn,
+	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
+	mctx, giveUp := context.WithCancelCause(ctx)
+	defer giveUp(nil)
+	handed := false
+	cfg := postcopy.Config{Urgent: urgent, PushBandwidth: o.pushBandwidth, Logger: o.logger(),
+		OnEvent: func(e postcopy.Event) {
+			if e.Kind == postcopy.HandedOver {
+				handed = true
+			}
+			switch e.Kind {
+			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
+				fmt.Fprintf(os.Stderr, "source: %-12s round %d  %6d pages  %d records sent  %v elapsed\n",
+					e.Kind, e.Round, e.Pages, e.PagesSent, e.Elapsed.Round(time.Millisecond))
+			}
+		}}
+	if !o.noRecover {
+		cfg.Redial, cfg.RedialUrgent = boundedRedial(o, dial, giveUp), boundedRedial(o, dial, giveUp)
+	}
+	src := livemig.Source{Memory: m.layout, Dirty: m.dirty, VM: m}
+	var rep *livemig.Report
+	var err error
+	if o.mode == "hybrid" {
+		rep, err = hybrid.Migrate(mctx, conn, src, hybrid.Config{Rounds: o.rounds, Config: cfg})
+	} else {
+		rep, err = postcopy.Migrate(mctx, conn, src, cfg)
+	}
+	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
+	running := m.run.Running()
+	switch {
+	case err != nil && (handed || errors.Is(err, livemig.ErrIncomplete)) && !running:
+		return rep, split(srcSplit, err)
+	case err != nil && !running:
+		return rep, split(srcPaused, err)
+	case err != nil && handed:
+		return rep, failed(srcBack, err)
+	case err != nil:
+		return rep, failed(srcHere, err)
+	}
+	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination\n",
+		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
+		rep.PostCopy.PagesPushed, rep.PostCopy.PagesPulled, rep.PostCopy.DemandFaults)
+	return rep, nil
+}
+
+// boundedRedial is dial for a post-copy source's Redial: each attempt is
+// bounded by -recover-wait, and one that cannot succeed however often it
+// is tried (another mode, another version) ends the migration.
+func boundedRedial(o options, dial func(context.Context) (transport.Conn, error),
+	giveUp context.CancelCauseFunc) func(context.Context) (transport.Conn, error) {
+	return func(ctx context.Context) (transport.Conn, error) {
+		rctx, cancel := context.WithTimeout(ctx, o.recoverWait)
+		defer cancel()
+		conn, err := dial(rctx)
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
+			return conn, nil
+		}
+		if errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
+			giveUp(err)
+		}
+		return nil, err
+	}
+}
