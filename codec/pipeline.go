@@ -361,8 +361,10 @@ func (p *Pipeline) Stats() livemig.CodecStats {
 }
 
 // RoundStats returns, since the last StartRound, the page records passed to
-// send, how many of them were zero pages, and their wire bytes: 13 bytes of
-// record header (transport's framing of a page record) plus the data.
+// send, how many of them were zero pages, and their bytes as records:
+// transport.RecordOverhead plus the data each. The bytes that cross the
+// link add the batches' frames: a Conn counts those (transport.Meter), and
+// engines report its count.
 // Pages found unchanged send no record and are not counted.
 func (p *Pipeline) RoundStats() (pages, zeroPages, wireBytes uint64) {
 	p.mu.Lock()

@@ -76,9 +76,10 @@ func (c *counters) add(o *counters) {
 	c.baseNs += o.baseNs
 }
 
-// recordOverhead is a page record's wire cost besides its data: page
-// number, encoding and length (transport's record framing).
-const recordOverhead = 13
+// recordOverhead is a page record's cost besides its data: page number,
+// encoding and length. A batch's frame header and CRC come on top, counted
+// by the Conn that writes them (transport.Meter).
+const recordOverhead = transport.RecordOverhead
 
 // sampleEvery is how often a worker times a page's encoding: one page in
 // sampleEvery, so that reading the clock costs little.
