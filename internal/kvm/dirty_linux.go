@@ -142,11 +142,18 @@ func (b *BitmapLog) SyncDirty(dst []uint64) error {
 	if b.stopped {
 		return fmt.Errorf("kvm: bitmap log: %w", ErrClosed)
 	}
-	for i, s := range b.layout.slots {
-		if err := b.vm.getDirtyLog(s.ID, b.bufs[i]); err != nil {
+	return getAll(b.vm, b.layout, b.bufs, dst)
+}
+
+// getAll fetches every slot's log into bufs (one per slot, in the
+// layout's order) with KVM_GET_DIRTY_LOG and ORs it into dst in livemig
+// numbering.
+func getAll(vm *VM, l *Layout, bufs [][]uint64, dst []uint64) error {
+	for i, s := range l.slots {
+		if err := vm.getDirtyLog(s.ID, bufs[i]); err != nil {
 			return err
 		}
-		orShifted(dst, b.bufs[i], b.layout.base[i], s.Pages())
+		orShifted(dst, bufs[i], l.base[i], s.Pages())
 	}
 	return nil
 }
@@ -237,13 +244,7 @@ func (m *ManualLog) PeekDirty(dst []uint64) error {
 	if m.stopped {
 		return fmt.Errorf("kvm: manual log: %w", ErrClosed)
 	}
-	for i, s := range m.layout.slots {
-		if err := m.vm.getDirtyLog(s.ID, m.bufs[i]); err != nil {
-			return err
-		}
-		orShifted(dst, m.bufs[i], m.layout.base[i], s.Pages())
-	}
-	return nil
+	return getAll(m.vm, m.layout, m.bufs, dst)
 }
 
 // clear re-protects the pages set in buf, a chunk at a time.
