@@ -38,13 +38,20 @@ type detConn struct {
 	pages  *[]uint64
 	script map[int]uint64
 
-	paused  bool // the switchover went
-	writes  int  // pages written since
-	inject  chan transport.Msg
-	entered chan struct{} // the reader is in Recv again
-	pump    chan recvd
+	paused bool // the switchover went
+	writes int  // pages written since
+	inject chan injected
+	taken  chan struct{} // the reader's next Recv after an injected request (its Recv goroutine's alone)
+	pump   chan recvd
 	closed  chan struct{}
 	once    sync.Once
+}
+
+// injected is a scripted request and the channel closed when the reader
+// has taken it in (it is in Recv again).
+type injected struct {
+	m     transport.Msg
+	taken chan struct{}
 }
 
 type recvd struct {
@@ -54,7 +61,7 @@ type recvd struct {
 
 func newDetConn(c transport.Conn, clock *livemig.VirtualClock, bw float64, mu *sync.Mutex, pages *[]uint64, script map[int]uint64) *detConn {
 	d := &detConn{Conn: c, clock: clock, bw: bw, mu: mu, pages: pages, script: script,
-		inject: make(chan transport.Msg), entered: make(chan struct{}, 1), pump: make(chan recvd), closed: make(chan struct{})}
+		inject: make(chan injected), pump: make(chan recvd), closed: make(chan struct{})}
 	go func() {
 		for {
 			var m transport.Msg
@@ -94,12 +101,17 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 		if c.paused {
 			c.writes++
 			if p, ok := c.script[c.writes]; ok {
-				select { // a stale signal from before
-				case <-c.entered:
-				default:
+				taken := make(chan struct{})
+				select {
+				case c.inject <- injected{transport.Msg{Kind: wire.KindRequest, Page: p, Arg: 1}, taken}:
+				case <-c.closed:
+					return net.ErrClosed
 				}
-				c.inject <- transport.Msg{Kind: wire.KindRequest, Page: p, Arg: 1}
-				<-c.entered
+				select {
+				case <-taken:
+				case <-c.closed:
+					return net.ErrClosed
+				}
 			}
 		}
 	}
@@ -117,12 +129,13 @@ func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
 }
 
 func (c *detConn) Recv(ctx context.Context, m *transport.Msg) error {
-	select {
-	case c.entered <- struct{}{}:
-	default:
+	if c.taken != nil { // the reader is back: it has handed the request to the Core
+		close(c.taken)
+		c.taken = nil
 	}
 	select {
-	case *m = <-c.inject:
+	case in := <-c.inject:
+		*m, c.taken = in.m, in.taken
 		return nil
 	case r := <-c.pump:
 		*m = r.m

@@ -417,12 +417,21 @@ func TestDrop(t *testing.T) {
 	h := newHarness(t, Rule{Trigger: Trigger{Kind: KindPage, Nth: 2}, Fault: Drop})
 	client, server := h.dial()
 	a, b, c := pages(1, 300000, 1), pages(2, 300000, 2), pages(3, 10, 3)
-	go client.Write(cat(hello(), a, b, c))
+	wrote := make(chan error, 1)
+	go func() { _, err := client.Write(cat(hello(), a, b, c)); wrote <- err }()
 	want := cat(hello(), a, c)
 	if got := readN(t, server, len(want)); !bytes.Equal(got, want) {
 		t.Error("not the second frame dropped")
 	}
 	waitFired(t, h.p)
+	// The proxy counts a write after it returns, which can be after the
+	// server read it: end the direction, so the pump has finished (and
+	// counted) when the server sees the end.
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	client.CloseWrite()
+	expectEnd(t, server)
 	if s := h.p.Stats(); s.Frames(SrcToDst, KindPage) != 3 || s.Bytes(SrcToDst) != int64(len(want)) {
 		t.Errorf("stats: %d frames, %d bytes", s.Frames(SrcToDst, KindPage), s.Bytes(SrcToDst))
 	}
