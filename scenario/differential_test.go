@@ -43,8 +43,8 @@ type detConn struct {
 	inject chan injected
 	taken  chan struct{} // the reader's next Recv after an injected request (its Recv goroutine's alone)
 	pump   chan recvd
-	closed  chan struct{}
-	once    sync.Once
+	closed chan struct{}
+	once   sync.Once
 }
 
 // injected is a scripted request and the channel closed when the reader
