@@ -187,6 +187,7 @@ type conn struct {
 	wbusy    atomic.Bool   // a frame write is under way
 	rprog    atomic.Uint64 // reads that returned bytes
 	reading  atomic.Bool   // a Recv waits on the link
+	rend     atomic.Bool   // a read of the link failed (the peer's end, or a broken link)
 	stallErr atomic.Pointer[error]
 	stop     chan struct{}
 	beat     chan struct{}

@@ -66,6 +66,9 @@ func (r *progressReader) Read(p []byte) (int, error) {
 	if n > 0 {
 		r.rprog.Add(1)
 	}
+	if err != nil {
+		r.rend.Store(true)
+	}
 	return n, err
 }
 
@@ -102,13 +105,14 @@ func (c *conn) watch(live time.Duration) {
 
 // observe samples the conn's progress for the watcher.
 func (c *conn) observe() progress {
-	return progress{reads: c.rprog.Load(), reading: c.reading.Load(), writes: c.wdone.Load(), writing: c.wbusy.Load()}
+	return progress{reads: c.rprog.Load(), reading: c.reading.Load(), ended: c.rend.Load(), writes: c.wdone.Load(), writing: c.wbusy.Load()}
 }
 
 // progress is what the watcher sees of a conn at one instant.
 type progress struct {
 	reads   uint64 // reads of the link that returned bytes, so far
 	reading bool   // a Recv waits for bytes
+	ended   bool   // a read of the link failed: the peer's end (EOF) or a broken link
 	writes  uint64 // frame writes done, so far
 	writing bool   // a frame write is under way
 }
@@ -133,7 +137,12 @@ func newStallCheck(live time.Duration, now time.Time, p progress) *stallCheck {
 // when a waiting Recv has seen no byte for live, or a frame write has made
 // no headway for live while no byte came in either (a write blocked while
 // bytes still come in is a peer that does not read this direction now,
-// not a dead link: its own Recv, if it waits, finds the stall). beat says
+// not a dead link: its own Recv, if it waits, finds the stall). Once a
+// read of the link has failed (the peer closed its end, or the link
+// broke), bytes that came in before prove nothing: a write with no headway
+// for live is a stall then, however recently they came. (A half-open link
+// whose peer found the silence first and closed would otherwise hold this
+// side's blocked write for up to a second bound.) beat says
 // nothing was written since the last tick: a heartbeat keeps the direction
 // alive, so on a quiet direction one goes out every other tick, at most
 // half the bound apart.
@@ -150,7 +159,7 @@ func (l *stallCheck) tick(now time.Time, p progress) (beat bool, err error) {
 	case p.writes != l.last.writes || !p.writing:
 		beat = p.writes == l.last.writes && !p.writing
 		l.writeSince = now
-	case now.Sub(l.writeSince) >= l.live && now.Sub(l.lastProgress) >= l.live:
+	case now.Sub(l.writeSince) >= l.live && (p.ended || now.Sub(l.lastProgress) >= l.live):
 		return false, fmt.Errorf("a frame write made no headway for %v (liveness %v): %w",
 			now.Sub(l.writeSince).Round(time.Millisecond), l.live, ErrStalled)
 	}

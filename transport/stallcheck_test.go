@@ -41,6 +41,15 @@ func TestStallCheck(t *testing.T) {
 			{progress{writing: true, reads: 3}, false, false}, {progress{writing: true, reads: 4}, false, false},
 			{progress{writing: true, reads: 5}, false, false},
 		}},
+		{"a write blocked for live after the peer's end, though bytes came before", []step{
+			{progress{writing: true, reads: 1}, false, false}, {progress{writing: true, reads: 2}, false, false},
+			{progress{writing: true, reads: 3, ended: true}, false, false}, {progress{writing: true, reads: 3, ended: true}, false, true},
+		}},
+		{"the peer's end with no write under way is no stall", []step{
+			{progress{reads: 1, ended: true}, true, false}, {progress{reads: 1, ended: true}, true, false},
+			{progress{reads: 1, ended: true}, true, false}, {progress{reads: 1, ended: true}, true, false},
+			{progress{reads: 1, ended: true}, true, false},
+		}},
 		{"writes that end are headway, and no beat is needed", []step{
 			{progress{writes: 1, writing: true}, false, false}, {progress{writes: 2, writing: true}, false, false},
 			{progress{writes: 3, writing: true}, false, false}, {progress{writes: 4, writing: true}, false, false},

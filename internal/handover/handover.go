@@ -20,10 +20,15 @@ const FirstMessageWait = transport.DefaultLiveness
 // Abandon tells, best effort, a destination that may wait for this source
 // to come back (its state loaded, the Commit not sent) that the source gave
 // up before the Commit and resumed the guest: it opens a new connection
-// with redial and sends KindError with the session in Page. It waits, at
-// most FirstMessageWait, until the destination has read it and closed.
+// with redial and sends KindError with the session in Page, then waits
+// until the destination has read it and closed, all within AbandonWait.
+// The guest already runs at the source, and a destination that is not
+// told gives up at its own bound, so this courtesy must not hold the
+// failed migration's return: a destination that waits for its source has
+// an AcceptConn pending and answers at once, while a listener nobody
+// accepts on any more would hold the dial for a whole handshake bound.
 func Abandon(ctx context.Context, redial func(context.Context) (transport.Conn, error), session uint64, why error) {
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FirstMessageWait)
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), AbandonWait)
 	defer cancel()
 	conn, err := redial(actx)
 	if err != nil {
@@ -37,6 +42,10 @@ func Abandon(ctx context.Context, redial func(context.Context) (transport.Conn, 
 	for conn.Recv(actx, &msg) == nil { // until the destination closes
 	}
 }
+
+// AbandonWait bounds Abandon: the dial, the handshake and the wait for the
+// destination to read the message (a few round trips).
+const AbandonWait = 500 * time.Millisecond
 
 // Backoff returns the wait before reconnection attempt n (1-based): none
 // before the first, then 50 ms doubling to at most 1 s.
