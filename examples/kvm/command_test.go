@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/internal/kvm"
 )
 
@@ -114,7 +115,7 @@ func runCommand(t *testing.T, standIn bool, mode, log string) {
 	if err := json.Unmarshal(lastLineOf(srcOut.Bytes()), &rep); err != nil || rep.BytesSent == 0 {
 		t.Errorf("source's stdout: %v: %q", err, srcOut.String())
 	}
-	if !strings.Contains(srcErr.String(), "source: "+srcDone) || !strings.Contains(dstErr.String(), "destination: "+dstResumed) {
+	if !strings.Contains(srcErr.String(), outcome.SrcPrefix+outcome.SrcDone) || !strings.Contains(dstErr.String(), outcome.DestPrefix+outcome.DstResumed) {
 		t.Errorf("last lines:\n%s\n%s", srcErr.String(), dstErr.String())
 	}
 	t.Logf("destination: %s", lastLineOf(dstOut.Bytes()))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/internal/kvm/guest"
 	"github.com/livemig/livemig/postcopy"
@@ -119,7 +120,7 @@ func serve(ctx context.Context, o options, l *transport.Listener, out io.Writer)
 	fmt.Fprintf(os.Stderr, "destination: listening on %s for a %d MiB KVM guest (%s)\n", l.Addr(), o.memMiB, o.mode)
 	conn, err := a.accept(ctx)
 	if err != nil {
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	start := time.Now()
 	res := &destResult{Mode: o.mode}
@@ -146,7 +147,7 @@ func preCopyDestination(ctx context.Context, o options, g geometry, a *acceptor,
 	m, err := newDestMachine(o, g, nil)
 	if err != nil {
 		conn.Close()
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	defer m.end(o, "destination")
 	cfg := precopy.Config{Logger: o.logger()}
@@ -163,14 +164,14 @@ func preCopyDestination(ctx context.Context, o options, g geometry, a *acceptor,
 		if err == nil {
 			err = errors.New("the engine returned without resuming the guest")
 		}
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	if cerr := m.checkRunOn(ctx, res); cerr != nil {
-		return &statusError{status: exitFailed, where: fmt.Sprintf("guest resumed HERE but %v", cerr), err: cerr}
+		return outcome.Broken(cerr)
 	}
 	if err != nil {
 		// Resumed with every page here: a success the source may not know.
-		return &statusError{status: 0, where: fmt.Sprintf(dstWarned, err), err: err}
+		return outcome.Warned(err)
 	}
 	return nil
 }
@@ -184,14 +185,14 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 	cancel()
 	if err != nil {
 		conn.Close()
-		return failed(dstNotHere, fmt.Errorf("urgent connection: %w", err))
+		return outcome.Failed(outcome.DstNotHere, fmt.Errorf("urgent connection: %w", err))
 	}
 	faults := postcopy.NewFaultQueue(g.pages(), nil)
 	m, err := newDestMachine(o, g, faults.Fault)
 	if err != nil {
 		conn.Close()
 		urgent.Close()
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	defer m.end(o, "destination")
 	cfg := postcopy.Config{Urgent: urgent, Logger: o.logger()}
@@ -217,7 +218,7 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 		if err == nil {
 			err = errors.New("the engine returned without resuming the guest")
 		}
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	case err != nil || !rep.Complete:
 		if err == nil {
 			err = errors.New("the engine returned with pages missing")
@@ -228,10 +229,10 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 		if n, perr := m.layout.PageOfGPA(guest.ParamsGPA); perr == nil && m.region.Present(n) {
 			res.CounterAfter, _ = m.counter()
 		}
-		return split(dstSplit, err)
+		return outcome.Split(outcome.DstSplit, err)
 	}
 	if cerr := m.checkRunOn(ctx, res); cerr != nil {
-		return &statusError{status: exitFailed, where: fmt.Sprintf("guest resumed HERE but %v", cerr), err: cerr}
+		return outcome.Broken(cerr)
 	}
 	return nil
 }

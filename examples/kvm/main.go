@@ -79,19 +79,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/transport"
-)
-
-// Exit statuses besides 0.
-const (
-	exitFailed = 1 // the guest runs at the source, not at the destination
-	exitUsage  = 2 // bad flags: nothing was done
-	exitSplit  = 3 // the guest is paused here, or its memory is split between the hosts
 )
 
 type options struct {
@@ -191,72 +184,8 @@ func (o options) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// statusError carries the exit status of a failure and the line that says
-// where the guest is.
-type statusError struct {
-	status int
-	where  string
-	err    error
-}
-
-func (e *statusError) Error() string { return e.where }
-func (e *statusError) Unwrap() error { return e.err }
-
-// Where the guest is, as each side's last line says it.
-const (
-	srcDone    = "guest running at the destination (migration complete)"
-	srcNoGuest = "no guest here (it could not be started: %v)"
-	srcHere    = "guest running HERE at the source (migration failed before the hand-over: %v)"
-	srcBack    = "guest running HERE at the source (migration failed: %v)"
-	srcInDoubt = "guest PAUSED here, outcome unknown (session %016x): %v"
-	srcPaused  = "guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: %v)"
-	srcSplit   = "guest running at the destination, part of its memory still here only (post-copy link lost: %v)"
-	dstResumed = "guest resumed HERE"
-	dstWarned  = "guest resumed HERE (the source may be left in doubt: %v)"
-	dstSplit   = "guest resumed HERE, part of its memory still at the source only (post-copy link lost: %v)"
-	dstNotHere = "guest NOT resumed here: %v"
-)
-
-func failed(format string, err error) error {
-	return &statusError{status: exitFailed, where: fmt.Sprintf(format, err), err: err}
-}
-
-func split(format string, err error) error {
-	return &statusError{status: exitSplit, where: fmt.Sprintf(format, err), err: err}
-}
-
-// exitStatus is the exit status for err, as source or destination returned it.
-func exitStatus(err error) int {
-	var se *statusError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &se):
-		return se.status
-	}
-	return exitFailed
-}
-
-// lastLine is the line that ends a side's stderr: where the guest is.
-func lastLine(dest bool, err error) string {
-	var se *statusError
-	var s string
-	switch {
-	case err == nil && dest:
-		s = "destination: " + dstResumed
-	case err == nil:
-		s = "source: " + srcDone
-	case errors.As(err, &se) && dest:
-		s = "destination: " + se.where
-	case errors.As(err, &se):
-		s = "source: " + se.where
-	case dest:
-		s = "destination: " + fmt.Sprintf(dstNotHere, err)
-	default:
-		s = "source: " + fmt.Sprintf(srcHere, err)
-	}
-	return strings.ReplaceAll(s, "\n", "; ")
-}
+// srcNoGuest is a source whose guest could not be started.
+const srcNoGuest = "no guest here (it could not be started: %v)"
 
 func main() {
 	var o options
@@ -293,13 +222,13 @@ func main() {
 	} else {
 		err = source(ctx, o, os.Stdout)
 	}
-	fmt.Fprintln(os.Stderr, lastLine(o.listen != "", err))
-	os.Exit(exitStatus(err))
+	fmt.Fprintln(os.Stderr, outcome.LastLine(o.listen != "", err))
+	os.Exit(outcome.Status(err))
 }
 
 // usage ends the process with status 2, before any work.
 func usage(msg string) {
 	flag.Usage()
 	fmt.Fprintln(os.Stderr, "kvm: "+msg)
-	os.Exit(exitUsage)
+	os.Exit(outcome.ExitUsage)
 }

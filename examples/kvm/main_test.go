@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/kvm"
@@ -71,8 +72,8 @@ func testOptions(mode, dirtyLog string) options {
 		jsonOut: true, recoverWait: 3 * time.Second, liveness: time.Second, pauseTimeout: 5 * time.Second, timeout: time.Minute}
 }
 
-// outcome is what both sides of a migration returned and said.
-type outcome struct {
+// sides is what both sides of a migration returned and said.
+type sides struct {
 	srcErr, dstErr error
 	src, dst       bytes.Buffer
 	res            destResult
@@ -81,11 +82,11 @@ type outcome struct {
 
 // migrate runs a destination and a source in this process over loopback
 // TCP, through a fault proxy applying rules if any (it checks they fired).
-func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *outcome {
+func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *sides {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	out := &outcome{running: map[string]bool{}}
+	out := &sides{running: map[string]bool{}}
 	var mu sync.Mutex
 	o.observe = func(side string, running bool) {
 		mu.Lock()
@@ -136,7 +137,7 @@ func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *outcome {
 
 // wantMigrated checks a migration that succeeded: the guest runs at the
 // destination alone, ran on there, its checksum intact.
-func wantMigrated(t testing.TB, out *outcome) {
+func wantMigrated(t testing.TB, out *sides) {
 	t.Helper()
 	if out.srcErr != nil || out.dstErr != nil {
 		t.Fatalf("source: %v; destination: %v", out.srcErr, out.dstErr)
@@ -157,13 +158,13 @@ func wantMigrated(t testing.TB, out *outcome) {
 
 // wantAtSource checks a migration that failed before the hand-over: the
 // guest runs at the source alone and the destination did not resume it.
-func wantAtSource(t testing.TB, out *outcome) {
+func wantAtSource(t testing.TB, out *sides) {
 	t.Helper()
-	if exitStatus(out.srcErr) != exitFailed || !strings.HasPrefix(lastLine(false, out.srcErr), "source: guest running HERE at the source") {
-		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
+	if outcome.Status(out.srcErr) != outcome.ExitFailed || !strings.HasPrefix(outcome.LastLine(false, out.srcErr), "source: guest running HERE at the source") {
+		t.Errorf("source: status %d: %v", outcome.Status(out.srcErr), out.srcErr)
 	}
-	if exitStatus(out.dstErr) != exitFailed || !strings.HasPrefix(lastLine(true, out.dstErr), "destination: guest NOT resumed here") {
-		t.Errorf("destination: status %d: %v", exitStatus(out.dstErr), out.dstErr)
+	if outcome.Status(out.dstErr) != outcome.ExitFailed || !strings.HasPrefix(outcome.LastLine(true, out.dstErr), "destination: guest NOT resumed here") {
+		t.Errorf("destination: status %d: %v", outcome.Status(out.dstErr), out.dstErr)
 	}
 	if out.res.Resumed || !out.running["source"] || out.running["destination"] {
 		t.Errorf("guest running at %v, resumed at the destination %v: want the source alone", out.running, out.res.Resumed)
@@ -226,7 +227,7 @@ func TestCutLink(t *testing.T) {
 		name, mode string
 		rule       faultproxy.Rule
 		noRecover  bool
-		want       func(testing.TB, *outcome)
+		want       func(testing.TB, *sides)
 	}{
 		{"precopy/start", "precopy", first, false, wantAtSource},
 		{"precopy/rounds", "precopy", rounds, false, wantAtSource},
@@ -259,13 +260,13 @@ func TestCutLink(t *testing.T) {
 // wantSplit checks a post-copy migration whose link was lost after the
 // hand-over without recovery: the guest runs at the destination alone, the
 // source keeps it paused with the memory still there, and both say so.
-func wantSplit(t testing.TB, out *outcome) {
+func wantSplit(t testing.TB, out *sides) {
 	t.Helper()
-	if exitStatus(out.srcErr) != exitSplit || !strings.HasPrefix(lastLine(false, out.srcErr), "source: guest running at the destination, part of its memory still here") {
-		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
+	if outcome.Status(out.srcErr) != outcome.ExitSplit || !strings.HasPrefix(outcome.LastLine(false, out.srcErr), "source: guest running at the destination, part of its memory still here") {
+		t.Errorf("source: status %d: %v", outcome.Status(out.srcErr), out.srcErr)
 	}
-	if exitStatus(out.dstErr) != exitSplit || !strings.HasPrefix(lastLine(true, out.dstErr), "destination: guest resumed HERE, part of its memory") {
-		t.Errorf("destination: status %d: %v", exitStatus(out.dstErr), out.dstErr)
+	if outcome.Status(out.dstErr) != outcome.ExitSplit || !strings.HasPrefix(outcome.LastLine(true, out.dstErr), "destination: guest resumed HERE, part of its memory") {
+		t.Errorf("destination: status %d: %v", outcome.Status(out.dstErr), out.dstErr)
 	}
 	if !out.res.Resumed || out.running["source"] || !out.running["destination"] {
 		t.Errorf("guest running at %v, resumed at the destination %v: want the destination alone", out.running, out.res.Resumed)
@@ -275,14 +276,14 @@ func wantSplit(t testing.TB, out *outcome) {
 // wantInDoubt checks a pre-copy migration whose answer to the Commit was
 // lost without recovery: the guest runs at the destination alone, the
 // source keeps it paused, exits 3 and says the outcome is unknown.
-func wantInDoubt(t testing.TB, out *outcome) {
+func wantInDoubt(t testing.TB, out *sides) {
 	t.Helper()
-	if exitStatus(out.srcErr) != exitSplit || !errors.Is(out.srcErr, livemig.ErrInDoubt) ||
-		!strings.HasPrefix(lastLine(false, out.srcErr), "source: guest PAUSED here, outcome unknown") {
-		t.Errorf("source: status %d: %v", exitStatus(out.srcErr), out.srcErr)
+	if outcome.Status(out.srcErr) != outcome.ExitSplit || !errors.Is(out.srcErr, livemig.ErrInDoubt) ||
+		!strings.HasPrefix(outcome.LastLine(false, out.srcErr), "source: guest PAUSED here, outcome unknown") {
+		t.Errorf("source: status %d: %v", outcome.Status(out.srcErr), out.srcErr)
 	}
-	if exitStatus(out.dstErr) != 0 || !out.res.Resumed || !out.res.ChecksumOK {
-		t.Errorf("destination: status %d: %v, %+v", exitStatus(out.dstErr), out.dstErr, out.res)
+	if outcome.Status(out.dstErr) != 0 || !out.res.Resumed || !out.res.ChecksumOK {
+		t.Errorf("destination: status %d: %v, %+v", outcome.Status(out.dstErr), out.dstErr, out.res)
 	}
 	if out.running["source"] || !out.running["destination"] {
 		t.Errorf("guest running at %v, want the destination alone", out.running)

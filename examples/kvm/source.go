@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
@@ -25,17 +26,17 @@ func source(ctx context.Context, o options, out io.Writer) error {
 	}
 	m, err := newSourceMachine(o, g)
 	if err != nil {
-		return failed(srcNoGuest, err)
+		return outcome.Failed(srcNoGuest, err)
 	}
 	// The process ends here: stop the vCPU, whatever the outcome says
 	// about the guest.
 	defer m.end(o, "source")
 	if err := m.Resume(ctx); err != nil {
-		return failed(srcNoGuest, err)
+		return outcome.Failed(srcNoGuest, err)
 	}
 	// The guest is live before the migration starts: one batch done.
 	if err := m.run.WaitBatches(ctx, 0); err != nil {
-		return failed(srcNoGuest, fmt.Errorf("the guest did not run: %w", err))
+		return outcome.Failed(srcNoGuest, fmt.Errorf("the guest did not run: %w", err))
 	}
 	dial := dialer(o, g.pages())
 	conn, err := dial(ctx)
@@ -112,16 +113,8 @@ func preCopySource(ctx context.Context, o options, m *machine, conn transport.Co
 		cfg.Redial = dial
 	}
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: m.layout, Dirty: m.dirty, VM: m}, cfg)
-	var doubt *precopy.InDoubtError
-	switch {
-	case errors.As(err, &doubt):
-		return rep, &statusError{status: exitSplit, where: fmt.Sprintf(srcInDoubt, doubt.Session, doubt.Err), err: err}
-	case err != nil && !m.run.Running():
-		return rep, split(srcPaused, err)
-	case err != nil && stopping:
-		return rep, failed(srcBack, err)
-	case err != nil:
-		return rep, failed(srcHere, err)
+	if err := outcome.PreCopySource(err, !m.run.Running(), stopping); err != nil {
+		return rep, err
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, %d guest batches here\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
@@ -161,16 +154,8 @@ func postCopySource(ctx context.Context, o options, m *machine, conn, urgent tra
 	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w: %w", cause, err)
 	}
-	running := m.run.Running()
-	switch {
-	case err != nil && (handed || errors.Is(err, livemig.ErrIncomplete)) && !running:
-		return rep, split(srcSplit, err)
-	case err != nil && !running:
-		return rep, split(srcPaused, err)
-	case err != nil && handed:
-		return rep, failed(srcBack, err)
-	case err != nil:
-		return rep, failed(srcHere, err)
+	if err := outcome.PostCopySource(err, handed, !m.run.Running()); err != nil {
+		return rep, err
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),

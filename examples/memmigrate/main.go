@@ -106,26 +106,19 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
-)
-
-// Exit statuses besides 0 (success) and 2 (usage).
-const (
-	exitFailed = 1 // the migration failed: the guest runs at the source, not at the destination
-	exitUsage  = 2 // bad flags: nothing was done
-	exitSplit  = 3 // the guest is paused here (in doubt, or after a failure), or its memory is split between the hosts
 )
 
 // defaultRecoverWait is -recover-wait's default.
@@ -239,51 +232,8 @@ func (o options) hello(pages uint64) transport.Hello {
 	return h
 }
 
-// statusError carries the exit status of a failure and the line that says
-// where the guest is.
-type statusError struct {
-	status int
-	where  string // the last line, without the side's prefix
-	err    error
-}
-
-func (e *statusError) Error() string { return e.where }
-func (e *statusError) Unwrap() error { return e.err }
-
-// exitStatus is the exit status for err, returned by source or destination.
-func exitStatus(err error) int {
-	var se *statusError
-	switch {
-	case err == nil:
-		return 0
-	case errors.As(err, &se):
-		return se.status
-	}
-	return exitFailed
-}
-
-// Where the guest is, as each side's last line says it.
-const (
-	srcDone     = "guest running at the destination (migration complete)"
-	srcHere     = "guest running HERE at the source (migration failed before the hand-over: %v)"
-	srcBack     = "guest running HERE at the source (migration failed: %v)" // the Commit may have gone out
-	srcInDoubt  = "guest PAUSED here, outcome unknown (session %016x): %v"
-	srcPaused   = "guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: %v)"
-	srcSplit    = "guest running at the destination, part of its memory still here only (post-copy link lost: %v)"
-	dstResumed  = "guest resumed HERE"
-	dstWarned   = "guest resumed HERE (the source may be left in doubt: %v)"
-	dstSplit    = "guest resumed HERE, part of its memory still at the source only (post-copy link lost: %v)"
-	dstNotHere  = "guest NOT resumed here: %v"
-	srcPrefix   = "source: "
-	destPrefix  = "destination: "
-	usagePrefix = "memmigrate: "
-)
-
-// failed is a failure with the guest running at the source and not at the
-// destination (exit status 1).
-func failed(format string, err error) error {
-	return &statusError{status: exitFailed, where: fmt.Sprintf(format, err), err: err}
-}
+// usagePrefix starts a usage error's line.
+const usagePrefix = "memmigrate: "
 
 func main() {
 	var o options
@@ -312,7 +262,7 @@ func main() {
 	usage := func(msg string) {
 		flag.Usage()
 		fmt.Fprintln(os.Stderr, usagePrefix+msg)
-		os.Exit(exitUsage)
+		os.Exit(outcome.ExitUsage)
 	}
 	if (o.listen == "") == (o.connect == "") || flag.NArg() > 0 {
 		usage("give exactly one of -listen and -connect, and no arguments")
@@ -341,33 +291,8 @@ func main() {
 	} else {
 		err = source(ctx, o)
 	}
-	fmt.Fprintln(os.Stderr, lastLine(o.listen != "", err))
-	os.Exit(exitStatus(err))
-}
-
-// lastLine is the line that ends a side's stderr, err being what source or
-// destination returned: where the guest is, on one line (an error may join
-// several).
-func lastLine(dest bool, err error) string {
-	var se *statusError
-	var s string
-	switch {
-	case err == nil && dest:
-		s = destPrefix + dstResumed
-	case err == nil:
-		s = srcPrefix + srcDone
-	case errors.As(err, &se) && dest:
-		s = destPrefix + se.where
-	case errors.As(err, &se):
-		s = srcPrefix + se.where
-	case dest:
-		// Set-up failed (flags, listening, memory): nothing was received.
-		s = destPrefix + fmt.Sprintf(dstNotHere, err)
-	default:
-		// Set-up failed before the migration began: the guest never paused.
-		s = srcPrefix + fmt.Sprintf(srcHere, err)
-	}
-	return strings.ReplaceAll(s, "\n", "; ")
+	fmt.Fprintln(os.Stderr, outcome.LastLine(o.listen != "", err))
+	os.Exit(outcome.Status(err))
 }
 
 func logger(o options) *slog.Logger {
@@ -477,7 +402,7 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 	}
 	conn, err := accept(ctx)
 	if err != nil {
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	if pc {
 		return postCopyDestination(ctx, o, pages, conn, accept, reaccept)
@@ -485,7 +410,7 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
 		conn.Close()
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	}
 	defer mem.Close()
 	start := time.Now()
@@ -503,12 +428,12 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 		if err == nil {
 			err = errors.New("the engine returned without resuming the guest")
 		}
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	case err != nil:
 		// Resumed with every page here: a success. The source may not
 		// know it (its release was lost): if it was left in doubt, its
 		// own last line says so.
-		return &statusError{status: 0, where: fmt.Sprintf(dstWarned, err), err: err}
+		return outcome.Warned(err)
 	}
 	fmt.Fprintf(os.Stderr, "destination: guest resumed after %v (%d pages, %d rounds, verified %v, state %q)\n",
 		time.Since(start).Round(time.Millisecond), rep.PagesReceived, rep.Rounds, rep.Verified, mem.State())
@@ -531,14 +456,14 @@ func postCopyDestination(ctx context.Context, o options, pages uint64, conn tran
 		if ctx.Err() == nil && uctx.Err() != nil {
 			err = fmt.Errorf("no urgent connection within -recover-wait %v: %w", o.waitToRecover(), err)
 		}
-		return failed(dstNotHere, fmt.Errorf("urgent connection: %w", err))
+		return outcome.Failed(outcome.DstNotHere, fmt.Errorf("urgent connection: %w", err))
 	}
 	faults := postcopy.NewFaultQueue(pages, nil)
 	mem, err := faultmem.New(livemig.DefaultPageSize, pages, faultmem.Config{OnFault: faults.Fault})
 	if err != nil {
 		conn.Close()
 		urgent.Close()
-		return failed(dstNotHere, fmt.Errorf("userfaultfd memory: %w", err))
+		return outcome.Failed(outcome.DstNotHere, fmt.Errorf("userfaultfd memory: %w", err))
 	}
 	defer mem.Close()
 	// A writer blocked on a missing page holds its P: leave room for the
@@ -577,12 +502,12 @@ func postCopyDestination(ctx context.Context, o options, pages uint64, conn tran
 		if err == nil {
 			err = errors.New("the engine returned without resuming the guest")
 		}
-		return failed(dstNotHere, err)
+		return outcome.Failed(outcome.DstNotHere, err)
 	case err != nil || !rep.Complete:
 		if err == nil {
 			err = errors.New("the engine returned with pages missing")
 		}
-		return &statusError{status: exitSplit, where: fmt.Sprintf(dstSplit, err), err: err}
+		return outcome.Split(outcome.DstSplit, err)
 	}
 	pcs := rep.PostCopy
 	fmt.Fprintf(os.Stderr, "destination: every page here %v after the start (%d received, %d rounds before the resume, verified %v, %d reconnections); "+
@@ -910,19 +835,8 @@ func source(ctx context.Context, o options) error {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
 	}
-	var doubt *precopy.InDoubtError
-	switch {
-	case errors.As(err, &doubt):
-		return &statusError{status: exitSplit, where: fmt.Sprintf(srcInDoubt, doubt.Session, doubt.Err), err: err}
-	case err != nil && mem.Paused():
-		// Not in doubt, yet not resumed: say so rather than guess.
-		return &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, err), err: err}
-	case err != nil && stopping:
-		// The engine resumed the guest here: the Commit never went out,
-		// or the destination said it did not resume.
-		return failed(srcBack, err)
-	case err != nil:
-		return failed(srcHere, err)
+	if err := outcome.PreCopySource(err, mem.Paused(), stopping); err != nil {
+		return err
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, verified %v; %d guest writes during the migration\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
@@ -973,19 +887,8 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w: %w", cause, err) // the outage's end: why the engine stopped
 	}
-	switch {
-	case err != nil && (handed || errors.Is(err, livemig.ErrIncomplete)) && g.Paused():
-		return &statusError{status: exitSplit, where: fmt.Sprintf(srcSplit, err), err: err}
-	case err != nil && g.Paused():
-		// Not handed over, yet not resumed (the engine resumes the
-		// source after such a failure): say so rather than guess.
-		return &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, err), err: err}
-	case err != nil && handed:
-		// The Commit went out, the destination said it did not resume,
-		// and the engine resumed the guest here.
-		return failed(srcBack, err)
-	case err != nil:
-		return failed(srcHere, err)
+	if err := outcome.PostCopySource(err, handed, g.Paused()); err != nil {
+		return err
 	}
 	pcs := rep.PostCopy
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination, verified %v\n",

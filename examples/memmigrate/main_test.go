@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
@@ -160,12 +160,12 @@ func TestRecoverAfterCommit(t *testing.T) {
 					}
 					return
 				}
-				var se *statusError
-				if exitStatus(srcErr) != exitSplit || !errors.As(srcErr, &se) {
-					t.Fatalf("source: status %d: %v", exitStatus(srcErr), srcErr)
+				var se *outcome.Error
+				if outcome.Status(srcErr) != outcome.ExitSplit || !errors.As(srcErr, &se) {
+					t.Fatalf("source: status %d: %v", outcome.Status(srcErr), srcErr)
 				}
 				if mode == "precopy" {
-					if !strings.HasPrefix(se.where, "guest PAUSED here, outcome unknown (session ") ||
+					if !strings.HasPrefix(se.Where, "guest PAUSED here, outcome unknown (session ") ||
 						!errors.Is(srcErr, livemig.ErrInDoubt) {
 						t.Errorf("source: %v", srcErr)
 					}
@@ -175,11 +175,11 @@ func TestRecoverAfterCommit(t *testing.T) {
 					}
 					return
 				}
-				if !strings.HasPrefix(se.where, "guest running at the destination, part of its memory still here only (post-copy link lost: ") {
+				if !strings.HasPrefix(se.Where, "guest running at the destination, part of its memory still here only (post-copy link lost: ") {
 					t.Errorf("source: %v", srcErr)
 				}
-				if exitStatus(dstErr) != exitSplit || !strings.HasPrefix(dstErr.Error(), "guest resumed HERE, part of its memory") {
-					t.Errorf("destination: status %d: %v", exitStatus(dstErr), dstErr)
+				if outcome.Status(dstErr) != outcome.ExitSplit || !strings.HasPrefix(dstErr.Error(), "guest resumed HERE, part of its memory") {
+					t.Errorf("destination: status %d: %v", outcome.Status(dstErr), dstErr)
 				}
 			})
 		}
@@ -193,45 +193,12 @@ func TestFailBeforeHandover(t *testing.T) {
 	o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
 		policy: "stop", timeout: time.Minute, mode: "precopy", liveness: time.Second, recoverWait: 2 * time.Second}
 	srcErr, dstErr := migrateVia(t, o, cut)
-	var se *statusError
-	if exitStatus(srcErr) != exitFailed || !errors.As(srcErr, &se) || !strings.HasPrefix(se.where, "guest running HERE at the source (migration failed before the hand-over: ") {
-		t.Errorf("source: status %d: %v", exitStatus(srcErr), srcErr)
+	var se *outcome.Error
+	if outcome.Status(srcErr) != outcome.ExitFailed || !errors.As(srcErr, &se) || !strings.HasPrefix(se.Where, "guest running HERE at the source (migration failed before the hand-over: ") {
+		t.Errorf("source: status %d: %v", outcome.Status(srcErr), srcErr)
 	}
-	if exitStatus(dstErr) != exitFailed || !strings.HasPrefix(dstErr.Error(), "guest NOT resumed here: ") {
-		t.Errorf("destination: status %d: %v", exitStatus(dstErr), dstErr)
-	}
-}
-
-// The last line says where the guest is, on one line, and the exit status
-// agrees.
-func TestLastLine(t *testing.T) {
-	joined := errors.Join(errors.New("first"), errors.New("second"))
-	for _, c := range []struct {
-		dest   bool
-		err    error
-		line   string
-		status int
-	}{
-		{false, nil, "source: guest running at the destination (migration complete)", 0},
-		{true, nil, "destination: guest resumed HERE", 0},
-		{false, failed(srcHere, joined), "source: guest running HERE at the source (migration failed before the hand-over: first; second)", 1},
-		{true, failed(dstNotHere, joined), "destination: guest NOT resumed here: first; second", 1},
-		{false, joined, "source: guest running HERE at the source (migration failed before the hand-over: first; second)", 1},
-		{true, joined, "destination: guest NOT resumed here: first; second", 1},
-		{false, &statusError{status: exitSplit, where: "guest PAUSED here, outcome unknown (session 0000000000000007): x", err: joined},
-			"source: guest PAUSED here, outcome unknown (session 0000000000000007): x", 3},
-		{false, failed(srcBack, joined), "source: guest running HERE at the source (migration failed: first; second)", 1},
-		{false, &statusError{status: exitSplit, where: fmt.Sprintf(srcPaused, joined), err: joined},
-			"source: guest PAUSED here, not resumed at the destination (migration failed and the source was not resumed: first; second)", 3},
-		{true, &statusError{status: 0, where: fmt.Sprintf(dstWarned, joined), err: joined},
-			"destination: guest resumed HERE (the source may be left in doubt: first; second)", 0},
-	} {
-		if got := lastLine(c.dest, c.err); got != c.line {
-			t.Errorf("lastLine(%v, %v) = %q, want %q", c.dest, c.err, got, c.line)
-		}
-		if got := exitStatus(c.err); got != c.status {
-			t.Errorf("exitStatus(%v) = %d, want %d", c.err, got, c.status)
-		}
+	if outcome.Status(dstErr) != outcome.ExitFailed || !strings.HasPrefix(dstErr.Error(), "guest NOT resumed here: ") {
+		t.Errorf("destination: status %d: %v", outcome.Status(dstErr), dstErr)
 	}
 }
 
