@@ -202,11 +202,12 @@ func has(es []engine, e engine) bool {
 
 // dirtyAtPause is a source guest that writes pushPages pages as it
 // pauses, so a hybrid migration always has them to push after the Commit
-// (the push phase's cells fault its 10th page frame) however little the
-// writer goroutine ran during the last round on a loaded machine.
+// however little the writer goroutine ran during the last round on a
+// loaded machine: the push phase's cells fault its 10th page frame, and a
+// frame holds up to 64 pages (transport.DefaultBatchBytes).
 type dirtyAtPause struct{ *region.Region }
 
-const pushPages = 64
+const pushPages = pages / 2
 
 func (g dirtyAtPause) Pause(ctx context.Context) error {
 	for i := range uint64(pushPages) {
