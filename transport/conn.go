@@ -41,9 +41,11 @@ type Config struct {
 	// no byte arrive for this long, or a frame write that makes no headway
 	// for this long while no byte arrives either, fails with an error
 	// wrapping ErrStalled and the link is closed; it is noticed between
-	// the bound and a quarter more. To keep a healthy but quiet direction
-	// alive, the Conn sends a heartbeat frame when it has written nothing
-	// for a quarter of it (at most half of it apart); Recv skips the
+	// the bound and an eighth more. Once the peer has closed its end, a
+	// write with no headway for the bound fails whatever came in before.
+	// To keep a healthy but quiet direction alive, the Conn sends a
+	// heartbeat frame when it has written nothing for an eighth of it (at
+	// most a quarter of it apart); Recv skips the
 	// peer's heartbeats. Open announces it in the hello and gives the Conn
 	// the bound both sides agree on (the longer; none if either is off),
 	// and bounds its handshake with it. DefaultLiveness if 0; negative

@@ -74,12 +74,14 @@
 // Each side announces its Config.Liveness in the hello, and both use the
 // longer of the two (none if either has it off). A Conn writes a
 // KindHeartbeat frame when it has written nothing since the watcher's last
-// wake (every quarter of the bound), so at most half the bound apart; it
-// fails with ErrStalled a Recv that has seen no byte for the bound, or a
-// frame write stuck as long while nothing comes in either. Both are checked
-// at each wake: a stall is found between the bound and a quarter more. A
-// peer whose process is alive (it sends heartbeats) but does not read is
-// not a stall: the write waits, bounded by its ctx.
+// wake (every eighth of the bound), so at most a quarter of the bound
+// apart; it fails with ErrStalled a Recv that has seen no byte for the
+// bound, or a frame write stuck as long while nothing comes in either, or
+// stuck as long after the peer closed its end (a half-open link whose
+// other side gave up first). These are checked at each wake: a stall is
+// found between the bound and an eighth more. A peer whose process is
+// alive (it sends heartbeats) but does not read is not a stall: the write
+// waits, bounded by its ctx.
 //
 // # Conformance
 //

@@ -6,7 +6,7 @@ import (
 )
 
 // Liveness: a Conn whose Config.Liveness is on runs two goroutines beside its
-// caller's. The watcher wakes every quarter of the bound and checks two
+// caller's. The watcher wakes every eighth of the bound and checks two
 // facts the I/O paths keep in atomics: whether a Recv waiting on the link has
 // seen a byte arrive lately (rprog), and whether the write under way
 // (writing) is the same one as long ago as the bound. Either past the bound
@@ -76,11 +76,11 @@ func (r *progressReader) Read(p []byte) (int, error) {
 // conversion: nothing is allocated per read).
 func (c *conn) reader() *progressReader { return (*progressReader)(c) }
 
-// watch is the watcher goroutine: every live/4 it reads the conn's
+// watch is the watcher goroutine: every live/8 it reads the conn's
 // progress counters and lets a stallCheck decide.
 func (c *conn) watch(live time.Duration) {
 	defer c.watchers.Done()
-	t := time.NewTicker(live / 4)
+	t := time.NewTicker(live / watchTicks)
 	defer t.Stop()
 	l := newStallCheck(live, time.Now(), c.observe())
 	for {
@@ -117,7 +117,11 @@ type progress struct {
 	writing bool   // a frame write is under way
 }
 
-// stallCheck decides, from the progress sampled every live/4, whether a
+// watchTicks is how many times per liveness bound the watcher wakes: a
+// stall is found at most an eighth of the bound late.
+const watchTicks = 8
+
+// stallCheck decides, from the progress sampled every live/8, whether a
 // direction has stalled and when a heartbeat should go: the watcher's
 // decisions, pure (fed the time and the samples), so that they are tested
 // without a clock.
@@ -145,7 +149,7 @@ func newStallCheck(live time.Duration, now time.Time, p progress) *stallCheck {
 // side's blocked write for up to a second bound.) beat says
 // nothing was written since the last tick: a heartbeat keeps the direction
 // alive, so on a quiet direction one goes out every other tick, at most
-// half the bound apart.
+// a quarter of the bound apart.
 func (l *stallCheck) tick(now time.Time, p progress) (beat bool, err error) {
 	if p.reads != l.last.reads {
 		l.lastProgress = now

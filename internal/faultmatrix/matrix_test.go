@@ -28,20 +28,28 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const (
 	pageSize = 4096
 	pages    = 2048 // 8 MiB
-	// liveness is the links' silence bound in the matrix.
-	liveness = time.Second
-	// budget is how long after the fault fires a cell may take to end:
-	// each side finds a stall within the liveness bound and a quarter of
-	// it (on a half-open link too: once the peer has closed its end, this
-	// side's blocked write counts no bytes that came before), and recovery
-	// or the clean failure takes the rest: after a recovery, pushing what
-	// is left of the 8 MiB guest and verifying it, up to 2 s on a loaded
-	// CI machine under -race (3.2 s from the fault was seen with a 3 s
-	// budget). Unloaded, without -race, cells end within 1.9 s; with the
-	// machine's load near 10 (2 cores) under -race, up to 6 s, and a 1 s
-	// bound then finds stalls where there is no fault.
-	budget = 2*liveness + 2*time.Second
 )
+
+// liveness is the links' silence bound in the matrix, and budget how long
+// after the fault fires a cell may take to end, both sides returned:
+// liveness + 1 s (issue 10). Each side finds a stall within the bound and
+// an eighth of it (on a half-open link too: once the peer has closed its
+// end, a blocked write counts no bytes that came before), and the clean
+// failure, or the recovery that pushes what is left of the guest and
+// verifies it, takes the rest.
+//
+// Under the race detector, which slows the engines several times over, a
+// 1 s bound finds stalls where there is no fault on a loaded machine (a
+// peer starved of CPU for a second), and cells took up to 4.2 s: there
+// the bound is 2 s and the budget 2 × liveness + 2 s, so the outcomes are
+// checked and the times only loosely. .ci/run runs this package without
+// -race as well, against the tight budget.
+var liveness, budget = func() (time.Duration, time.Duration) {
+	if raceEnabled {
+		return 2 * time.Second, 6 * time.Second
+	}
+	return time.Second, 2 * time.Second
+}()
 
 // destVM is a destination guest's control: it records the state loaded and
 // whether it was resumed, and can refuse the state.
@@ -293,6 +301,10 @@ func runCell(t *testing.T, e engine, rule faultproxy.Rule, loadFail bool) cell {
 	go func() { // destination
 		defer wg.Done()
 		defer func() { dstEnd = time.Now() }()
+		// A destination that has returned accepts nothing more, as a
+		// destination process that exits: a source's courtesy redial
+		// (handover.Abandon) is then refused at once.
+		defer ln.Close()
 		conn, _, err := ln.AcceptConn(ctx, hello, tcfg)
 		if err != nil {
 			c.derr = err

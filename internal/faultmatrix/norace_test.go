@@ -1,0 +1,5 @@
+//go:build !race
+
+package faultmatrix
+
+const raceEnabled = false
