@@ -318,7 +318,11 @@ func (p *Pipeline) emit(r *record) error {
 	if p.vs != nil {
 		p.vs.before(r.encPs, r.decPs)
 	}
-	if err := p.send(transport.Msg{Kind: wire.KindPage, Enc: r.enc, Page: r.page, Data: r.data}); err != nil {
+	m := transport.Msg{Kind: wire.KindPage, Enc: r.enc, Page: r.page, Data: r.data}
+	if r.enc == transport.EncRaw && r.haveCRC {
+		m.DataCRC, m.HaveCRC = r.crc, true
+	}
+	if err := p.send(m); err != nil {
 		return err
 	}
 	if p.vs != nil {

@@ -28,7 +28,13 @@ type record struct {
 	enc  transport.Encoding
 	skip bool   // unchanged since its cached copy: nothing to send
 	data []byte // a worker slot, or a PageView for raw pages
-	err  error
+	// crc is data's CRC32C for a raw page read into a slot (haveCRC): the
+	// digest's, which the transport takes for the frame's CRC. Not for a
+	// PageView, whose bytes the guest may change before the transport
+	// copies them.
+	crc     uint32
+	haveCRC bool
+	err     error
 	// In virtual time, the record's time in the source's and the
 	// destination's CPU stage, in picoseconds (CostModel.Stage).
 	encPs, decPs int64
@@ -216,7 +222,8 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		src = slot
 	}
 	if w.digest != nil {
-		w.digest.Update(n, src)
+		rec.crc, rec.haveCRC = verify.CRC(src), true
+		w.digest.UpdateCRC(n, rec.crc)
 	}
 	c.stats.RawBytes += uint64(ps)
 	var t0, t1 time.Time

@@ -669,10 +669,21 @@ func (r *receiver) write(msg transport.Msg) error {
 		if err := r.dst.Memory.WritePage(msg.Page, msg.Data); err != nil {
 			return &livemig.PageError{Op: "write", Page: msg.Page, Err: err}
 		}
-		r.digest.Update(msg.Page, msg.Data)
+		r.digestPage(msg)
 	}
 	r.markHeld(msg.Page)
 	return nil
+}
+
+// digestPage updates the digest with a page received whole (not zero):
+// with the transport's CRC of a raw page's bytes, which it checked the
+// frame with, else by reading the page.
+func (r *receiver) digestPage(msg transport.Msg) {
+	if msg.Enc == transport.EncRaw && msg.HaveCRC {
+		r.digest.UpdateCRC(msg.Page, msg.DataCRC)
+		return
+	}
+	r.digest.Update(msg.Page, msg.Data)
 }
 
 // discard makes a stale page missing again.
@@ -718,7 +729,7 @@ func (r *receiver) place(msg transport.Msg, scratch []byte) error {
 	if msg.Enc == transport.EncZero {
 		r.digest.Zero(msg.Page)
 	} else {
-		r.digest.Update(msg.Page, msg.Data)
+		r.digestPage(msg)
 	}
 	r.markHeld(msg.Page)
 	return nil

@@ -929,9 +929,16 @@ func (m *migration) sendPage(ctx context.Context, conn transport.Conn, ps *pageS
 	msg := transport.Msg{Kind: wire.KindPage, Page: n}
 	msg.Enc, msg.Data = ps.enc.Encode(ps.out[:0], page)
 	if m.digest != nil {
-		if msg.Enc == transport.EncZero {
+		switch {
+		case msg.Enc == transport.EncZero:
 			m.digest.Zero(n)
-		} else {
+		case msg.Enc == transport.EncRaw && m.view == nil:
+			// page is ps.buf, which holds still: the transport takes its
+			// CRC for the frame's instead of reading it again (not a
+			// PageView, which the guest may change before the copy).
+			msg.DataCRC, msg.HaveCRC = verify.CRC(page), true
+			m.digest.UpdateCRC(n, msg.DataCRC)
+		default:
 			m.digest.Update(n, page)
 		}
 	}

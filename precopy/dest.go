@@ -148,6 +148,8 @@ func (rv *receiver) receive(ctx context.Context) error {
 			if page == nil {
 				digest.Zero(msg.Page)
 				rep.ZeroPages++
+			} else if msg.Enc == transport.EncRaw && msg.HaveCRC {
+				digest.UpdateCRC(msg.Page, msg.DataCRC) // the transport's: page is msg.Data
 			} else {
 				digest.Update(msg.Page, page)
 			}

@@ -40,6 +40,16 @@ type Msg struct {
 	Page uint64
 	Arg  uint64
 	Data []byte
+	// DataCRC is the CRC32C (Castagnoli) of a raw page record's Data, when
+	// HaveCRC is set. A sender that has it at hand (it computed the page's
+	// digest term, verify.Digest.UpdateCRC) sets both, and the Conn builds
+	// the frame's CRC from it instead of reading Data again; a wrong value
+	// makes the peer refuse the frame as corrupt, as a flipped bit would.
+	// Recv sets both for every raw page record received (EncRaw, a whole
+	// page), from the CRC it checks the frame with, and clears HaveCRC for
+	// any other message.
+	DataCRC uint32
+	HaveCRC bool
 }
 
 // Conn is a framed, checksummed connection carrying Msgs in both directions.

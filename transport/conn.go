@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/crc32c"
 )
 
 // Config configures a Conn. The zero value is the default for every field.
@@ -143,6 +144,7 @@ func NewConn(link Link, cfg Config) Conn {
 		c.werr, c.rerr = c.cfgErr, c.cfgErr
 		c.pageSize = livemig.DefaultPageSize
 	}
+	c.shift = pageShifter(c.pageSize)
 	c.maxFrame = cfg.MaxFrame
 	if c.maxFrame <= 0 {
 		c.maxFrame = DefaultMaxFrame
@@ -195,27 +197,32 @@ type conn struct {
 	beat     chan struct{}
 	watchers sync.WaitGroup
 
+	shift crc32c.Shifter // combines a page's CRC into a frame's (both directions)
+
 	// sender
 	wbuf   []byte  // the frame being built: header room, then the payload
+	wcrc   uint32  // CRC32C of wbuf's payload so far
 	wcount int     // records in wbuf
 	wkind  Kind    // their kind
 	werr   error   // sticky send error
 	fr     Framing // where batches end
 
 	// receiver
-	rbuf      []byte // the current frame, header included; then read-ahead bytes
-	roff      int64  // stream offset of the next frame
-	foff      int64  // stream offset of the current frame
-	rpos      int    // offset in rbuf of the next record to return
-	rleft     int    // records of the current batch not yet returned
-	rkind     Kind   // their kind
-	rerr      error  // sticky receive error
-	state     []byte // a blob being reassembled
-	inState   bool   // a blob frame with the "more" flag came last
-	stateKind Kind   // that frame's kind
-	stateOff  int64  // stream offset of the blob's first frame
-	ahead     int    // bytes of the next frame read ahead, at rbuf[len(rbuf):]
-	aheadErr  error  // the link's error that came with the end of a frame
+	rbuf      []byte  // the current frame, header included; then read-ahead bytes
+	roff      int64   // stream offset of the next frame
+	foff      int64   // stream offset of the current frame
+	rpos      int     // offset in rbuf of the next record to return
+	rleft     int     // records of the current batch not yet returned
+	rkind     Kind    // their kind
+	rcrc      crcWalk // the current frame's CRC, and its raw pages' CRCs
+	rnum      int     // records of the current batch
+	rerr      error   // sticky receive error
+	state     []byte  // a blob being reassembled
+	inState   bool    // a blob frame with the "more" flag came last
+	stateKind Kind    // that frame's kind
+	stateOff  int64   // stream offset of the blob's first frame
+	ahead     int     // bytes of the next frame read ahead, at rbuf[len(rbuf):]
+	aheadErr  error   // the link's error that came with the end of a frame
 }
 
 // Close closes the Conn and its link, unblocking any Send, Flush or Recv.
@@ -271,7 +278,7 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 	}
 	switch cl := m.Kind.Class(); cl {
 	case ClassRecords:
-		return c.sendPage(ctx, m.Kind, m.Page, m.Enc, m.Data)
+		return c.sendPage(ctx, m.Kind, m.Page, m.Enc, m.Data, m.DataCRC, m.HaveCRC)
 	case ClassNone, ClassHeartbeat:
 		return fmt.Errorf("transport: send: kind %d: %w", m.Kind, ErrInvalid)
 	default:
@@ -279,7 +286,7 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 	}
 }
 
-func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encoding, data []byte) error {
+func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encoding, data []byte, dataCRC uint32, haveCRC bool) error {
 	if bad := checkRecord(enc, len(data), c.pageSize); bad != "" {
 		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %s (encoding %d, %d bytes)", ErrInvalid, bad, enc, len(data))}
 	}
@@ -299,6 +306,15 @@ func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encodin
 	b[off+8] = byte(enc)
 	binary.LittleEndian.PutUint32(b[off+9:], uint32(len(data)))
 	copy(b[off+recordHeaderSize:], data)
+	c.wcrc = crc32.Update(c.wcrc, castagnoli, b[off:off+recordHeaderSize])
+	if haveCRC && len(data) == c.shift.Len() {
+		// The caller read the page for its CRC already (the digest's):
+		// the frame's CRC takes it instead of reading the bytes again.
+		// A wrong one makes the peer refuse the frame.
+		c.wcrc = c.shift.Combine(c.wcrc, dataCRC)
+	} else {
+		c.wcrc = crc32.Update(c.wcrc, castagnoli, data)
+	}
 	c.wbuf = b
 	c.wcount++
 	c.wkind = kind
@@ -370,14 +386,20 @@ func (c *conn) Written() uint64 { return c.written.Load() }
 
 // writeBatch writes the batch in wbuf.
 func (c *conn) writeBatch(ctx context.Context) error {
-	putFrameHeader(c.wbuf, len(c.wbuf)-frameHeaderSize, c.wkind, 0, c.wcount)
-	return c.writeFrame(ctx)
+	n := len(c.wbuf) - frameHeaderSize
+	putFrameHeader(c.wbuf, n, c.wkind, 0, c.wcount)
+	crc := crc32c.Combine(crc32.Checksum(c.wbuf[:frameHeaderSize], castagnoli), c.wcrc, n)
+	c.wcrc = 0
+	return c.writeSealed(ctx, binary.LittleEndian.AppendUint32(c.wbuf, crc))
 }
 
 // writeFrame appends the CRC to the frame in wbuf, writes it and empties wbuf.
 func (c *conn) writeFrame(ctx context.Context) error {
-	b := c.wbuf
-	b = sealFrame(b)
+	return c.writeSealed(ctx, sealFrame(c.wbuf))
+}
+
+// writeSealed writes b, the frame in wbuf with its trailer, and empties wbuf.
+func (c *conn) writeSealed(ctx context.Context, b []byte) error {
 	var stop func() bool
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
@@ -436,6 +458,7 @@ func (c *conn) nextRecord(m *Msg) {
 	m.Enc = Encoding(b[8])
 	m.Page = binary.LittleEndian.Uint64(b)
 	m.Arg = 0
+	m.DataCRC, m.HaveCRC = c.rcrc.page(c.rnum - c.rleft)
 	if n == 0 {
 		m.Data = nil
 	} else {
@@ -471,7 +494,7 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 				}
 				return corruptf(c.foff+frameHeaderSize+int64(off), what)
 			}
-			c.rpos, c.rleft, c.rkind = frameHeaderSize, h.count, h.kind
+			c.rpos, c.rleft, c.rnum, c.rkind = frameHeaderSize, h.count, h.count, h.kind
 			c.nextRecord(m)
 			return nil
 		}
@@ -498,7 +521,7 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 			}
 			data = c.state
 		}
-		m.Kind, m.Enc, m.Page, m.Arg = h.kind, 0, page, arg
+		m.Kind, m.Enc, m.Page, m.Arg, m.DataCRC, m.HaveCRC = h.kind, 0, page, arg, 0, false
 		if len(data) == 0 {
 			m.Data = nil
 		} else {
@@ -589,13 +612,15 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	c.rbuf = c.rbuf[:need]
 	buf := c.rbuf[:need+frameHeaderSize]
 	end := need - frameTrailerSize // CRC'd bytes: header and payload
-	crc := crc32.Update(0, castagnoli, buf[:min(have, end)])
+	w := &c.rcrc
+	w.start(h, c.shift, end)
+	w.feed(buf, 0, min(have, end))
 	done := min(have, end)
 	for have < need {
 		n, err := c.reader().Read(buf[have:])
 		have += n
 		if to := min(have, end); to > done {
-			crc = crc32.Update(crc, castagnoli, buf[done:to])
+			w.feed(buf, done, to)
 			done = to
 		}
 		if err != nil {
@@ -608,7 +633,7 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	}
 	c.ahead = have - need
 	c.roff += int64(need)
-	if want := binary.LittleEndian.Uint32(buf[end:]); crc != want {
+	if crc, want := w.acc, binary.LittleEndian.Uint32(buf[end:]); crc != want {
 		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, crc, want))
 	}
 	return h, nil

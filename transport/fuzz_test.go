@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -204,6 +205,9 @@ func FuzzRecv(f *testing.F) {
 				t.Fatalf("Recv returned page %d of %d", m.Page, c.pageCount)
 			case len(m.Data) > c.maxState:
 				t.Fatalf("Recv returned %d bytes", len(m.Data))
+			case m.HaveCRC != (m.Kind.Class() == ClassRecords && m.Enc == EncRaw) ||
+				(m.HaveCRC && m.DataCRC != crc32.Checksum(m.Data, castagnoli)):
+				t.Fatalf("Recv returned CRC %#08x (given %v) for a %v record, encoding %d", m.DataCRC, m.HaveCRC, m.Kind, m.Enc)
 			}
 			m.Data = bytes.Clone(m.Data)
 			msgs = append(msgs, m)

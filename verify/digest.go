@@ -61,6 +61,15 @@ func (d *Digest) Update(n uint64, data []byte) {
 	d.set(n, Term(n, crc32.Checksum(data, castagnoli)))
 }
 
+// UpdateCRC records that page n now holds contents whose CRC32C
+// (Castagnoli) is crc: Update for a caller that has the CRC at hand (the
+// transport builds its frames' CRCs from the pages', transport.Msg.DataCRC),
+// so that a page is read for a CRC once.
+func (d *Digest) UpdateCRC(n uint64, crc uint32) { d.set(n, Term(n, crc)) }
+
+// CRC returns the CRC32C of a page's contents as Update takes it.
+func CRC(data []byte) uint32 { return crc32.Checksum(data, castagnoli) }
+
 // Zero records that page n is now all zeros.
 func (d *Digest) Zero(n uint64) { d.set(n, Term(n, d.zeroCRC)) }
 
