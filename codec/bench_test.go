@@ -6,9 +6,9 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/livemig/livemig/delta"
+	"github.com/livemig/livemig/internal/benchkit"
 	"github.com/livemig/livemig/transport"
 	"github.com/pierrec/lz4/v4"
 )
@@ -80,25 +80,23 @@ func BenchmarkIsZero(b *testing.B) {
 	}
 }
 
-// BenchmarkIsZeroRatio runs the zero checks in turn, batch by batch, on
-// working sets of 1 page (L1), 256 pages (1 MiB, L2) and 16384 pages
-// (64 MiB: each batch reads the next 256 pages, which no batch read in the
-// last 63, mostly from memory),
-// of zero pages ("zero"), pages whose first byte
-// is set ("data-first") and pages whose last byte is set ("data-last", a
-// full scan that finds data), and reports each one's GB/s from its fastest
-// batch and the AVX-512 check's speed over bytes.Equal's: same-run ratios,
-// which a shared machine leaves steady.
+// BenchmarkIsZeroRatio runs the zero checks in turn, batch by batch
+// (benchkit.Race), on working sets of 1 page (L1), 256 pages (1 MiB, L2)
+// and 16384 pages (64 MiB: each batch reads the next 256 pages, which no
+// batch read in the last 63, mostly from memory), of zero pages ("zero"),
+// pages whose first byte is set ("data-first") and pages whose last byte
+// is set ("data-last", a full scan that finds data), and reports each
+// one's GB/s from its fastest batch and the speed of bytes.Equal (which
+// IsZero uses) over the others': same-run ratios, which a shared machine
+// leaves steady.
 func BenchmarkIsZeroRatio(b *testing.B) {
-	checks := []struct {
+	type check struct {
 		name string
 		fn   func([]byte) bool
-	}{{"bytes.Equal", isZeroEqual}, {"or-loop", isZeroWords}}
+	}
+	checks := []check{{"bytes.Equal", isZeroEqual}, {"or-loop", isZeroWords}}
 	if hasAVX512 {
-		checks = append(checks, struct {
-			name string
-			fn   func([]byte) bool
-		}{"avx512", isZeroVec})
+		checks = append(checks, check{"avx512", isZeroVec})
 	} else {
 		b.Log("no AVX-512 here (CPU or purego build): the AVX-512 check is not measured")
 	}
@@ -119,30 +117,21 @@ func BenchmarkIsZeroRatio(b *testing.B) {
 				}
 			}
 			b.Run(fmt.Sprintf("%s/pages=%d", kind, pages), func(b *testing.B) {
-				best := make([]time.Duration, len(checks))
 				const batch = 256
-				b.ReportAllocs()
-				for r := 0; r*batch < b.N; r++ {
-					for k := range checks {
-						j := (k + r) % len(checks)
-						t0 := time.Now()
+				var cs []benchkit.Contender
+				for j, c := range checks {
+					next := j * batch // pages no other check read just before
+					cs = append(cs, benchkit.Contender{Name: c.name, Batch: func() {
 						for i := range batch {
-							p := ((r*len(checks)+j)*batch + i) % pages // pages no check read just before
-							if checks[j].fn(buf[p*testPS:(p+1)*testPS]) != want {
-								b.Fatalf("%s: wrong answer", checks[j].name)
+							p := (next + i) % pages
+							if c.fn(buf[p*testPS:(p+1)*testPS]) != want {
+								b.Fatalf("%s: wrong answer", c.name)
 							}
 						}
-						if d := time.Since(t0); best[j] == 0 || d < best[j] {
-							best[j] = d
-						}
-					}
+						next += len(checks) * batch
+					}})
 				}
-				for j, c := range checks {
-					b.ReportMetric(float64(batch*testPS)/float64(best[j].Nanoseconds()), c.name+"-GB/s")
-				}
-				if k := len(checks) - 1; checks[k].name == "avx512" {
-					b.ReportMetric(float64(best[0])/float64(best[k]), "avx512/bytes.Equal")
-				}
+				benchkit.Race(b, batch, testPS, cs)
 			})
 		}
 	}

@@ -109,10 +109,14 @@ func PairInto(old, new []byte, pat Pattern, seed uint64) {
 }
 
 // Pairs returns count page pairs of size n under pat, from seeds base,
-// base+1, …: the benchmarks' working sets.
+// base+1, …: the benchmarks' working sets. The pages lie side by side in
+// one allocation, the old ones then the new ones, so that where they fall
+// in the caches does not depend on the heap's layout.
 func Pairs(pat Pattern, n, count int, base uint64) (olds, news [][]byte) {
-	for s := range uint64(count) {
-		o, nw := Pair(pat, n, base+s)
+	buf := make([]byte, 2*count*n)
+	for i := range count {
+		o, nw := buf[i*n:(i+1)*n:(i+1)*n], buf[(count+i)*n:(count+i+1)*n:(count+i+1)*n]
+		PairInto(o, nw, pat, base+uint64(i))
 		olds, news = append(olds, o), append(news, nw)
 	}
 	return olds, news
