@@ -47,7 +47,7 @@ fi
 
 if [[ -n ${QEMU_SRC:-} ]]; then
 	src=$QEMU_SRC
-	version=$(cat "$src/VERSION" 2>/dev/null || echo unknown)
+	version=$(cat "$src/VERSION" 2>/dev/null || basename "$src")
 else
 	# The Debian mirror apt already uses here, for a deb-src line of the
 	# suite that has QEMU 10 (its archive key is in debian-archive-keyring).
