@@ -16,10 +16,10 @@ var zeroPage [64 << 10]byte
 // has; BenchmarkIsZero measures it against isZeroWords, a portable
 // eight-word OR loop, and found it the faster of the two (see the package
 // doc for the figures). BenchmarkIsZeroRatio also measures an AVX-512 check
-// (isZeroVec, zero_amd64.s), which reads only the page: 1.4-2.2 times
-// bytes.Equal on a page in the L1 or L2 cache, but 0.8-1.0 times on pages
-// read from memory, as a migration reads a guest's pages, so IsZero does
-// not use it (docs/BENCHMARKS.md).
+// (isZeroVec, zero_amd64.s), which reads only the page: faster on a page in
+// the cache, slower on zero pages read from memory, as IsZero reads a
+// guest's pages; the pipeline's workers use it on the pages they have just
+// copied (docs/BENCHMARKS.md).
 func IsZero(page []byte) bool {
 	return isZeroEqual(page)
 }

@@ -6,3 +6,5 @@ package codec
 const hasAVX512 = false
 
 func isZeroVec(page []byte) bool { return isZeroEqual(page) }
+
+func isZeroCopied(page []byte) bool { return isZeroEqual(page) }
