@@ -2,11 +2,13 @@ package codec
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
 
 	"github.com/livemig/livemig/delta"
+	"github.com/livemig/livemig/internal/benchkit"
 	"github.com/livemig/livemig/transport"
 	"github.com/pierrec/lz4/v4"
 )
@@ -51,13 +53,21 @@ func getBenchSet(pat pattern) *benchSet {
 
 // BenchmarkIsZero measures zero-page detection on a cache-resident zero
 // page (the whole page is read): bytes.Equal against a static zero page,
-// which IsZero uses, and the unrolled eight-word OR loop.
+// which IsZero uses, the unrolled eight-word OR loop, and the AVX-512 check
+// where the CPU has it.
 func BenchmarkIsZero(b *testing.B) {
 	page := make([]byte, testPS)
-	for _, m := range []struct {
+	checks := []struct {
 		name string
 		fn   func([]byte) bool
-	}{{"bytes.Equal", IsZero}, {"or-loop", isZeroWords}} {
+	}{{"bytes.Equal", isZeroEqual}, {"or-loop", isZeroWords}}
+	if hasAVX512 {
+		checks = append(checks, struct {
+			name string
+			fn   func([]byte) bool
+		}{"avx512", isZeroVec})
+	}
+	for _, m := range checks {
 		b.Run(m.name, func(b *testing.B) {
 			b.SetBytes(testPS)
 			b.ReportAllocs()
@@ -67,6 +77,74 @@ func BenchmarkIsZero(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkIsZeroRatio runs the zero checks in turn, batch by batch
+// (benchkit.Race), on working sets of 1 page (L1), 256 pages (1 MiB, L2)
+// and 16384 pages (64 MiB: each batch reads the next 256 pages, which no
+// batch read in the last 63, mostly from memory), of zero pages ("zero"),
+// pages whose first byte is set ("data-first") and pages whose last byte
+// is set ("data-last", a full scan that finds data), and zero pages
+// copied into a page buffer before the check ("zero-copied", the worker's
+// path for a Memory without views: ReadPage, then IsZero on the copy, in
+// L1), and reports each
+// one's GB/s from its fastest batch and the speed of bytes.Equal (which
+// IsZero uses) over the others': same-run ratios, which a shared machine
+// leaves steady.
+func BenchmarkIsZeroRatio(b *testing.B) {
+	type check struct {
+		name string
+		fn   func([]byte) bool
+	}
+	checks := []check{{"bytes.Equal", isZeroEqual}, {"or-loop", isZeroWords}}
+	if hasAVX512 {
+		checks = append(checks, check{"avx512", isZeroVec})
+	} else {
+		b.Log("no AVX-512 here (CPU or purego build): the AVX-512 check is not measured")
+	}
+	for _, pages := range []int{1, 256, 16384} {
+		for _, kind := range []string{"zero", "data-first", "data-last", "zero-copied"} {
+			buf := make([]byte, pages*testPS)
+			for i := range buf {
+				buf[i] = 1 // fault every page in: no reads of the kernel's zero page
+			}
+			clear(buf)
+			want := kind == "zero" || kind == "zero-copied"
+			for i := range pages {
+				switch kind {
+				case "data-first":
+					buf[i*testPS] = 1
+				case "data-last":
+					buf[(i+1)*testPS-1] = 1
+				}
+			}
+			b.Run(fmt.Sprintf("%s/pages=%d", kind, pages), func(b *testing.B) {
+				const batch = 256
+				slot := make([]byte, testPS)
+				var cs []benchkit.Contender
+				for j, c := range checks {
+					next := j * batch // pages no other check read just before
+					cs = append(cs, benchkit.Contender{Name: c.name, Batch: func() {
+						for i := range batch {
+							p := (next + i) % pages
+							page := buf[p*testPS : (p+1)*testPS]
+							if kind == "zero-copied" {
+								// The worker's path for a Memory without
+								// views: ReadPage into a slot, then the check.
+								copy(slot, page)
+								page = slot
+							}
+							if c.fn(page) != want {
+								b.Fatalf("%s: wrong answer", c.name)
+							}
+						}
+						next += len(checks) * batch
+					}})
+				}
+				benchkit.Race(b, batch, testPS, cs)
+			})
+		}
 	}
 }
 

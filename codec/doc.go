@@ -114,5 +114,7 @@
 // compress 0.37-1.3 GB/s, decompress 2.7-42 GB/s; the whole pipeline with
 // both codecs 0.43-13.7 GB/s on one worker. BenchmarkPipeline,
 // BenchmarkXBZRLE, BenchmarkLZ4 and BenchmarkMemcpy give the figures per
-// pattern.
+// pattern. Where the CPU has AVX-512, the workers check the pages they have
+// copied into their buffers for zeros with AVX-512 (1.5 times as fast as
+// IsZero's bytes.Equal on a page in cache; BenchmarkIsZeroRatio).
 package codec

@@ -122,3 +122,23 @@ func FuzzPageEncoder(f *testing.F) {
 		}
 	})
 }
+
+// FuzzIsZero: IsZero, the OR loop, the workers' isZeroCopied and the
+// AVX-512 check (where the CPU has it) agree, on the fuzzer's bytes and on
+// a zero page of its size with at most one byte set.
+func FuzzIsZero(f *testing.F) {
+	f.Add([]byte{0, 0, 1}, uint16(4096), uint16(4095), byte(1))
+	f.Add([]byte{}, uint16(300), uint16(299), byte(0))
+	f.Fuzz(func(t *testing.T, data []byte, size, pos uint16, val byte) {
+		page := make([]byte, int(size)%(5*4096))
+		if int(pos) < len(page) {
+			page[pos] = val
+		}
+		for _, p := range [][]byte{data, page} {
+			want := isZeroWords(p)
+			if IsZero(p) != want || isZeroCopied(p) != want || (hasAVX512 && isZeroVec(p) != want) {
+				t.Fatalf("%d bytes: IsZero %v, isZeroCopied %v, OR loop %v", len(p), IsZero(p), isZeroCopied(p), want)
+			}
+		}
+	})
+}

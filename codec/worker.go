@@ -188,7 +188,13 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 	if w.cfg.XBZRLE {
 		useX = w.syncEpoch(p, p.xbzrle && p.cached)
 	}
-	if IsZero(src) {
+	zero := false
+	if w.view != nil {
+		zero = IsZero(src) // guest memory, mostly not in cache
+	} else {
+		zero = isZeroCopied(src) // just copied: in L1
+	}
+	if zero {
 		rec.enc = transport.EncZero
 		if w.digest != nil {
 			w.digest.Zero(n)

@@ -15,8 +15,17 @@ var zeroPage [64 << 10]byte
 // runtime implementation (memequal) uses the widest vector loads the CPU
 // has; BenchmarkIsZero measures it against isZeroWords, a portable
 // eight-word OR loop, and found it the faster of the two (see the package
-// doc for the figures).
+// doc for the figures). BenchmarkIsZeroRatio also measures an AVX-512 check
+// (isZeroVec, zero_amd64.s), which reads only the page: faster on a page in
+// the cache, slower on zero pages read from memory, as IsZero reads a
+// guest's pages; the pipeline's workers use it on the pages they have just
+// copied (docs/BENCHMARKS.md).
 func IsZero(page []byte) bool {
+	return isZeroEqual(page)
+}
+
+// isZeroEqual is IsZero through bytes.Equal against zeroPage.
+func isZeroEqual(page []byte) bool {
 	for len(page) > len(zeroPage) {
 		if !bytes.Equal(page[:len(zeroPage)], zeroPage[:]) {
 			return false

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"testing"
-	"time"
+
+	"github.com/livemig/livemig/internal/benchkit"
+	"github.com/livemig/livemig/internal/pagepat"
 )
 
 // The benchmarks run per change pattern over 4 KiB pages; GB/s is of page
@@ -15,11 +17,7 @@ import (
 const benchPairs = 16
 
 func benchPages(pat pattern) (olds, news [][]byte) {
-	for s := range uint64(benchPairs) {
-		o, n := pagePair(pat, 4096, 100+s)
-		olds, news = append(olds, o), append(news, n)
-	}
-	return olds, news
+	return pagepat.Pairs(pagepat.Pattern{Name: pat.name, Mutate: pat.mutate}, 4096, benchPairs, 100)
 }
 
 func BenchmarkEncode(b *testing.B) {
@@ -108,8 +106,9 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 // BenchmarkEncodeRatio runs the Encode paths and memcmp in turn on the same
-// pages, batch by batch, and reports each one's GB/s from its fastest batch
-// and the AVX-512 path's speed over the others': on a shared machine the
+// pages, batch by batch (benchkit.Race), and reports each one's GB/s from
+// its fastest batch and the fastest path's speed over the others' (ns/op
+// and MB/s are that path's): on a shared machine the
 // fastest batch is the least disturbed, and ratios of batches run side by
 // side are the figures to trust. One op is one page on every path. The
 // pages are the 16 pairs of BenchmarkEncode (128 KiB, read from L2 cache:
@@ -124,40 +123,25 @@ func BenchmarkEncodeRatio(b *testing.B) {
 }
 
 func benchRatio(b *testing.B, olds, news [][]byte) {
-	names := append(availablePaths(b), "memcmp")
-	best := make([]time.Duration, len(names))
 	defer setPath(currentPath())
 	const batch = 256
 	buf := make([]byte, 0, 4096)
 	np := len(olds)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for r := 0; r*batch < b.N; r++ {
-		for j := range names {
-			j = (j + r) % len(names) // a different path goes first each round
-			t0 := time.Now()
-			if names[j] == "memcmp" {
-				for i := range batch {
-					sink += bytes.Compare(olds[i%np], news[i%np])
-				}
-			} else {
-				setPath(names[j])
-				for i := range batch {
-					_, _ = Encode(buf, olds[i%np], news[i%np], 0)
-				}
+	paths := availablePaths(b)
+	var cs []benchkit.Contender
+	for k := len(paths) - 1; k >= 0; k-- { // the fastest path first
+		p := paths[k]
+		cs = append(cs, benchkit.Contender{Name: p, Batch: func() {
+			setPath(p)
+			for i := range batch {
+				_, _ = Encode(buf, olds[i%np], news[i%np], 0)
 			}
-			if d := time.Since(t0); best[j] == 0 || d < best[j] {
-				best[j] = d
-			}
+		}})
+	}
+	cs = append(cs, benchkit.Contender{Name: "memcmp", Batch: func() {
+		for i := range batch {
+			sink += bytes.Compare(olds[i%np], news[i%np])
 		}
-	}
-	gbps := func(j int) float64 { return batch * 4096 / float64(best[j].Nanoseconds()) }
-	for j, name := range names {
-		b.ReportMetric(gbps(j), name+"-GB/s")
-	}
-	if k := len(names) - 2; names[k] == pathAVX512 {
-		for j := range k {
-			b.ReportMetric(gbps(k)/gbps(j), "avx512/"+names[j])
-		}
-	}
+	}})
+	benchkit.Race(b, batch, 4096, cs)
 }

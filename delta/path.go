@@ -1,5 +1,25 @@
 package delta
 
+import "github.com/livemig/livemig/internal/deltapath"
+
+func init() {
+	deltapath.Set = setPath
+	deltapath.Current = currentPath
+	deltapath.Paths = paths
+}
+
+// paths lists the paths this CPU and build have, slowest first.
+func paths() []string {
+	ps := []string{pathGo}
+	if hasAVX2 {
+		ps = append(ps, pathAVX2)
+	}
+	if hasAVX512 {
+		ps = append(ps, pathAVX512)
+	}
+	return ps
+}
+
 // pathEnv names the environment variable that picks Encode's path at
 // init: "go" (the Go scanners), "avx2" or "avx512". A path this CPU or
 // build lacks falls back to the best one below it; unset means the best.

@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/benchkit"
+	"github.com/livemig/livemig/internal/deltapath"
+	"github.com/livemig/livemig/internal/testkit"
+	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/region"
+	"github.com/livemig/livemig/transport"
+)
+
+// pageSize is the page size of idleGuest's guests.
+const pageSize = 4096
+
+// idleGuest maps a guest of size bytes whose pages all hold data (one
+// non-zero byte in each, so none goes as a zero page) and a destination
+// region of the same size, both touched once so that page faults are not
+// measured. Both are closed at the end of tb.
+func idleGuest(tb testing.TB, size int) (src, dst *region.Region) {
+	tb.Helper()
+	pages := uint64(size / pageSize)
+	var err error
+	if src, err = region.New(pageSize, pages); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { src.Close() })
+	if dst, err = region.New(pageSize, pages); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { dst.Close() })
+	bs, bd := src.Bytes(), dst.Bytes()
+	for off := 0; off < len(bs); off += pageSize {
+		bs[off+7] = byte(off>>12) | 1
+		bd[off] = 1
+	}
+	src.SetState([]byte("idle guest state"))
+	return src, dst
+}
+
+// migrate migrates src to dst with pre-copy (default Config) over the two
+// ends of a link, the destination's side on a goroutine of its own, as a
+// user of precopy.Migrate and precopy.Receive would, and returns the
+// source's report. The source is resumed afterwards, so that src can be
+// migrated again.
+func migrate(ctx context.Context, a, l transport.Link, src, dst *region.Region) (*livemig.Report, error) {
+	hello := func(r *region.Region) transport.Hello {
+		return transport.Hello{PageSize: pageSize, PageCount: r.PageCount(), Features: transport.FeatDigest}
+	}
+	var derr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		conn, _, err := transport.Open(ctx, l, hello(dst), transport.Config{})
+		if err != nil {
+			l.Close()
+			derr = err
+			return
+		}
+		_, derr = precopy.Receive(ctx, conn, precopy.Destination{Sink: dst, VM: dst, Pages: dst.PageCount(), PageSize: pageSize}, precopy.Config{})
+	}()
+	var rep *livemig.Report
+	conn, _, err := transport.Open(ctx, a, hello(src), transport.Config{})
+	if err != nil {
+		a.Close()
+	} else {
+		rep, err = precopy.Migrate(ctx, conn, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
+	}
+	wg.Wait()
+	_ = src.Resume(ctx)
+	if err != nil || derr != nil {
+		return rep, fmt.Errorf("source: %v, destination: %v", err, derr)
+	}
+	return rep, nil
+}
+
+// TestSuiteHelpers is the suite's quick self-check, run by go test without
+// -bench: the idle guest migrates whole over the pipe and loopback TCP (and
+// again, as the benchmark does), the raw TCP copy moves its bytes, and
+// every Encode path the suite switches to is the one in use.
+func TestSuiteHelpers(t *testing.T) {
+	const size = 4 << 20
+	src, dst := idleGuest(t, size)
+	for _, tcp := range []bool{false, true, true} {
+		clear(dst.Bytes())
+		var x, y transport.Link
+		if tcp {
+			x, y = testkit.LinkPair(t, true)
+		} else {
+			x, y = transport.Pipe(4 << 20)
+		}
+		rep, err := migrate(context.Background(), x, y, src, dst)
+		if err != nil {
+			t.Fatalf("tcp %v: %v", tcp, err)
+		}
+		if !bytes.Equal(src.Bytes(), dst.Bytes()) || !rep.Verified || rep.PagesSent < size/pageSize {
+			t.Fatalf("tcp %v: destination differs or report %v", tcp, rep)
+		}
+	}
+	if d := benchkit.RawTCPCopy(t, 3<<20+5); d <= 0 {
+		t.Fatalf("raw copy took %v", d)
+	}
+	defer deltapath.Set(deltapath.Current())
+	for _, p := range deltapath.Paths() {
+		if got := deltapath.Set(p); got != p || deltapath.Current() != p {
+			t.Errorf("Set(%q) = %q, Current %q", p, got, deltapath.Current())
+		}
+	}
+}
