@@ -81,6 +81,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/scenario"
 )
@@ -124,6 +125,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		costFile  = fs.String("cost", "", "CPU cost model: a JSON file as -calibrate prints, or free (default: codec.DefaultCost, measured on the project's machines)")
 		costCores = fs.Int("cost-workers", 0, "modelled cores that encode at the source and decode at the destination (default: the model's, 1)")
 		calibrate = fs.Bool("calibrate", false, "measure this machine's CPU cost model (codec.Calibrate), print it as JSON for -cost, and exit")
+		advise    = fs.Bool("advise", false, "profile the custom scenario's guest (package advisor) and print the advice instead of running it")
+		objective = fs.String("objective", "balanced", "-advise's objective: balanced, no-postcopy, min-downtime")
+		validateN = fs.Int("validate", 0, "run the advisor's validation set of this many random scenarios (every algorithm it knows) and print its hit rates")
+		valSeed   = fs.Uint64("validate-seed", validationSeed, "seed of -validate's scenarios")
 	)
 	known := registry(300*time.Millisecond, 30)
 	fs.Lookup("algorithms").Usage += algorithmNames(known)
@@ -147,6 +152,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	if *validateN > 0 {
+		var progress io.Writer
+		if !*quiet {
+			progress = stderr
+		}
+		return validate(ctx, *validateN, *valSeed, *maxRounds, cost, *parallel, stdout, progress)
+	}
 	chosenSets, err := chooseSets(*setNames)
 	if err != nil {
 		return err
@@ -164,6 +176,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if bw, err = parseBandwidth(*bandwidth); err != nil {
 			return err
 		}
+	}
+	if *advise {
+		o, err := advisor.ParseObjective(*objective)
+		if err != nil {
+			return err
+		}
+		sc, err := customScenario(*guest, *workload, *rate, *hot, *buffer, *hotFrac, *whole)
+		if err != nil {
+			return err
+		}
+		if bw != 0 {
+			sc.Bandwidth = bw
+		}
+		if given["latency"] {
+			sc.Latency = *latency
+		}
+		if given["seed"] {
+			sc.Seed = *seed
+		}
+		sc.Cost = cost
+		adv, p, err := adviseScenario(ctx, sc, advisor.Target{Downtime: *downtime, MaxRounds: *maxRounds}, o)
+		if err != nil {
+			return err
+		}
+		return writeAdvice(stdout, sc, adv, p, *asJSON)
 	}
 	for si := range chosenSets {
 		for i := range chosenSets[si].entries {
