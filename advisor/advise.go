@@ -285,7 +285,7 @@ func reasons(p Profile, l Link, t Target, o Objective, all, ranked []Prediction)
 		rs = append(rs, "post-copy and hybrid excluded: the objective keeps the whole guest at the source until the switch")
 	} else {
 		rs = append(rs, fmt.Sprintf("post-copy with preemption: downtime %v, but each of ~%d faults costs a round trip (%v): %v of guest time lost; hybrid loses %v",
-			pp.Downtime.Round(time.Millisecond/10), pp.Faults, (2 * l.Latency).Round(time.Microsecond), pp.FaultWait.Round(time.Millisecond),
+			pp.Downtime.Round(time.Millisecond/10), pp.Faults, (2*l.Latency).Round(time.Microsecond), pp.FaultWait.Round(time.Millisecond),
 			hy.FaultWait.Round(time.Millisecond)))
 	}
 	best := ranked[0]
