@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -177,7 +178,11 @@ func near(pred, got, frac, abs float64) bool {
 
 // validate runs the validation set: each scenario advised on from its
 // profile, and run by every algorithm the advisor knows.
-func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *codec.CostModel, parallel int, w io.Writer, progress io.Writer) error {
+//
+// rowsFile, if not empty, keeps the simulated rows: read from it when it
+// exists (the simulations do not depend on the advisor, so a change to the
+// model is checked again in seconds), written to it otherwise.
+func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *codec.CostModel, parallel int, rowsFile string, w io.Writer, progress io.Writer) error {
 	cases := validationSet(n, seed)
 	advs := make([]advisor.Advice, len(cases))
 	var jobs []job
@@ -198,7 +203,7 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 			jobs = append(jobs, job{set: i, entry: entry{sc: c.sc, series: c.sc.Name}, alg: a})
 		}
 	}
-	results, err := execute(ctx, jobs, parallel, progress)
+	rows, err := validationRows(ctx, jobs, parallel, rowsFile, progress)
 	if err != nil {
 		return err
 	}
@@ -210,15 +215,15 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	fmt.Fprintln(tw, "scenario\ttarget\tadvised\tbest\tadvised cost\tbest cost\thit\ttotal pred/meas\tdowntime pred/meas\tMB pred/meas\tfault wait pred/meas\t")
 	var hits, predOK, all, allOK int
 	var totOK, bytesOK, downOK int
+	ratios := map[string]*[4][]float64{} // per algorithm: predicted/measured total, downtime, bytes, fault wait
 	for i, c := range cases {
 		var ms []measured
 		for j, jb := range jobs {
 			if jb.set != i {
 				continue
 			}
-			r := results[j]
-			row := r.Row()
-			m := measured{alg: keyOf[r.Algorithm], row: row, ok: r.Err == nil && r.Report != nil,
+			row := rows[j]
+			m := measured{alg: keyOf[row.Algorithm], row: row, ok: row.Error == "" && row.Verified,
 				cost: row.TotalMS + row.FaultWaitMS, downtime: row.DowntimeMS}
 			m.meets = m.ok && row.DowntimeMS <= float64(c.target)/float64(time.Millisecond)
 			for _, p := range advs[i].Candidates {
@@ -259,6 +264,20 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 			predOK++
 		}
 		for _, m := range ms {
+			if m.ok {
+				r := ratios[m.alg]
+				if r == nil {
+					r = new([4][]float64)
+					ratios[m.alg] = r
+				}
+				p := m.predicted
+				r[0] = append(r[0], ms2(p.Total)/m.row.TotalMS)
+				r[1] = append(r[1], ms2(p.Downtime)/m.row.DowntimeMS)
+				r[2] = append(r[2], float64(p.BytesSent)/float64(m.row.BytesSent))
+				if m.row.FaultWaitMS > 0 {
+					r[3] = append(r[3], ms2(p.FaultWait)/m.row.FaultWaitMS)
+				}
+			}
 			all++
 			if t, b, d := good(m); t && b && d {
 				allOK++
@@ -291,7 +310,62 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	fmt.Fprintf(w, "  advised algorithm's predictions within 20%% (downtime 20%% or 5 ms): all three %d/%d (%.0f%%; target 80%%); total %.0f%%, bytes %.0f%%, downtime %.0f%%\n",
 		predOK, len(cases), pct(predOK, len(cases)), pct(totOK, len(cases)), pct(bytesOK, len(cases)), pct(downOK, len(cases)))
 	fmt.Fprintf(w, "  every algorithm's predictions, all three within: %d/%d (%.0f%%)\n", allOK, all, pct(allOK, all))
-	return nil
+	fmt.Fprintf(w, "\npredicted/measured per algorithm, median [10th-90th percentile]:\n")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "algorithm\ttotal\tdowntime\tbytes\tfault wait\t")
+	for _, a := range advisor.Algorithms {
+		r := ratios[a]
+		if r == nil {
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n", a, spread(r[0]), spread(r[1]), spread(r[2]), spread(r[3]))
+	}
+	return tw.Flush()
+}
+
+// spread is the median and the 10th and 90th percentiles of xs.
+func spread(xs []float64) string {
+	if len(xs) == 0 {
+		return "-"
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	q := func(f float64) float64 { return s[int(f*float64(len(s)-1)+0.5)] }
+	return fmt.Sprintf("%.2f [%.2f-%.2f]", q(0.5), q(0.1), q(0.9))
 }
 
 func ms2(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// validationRows runs jobs, or reads their rows from rowsFile when it holds
+// as many; it writes them there after a run.
+func validationRows(ctx context.Context, jobs []job, parallel int, rowsFile string, progress io.Writer) ([]scenario.Row, error) {
+	if rowsFile != "" {
+		if b, err := os.ReadFile(rowsFile); err == nil {
+			var rows []scenario.Row
+			if err := json.Unmarshal(b, &rows); err != nil {
+				return nil, fmt.Errorf("-validate-rows %s: %w", rowsFile, err)
+			}
+			if len(rows) == len(jobs) {
+				return rows, nil
+			}
+		}
+	}
+	results, err := execute(ctx, jobs, parallel, progress)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]scenario.Row, len(results))
+	for i, r := range results {
+		rows[i] = r.Row()
+	}
+	if rowsFile != "" {
+		b, err := json.Marshal(rows)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(rowsFile, b, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return rows, nil
+}

@@ -129,6 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		objective = fs.String("objective", "balanced", "-advise's objective: balanced, no-postcopy, min-downtime")
 		validateN = fs.Int("validate", 0, "run the advisor's validation set of this many random scenarios (every algorithm it knows) and print its hit rates")
 		valSeed   = fs.Uint64("validate-seed", validationSeed, "seed of -validate's scenarios")
+		valRows   = fs.String("validate-rows", "", "-validate keeps its simulated rows in this JSON file: read when present, written otherwise")
 	)
 	known := registry(300*time.Millisecond, 30)
 	fs.Lookup("algorithms").Usage += algorithmNames(known)
@@ -157,7 +158,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if !*quiet {
 			progress = stderr
 		}
-		return validate(ctx, *validateN, *valSeed, *maxRounds, cost, *parallel, stdout, progress)
+		return validate(ctx, *validateN, *valSeed, *maxRounds, cost, *parallel, *valRows, stdout, progress)
 	}
 	chosenSets, err := chooseSets(*setNames)
 	if err != nil {
