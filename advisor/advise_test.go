@@ -15,7 +15,7 @@ const gibPages = 1 << 18 // 1 GiB of 4 KiB pages
 // hotRate times a second each and whose other pages coldRate times.
 func synthetic(hot, hotRate, coldRate float64, whole bool) Profile {
 	p := Profile{PageSize: 4096, Pages: gibPages, Window: 2 * time.Second, Interval: 20 * time.Millisecond,
-		Classes: []RateClass{{Pages: hot, Rate: hotRate}, {Pages: gibPages - hot, Rate: coldRate}},
+		Classes:   []RateClass{{Pages: hot, Rate: hotRate}, {Pages: gibPages - hot, Rate: coldRate}},
 		ZeroShare: 0.25, LZ4Bytes: 1900, DeltaBytes: 40, DeltaSamples: 256, Samples: 1024}
 	p.DirtyRate = hot*hotRate + (gibPages-hot)*coldRate
 	if whole {

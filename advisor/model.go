@@ -179,9 +179,11 @@ func (e *env) stateTime() float64 {
 	return float64(e.target.StateBytes) / e.bw
 }
 
-// switchover is the fixed cost of a hand-over beyond the bytes: the
-// destination's answer crossing back, and a round trip of the commit.
-func (e *env) switchover() float64 { return 2 * e.lat }
+// switchover is the fixed cost of a hand-over beyond the bytes: four
+// crossings of the link (the last bytes arriving, the destination's Ready,
+// the source's Commit, the destination's Resumed back at the source, where
+// the downtime ends).
+func (e *env) switchover() float64 { return 4 * e.lat }
 
 // postCopy predicts post-copy (after bulk pre-copy rounds when hybrid):
 // the pause, the state, then the push of every page not yet at the
@@ -212,15 +214,11 @@ func (e *env) postCopy(hybrid, lz4 bool) Prediction {
 		push, bytes = s, b+bz
 		pred.Rounds = 1
 	}
-	down := e.stateTime() + e.switchover() + e.lat
+	down := e.stateTime() + e.switchover()
 	P := push.time()
 	pageT := e.pagesOf(1, e.ps, codec.Outcome{}).time()
 	perFault := 2*e.lat + 2*pageT
 	faults, wait := faultWait(classes, stale, P, perFault)
-	// A fault brings its neighbours (postcopy.DefaultPrepage): on
-	// consecutive hot pages they are the next ones touched.
-	faults /= 1 + prepageGain*e.p.Locality
-	wait = faults * perFault
 	pred.Converged = true
 	pred.Downtime = secs(down)
 	pred.Total = secs(before + down + P + e.lat)
@@ -231,7 +229,7 @@ func (e *env) postCopy(hybrid, lz4 bool) Prediction {
 }
 
 // prepageGain scales how much pre-paging saves with Locality.
-const prepageGain = 4.0
+const prepageGain = 32.0
 
 // faultWait integrates the destination vCPU's demand faults over a push
 // of P seconds, in ascending order, so that a page not yet pushed at time u
@@ -250,7 +248,8 @@ func faultWait(classes []RateClass, stale func(RateClass) float64, P, perFault f
 		u := (float64(i) + 0.5) * du
 		var g float64
 		for _, c := range classes {
-			g += c.Pages * c.Rate * math.Exp(-c.Rate*tau) * stale(c)
+			seq := c.Sequential
+			g += c.Pages * c.Rate * math.Exp(-c.Rate*tau) * stale(c) * (1 - seq + seq/prepageGain)
 		}
 		g *= 1 - u/P
 		dtau := du / (1 + g*perFault)

@@ -95,9 +95,15 @@ func (c ObserveConfig) norm() (ObserveConfig, error) {
 // a page of the class is written as a Poisson process of Rate writes per
 // second of the guest's running time, so it is dirty after a round of t
 // seconds with probability 1-exp(-Rate·t).
+//
+// Sequential is the share of the class's dirty marks whose next page was
+// dirtied in the same interval: writes that run through consecutive pages
+// (a buffer filled in order), which post-copy's pre-paging fetches ahead of
+// the faults.
 type RateClass struct {
-	Pages float64 `json:"pages"`
-	Rate  float64 `json:"rate"`
+	Pages      float64 `json:"pages"`
+	Rate       float64 `json:"rate"`
+	Sequential float64 `json:"sequential,omitempty"`
 }
 
 // GrowthPoint is the writable working set measured over one span: the
@@ -243,6 +249,7 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 	words := livemig.WordsFor(n)
 	cur := make([]uint64, words)
 	counts := make([]uint16, n)
+	adjacent := make([]uint16, n) // per page, intervals in which its next page was dirty too
 	// acc[l] accumulates the dirty pages of spans of 2^l intervals.
 	levels := bits.Len(uint(k))
 	acc := make([][]uint64, levels)
@@ -269,7 +276,7 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 		if err := g.SyncDirty(cur); err != nil {
 			return Profile{}, fmt.Errorf("advisor: %w", err)
 		}
-		var dirty, adjacent int
+		var dirty, adj int
 		var picks []uint64
 		for w, x := range cur {
 			if x == 0 {
@@ -280,7 +287,11 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 			if w+1 < len(cur) {
 				next = cur[w+1]
 			}
-			adjacent += bits.OnesCount64(x & (x>>1 | next<<63))
+			run := x & (x>>1 | next<<63)
+			adj += bits.OnesCount64(run)
+			for y := run; y != 0; y &= y - 1 {
+				adjacent[uint64(w)*64+uint64(bits.TrailingZeros64(y))]++
+			}
 			ever[w] |= x
 			for l := range acc {
 				acc[l][w] |= x
@@ -294,7 +305,7 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 			}
 		}
 		dirtySum += float64(dirty)
-		localSum += float64(adjacent)
+		localSum += float64(adj)
 		localDirty += float64(dirty)
 		// Deltas: pages held since an earlier interval and dirty again.
 		for _, pg := range picks {
@@ -360,11 +371,13 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 		p.DeltaUnchanged = float64(unchanged) / float64(deltaN)
 	}
 	hist := make([]float64, k+1)
-	for _, c := range counts {
+	seq := make([]float64, k+1) // adjacent marks of the pages of each count
+	for i, c := range counts {
 		hist[c]++
+		seq[c] += float64(adjacent[i])
 	}
 	p.HotShare = hotShare(hist, n)
-	p.Classes = fitClasses(hist, cfg.Interval)
+	p.Classes = fitClasses(hist, seq, cfg.Interval)
 	cfg.Logger.Debug("advisor: profile", "dirty_rate", p.DirtyRate, "working_set", p.WorkingSet,
 		"classes", p.Classes, "zero_share", p.ZeroShare, "lz4_bytes", p.LZ4Bytes, "delta_bytes", p.DeltaBytes)
 	return p, nil
@@ -417,8 +430,10 @@ func hotShare(hist []float64, pages uint64) float64 {
 // fitClasses fits a mixture of binomials to hist (hist[c] pages were dirty
 // in c of len(hist)-1 intervals of length dt) by expectation-maximisation,
 // and returns it as rate classes: a component dirty in an interval with
-// probability q writes at -ln(1-q)/dt per second.
-func fitClasses(hist []float64, dt time.Duration) []RateClass {
+// probability q writes at -ln(1-q)/dt per second. seq[c] is how many of the
+// marks of the pages dirty in c intervals were sequential; each class gets
+// the share of its marks, by the fit's responsibilities.
+func fitClasses(hist, seq []float64, dt time.Duration) []RateClass {
 	k := len(hist) - 1
 	var pages, marks float64
 	for c, h := range hist {
@@ -469,12 +484,41 @@ func fitClasses(hist []float64, dt time.Duration) []RateClass {
 			}
 		}
 	}
+	// The sequential share of each component's marks.
+	seqMarks := make([]float64, len(qs))
+	allMarks := make([]float64, len(qs))
+	for c, h := range hist {
+		if h == 0 || c == 0 {
+			continue
+		}
+		best := math.Inf(-1)
+		for j, q := range qs {
+			resp[j] = math.Inf(-1)
+			if ws[j] > 0 {
+				resp[j] = math.Log(ws[j]) + float64(c)*math.Log(q) + float64(k-c)*math.Log1p(-q)
+			}
+			best = max(best, resp[j])
+		}
+		var sum float64
+		for j := range resp {
+			resp[j] = math.Exp(resp[j] - best)
+			sum += resp[j]
+		}
+		for j := range resp {
+			seqMarks[j] += seq[c] * resp[j] / sum
+			allMarks[j] += h * float64(c) * resp[j] / sum
+		}
+	}
 	var out []RateClass
 	for j, q := range qs {
 		if ws[j]*pages < 0.5 {
 			continue
 		}
-		out = append(out, RateClass{Pages: ws[j] * pages, Rate: -math.Log1p(-q) / dt.Seconds()})
+		rc := RateClass{Pages: ws[j] * pages, Rate: -math.Log1p(-q) / dt.Seconds()}
+		if allMarks[j] > 0 {
+			rc.Sequential = min(seqMarks[j]/allMarks[j], 1)
+		}
+		out = append(out, rc)
 	}
 	slices.SortFunc(out, func(a, b RateClass) int { return -cmpFloat(a.Rate, b.Rate) })
 	// Merge classes whose rates are within 10 %.
@@ -483,6 +527,7 @@ func fitClasses(hist []float64, dt time.Duration) []RateClass {
 		if m := len(merged); m > 0 && math.Abs(merged[m-1].Rate-c.Rate) <= 0.1*merged[m-1].Rate {
 			tot := merged[m-1].Pages + c.Pages
 			merged[m-1].Rate = (merged[m-1].Rate*merged[m-1].Pages + c.Rate*c.Pages) / tot
+			merged[m-1].Sequential = (merged[m-1].Sequential*merged[m-1].Pages + c.Sequential*c.Pages) / tot
 			merged[m-1].Pages = tot
 			continue
 		}

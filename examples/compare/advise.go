@@ -232,6 +232,9 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 				}
 			}
 			ms = append(ms, m)
+			if os.Getenv("ADVDEBUG") != "" && m.row.FaultWaitMS > 0 {
+				fmt.Fprintf(os.Stderr, "%s %s %s faults %d/%d wait %.0f/%.0f ms pulled %d\n", c.sc.Name, m.alg, describeScenario(c.sc), m.predicted.Faults, m.row.DemandFaults, ms2(m.predicted.FaultWait), m.row.FaultWaitMS, m.row.PagesPulled)
+			}
 		}
 		best := ms[0]
 		for _, m := range ms[1:] {
