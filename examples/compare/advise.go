@@ -176,28 +176,65 @@ func near(pred, got, frac, abs float64) bool {
 	return math.Abs(pred-got) <= max(frac*math.Abs(got), abs)
 }
 
-// validate runs the validation set: each scenario advised on from its
-// profile, and run by every algorithm the advisor knows.
-//
-// rowsFile, if not empty, keeps the simulated rows: read from it when it
-// exists (the simulations do not depend on the advisor, so a change to the
-// model is checked again in seconds), written to it otherwise.
-func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *codec.CostModel, parallel int, rowsFile string, w io.Writer, progress io.Writer) error {
-	cases := validationSet(n, seed)
+// scored is one case of the validation: every algorithm's run, the best
+// by the default objective, the advised one, and how the advice and its
+// predictions fared.
+type scored struct {
+	runs               []measured
+	best, advised      measured
+	hit                bool // the advised within 10 % of the best
+	total, bytes, down bool // the advised algorithm's predictions within 20 % (downtime: or 5 ms)
+}
+
+// predictionsNear says whether m's predictions of total time, bytes and
+// downtime are within 20 % of the measured (downtime: or 5 ms).
+func predictionsNear(m measured) (total, bytes, down bool) {
+	p := m.predicted
+	return near(ms2(p.Total), m.row.TotalMS, 0.2, 0),
+		near(float64(p.BytesSent), float64(m.row.BytesSent), 0.2, 0),
+		near(ms2(p.Downtime), m.row.DowntimeMS, 0.2, 5)
+}
+
+// score scores one case from its rows, one per algorithm of
+// advisor.Algorithms, in that order.
+func score(c validationCase, adv advisor.Advice, rows []scenario.Row) scored {
+	var s scored
+	for i, row := range rows {
+		m := measured{alg: advisor.Algorithms[i], row: row, ok: row.Error == "" && row.Verified,
+			cost: row.TotalMS + row.FaultWaitMS, downtime: row.DowntimeMS}
+		m.meets = m.ok && row.DowntimeMS <= ms2(c.target)
+		for _, p := range adv.Candidates {
+			if p.Algorithm == m.alg {
+				m.predicted = p
+			}
+		}
+		s.runs = append(s.runs, m)
+		if i == 0 || better(m, s.best) {
+			s.best = m
+		}
+		if m.alg == adv.Algorithm {
+			s.advised = m
+		}
+	}
+	s.hit = within(s.advised, s.best, 0.10)
+	s.total, s.bytes, s.down = predictionsNear(s.advised)
+	return s
+}
+
+// runCases advises on each case and runs it by every algorithm of
+// advisor.Algorithms; rowsFile is as validate's.
+func runCases(ctx context.Context, cases []validationCase, maxRounds int, parallel int, rowsFile string, progress io.Writer) ([]advisor.Advice, [][]scenario.Row, error) {
 	advs := make([]advisor.Advice, len(cases))
 	var jobs []job
 	for i, c := range cases {
-		c.sc.Cost = cost
-		cases[i] = c
 		adv, _, err := adviseScenario(ctx, c.sc, advisor.Target{Downtime: c.target, MaxRounds: maxRounds}, advisor.Balanced)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		advs[i] = adv
-		known := registry(c.target, maxRounds)
-		algs, err := chooseAlgorithms(strings.Join(advisor.Algorithms, ","), known)
+		algs, err := chooseAlgorithms(strings.Join(advisor.Algorithms, ","), registry(c.target, maxRounds))
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		for _, a := range algs {
 			jobs = append(jobs, job{set: i, entry: entry{sc: c.sc, series: c.sc.Name}, alg: a})
@@ -205,110 +242,91 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	}
 	rows, err := validationRows(ctx, jobs, parallel, rowsFile, progress)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	keyOf := map[string]string{}
-	for _, a := range registry(time.Second, maxRounds) {
-		keyOf[a.alg.Name] = a.key
+	per := make([][]scenario.Row, len(cases))
+	for j, jb := range jobs {
+		per[jb.set] = append(per[jb.set], rows[j])
+	}
+	return advs, per, nil
+}
+
+// validate runs the validation set: each scenario advised on from its
+// profile, and run by every algorithm the advisor knows; it prints each
+// case, the hit rates and the predictions' accuracy per algorithm.
+//
+// rowsFile, if not empty, keeps the simulated rows: read from it when it
+// exists (the simulations do not depend on the advisor, so a change to the
+// model is checked again in seconds), written to it otherwise.
+func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *codec.CostModel, parallel int, rowsFile string, w io.Writer, progress io.Writer) error {
+	cases := validationSet(n, seed)
+	for i := range cases {
+		cases[i].sc.Cost = cost
+	}
+	advs, rows, err := runCases(ctx, cases, maxRounds, parallel, rowsFile, progress)
+	if err != nil {
+		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\ttarget\tadvised\tbest\tadvised cost\tbest cost\thit\ttotal pred/meas\tdowntime pred/meas\tMB pred/meas\tfault wait pred/meas\t")
 	var hits, predOK, all, allOK int
 	var totOK, bytesOK, downOK int
 	ratios := map[string]*[4][]float64{} // per algorithm: predicted/measured total, downtime, bytes, fault wait
+	costOf := func(m measured) string {
+		if !m.ok {
+			return "failed"
+		}
+		if m.meets {
+			return fmtMS(m.cost)
+		}
+		return "miss " + fmtMS(m.downtime)
+	}
 	for i, c := range cases {
-		var ms []measured
-		for j, jb := range jobs {
-			if jb.set != i {
+		s := score(c, advs[i], rows[i])
+		count := func(ok bool, n *int) {
+			if ok {
+				*n++
+			}
+		}
+		count(s.hit, &hits)
+		count(s.total, &totOK)
+		count(s.bytes, &bytesOK)
+		count(s.down, &downOK)
+		count(s.total && s.bytes && s.down, &predOK)
+		for _, m := range s.runs {
+			all++
+			t, b, d := predictionsNear(m)
+			count(t && b && d, &allOK)
+			if !m.ok {
 				continue
 			}
-			row := rows[j]
-			m := measured{alg: keyOf[row.Algorithm], row: row, ok: row.Error == "" && row.Verified,
-				cost: row.TotalMS + row.FaultWaitMS, downtime: row.DowntimeMS}
-			m.meets = m.ok && row.DowntimeMS <= float64(c.target)/float64(time.Millisecond)
-			for _, p := range advs[i].Candidates {
-				if p.Algorithm == m.alg {
-					m.predicted = p
-				}
+			r := ratios[m.alg]
+			if r == nil {
+				r = new([4][]float64)
+				ratios[m.alg] = r
 			}
-			ms = append(ms, m)
-			if os.Getenv("ADVDEBUG") != "" && m.row.FaultWaitMS > 0 {
-				fmt.Fprintf(os.Stderr, "%s %s %s faults %d/%d wait %.0f/%.0f ms pulled %d\n", c.sc.Name, m.alg, describeScenario(c.sc), m.predicted.Faults, m.row.DemandFaults, ms2(m.predicted.FaultWait), m.row.FaultWaitMS, m.row.PagesPulled)
-			}
-		}
-		best := ms[0]
-		for _, m := range ms[1:] {
-			if better(m, best) {
-				best = m
-			}
-		}
-		adv := ms[slices.IndexFunc(ms, func(m measured) bool { return m.alg == advs[i].Algorithm })]
-		hit := within(adv, best, 0.10)
-		if hit {
-			hits++
-		}
-		good := func(m measured) (bool, bool, bool) {
 			p := m.predicted
-			return near(float64(p.Total)/1e6, m.row.TotalMS, 0.2, 0),
-				near(float64(p.BytesSent), float64(m.row.BytesSent), 0.2, 0),
-				near(float64(p.Downtime)/1e6, m.row.DowntimeMS, 0.2, 5)
-		}
-		t, b, d := good(adv)
-		if t {
-			totOK++
-		}
-		if b {
-			bytesOK++
-		}
-		if d {
-			downOK++
-		}
-		if t && b && d {
-			predOK++
-		}
-		for _, m := range ms {
-			if m.ok {
-				r := ratios[m.alg]
-				if r == nil {
-					r = new([4][]float64)
-					ratios[m.alg] = r
-				}
-				p := m.predicted
-				r[0] = append(r[0], ms2(p.Total)/m.row.TotalMS)
-				r[1] = append(r[1], ms2(p.Downtime)/m.row.DowntimeMS)
-				r[2] = append(r[2], float64(p.BytesSent)/float64(m.row.BytesSent))
-				if m.row.FaultWaitMS > 0 {
-					r[3] = append(r[3], ms2(p.FaultWait)/m.row.FaultWaitMS)
-				}
-			}
-			all++
-			if t, b, d := good(m); t && b && d {
-				allOK++
+			r[0] = append(r[0], ms2(p.Total)/m.row.TotalMS)
+			r[1] = append(r[1], ms2(p.Downtime)/m.row.DowntimeMS)
+			r[2] = append(r[2], float64(p.BytesSent)/float64(m.row.BytesSent))
+			if m.row.FaultWaitMS > 0 {
+				r[3] = append(r[3], ms2(p.FaultWait)/m.row.FaultWaitMS)
 			}
 		}
-		costOf := func(m measured) string {
-			if !m.ok {
-				return "failed"
-			}
-			if m.meets {
-				return fmtMS(m.cost)
-			}
-			return "miss " + fmtMS(m.downtime)
-		}
-		p := adv.predicted
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%v\t%s/%s\t%s/%s\t%.0f/%.0f\t%s/%s\t\n", c.sc.Name, c.target, adv.alg, best.alg,
-			costOf(adv), costOf(best), hit, fmtMS(ms2(p.Total)), fmtMS(adv.row.TotalMS), fmtMS(ms2(p.Downtime)), fmtMS(adv.row.DowntimeMS),
-			float64(p.BytesSent)/1e6, float64(adv.row.BytesSent)/1e6, fmtMS(ms2(p.FaultWait)), fmtMS(adv.row.FaultWaitMS))
+		a, p := s.advised, s.advised.predicted
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%v\t%s/%s\t%s/%s\t%.0f/%.0f\t%s/%s\t\n", c.sc.Name, c.target, a.alg, s.best.alg,
+			costOf(a), costOf(s.best), s.hit, fmtMS(ms2(p.Total)), fmtMS(a.row.TotalMS), fmtMS(ms2(p.Downtime)), fmtMS(a.row.DowntimeMS),
+			float64(p.BytesSent)/1e6, float64(a.row.BytesSent)/1e6, fmtMS(ms2(p.FaultWait)), fmtMS(a.row.FaultWaitMS))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	fmt.Fprintln(w)
-	for i, c := range cases {
-		fmt.Fprintf(w, "  %s: %s, target %v\n", c.sc.Name, describeScenario(c.sc), cases[i].target)
+	for _, c := range cases {
+		fmt.Fprintf(w, "  %s: %s, target %v\n", c.sc.Name, describeScenario(c.sc), c.target)
 	}
 	pct := func(k, n int) float64 { return 100 * float64(k) / float64(max(n, 1)) }
-	fmt.Fprintf(w, "\nvalidation set seed %d, %d scenarios, %d runs:\n", seed, len(cases), len(jobs))
+	fmt.Fprintf(w, "\nvalidation set seed %d, %d scenarios, %d runs:\n", seed, len(cases), all)
 	fmt.Fprintf(w, "  advice within 10%% of the best algorithm's cost: %d/%d (%.0f%%; target 90%%)\n", hits, len(cases), pct(hits, len(cases)))
 	fmt.Fprintf(w, "  advised algorithm's predictions within 20%% (downtime 20%% or 5 ms): all three %d/%d (%.0f%%; target 80%%); total %.0f%%, bytes %.0f%%, downtime %.0f%%\n",
 		predOK, len(cases), pct(predOK, len(cases)), pct(totOK, len(cases)), pct(bytesOK, len(cases)), pct(downOK, len(cases)))
@@ -340,7 +358,9 @@ func spread(xs []float64) string {
 func ms2(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // validationRows runs jobs, or reads their rows from rowsFile when it holds
-// as many; it writes them there after a run.
+// theirs (the same scenarios and algorithms, in order: the file does not
+// record -cost or -max-rounds, so keep one file per setting); it writes
+// them there after a run.
 func validationRows(ctx context.Context, jobs []job, parallel int, rowsFile string, progress io.Writer) ([]scenario.Row, error) {
 	if rowsFile != "" {
 		if b, err := os.ReadFile(rowsFile); err == nil {
@@ -348,7 +368,11 @@ func validationRows(ctx context.Context, jobs []job, parallel int, rowsFile stri
 			if err := json.Unmarshal(b, &rows); err != nil {
 				return nil, fmt.Errorf("-validate-rows %s: %w", rowsFile, err)
 			}
-			if len(rows) == len(jobs) {
+			same := len(rows) == len(jobs)
+			for j := 0; same && j < len(jobs); j++ {
+				same = rows[j].Scenario == jobs[j].entry.sc.Name && rows[j].Algorithm == jobs[j].alg.Name
+			}
+			if same {
 				return rows, nil
 			}
 		}

@@ -129,6 +129,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		objective = fs.String("objective", "balanced", "-advise's objective: balanced, no-postcopy, min-downtime")
 		validateN = fs.Int("validate", 0, "run the advisor's validation set of this many random scenarios (every algorithm it knows) and print its hit rates")
 		valSeed   = fs.Uint64("validate-seed", validationSeed, "seed of -validate's scenarios")
+		whichFlag = fs.Bool("which", false, "print docs/EVALUATION.md's \"Which approach when\" as the advisor makes it, each situation also run by every algorithm")
 		valRows   = fs.String("validate-rows", "", "-validate keeps its simulated rows in this JSON file: read when present, written otherwise")
 	)
 	known := registry(300*time.Millisecond, 30)
@@ -159,6 +160,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			progress = stderr
 		}
 		return validate(ctx, *validateN, *valSeed, *maxRounds, cost, *parallel, *valRows, stdout, progress)
+	}
+	if *whichFlag {
+		var progress io.Writer
+		if !*quiet {
+			progress = stderr
+		}
+		return which(ctx, *maxRounds, cost, *parallel, stdout, progress)
 	}
 	chosenSets, err := chooseSets(*setNames)
 	if err != nil {
