@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
@@ -281,5 +283,62 @@ func TestOutage(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the outage never ran out")
+	}
+}
+
+// -mode auto: the source profiles its guest, takes the advisor's pick and
+// migrates by it; the destination, also -mode auto, follows. Where
+// userfaultfd is missing the objective keeps to pre-copy. Each case's
+// advice is checked to be what applyAdvice ran.
+func TestMemmigrateAuto(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		rate      float64
+		bandwidth float64
+		objective string
+	}{
+		{"light guest, fast link", 2000, 10e9, "balanced"},
+		{"busy guest, slow link, never post-copy", 50000, 300e6, "no-postcopy"},
+		{"busy guest, slow link", 50000, 300e6, "balanced"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := options{sizeMiB: 16, writers: 2, rate: c.rate, downtime: 50 * time.Millisecond, maxRounds: 30,
+				policy: "stop", timeout: time.Minute, mode: "auto", auto: true, objective: c.objective,
+				linkBandwidth: c.bandwidth, linkLatency: 100 * time.Microsecond, profileWindow: 200 * time.Millisecond,
+				recoverWait: defaultRecoverWait}
+			if c.objective != "no-postcopy" && !uffdUsable(t) {
+				return
+			}
+			if err := o.check(); err != nil {
+				t.Fatal(err)
+			}
+			if srcErr, dstErr := migrate(t, o); srcErr != nil || dstErr != nil {
+				t.Fatalf("source: %v; destination: %v", srcErr, dstErr)
+			}
+		})
+	}
+}
+
+func TestApplyAdvice(t *testing.T) {
+	for alg, want := range map[string]options{
+		"precopy":              {mode: "precopy", policy: "stop"},
+		"precopy-throttle":     {mode: "precopy", policy: "throttle"},
+		"precopy-xbzrle-lz4":   {mode: "precopy", policy: "stop", codecs: codec.Codecs{XBZRLE: true, LZ4: true}},
+		"precopy-lz4":          {mode: "precopy", policy: "stop", codecs: codec.Codecs{LZ4: true}},
+		"postcopy-preempt-lz4": {mode: "postcopy", policy: "stop", lz4: true},
+		"hybrid":               {mode: "hybrid", policy: "stop"},
+	} {
+		o := options{mode: "auto", policy: "stop"}
+		applyAdvice(&o, alg)
+		if o.mode != want.mode || o.policy != want.policy || o.codecs != want.codecs || o.lz4 != want.lz4 {
+			t.Errorf("%s: %+v", alg, o)
+		}
+	}
+	for _, alg := range advisor.Algorithms {
+		o := options{mode: "auto", policy: "stop"}
+		applyAdvice(&o, alg)
+		if _, err := o.postCopy(); err != nil || o.mode == "auto" {
+			t.Errorf("%s: mode %q, %v", alg, o.mode, err)
+		}
 	}
 }
