@@ -271,6 +271,8 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	fmt.Fprintln(tw, "scenario\ttarget\tadvised\tbest\tadvised cost\tbest cost\thit\ttotal pred/meas\tdowntime pred/meas\tMB pred/meas\tfault wait pred/meas\t")
 	var hits, predOK, all, allOK int
 	var totOK, bytesOK, downOK int
+	var worse, pcMiss, rescued int // against plain pre-copy
+	var worseNames []string
 	ratios := map[string]*[4][]float64{} // per algorithm: predicted/measured total, downtime, bytes, fault wait
 	costOf := func(m measured) string {
 		if !m.ok {
@@ -293,6 +295,15 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 		count(s.bytes, &bytesOK)
 		count(s.down, &downOK)
 		count(s.total && s.bytes && s.down, &predOK)
+		plain := s.runs[slices.IndexFunc(s.runs, func(m measured) bool { return m.alg == "precopy" })]
+		if better(plain, s.advised) && !within(s.advised, plain, 0) {
+			worse++
+			worseNames = append(worseNames, c.sc.Name)
+		}
+		if !plain.meets {
+			pcMiss++
+			count(s.advised.meets, &rescued)
+		}
 		for _, m := range s.runs {
 			all++
 			t, b, d := predictionsNear(m)
@@ -331,6 +342,8 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	fmt.Fprintf(w, "  advised algorithm's predictions within 20%% (downtime 20%% or 5 ms): all three %d/%d (%.0f%%; target 80%%); total %.0f%%, bytes %.0f%%, downtime %.0f%%\n",
 		predOK, len(cases), pct(predOK, len(cases)), pct(totOK, len(cases)), pct(bytesOK, len(cases)), pct(downOK, len(cases)))
 	fmt.Fprintf(w, "  every algorithm's predictions, all three within: %d/%d (%.0f%%)\n", allOK, all, pct(allOK, all))
+	fmt.Fprintf(w, "  against plain pre-copy: the advice is worse by the objective in %d/%d %v; plain pre-copy misses the target in %d, the advice meets it in %d of those\n",
+		worse, len(cases), worseNames, pcMiss, rescued)
 	fmt.Fprintf(w, "\npredicted/measured per algorithm, median [10th-90th percentile]:\n")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "algorithm\ttotal\tdowntime\tbytes\tfault wait\t")
