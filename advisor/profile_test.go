@@ -67,7 +67,7 @@ func TestObserveUniform(t *testing.T) {
 // share of the dirtying; whole-page writes overflow XBZRLE.
 func TestObserveHotCold(t *testing.T) {
 	const pages, hot = 32768, 1024
-	p := observe(t, pages, sim.HotCold(20000, hot, 0.95, true), ObserveConfig{Seed: 3})
+	p := observe(t, pages, sim.HotCold(20000, hot, 0.95, true), ObserveConfig{Seed: 3, Samples: 128})
 	if p.HotShare < 0.8 {
 		t.Errorf("hot share %.2f, want most dirtying on the hot set", p.HotShare)
 	}
@@ -88,7 +88,7 @@ func TestObserveHotCold(t *testing.T) {
 }
 
 func TestObserveIdle(t *testing.T) {
-	p := observe(t, 4096, sim.Idle(), ObserveConfig{Window: 200 * time.Millisecond})
+	p := observe(t, 4096, sim.Idle(), ObserveConfig{Window: 200 * time.Millisecond, Samples: 64})
 	if p.DirtyRate != 0 || p.WorkingSet != 0 || p.Dirtied(time.Hour) != 0 {
 		t.Errorf("idle guest: %+v", p)
 	}
@@ -96,8 +96,8 @@ func TestObserveIdle(t *testing.T) {
 
 func TestObserveDeterministic(t *testing.T) {
 	w := sim.Mix(sim.HotCold(5000, 512, 0.9, false), sim.Sequential(2000, 4096, 2048, true))
-	a := observe(t, 16384, w, ObserveConfig{Seed: 9})
-	b := observe(t, 16384, w, ObserveConfig{Seed: 9})
+	a := observe(t, 16384, w, ObserveConfig{Seed: 9, Samples: 128})
+	b := observe(t, 16384, w, ObserveConfig{Seed: 9, Samples: 128})
 	if !reflect.DeepEqual(a, b) {
 		t.Fatalf("two profiles differ:\n%+v\n%+v", a, b)
 	}
