@@ -134,9 +134,10 @@ func (e *env) preCopy(pl preCopyPlan) Prediction {
 	}, pl.lz4)
 	roundT := st.time()
 	sent := e.pages
-	// seen[j] is the guest time since the end of round 1 (scaled by the
-	// throttle): a class-j page dirty in round k was cached by XBZRLE if it
-	// was dirtied (and so sent in round 2..k-1) at any time of it.
+	// seen is the guest's running time in rounds 1..k-1 (scaled by the
+	// throttle): a page dirtied then was sent in rounds 2..k, and so cached
+	// by XBZRLE (round 1 caches nothing), when round k+1 finds it dirty
+	// again.
 	var seen float64
 	var prevT float64
 	for k := 1; ; k++ {
