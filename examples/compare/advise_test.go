@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/scenario"
 )
 
 // -advise -json prints one object with the algorithm, its predicted
@@ -58,5 +60,41 @@ func TestAdviseText(t *testing.T) {
 	}
 	if s := out.String(); !strings.Contains(s, "advice for 64.00 MiB") || !strings.Contains(s, "chose ") {
 		t.Errorf("output:\n%s", s)
+	}
+}
+
+// On a small fixed set of scenarios of four regimes (a converging hot set,
+// whole pages faster than the link, a video server on a fast link far
+// away, an idle guest), the advice is within 10 % of the best algorithm by
+// the default objective and its predictions of total time and bytes within
+// 20 % (downtime: or 5 ms). The full validation is compare -validate 40
+// (docs/EVALUATION.md); this is its smoke test, small enough for go test.
+func TestAdviceOnSmallSet(t *testing.T) {
+	skipFigures(t)
+	sc := func(name string, w scenario.Workload, bw float64, lat time.Duration) scenario.Scenario {
+		return scenario.Scenario{Name: name, GuestBytes: 256 * mib, Workload: w, Bandwidth: bw, Latency: lat, Seed: 5}
+	}
+	cases := []validationCase{
+		{sc("hotcold", scenario.Workload{Kind: "hotcold", Rate: 20000, HotBytes: 16 * mib, HotFraction: 0.9}, 1e9, 100*time.Microsecond), 100 * time.Millisecond},
+		{sc("uniform-whole", scenario.Workload{Kind: "uniform", Rate: 30000, Whole: true}, 500e6, time.Millisecond), 50 * time.Millisecond},
+		{sc("video", scenario.Workload{Kind: "video", Rate: 8000, BufferBytes: 64 * mib}, 10e9, 5*time.Millisecond), 300 * time.Millisecond},
+		{sc("idle", scenario.Workload{Kind: "idle"}, 2e9, 100*time.Microsecond), 300 * time.Millisecond},
+	}
+	advs, rows, err := runCases(context.Background(), cases, 30, 2, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		s := score(c, advs[i], rows[i])
+		a, p := s.advised, s.advised.predicted
+		t.Logf("%s: advised %s (cost %.1f ms, downtime %.1f ms), best %s (%.1f ms, %.1f ms); predicted total %v, downtime %v, %d bytes; measured %.1f ms, %.1f ms, %d bytes",
+			c.sc.Name, a.alg, a.cost, a.downtime, s.best.alg, s.best.cost, s.best.downtime, p.Total, p.Downtime, p.BytesSent,
+			a.row.TotalMS, a.row.DowntimeMS, a.row.BytesSent)
+		if !s.hit {
+			t.Errorf("%s: advised %s, not within 10 %% of %s", c.sc.Name, a.alg, s.best.alg)
+		}
+		if !s.total || !s.bytes || !s.down {
+			t.Errorf("%s: %s's predictions off by more than 20 %%: total %v, bytes %v, downtime %v", c.sc.Name, a.alg, s.total, s.bytes, s.down)
+		}
 	}
 }
