@@ -1,6 +1,7 @@
 package advisor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -519,7 +520,7 @@ func fitClasses(hist, seq []float64, dt time.Duration) []RateClass {
 		}
 		out = append(out, rc)
 	}
-	slices.SortFunc(out, func(a, b RateClass) int { return -cmpFloat(a.Rate, b.Rate) })
+	slices.SortFunc(out, func(a, b RateClass) int { return cmp.Compare(b.Rate, a.Rate) })
 	// Merge classes whose rates are within 10 %.
 	merged := out[:0]
 	for _, c := range out {
@@ -533,14 +534,4 @@ func fitClasses(hist, seq []float64, dt time.Duration) []RateClass {
 		merged = append(merged, c)
 	}
 	return merged
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
