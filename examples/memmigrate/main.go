@@ -25,7 +25,10 @@
 // chose and why, and migrates by it: pre-copy with the codecs and policy
 // the pick names, post-copy (with LZ4) or hybrid; the report's algorithm
 // reads "auto: " and the pick. The destination follows what the source
-// announces in the handshake.
+// announces in the handshake. After each pre-copy round the source also
+// prints advisor.Adapt's decision (stay, compress, throttle or post-copy
+// for the rest), from the round's facts and the profile: reported only, as
+// the engine cannot switch codecs or hand over to post-copy mid-migration.
 //
 //	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024 -mode auto
 //	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -mode auto -rate 50000 -link-bandwidth 1e9
@@ -926,12 +929,13 @@ func source(ctx context.Context, o options) error {
 	defer func() { stopWriters(); _ = mem.Resume(context.Background()); wg.Wait() }()
 
 	var advice *advisor.Advice
+	var profile advisor.Profile
 	if o.auto {
-		adv, err := autoMode(ctx, &o, mem)
+		adv, p, err := autoMode(ctx, &o, mem)
 		if err != nil {
 			return err
 		}
-		advice = &adv
+		advice, profile = &adv, p
 		pc, _ = o.postCopy()
 	}
 	pol, err := o.nonConvergence()
@@ -956,6 +960,7 @@ func source(ctx context.Context, o options) error {
 	}
 	// stopping: the stop-and-copy began, so the Commit may have gone out.
 	stopping := false
+	var watch roundWatch // -mode auto: each round's facts, for advisor.Adapt
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
 		HandoverTimeout: o.waitToRecover(),
@@ -969,6 +974,16 @@ func source(ctx context.Context, o options) error {
 				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %8d pages left  %s sent  %v elapsed  expected downtime %v  throttle %.0f%%\n",
 					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
 					e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
+			}
+			if f, ok := watch.observe(e); ok && advice != nil {
+				// The adaptive decision after the round. The engine cannot
+				// turn codecs on or hand over to post-copy in the middle
+				// of a migration, so it is reported, not acted on.
+				obj, _ := advisor.ParseObjective(o.objective)
+				d := advisor.Adapt(advisor.Progress{Round: f, Codecs: o.codecs, Throttle: e.Throttle}, profile,
+					advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
+					advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
+				fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", f.Round, d.Switch, d.Reason)
 			}
 		},
 	}
@@ -1075,20 +1090,20 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 // writers run, asks the advisor (package advisor) for -link-bandwidth,
 // -link-latency, -downtime and -objective, says what it chose and why, and
 // sets o's mode, codecs and policy to the pick.
-func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advice, error) {
+func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advice, advisor.Profile, error) {
 	obj, err := advisor.ParseObjective(o.objective)
 	if err != nil {
-		return advisor.Advice{}, err
+		return advisor.Advice{}, advisor.Profile{}, err
 	}
 	fmt.Fprintf(os.Stderr, "source: -mode auto: profiling the guest for %v\n", o.profileWindow)
 	p, err := advisor.Observe(ctx, mem, livemig.WallClock{}, advisor.ObserveConfig{Window: o.profileWindow, Logger: logger(*o)})
 	if err != nil {
-		return advisor.Advice{}, fmt.Errorf("-mode auto: profile: %w", err)
+		return advisor.Advice{}, p, fmt.Errorf("-mode auto: profile: %w", err)
 	}
 	adv := advisor.Advise(p, advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
 		advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
 	if adv.Algorithm == "" {
-		return adv, fmt.Errorf("-mode auto: %s", strings.Join(adv.Reasons, "; "))
+		return adv, p, fmt.Errorf("-mode auto: %s", strings.Join(adv.Reasons, "; "))
 	}
 	fmt.Fprintf(os.Stderr, "source: -mode auto chose %s (predicted total %v, downtime %v, fault wait %v):\n", adv.Algorithm,
 		adv.Predicted.Total.Round(time.Millisecond), adv.Predicted.Downtime.Round(time.Microsecond), adv.Predicted.FaultWait.Round(time.Millisecond))
@@ -1096,7 +1111,33 @@ func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advi
 		fmt.Fprintf(os.Stderr, "source:   - %s\n", r)
 	}
 	applyAdvice(o, adv.Algorithm)
-	return adv, nil
+	return adv, p, nil
+}
+
+// roundWatch turns pre-copy's events into the facts of each round, as
+// precopy.Policy is fed them: the bytes and pages a round sent and its
+// time, from the counters of its RoundStarted and RoundEnded, and the
+// pages it left dirty.
+type roundWatch struct {
+	started             bool
+	at                  time.Duration
+	bytes, pages, dirty uint64 // at the round's start; dirty: the pages it set out to send
+}
+
+// observe takes an event and, at a RoundEnded, returns the round's facts.
+func (w *roundWatch) observe(e precopy.Event) (precopy.RoundFacts, bool) {
+	switch e.Kind {
+	case precopy.RoundStarted:
+		w.started, w.at, w.bytes, w.pages, w.dirty = true, e.Elapsed, e.BytesSent, e.PagesSent, e.Pages
+	case precopy.RoundEnded:
+		if !w.started || e.BytesSent < w.bytes || e.PagesSent < w.pages {
+			return precopy.RoundFacts{}, false
+		}
+		w.started = false
+		return precopy.RoundFacts{Round: e.Round, SentBytes: e.BytesSent - w.bytes, SentPages: e.PagesSent - w.pages,
+			Planned: w.dirty, Duration: e.Elapsed - w.at, DirtyPages: e.Pages, PageSize: livemig.DefaultPageSize}, true
+	}
+	return precopy.RoundFacts{}, false
 }
 
 // applyAdvice sets o to run the algorithm named (one of advisor.Algorithms).

@@ -14,6 +14,7 @@ import (
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
+	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -340,5 +341,27 @@ func TestApplyAdvice(t *testing.T) {
 		if _, err := o.postCopy(); err != nil || o.mode == "auto" {
 			t.Errorf("%s: mode %q, %v", alg, o.mode, err)
 		}
+	}
+}
+
+// roundWatch makes each round's facts from pre-copy's cumulative events.
+func TestRoundWatch(t *testing.T) {
+	var w roundWatch
+	ev := func(k livemig.EventKind, round int, pages, sent, bytes uint64, ms int) livemig.Event {
+		return livemig.Event{Kind: k, Round: round, Pages: pages, PagesSent: sent, BytesSent: bytes, Elapsed: time.Duration(ms) * time.Millisecond}
+	}
+	if _, ok := w.observe(ev(livemig.RoundEnded, 1, 10, 100, 1000, 5)); ok {
+		t.Error("a round's end without its start")
+	}
+	w.observe(ev(livemig.RoundStarted, 2, 300, 4096, 16<<20, 100))
+	w.observe(ev(livemig.Throttled, 2, 0, 4200, 17<<20, 110))
+	f, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130))
+	want := precopy.RoundFacts{Round: 2, SentBytes: 300 * 4109, SentPages: 300, Planned: 300, Duration: 30 * time.Millisecond,
+		DirtyPages: 120, PageSize: livemig.DefaultPageSize}
+	if !ok || f != want {
+		t.Errorf("facts %+v, want %+v", f, want)
+	}
+	if _, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130)); ok {
+		t.Error("a round ended twice")
 	}
 }
