@@ -46,6 +46,25 @@
 //
 //	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth,sweep-latency -plots docs/plots > docs/plots/tables.txt
 //
+// -advise profiles the custom scenario's guest (package advisor: through
+// livemig.Memory and livemig.DirtySource, in virtual time, never reading the
+// scenario's parameters) and prints the advisor's pick among the
+// algorithms it knows, with its predictions and reasons, instead of running
+// it; -objective picks the objective (balanced, no-postcopy,
+// min-downtime); with -json it prints one object with the keys
+// scenario, algorithm, objective, predicted (total_ms, downtime_ms,
+// bytes_sent, fault_wait_ms, ...), candidates, profile and reasons.
+// -validate N draws N random scenarios (seed -validate-seed, 14 by
+// default), advises on each and runs it by every algorithm the advisor
+// knows, and prints how often the advice is within 10 % of the best and how
+// close its predictions are; -which prints docs/EVALUATION.md's "Which
+// approach when" from the advisor, each situation run by every algorithm
+// too.
+//
+//	go run ./examples/compare -advise -guest 1GiB -workload hotcold -rate 30000 -hot 64MiB -downtime 50ms
+//	go run ./examples/compare -validate 40 > docs/plots/advisor-validation.txt
+//	go run ./examples/compare -which -q > docs/plots/advisor-which.md
+//
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
 // rows of algorithms with a codec add codec_ratio and cache_hit_rate, and
