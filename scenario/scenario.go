@@ -320,6 +320,34 @@ func (r Result) Row() Row {
 	return row
 }
 
+// NewGuest returns the guest sc's migration starts from, running on clock
+// from now: the same pages, contents and workload as Run's source, for a
+// caller that observes it before (a profiler, package advisor). It shares
+// nothing with a Run.
+func (sc Scenario) NewGuest(clock livemig.Clock) (*sim.Guest, error) {
+	ps := sc.PageSize
+	if ps == 0 {
+		ps = livemig.DefaultPageSize
+	}
+	if sc.GuestBytes < uint64(ps) {
+		return nil, fmt.Errorf("scenario %s: guest of %d bytes", sc.Name, sc.GuestBytes)
+	}
+	pages := sc.GuestBytes / uint64(ps)
+	state := sc.StateBytes
+	if state == 0 {
+		state = 256 << 10
+	}
+	w, err := sc.Workload.build(pages, ps)
+	if err != nil {
+		return nil, err
+	}
+	return newGuest(pages, ps, state, sc.Seed, w, clock)
+}
+
+func newGuest(pages uint64, ps, state int, seed uint64, w sim.Workload, clock livemig.Clock) (*sim.Guest, error) {
+	return sim.NewGuest(sim.GuestConfig{Pages: pages, PageSize: ps, Seed: seed, StateSize: state}, w, clock)
+}
+
 // Run migrates the scenario's guest with alg in virtual time. It returns an
 // error only when the scenario cannot be set up or the destination's check
 // fails; a migration that ends in an error of its own (an abort) is reported
@@ -372,8 +400,7 @@ func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
 	srcClock.AdvanceTo(t0)
 	dstClock.AdvanceTo(t0)
 
-	gcfg := sim.GuestConfig{Pages: pages, PageSize: ps, Seed: sc.Seed, StateSize: state}
-	guest, err := sim.NewGuest(gcfg, w, srcClock)
+	guest, err := newGuest(pages, ps, state, sc.Seed, w, srcClock)
 	if err != nil {
 		conn.Close()
 		dconn.Close()

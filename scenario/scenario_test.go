@@ -239,3 +239,27 @@ func TestCPUCost(t *testing.T) {
 		t.Errorf("the algorithm's free CPUs: bulk round took %v, the link %v", d, link)
 	}
 }
+
+// NewGuest builds the guest Run migrates: its pages, page size and
+// workload, running on the clock given.
+func TestNewGuest(t *testing.T) {
+	sc := Scenario{Name: "g", GuestBytes: 8 << 20, Workload: Workload{Kind: "hotcold", Rate: 1000, HotBytes: 1 << 20}, Seed: 3}
+	clock := livemig.NewVirtualClock()
+	g, err := sc.NewGuest(clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.PageCount() != 2048 || g.PageSize() != livemig.DefaultPageSize || g.Config().StateSize != 256<<10 {
+		t.Fatalf("guest %+v", g.Config())
+	}
+	clock.Advance(time.Second)
+	if s := g.Stats(); s.Writes != 1000 {
+		t.Errorf("%d writes in a second of a 1000 pages/s workload", s.Writes)
+	}
+	if _, err := (Scenario{GuestBytes: 100}).NewGuest(clock); err == nil {
+		t.Error("a guest smaller than a page")
+	}
+	if _, err := (Scenario{GuestBytes: 1 << 20, Workload: Workload{Kind: "nope"}}).NewGuest(clock); err == nil {
+		t.Error("an unknown workload")
+	}
+}

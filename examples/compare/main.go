@@ -46,6 +46,25 @@
 //
 //	go run ./examples/compare -set thesis,sweep-dirty,sweep-bandwidth,sweep-latency -plots docs/plots > docs/plots/tables.txt
 //
+// -advise profiles the custom scenario's guest (package advisor: through
+// livemig.Memory and livemig.DirtySource, in virtual time, never reading the
+// scenario's parameters) and prints the advisor's pick among the
+// algorithms it knows, with its predictions and reasons, instead of running
+// it; -objective picks the objective (balanced, no-postcopy,
+// min-downtime); with -json it prints one object with the keys
+// scenario, algorithm, objective, predicted (total_ms, downtime_ms,
+// bytes_sent, fault_wait_ms, ...), candidates, profile and reasons.
+// -validate N draws N random scenarios (seed -validate-seed, 14 by
+// default), advises on each and runs it by every algorithm the advisor
+// knows, and prints how often the advice is within 10 % of the best and how
+// close its predictions are; -which prints docs/EVALUATION.md's "Which
+// approach when" from the advisor, each situation run by every algorithm
+// too.
+//
+//	go run ./examples/compare -advise -guest 1GiB -workload hotcold -rate 30000 -hot 64MiB -downtime 50ms
+//	go run ./examples/compare -validate 40 > docs/plots/advisor-validation.txt
+//	go run ./examples/compare -which -q > docs/plots/advisor-which.md
+//
 // The JSON rows have the keys scenario, algorithm, total_ms, downtime_ms,
 // bytes_sent, pages_sent, pages_resent, rounds, verified and converged;
 // rows of algorithms with a codec add codec_ratio and cache_hit_rate, and
@@ -81,6 +100,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/scenario"
 )
@@ -124,6 +144,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		costFile  = fs.String("cost", "", "CPU cost model: a JSON file as -calibrate prints, or free (default: codec.DefaultCost, measured on the project's machines)")
 		costCores = fs.Int("cost-workers", 0, "modelled cores that encode at the source and decode at the destination (default: the model's, 1)")
 		calibrate = fs.Bool("calibrate", false, "measure this machine's CPU cost model (codec.Calibrate), print it as JSON for -cost, and exit")
+		advise    = fs.Bool("advise", false, "profile the custom scenario's guest (package advisor) and print the advice instead of running it")
+		objective = fs.String("objective", "balanced", "-advise's objective: balanced, no-postcopy, min-downtime")
+		validateN = fs.Int("validate", 0, "run the advisor's validation set of this many random scenarios (every algorithm it knows) and print its hit rates")
+		valSeed   = fs.Uint64("validate-seed", validationSeed, "seed of -validate's scenarios")
+		whichFlag = fs.Bool("which", false, "print docs/EVALUATION.md's \"Which approach when\" as the advisor makes it, each situation also run by every algorithm")
+		valRows   = fs.String("validate-rows", "", "-validate keeps its simulated rows in this JSON file: read when present, written otherwise")
 	)
 	known := registry(300*time.Millisecond, 30)
 	fs.Lookup("algorithms").Usage += algorithmNames(known)
@@ -147,6 +173,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	if *validateN > 0 {
+		var progress io.Writer
+		if !*quiet {
+			progress = stderr
+		}
+		return validate(ctx, *validateN, *valSeed, *maxRounds, cost, *parallel, *valRows, stdout, progress)
+	}
+	if *whichFlag {
+		var progress io.Writer
+		if !*quiet {
+			progress = stderr
+		}
+		return which(ctx, *maxRounds, cost, *parallel, stdout, progress)
+	}
 	chosenSets, err := chooseSets(*setNames)
 	if err != nil {
 		return err
@@ -164,6 +204,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if bw, err = parseBandwidth(*bandwidth); err != nil {
 			return err
 		}
+	}
+	if *advise {
+		o, err := advisor.ParseObjective(*objective)
+		if err != nil {
+			return err
+		}
+		sc, err := customScenario(*guest, *workload, *rate, *hot, *buffer, *hotFrac, *whole)
+		if err != nil {
+			return err
+		}
+		if bw != 0 {
+			sc.Bandwidth = bw
+		}
+		if given["latency"] {
+			sc.Latency = *latency
+		}
+		if given["seed"] {
+			sc.Seed = *seed
+		}
+		sc.Cost = cost
+		adv, p, err := adviseScenario(ctx, sc, advisor.Target{Downtime: *downtime, MaxRounds: *maxRounds}, o)
+		if err != nil {
+			return err
+		}
+		return writeAdvice(stdout, sc, adv, p, *asJSON)
 	}
 	for si := range chosenSets {
 		for i := range chosenSets[si].entries {

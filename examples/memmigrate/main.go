@@ -17,6 +17,22 @@
 // destination from the moment it resumes, each blocking in the kernel on a
 // page that has not arrived until the source sends it.
 //
+// With -mode auto on both sides the source watches its guest for
+// -profile-window (package advisor: the dirty rate, the working set and
+// how it grows, XBZRLE deltas and LZ4 on sampled pages), asks the advisor
+// which algorithm suits a link of -link-bandwidth and -link-latency (given,
+// not measured) under -downtime and -objective, says on stderr what it
+// chose and why, and migrates by it: pre-copy with the codecs and policy
+// the pick names, post-copy (with LZ4) or hybrid; the report's algorithm
+// reads "auto: " and the pick. The destination follows what the source
+// announces in the handshake. After each pre-copy round the source also
+// prints advisor.Adapt's decision (stay, compress, throttle or post-copy
+// for the rest), from the round's facts and the profile: reported only, as
+// the engine cannot switch codecs or hand over to post-copy mid-migration.
+//
+//	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024 -mode auto
+//	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -mode auto -rate 50000 -link-bandwidth 1e9
+//
 // The source maps a region of -size MiB, starts -writers goroutines that
 // write counters into random pages at -rate pages/s in all, migrates the
 // region while they run, and prints progress on stderr and the migration's
@@ -106,12 +122,15 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/hybrid"
@@ -135,23 +154,32 @@ type options struct {
 	cert, key, ca    string
 	timeout          time.Duration
 	verbose, noCheck bool
-	mode             string // precopy, postcopy, hybrid
+	mode             string // precopy, postcopy, hybrid, auto
 	lz4              bool
-	noRecover        bool
-	recoverWait      time.Duration // 0: defaultRecoverWait
-	psk              []byte        // from -psk-file
-	liveness         time.Duration // transport.Config.Liveness
+	// -mode auto: the source profiles its guest and takes the advisor's
+	// pick (package advisor) for a link of linkBandwidth bits/s and
+	// linkLatency, by objective; the destination follows the source.
+	auto          bool
+	objective     string
+	linkBandwidth float64
+	linkLatency   time.Duration
+	profileWindow time.Duration
+	codecs        codec.Codecs // pre-copy's codecs, as the advice says
+	noRecover     bool
+	recoverWait   time.Duration // 0: defaultRecoverWait
+	psk           []byte        // from -psk-file
+	liveness      time.Duration // transport.Config.Liveness
 }
 
 // postCopy says whether the mode hands the guest over before its memory.
 func (o options) postCopy() (bool, error) {
 	switch o.mode {
-	case "precopy":
-		return false, nil
+	case "precopy", "auto":
+		return false, nil // auto: the source decides, the destination follows
 	case "postcopy", "hybrid":
 		return true, nil
 	}
-	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid or auto", o.mode)
 }
 
 // nonConvergence is the -policy's precopy.NonConvergence.
@@ -179,6 +207,13 @@ func (o options) check() error {
 	}
 	if _, err := o.nonConvergence(); err != nil {
 		return err
+	}
+	if _, err := advisor.ParseObjective(o.objective); o.mode == "auto" && err != nil {
+		return err
+	}
+	if o.mode == "auto" && (!(o.linkBandwidth > 0) || o.linkLatency < 0 || o.profileWindow <= 0) {
+		return fmt.Errorf("-mode auto: -link-bandwidth %v, -link-latency %v and -profile-window %v must be positive",
+			o.linkBandwidth, o.linkLatency, o.profileWindow)
 	}
 	if _, err := tlsConfig(o, o.listen != ""); err != nil {
 		return err
@@ -214,7 +249,13 @@ var errMode = errors.New("mode mismatch")
 
 // checkPeer refuses a peer that runs another mode: the post-copy feature
 // must be on both sides or neither.
+//
+// With -mode auto either is accepted: the source decides (from its
+// profile), the destination follows what it announced.
 func (o options) checkPeer(peer transport.Hello) error {
+	if o.auto {
+		return nil
+	}
 	pc, _ := o.postCopy()
 	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
 		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
@@ -228,6 +269,17 @@ func (o options) hello(pages uint64) transport.Hello {
 	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
 	if pc, _ := o.postCopy(); pc {
 		h.Features |= transport.FeatPostCopy
+	}
+	if o.mode == "auto" {
+		// A destination that follows the source: it takes either mode and
+		// either codec.
+		h.Features |= transport.FeatPostCopy | transport.FeatXBZRLE | transport.FeatLZ4
+	}
+	if o.codecs.XBZRLE {
+		h.Features |= transport.FeatXBZRLE
+	}
+	if o.codecs.LZ4 {
+		h.Features |= transport.FeatLZ4
 	}
 	return h
 }
@@ -255,7 +307,11 @@ func main() {
 	flag.DurationVar(&o.recoverWait, "recover-wait", defaultRecoverWait, "after a cut, how long each side waits for the other to come back")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")
-	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, or auto: the source profiles its guest and takes the advisor's pick (the same on both sides)")
+	flag.StringVar(&o.objective, "objective", "balanced", "-mode auto's objective: balanced, no-postcopy, min-downtime")
+	flag.Float64Var(&o.linkBandwidth, "link-bandwidth", 10e9, "-mode auto: the link's bandwidth in bits/s, as the advisor takes it")
+	flag.DurationVar(&o.linkLatency, "link-latency", 100*time.Microsecond, "-mode auto: the link's one-way latency")
+	flag.DurationVar(&o.profileWindow, "profile-window", 2*time.Second, "-mode auto: how long the source watches its guest before choosing")
 	flag.BoolVar(&o.lz4, "lz4", false, "post-copy and hybrid: compress the pages sent with LZ4")
 	flag.Parse()
 	// A usage error ends here, before any work, with status 2.
@@ -277,6 +333,7 @@ func main() {
 		}
 		o.psk = key
 	}
+	o.auto = o.mode == "auto"
 	if err := o.check(); err != nil {
 		usage(err.Error())
 	}
@@ -371,10 +428,14 @@ func destination(ctx context.Context, o options) error {
 // migration: a source that comes back after a cut connects to it again.
 func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, pc bool) error {
 	fmt.Fprintf(os.Stderr, "destination: listening on %s for a %d MiB guest (%s)\n", l.Addr(), o.sizeMiB, o.mode)
+	var first *transport.Hello // the first source's hello, for -mode auto
 	accept := func(ctx context.Context) (transport.Conn, error) {
 		conn, peer, err := l.AcceptConn(ctx, o.hello(pages), o.connConfig())
 		if err != nil {
 			return nil, err
+		}
+		if first == nil {
+			first = &peer
 		}
 		if err := o.checkPeer(peer); err != nil {
 			conn.Close()
@@ -403,6 +464,10 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 	conn, err := accept(ctx)
 	if err != nil {
 		return outcome.Failed(outcome.DstNotHere, err)
+	}
+	if o.auto {
+		pc = first.Features&transport.FeatPostCopy != 0
+		fmt.Fprintf(os.Stderr, "destination: -mode auto: the source runs %s\n", map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[pc])
 	}
 	if pc {
 		return postCopyDestination(ctx, o, pages, conn, accept, reaccept)
@@ -766,14 +831,6 @@ func source(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	pol, err := o.nonConvergence()
-	if err != nil {
-		return err
-	}
-	dial, err := dialer(o, pages)
-	if err != nil {
-		return err
-	}
 	mem, err := region.New(livemig.DefaultPageSize, pages)
 	if err != nil {
 		return err
@@ -797,6 +854,24 @@ func source(ctx context.Context, o options) error {
 	// outcome says about the guest.
 	defer func() { stopWriters(); _ = mem.Resume(context.Background()); wg.Wait() }()
 
+	var advice *advisor.Advice
+	var profile advisor.Profile
+	if o.auto {
+		adv, p, err := autoMode(ctx, &o, mem)
+		if err != nil {
+			return err
+		}
+		advice, profile = &adv, p
+		pc, _ = o.postCopy()
+	}
+	pol, err := o.nonConvergence()
+	if err != nil {
+		return err
+	}
+	dial, err := dialer(o, pages)
+	if err != nil {
+		return err
+	}
 	conn, err := dial(ctx)
 	if err != nil {
 		return err
@@ -807,13 +882,15 @@ func source(ctx context.Context, o options) error {
 			conn.Close()
 			return fmt.Errorf("urgent connection: %w", err)
 		}
-		return postCopySource(ctx, o, g, conn, urgent, dial)
+		return postCopySource(ctx, o, g, conn, urgent, dial, advice)
 	}
 	// stopping: the stop-and-copy began, so the Commit may have gone out.
 	stopping := false
+	var watch roundWatch // -mode auto: each round's facts, for advisor.Adapt
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
 		HandoverTimeout: o.waitToRecover(),
+		Codec:           codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4},
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
@@ -824,6 +901,16 @@ func source(ctx context.Context, o options) error {
 					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
 					e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
 			}
+			if f, ok := watch.observe(e); ok && advice != nil {
+				// The adaptive decision after the round. The engine cannot
+				// turn codecs on or hand over to post-copy in the middle
+				// of a migration, so it is reported, not acted on.
+				obj, _ := advisor.ParseObjective(o.objective)
+				d := advisor.Adapt(advisor.Progress{Round: f, Codecs: o.codecs, Throttle: e.Throttle}, profile,
+					advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
+					advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
+				fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", f.Round, d.Switch, d.Reason)
+			}
 		},
 	}
 	if !o.noRecover {
@@ -831,6 +918,9 @@ func source(ctx context.Context, o options) error {
 	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.writers, o.rate)
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
+	if rep != nil && advice != nil {
+		rep.Algorithm = "auto: " + advice.Algorithm
+	}
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
@@ -848,7 +938,7 @@ func source(ctx context.Context, o options) error {
 // requested pages on urgent; unless -no-recover, dial reconnects after a
 // cut, each outage bounded by -recover-wait.
 func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn,
-	dial func(context.Context) (transport.Conn, error)) error {
+	dial func(context.Context) (transport.Conn, error), advice *advisor.Advice) error {
 	mctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	u := &outage{wait: o.waitToRecover(), giveUp: giveUp}
@@ -880,6 +970,9 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 	} else {
 		rep, err = postcopy.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	}
+	if rep != nil && advice != nil {
+		rep.Algorithm = "auto: " + advice.Algorithm
+	}
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
@@ -895,4 +988,75 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
 		pcs.PagesPushed, pcs.PagesPulled, pcs.DemandFaults, rep.Verified)
 	return nil
+}
+
+// autoMode profiles the source's guest for -profile-window while its
+// writers run, asks the advisor (package advisor) for -link-bandwidth,
+// -link-latency, -downtime and -objective, says what it chose and why, and
+// sets o's mode, codecs and policy to the pick.
+func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advice, advisor.Profile, error) {
+	obj, err := advisor.ParseObjective(o.objective)
+	if err != nil {
+		return advisor.Advice{}, advisor.Profile{}, err
+	}
+	fmt.Fprintf(os.Stderr, "source: -mode auto: profiling the guest for %v\n", o.profileWindow)
+	p, err := advisor.Observe(ctx, mem, livemig.WallClock{}, advisor.ObserveConfig{Window: o.profileWindow, Logger: logger(*o)})
+	if err != nil {
+		return advisor.Advice{}, p, fmt.Errorf("-mode auto: profile: %w", err)
+	}
+	adv := advisor.Advise(p, advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
+		advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
+	if adv.Algorithm == "" {
+		return adv, p, fmt.Errorf("-mode auto: %s", strings.Join(adv.Reasons, "; "))
+	}
+	fmt.Fprintf(os.Stderr, "source: -mode auto chose %s (predicted total %v, downtime %v, fault wait %v):\n", adv.Algorithm,
+		adv.Predicted.Total.Round(time.Millisecond), adv.Predicted.Downtime.Round(time.Microsecond), adv.Predicted.FaultWait.Round(time.Millisecond))
+	for _, r := range adv.Reasons {
+		fmt.Fprintf(os.Stderr, "source:   - %s\n", r)
+	}
+	applyAdvice(o, adv.Algorithm)
+	return adv, p, nil
+}
+
+// roundWatch turns pre-copy's events into the facts of each round, as
+// precopy.Policy is fed them: the bytes and pages a round sent and its
+// time, from the counters of its RoundStarted and RoundEnded, and the
+// pages it left dirty.
+type roundWatch struct {
+	started             bool
+	at                  time.Duration
+	bytes, pages, dirty uint64 // at the round's start; dirty: the pages it set out to send
+}
+
+// observe takes an event and, at a RoundEnded, returns the round's facts.
+func (w *roundWatch) observe(e precopy.Event) (precopy.RoundFacts, bool) {
+	switch e.Kind {
+	case precopy.RoundStarted:
+		w.started, w.at, w.bytes, w.pages, w.dirty = true, e.Elapsed, e.BytesSent, e.PagesSent, e.Pages
+	case precopy.RoundEnded:
+		if !w.started || e.BytesSent < w.bytes || e.PagesSent < w.pages {
+			return precopy.RoundFacts{}, false
+		}
+		w.started = false
+		return precopy.RoundFacts{Round: e.Round, SentBytes: e.BytesSent - w.bytes, SentPages: e.PagesSent - w.pages,
+			Planned: w.dirty, Duration: e.Elapsed - w.at, DirtyPages: e.Pages, PageSize: livemig.DefaultPageSize}, true
+	}
+	return precopy.RoundFacts{}, false
+}
+
+// applyAdvice sets o to run the algorithm named (one of advisor.Algorithms).
+func applyAdvice(o *options, alg string) {
+	o.codecs, o.lz4 = codec.Codecs{}, false
+	switch alg {
+	case "postcopy-preempt", "postcopy-preempt-lz4":
+		o.mode, o.lz4 = "postcopy", alg == "postcopy-preempt-lz4"
+	case "hybrid":
+		o.mode = "hybrid"
+	default:
+		o.mode = "precopy"
+		o.codecs = codec.Codecs{XBZRLE: strings.Contains(alg, "xbzrle"), LZ4: strings.Contains(alg, "lz4")}
+		if alg == "precopy-throttle" {
+			o.policy = "throttle"
+		}
+	}
 }

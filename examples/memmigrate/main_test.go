@@ -8,10 +8,13 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
+	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -248,5 +251,84 @@ func TestOutage(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the outage never ran out")
+	}
+}
+
+// -mode auto: the source profiles its guest, takes the advisor's pick and
+// migrates by it; the destination, also -mode auto, follows. Where
+// userfaultfd is missing the objective keeps to pre-copy. Each case's
+// advice is checked to be what applyAdvice ran.
+func TestMemmigrateAuto(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		rate      float64
+		bandwidth float64
+		objective string
+	}{
+		{"light guest, fast link", 2000, 10e9, "balanced"},
+		{"busy guest, slow link, never post-copy", 50000, 300e6, "no-postcopy"},
+		{"busy guest, slow link", 50000, 300e6, "balanced"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			o := options{sizeMiB: 16, writers: 2, rate: c.rate, downtime: 50 * time.Millisecond, maxRounds: 30,
+				policy: "stop", timeout: time.Minute, mode: "auto", auto: true, objective: c.objective,
+				linkBandwidth: c.bandwidth, linkLatency: 100 * time.Microsecond, profileWindow: 200 * time.Millisecond,
+				recoverWait: defaultRecoverWait}
+			if c.objective != "no-postcopy" && !uffdUsable(t) {
+				return
+			}
+			if err := o.check(); err != nil {
+				t.Fatal(err)
+			}
+			if srcErr, dstErr := migrate(t, o); srcErr != nil || dstErr != nil {
+				t.Fatalf("source: %v; destination: %v", srcErr, dstErr)
+			}
+		})
+	}
+}
+
+func TestApplyAdvice(t *testing.T) {
+	for alg, want := range map[string]options{
+		"precopy":              {mode: "precopy", policy: "stop"},
+		"precopy-throttle":     {mode: "precopy", policy: "throttle"},
+		"precopy-xbzrle-lz4":   {mode: "precopy", policy: "stop", codecs: codec.Codecs{XBZRLE: true, LZ4: true}},
+		"precopy-lz4":          {mode: "precopy", policy: "stop", codecs: codec.Codecs{LZ4: true}},
+		"postcopy-preempt-lz4": {mode: "postcopy", policy: "stop", lz4: true},
+		"hybrid":               {mode: "hybrid", policy: "stop"},
+	} {
+		o := options{mode: "auto", policy: "stop"}
+		applyAdvice(&o, alg)
+		if o.mode != want.mode || o.policy != want.policy || o.codecs != want.codecs || o.lz4 != want.lz4 {
+			t.Errorf("%s: %+v", alg, o)
+		}
+	}
+	for _, alg := range advisor.Algorithms {
+		o := options{mode: "auto", policy: "stop"}
+		applyAdvice(&o, alg)
+		if _, err := o.postCopy(); err != nil || o.mode == "auto" {
+			t.Errorf("%s: mode %q, %v", alg, o.mode, err)
+		}
+	}
+}
+
+// roundWatch makes each round's facts from pre-copy's cumulative events.
+func TestRoundWatch(t *testing.T) {
+	var w roundWatch
+	ev := func(k livemig.EventKind, round int, pages, sent, bytes uint64, ms int) livemig.Event {
+		return livemig.Event{Kind: k, Round: round, Pages: pages, PagesSent: sent, BytesSent: bytes, Elapsed: time.Duration(ms) * time.Millisecond}
+	}
+	if _, ok := w.observe(ev(livemig.RoundEnded, 1, 10, 100, 1000, 5)); ok {
+		t.Error("a round's end without its start")
+	}
+	w.observe(ev(livemig.RoundStarted, 2, 300, 4096, 16<<20, 100))
+	w.observe(ev(livemig.Throttled, 2, 0, 4200, 17<<20, 110))
+	f, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130))
+	want := precopy.RoundFacts{Round: 2, SentBytes: 300 * 4109, SentPages: 300, Planned: 300, Duration: 30 * time.Millisecond,
+		DirtyPages: 120, PageSize: livemig.DefaultPageSize}
+	if !ok || f != want {
+		t.Errorf("facts %+v, want %+v", f, want)
+	}
+	if _, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130)); ok {
+		t.Error("a round ended twice")
 	}
 }
