@@ -61,7 +61,7 @@ type recoder struct {
 }
 
 func newRecoder(mode convertMode) *recoder {
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	img, _ := stream.NewImage(nil, imageConfig)
 	return &recoder{mode: mode, img: img, page: make([]byte, stream.PageSize), dbuf: make([]byte, 0, stream.PageSize)}
 }
 
@@ -160,7 +160,7 @@ func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error
 func compact(in io.Reader, out io.Writer) (convertStats, error) {
 	var st convertStats
 	r := stream.NewReader(in, stream.Config{})
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	img, _ := stream.NewImage(nil, imageConfig)
 	var head, tail []stream.Record // before the RAM section; after it
 	var ramStart stream.Record
 	for {

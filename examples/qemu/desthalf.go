@@ -163,7 +163,7 @@ func (d *destWriter) blocks(b []byte) error {
 		return err
 	}
 	if d.img == nil {
-		if d.img, err = stream.NewImage(l, stream.ImageConfig{}); err != nil {
+		if d.img, err = stream.NewImage(l, imageConfig); err != nil {
 			return err
 		}
 	} else if !d.img.Layout().Equal(l) {

@@ -285,7 +285,7 @@ func (s *sourceSender) blocks(rec *stream.Record) error {
 		if err != nil {
 			return err
 		}
-		if s.img, err = stream.NewImage(l, stream.ImageConfig{}); err != nil {
+		if s.img, err = stream.NewImage(l, imageConfig); err != nil {
 			return err
 		}
 		s.pl, err = codec.NewPipeline(codec.Config{XBZRLE: s.cfg.XBZRLE, LZ4: s.cfg.LZ4, Workers: 1, NoAdapt: true,

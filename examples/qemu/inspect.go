@@ -72,7 +72,7 @@ type summary struct {
 func inspect(in io.Reader) (*summary, error) {
 	s := &summary{Records: map[string]uint64{}, RAMBlocks: []blockJSON{}, Devices: []deviceJSON{}, Sections: []sectionJSON{}, Commands: []commandJSON{}}
 	r := stream.NewReader(in, stream.Config{})
-	var sends []uint8
+	var sends sendCounts
 	var counts [32]uint64
 	var devData [][]byte // each device section's bytes, to walk with the description
 	kept := 0
@@ -123,13 +123,9 @@ func inspect(in io.Reader) (*summary, error) {
 			for _, b := range rec.Blocks {
 				s.RAMBlocks = append(s.RAMBlocks, blockJSON{Name: b.Name, Size: b.Size})
 			}
-			if sends == nil {
-				sends = make([]uint8, r.Layout().Pages())
-			}
+			sends.init(r.Layout().Pages())
 		case stream.KindZero, stream.KindPage, stream.KindXBZRLE, stream.KindCompressed:
-			if sends[rec.Page] < 255 {
-				sends[rec.Page]++
-			}
+			sends.add(rec.Page)
 		}
 	}
 	for k, n := range counts {
@@ -137,14 +133,49 @@ func inspect(in io.Reader) (*summary, error) {
 			s.Records[stream.Kind(k).String()] = n
 		}
 	}
-	for _, n := range sends {
-		if n > 0 {
-			s.PagesSent++
-		}
-		s.MaxSends = max(s.MaxSends, int(n))
-	}
+	s.PagesSent, s.MaxSends = sends.sum()
 	s.Bytes = r.Offset()
 	return s, nil
+}
+
+// sendCounts counts how often each page was sent (up to 255), in chunks
+// allocated on a chunk's first page record: the memory follows the pages
+// the stream sends, not the RAM its block list declares (which the Reader
+// bounds by Config.MaxRAM).
+type sendCounts struct {
+	chunks [][]uint8
+}
+
+const sendChunk = 4096
+
+func (c *sendCounts) init(pages uint64) {
+	if c.chunks == nil {
+		c.chunks = make([][]uint8, (pages+sendChunk-1)/sendChunk)
+	}
+}
+
+// add counts a send of page n, which the Reader checked against the layout.
+func (c *sendCounts) add(n uint64) {
+	ch := &c.chunks[n/sendChunk]
+	if *ch == nil {
+		*ch = make([]uint8, sendChunk)
+	}
+	if v := &(*ch)[n%sendChunk]; *v < 255 {
+		*v++
+	}
+}
+
+// sum returns the number of pages sent and the most sends of one page.
+func (c *sendCounts) sum() (pages uint64, most int) {
+	for _, ch := range c.chunks {
+		for _, n := range ch {
+			if n > 0 {
+				pages++
+			}
+			most = max(most, int(n))
+		}
+	}
+	return pages, most
 }
 
 // maxKeptDevices bounds the device bytes inspect keeps to walk them with
@@ -278,10 +309,15 @@ func extract(in io.Reader, dir string) ([]string, error) {
 	return names, nil
 }
 
+// imageConfig bounds the images extract, convert and the relay build: the
+// RAM a stream may declare (stream.DefaultMaxImage, 16 GiB). The fuzz tests
+// lower it.
+var imageConfig = stream.ImageConfig{}
+
 // readImage reads a whole stream into an Image.
 func readImage(in io.Reader) (*stream.Image, error) {
 	r := stream.NewReader(in, stream.Config{})
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	img, _ := stream.NewImage(nil, imageConfig)
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {

@@ -20,6 +20,7 @@ const (
 	DefaultMaxVMDesc   = 16 << 20
 	DefaultMaxBlocks   = 1024
 	DefaultMaxSections = 4096
+	DefaultMaxRAM      = 1 << 40
 	defaultBuffer      = 256 << 10
 	minBuffer          = 2 * PageSize
 	maxMachineName     = 256
@@ -40,6 +41,11 @@ type Config struct {
 	// MaxSections bounds the number of distinct section ids and names
 	// (DefaultMaxSections).
 	MaxSections int
+	// MaxRAM bounds the RAM a block list declares, in bytes: the MEM_SIZE
+	// total (DefaultMaxRAM, 1 TiB). The Reader allocates nothing per page,
+	// but what consumes a Layout may (a bitmap, a table of chunks): this
+	// keeps a 9-byte record from declaring 2^63 bytes to them.
+	MaxRAM int64
 	// BufferSize is the read buffer's size, at least 8 KiB (256 KiB).
 	BufferSize int
 }
@@ -56,6 +62,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxSections <= 0 {
 		c.MaxSections = DefaultMaxSections
+	}
+	if c.MaxRAM <= 0 {
+		c.MaxRAM = DefaultMaxRAM
 	}
 	switch {
 	case c.BufferSize == 0:
@@ -630,6 +639,9 @@ func (r *Reader) ram(rec Record) (Record, error) {
 func (r *Reader) memSize(rec Record, total uint64) (Record, error) {
 	if r.hugePages {
 		return rec, errAt(rec.Offset, "ram block list", fmt.Errorf("%w: post-copy with RAM blocks of pages larger than %d bytes", livemig.ErrNotSupported, PageSize))
+	}
+	if total > uint64(r.cfg.MaxRAM) {
+		return rec, errAt(rec.Offset, "ram block list", fmt.Errorf("%w: %#x bytes of RAM declared (MaxRAM %#x)", ErrLimit, total, r.cfg.MaxRAM))
 	}
 	blocks := r.blocks[:0]
 	left := total

@@ -468,6 +468,19 @@ func TestLimits(t *testing.T) {
 	if _, err := readAll(good, stream.Config{MaxBlocks: 2}); !errors.Is(err, stream.ErrLimit) {
 		t.Errorf("MaxBlocks 2: %v", err)
 	}
+	_, err = readAll(good, stream.Config{MaxRAM: 8 * stream.PageSize})
+	var se *livemig.StreamError
+	if !errors.Is(err, stream.ErrLimit) || !errors.As(err, &se) || se.Offset != off[6] {
+		t.Errorf("MaxRAM of 8 pages, a block list of 22 at offset %d: %v", off[6], err)
+	}
+	// A 9-byte block list declaring 2^63 bytes: refused at the default.
+	huge := bytes.Clone(good[:off[6]])
+	huge = append(huge, be64s(1<<63|0x04)...)
+	huge = append(huge, 1, 'x')
+	huge = append(huge, be64s(1<<63)...)
+	if _, err := readAll(huge, stream.Config{}); !errors.Is(err, stream.ErrLimit) {
+		t.Errorf("a block list of 2^63 bytes: %v", err)
+	}
 	got, _ := readAll(good, stream.Config{})
 	img, _ := stream.NewImage(nil, stream.ImageConfig{MaxBytes: 8 * stream.PageSize})
 	if err := img.Apply(&got[6]); !errors.Is(err, stream.ErrLimit) {
