@@ -132,6 +132,7 @@ type Reader struct {
 	caps      []string
 	ignShared bool
 	hugePages bool // POSTCOPY_ADVISE said some block has pages > 4 KiB
+	footers   bool // a section footer has been read
 
 	scratch []byte // device sections, the description, raw subsections
 	zlib    inflater
@@ -519,6 +520,13 @@ func (r *Reader) footer(rec Record) (Record, error) {
 		return rec, err
 	}
 	if t != typeFooter {
+		if !r.footers && (t <= typeFull || t == typeCommand) {
+			// The first section ends where a record begins: a stream
+			// with no footers at all, as QEMU writes for machine types
+			// before 2.4 (or with send-section-footer=off).
+			return rec, errAt(rec.Offset, "section footer", fmt.Errorf("%w: no footer after section %s (byte 0x%02x): a stream without section footers (machine types before 2.4, or send-section-footer=off)",
+				livemig.ErrNotSupported, r.cur.name, t))
+		}
 		return rec, corrupt(rec.Offset, "section footer", "missing section footer for %s (byte 0x%02x)", r.cur.name, t)
 	}
 	id, err := r.be32("section footer")
@@ -530,6 +538,7 @@ func (r *Reader) footer(rec Record) (Record, error) {
 	}
 	rec.Kind, rec.ID, rec.Name, rec.Instance = KindFooter, id, r.cur.name, r.cur.instance
 	r.state = stTop
+	r.footers = true
 	return rec, nil
 }
 

@@ -350,7 +350,10 @@ func TestCorrupt(t *testing.T) {
 		{"ram version", set(off[5]+1+4+4+4+3, 5), off[5], livemig.ErrVersion},
 		{"block list total", set(off[6]+5, 0), off[6] + 8, livemig.ErrCorrupt},
 		{"footer id", set(off[8]+4, 9), off[8], livemig.ErrCorrupt},
-		{"missing footer", set(off[8], 0x00), off[8], livemig.ErrCorrupt},
+		{"missing footer", set(off[14], 0x00), off[14], livemig.ErrCorrupt},
+		// The first section with no footer: a stream of a machine type
+		// before 2.4, which has none.
+		{"no footers", set(off[8], 0x02), off[8], livemig.ErrNotSupported},
 		{"ram flags", set(off[10]+7, 0x03), off[10], livemig.ErrCorrupt},
 		{"unknown block", set(off[10]+9, 'X'), off[10], livemig.ErrCorrupt},
 		{"offset past block", set(off[11]+4, 0x7F), off[11], livemig.ErrCorrupt},
