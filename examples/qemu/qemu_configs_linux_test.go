@@ -30,7 +30,19 @@ type hwCase struct {
 	// order (names only).
 	ram    []gpaRange
 	blocks []string
+	// kind is a record kind the stream must hold; section, a section
+	// name it must hold (an iterable section other than ram, which the
+	// JSON description does not describe).
+	kind    stream.Kind
+	section string
+	// loadCaps are the capabilities the destination needs to load the
+	// stream QEMU wrote.
+	loadCaps []string
 }
+
+// defaultBlocks is the block list of the default guest.
+var defaultBlocks = []string{"pc.ram", "/rom@etc/acpi/tables", "pc.bios", "pc.rom",
+	"/rom@etc/table-loader", "/rom@etc/acpi/rsdp"}
 
 var hwCases = []hwCase{
 	{
@@ -72,6 +84,25 @@ var hwCases = []hwCase{
 		blocks: []string{"pc.ram", "/rom@etc/acpi/tables", "pc.bios", "0000:00:03.0/virtio-net-pci.rom",
 			"pc.rom", "/rom@etc/table-loader", "/rom@etc/acpi/rsdp"},
 	},
+	{
+		// QEMU 7.2's compress capability: COMPRESS_PAGE records (zlib).
+		name:     "compress",
+		save:     qemutest.SaveOptions{Live: true, Passes: 3, Capabilities: []string{"compress"}},
+		ram:      []gpaRange{{"pc.ram", 0, 64 << 20}},
+		blocks:   defaultBlocks,
+		kind:     stream.KindCompressed,
+		loadCaps: []string{"compress"},
+	},
+	{
+		// Block migration (capability block): the disk goes in an
+		// iterable section of its own, "block", with start, part and end
+		// sections of data the description does not describe.
+		name:    "block-migration",
+		save:    qemutest.SaveOptions{Live: true, Passes: 3, Capabilities: []string{"block"}},
+		ram:     []gpaRange{{"pc.ram", 0, 64 << 20}},
+		blocks:  defaultBlocks,
+		section: "block",
+	},
 }
 
 // TestQEMUConfigurations saves live streams from guests of other
@@ -102,7 +133,7 @@ func TestQEMUConfigurations(t *testing.T) {
 			checkParsed(t, s, c, file)
 			ext := extractDir(t, file)
 
-			vm, err := qemutest.LoadOn(t, dir, file, c.save.Hardware)
+			vm, err := qemutest.LoadOn(t, dir, file, c.save.Hardware, c.loadCaps...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -111,8 +142,8 @@ func TestQEMUConfigurations(t *testing.T) {
 			vm.Stop()
 
 			mode := convertXBZRLE
-			if s.Records["xbzrle"] > 0 {
-				mode = convertPlain
+			if s.Records["xbzrle"] > 0 || s.Records["compressed"] > 0 {
+				mode = convertPlain // and it loads without the capability
 			}
 			out, cs := convertFile(t, file, mode)
 			conv := extractDir(t, out)
@@ -173,8 +204,25 @@ func checkParsed(t *testing.T, s *summary, c hwCase, file string) {
 		t.Errorf("records %v", s.Records)
 	}
 	for _, d := range s.Devices {
+		if d.Name == c.section {
+			continue // an iterable section: no vmstate, no description
+		}
 		if d.WalkError != "" || d.Fields == 0 {
 			t.Errorf("device %s: %d fields walked by the JSON description: %s", d.Name, d.Fields, d.WalkError)
+		}
+	}
+	if c.kind != 0 && s.Records[c.kind.String()] == 0 {
+		t.Errorf("no %v records: %v", c.kind, s.Records)
+	}
+	if c.section != "" {
+		types := map[string]int{}
+		for _, sec := range s.Sections {
+			if sec.Name == c.section {
+				types[sec.Type]++
+			}
+		}
+		if types["start"] != 1 || types["end"] != 1 {
+			t.Errorf("section %s: %v, want a start, parts and an end", c.section, types)
 		}
 	}
 	t.Logf("%d bytes, %d blocks, records %v, %d devices, a page sent at most %d times",

@@ -115,11 +115,25 @@ func Load(t testing.TB, dir, file string) (*VM, error) {
 	return LoadOn(t, dir, file, Hardware{})
 }
 
-// LoadOn is Load on a guest of the given hardware (the source's).
-func LoadOn(t testing.TB, dir, file string, hw Hardware) (*VM, error) {
-	vm, err := Start(t, dir, Options{Hardware: hw, Paused: true, Incoming: "exec:cat " + file})
+// LoadOn is Load on a guest of the given hardware (the source's), with
+// the given migration capabilities on (QEMU 7.2 loads COMPRESS_PAGE records
+// only with "compress").
+func LoadOn(t testing.TB, dir, file string, hw Hardware, caps ...string) (*VM, error) {
+	incoming := "exec:cat " + file
+	if len(caps) > 0 {
+		incoming = "defer"
+	}
+	vm, err := Start(t, dir, Options{Hardware: hw, Paused: true, Incoming: incoming})
 	if err != nil {
 		return vm, err
+	}
+	if len(caps) > 0 {
+		if err := vm.SetCapabilities(caps...); err != nil {
+			return vm, err
+		}
+		if _, err := vm.Cmd("migrate-incoming", map[string]any{"uri": "exec:cat " + file}); err != nil {
+			return vm, err
+		}
 	}
 	if _, err := vm.WaitMigration(30*time.Second, Completed); err != nil {
 		return vm, fmt.Errorf("loading %s: %w", file, err)
