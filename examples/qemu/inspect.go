@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/examples/qemu/stream"
 )
 
@@ -314,7 +315,9 @@ func extract(in io.Reader, dir string) ([]string, error) {
 // lower it.
 var imageConfig = stream.ImageConfig{}
 
-// readImage reads a whole stream into an Image.
+// readImage reads a whole stream into an Image. A stream with a
+// MULTIFD_FLUSH record is refused: its pages went on multifd channels, which
+// are not in it, so the image would lack them.
 func readImage(in io.Reader) (*stream.Image, error) {
 	r := stream.NewReader(in, stream.Config{})
 	img, _ := stream.NewImage(nil, imageConfig)
@@ -325,6 +328,10 @@ func readImage(in io.Reader) (*stream.Image, error) {
 		}
 		if err != nil {
 			return img, err
+		}
+		if rec.Kind == stream.KindMultifdFlush {
+			return img, &livemig.StreamError{Offset: rec.Offset, What: "ram record",
+				Err: fmt.Errorf("%w: a MULTIFD_FLUSH record: the stream's pages went on multifd channels, which are not in it", livemig.ErrNotSupported)}
 		}
 		if err := img.Apply(&rec); err != nil {
 			return img, err
