@@ -128,3 +128,57 @@ func destNeverRan(t *testing.T, dst *qemutest.VM) {
 		t.Errorf("the destination guest ran: %d boots, %d counters", boots, len(counters))
 	}
 }
+
+// TestQEMURelayReturnPathNoVMDesc migrates through each relay from a source
+// QEMU with a return path and no JSON description (return-path capability,
+// suppress-vmdesc=on): the source sends its last device section, EOF, and
+// waits for the destination's answer before it closes, so a relay that
+// waited for the byte after EOF to be sure of that section's end would
+// hang (it did, until the source gave up). The migration completes and the
+// guest runs on.
+func TestQEMURelayReturnPathNoVMDesc(t *testing.T) {
+	needQEMU(t)
+	hw := qemutest.Hardware{MachineOpts: "suppress-vmdesc=on"}
+	for _, halves := range []bool{false, true} {
+		name := "one-process"
+		if halves {
+			name = "halves"
+		}
+		t.Run(name, func(t *testing.T) {
+			addr, err := qemutest.FreePort()
+			if err != nil {
+				t.Fatal(err)
+			}
+			dst, err := qemutest.Start(t, fixDir, qemutest.Options{Hardware: hw, Incoming: "tcp:" + addr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var raddr string
+			var wait func()
+			if halves {
+				var sd <-chan sourceResult
+				var dd <-chan destResult
+				raddr, sd, dd = startHalves(t, addr, 0, sourceConfig{XBZRLE: true})
+				wait = func() {
+					if s, d := halvesDone(t, sd, dd); s.err != nil || d.err != nil {
+						t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
+					}
+				}
+			} else {
+				var done <-chan relayResult
+				raddr, done = startRelay(t, addr, convertXBZRLE)
+				wait = func() { relayDone(t, done) }
+			}
+			src, _, err := qemutest.MigrateOnce(t, fixDir, "tcp:"+raddr, qemutest.SaveOptions{Hardware: hw, Live: true, Capabilities: []string{"return-path"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dst.WaitMigration(20*time.Second, qemutest.Completed); err != nil {
+				t.Fatalf("destination: %v", err)
+			}
+			wait()
+			_, counters := src.Log()
+			guestRunsOn(t, dst, counters)
+		})
+	}
+}

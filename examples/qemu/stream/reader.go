@@ -796,11 +796,15 @@ func (r *Reader) pageRecord(rec Record, flags, addr uint64) (Record, error) {
 	return rec, nil
 }
 
+// footerLook is how far the Reader looks past a footer to see a
+// well-formed record: the footer, then the longest section header.
+const footerLook = 5 + 1 + 4 + 1 + 255 + 8
+
 // device reads a non-RAM section's bytes: everything up to the footer that
 // is followed by a well-formed record.
 func (r *Reader) device(rec Record) (Record, error) {
-	const look = 5 + 1 + 4 + 1 + 255 + 8 // footer, then the longest header
 	data := r.scratch[:0]
+	wait := false // the buffered bytes could not tell: wait for more
 	weakAt, weakByte := int64(-1), byte(0)
 	// The first footer of another section's id followed by a well-formed
 	// record: where the section most likely ends, if no footer of its own
@@ -811,7 +815,23 @@ func (r *Reader) device(rec Record) (Record, error) {
 			errCorrupt, r.cur.name, badID, r.curID, end, r.curID))
 	}
 	for {
-		n := max(r.br.Buffered(), look)
+		if i, ok := r.stalledEnd(); ok && len(data)+i <= r.cfg.MaxSection {
+			// The input stalls right after this section's footer and
+			// EOF: a live source waiting (return path) for the
+			// destination, which needs the section first.
+			w, _ := r.br.Peek(i)
+			data = append(data, w...)
+			_, _ = r.br.Discard(i)
+			r.off += int64(i)
+			break
+		}
+		// Scan what is buffered; wait for input only when that cannot
+		// tell where the section ends, and then for one more byte, not
+		// for a whole look-ahead that a stalled source may never send.
+		n := r.br.Buffered()
+		if n == 0 || wait {
+			n = min(n+1, r.cfg.BufferSize)
+		}
 		if r.limit >= 0 && r.limit-r.off < int64(n) {
 			// Never wait for bytes past the sub-stream's end.
 			n = int(r.limit - r.off)
@@ -876,11 +896,43 @@ func (r *Reader) device(rec Record) (Record, error) {
 		if found {
 			break
 		}
+		wait = i == 0
 	}
 	r.scratch = data
 	rec.Kind, rec.ID, rec.Name, rec.Instance, rec.Data = KindDevice, r.curID, r.cur.name, r.cur.instance, data
 	r.state = stFooter
 	return rec, nil
+}
+
+// stalledEnd reports whether the bytes buffered, fewer than a look-ahead,
+// end with the current section's footer and EOF (7E, the id, 00), and no
+// earlier footer-like bytes among them could end the section: it returns
+// the footer's position. A source QEMU with a return path and no JSON
+// description to send (suppress-vmdesc) sends these as its last bytes and
+// waits for the destination to answer, so the byte after EOF that the
+// Reader would otherwise wait for, to be sure of the section's end, comes
+// only after the destination has loaded the section: a relay would wait
+// for ever. Device bytes ending in exactly these six bytes where the input
+// happens to pause are what this takes for a section's end.
+func (r *Reader) stalledEnd() (int, bool) {
+	b := r.br.Buffered()
+	if r.limit >= 0 || b < 6 || b >= footerLook {
+		return 0, false
+	}
+	w, _ := r.br.Peek(b)
+	i := b - 6
+	if w[i] != typeFooter || binary.BigEndian.Uint32(w[i+1:]) != r.curID || w[i+5] != typeEOF {
+		return 0, false
+	}
+	for j := 0; j < i; j++ {
+		if w[j] != typeFooter {
+			continue
+		}
+		if ok, more := r.footerLike(w, j, false); ok || more {
+			return 0, false
+		}
+	}
+	return i, true
 }
 
 // footerAt reports whether w[i:] holds the current section's footer

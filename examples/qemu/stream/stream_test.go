@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/delta"
@@ -571,5 +572,64 @@ func TestConfigurationSubsections(t *testing.T) {
 	got[1].Data = nil
 	if out := write(t, got); !bytes.Equal(out, b) {
 		t.Errorf("configuration written from its fields differs:\n%x\n%x", out, b)
+	}
+}
+
+// TestStalledEnd feeds a stream through a pipe that stops right after the
+// last device section's footer and EOF, as a source QEMU with a return
+// path and no JSON description does while it waits for the destination:
+// the Reader returns the last sections (fewer bytes than it looks ahead
+// past a footer), their footers and EOF without waiting for more input,
+// and the stream then ends cleanly.
+func TestStalledEnd(t *testing.T) {
+	recs := []stream.Record{
+		{Kind: stream.KindHeader},
+		{Kind: stream.KindConfiguration, Machine: "pc-i440fx-7.2"},
+		{Kind: stream.KindSection, Type: stream.SectionFull, ID: 6, Name: "acpi_build", Version: 1},
+		{Kind: stream.KindDevice, Data: []byte{1, 0}},
+		{Kind: stream.KindFooter, ID: 6},
+		{Kind: stream.KindSection, Type: stream.SectionFull, ID: 7, Name: "globalstate", Version: 1},
+		{Kind: stream.KindDevice, Data: append(be32(8), "running\x00"...)},
+		{Kind: stream.KindFooter, ID: 7},
+		{Kind: stream.KindEOF},
+	}
+	b := write(t, recs)
+	pr, pw := io.Pipe()
+	release := make(chan struct{})
+	go func() {
+		pw.Write(b)
+		<-release
+		pw.Close()
+	}()
+	r := stream.NewReader(pr, stream.Config{})
+	got := make(chan stream.Kind)
+	go func() {
+		defer close(got)
+		for {
+			rec, err := r.Next()
+			if err != nil {
+				if err != io.EOF {
+					t.Errorf("after the release: %v", err)
+				}
+				return
+			}
+			got <- rec.Kind
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for i, want := range []stream.Kind{stream.KindHeader, stream.KindConfiguration, stream.KindSection, stream.KindDevice, stream.KindFooter,
+		stream.KindSection, stream.KindDevice, stream.KindFooter, stream.KindEOF} {
+		select {
+		case k := <-got:
+			if k != want {
+				t.Fatalf("record %d: %v, want %v", i, k, want)
+			}
+		case <-deadline:
+			t.Fatalf("record %d (%v) not returned while the input stalls after EOF", i, want)
+		}
+	}
+	close(release)
+	if _, ok := <-got; ok {
+		t.Error("a record after EOF")
 	}
 }
