@@ -74,6 +74,20 @@
 // own format end to end (its deltas are QEMU's XBZRLE records), where the
 // halves' link speaks livemig's protocol and codecs.
 //
+// Either relay carries QEMU's one migration connection, not the extra
+// connections of the multifd or postcopy-preempt capabilities: it keeps
+// accepting on its listener, and a second connection (or a MULTIFD_FLUSH
+// record in the stream) fails the migration with an error naming the
+// capability, before the destination has the stream's end; the source
+// QEMU's guest runs on. (QEMU 7.2 opens both kinds at the migration's
+// start; QEMU 8.0+ opens the preempt channel when post-copy starts, just
+// before the PACKAGED sub-stream, which the relay holds until it has
+// looked at every connection accepted so far.) The destination half gives
+// up on a destination QEMU that takes no stream bytes for 30 s.
+//
+// extract and convert -compact refuse a stream with a MULTIFD_FLUSH record:
+// its pages went on multifd channels, which are not in it.
+//
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
 // is then 1.
