@@ -88,6 +88,10 @@
 // extract and convert -compact refuse a stream with a MULTIFD_FLUSH record:
 // its pages went on multifd channels, which are not in it.
 //
+// extract, convert and relay hold a copy of the guest's RAM (the pages the
+// stream sends); -max-ram BYTES bounds the RAM a stream may declare (16 GiB
+// by default), and a larger one is an error naming the bound.
+//
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
 // is then 1.
@@ -95,17 +99,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 
+	"github.com/livemig/livemig/examples/qemu/stream"
 	"github.com/livemig/livemig/transport"
 )
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, stream.ErrImageLimit) {
+			err = fmt.Errorf("%w (a larger guest needs -max-ram)", err)
+		}
 		fmt.Fprintln(os.Stderr, "qemu:", err)
 		os.Exit(1)
 	}
@@ -113,8 +122,8 @@ func main() {
 
 const usage = `usage:
   qemu inspect [-json] FILE
-  qemu extract -o DIR FILE
-  qemu convert [-xbzrle|-plain|-compact] IN OUT
+  qemu extract [-max-ram BYTES] -o DIR FILE
+  qemu convert [-xbzrle|-plain|-compact] [-max-ram BYTES] IN OUT
   qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
   qemu relay -listen ADDR -peer ADDR [-rate BYTES/S] [-xbzrle] [-lz4] [-cache BYTES]
   qemu relay -accept ADDR -to ADDR
@@ -148,9 +157,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		})
 	case "extract":
 		dir := fs.String("o", "", "output directory (created if missing)")
+		maxRAM := maxRAMFlag(fs)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		defer setMaxRAM(*maxRAM)()
 		if fs.NArg() != 1 || *dir == "" {
 			return fmt.Errorf("extract: want -o DIR and one FILE")
 		}
@@ -165,9 +176,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
 		toPlain := fs.Bool("plain", false, "expand XBZRLE and compressed pages")
 		toCompact := fs.Bool("compact", false, "write each page once, with its final contents")
+		maxRAM := maxRAMFlag(fs)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		defer setMaxRAM(*maxRAM)()
 		mode, flags := convertCopy, 0
 		for _, f := range []struct {
 			set  bool
@@ -197,6 +210,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown subcommand %q", args[0])
+}
+
+// maxRAMFlag defines -max-ram: the most RAM a stream may declare for the
+// subcommands that hold a copy of it (extract, convert, relay).
+func maxRAMFlag(fs *flag.FlagSet) *int64 {
+	return fs.Int64("max-ram", stream.DefaultMaxImage, "the most guest RAM (bytes) a stream may declare; a copy of what it sends is held in memory")
+}
+
+// setMaxRAM sets the bound of the images the subcommand builds and returns
+// what restores it.
+func setMaxRAM(n int64) func() {
+	saved := imageConfig
+	imageConfig.MaxBytes = n
+	return func() { imageConfig = saved }
 }
 
 func withInput(name string, f func(io.Reader) error) error {
@@ -237,9 +264,11 @@ func runRelay(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	cache := fs.Int64("cache", 0, "source half: XBZRLE cache bytes (0: 64 MiB)")
 	toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
 	toPlain := fs.Bool("plain", false, "one process: expand XBZRLE and compressed pages")
+	maxRAM := maxRAMFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	defer setMaxRAM(*maxRAM)()
 	ctx := context.Background()
 	switch {
 	case fs.NArg() != 0:

@@ -251,3 +251,19 @@ func TestCompactEarlyDevices(t *testing.T) {
 		t.Errorf("sections %q, want virtio-mem-early before ram, timer after", order)
 	}
 }
+
+// TestMaxRAM: extract refuses a stream declaring more RAM than -max-ram,
+// and takes it with a larger bound.
+func TestMaxRAM(t *testing.T) {
+	file, _, _ := cliStream(t) // 5 pages
+	err := run([]string{"extract", "-max-ram", "16384", "-o", t.TempDir(), file}, &bytes.Buffer{}, &bytes.Buffer{})
+	if !errors.Is(err, stream.ErrImageLimit) {
+		t.Errorf("extract -max-ram 16384 of a 20 KiB guest: %v", err)
+	}
+	if err := run([]string{"extract", "-max-ram", "20480", "-o", t.TempDir(), file}, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+		t.Errorf("extract -max-ram 20480: %v", err)
+	}
+	if imageConfig.MaxBytes != 0 {
+		t.Errorf("the bound stays set after the subcommand: %d", imageConfig.MaxBytes)
+	}
+}
