@@ -182,3 +182,64 @@ func TestQEMURelayReturnPathNoVMDesc(t *testing.T) {
 		})
 	}
 }
+
+// TestQEMURelayConfigurations migrates live guests of other configurations
+// (q35 with 128 MiB; eight RAM blocks with a VGA's and QEMU's XBZRLE on a
+// 1 MiB cache; RAM in two NUMA backends) through each relay: the
+// migration completes, the guest runs on at the destination, and the
+// relay's output is no larger than QEMU's stream.
+func TestQEMURelayConfigurations(t *testing.T) {
+	needQEMU(t)
+	for _, c := range hwCases[:3] {
+		for _, halves := range []bool{false, true} {
+			name := c.name + "/one-process"
+			if halves {
+				name = c.name + "/halves"
+			}
+			t.Run(name, func(t *testing.T) {
+				addr, err := qemutest.FreePort()
+				if err != nil {
+					t.Fatal(err)
+				}
+				dst, err := qemutest.Start(t, fixDir, qemutest.Options{Hardware: c.save.Hardware, Incoming: "tcp:" + addr})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var raddr string
+				var wait func() (in, out int64)
+				if halves {
+					var sd <-chan sourceResult
+					var dd <-chan destResult
+					raddr, sd, dd = startHalves(t, addr, 0, sourceConfig{XBZRLE: true, LZ4: true})
+					wait = func() (int64, int64) {
+						s, d := halvesDone(t, sd, dd)
+						if s.err != nil || d.err != nil {
+							t.Fatalf("source half: %v; destination half: %v", s.err, d.err)
+						}
+						return s.st.QEMUBytes, int64(s.st.LinkBytes)
+					}
+				} else {
+					var done <-chan relayResult
+					raddr, done = startRelay(t, addr, convertXBZRLE)
+					wait = func() (int64, int64) {
+						st := relayDone(t, done)
+						return st.In, st.Out
+					}
+				}
+				src, _, err := qemutest.MigrateOnce(t, fixDir, "tcp:"+raddr, c.save)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := dst.WaitMigration(20*time.Second, qemutest.Completed); err != nil {
+					t.Fatalf("destination: %v", err)
+				}
+				in, out := wait()
+				if out > in {
+					t.Errorf("the relay passed on %d bytes for QEMU's %d", out, in)
+				}
+				_, counters := src.Log()
+				guestRunsOn(t, dst, counters)
+			})
+		}
+	}
+}
