@@ -50,9 +50,7 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 	go func() {
 		defer wg.Done()
 		st.ReturnPath, _ = io.Copy(src, dst)
-		if tc, ok := src.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		closeWrite(src) // src is the channel watcher's wrapper: no *net.TCPConn
 	}()
 	r := stream.NewReader(src, stream.Config{})
 	cw := &countWriter{w: dst}
@@ -91,9 +89,7 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 	if err == nil {
 		// Whatever follows the stream's end goes as it is.
 		_, err = io.Copy(cw, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		closeWrite(dst)
 	}
 	if err != nil {
 		src.Close()

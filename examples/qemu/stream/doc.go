@@ -69,9 +69,11 @@
 // section's end, as not supported. A block list may declare at most
 // Config.MaxRAM bytes (1 TiB by default). Device sections carry no length:
 // the Reader finds a device section's end at its footer (7E and the section
-// id) followed by a well-formed record, so device bytes that happened to
-// contain such a sequence would end the section early (and fail at the
-// next record); QEMU's own streams never do in practice, and a VMDesc
+// id) followed by a well-formed record (or, when the input pauses right
+// after the footer and EOF, as a source waiting for its destination's
+// answer does, at that footer), so device bytes that happened to contain
+// such a sequence would end the section early (and fail at the next
+// record); QEMU's own streams never do in practice, and a VMDesc
 // (the trailing JSON description, ParseVMDesc) walks each device section's
 // bytes field by field to confirm its extent. Multifd channels
 // and post-copy's preempt channel are separate connections this package

@@ -106,8 +106,10 @@ type section struct {
 // flags, block names and offsets, XBZRLE encodings (through package delta)
 // and zlib data. Device sections carry no length: the Reader finds a
 // device section's end by its footer (7E and the section id) followed by a
-// well-formed next record; streams without section footers (machine types
-// before 2.4) are not supported.
+// well-formed next record, looking first at what is buffered, so that a
+// live source that pauses after its last section and EOF (waiting for the
+// destination) gets that section through; streams without section footers
+// (machine types before 2.4) are not supported.
 //
 // Errors are *livemig.StreamError values carrying the offset of the bad
 // item; after one, Next returns it again. A Reader is not safe for
