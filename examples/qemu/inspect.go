@@ -281,33 +281,60 @@ func blockFile(name string) string { return strings.ReplaceAll(name, "/", "_") +
 // extract applies the stream's RAM records and writes every block to dir;
 // it returns the files written.
 func extract(in io.Reader, dir string) ([]string, error) {
-	img, err := readImage(in)
+	names, _, err := extractBlocks(in, dir)
+	return names, err
+}
+
+// extractBlocks is extract, which also returns the blocks it left out: with
+// the x-ignore-shared capability, QEMU sends no page of a block backed by
+// shared memory (the destination maps the same memory), and a block no
+// record touched is then not written: its contents are not in the stream.
+func extractBlocks(in io.Reader, dir string) (names, skipped []string, err error) {
+	r := stream.NewReader(in, stream.Config{})
+	img, err := readImageFrom(r)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	ignShared := false
+	if c := r.Capabilities(); slices.Contains(c, "x-ignore-shared") {
+		ignShared = true
 	}
 	if img.Layout() == nil {
-		return nil, fmt.Errorf("extract: the stream has no RAM block list")
+		return nil, nil, fmt.Errorf("extract: the stream has no RAM block list")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var names []string
 	for i, b := range img.Layout().Blocks() {
+		if ignShared && !anySent(img, b) {
+			skipped = append(skipped, b.Name)
+			continue
+		}
 		name := filepath.Join(dir, blockFile(b.Name))
 		f, err := os.Create(name)
 		if err != nil {
-			return names, err
+			return names, skipped, err
 		}
 		err = img.WriteBlock(f, i)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return names, err
+			return names, skipped, err
 		}
 		names = append(names, name)
 	}
-	return names, nil
+	return names, skipped, nil
+}
+
+// anySent reports whether a record of the stream set a page of block b.
+func anySent(img *stream.Image, b stream.Block) bool {
+	for p := b.First; p < b.First+b.Pages(); p++ {
+		if img.Sent(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // imageConfig bounds the images extract, convert and the relay build: the
@@ -319,7 +346,11 @@ var imageConfig = stream.ImageConfig{}
 // MULTIFD_FLUSH record is refused: its pages went on multifd channels, which
 // are not in it, so the image would lack them.
 func readImage(in io.Reader) (*stream.Image, error) {
-	r := stream.NewReader(in, stream.Config{})
+	return readImageFrom(stream.NewReader(in, stream.Config{}))
+}
+
+// readImageFrom is readImage from a Reader.
+func readImageFrom(r *stream.Reader) (*stream.Image, error) {
 	img, _ := stream.NewImage(nil, imageConfig)
 	for {
 		rec, err := r.Next()

@@ -20,7 +20,9 @@
 // extract applies every RAM record and writes each block's final contents
 // (what the destination QEMU holds after loading the stream) to
 // DIR/NAME.bin, NAME being the block's id with each "/" replaced by "_"
-// (pc.ram.bin, _rom@etc_acpi_tables.bin, ...).
+// (pc.ram.bin, _rom@etc_acpi_tables.bin, ...). With the x-ignore-shared
+// capability, a block of which the stream sends no page (shared memory,
+// which the destination maps itself) is not written, and extract says so.
 //
 // convert rewrites a stream record by record: -plain expands XBZRLE and
 // compressed pages into plain pages; -xbzrle sends every page that the
@@ -166,9 +168,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("extract: want -o DIR and one FILE")
 		}
 		return withInput(fs.Arg(0), func(in io.Reader) error {
-			names, err := extract(in, *dir)
+			names, skipped, err := extractBlocks(in, *dir)
 			for _, n := range names {
 				fmt.Fprintln(stdout, n)
+			}
+			for _, n := range skipped {
+				fmt.Fprintf(stderr, "extract: %s not written: x-ignore-shared, and the stream sends none of its pages (they stay in the shared memory)\n", n)
 			}
 			return err
 		})

@@ -171,6 +171,12 @@ func (r *Reader) Layout() *Layout { return r.layout }
 // before it or without one.
 func (r *Reader) Machine() string { return r.machine }
 
+// Capabilities returns the migration capabilities the configuration
+// section lists (QEMU lists only those both sides must agree on, such as
+// x-ignore-shared), nil before it or without them. The slice is the
+// Reader's: do not modify it.
+func (r *Reader) Capabilities() []string { return r.caps }
+
 // Next returns the next record. At the end of the stream (after the JSON
 // description, or after EOF when the input ends there) it returns io.EOF;
 // input that ends anywhere else gives an error wrapping
