@@ -61,7 +61,7 @@ type recoder struct {
 }
 
 func newRecoder(mode convertMode) *recoder {
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	img, _ := stream.NewImage(nil, imageConfig)
 	return &recoder{mode: mode, img: img, page: make([]byte, stream.PageSize), dbuf: make([]byte, 0, stream.PageSize)}
 }
 
@@ -153,14 +153,15 @@ func convert(in io.Reader, out io.Writer, mode convertMode) (convertStats, error
 }
 
 // compact reads the whole stream, then writes one holding each page once,
-// with its final contents: the header and configuration, the RAM section
-// (its block list; every page, zero pages as ZERO records; an empty end),
-// then the other sections, EOF and the description as they were. Post-copy
-// streams (with commands) are refused.
+// with its final contents: what came before the RAM section (the header,
+// the configuration, devices QEMU sends first), the RAM section (its block
+// list; every page, zero pages as ZERO records; an empty end), then the
+// other sections, EOF and the description as they were. Post-copy streams
+// (with commands) and multifd ones are refused.
 func compact(in io.Reader, out io.Writer) (convertStats, error) {
 	var st convertStats
 	r := stream.NewReader(in, stream.Config{})
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	img, _ := stream.NewImage(nil, imageConfig)
 	var head, tail []stream.Record // before the RAM section; after it
 	var ramStart stream.Record
 	for {
@@ -180,7 +181,11 @@ func compact(in io.Reader, out io.Writer) (convertStats, error) {
 		switch {
 		case rec.Kind == stream.KindCommand:
 			return st, fmt.Errorf("compact: a stream with commands (%s at offset %d): post-copy or return path", rec.Command, rec.Offset)
-		case rec.Kind == stream.KindHeader || rec.Kind == stream.KindConfiguration:
+		case rec.Kind == stream.KindMultifdFlush:
+			return st, fmt.Errorf("compact: a MULTIFD_FLUSH record at offset %d: the stream's pages went on multifd channels, which are not in it", rec.Offset)
+		case ramStart.Kind == 0 && !(rec.Kind == stream.KindSection && rec.Name == stream.RAMName):
+			// Before the RAM section: the header, the configuration and
+			// the devices QEMU 10 sends first (early_setup), in order.
 			head = append(head, keep(rec))
 		case rec.Kind == stream.KindSection && rec.Name == stream.RAMName:
 			if rec.Type == stream.SectionStart {

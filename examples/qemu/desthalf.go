@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -43,7 +44,7 @@ func runDest(ctx context.Context, conn transport.Conn, qemu net.Conn) (destStats
 	defer cancel()
 	rpDone := make(chan error, 1)
 	go func() { rpDone <- sendReturnPath(ctx, conn, qemu, &st.ReturnBytes) }()
-	d := &destWriter{out: &countWriter{w: qemu}, buf: make([]byte, stream.PageSize)}
+	d := &destWriter{out: &countWriter{w: stallWriter{qemu}}, buf: make([]byte, stream.PageSize)}
 	d.w = stream.NewWriter(d.out)
 	err := d.run(ctx, conn)
 	st.Pages, st.QEMUBytes = d.pages, d.out.n
@@ -69,6 +70,28 @@ func runDest(ctx context.Context, conn transport.Conn, qemu net.Conn) (destStats
 	conn.Close()
 	qemu.Close()
 	return st, nil
+}
+
+// qemuStall bounds how long the destination half waits for the destination
+// QEMU to take stream bytes: a QEMU that takes no write for this long (one
+// that waits for channels the relay does not carry, say, after the source
+// half refused them) is a silent peer, and the destination half fails
+// rather than wait for it for ever, reading nothing from the link.
+var qemuStall = 30 * time.Second
+
+// stallWriter writes to the destination QEMU, failing a write that does
+// not complete within qemuStall.
+type stallWriter struct{ c net.Conn }
+
+func (w stallWriter) Write(p []byte) (int, error) {
+	if err := w.c.SetWriteDeadline(time.Now().Add(qemuStall)); err != nil {
+		return 0, err
+	}
+	n, err := w.c.Write(p)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = fmt.Errorf("the destination QEMU took no stream bytes for %v: %w", qemuStall, err)
+	}
+	return n, err
 }
 
 // sendReturnPath copies the destination QEMU's return path to the source
@@ -163,7 +186,7 @@ func (d *destWriter) blocks(b []byte) error {
 		return err
 	}
 	if d.img == nil {
-		if d.img, err = stream.NewImage(l, stream.ImageConfig{}); err != nil {
+		if d.img, err = stream.NewImage(l, imageConfig); err != nil {
 			return err
 		}
 	} else if !d.img.Layout().Equal(l) {

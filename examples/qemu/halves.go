@@ -78,6 +78,9 @@ type sourceConfig struct {
 	Cache  int64 // the XBZRLE cache's bytes; 0 means 64 MiB (QEMU's default)
 	// wrap, if set, wraps the link to the destination half (tests: a cut).
 	wrap func(transport.Link) transport.Link
+	// ch, if set, watches the source QEMU's connections (relaySource):
+	// records pass its note, and its refusal is the error.
+	ch *channels
 }
 
 // sourceStats is what the source half carried.
@@ -167,6 +170,14 @@ func runSource(ctx context.Context, qemu net.Conn, conn transport.Conn, cfg sour
 		s.pl.Close()
 	}
 	st.LinkBytes, _ = transport.Written(conn)
+	if err != nil && cfg.ch != nil {
+		if rerr := cfg.ch.settle(); rerr != nil && !errors.Is(err, rerr) {
+			// A second channel refused the migration and closed qemu
+			// under the reader, or the destination QEMU hung up on a
+			// command only that capability explains: say why first.
+			err = errors.Join(rerr, err)
+		}
+	}
 	return st, err
 }
 
@@ -237,6 +248,11 @@ func (s *sourceSender) copyStream(r *stream.Reader) error {
 
 // record carries one record.
 func (s *sourceSender) record(rec *stream.Record) error {
+	if s.cfg.ch != nil {
+		if err := s.cfg.ch.note(rec); err != nil {
+			return err
+		}
+	}
 	switch {
 	case rec.Kind == stream.KindMemSize:
 		return s.blocks(rec)
@@ -285,7 +301,7 @@ func (s *sourceSender) blocks(rec *stream.Record) error {
 		if err != nil {
 			return err
 		}
-		if s.img, err = stream.NewImage(l, stream.ImageConfig{}); err != nil {
+		if s.img, err = stream.NewImage(l, imageConfig); err != nil {
 			return err
 		}
 		s.pl, err = codec.NewPipeline(codec.Config{XBZRLE: s.cfg.XBZRLE, LZ4: s.cfg.LZ4, Workers: 1, NoAdapt: true,
@@ -369,14 +385,28 @@ func deltaCache(n int64) delta.CacheConfig {
 }
 
 // relaySource runs the source half of one migration: it accepts the source
-// QEMU on ln, dials the destination half at peer over livemig's transport
+// QEMU on ln (one connection: a second, which multifd or post-copy's preempt
+// channel would open, refuses the migration with an error wrapping
+// livemig.ErrNotSupported that names the capability), dials the destination half at peer over livemig's transport
 // (its writes limited to rate bytes per second; 0: no limit) and carries
 // the migration (runSource).
 func relaySource(ctx context.Context, ln net.Listener, peer string, rate float64, cfg sourceConfig) (sourceStats, error) {
-	qemu, err := ln.Accept()
+	ch := acceptChannels(ln)
+	defer ch.close()
+	qemu, err := ch.accept()
 	if err != nil {
-		return sourceStats{}, fmt.Errorf("relay source half: accepting the source QEMU: %w", err)
+		// Tell the destination half, which waits for us: a link that
+		// closes before the stream makes it fail its QEMU's load.
+		if link, derr := transport.Dial(ctx, peer, transport.DialConfig{}); derr == nil {
+			if conn, _, oerr := transport.Open(ctx, link, relayHello, transport.Config{}); oerr == nil {
+				conn.Close()
+			} else {
+				link.Close()
+			}
+		}
+		return sourceStats{}, fmt.Errorf("relay source half: %w", err)
 	}
+	cfg.ch = ch
 	link, err := transport.Dial(ctx, peer, transport.DialConfig{})
 	if err != nil {
 		qemu.Close()
@@ -393,6 +423,7 @@ func relaySource(ctx context.Context, ln net.Listener, peer string, rate float64
 		qemu.Close()
 		return sourceStats{}, fmt.Errorf("relay source half: handshake with the destination half at %s: %w", peer, err)
 	}
+	ch.closeOnRefusal(conn)
 	return runSource(ctx, qemu, conn, cfg)
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/examples/qemu/stream"
 )
 
@@ -72,7 +73,7 @@ type summary struct {
 func inspect(in io.Reader) (*summary, error) {
 	s := &summary{Records: map[string]uint64{}, RAMBlocks: []blockJSON{}, Devices: []deviceJSON{}, Sections: []sectionJSON{}, Commands: []commandJSON{}}
 	r := stream.NewReader(in, stream.Config{})
-	var sends []uint8
+	var sends sendCounts
 	var counts [32]uint64
 	var devData [][]byte // each device section's bytes, to walk with the description
 	kept := 0
@@ -123,13 +124,9 @@ func inspect(in io.Reader) (*summary, error) {
 			for _, b := range rec.Blocks {
 				s.RAMBlocks = append(s.RAMBlocks, blockJSON{Name: b.Name, Size: b.Size})
 			}
-			if sends == nil {
-				sends = make([]uint8, r.Layout().Pages())
-			}
+			sends.init(r.Layout().Pages())
 		case stream.KindZero, stream.KindPage, stream.KindXBZRLE, stream.KindCompressed:
-			if sends[rec.Page] < 255 {
-				sends[rec.Page]++
-			}
+			sends.add(rec.Page)
 		}
 	}
 	for k, n := range counts {
@@ -137,14 +134,49 @@ func inspect(in io.Reader) (*summary, error) {
 			s.Records[stream.Kind(k).String()] = n
 		}
 	}
-	for _, n := range sends {
-		if n > 0 {
-			s.PagesSent++
-		}
-		s.MaxSends = max(s.MaxSends, int(n))
-	}
+	s.PagesSent, s.MaxSends = sends.sum()
 	s.Bytes = r.Offset()
 	return s, nil
+}
+
+// sendCounts counts how often each page was sent (up to 255), in chunks
+// allocated on a chunk's first page record: the memory follows the pages
+// the stream sends, not the RAM its block list declares (which the Reader
+// bounds by Config.MaxRAM).
+type sendCounts struct {
+	chunks [][]uint8
+}
+
+const sendChunk = 4096
+
+func (c *sendCounts) init(pages uint64) {
+	if c.chunks == nil {
+		c.chunks = make([][]uint8, (pages+sendChunk-1)/sendChunk)
+	}
+}
+
+// add counts a send of page n, which the Reader checked against the layout.
+func (c *sendCounts) add(n uint64) {
+	ch := &c.chunks[n/sendChunk]
+	if *ch == nil {
+		*ch = make([]uint8, sendChunk)
+	}
+	if v := &(*ch)[n%sendChunk]; *v < 255 {
+		*v++
+	}
+}
+
+// sum returns the number of pages sent and the most sends of one page.
+func (c *sendCounts) sum() (pages uint64, most int) {
+	for _, ch := range c.chunks {
+		for _, n := range ch {
+			if n > 0 {
+				pages++
+			}
+			most = max(most, int(n))
+		}
+	}
+	return pages, most
 }
 
 // maxKeptDevices bounds the device bytes inspect keeps to walk them with
@@ -249,39 +281,77 @@ func blockFile(name string) string { return strings.ReplaceAll(name, "/", "_") +
 // extract applies the stream's RAM records and writes every block to dir;
 // it returns the files written.
 func extract(in io.Reader, dir string) ([]string, error) {
-	img, err := readImage(in)
+	names, _, err := extractBlocks(in, dir)
+	return names, err
+}
+
+// extractBlocks is extract, which also returns the blocks it left out: with
+// the x-ignore-shared capability, QEMU sends no page of a block backed by
+// shared memory (the destination maps the same memory), and a block no
+// record touched is then not written: its contents are not in the stream.
+func extractBlocks(in io.Reader, dir string) (names, skipped []string, err error) {
+	r := stream.NewReader(in, stream.Config{})
+	img, err := readImageFrom(r)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	ignShared := false
+	if c := r.Capabilities(); slices.Contains(c, "x-ignore-shared") {
+		ignShared = true
 	}
 	if img.Layout() == nil {
-		return nil, fmt.Errorf("extract: the stream has no RAM block list")
+		return nil, nil, fmt.Errorf("extract: the stream has no RAM block list")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var names []string
 	for i, b := range img.Layout().Blocks() {
+		if ignShared && !anySent(img, b) {
+			skipped = append(skipped, b.Name)
+			continue
+		}
 		name := filepath.Join(dir, blockFile(b.Name))
 		f, err := os.Create(name)
 		if err != nil {
-			return names, err
+			return names, skipped, err
 		}
 		err = img.WriteBlock(f, i)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return names, err
+			return names, skipped, err
 		}
 		names = append(names, name)
 	}
-	return names, nil
+	return names, skipped, nil
 }
 
-// readImage reads a whole stream into an Image.
+// anySent reports whether a record of the stream set a page of block b.
+func anySent(img *stream.Image, b stream.Block) bool {
+	for p := b.First; p < b.First+b.Pages(); p++ {
+		if img.Sent(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// imageConfig bounds the images extract, convert and the relay build: the
+// RAM a stream may declare (stream.DefaultMaxImage, 16 GiB). The fuzz tests
+// lower it.
+var imageConfig = stream.ImageConfig{}
+
+// readImage reads a whole stream into an Image. A stream with a
+// MULTIFD_FLUSH record is refused: its pages went on multifd channels, which
+// are not in it, so the image would lack them.
 func readImage(in io.Reader) (*stream.Image, error) {
-	r := stream.NewReader(in, stream.Config{})
-	img, _ := stream.NewImage(nil, stream.ImageConfig{})
+	return readImageFrom(stream.NewReader(in, stream.Config{}))
+}
+
+// readImageFrom is readImage from a Reader.
+func readImageFrom(r *stream.Reader) (*stream.Image, error) {
+	img, _ := stream.NewImage(nil, imageConfig)
 	for {
 		rec, err := r.Next()
 		if err == io.EOF {
@@ -289,6 +359,10 @@ func readImage(in io.Reader) (*stream.Image, error) {
 		}
 		if err != nil {
 			return img, err
+		}
+		if rec.Kind == stream.KindMultifdFlush {
+			return img, &livemig.StreamError{Offset: rec.Offset, What: "ram record",
+				Err: fmt.Errorf("%w: a MULTIFD_FLUSH record: the stream's pages went on multifd channels, which are not in it", livemig.ErrNotSupported)}
 		}
 		if err := img.Apply(&rec); err != nil {
 			return img, err

@@ -20,7 +20,9 @@
 // extract applies every RAM record and writes each block's final contents
 // (what the destination QEMU holds after loading the stream) to
 // DIR/NAME.bin, NAME being the block's id with each "/" replaced by "_"
-// (pc.ram.bin, _rom@etc_acpi_tables.bin, ...).
+// (pc.ram.bin, _rom@etc_acpi_tables.bin, ...). With the x-ignore-shared
+// capability, a block of which the stream sends no page (shared memory,
+// which the destination maps itself) is not written, and extract says so.
 //
 // convert rewrites a stream record by record: -plain expands XBZRLE and
 // compressed pages into plain pages; -xbzrle sends every page that the
@@ -74,6 +76,24 @@
 // own format end to end (its deltas are QEMU's XBZRLE records), where the
 // halves' link speaks livemig's protocol and codecs.
 //
+// Either relay carries QEMU's one migration connection, not the extra
+// connections of the multifd or postcopy-preempt capabilities: it keeps
+// accepting on its listener, and a second connection (or a MULTIFD_FLUSH
+// record in the stream) fails the migration with an error naming the
+// capability, before the destination has the stream's end; the source
+// QEMU's guest runs on. (QEMU 7.2 opens both kinds at the migration's
+// start; QEMU 8.0+ opens the preempt channel when post-copy starts, just
+// before the PACKAGED sub-stream, which the relay holds until it has
+// looked at every connection accepted so far.) The destination half gives
+// up on a destination QEMU that takes no stream bytes for 30 s.
+//
+// extract and convert -compact refuse a stream with a MULTIFD_FLUSH record:
+// its pages went on multifd channels, which are not in it.
+//
+// extract, convert and relay hold a copy of the guest's RAM (the pages the
+// stream sends); -max-ram BYTES bounds the RAM a stream may declare (16 GiB
+// by default), and a larger one is an error naming the bound.
+//
 // FILE, IN or OUT "-" is standard input or output. A stream that breaks a
 // rule of the format is an error naming the stream offset; the exit status
 // is then 1.
@@ -81,17 +101,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"os"
 
+	"github.com/livemig/livemig/examples/qemu/stream"
 	"github.com/livemig/livemig/transport"
 )
 
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, stream.ErrImageLimit) {
+			err = fmt.Errorf("%w (a larger guest needs -max-ram)", err)
+		}
 		fmt.Fprintln(os.Stderr, "qemu:", err)
 		os.Exit(1)
 	}
@@ -99,8 +124,8 @@ func main() {
 
 const usage = `usage:
   qemu inspect [-json] FILE
-  qemu extract -o DIR FILE
-  qemu convert [-xbzrle|-plain|-compact] IN OUT
+  qemu extract [-max-ram BYTES] -o DIR FILE
+  qemu convert [-xbzrle|-plain|-compact] [-max-ram BYTES] IN OUT
   qemu relay -listen ADDR -to ADDR [-xbzrle|-plain]
   qemu relay -listen ADDR -peer ADDR [-rate BYTES/S] [-xbzrle] [-lz4] [-cache BYTES]
   qemu relay -accept ADDR -to ADDR
@@ -134,16 +159,21 @@ func run(args []string, stdout, stderr io.Writer) error {
 		})
 	case "extract":
 		dir := fs.String("o", "", "output directory (created if missing)")
+		maxRAM := maxRAMFlag(fs)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		defer setMaxRAM(*maxRAM)()
 		if fs.NArg() != 1 || *dir == "" {
 			return fmt.Errorf("extract: want -o DIR and one FILE")
 		}
 		return withInput(fs.Arg(0), func(in io.Reader) error {
-			names, err := extract(in, *dir)
+			names, skipped, err := extractBlocks(in, *dir)
 			for _, n := range names {
 				fmt.Fprintln(stdout, n)
+			}
+			for _, n := range skipped {
+				fmt.Fprintf(stderr, "extract: %s not written: x-ignore-shared, and the stream sends none of its pages (they stay in the shared memory)\n", n)
 			}
 			return err
 		})
@@ -151,9 +181,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 		toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
 		toPlain := fs.Bool("plain", false, "expand XBZRLE and compressed pages")
 		toCompact := fs.Bool("compact", false, "write each page once, with its final contents")
+		maxRAM := maxRAMFlag(fs)
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
+		defer setMaxRAM(*maxRAM)()
 		mode, flags := convertCopy, 0
 		for _, f := range []struct {
 			set  bool
@@ -183,6 +215,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprint(stderr, usage)
 	return fmt.Errorf("unknown subcommand %q", args[0])
+}
+
+// maxRAMFlag defines -max-ram: the most RAM a stream may declare for the
+// subcommands that hold a copy of it (extract, convert, relay).
+func maxRAMFlag(fs *flag.FlagSet) *int64 {
+	return fs.Int64("max-ram", stream.DefaultMaxImage, "the most guest RAM (bytes) a stream may declare; a copy of what it sends is held in memory")
+}
+
+// setMaxRAM sets the bound of the images the subcommand builds and returns
+// what restores it.
+func setMaxRAM(n int64) func() {
+	saved := imageConfig
+	imageConfig.MaxBytes = n
+	return func() { imageConfig = saved }
 }
 
 func withInput(name string, f func(io.Reader) error) error {
@@ -223,9 +269,11 @@ func runRelay(fs *flag.FlagSet, args []string, stderr io.Writer) error {
 	cache := fs.Int64("cache", 0, "source half: XBZRLE cache bytes (0: 64 MiB)")
 	toX := fs.Bool("xbzrle", false, "re-send pages as XBZRLE deltas")
 	toPlain := fs.Bool("plain", false, "one process: expand XBZRLE and compressed pages")
+	maxRAM := maxRAMFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	defer setMaxRAM(*maxRAM)()
 	ctx := context.Background()
 	switch {
 	case fs.NArg() != 0:

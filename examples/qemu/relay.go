@@ -21,7 +21,10 @@ func (s relayStats) String() string {
 		s.In, s.Out, 100*float64(s.Out)/float64(max(s.In, 1)), s.PagesIn, s.PagesOut, s.Deltas, s.DeltaBytes, s.Dropped, s.Overflows, s.Expanded, s.ReturnPath)
 }
 
-// relayOnce carries one migration: it accepts the source QEMU on ln, dials
+// relayOnce carries one migration: it accepts the source QEMU on ln (one
+// connection: a second, which multifd or post-copy's preempt channel would
+// open, refuses the migration with an error wrapping
+// livemig.ErrNotSupported that names the capability), dials
 // the destination QEMU at to, rewrites the stream record by record (mode:
 // copy, -plain or -xbzrle, as convert does; in post-copy, pages go plain)
 // and copies the return path back byte for byte. It returns when both
@@ -29,7 +32,9 @@ func (s relayStats) String() string {
 // (the destination then fails the load, and the source its migration).
 func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error) {
 	var st relayStats
-	src, err := ln.Accept()
+	ch := acceptChannels(ln)
+	defer ch.close()
+	src, err := ch.accept()
 	if err != nil {
 		return st, err
 	}
@@ -39,14 +44,13 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 		return st, err
 	}
 	defer dst.Close()
+	ch.closeOnRefusal(dst)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		st.ReturnPath, _ = io.Copy(src, dst)
-		if tc, ok := src.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		closeWrite(src) // src is the channel watcher's wrapper: no *net.TCPConn
 	}()
 	r := stream.NewReader(src, stream.Config{})
 	cw := &countWriter{w: dst}
@@ -68,6 +72,9 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 			if err != nil {
 				return err
 			}
+			if err := ch.note(&rec); err != nil {
+				return err
+			}
 			o, err := c.recode(&rec)
 			if err != nil {
 				return err
@@ -82,9 +89,7 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 	if err == nil {
 		// Whatever follows the stream's end goes as it is.
 		_, err = io.Copy(cw, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
+		closeWrite(dst)
 	}
 	if err != nil {
 		src.Close()
@@ -93,6 +98,15 @@ func relayOnce(ln net.Listener, to string, mode convertMode) (relayStats, error)
 	wg.Wait()
 	st.convertStats = c.st
 	st.In, st.Out = r.Offset(), cw.n
+	if err != nil {
+		if rerr := ch.settle(); rerr != nil && !errors.Is(err, rerr) {
+			// A second channel refused the migration and closed the
+			// source's connection under the reader, or the destination
+			// QEMU hung up on a command only that capability explains:
+			// say why first.
+			return st, errors.Join(rerr, err)
+		}
+	}
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}

@@ -58,17 +58,22 @@
 // arrive. Its errors are *livemig.StreamError values carrying the stream
 // offset of the bad item and wrapping livemig.ErrCorrupt (a format rule
 // broken), ErrLimit (over a bound), livemig.ErrVersion,
-// livemig.ErrNotSupported (RDMA, mapped-ram, huge-page post-copy) or
+// livemig.ErrNotSupported (RDMA, mapped-ram, huge-page post-copy, a stream
+// without section footers) or
 // io.ErrUnexpectedEOF (a cut stream).
 //
 // # Limits
 //
 // The page size is 4096 (x86). Streams need section footers (QEMU's
-// default since machine types of 2.4). Device sections carry no length:
+// default since machine types of 2.4): one without is refused at its first
+// section's end, as not supported. A block list may declare at most
+// Config.MaxRAM bytes (1 TiB by default). Device sections carry no length:
 // the Reader finds a device section's end at its footer (7E and the section
-// id) followed by a well-formed record, so device bytes that happened to
-// contain such a sequence would end the section early (and fail at the
-// next record); QEMU's own streams never do in practice, and a VMDesc
+// id) followed by a well-formed record (or, when the input pauses right
+// after the footer and EOF, as a source waiting for its destination's
+// answer does, at that footer), so device bytes that happened to contain
+// such a sequence would end the section early (and fail at the next
+// record); QEMU's own streams never do in practice, and a VMDesc
 // (the trailing JSON description, ParseVMDesc) walks each device section's
 // bytes field by field to confirm its extent. Multifd channels
 // and post-copy's preempt channel are separate connections this package

@@ -290,6 +290,9 @@ var (
 	// (Config, ImageConfig). It wraps livemig.ErrCorrupt: a stream QEMU
 	// wrote within the defaults never hits one.
 	ErrLimit = fmt.Errorf("stream: length over the limit: %w", errCorrupt)
+	// ErrImageLimit: a block list declares more RAM than an Image may hold
+	// (ImageConfig.MaxBytes). It wraps ErrLimit.
+	ErrImageLimit = fmt.Errorf("%w: RAM over the image's bound", ErrLimit)
 	// ErrWriter: a Writer was given a record it cannot write (a wrong
 	// length, a name too long, a record out of order).
 	ErrWriter = errors.New("stream: bad record for the writer")

@@ -70,7 +70,7 @@ func (m *Image) setLayout(l *Layout) error {
 		max = DefaultMaxImage
 	}
 	if l.Bytes() > uint64(max) {
-		return fmt.Errorf("%w: %d bytes of RAM declared, more than %d (ImageConfig.MaxBytes)", ErrLimit, l.Bytes(), max)
+		return fmt.Errorf("%w: %d bytes of RAM declared, more than %d (ImageConfig.MaxBytes)", ErrImageLimit, l.Bytes(), max)
 	}
 	m.layout = l
 	m.chunks = make([][]byte, (l.Pages()+chunkPages-1)/chunkPages)

@@ -20,6 +20,7 @@ const (
 	DefaultMaxVMDesc   = 16 << 20
 	DefaultMaxBlocks   = 1024
 	DefaultMaxSections = 4096
+	DefaultMaxRAM      = 1 << 40
 	defaultBuffer      = 256 << 10
 	minBuffer          = 2 * PageSize
 	maxMachineName     = 256
@@ -40,6 +41,11 @@ type Config struct {
 	// MaxSections bounds the number of distinct section ids and names
 	// (DefaultMaxSections).
 	MaxSections int
+	// MaxRAM bounds the RAM a block list declares, in bytes: the MEM_SIZE
+	// total (DefaultMaxRAM, 1 TiB). The Reader allocates nothing per page,
+	// but what consumes a Layout may (a bitmap, a table of chunks): this
+	// keeps a 9-byte record from declaring 2^63 bytes to them.
+	MaxRAM int64
 	// BufferSize is the read buffer's size, at least 8 KiB (256 KiB).
 	BufferSize int
 }
@@ -56,6 +62,9 @@ func (c *Config) fill() {
 	}
 	if c.MaxSections <= 0 {
 		c.MaxSections = DefaultMaxSections
+	}
+	if c.MaxRAM <= 0 {
+		c.MaxRAM = DefaultMaxRAM
 	}
 	switch {
 	case c.BufferSize == 0:
@@ -97,8 +106,10 @@ type section struct {
 // flags, block names and offsets, XBZRLE encodings (through package delta)
 // and zlib data. Device sections carry no length: the Reader finds a
 // device section's end by its footer (7E and the section id) followed by a
-// well-formed next record; streams without section footers (machine types
-// before 2.4) are not supported.
+// well-formed next record, looking first at what is buffered, so that a
+// live source that pauses after its last section and EOF (waiting for the
+// destination) gets that section through; streams without section footers
+// (machine types before 2.4) are not supported.
 //
 // Errors are *livemig.StreamError values carrying the offset of the bad
 // item; after one, Next returns it again. A Reader is not safe for
@@ -123,6 +134,7 @@ type Reader struct {
 	caps      []string
 	ignShared bool
 	hugePages bool // POSTCOPY_ADVISE said some block has pages > 4 KiB
+	footers   bool // a section footer has been read
 
 	scratch []byte // device sections, the description, raw subsections
 	zlib    inflater
@@ -158,6 +170,12 @@ func (r *Reader) Layout() *Layout { return r.layout }
 // Machine returns the machine type named by the configuration section, ""
 // before it or without one.
 func (r *Reader) Machine() string { return r.machine }
+
+// Capabilities returns the migration capabilities the configuration
+// section lists (QEMU lists only those both sides must agree on, such as
+// x-ignore-shared), nil before it or without them. The slice is the
+// Reader's: do not modify it.
+func (r *Reader) Capabilities() []string { return r.caps }
 
 // Next returns the next record. At the end of the stream (after the JSON
 // description, or after EOF when the input ends there) it returns io.EOF;
@@ -510,6 +528,13 @@ func (r *Reader) footer(rec Record) (Record, error) {
 		return rec, err
 	}
 	if t != typeFooter {
+		if !r.footers && (t <= typeFull || t == typeCommand) {
+			// The first section ends where a record begins: a stream
+			// with no footers at all, as QEMU writes for machine types
+			// before 2.4 (or with send-section-footer=off).
+			return rec, errAt(rec.Offset, "section footer", fmt.Errorf("%w: no footer after section %s (byte 0x%02x): a stream without section footers (machine types before 2.4, or send-section-footer=off)",
+				livemig.ErrNotSupported, r.cur.name, t))
+		}
 		return rec, corrupt(rec.Offset, "section footer", "missing section footer for %s (byte 0x%02x)", r.cur.name, t)
 	}
 	id, err := r.be32("section footer")
@@ -521,6 +546,7 @@ func (r *Reader) footer(rec Record) (Record, error) {
 	}
 	rec.Kind, rec.ID, rec.Name, rec.Instance = KindFooter, id, r.cur.name, r.cur.instance
 	r.state = stTop
+	r.footers = true
 	return rec, nil
 }
 
@@ -630,6 +656,9 @@ func (r *Reader) ram(rec Record) (Record, error) {
 func (r *Reader) memSize(rec Record, total uint64) (Record, error) {
 	if r.hugePages {
 		return rec, errAt(rec.Offset, "ram block list", fmt.Errorf("%w: post-copy with RAM blocks of pages larger than %d bytes", livemig.ErrNotSupported, PageSize))
+	}
+	if total > uint64(r.cfg.MaxRAM) {
+		return rec, errAt(rec.Offset, "ram block list", fmt.Errorf("%w: %#x bytes of RAM declared (MaxRAM %#x)", ErrLimit, total, r.cfg.MaxRAM))
 	}
 	blocks := r.blocks[:0]
 	left := total
@@ -775,11 +804,15 @@ func (r *Reader) pageRecord(rec Record, flags, addr uint64) (Record, error) {
 	return rec, nil
 }
 
+// footerLook is how far the Reader looks past a footer to see a
+// well-formed record: the footer, then the longest section header.
+const footerLook = 5 + 1 + 4 + 1 + 255 + 8
+
 // device reads a non-RAM section's bytes: everything up to the footer that
 // is followed by a well-formed record.
 func (r *Reader) device(rec Record) (Record, error) {
-	const look = 5 + 1 + 4 + 1 + 255 + 8 // footer, then the longest header
 	data := r.scratch[:0]
+	wait := false // the buffered bytes could not tell: wait for more
 	weakAt, weakByte := int64(-1), byte(0)
 	// The first footer of another section's id followed by a well-formed
 	// record: where the section most likely ends, if no footer of its own
@@ -790,7 +823,23 @@ func (r *Reader) device(rec Record) (Record, error) {
 			errCorrupt, r.cur.name, badID, r.curID, end, r.curID))
 	}
 	for {
-		n := max(r.br.Buffered(), look)
+		if i, ok := r.stalledEnd(); ok && len(data)+i <= r.cfg.MaxSection {
+			// The input stalls right after this section's footer and
+			// EOF: a live source waiting (return path) for the
+			// destination, which needs the section first.
+			w, _ := r.br.Peek(i)
+			data = append(data, w...)
+			_, _ = r.br.Discard(i)
+			r.off += int64(i)
+			break
+		}
+		// Scan what is buffered; wait for input only when that cannot
+		// tell where the section ends, and then for one more byte, not
+		// for a whole look-ahead that a stalled source may never send.
+		n := r.br.Buffered()
+		if n == 0 || wait {
+			n = min(n+1, r.cfg.BufferSize)
+		}
 		if r.limit >= 0 && r.limit-r.off < int64(n) {
 			// Never wait for bytes past the sub-stream's end.
 			n = int(r.limit - r.off)
@@ -855,11 +904,43 @@ func (r *Reader) device(rec Record) (Record, error) {
 		if found {
 			break
 		}
+		wait = i == 0
 	}
 	r.scratch = data
 	rec.Kind, rec.ID, rec.Name, rec.Instance, rec.Data = KindDevice, r.curID, r.cur.name, r.cur.instance, data
 	r.state = stFooter
 	return rec, nil
+}
+
+// stalledEnd reports whether the bytes buffered, fewer than a look-ahead,
+// end with the current section's footer and EOF (7E, the id, 00), and no
+// earlier footer-like bytes among them could end the section: it returns
+// the footer's position. A source QEMU with a return path and no JSON
+// description to send (suppress-vmdesc) sends these as its last bytes and
+// waits for the destination to answer, so the byte after EOF that the
+// Reader would otherwise wait for, to be sure of the section's end, comes
+// only after the destination has loaded the section: a relay would wait
+// for ever. Device bytes ending in exactly these six bytes where the input
+// happens to pause are what this takes for a section's end.
+func (r *Reader) stalledEnd() (int, bool) {
+	b := r.br.Buffered()
+	if r.limit >= 0 || b < 6 || b >= footerLook {
+		return 0, false
+	}
+	w, _ := r.br.Peek(b)
+	i := b - 6
+	if w[i] != typeFooter || binary.BigEndian.Uint32(w[i+1:]) != r.curID || w[i+5] != typeEOF {
+		return 0, false
+	}
+	for j := 0; j < i; j++ {
+		if w[j] != typeFooter {
+			continue
+		}
+		if ok, more := r.footerLike(w, j, false); ok || more {
+			return 0, false
+		}
+	}
+	return i, true
 }
 
 // footerAt reports whether w[i:] holds the current section's footer

@@ -31,8 +31,27 @@ func TestUpdateFuzzSeeds(t *testing.T) {
 	streams := map[string]qemutest.SaveOptions{
 		"stopped": {},
 		"xbzrle":  {Live: true, Passes: 5, XBZRLE: true},
+		// Eight RAM blocks (guest RAM in two NUMA backends, a VGA's),
+		// XBZRLE on a 1 MiB cache.
+		"multiblock": {Hardware: qemutest.Hardware{Args: []string{"-device", "VGA",
+			"-object", "memory-backend-ram,id=m0,size=32M", "-object", "memory-backend-ram,id=m1,size=32M",
+			"-numa", "node,memdev=m0", "-numa", "node,memdev=m1"}}, Live: true, Passes: 4, XBZRLE: true, XBZRLECache: 1 << 20},
+		"q35": {Hardware: qemutest.Hardware{Machine: "pc-q35-7.2"}, Live: true, Passes: 3},
 	}
 	seeds := map[string][]byte{}
+	// A post-copy migration's stream: commands, the PACKAGED sub-stream,
+	// pages after the switch, no description.
+	pc, err := qemutest.Postcopy(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.Src.Stop()
+	pc.Dst.Stop()
+	precs, err := readAll(pc.Stream, stream.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds["qemu-postcopy-shrunk"] = write(t, shrink(t, precs, 3))
 	for name, opt := range streams {
 		file := filepath.Join(dir, name+".mig")
 		vm, _, err := qemutest.Save(t, dir, file, opt)

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/delta"
@@ -350,7 +351,10 @@ func TestCorrupt(t *testing.T) {
 		{"ram version", set(off[5]+1+4+4+4+3, 5), off[5], livemig.ErrVersion},
 		{"block list total", set(off[6]+5, 0), off[6] + 8, livemig.ErrCorrupt},
 		{"footer id", set(off[8]+4, 9), off[8], livemig.ErrCorrupt},
-		{"missing footer", set(off[8], 0x00), off[8], livemig.ErrCorrupt},
+		{"missing footer", set(off[14], 0x00), off[14], livemig.ErrCorrupt},
+		// The first section with no footer: a stream of a machine type
+		// before 2.4, which has none.
+		{"no footers", set(off[8], 0x02), off[8], livemig.ErrNotSupported},
 		{"ram flags", set(off[10]+7, 0x03), off[10], livemig.ErrCorrupt},
 		{"unknown block", set(off[10]+9, 'X'), off[10], livemig.ErrCorrupt},
 		{"offset past block", set(off[11]+4, 0x7F), off[11], livemig.ErrCorrupt},
@@ -468,6 +472,19 @@ func TestLimits(t *testing.T) {
 	if _, err := readAll(good, stream.Config{MaxBlocks: 2}); !errors.Is(err, stream.ErrLimit) {
 		t.Errorf("MaxBlocks 2: %v", err)
 	}
+	_, err = readAll(good, stream.Config{MaxRAM: 8 * stream.PageSize})
+	var se *livemig.StreamError
+	if !errors.Is(err, stream.ErrLimit) || !errors.As(err, &se) || se.Offset != off[6] {
+		t.Errorf("MaxRAM of 8 pages, a block list of 22 at offset %d: %v", off[6], err)
+	}
+	// A 9-byte block list declaring 2^63 bytes: refused at the default.
+	huge := bytes.Clone(good[:off[6]])
+	huge = append(huge, be64s(1<<63|0x04)...)
+	huge = append(huge, 1, 'x')
+	huge = append(huge, be64s(1<<63)...)
+	if _, err := readAll(huge, stream.Config{}); !errors.Is(err, stream.ErrLimit) {
+		t.Errorf("a block list of 2^63 bytes: %v", err)
+	}
 	got, _ := readAll(good, stream.Config{})
 	img, _ := stream.NewImage(nil, stream.ImageConfig{MaxBytes: 8 * stream.PageSize})
 	if err := img.Apply(&got[6]); !errors.Is(err, stream.ErrLimit) {
@@ -555,5 +572,64 @@ func TestConfigurationSubsections(t *testing.T) {
 	got[1].Data = nil
 	if out := write(t, got); !bytes.Equal(out, b) {
 		t.Errorf("configuration written from its fields differs:\n%x\n%x", out, b)
+	}
+}
+
+// TestStalledEnd feeds a stream through a pipe that stops right after the
+// last device section's footer and EOF, as a source QEMU with a return
+// path and no JSON description does while it waits for the destination:
+// the Reader returns the last sections (fewer bytes than it looks ahead
+// past a footer), their footers and EOF without waiting for more input,
+// and the stream then ends cleanly.
+func TestStalledEnd(t *testing.T) {
+	recs := []stream.Record{
+		{Kind: stream.KindHeader},
+		{Kind: stream.KindConfiguration, Machine: "pc-i440fx-7.2"},
+		{Kind: stream.KindSection, Type: stream.SectionFull, ID: 6, Name: "acpi_build", Version: 1},
+		{Kind: stream.KindDevice, Data: []byte{1, 0}},
+		{Kind: stream.KindFooter, ID: 6},
+		{Kind: stream.KindSection, Type: stream.SectionFull, ID: 7, Name: "globalstate", Version: 1},
+		{Kind: stream.KindDevice, Data: append(be32(8), "running\x00"...)},
+		{Kind: stream.KindFooter, ID: 7},
+		{Kind: stream.KindEOF},
+	}
+	b := write(t, recs)
+	pr, pw := io.Pipe()
+	release := make(chan struct{})
+	go func() {
+		pw.Write(b)
+		<-release
+		pw.Close()
+	}()
+	r := stream.NewReader(pr, stream.Config{})
+	got := make(chan stream.Kind)
+	go func() {
+		defer close(got)
+		for {
+			rec, err := r.Next()
+			if err != nil {
+				if err != io.EOF {
+					t.Errorf("after the release: %v", err)
+				}
+				return
+			}
+			got <- rec.Kind
+		}
+	}()
+	deadline := time.After(10 * time.Second)
+	for i, want := range []stream.Kind{stream.KindHeader, stream.KindConfiguration, stream.KindSection, stream.KindDevice, stream.KindFooter,
+		stream.KindSection, stream.KindDevice, stream.KindFooter, stream.KindEOF} {
+		select {
+		case k := <-got:
+			if k != want {
+				t.Fatalf("record %d: %v, want %v", i, k, want)
+			}
+		case <-deadline:
+			t.Fatalf("record %d (%v) not returned while the input stalls after EOF", i, want)
+		}
+	}
+	close(release)
+	if _, ok := <-got; ok {
+		t.Error("a record after EOF")
 	}
 }

@@ -81,3 +81,28 @@ func TestVMDescHostile(t *testing.T) {
 		}
 	}
 }
+
+// FuzzVMDesc parses a description and walks bytes with each of its devices:
+// no panic, fields inside the bytes, errors wrapping livemig.ErrCorrupt.
+func FuzzVMDesc(f *testing.F) {
+	f.Add(descJSON, []byte{0, 0, 0, 7, 0, 1, 0, 2, 0x10, 5, 9, 's', 'e', 'g', '/', 'e', 'x', 't', 'r', 'a', 0, 0, 0, 1, 0x11, 0x20, 0xAA, 0xBB})
+	f.Fuzz(func(t *testing.T, js string, data []byte) {
+		d, err := stream.ParseVMDesc([]byte(js))
+		if err != nil {
+			if !errors.Is(err, livemig.ErrCorrupt) {
+				t.Fatalf("ParseVMDesc: %v", err)
+			}
+			return
+		}
+		for i := range d.Devices {
+			err := d.Devices[i].Walk(data, func(fl stream.Field) {
+				if fl.Offset < 0 || fl.Offset+len(fl.Data) > len(data) {
+					t.Fatalf("field %s at %d+%d outside the %d bytes", fl.Path, fl.Offset, len(fl.Data), len(data))
+				}
+			})
+			if err != nil && !errors.Is(err, livemig.ErrCorrupt) {
+				t.Fatalf("Walk: %v", err)
+			}
+		}
+	})
+}

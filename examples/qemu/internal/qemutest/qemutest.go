@@ -57,8 +57,24 @@ func Find() (string, error) {
 	return p, nil
 }
 
+// Hardware is the guest's machine; the zero value is the tests' default
+// (Machine, -m 64, no devices beyond -nodefaults' and the IDE disk). Source
+// and destination of a migration must have the same.
+type Hardware struct {
+	// Machine is the machine type; "" means Machine. Pin a full type
+	// (pc-q35-7.2, not q35): the stream names it.
+	Machine string
+	// MachineOpts are appended to -machine, e.g. "memory-backend=m0".
+	MachineOpts string
+	// MemMB is -m; 0 means 64.
+	MemMB int
+	// Args are more arguments: -device, -object, -numa ...
+	Args []string
+}
+
 // Options configure a VM.
 type Options struct {
+	Hardware
 	// Paused starts the VM with -S.
 	Paused bool
 	// Incoming is the -incoming argument ("exec:cat FILE", "tcp:...").
@@ -98,13 +114,25 @@ func Start(t testing.TB, dir string, opt Options) (*VM, error) {
 	if opt.Timeout == 0 {
 		opt.Timeout = 60 * time.Second
 	}
+	machine, mem := opt.Machine, opt.MemMB
+	if machine == "" {
+		machine = Machine
+	}
+	if mem == 0 {
+		mem = 64
+	}
+	machine += ",accel=tcg"
+	if opt.MachineOpts != "" {
+		machine += "," + opt.MachineOpts
+	}
 	args := []string{
-		"-machine", Machine + ",accel=tcg", "-m", "64", "-display", "none", "-nodefaults",
+		"-machine", machine, "-m", strconv.Itoa(mem), "-display", "none", "-nodefaults",
 		"-drive", "file=" + filepath.Join(vmDir, "boot.img") + ",format=raw,if=ide",
 		"-debugcon", "file:" + filepath.Join(vmDir, "dbg.log"), "-global", "isa-debugcon.iobase=0xe9",
 		"-qmp", "unix:" + filepath.Join(vmDir, "qmp.sock") + ",server=on,wait=off",
 		"-rtc", "base=2020-01-01T00:00:00,clock=vm",
 	}
+	args = append(args, opt.Args...)
 	if opt.Paused {
 		args = append(args, "-S")
 	}

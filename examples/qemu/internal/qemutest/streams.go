@@ -10,6 +10,8 @@ import (
 
 // SaveOptions say what stream Save produces.
 type SaveOptions struct {
+	// Hardware is the source guest's machine (the zero value: the default).
+	Hardware
 	// Live lets the guest run (and print a few counters) before and during
 	// the migration; otherwise the guest never starts (-S) and the stream
 	// is small and the same from run to run.
@@ -23,6 +25,11 @@ type SaveOptions struct {
 	// XBZRLE turns on QEMU's xbzrle capability: pages re-sent from the
 	// third pass on go as deltas.
 	XBZRLE bool
+	// XBZRLECache sets xbzrle-cache-size in bytes (0: QEMU's 64 MiB).
+	XBZRLECache int64
+	// Capabilities are more migration capabilities to turn on at the
+	// source ("multifd", "postcopy-ram", ...).
+	Capabilities []string
 }
 
 // Save runs a guest and migrates it to file with "exec:cat > file". It
@@ -52,7 +59,7 @@ func Save(t testing.TB, dir, file string, opt SaveOptions) (*VM, Migration, erro
 // "tcp:ADDR") once, as Save does, returning when the source reports the
 // migration completed.
 func MigrateOnce(t testing.TB, dir, uri string, opt SaveOptions) (*VM, Migration, error) {
-	vm, err := Start(t, dir, Options{Paused: !opt.Live})
+	vm, err := Start(t, dir, Options{Hardware: opt.Hardware, Paused: !opt.Live})
 	if err != nil {
 		return vm, Migration{}, err
 	}
@@ -61,10 +68,15 @@ func MigrateOnce(t testing.TB, dir, uri string, opt SaveOptions) (*VM, Migration
 			return vm, Migration{}, err
 		}
 	}
+	caps := opt.Capabilities
 	if opt.XBZRLE {
-		if _, err := vm.Cmd("migrate-set-capabilities", map[string]any{
-			"capabilities": []map[string]any{{"capability": "xbzrle", "state": true}},
-		}); err != nil {
+		caps = append([]string{"xbzrle"}, caps...)
+	}
+	if err := vm.SetCapabilities(caps...); err != nil {
+		return vm, Migration{}, err
+	}
+	if opt.XBZRLECache != 0 {
+		if _, err := vm.Cmd("migrate-set-parameters", map[string]any{"xbzrle-cache-size": opt.XBZRLECache}); err != nil {
 			return vm, Migration{}, err
 		}
 	}
@@ -100,14 +112,46 @@ func MigrateOnce(t testing.TB, dir, uri string, opt SaveOptions) (*VM, Migration
 // until the load has completed. A stream QEMU rejects makes QEMU exit: the
 // error then holds QEMU's message.
 func Load(t testing.TB, dir, file string) (*VM, error) {
-	vm, err := Start(t, dir, Options{Paused: true, Incoming: "exec:cat " + file})
+	return LoadOn(t, dir, file, Hardware{})
+}
+
+// LoadOn is Load on a guest of the given hardware (the source's), with
+// the given migration capabilities on (QEMU 7.2 loads COMPRESS_PAGE records
+// only with "compress").
+func LoadOn(t testing.TB, dir, file string, hw Hardware, caps ...string) (*VM, error) {
+	incoming := "exec:cat " + file
+	if len(caps) > 0 {
+		incoming = "defer"
+	}
+	vm, err := Start(t, dir, Options{Hardware: hw, Paused: true, Incoming: incoming})
 	if err != nil {
 		return vm, err
+	}
+	if len(caps) > 0 {
+		if err := vm.SetCapabilities(caps...); err != nil {
+			return vm, err
+		}
+		if _, err := vm.Cmd("migrate-incoming", map[string]any{"uri": "exec:cat " + file}); err != nil {
+			return vm, err
+		}
 	}
 	if _, err := vm.WaitMigration(30*time.Second, Completed); err != nil {
 		return vm, fmt.Errorf("loading %s: %w", file, err)
 	}
 	return vm, nil
+}
+
+// SetCapabilities turns on the named migration capabilities.
+func (vm *VM) SetCapabilities(names ...string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	var caps []map[string]any
+	for _, n := range names {
+		caps = append(caps, map[string]any{"capability": n, "state": true})
+	}
+	_, err := vm.Cmd("migrate-set-capabilities", map[string]any{"capabilities": caps})
+	return err
 }
 
 // PostcopyResult is what Postcopy leaves: the running destination, the
