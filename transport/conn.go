@@ -313,7 +313,10 @@ func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encodin
 		// A wrong one makes the peer refuse the frame.
 		c.wcrc = c.shift.Combine(c.wcrc, dataCRC)
 	} else {
-		c.wcrc = crc32.Update(c.wcrc, castagnoli, data)
+		// The copy's bytes, not data's: data may be guest memory that
+		// changes under us (a PageView), and the frame must carry the
+		// CRC of what it carries.
+		c.wcrc = crc32.Update(c.wcrc, castagnoli, b[off+recordHeaderSize:off+rec])
 	}
 	c.wbuf = b
 	c.wcount++
