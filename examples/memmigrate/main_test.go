@@ -234,16 +234,25 @@ func TestCheck(t *testing.T) {
 func TestOutage(t *testing.T) {
 	ctx, giveUp := context.WithCancelCause(context.Background())
 	defer giveUp(nil)
-	u := &outage{wait: 50 * time.Millisecond, giveUp: giveUp}
+	// A clock too long to run out while the test looks: begin twice is one
+	// outage, one timer; a reconnection stops it and starts a new outage.
+	u := &outage{wait: time.Hour, giveUp: giveUp}
 	u.begin()
-	time.Sleep(30 * time.Millisecond)
+	first, gen := u.timer, u.gen
 	u.begin() // the same outage: its clock goes on
-	u.end()   // reconnected
-	time.Sleep(60 * time.Millisecond)
-	if ctx.Err() != nil {
-		t.Fatalf("gave up after a reconnection: %v", context.Cause(ctx))
+	if u.timer != first || first == nil {
+		t.Fatal("a second begin in one outage started another clock")
 	}
-	u.begin() // the next outage
+	u.end() // reconnected
+	if u.timer != nil || u.gen != gen+1 {
+		t.Fatalf("after the reconnection: timer %v, outage %d (was %d)", u.timer, u.gen, gen)
+	}
+	if first.Stop() {
+		t.Fatal("the reconnection left the outage's clock running")
+	}
+	// The next outage's clock runs out: the migration is given up.
+	u.wait = 50 * time.Millisecond
+	u.begin()
 	select {
 	case <-ctx.Done():
 		if !strings.Contains(context.Cause(ctx).Error(), "no reconnection within -recover-wait 50ms") {
