@@ -122,7 +122,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -131,6 +130,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/examples/internal/autopick"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/hybrid"
@@ -991,31 +991,24 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 }
 
 // autoMode profiles the source's guest for -profile-window while its
-// writers run, asks the advisor (package advisor) for -link-bandwidth,
-// -link-latency, -downtime and -objective, says what it chose and why, and
-// sets o's mode, codecs and policy to the pick.
+// writers run, asks the advisor (package advisor, through
+// examples/internal/autopick) for -link-bandwidth, -link-latency,
+// -downtime and -objective, says what it chose and why, and sets o's mode,
+// codecs and policy to the pick.
 func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advice, advisor.Profile, error) {
 	obj, err := advisor.ParseObjective(o.objective)
 	if err != nil {
 		return advisor.Advice{}, advisor.Profile{}, err
 	}
-	fmt.Fprintf(os.Stderr, "source: -mode auto: profiling the guest for %v\n", o.profileWindow)
-	p, err := advisor.Observe(ctx, mem, livemig.WallClock{}, advisor.ObserveConfig{Window: o.profileWindow, Logger: logger(*o)})
+	pk, err := autopick.Choose(ctx, mem, autopick.Config{
+		Link:   advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
+		Target: advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, Objective: obj,
+		Window: o.profileWindow, Logger: logger(*o), Log: os.Stderr, Prefix: "source: "})
 	if err != nil {
-		return advisor.Advice{}, p, fmt.Errorf("-mode auto: profile: %w", err)
+		return pk.Advice, pk.Profile, err
 	}
-	adv := advisor.Advise(p, advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
-		advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
-	if adv.Algorithm == "" {
-		return adv, p, fmt.Errorf("-mode auto: %s", strings.Join(adv.Reasons, "; "))
-	}
-	fmt.Fprintf(os.Stderr, "source: -mode auto chose %s (predicted total %v, downtime %v, fault wait %v):\n", adv.Algorithm,
-		adv.Predicted.Total.Round(time.Millisecond), adv.Predicted.Downtime.Round(time.Microsecond), adv.Predicted.FaultWait.Round(time.Millisecond))
-	for _, r := range adv.Reasons {
-		fmt.Fprintf(os.Stderr, "source:   - %s\n", r)
-	}
-	applyAdvice(o, adv.Algorithm)
-	return adv, p, nil
+	applyPick(o, pk)
+	return pk.Advice, pk.Profile, nil
 }
 
 // roundWatch turns pre-copy's events into the facts of each round, as
@@ -1044,19 +1037,10 @@ func (w *roundWatch) observe(e precopy.Event) (precopy.RoundFacts, bool) {
 	return precopy.RoundFacts{}, false
 }
 
-// applyAdvice sets o to run the algorithm named (one of advisor.Algorithms).
-func applyAdvice(o *options, alg string) {
-	o.codecs, o.lz4 = codec.Codecs{}, false
-	switch alg {
-	case "postcopy-preempt", "postcopy-preempt-lz4":
-		o.mode, o.lz4 = "postcopy", alg == "postcopy-preempt-lz4"
-	case "hybrid":
-		o.mode = "hybrid"
-	default:
-		o.mode = "precopy"
-		o.codecs = codec.Codecs{XBZRLE: strings.Contains(alg, "xbzrle"), LZ4: strings.Contains(alg, "lz4")}
-		if alg == "precopy-throttle" {
-			o.policy = "throttle"
-		}
+// applyPick sets o to run pk.
+func applyPick(o *options, pk autopick.Pick) {
+	o.mode, o.codecs, o.lz4 = pk.Mode, pk.Codecs, pk.LZ4
+	if pk.Throttle {
+		o.policy = "throttle"
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/examples/internal/autopick"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
@@ -266,7 +267,7 @@ func TestOutage(t *testing.T) {
 // -mode auto: the source profiles its guest, takes the advisor's pick and
 // migrates by it; the destination, also -mode auto, follows. Where
 // userfaultfd is missing the objective keeps to pre-copy. Each case's
-// advice is checked to be what applyAdvice ran.
+// advice is checked to be what applyPick ran.
 func TestMemmigrateAuto(t *testing.T) {
 	for _, c := range []struct {
 		name      string
@@ -306,14 +307,14 @@ func TestApplyAdvice(t *testing.T) {
 		"hybrid":               {mode: "hybrid", policy: "stop"},
 	} {
 		o := options{mode: "auto", policy: "stop"}
-		applyAdvice(&o, alg)
+		applyPick(&o, autopick.Of(alg))
 		if o.mode != want.mode || o.policy != want.policy || o.codecs != want.codecs || o.lz4 != want.lz4 {
 			t.Errorf("%s: %+v", alg, o)
 		}
 	}
 	for _, alg := range advisor.Algorithms {
 		o := options{mode: "auto", policy: "stop"}
-		applyAdvice(&o, alg)
+		applyPick(&o, autopick.Of(alg))
 		if _, err := o.postCopy(); err != nil || o.mode == "auto" {
 			t.Errorf("%s: mode %q, %v", alg, o.mode, err)
 		}

@@ -1,0 +1,83 @@
+// Package autopick is -mode auto of the example migration commands
+// (memmigrate, kvm): the source profiles its guest through package
+// advisor, takes the advisor's pick, says what it chose and why, and runs
+// it. One implementation for both commands.
+package autopick
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
+)
+
+// Config is what the source knows besides its guest: the link (given, not
+// measured), the downtime target and round limit, the objective, and how
+// long to watch.
+type Config struct {
+	Link      advisor.Link
+	Target    advisor.Target
+	Objective advisor.Objective
+	Window    time.Duration // 0: advisor.ObserveConfig's default
+	Logger    *slog.Logger
+	// Log receives the lines that say what was chosen and why, each
+	// starting with Prefix (say "source: ").
+	Log    io.Writer
+	Prefix string
+}
+
+// Pick is an algorithm as the commands run it.
+type Pick struct {
+	// Mode is "precopy", "postcopy" or "hybrid".
+	Mode string
+	// Codecs are pre-copy's (XBZRLE, LZ4); LZ4 is post-copy's.
+	Codecs codec.Codecs
+	LZ4    bool
+	// Throttle says pre-copy throttles the guest when it does not
+	// converge (auto-converge).
+	Throttle bool
+	// Advice and Profile are what the pick came from.
+	Advice  advisor.Advice
+	Profile advisor.Profile
+}
+
+// Choose profiles g for cfg.Window, asks the advisor, writes the pick and
+// its reasons to cfg.Log, and returns the pick. It fails when the profile
+// fails or no algorithm suits the objective.
+func Choose(ctx context.Context, g advisor.Guest, cfg Config) (Pick, error) {
+	fmt.Fprintf(cfg.Log, "%s-mode auto: profiling the guest for %v\n", cfg.Prefix, cfg.Window)
+	p, err := advisor.Observe(ctx, g, livemig.WallClock{}, advisor.ObserveConfig{Window: cfg.Window, Logger: cfg.Logger})
+	if err != nil {
+		return Pick{Profile: p}, fmt.Errorf("-mode auto: profile: %w", err)
+	}
+	adv := advisor.Advise(p, cfg.Link, cfg.Target, cfg.Objective)
+	if adv.Algorithm == "" {
+		return Pick{Advice: adv, Profile: p}, fmt.Errorf("-mode auto: %s", strings.Join(adv.Reasons, "; "))
+	}
+	fmt.Fprintf(cfg.Log, "%s-mode auto chose %s (predicted total %v, downtime %v, fault wait %v):\n", cfg.Prefix, adv.Algorithm,
+		adv.Predicted.Total.Round(time.Millisecond), adv.Predicted.Downtime.Round(time.Microsecond), adv.Predicted.FaultWait.Round(time.Millisecond))
+	for _, r := range adv.Reasons {
+		fmt.Fprintf(cfg.Log, "%s  - %s\n", cfg.Prefix, r)
+	}
+	pk := Of(adv.Algorithm)
+	pk.Advice, pk.Profile = adv, p
+	return pk, nil
+}
+
+// Of is the pick that runs the algorithm named (one of advisor.Algorithms).
+func Of(alg string) Pick {
+	switch alg {
+	case "postcopy-preempt", "postcopy-preempt-lz4":
+		return Pick{Mode: "postcopy", LZ4: alg == "postcopy-preempt-lz4"}
+	case "hybrid":
+		return Pick{Mode: "hybrid"}
+	}
+	return Pick{Mode: "precopy", Throttle: alg == "precopy-throttle",
+		Codecs: codec.Codecs{XBZRLE: strings.Contains(alg, "xbzrle"), LZ4: strings.Contains(alg, "lz4")}}
+}
