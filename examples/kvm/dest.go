@@ -74,6 +74,7 @@ type acceptor struct {
 	l     *transport.Listener
 	pages uint64
 	bytes atomic.Uint64
+	peer  transport.Hello // the last source's hello
 }
 
 func (a *acceptor) accept(ctx context.Context) (transport.Conn, error) {
@@ -89,6 +90,7 @@ func (a *acceptor) accept(ctx context.Context) (transport.Conn, error) {
 		conn.Close()
 		return nil, err
 	}
+	a.peer = peer
 	return conn, nil
 }
 
@@ -124,6 +126,13 @@ func serve(ctx context.Context, o options, l *transport.Listener, out io.Writer)
 	}
 	start := time.Now()
 	res := &destResult{Mode: o.mode}
+	if o.auto {
+		// The source chose: its hello says pre-copy or post-copy (or
+		// hybrid, which the post-copy side takes as it comes).
+		pc = a.peer.Features&transport.FeatPostCopy != 0
+		res.Mode = "auto: " + map[bool]string{false: "precopy", true: "postcopy or hybrid"}[pc]
+		fmt.Fprintf(os.Stderr, "destination: -mode auto: the source runs %s\n", map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[pc])
+	}
 	if pc {
 		err = postCopyDestination(ctx, o, g, a, conn, res)
 	} else {
@@ -201,7 +210,7 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 	}
 	dst := postcopy.Destination{Memory: m.region, VM: m, Faults: faults, Pages: g.pages(), PageSize: livemig.DefaultPageSize}
 	var rep *postcopy.ReceiveReport
-	if o.mode == "hybrid" {
+	if o.mode == "hybrid" || o.auto { // auto: hybrid's Receive takes post-copy's stream too
 		rep, err = hybrid.Receive(ctx, conn, dst, hybrid.Config{Config: cfg})
 	} else {
 		rep, err = postcopy.Receive(ctx, conn, dst, cfg)

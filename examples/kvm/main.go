@@ -12,6 +12,17 @@
 //	go run ./examples/kvm -listen 127.0.0.1:4444 -mode postcopy -json
 //	go run ./examples/kvm -connect 127.0.0.1:4444 -mode postcopy -dirty-log ring -json
 //
+// With -mode auto on both sides the source watches its running guest
+// through the KVM dirty log for -profile-window, asks package advisor for
+// the link given by -link-bandwidth and -link-latency, -downtime and
+// -objective, prints what it chose and why, and runs the pick (the
+// report's algorithm reads "auto: " and the pick); the destination follows
+// the source's hello. This guest cannot be throttled: a pick of
+// auto-converge runs as plain pre-copy, and says so.
+//
+//	go run ./examples/kvm -listen 127.0.0.1:4444 -mode auto -json
+//	go run ./examples/kvm -connect 127.0.0.1:4444 -mode auto -link-bandwidth 1e9 -json
+//
 // The guest's memory is two KVM memory slots with a hole between them
 // (internal/kvm's Layout numbers their pages for livemig). The source runs
 // the guest on a vCPU goroutine locked to its thread, logs its writes with
@@ -83,6 +94,8 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/transport"
 )
@@ -103,6 +116,16 @@ type options struct {
 	liveness        time.Duration
 	pauseTimeout    time.Duration
 	timeout         time.Duration
+	// -mode auto: the source profiles its guest and runs the advisor's
+	// pick (examples/internal/autopick); the destination follows.
+	objective     string
+	linkBandwidth float64 // bits/s
+	linkLatency   time.Duration
+	profileWindow time.Duration
+	auto          bool         // -mode auto was given (mode then becomes the pick, at the source)
+	codecs        codec.Codecs // pre-copy's, from the pick
+	lz4           bool         // post-copy's, from the pick
+	picked        string       // the advisor's pick, for the report
 	// observe, if set (tests), is told at the end of each side whether the
 	// guest's vCPU runs there, just before the side stops it.
 	observe func(side string, running bool)
@@ -115,8 +138,10 @@ func (o options) postCopy() (bool, error) {
 		return false, nil
 	case "postcopy", "hybrid":
 		return true, nil
+	case "auto":
+		return false, nil // the source decides, the destination follows
 	}
-	return false, fmt.Errorf("-mode %q: want precopy, postcopy or hybrid", o.mode)
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid or auto", o.mode)
 }
 
 // check returns the usage error in o's flags, if any.
@@ -131,6 +156,15 @@ func (o options) check() error {
 	}
 	if _, err := newGeometry(o.memMiB); err != nil {
 		return err
+	}
+	if o.mode == "auto" {
+		if _, err := advisor.ParseObjective(o.objective); err != nil {
+			return err
+		}
+		if !(o.linkBandwidth > 0) || o.linkLatency < 0 || o.profileWindow <= 0 {
+			return fmt.Errorf("-mode auto: -link-bandwidth %v, -link-latency %v and -profile-window %v must be positive",
+				o.linkBandwidth, o.linkLatency, o.profileWindow)
+		}
 	}
 	switch {
 	case o.rate < 0:
@@ -160,11 +194,25 @@ func (o options) hello(pages uint64) transport.Hello {
 	if pc, _ := o.postCopy(); pc {
 		h.Features |= transport.FeatPostCopy
 	}
+	if o.mode == "auto" {
+		// A destination that follows the source: either mode, any codec.
+		h.Features |= transport.FeatPostCopy | transport.FeatXBZRLE | transport.FeatLZ4
+	}
+	if o.codecs.XBZRLE {
+		h.Features |= transport.FeatXBZRLE
+	}
+	if o.codecs.LZ4 {
+		h.Features |= transport.FeatLZ4
+	}
 	return h
 }
 
-// checkPeer refuses a peer that runs another mode.
+// checkPeer refuses a peer that runs another mode; with -mode auto either
+// is taken (the source decides).
 func (o options) checkPeer(peer transport.Hello) error {
+	if o.auto {
+		return nil
+	}
 	pc, _ := o.postCopy()
 	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
 		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
@@ -191,7 +239,11 @@ func main() {
 	var o options
 	flag.StringVar(&o.listen, "listen", "", "run the destination, listening on `ADDR`")
 	flag.StringVar(&o.connect, "connect", "", "run the source, connecting to `ADDR`")
-	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy or hybrid (the same on both sides)")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, or auto: the source profiles its guest and runs the advisor's pick (the same on both sides)")
+	flag.StringVar(&o.objective, "objective", "balanced", "-mode auto's objective: balanced, no-postcopy, min-downtime")
+	flag.Float64Var(&o.linkBandwidth, "link-bandwidth", 10e9, "-mode auto: the link's bandwidth in bits/s, as the advisor takes it")
+	flag.DurationVar(&o.linkLatency, "link-latency", 100*time.Microsecond, "-mode auto: the link's one-way latency")
+	flag.DurationVar(&o.profileWindow, "profile-window", time.Second, "-mode auto: how long the source watches its guest before choosing")
 	flag.StringVar(&o.dirtyLog, "dirty-log", "bitmap", "source: KVM's dirty log: bitmap, manual (MANUAL_DIRTY_LOG_PROTECT2) or ring")
 	flag.IntVar(&o.memMiB, "mem", 4, "guest memory in MiB, over two slots (the same on both sides)")
 	flag.Float64Var(&o.rate, "rate", 0, "source: guest batches per second (0: as fast as the guest runs)")
@@ -212,6 +264,7 @@ func main() {
 	if err := o.check(); err != nil {
 		usage(err.Error())
 	}
+	o.auto = o.mode == "auto"
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)

@@ -200,6 +200,54 @@ func TestMigrateStandIn(t *testing.T) {
 	}
 }
 
+// -mode auto on both sides: the source profiles its guest through the
+// dirty log, takes the advisor's pick and runs it, saying what and why;
+// the destination follows from the source's hello. A slow link makes the
+// balanced objective leave pre-copy (the guest dirties faster than the
+// link drains), never-post-copy keeps to it: both picks migrate the guest.
+func TestAuto(t *testing.T) {
+	for _, c := range []struct {
+		name, objective string
+		bandwidth       float64
+		postCopy        bool
+	}{
+		{"fast link", "balanced", 10e9, false},
+		{"slow link, never post-copy", "no-postcopy", 20e6, false},
+		{"slow link", "balanced", 20e6, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if !hardwareFor(t, map[bool]string{false: "precopy", true: "postcopy"}[c.postCopy]) {
+				return
+			}
+			o := testOptions("auto", "bitmap")
+			o.auto, o.objective, o.linkBandwidth, o.linkLatency, o.profileWindow = true, c.objective, c.bandwidth, time.Millisecond, 200*time.Millisecond
+			if err := o.check(); err != nil {
+				t.Fatal(err)
+			}
+			out := migrate(t, o)
+			wantMigrated(t, out)
+			if !strings.Contains(out.res.Mode, "auto: ") {
+				t.Errorf("destination's mode %q: not auto", out.res.Mode)
+			}
+			var rep livemig.Report
+			if err := json.Unmarshal(lastLineOf(out.src.Bytes()), &rep); err != nil {
+				t.Fatalf("source's report: %v", err)
+			}
+			if !strings.HasPrefix(rep.Algorithm, "auto: ") || len(rep.Algorithm) == len("auto: ") {
+				t.Errorf("source's report names algorithm %q, not the pick", rep.Algorithm)
+			}
+			pc := rep.PostCopy != nil
+			if c.objective == "no-postcopy" && pc {
+				t.Errorf("never post-copy, yet the source ran post-copy or hybrid")
+			}
+			if pc != strings.Contains(out.res.Mode, "postcopy") {
+				t.Errorf("source ran post-copy %v, destination %q", pc, out.res.Mode)
+			}
+			t.Logf("source ran post-copy %v; destination %s", pc, out.res.Mode)
+		})
+	}
+}
+
 // A link cut in each phase leaves the guest running at exactly one side:
 // before the hand-over at the source (resumed there), after it at the
 // destination (recovered by reconnecting), or, for post-copy without

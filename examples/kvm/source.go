@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/examples/internal/autopick"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
@@ -38,6 +41,11 @@ func source(ctx context.Context, o options, out io.Writer) error {
 	if err := m.run.WaitBatches(ctx, 0); err != nil {
 		return outcome.Failed(srcNoGuest, fmt.Errorf("the guest did not run: %w", err))
 	}
+	if o.auto {
+		if err := pickMode(ctx, &o, m); err != nil {
+			return outcome.Failed(outcome.SrcHere, err)
+		}
+	}
 	dial := dialer(o, g.pages())
 	conn, err := dial(ctx)
 	if err != nil {
@@ -53,13 +61,54 @@ func source(ctx context.Context, o options, out io.Writer) error {
 			return fmt.Errorf("urgent connection: %w", err)
 		}
 		rep, err = postCopySource(ctx, o, m, conn, urgent, dial)
-		printReport(out, o, rep)
+		printReport(out, o, autoNamed(o, rep))
 		return err
 	}
 	rep, err = preCopySource(ctx, o, m, conn, dial)
-	printReport(out, o, rep)
+	printReport(out, o, autoNamed(o, rep))
 	return err
 }
+
+// pickMode profiles the running guest through its KVM dirty log for
+// -profile-window, asks the advisor (examples/internal/autopick) and sets
+// o to run its pick. Auto-converge needs a guest the VMM can slow down,
+// which this one is not: a pick of precopy-throttle runs as plain
+// pre-copy, and says so.
+func pickMode(ctx context.Context, o *options, m *machine) error {
+	obj, err := advisor.ParseObjective(o.objective)
+	if err != nil {
+		return err
+	}
+	pk, err := autopick.Choose(ctx, kvmGuest{m}, autopick.Config{
+		Link:   advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
+		Target: advisor.Target{Downtime: o.downtime, StateBytes: 4 << 10}, Objective: obj,
+		Window: o.profileWindow, Logger: o.logger(), Log: os.Stderr, Prefix: "source: "})
+	if err != nil {
+		return err
+	}
+	if pk.Throttle {
+		fmt.Fprintln(os.Stderr, "source: -mode auto: this guest cannot be throttled: pre-copy without auto-converge")
+	}
+	o.mode, o.codecs, o.lz4, o.picked = pk.Mode, pk.Codecs, pk.LZ4, pk.Advice.Algorithm
+	return nil
+}
+
+// autoNamed names rep's algorithm "auto: " and the pick under -mode auto.
+func autoNamed(o options, rep *livemig.Report) *livemig.Report {
+	if rep != nil && o.auto {
+		rep.Algorithm = "auto: " + o.picked
+	}
+	return rep
+}
+
+// kvmGuest is the source guest as the advisor observes it: its memory
+// over the slots and its KVM dirty log.
+type kvmGuest struct{ m *machine }
+
+func (g kvmGuest) PageSize() int                     { return g.m.layout.PageSize() }
+func (g kvmGuest) PageCount() uint64                 { return g.m.layout.PageCount() }
+func (g kvmGuest) ReadPage(n uint64, p []byte) error { return g.m.layout.ReadPage(n, p) }
+func (g kvmGuest) SyncDirty(dst []uint64) error      { return g.m.dirty.SyncDirty(dst) }
 
 // printReport writes rep, if any, as one JSON line with -json, or as a table.
 func printReport(out io.Writer, o options, rep *livemig.Report) {
@@ -100,6 +149,7 @@ func preCopySource(ctx context.Context, o options, m *machine, conn transport.Co
 	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
 	stopping := false // the stop-and-copy began: the Commit may have gone out
 	cfg := precopy.Config{DowntimeTarget: o.downtime, Logger: o.logger(), HandoverTimeout: o.recoverWait,
+		Codec: codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4},
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
@@ -129,7 +179,7 @@ func postCopySource(ctx context.Context, o options, m *machine, conn, urgent tra
 	mctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	handed := false
-	cfg := postcopy.Config{Urgent: urgent, PushBandwidth: o.pushBandwidth, Logger: o.logger(),
+	cfg := postcopy.Config{Urgent: urgent, PushBandwidth: o.pushBandwidth, LZ4: o.lz4, Logger: o.logger(),
 		OnEvent: func(e postcopy.Event) {
 			if e.Kind == postcopy.HandedOver {
 				handed = true
