@@ -325,27 +325,42 @@ func (r Result) Row() Row {
 // caller that observes it before (a profiler, package advisor). It shares
 // nothing with a Run.
 func (sc Scenario) NewGuest(clock livemig.Clock) (*sim.Guest, error) {
+	g, err := sc.geometry()
+	if err != nil {
+		return nil, err
+	}
+	return g.guest(sc.Seed, clock)
+}
+
+// geometry is a scenario's guest as Run and NewGuest build it.
+type geometry struct {
+	pages uint64
+	ps    int // page size
+	state int // device state's bytes
+	w     sim.Workload
+}
+
+// geometry checks sc's guest and fills in its defaults.
+func (sc Scenario) geometry() (geometry, error) {
 	ps := sc.PageSize
 	if ps == 0 {
 		ps = livemig.DefaultPageSize
 	}
 	if sc.GuestBytes < uint64(ps) {
-		return nil, fmt.Errorf("scenario %s: guest of %d bytes", sc.Name, sc.GuestBytes)
+		return geometry{}, fmt.Errorf("scenario %s: guest of %d bytes", sc.Name, sc.GuestBytes)
 	}
-	pages := sc.GuestBytes / uint64(ps)
-	state := sc.StateBytes
-	if state == 0 {
-		state = 256 << 10
+	g := geometry{pages: sc.GuestBytes / uint64(ps), ps: ps, state: sc.StateBytes}
+	if g.state == 0 {
+		g.state = 256 << 10
 	}
-	w, err := sc.Workload.build(pages, ps)
-	if err != nil {
-		return nil, err
-	}
-	return newGuest(pages, ps, state, sc.Seed, w, clock)
+	var err error
+	g.w, err = sc.Workload.build(g.pages, ps)
+	return g, err
 }
 
-func newGuest(pages uint64, ps, state int, seed uint64, w sim.Workload, clock livemig.Clock) (*sim.Guest, error) {
-	return sim.NewGuest(sim.GuestConfig{Pages: pages, PageSize: ps, Seed: seed, StateSize: state}, w, clock)
+// guest is the source guest of the geometry, on clock.
+func (g geometry) guest(seed uint64, clock livemig.Clock) (*sim.Guest, error) {
+	return sim.NewGuest(sim.GuestConfig{Pages: g.pages, PageSize: g.ps, Seed: seed, StateSize: g.state}, g.w, clock)
 }
 
 // Run migrates the scenario's guest with alg in virtual time. It returns an
@@ -354,22 +369,11 @@ func newGuest(pages uint64, ps, state int, seed uint64, w sim.Workload, clock li
 // in Result.Err.
 func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
 	res := Result{Scenario: sc, Algorithm: alg.Name}
-	ps := sc.PageSize
-	if ps == 0 {
-		ps = livemig.DefaultPageSize
-	}
-	if sc.GuestBytes < uint64(ps) {
-		return res, fmt.Errorf("scenario %s: guest of %d bytes", sc.Name, sc.GuestBytes)
-	}
-	pages := sc.GuestBytes / uint64(ps)
-	state := sc.StateBytes
-	if state == 0 {
-		state = 256 << 10
-	}
-	w, err := sc.Workload.build(pages, ps)
+	g, err := sc.geometry()
 	if err != nil {
 		return res, err
 	}
+	pages, ps := g.pages, g.ps
 	srcClock, dstClock := livemig.NewVirtualClock(), livemig.NewVirtualClock()
 	a, b := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, srcClock, dstClock)
 	hello := transport.Hello{PageSize: uint32(ps), PageCount: pages, Features: transport.FeatDigest}
@@ -400,7 +404,7 @@ func Run(ctx context.Context, sc Scenario, alg Algorithm) (Result, error) {
 	srcClock.AdvanceTo(t0)
 	dstClock.AdvanceTo(t0)
 
-	guest, err := newGuest(pages, ps, state, sc.Seed, w, srcClock)
+	guest, err := g.guest(sc.Seed, srcClock)
 	if err != nil {
 		conn.Close()
 		dconn.Close()
