@@ -205,15 +205,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if *advise {
-		o, err := advisor.ParseObjective(*objective)
-		if err != nil {
-			return err
-		}
-		sc, err := customScenario(*guest, *workload, *rate, *hot, *buffer, *hotFrac, *whole)
-		if err != nil {
-			return err
-		}
+	// override applies the link and seed flags given, and the cost model,
+	// to a scenario.
+	override := func(sc *scenario.Scenario) {
 		if bw != 0 {
 			sc.Bandwidth = bw
 		}
@@ -224,6 +218,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			sc.Seed = *seed
 		}
 		sc.Cost = cost
+	}
+	if *advise {
+		o, err := advisor.ParseObjective(*objective)
+		if err != nil {
+			return err
+		}
+		sc, err := customScenario(*guest, *workload, *rate, *hot, *buffer, *hotFrac, *whole)
+		if err != nil {
+			return err
+		}
+		override(&sc)
 		adv, p, err := adviseScenario(ctx, sc, advisor.Target{Downtime: *downtime, MaxRounds: *maxRounds}, o)
 		if err != nil {
 			return err
@@ -232,17 +237,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	for si := range chosenSets {
 		for i := range chosenSets[si].entries {
-			sc := &chosenSets[si].entries[i].sc
-			if bw != 0 {
-				sc.Bandwidth = bw
-			}
-			if given["latency"] {
-				sc.Latency = *latency
-			}
-			if given["seed"] {
-				sc.Seed = *seed
-			}
-			sc.Cost = cost
+			override(&chosenSets[si].entries[i].sc)
 		}
 	}
 	jobs, err := planJobs(chosenSets, *algs, known)
