@@ -84,7 +84,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -93,9 +92,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/examples/internal/autopick"
 	"github.com/livemig/livemig/examples/internal/outcome"
 	"github.com/livemig/livemig/transport"
 )
@@ -185,40 +184,15 @@ func (o options) check() error {
 	return nil
 }
 
-// errMode marks a peer that runs another mode: retrying will not help.
-var errMode = errors.New("mode mismatch")
-
 // hello is the handshake of the mode for a guest of pages pages.
 func (o options) hello(pages uint64) transport.Hello {
-	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
-	if pc, _ := o.postCopy(); pc {
-		h.Features |= transport.FeatPostCopy
-	}
-	if o.mode == "auto" {
-		// A destination that follows the source: either mode, any codec.
-		h.Features |= transport.FeatPostCopy | transport.FeatXBZRLE | transport.FeatLZ4
-	}
-	if o.codecs.XBZRLE {
-		h.Features |= transport.FeatXBZRLE
-	}
-	if o.codecs.LZ4 {
-		h.Features |= transport.FeatLZ4
-	}
-	return h
+	return autopick.Hello(pages, o.mode, o.codecs)
 }
 
 // checkPeer refuses a peer that runs another mode; with -mode auto either
 // is taken (the source decides).
 func (o options) checkPeer(peer transport.Hello) error {
-	if o.auto {
-		return nil
-	}
-	pc, _ := o.postCopy()
-	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
-		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
-			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode, errMode)
-	}
-	return nil
+	return autopick.CheckPeer(o.mode, o.auto, peer)
 }
 
 func (o options) connConfig() transport.Config {

@@ -226,7 +226,7 @@ func boundedRedial(o options, dial func(context.Context) (transport.Conn, error)
 			fmt.Fprintf(os.Stderr, "source: reconnected to %s\n", o.connect)
 			return conn, nil
 		}
-		if errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
+		if errors.Is(err, livemig.ErrVersion) || errors.Is(err, autopick.ErrMode) {
 			giveUp(err)
 		}
 		return nil, err

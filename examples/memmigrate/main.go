@@ -244,44 +244,18 @@ func (o options) connConfig() transport.Config {
 	return transport.Config{Liveness: o.liveness, Logger: logger(o)}
 }
 
-// errMode marks a peer that runs another mode: retrying will not help.
-var errMode = errors.New("mode mismatch")
-
 // checkPeer refuses a peer that runs another mode: the post-copy feature
 // must be on both sides or neither.
 //
 // With -mode auto either is accepted: the source decides (from its
 // profile), the destination follows what it announced.
 func (o options) checkPeer(peer transport.Hello) error {
-	if o.auto {
-		return nil
-	}
-	pc, _ := o.postCopy()
-	if theirs := peer.Features&transport.FeatPostCopy != 0; theirs != pc {
-		return fmt.Errorf("the peer runs %s, we run -mode %s: give both sides the same -mode: %w",
-			map[bool]string{false: "pre-copy", true: "post-copy or hybrid"}[theirs], o.mode, errMode)
-	}
-	return nil
+	return autopick.CheckPeer(o.mode, o.auto, peer)
 }
 
 // hello is the handshake of the mode.
 func (o options) hello(pages uint64) transport.Hello {
-	h := transport.Hello{PageSize: livemig.DefaultPageSize, PageCount: pages, Features: transport.FeatDigest}
-	if pc, _ := o.postCopy(); pc {
-		h.Features |= transport.FeatPostCopy
-	}
-	if o.mode == "auto" {
-		// A destination that follows the source: it takes either mode and
-		// either codec.
-		h.Features |= transport.FeatPostCopy | transport.FeatXBZRLE | transport.FeatLZ4
-	}
-	if o.codecs.XBZRLE {
-		h.Features |= transport.FeatXBZRLE
-	}
-	if o.codecs.LZ4 {
-		h.Features |= transport.FeatLZ4
-	}
-	return h
+	return autopick.Hello(pages, o.mode, o.codecs)
 }
 
 // usagePrefix starts a usage error's line.
@@ -780,7 +754,7 @@ func (u *outage) redial(o options, dial func(context.Context) (transport.Conn, e
 		u.mu.Lock()
 		u.lastErr = err
 		u.mu.Unlock()
-		if errors.Is(err, transport.ErrAuth) || errors.Is(err, livemig.ErrVersion) || errors.Is(err, errMode) {
+		if errors.Is(err, transport.ErrAuth) || errors.Is(err, livemig.ErrVersion) || errors.Is(err, autopick.ErrMode) {
 			u.giveUp(err) // no retry makes it right
 		}
 		return nil, err
