@@ -9,7 +9,9 @@
 // switchover mean the destination holds what the source sent (a check against
 // accidental corruption and lost or misordered pages, not against an attacker:
 // use TLS for that). Updating costs one CRC32C of the page (hardware
-// accelerated) and 8 bytes of memory per page.
+// accelerated) and 8 bytes of memory per page; UpdateCRC takes a CRC the
+// caller has already (the transport builds its frames' CRCs from the
+// pages', so each page is read for a CRC once on each side).
 package verify
 
 import (
