@@ -32,15 +32,23 @@ func mulmod(a, b uint32) uint32 {
 	return p
 }
 
+// pow8 holds x^(8·2^k) modulo the polynomial, reflected: x^(8n) is the
+// product of those of n's set bits.
+var pow8 = func() (p [63]uint32) {
+	p[0] = 1 << 23 // x^8: one byte
+	for k := 1; k < len(p); k++ {
+		p[k] = mulmod(p[k-1], p[k-1])
+	}
+	return p
+}()
+
 // xPow8n returns x^(8n) modulo the polynomial, reflected.
 func xPow8n(n int) uint32 {
-	r := uint32(1) << 31  // x^0
-	sq := uint32(1) << 23 // x^8: one byte
-	for ; n > 0; n >>= 1 {
+	r := uint32(1) << 31 // x^0
+	for k := 0; n > 0; k, n = k+1, n>>1 {
 		if n&1 != 0 {
-			r = mulmod(r, sq)
+			r = mulmod(r, pow8[k])
 		}
-		sq = mulmod(sq, sq)
 	}
 	return r
 }

@@ -60,3 +60,11 @@ func BenchmarkCombine(b *testing.B) {
 		_ = c
 	})
 }
+
+func BenchmarkCombineFrame(b *testing.B) {
+	var c uint32
+	for b.Loop() {
+		c = Combine(c, 0x12345678, 256<<10+64*13)
+	}
+	_ = c
+}
