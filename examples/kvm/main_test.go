@@ -103,21 +103,7 @@ func migrate(t testing.TB, o options, rules ...faultproxy.Rule) *sides {
 	go func() { done <- serve(ctx, dst, l, &out.dst) }()
 	o.connect = l.Addr().String()
 	if rules != nil {
-		p, err := faultproxy.New(o.connect, rules...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		o.connect = p.Addr()
-		defer func() {
-			// The proxy reports a fault a moment after it acts: a cut
-			// may end the migration first.
-			select {
-			case <-p.Fired():
-			case <-time.After(10 * time.Second):
-				t.Errorf("the fault did not fire: %v", p.Stats())
-			}
-		}()
+		o.connect = testkit.FaultProxy(t, o.connect, rules...)
 	}
 	out.srcErr = source(ctx, o, &out.src)
 	if out.srcErr != nil {

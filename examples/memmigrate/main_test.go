@@ -50,19 +50,7 @@ func migrateVia(t *testing.T, o options, rules []faultproxy.Rule) (srcErr, dstEr
 	go func() { done <- serve(ctx, dst, l, pages, pc) }()
 	o.connect = l.Addr().String()
 	if rules != nil {
-		p, err := faultproxy.New(o.connect, rules...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
-		o.connect = p.Addr()
-		defer func() {
-			select {
-			case <-p.Fired():
-			default:
-				t.Errorf("the fault did not fire: %v", p.Stats())
-			}
-		}()
+		o.connect = testkit.FaultProxy(t, o.connect, rules...)
 	}
 	srcErr = source(ctx, o)
 	return srcErr, <-done
