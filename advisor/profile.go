@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/delta"
 )
@@ -330,8 +331,9 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 		// Hold a few of this interval's dirty pages, drawn at random.
 		if dirty > 0 && len(held) < cfg.DeltaPages {
 			for range min(8, cfg.DeltaPages-len(held)) {
-				pg, ok := nthSet(cur, rng.IntN(dirty))
-				if !ok {
+				set, _ := bitmap.FromWords(cur, n)
+				pg := uint64(set.BitSet().Select(uint(rng.IntN(dirty))))
+				if pg >= n {
 					break
 				}
 				if _, dup := held[pg]; dup {
@@ -346,14 +348,14 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 		}
 		for l := range acc {
 			if i%(1<<l) == 0 {
-				growth[l] += float64(popcount(acc[l]))
+				growth[l] += float64(bitmap.CountWords(acc[l]))
 				spans[l]++
 				clear(acc[l])
 			}
 		}
 	}
 	p.DirtyRate = dirtySum / float64(k) / cfg.Interval.Seconds()
-	p.WorkingSet = uint64(popcount(ever))
+	p.WorkingSet = bitmap.CountWords(ever)
 	if localDirty > 0 {
 		p.Locality = localSum / localDirty
 	}
@@ -381,30 +383,6 @@ func Observe(ctx context.Context, g Guest, clock livemig.Clock, cfg ObserveConfi
 	cfg.Logger.Debug("advisor: profile", "dirty_rate", p.DirtyRate, "working_set", p.WorkingSet,
 		"classes", p.Classes, "zero_share", p.ZeroShare, "lz4_bytes", p.LZ4Bytes, "delta_bytes", p.DeltaBytes)
 	return p, nil
-}
-
-func popcount(ws []uint64) int {
-	n := 0
-	for _, w := range ws {
-		n += bits.OnesCount64(w)
-	}
-	return n
-}
-
-// nthSet returns the i-th set bit of ws, from 0.
-func nthSet(ws []uint64, i int) (uint64, bool) {
-	for w, x := range ws {
-		c := bits.OnesCount64(x)
-		if i >= c {
-			i -= c
-			continue
-		}
-		for ; i > 0; i-- {
-			x &= x - 1
-		}
-		return uint64(w)*64 + uint64(bits.TrailingZeros64(x)), true
-	}
-	return 0, false
 }
 
 // hotShare is the share of dirty marks on the tenth of the pages with the
