@@ -79,6 +79,10 @@ type AdaptDecision struct {
 // throttling already), post-copy for what is left (unless o is
 // NoPostCopy). With no profile: post-copy if allowed, else compression if
 // off, else throttle.
+//
+// No engine acts on it yet: package precopy cannot turn codecs on or hand
+// over to post-copy mid-migration. examples/memmigrate -mode auto prints
+// its decision after each pre-copy round.
 func Adapt(pr Progress, p Profile, l Link, t Target, o Objective) AdaptDecision {
 	t = t.norm()
 	f := pr.Round
