@@ -45,6 +45,10 @@ type Config struct {
 	// copy about 1 MiB of pages per worker (4 batches of at most 256 KiB),
 	// besides each worker's share of the XBZRLE cache.
 	Workers int
+	// StartOff starts the pipeline with XBZRLE and LZ4 off: as configured
+	// they are allowed (the cache is made), and Pipeline.SetCodecs turns
+	// them on. Adaptation never turns on a codec it has not seen run.
+	StartOff bool
 	// NoAdapt keeps XBZRLE and LZ4 on whatever the link's speed; by
 	// default the pipeline turns them off when they slow the migration
 	// (see Adapt).

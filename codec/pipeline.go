@@ -139,10 +139,13 @@ func NewPipeline(cfg Config, mem livemig.Memory, digest *verify.Digest, send fun
 		allowed: Codecs{XBZRLE: cfg.XBZRLE, LZ4: cfg.LZ4},
 	}
 	p.codecs = p.allowed
+	if cfg.StartOff {
+		p.codecs = Codecs{}
+	}
 	if cfg.Clock != nil {
 		p.vs = newStream(cfg.Clock)
 	}
-	p.par = params{gen: 1, xbzrle: cfg.XBZRLE, lz4: cfg.LZ4, timeOff: cfg.VirtualTime}
+	p.par = params{gen: 1, xbzrle: p.codecs.XBZRLE, lz4: p.codecs.LZ4, timeOff: cfg.VirtualTime}
 	W := cfg.Workers
 	ws := make([]*worker, W)
 	for i := range ws {
@@ -444,16 +447,41 @@ func (p *Pipeline) ObserveLink(bytesPerSec float64) Decision {
 	if d.Codecs != cur {
 		p.cfg.Logger.Info("codec: switching codecs", "from", cur.String(), "to", d.Codecs.String(),
 			"reason", d.Reason, "link_bytes_per_sec", bytesPerSec)
-		if cur.XBZRLE && !d.XBZRLE {
-			p.par.epoch++ // the caches go stale while XBZRLE is off
-		}
-		p.par.xbzrle, p.par.lz4 = d.XBZRLE, d.LZ4
-		p.seq++
-		p.mu.Lock()
-		p.codecs = d.Codecs
-		p.mu.Unlock()
+		p.switchTo(cur, d.Codecs)
 	}
 	return d
+}
+
+// SetCodecs turns the codecs of c on and the others off, for the pages
+// submitted from now on: an engine's own decision (package advisor's
+// adaptive pre-copy asks for compression when it predicts pre-copy will not
+// converge without). Only codecs the Config enables may be turned on (see
+// Config.StartOff); adaptation (ObserveLink) may turn them off again when
+// they slow the migration. The same goroutine as Submit calls it.
+func (p *Pipeline) SetCodecs(c Codecs) error {
+	if (c.XBZRLE && !p.allowed.XBZRLE) || (c.LZ4 && !p.allowed.LZ4) {
+		return fmt.Errorf("%w: codecs %s asked for, %s configured", ErrConfig, c, p.allowed)
+	}
+	p.mu.Lock()
+	cur := p.codecs
+	p.mu.Unlock()
+	if c != cur {
+		p.cfg.Logger.Info("codec: switching codecs on request", "from", cur.String(), "to", c.String())
+		p.switchTo(cur, c)
+	}
+	return nil
+}
+
+// switchTo changes the codecs from cur to c.
+func (p *Pipeline) switchTo(cur, c Codecs) {
+	if cur.XBZRLE && !c.XBZRLE {
+		p.par.epoch++ // the caches go stale while XBZRLE is off
+	}
+	p.par.xbzrle, p.par.lz4 = c.XBZRLE, c.LZ4
+	p.seq++
+	p.mu.Lock()
+	p.codecs = c
+	p.mu.Unlock()
 }
 
 // sub subtracts o's figures from c's (the window's since a snapshot).

@@ -545,3 +545,49 @@ func TestLargePagesBoundBatchMemory(t *testing.T) {
 		}
 	}
 }
+
+// StartOff starts with the codecs off; SetCodecs turns on those the Config
+// allows, for the pages submitted after it, and refuses the others.
+func TestSetCodecs(t *testing.T) {
+	ctx := context.Background()
+	src := newMem(testPS, 8, 5)
+	for n := range uint64(8) {
+		fillPage(rand.New(rand.NewPCG(n, 9)), src.page(n), 2) // text: LZ4 pays
+	}
+	var encs []transport.Encoding
+	pl, err := NewPipeline(Config{LZ4: true, StartOff: true, Workers: 1}, src, nil, func(m transport.Msg) error {
+		encs = append(encs, m.Enc)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	if c := pl.Codecs(); c != (Codecs{}) {
+		t.Fatalf("started with %s, want none", c)
+	}
+	pl.StartRound(1, false)
+	submit := func(from, to uint64) {
+		for n := from; n < to; n++ {
+			if err := pl.Submit(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	submit(0, 4)
+	if err := pl.SetCodecs(Codecs{XBZRLE: true}); !errors.Is(err, ErrConfig) {
+		t.Fatalf("XBZRLE, not configured, turned on: %v", err)
+	}
+	if err := pl.SetCodecs(Codecs{LZ4: true}); err != nil {
+		t.Fatal(err)
+	}
+	submit(4, 8)
+	if err := pl.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want := []transport.Encoding{transport.EncRaw, transport.EncRaw, transport.EncRaw, transport.EncRaw,
+		transport.EncLZ4, transport.EncLZ4, transport.EncLZ4, transport.EncLZ4}
+	if !equalEncs(encs, want) || pl.Codecs() != (Codecs{LZ4: true}) {
+		t.Fatalf("encodings %v, codecs %s; want 4 raw then 4 LZ4", encs, pl.Codecs())
+	}
+}

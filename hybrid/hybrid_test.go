@@ -4,38 +4,52 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
+	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
 )
 
-// The engine is package postcopy's, tested there with guests, cuts and
-// real userfaultfd memory (postcopy's TestHybridHeap, TestRealPostCopy,
-// TestRealRecovery). These tests check what this package adds: Rounds and
-// its default, and the destination's Discarder.
+// The engines are packages precopy's and postcopy's, tested there with
+// guests, cuts and real userfaultfd memory (postcopy's TestHybridHeap,
+// TestRealPostCopy, TestRealRecovery), and the hand-off between them in
+// internal/faultmatrix. These tests check what this package adds: Rounds and
+// its default, the rounds' configuration, Adaptive, and the destination's
+// Discarder.
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const pageSize = livemig.DefaultPageSize
 
-// Migrate runs Rounds pre-copy rounds (DefaultRounds if 0; the embedded
-// PreCopyRounds is ignored) while writers dirty the source, then post-copy;
-// the destination ends equal to the source at the pause, with its state.
+// Migrate runs up to Rounds pre-copy rounds (DefaultRounds if 0) while
+// writers dirty the source, then post-copy; the destination ends equal to
+// the source at the pause, with its state. The rounds are pre-copy's, with
+// its codecs (XBZRLE deltas applied at the destination against its
+// memory). Adaptive goes on by post-copy only when pre-copy does not
+// converge: a guest that converges ends by stop-and-copy.
 func TestMigrate(t *testing.T) {
+	never := time.Nanosecond // a downtime target no round meets
 	for _, tc := range []struct {
 		name      string
 		cfg       hybrid.Config
 		minRounds int
 		maxRounds int
+		alg       string // the report's
 	}{
-		{"default", hybrid.Config{}, 1, hybrid.DefaultRounds},
-		{"one round", hybrid.Config{Rounds: 1}, 1, 1},
+		{"default", hybrid.Config{}, 1, hybrid.DefaultRounds, "hybrid"},
+		{"one round", hybrid.Config{Rounds: 1}, 1, 1, "hybrid"},
+		{"codecs", hybrid.Config{Rounds: 3, Config: postcopy.Config{LZ4: true},
+			PreCopy: precopy.Config{DowntimeTarget: never, StallRounds: 3, Codec: codec.Config{XBZRLE: true}}}, 3, 3, "hybrid"},
+		{"adaptive converges", hybrid.Config{Adaptive: true}, 1, 30, "pre-copy"},
+		{"adaptive switches", hybrid.Config{Adaptive: true, Rounds: 2, PreCopy: precopy.Config{DowntimeTarget: never}}, 2, 2, "hybrid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const pages = 1024
@@ -60,7 +74,7 @@ func TestMigrate(t *testing.T) {
 				defer close(done)
 				drep, derr = hybrid.Receive(ctx, cb, hybrid.Destination{Memory: mem, VM: vm, Pages: pages, PageSize: pageSize}, hybrid.Config{})
 			}()
-			rep, err := hybrid.Migrate(ctx, ca, precopy.Source{Memory: src, Dirty: src, VM: src}, tc.cfg)
+			rep, err := hybrid.Migrate(ctx, ca, precopy.Source{Memory: src, Dirty: dirtier{src}, VM: src}, tc.cfg)
 			<-done
 			// The source stays paused after the hand-over: its memory is
 			// the guest at the pause.
@@ -76,14 +90,31 @@ func TestMigrate(t *testing.T) {
 				t.Fatalf("state %q, want %q", vm.State(), src.State())
 			}
 			rounds := len(rep.Rounds) - 1
-			if rep.Algorithm != "hybrid" || rounds < tc.minRounds || rounds > tc.maxRounds || drep.Rounds != rounds ||
-				!rep.Verified || !drep.Complete || rep.PostCopy == nil {
-				t.Fatalf("algorithm %q, %d pre-copy rounds (destination saw %d), want %d to %d; verified %v, complete %v",
-					rep.Algorithm, rounds, drep.Rounds, tc.minRounds, tc.maxRounds, rep.Verified, drep.Complete)
+			if rep.Algorithm != tc.alg || rounds < tc.minRounds || rounds > tc.maxRounds || drep.Rounds != rounds ||
+				!rep.Verified || !drep.Complete || !drep.Resumed || (rep.PostCopy != nil) != (tc.alg == "hybrid") {
+				t.Fatalf("algorithm %q (want %q), %d pre-copy rounds (destination saw %d), want %d to %d; verified %v, complete %v, post-copy %v",
+					rep.Algorithm, tc.alg, rounds, drep.Rounds, tc.minRounds, tc.maxRounds, rep.Verified, drep.Complete, rep.PostCopy)
+			}
+			if tc.cfg.PreCopy.Codec.XBZRLE && (rep.Codec == nil || rep.Codec.DeltaPages == 0 || rep.Codec.LZ4Pages == 0) {
+				t.Fatalf("codecs: %+v: want XBZRLE deltas in the rounds and LZ4 pages", rep.Codec)
 			}
 			t.Logf("%v", rep)
 		})
 	}
+}
+
+// dirtier writes a page of the guest as each sync of the dirty log begins
+// while the guest runs, so that every round leaves something dirty
+// however little the writer goroutines ran.
+type dirtier struct{ *region.Region }
+
+func (d dirtier) SyncDirty(dst []uint64) error {
+	if !d.Paused() {
+		if err := d.Write(7, 0, []byte{0x5a}); err != nil {
+			return err
+		}
+	}
+	return d.Region.SyncDirty(dst)
 }
 
 // A destination memory that cannot discard is refused, and so are negative

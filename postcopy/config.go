@@ -1,8 +1,6 @@
 package postcopy
 
 import (
-	"github.com/livemig/livemig/internal/hybridhook"
-
 	"context"
 	"fmt"
 	"log/slog"
@@ -95,13 +93,6 @@ type Config struct {
 	// OnEvent, if set, is called synchronously at each step, from the
 	// goroutine that runs Migrate or Receive. It must return quickly.
 	OnEvent func(Event)
-
-	// rounds is how many pre-copy rounds run before the switchover (the
-	// bulk round included); 0 is pure post-copy. Package hybrid sets it
-	// (hybrid.Config.Rounds, through internal/hybridhook). With rounds,
-	// the Source needs a DirtySource and the destination's Memory must
-	// implement Discarder.
-	rounds int
 }
 
 func (c *Config) setDefaults() {
@@ -124,8 +115,6 @@ func (c *Config) setDefaults() {
 
 func (c *Config) validate() error {
 	switch {
-	case c.rounds < 0:
-		return fmt.Errorf("postcopy: %d pre-copy rounds", c.rounds)
 	case c.PushBandwidth < 0:
 		return fmt.Errorf("postcopy: PushBandwidth %d < 0", c.PushBandwidth)
 	case c.MaxReconnects < 0:
@@ -159,11 +148,3 @@ const (
 
 // PushEventEvery is how many pages go between two Pushing events.
 const PushEventEvery = 1024
-
-func init() {
-	hybridhook.WithRounds = func(cfg any, n int) any {
-		c := cfg.(Config)
-		c.rounds = n
-		return c
-	}
-}

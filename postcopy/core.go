@@ -21,16 +21,14 @@ import (
 //
 // A driver asks Next for the next step of a connection and carries it out:
 //
-//   - OpSync: sync the guest's dirty log into DirtyLog() (ORing, as
-//     livemig.DirtySource.SyncDirty does), then call Synced.
 //   - OpPage: read page Out.Page, encode it, send it on the connection asked
 //     for, then call Wrote with its encoding and data length. With Out.Flush
 //     flush the connection after it: a request's pages are all out.
-//   - OpEndRound: send KindEndRound with Arg Out.Round.
 //   - OpDiscard: the pre-copy rounds left the copies set in Out.Stale stale
 //     at the destination: send them as KindDiscard chunks, then KindEndRound
 //     with the ack flag, wait for Ack(AckRound), and call Discarded.
-//   - OpPause: pause the guest, sync the dirty log into DirtyLog() (hybrid),
+//   - OpPause: pause the guest, sync the dirty log into DirtyLog() (after
+//     pre-copy rounds: AfterPreCopy),
 //     call Paused, send the Discard chunks it returns, then the switchover
 //     and the state; once the destination is ready, send the Commit and
 //     call Committed (a request that comes in between is taken in).
@@ -47,8 +45,11 @@ import (
 // connection after a cut. After an input the driver asks Next again on every
 // connection that was waiting.
 //
+// A hybrid migration's rounds are pre-copy's (precopy.HandOff); AfterPreCopy
+// starts the Core where they ended.
+//
 // Every method must be called from one goroutine at a time (the driver's
-// lock, or its only goroutine). A step's Synced, Discarded or Paused comes
+// lock, or its only goroutine). A step's Discarded or Paused comes
 // before the next Next; a page's or the marker's Wrote before the next Next
 // on its connection.
 type Core struct {
@@ -61,15 +62,13 @@ type Core struct {
 	ever  *bitmap.Bitmap // pages sent at least once
 	dirty *bitmap.Bitmap // dirty log: the driver syncs into it
 
-	// Pre-copy rounds.
-	round      int
-	plan       []uint64 // the round's pages, or the push order
-	at         int      // next index in plan; round 1 and an ascending push: the next page
-	left, prev uint64   // pages dirty after this round and the one before
-	roundStart time.Time
-	r          livemig.Round // the round under way: its figures so far
-	roundBase  counters      // the counters when it began
-	rounds     []livemig.Round
+	// Pre-copy's rounds (AfterPreCopy).
+	precopied bool
+	rounds    []livemig.Round
+	codecBase *livemig.CodecStats // their codecs' figures
+
+	plan []uint64 // the push order
+	at   int      // next index in plan; an ascending push: the next page
 
 	// Post-copy.
 	prepage    prepager
@@ -93,10 +92,9 @@ type CoreConfig struct {
 	// Pages is the guest's page count, PageSize its page size.
 	Pages    uint64
 	PageSize int
-	// PreCopyRounds, PushBandwidth, LZ4 and Order are Config's; Prepage is
-	// the pre-paging base window (Config.Prepage after its defaults: 0
+	// PushBandwidth, LZ4 and Order are Config's; Prepage is the
+	// pre-paging base window (Config.Prepage after its defaults: 0
 	// pre-pages nothing).
-	PreCopyRounds int
 	PushBandwidth int64
 	LZ4           bool
 	Order         livemig.Order
@@ -108,12 +106,8 @@ type CoreConfig struct {
 type corePhase uint8
 
 const (
-	phaseStartLog corePhase = iota // hybrid: first sync starts the dirty log
-	phaseRounds                    // sending a round's pages
-	phaseEndRound                  // round's pages out: EndRound, then sync
-	phaseSync                      // waiting for Synced
+	phasePause    corePhase = iota // waiting for Paused
 	phaseDiscard                   // stale copies to discard before the pause
-	phasePause                     // waiting for Paused
 	phaseHandover                  // switchover: waiting for Committed
 	phasePush                      // post-copy
 )
@@ -125,16 +119,14 @@ type Op uint8
 const (
 	OpIdle Op = iota
 	OpWait
-	OpSync
 	OpPage
-	OpEndRound
 	OpDiscard
 	OpPause
 	OpMarker
 	OpDone
 )
 
-var opNames = [...]string{"Idle", "Wait", "Sync", "Page", "EndRound", "Discard", "Pause", "Marker", "Done"}
+var opNames = [...]string{"Idle", "Wait", "Page", "Discard", "Pause", "Marker", "Done"}
 
 func (o Op) String() string {
 	if int(o) < len(opNames) {
@@ -149,7 +141,7 @@ type Out struct {
 	Page   uint64    // OpPage
 	Pulled bool      // OpPage: requested or pre-paged, not pushed
 	Flush  bool      // OpPage: the last page of a request's; OpWait, OpIdle: flush first
-	Round  int       // OpEndRound, OpSync: the round (0: the dirty log starts)
+	Round  int       // OpMarker: the post-copy phase's round
 	At     time.Time // OpWait
 	// Stale is OpDiscard's pages, in the dirty log's layout; the Core's,
 	// valid until Discarded. Bytes is their Discard chunks' size on the
@@ -169,17 +161,54 @@ func NewCore(cfg CoreConfig, now time.Time) (*Core, error) {
 	if cfg.Pages == 0 || cfg.Pages > bitmap.MaxPages {
 		return nil, fmt.Errorf("postcopy: core of %d pages: %w", cfg.Pages, livemig.ErrPageRange)
 	}
-	if cfg.PreCopyRounds < 0 || cfg.PushBandwidth < 0 {
-		return nil, fmt.Errorf("postcopy: core: negative PreCopyRounds %d or PushBandwidth %d", cfg.PreCopyRounds, cfg.PushBandwidth)
+	if cfg.PushBandwidth < 0 {
+		return nil, fmt.Errorf("postcopy: core: negative PushBandwidth %d", cfg.PushBandwidth)
 	}
 	c := &Core{cfg: cfg, pages: cfg.Pages, start: now,
 		sent: bitmap.New(cfg.Pages), usent: bitmap.New(cfg.Pages), ever: bitmap.New(cfg.Pages), dirty: bitmap.New(cfg.Pages),
 		prepage: newPrepager(cfg.Prepage)}
 	c.phase = phasePause
-	if cfg.PreCopyRounds > 0 {
-		c.phase = phaseStartLog
-	}
 	return c, nil
+}
+
+// AfterPreCopy starts the Core where pre-copy's rounds left the migration
+// (precopy.HandOff): sent names the pages sent at least once, dirty those
+// the last sync of the dirty log found written since (both in the dirty
+// log's layout, at least the guest's words; the Core copies them), and rep
+// holds the rounds and figures so far. It must come before the first Next.
+// The copies at the destination of pages in both are stale: the Core first
+// has them discarded (OpDiscard) while the guest runs, then pauses, and
+// the push sends every page not current there.
+func (c *Core) AfterPreCopy(sent, dirty []uint64, rep *livemig.Report) error {
+	if c.phase != phasePause || c.precopied || c.ever.Count() > 0 {
+		return fmt.Errorf("postcopy: core: AfterPreCopy after the migration began")
+	}
+	if n, past := bitmap.Words(dirty).NextSet(c.pages); past {
+		return fmt.Errorf("postcopy: core: pre-copy's dirty log names page %d of %d: %w", n, c.pages, livemig.ErrPageRange)
+	}
+	ever, err := bitmap.FromWords(sent, c.pages)
+	if err != nil {
+		return fmt.Errorf("postcopy: core: pre-copy's sent pages: %w (%w)", livemig.ErrPageRange, err)
+	}
+	d, err := bitmap.FromWords(dirty, c.pages)
+	if err != nil {
+		return fmt.Errorf("postcopy: core: pre-copy's dirty pages: %w (%w)", livemig.ErrPageRange, err)
+	}
+	c.ever.Union(ever)
+	c.dirty.Union(d)
+	c.dirty.Intersect(c.ever) // stale; a page never sent is just unsent
+	c.sent.Union(c.ever)
+	c.precopied = true
+	c.rounds = append(c.rounds[:0], rep.Rounds...)
+	c.n.sent, c.n.zero, c.n.resent, c.n.bytes = rep.PagesSent, rep.ZeroPages, rep.PagesResent, rep.BytesSent
+	if rep.Codec != nil {
+		cs := *rep.Codec
+		c.codecBase = &cs
+	}
+	if c.dirty.Count() > 0 {
+		c.phase = phaseDiscard
+	}
+	return nil
 }
 
 // DirtyLog is the bitmap the driver syncs the dirty log into, at OpSync and
@@ -193,15 +222,6 @@ func (c *Core) Next(now time.Time, urgent bool) Out {
 		return c.nextUrgent()
 	}
 	switch c.phase {
-	case phaseStartLog:
-		c.phase = phaseSync
-		return Out{Op: OpSync}
-	case phaseRounds:
-		return c.nextRoundPage(now)
-	case phaseEndRound:
-		c.phase = phaseSync
-		c.r.Duration = now.Sub(c.roundStart)
-		return Out{Op: OpSync, Round: c.round}
 	case phaseDiscard:
 		return Out{Op: OpDiscard, Stale: c.dirty.Words(), Bytes: discardSize(c.dirty.Words())}
 	case phasePause:
@@ -210,37 +230,6 @@ func (c *Core) Next(now time.Time, urgent bool) Out {
 		return c.nextMain(now)
 	}
 	return Out{Op: OpIdle}
-}
-
-// nextRoundPage returns the next page of the pre-copy round, or the round's
-// EndRound.
-func (c *Core) nextRoundPage(now time.Time) Out {
-	var n uint64
-	if c.round == 1 {
-		if uint64(c.at) == c.pages {
-			c.phase = phaseEndRound
-			return Out{Op: OpEndRound, Round: c.round}
-		}
-		n = uint64(c.at)
-	} else {
-		if c.at == len(c.plan) {
-			c.phase = phaseEndRound
-			return Out{Op: OpEndRound, Round: c.round}
-		}
-		n = c.plan[c.at]
-	}
-	c.at++
-	_ = c.sent.Set(n)
-	return Out{Op: OpPage, Page: n}
-}
-
-// planRound fixes the pages of round c.round (from the second on): the dirty
-// ones, in the Order's order, and clears the dirty log.
-func (c *Core) planRound() error {
-	var err error
-	c.plan, err = c.order(c.plan[:0], c.dirty.Words())
-	c.dirty.ClearAll()
-	return err
 }
 
 // order appends the pages set in bm to dst in the push order: the Order's,
@@ -264,55 +253,6 @@ func (c *Core) order(dst, bm []uint64) ([]uint64, error) {
 		}
 		dst = append(dst, out...)
 	}
-}
-
-// Synced takes the dirty log the driver synced into DirtyLog at OpSync, at
-// time now. It fails when the log names a page past the guest's end, or the
-// Order plans one.
-func (c *Core) Synced(now time.Time) error {
-	if c.phase != phaseSync {
-		return fmt.Errorf("postcopy: core: Synced in phase %d", c.phase)
-	}
-	if err := c.checkDirty(); err != nil {
-		return err
-	}
-	if c.round == 0 {
-		// The dirty log starts now.
-		c.dirty.ClearAll()
-		c.beginRound(now)
-		return nil
-	}
-	r := c.r
-	r.PagesSent, r.Bytes, r.ZeroPages = c.n.sent-c.roundBase.sent, c.n.bytes-c.roundBase.bytes, c.n.zero-c.roundBase.zero
-	c.rounds = append(c.rounds, r)
-	if c.cfg.Order != nil {
-		c.cfg.Order.Observe(c.dirty.Words())
-	}
-	c.prev, c.left = c.left, c.dirty.Count()
-	if c.round >= c.cfg.PreCopyRounds || c.left == 0 || (c.round > 1 && c.left >= c.prev) {
-		// The rounds end: the dirty pages' copies are stale.
-		c.phase = phasePause
-		if c.left > 0 {
-			c.phase = phaseDiscard
-		}
-		return nil
-	}
-	if err := c.planRound(); err != nil {
-		return err
-	}
-	c.beginRound(now)
-	return nil
-}
-
-// beginRound starts the next pre-copy round at now.
-func (c *Core) beginRound(now time.Time) {
-	c.round++
-	c.at, c.phase, c.roundStart = 0, phaseRounds, now
-	c.r = livemig.Round{Index: c.round, Start: now.Sub(c.start), DirtyPages: c.pages}
-	if c.round > 1 {
-		c.r.DirtyPages = c.left
-	}
-	c.roundBase = c.n
 }
 
 // checkDirty fails if the dirty log names pages past the guest's end.
@@ -345,15 +285,15 @@ func (c *Core) Paused(now time.Time) (Out, error) {
 	c.pauseAt = now
 	c.pre = c.n
 	c.phase = phaseHandover
-	if c.cfg.PreCopyRounds > 0 {
+	if c.precopied {
 		if err := c.checkDirty(); err != nil {
 			return Out{}, err
 		}
 		if c.cfg.Order != nil {
 			c.cfg.Order.Observe(c.dirty.Words())
 		}
-		// Every page was sent in round 1: the dirty ones are stale there,
-		// except those already discarded (unsent now).
+		// The dirty pages sent are stale there, except those already
+		// discarded (unsent now).
 		c.dirty.Intersect(c.sent)
 		c.sent.Difference(c.dirty)
 	} else {
@@ -362,16 +302,6 @@ func (c *Core) Paused(now time.Time) (Out, error) {
 	c.toPush = c.pages - c.sent.Count()
 	return Out{Op: OpDiscard, Stale: c.dirty.Words(), Bytes: discardSize(c.dirty.Words())}, nil
 }
-
-// Left is how many pages the last synced dirty log named.
-func (c *Core) Left() uint64 { return c.left }
-
-// InRound says a pre-copy round is under way; RoundPages is how many pages
-// it sends.
-func (c *Core) InRound() bool { return c.phase == phaseRounds }
-
-// RoundPages is how many pages the current pre-copy round sends.
-func (c *Core) RoundPages() uint64 { return c.r.DirtyPages }
 
 // ToPush is how many pages the destination lacked at the switchover.
 func (c *Core) ToPush() uint64 { return c.toPush }
@@ -662,8 +592,15 @@ func (c *Core) Fill(r *livemig.Report, end, resumed time.Time, handed bool) {
 		r.Downtime = resumed.Sub(c.pauseAt)
 	}
 	r.BytesSent, r.PagesSent, r.PagesResent, r.ZeroPages = c.n.bytes, c.n.sent, c.n.resent, c.n.zero
-	if c.cfg.LZ4 {
-		r.Codec = &livemig.CodecStats{RawBytes: c.n.raw, EncodedBytes: c.n.encoded, LZ4Pages: c.n.lz4}
+	if c.cfg.LZ4 || c.codecBase != nil {
+		var cs livemig.CodecStats
+		if c.codecBase != nil {
+			cs = *c.codecBase
+		}
+		cs.RawBytes += c.n.raw
+		cs.EncodedBytes += c.n.encoded
+		cs.LZ4Pages += c.n.lz4
+		r.Codec = &cs
 	}
 	r.Converged = true
 	if handed {

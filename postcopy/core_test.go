@@ -178,8 +178,12 @@ func TestCoreReconnectedPushesWhatIsNotHeld(t *testing.T) {
 	}
 }
 
-func TestCoreHybridRounds(t *testing.T) {
-	c, err := NewCore(CoreConfig{Pages: 70, PageSize: 4096, PreCopyRounds: 2}, t0)
+// After pre-copy's rounds (AfterPreCopy) the Core discards the copies they
+// left stale, pauses, names what the guest wrote since, and pushes every
+// page not current at the destination, counting on from the rounds'
+// figures.
+func TestCoreAfterPreCopy(t *testing.T) {
+	c, err := NewCore(CoreConfig{Pages: 70, PageSize: 4096}, t0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,40 +195,52 @@ func TestCoreHybridRounds(t *testing.T) {
 		}
 		return o
 	}
-	expect(OpSync)
-	if err := c.Synced(t0); err != nil {
+	sent := []uint64{^uint64(0) &^ (1 << 5), 0x3f} // all 70 pages but page 5 (deferred)
+	dirty := []uint64{1<<5 | 1<<9, 0}              // page 9 stale; page 5 never sent
+	rep := &livemig.Report{Rounds: []livemig.Round{{Index: 1}, {Index: 2}}, PagesSent: 75, ZeroPages: 2, PagesResent: 6, BytesSent: 1 << 20}
+	if err := c.AfterPreCopy(sent, dirty, rep); err != nil {
 		t.Fatal(err)
 	}
-	for range 70 {
-		expect(OpPage)
+	if err := c.AfterPreCopy(sent, dirty, rep); err == nil {
+		t.Fatal("a second AfterPreCopy was taken")
 	}
-	expect(OpEndRound)
-	expect(OpSync)
-	c.DirtyLog()[0] = 1<<3 | 1<<9
-	c.DirtyLog()[1] = 1 << 1 // page 65
-	if err := c.Synced(t0); err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []uint64{3, 9, 65} {
-		if o := expect(OpPage); o.Page != want {
-			t.Fatalf("round 2 sent %d, want %d", o.Page, want)
-		}
-	}
-	expect(OpEndRound)
-	expect(OpSync)
-	c.DirtyLog()[0] = 1 << 9
-	if err := c.Synced(t0); err != nil {
-		t.Fatal(err)
-	}
-	// Round 2 was the last: page 9 is stale at the destination.
 	if o := expect(OpDiscard); o.Stale[0] != 1<<9 || o.Bytes != transport.FrameOverhead+16+8 {
-		t.Fatalf("discard %+v", o)
+		t.Fatalf("discard %+v, want page 9 alone", o)
 	}
 	c.Discarded()
 	expect(OpPause)
-	c.DirtyLog()[1] = 1<<1 | 1<<10 // page 65 dirtied again; page 74 is past the end
-	if _, err := c.Paused(t0); !errors.Is(err, livemig.ErrPageRange) {
-		t.Fatalf("dirty log past the end: %v", err)
+	c.DirtyLog()[1] = 1 << 1 // page 65 written since the sync
+	stale, err := c.Paused(t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stale.Stale[0] != 0 || stale.Stale[1] != 1<<1 {
+		t.Fatalf("stale at the switchover %x, want page 65", stale.Stale)
+	}
+	if c.ToPush() != 3 {
+		t.Fatalf("to push %d, want 3 (pages 5, 9, 65)", c.ToPush())
+	}
+	if err := c.Committed(t0); err != nil {
+		t.Fatal(err)
+	}
+	var pushed []uint64
+	for o := step(c, t0, false); o.Op == OpPage; o = step(c, t0, false) {
+		pushed = append(pushed, o.Page)
+	}
+	if len(pushed) != 3 || pushed[0] != 5 || pushed[1] != 9 || pushed[2] != 65 {
+		t.Fatalf("pushed %v, want [5 9 65]", pushed)
+	}
+	var r livemig.Report
+	c.Written(2 << 20)
+	c.Fill(&r, t0.Add(time.Second), t0.Add(time.Millisecond), true)
+	if len(r.Rounds) != 3 || !r.Rounds[2].Final || r.PagesSent != 78 || r.PagesResent != 8 || r.ZeroPages != 2 || r.BytesSent != 2<<20 {
+		t.Fatalf("report %+v: want the rounds' figures counted on (3 rounds, 78 pages, 8 resent)", r)
+	}
+
+	// A dirty log past the guest's end is refused.
+	c2, _ := NewCore(CoreConfig{Pages: 70, PageSize: 4096}, t0)
+	if err := c2.AfterPreCopy(sent, []uint64{0, 1 << 10}, rep); !errors.Is(err, livemig.ErrPageRange) {
+		t.Fatalf("dirty page past the end: %v", err)
 	}
 }
 

@@ -92,6 +92,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		mainScratch: make([]byte, dst.PageSize),
 	}
 	r.discarder, _ = dst.Memory.(Discarder)
+	r.reader, _ = dst.Memory.(livemig.PageReader)
 	r.start = cfg.Clock.Now()
 	rctx, cancel := context.WithCancel(ctx)
 	err = r.run(rctx)
@@ -128,6 +129,7 @@ type receiver struct {
 	ps        int
 	digest    *verify.Digest
 	discarder Discarder
+	reader    livemig.PageReader // dst.Memory's, if it reads: XBZRLE before the resume
 	rep       *ReceiveReport
 	start     time.Time
 
@@ -153,6 +155,7 @@ type receiver struct {
 
 	session      uint64
 	switched     bool
+	stopCopy     bool // the switchover was pre-copy's: every page comes before the Commit
 	stateLoaded  bool
 	resumeAt     time.Time
 	state        []byte
@@ -185,6 +188,15 @@ func (r *receiver) run(ctx context.Context) error {
 	if err := r.beforeResume(ctx); err != nil {
 		return err
 	}
+	if r.stopCopy {
+		// Every page was here before the resume: only the source's
+		// AckReleased is left to wait for (answering AckResumed to a source
+		// that comes back to ask).
+		r.completeAck = transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed}
+		r.rep.Complete = true
+		r.release(ctx)
+		return nil
+	}
 	return r.afterResume(ctx)
 }
 
@@ -207,7 +219,7 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 		}
 		switch msg.Kind {
 		case wire.KindPage:
-			if r.switched {
+			if r.switched && !r.stopCopy || r.stateLoaded {
 				return fmt.Errorf("postcopy: page %d after the switchover, before the resume: %w", msg.Page, livemig.ErrCorrupt)
 			}
 			if err := r.write(msg); err != nil {
@@ -237,23 +249,36 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 			if r.switched {
 				return fmt.Errorf("postcopy: second switchover: %w", livemig.ErrCorrupt)
 			}
+			r.switched, r.session = true, msg.Page
+			if msg.Arg&wire.FlagPostCopy == 0 {
+				// Pre-copy converged (precopy.HandOff ended by
+				// stop-and-copy): the rest, the state and Done follow.
+				r.stopCopy = true
+				continue
+			}
 			if (msg.Arg&wire.FlagUrgent != 0) != (r.urgent != nil) {
 				return fmt.Errorf("postcopy: the source's use of an urgent connection (%v) differs from ours (%v): %w",
 					msg.Arg&wire.FlagUrgent != 0, r.urgent != nil, livemig.ErrVersion)
 			}
-			r.switched, r.session = true, msg.Page
 		case wire.KindState:
-			if !r.switched || r.stateLoaded {
+			if !r.switched || r.stateLoaded || r.state != nil {
 				return fmt.Errorf("postcopy: state before the switchover or twice: %w", livemig.ErrCorrupt)
 			}
-			r.state = append(r.state[:0], msg.Data...)
+			r.state = append(make([]byte, 0, len(msg.Data)), msg.Data...)
 			r.rep.StateBytes = len(r.state)
+			if r.stopCopy {
+				continue // loaded once every page is here (Done)
+			}
 			if err := r.dst.VM.LoadState(ctx, r.state); err != nil {
 				return fmt.Errorf("postcopy: load state: %w", err)
 			}
 			r.stateLoaded = true
 			if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady}); err != nil {
 				return fmt.Errorf("postcopy: acknowledge the state: %w (%w)", livemig.ErrIncomplete, err)
+			}
+		case wire.KindDone:
+			if err := r.readyToStop(ctx, msg.Arg); err != nil {
+				return err
 			}
 		case wire.KindCommit:
 			if !r.stateLoaded {
@@ -266,6 +291,33 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 			return fmt.Errorf("postcopy: unexpected %v message before the resume: %w", msg.Kind, livemig.ErrCorrupt)
 		}
 	}
+}
+
+// readyToStop takes pre-copy's Done (with the source's digest sum) after a
+// stop-and-copy switchover: once every page is here, the digests agree and
+// the state loaded, it says Ready, as package precopy's destination does.
+func (r *receiver) readyToStop(ctx context.Context, sum uint64) error {
+	if !r.stopCopy || r.state == nil || r.stateLoaded {
+		return fmt.Errorf("postcopy: Done before the resume without a stop-and-copy switchover and its state: %w", livemig.ErrCorrupt)
+	}
+	if got := r.heldCount(); got != r.pages {
+		return fmt.Errorf("postcopy: source done but %d of %d pages never arrived: %w", r.pages-got, r.pages, livemig.ErrIncomplete)
+	}
+	mine := r.digest.Sum()
+	if !r.cfg.NoVerify && sum != 0 {
+		if sum != mine {
+			return fmt.Errorf("postcopy: digest %016x, source's %016x: %w", mine, sum, livemig.ErrVerify)
+		}
+		r.rep.Verified = true
+	}
+	if err := r.dst.VM.LoadState(ctx, r.state); err != nil {
+		return fmt.Errorf("postcopy: load state: %w", err)
+	}
+	r.stateLoaded = true
+	if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady, Page: mine}); err != nil {
+		return fmt.Errorf("postcopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)
+	}
+	return nil
 }
 
 // resume resumes the guest and starts the urgent receiver.
@@ -505,6 +557,19 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	case msg.Arg&wire.FlagUrgent != 0 && r.cfg.ReacceptUrgent == nil:
 		return fmt.Errorf("postcopy: the source resumes with an urgent connection and we have no ReacceptUrgent: %w", livemig.ErrVersion)
 	}
+	if r.stopCopy {
+		// Pre-copy's source in doubt after its Commit (precopy.Resolve):
+		// every page is here, the source committed; resume and say so.
+		if !r.rep.Resumed {
+			if err := r.resume(ctx); err != nil {
+				return err
+			}
+		}
+		r.connMu.Lock()
+		r.conn = conn
+		r.connMu.Unlock()
+		return conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed})
+	}
 	if msg.Arg&wire.FlagUrgent != 0 {
 		u, err := r.cfg.ReacceptUrgent(ctx)
 		if err != nil {
@@ -653,7 +718,7 @@ func (r *receiver) write(msg transport.Msg) error {
 	if err := r.checkPage(msg); err != nil {
 		return err
 	}
-	data, err := codec.DecodePage(r.mainScratch, msg.Page, msg.Enc, msg.Data, nil)
+	data, err := codec.DecodePage(r.mainScratch, msg.Page, msg.Enc, msg.Data, r.reader)
 	if err != nil {
 		return err
 	}

@@ -183,7 +183,7 @@ func receiveSeeds(t testing.TB) [][]byte {
 		}
 	}
 	head := []transport.Msg{
-		{Kind: wire.KindSwitchover, Page: 0x5e55, Arg: 1},
+		{Kind: wire.KindSwitchover, Page: 0x5e55, Arg: 1 | wire.FlagPostCopy},
 		{Kind: wire.KindState, Data: []byte("state")},
 		{Kind: wire.KindCommit},
 	}
@@ -208,7 +208,15 @@ func receiveSeeds(t testing.TB) [][]byte {
 	}
 	lz4Post := enc(append(append(head, packed...), transport.Msg{Kind: wire.KindDone, Arg: d.Sum()})...)
 	badLZ4 := enc(append(head, transport.Msg{Kind: wire.KindPage, Enc: transport.EncLZ4, Page: 3, Data: []byte{0x40, 1, 2}})...)
-	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2], lz4Post, badLZ4}
+	// Pre-copy that converged (precopy.HandOff's other end): rounds, a
+	// switchover without FlagPostCopy, the rest, the state, Done, the
+	// Commit; then the same missing a page, and with the Commit early.
+	stop := []transport.Msg{{Kind: wire.KindEndRound, Arg: 1}, {Kind: wire.KindSwitchover, Page: 0x5e55, Arg: 2}}
+	tail := []transport.Msg{{Kind: wire.KindState, Data: []byte("state")}, {Kind: wire.KindDone, Arg: d.Sum()}, {Kind: wire.KindCommit}}
+	stopCopy := enc(append(append(append(pages[:4:4], stop...), pages[4:]...), tail...)...)
+	stopShort := enc(append(append(append(pages[:4:4], stop...), pages[5:]...), tail...)...)
+	stopEarly := enc(append(append(append(pages[:4:4], stop...), pages[4:]...), tail[0], tail[2])...)
+	return [][]byte{post, hybrid, badDigest, early, badBitmap, post[:len(post)/2], lz4Post, badLZ4, stopCopy, stopShort, stopEarly}
 }
 
 func corpusFile(args ...any) []byte {
@@ -264,7 +272,8 @@ func TestFuzzCorpus(t *testing.T) {
 // TestReceiveSeeds: each seed stream of FuzzReceive has the outcome it was
 // made for.
 func TestReceiveSeeds(t *testing.T) {
-	want := []error{nil, nil, livemig.ErrVerify, livemig.ErrCorrupt, livemig.ErrPageRange, livemig.ErrIncomplete, nil, livemig.ErrCorrupt}
+	want := []error{nil, nil, livemig.ErrVerify, livemig.ErrCorrupt, livemig.ErrPageRange, livemig.ErrIncomplete, nil, livemig.ErrCorrupt,
+		nil, livemig.ErrIncomplete, livemig.ErrCorrupt}
 	for i, s := range receiveSeeds(t) {
 		mem, _ := NewHeapMemory(64, fuzzPages, nil)
 		vm := &fuzzVM{}
@@ -279,6 +288,9 @@ func TestReceiveSeeds(t *testing.T) {
 		}
 		if i == 1 && (rep.Discarded != 1 || rep.Duplicates != 1 || rep.Rounds != 1) {
 			t.Errorf("hybrid seed: %+v", rep)
+		}
+		if i == 8 && (rep.Rounds != 1 || rep.PagesReceived != fuzzPages || vm.loads != 1) {
+			t.Errorf("stop-and-copy seed: %+v, %d state loads", rep, vm.loads)
 		}
 	}
 }

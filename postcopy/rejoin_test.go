@@ -59,7 +59,7 @@ func TestRejoinRefusesUnexpectedUrgent(t *testing.T) {
 	}()
 	// The first session: switchover, state, Ack(Ready), Commit, then a cut.
 	for _, m := range []transport.Msg{
-		{Kind: wire.KindSwitchover, Page: session, Arg: 1},
+		{Kind: wire.KindSwitchover, Page: session, Arg: 1 | wire.FlagPostCopy},
 		{Kind: wire.KindState, Data: make([]byte, 64)},
 	} {
 		if err := src.Send(ctx, m); err != nil {

@@ -125,7 +125,7 @@ func TestReceiveRefusesRequest(t *testing.T) {
 	}
 	vm := &fuzzVM{}
 	for _, m := range []transport.Msg{
-		{Kind: wire.KindSwitchover, Page: 7, Arg: 1},
+		{Kind: wire.KindSwitchover, Page: 7, Arg: 1 | wire.FlagPostCopy},
 		{Kind: wire.KindRequest, Page: pages, Arg: 1},
 	} {
 		if err := src.Send(ctx, m); err != nil {

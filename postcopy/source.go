@@ -16,6 +16,7 @@ import (
 	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/internal/handover"
+	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/verify"
 	"github.com/livemig/livemig/wire"
@@ -25,15 +26,15 @@ import (
 const recordOverhead = transport.RecordOverhead
 
 // Migrate migrates src to the destination at the other end of conn with
-// post-copy, after cfg.rounds pre-copy rounds (hybrid), and returns
-// its report.
+// post-copy, and returns its report. (A hybrid migration's pre-copy rounds
+// are pre-copy's: precopy.HandOff, then Continue.)
 //
 // conn must have completed its handshake (transport.Open) with a peer of the
 // same page geometry; Migrate owns it (and cfg.Urgent) from then on and
 // closes it before it returns. The destination runs Receive. src.Dirty is
-// needed only with pre-copy rounds.
+// not needed.
 //
-// The source pauses the guest, sends (hybrid) the list of pages whose copy
+// The source pauses the guest, sends (after pre-copy rounds) the list of pages whose copy
 // at the destination went stale, the switchover and the CPU/device state;
 // once the destination has loaded the state (Ack(AckReady)) the source hands
 // the guest over (Commit) and the destination resumes it at once. Then the
@@ -57,6 +58,33 @@ const recordOverhead = transport.RecordOverhead
 // its memory: the guest's memory is split between the two hosts. The report
 // returned with an error holds the figures up to the failure.
 func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg Config) (*livemig.Report, error) {
+	return migrate(ctx, conn, src, cfg, nil)
+}
+
+// Continue goes on by post-copy where pre-copy's rounds left a migration
+// (precopy.HandOff), as Migrate does from its start: it has the copies the
+// rounds left stale discarded at the destination while the guest still
+// runs, pauses it, names the pages it wrote since, and hands it over; the
+// push sends every page not current at the destination. src must be the
+// one the rounds migrated, with its Dirty log; the report goes on from
+// h.Report's rounds and figures. Continue owns h.Conn (and cfg.Urgent, which
+// must have been opened with it) and closes them. The failure rules are
+// Migrate's.
+func Continue(ctx context.Context, h *precopy.Handoff, src livemig.Source, cfg Config) (*livemig.Report, error) {
+	if h == nil || h.Conn == nil || h.Report == nil {
+		if h != nil && h.Conn != nil {
+			h.Conn.Close()
+		}
+		if cfg.Urgent != nil {
+			cfg.Urgent.Close()
+		}
+		return nil, errors.New("postcopy: Continue needs a Handoff with its Conn and Report")
+	}
+	return migrate(ctx, h.Conn, src, cfg, h)
+}
+
+// migrate is Migrate, or with h Continue.
+func migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg Config, h *precopy.Handoff) (*livemig.Report, error) {
 	cfg.setDefaults()
 	closeAll := func() {
 		conn.Close()
@@ -68,25 +96,31 @@ func Migrate(ctx context.Context, conn transport.Conn, src livemig.Source, cfg C
 		closeAll()
 		return nil, err
 	}
-	if src.Memory == nil || src.VM == nil || (cfg.rounds > 0 && src.Dirty == nil) {
+	if src.Memory == nil || src.VM == nil || (h != nil && src.Dirty == nil) {
 		closeAll()
-		return nil, errors.New("postcopy: Source needs Memory and VM, and Dirty for pre-copy rounds")
+		return nil, errors.New("postcopy: Source needs Memory and VM, and Dirty after pre-copy rounds")
 	}
 	m := &migration{cfg: cfg, src: src, log: cfg.Logger, pages: src.Memory.PageCount(), ps: src.Memory.PageSize()}
-	m.report = &livemig.Report{Algorithm: "post-copy", GuestPages: m.pages, PageSize: m.ps}
-	if cfg.rounds > 0 {
+	if h == nil {
+		m.report = &livemig.Report{Algorithm: "post-copy", GuestPages: m.pages, PageSize: m.ps}
+		if !cfg.NoVerify {
+			m.digest = verify.New(m.pages, m.ps)
+		}
+		m.session = rand.Uint64() | 1
+		m.start = cfg.Clock.Now()
+	} else {
+		m.report, m.digest, m.session, m.start = h.Report, h.Digest, h.Session, h.Start
 		m.report.Algorithm = "hybrid"
-	}
-	if !cfg.NoVerify {
-		m.digest = verify.New(m.pages, m.ps)
+		m.wirePast, m.precopied = h.Report.BytesSent, true
 	}
 	m.view, _ = src.Memory.(livemig.PageView)
-	m.session = rand.Uint64() | 1
 	m.mainSend, m.urgSend = m.newSender(), m.newSender()
 	m.wake, m.uwake = make(chan struct{}, 1), make(chan struct{}, 1)
-	m.start = cfg.Clock.Now()
-	core, err := NewCore(CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: cfg.rounds,
+	core, err := NewCore(CoreConfig{Pages: m.pages, PageSize: m.ps,
 		PushBandwidth: cfg.PushBandwidth, LZ4: cfg.LZ4, Order: cfg.Order, Prepage: cfg.Prepage, Urgent: cfg.Urgent != nil}, m.start)
+	if err == nil && h != nil {
+		err = core.AfterPreCopy(h.Sent, h.Dirty, h.Report)
+	}
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -174,6 +208,7 @@ type migration struct {
 	start, endAt   time.Time
 	resumedAt      time.Time
 	paused, handed bool
+	precopied      bool // pre-copy's rounds came first (Continue)
 	session        uint64
 	reconnects     int
 	dstStats       destStats
@@ -327,7 +362,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		}
 		m.log.Info("post-copy failed before the hand-over; source resumed", "err", err)
 	}()
-	if err := m.precopyPhase(ctx); err != nil {
+	if err := m.beforePause(ctx); err != nil {
 		return err
 	}
 	if err := m.switchover(ctx); err != nil && !m.handed {
@@ -339,44 +374,12 @@ func (m *migration) run(ctx context.Context) (err error) {
 	return m.postCopy(ctx, nil)
 }
 
-// precopyPhase carries out the Core's pre-copy rounds (hybrid) until it asks
-// for the pause.
-func (m *migration) precopyPhase(ctx context.Context) error {
-	for i := 0; ; i++ {
+// beforePause carries out the Core's steps up to the pause: after pre-copy's
+// rounds, the discard of the copies they left stale.
+func (m *migration) beforePause(ctx context.Context) error {
+	for {
 		o := m.next(false)
 		switch o.Op {
-		case OpSync:
-			if err := m.src.Dirty.SyncDirty(m.core.DirtyLog()); err != nil {
-				return fmt.Errorf("postcopy: sync dirty log: %w", err)
-			}
-			m.mu.Lock()
-			m.core.Written(m.wireBytes())
-			err := m.core.Synced(m.cfg.Clock.Now())
-			round, left, pages, inRound := m.core.Round(), m.core.Left(), m.core.RoundPages(), m.core.InRound()
-			m.mu.Unlock()
-			if err != nil {
-				return err
-			}
-			if o.Round > 0 {
-				m.event(RoundEnded, o.Round, left, nil)
-				m.log.Debug("pre-copy round ended", "round", o.Round, "left", left)
-			}
-			if inRound {
-				m.event(RoundStarted, round, pages, nil)
-			}
-		case OpPage:
-			if i%256 == 0 {
-				if err := m.poll(ctx, m.s); err != nil {
-					return err
-				}
-			}
-			if err := m.sendPage(ctx, m.s.conn, m.mainSend, o); err != nil {
-				return err
-			}
-		case OpEndRound:
-			if err := m.s.conn.Send(ctx, transport.Msg{Kind: wire.KindEndRound, Arg: uint64(o.Round)}); err != nil {
-				return linkErr(fmt.Sprintf("end of round %d", o.Round), err)
-			}
 		case OpDiscard:
 			if err := m.discardEarly(ctx, o.Stale); err != nil {
 				return err
@@ -435,7 +438,7 @@ func (m *migration) switchover(ctx context.Context) error {
 		return fmt.Errorf("postcopy: pause source: %w", err)
 	}
 	m.paused = true
-	if m.cfg.rounds > 0 {
+	if m.precopied {
 		if err := m.src.Dirty.SyncDirty(m.core.DirtyLog()); err != nil {
 			return fmt.Errorf("postcopy: sync dirty log: %w", err)
 		}
@@ -451,7 +454,7 @@ func (m *migration) switchover(ctx context.Context) error {
 	if err := m.sendDiscard(ctx, stale.Stale); err != nil {
 		return err
 	}
-	arg := uint64(round)
+	arg := uint64(round) | wire.FlagPostCopy
 	if m.s.urgent != nil {
 		arg |= wire.FlagUrgent
 	}

@@ -31,6 +31,15 @@ type Config struct {
 	MinShrink float64
 	// OnNonConvergence says what to do then. Default StopAndCopy.
 	OnNonConvergence NonConvergence
+	// Decider, if set, decides after each round instead of the Policy made
+	// from this Config (whose DowntimeTarget, MaxRounds, StallRounds,
+	// MinShrink, OnNonConvergence and throttle settings it may use or not).
+	Decider Decider
+	// AlwaysPostCopy makes every end of the rounds a SwitchToPostCopy, converged or
+	// not: a hybrid migration, whose pre-copy rounds only shrink what
+	// post-copy has to fetch. Like OnNonConvergence PostCopy, only HandOff
+	// honours it.
+	AlwaysPostCopy bool
 	// ThrottleTrigger, ThrottleInitial, ThrottleIncrement and ThrottleMax
 	// tune the Throttle policy; defaults 0.5, 0.2, 0.1 and 0.99 (QEMU's
 	// throttle-trigger-threshold and cpu-throttle-* parameters). The VM must
@@ -156,7 +165,7 @@ func (c *Config) validate() error {
 		return fmt.Errorf("precopy: StallRounds %d < 1", c.StallRounds)
 	case c.MinShrink < 0 || c.MinShrink >= 1:
 		return fmt.Errorf("precopy: MinShrink %v outside [0,1)", c.MinShrink)
-	case c.OnNonConvergence < StopAndCopy || c.OnNonConvergence > Throttle:
+	case c.OnNonConvergence < StopAndCopy || c.OnNonConvergence > PostCopy:
 		return fmt.Errorf("precopy: unknown non-convergence policy %d", c.OnNonConvergence)
 	case c.ThrottleInitial <= 0 || c.ThrottleInitial > 1 || c.ThrottleMax <= 0 || c.ThrottleMax >= 1 ||
 		c.ThrottleIncrement <= 0 || c.ThrottleTrigger <= 0:

@@ -155,6 +155,16 @@ func (rv *receiver) receive(ctx context.Context) error {
 			}
 			rep.PagesReceived++
 		case wire.KindEndRound:
+			if msg.Arg&wire.FlagAck != 0 {
+				// A barrier (HandOff's): everything before it is applied.
+				if err := rv.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckRound, Page: msg.Arg &^ wire.FlagAck}); err != nil {
+					return fmt.Errorf("precopy: answer the barrier: %w (%w)", livemig.ErrIncomplete, err)
+				}
+				if err := rv.conn.Flush(ctx); err != nil {
+					return fmt.Errorf("precopy: answer the barrier: %w (%w)", livemig.ErrIncomplete, err)
+				}
+				continue
+			}
 			rep.Rounds++
 		case wire.KindSwitchover:
 			switched = true

@@ -3,6 +3,8 @@ package precopy
 import (
 	"fmt"
 	"time"
+
+	"github.com/livemig/livemig/codec"
 )
 
 // NonConvergence says what to do when pre-copy does not converge: the
@@ -21,6 +23,11 @@ const (
 	// auto-converge does: 20 % first, then 10 % more each time the guest
 	// is still too fast, up to 99 %. At MaxRounds it stops and copies.
 	Throttle
+	// PostCopy hands the guest over and sends what is left by post-copy
+	// (QEMU's postcopy-after-precopy): the Decision is SwitchToPostCopy.
+	// Only HandOff's caller can go on that way (package hybrid's Migrate
+	// does); Migrate refuses it.
+	PostCopy
 )
 
 func (n NonConvergence) String() string {
@@ -31,6 +38,8 @@ func (n NonConvergence) String() string {
 		return "abort"
 	case Throttle:
 		return "throttle"
+	case PostCopy:
+		return "post-copy"
 	}
 	return fmt.Sprintf("NonConvergence(%d)", int(n))
 }
@@ -45,6 +54,9 @@ const (
 	Stop
 	// Fail aborts the migration; the source keeps running.
 	Fail
+	// SwitchToPostCopy ends the rounds without pausing: what is left goes
+	// by post-copy (see HandOff).
+	SwitchToPostCopy
 )
 
 func (a Action) String() string {
@@ -55,6 +67,8 @@ func (a Action) String() string {
 		return "stop"
 	case Fail:
 		return "abort"
+	case SwitchToPostCopy:
+		return "post-copy"
 	}
 	return fmt.Sprintf("Action(%d)", int(a))
 }
@@ -73,6 +87,11 @@ type RoundFacts struct {
 	Duration   time.Duration // how long the round took
 	DirtyPages uint64        // pages dirty at the sync after the round: what is left
 	PageSize   int
+	// Codecs are the codecs in use at the round's end; Throttle is the
+	// vCPU throttle in force (0..1). The Policy does not need them; an
+	// adaptive Decider does.
+	Codecs   codec.Codecs
+	Throttle float64
 }
 
 // Decision is the policy's answer.
@@ -91,10 +110,26 @@ type Decision struct {
 	Converged bool
 	// Reason says why, for logs and reports.
 	Reason string
+	// Codecs, if set, are the codecs to use from the next round on (a
+	// Decider's choice: the Policy leaves it nil). Only codecs Config.Codec
+	// enables may be on; Codec.StartOff starts with them off.
+	Codecs *codec.Codecs
+}
+
+// A Decider decides, after each round, what pre-copy does next: go on,
+// stop and copy, give up, hand off to post-copy (HandOff only), throttle
+// the guest, switch codecs. Policy is the Decider a Config makes;
+// Config.Decider replaces it (package advisor's Adaptive acts on the
+// advisor's predictions). Decide is called from the migrating goroutine,
+// once per round, with the facts of that round; it must not block, and
+// should be a pure function of the facts it was fed, so that a simulated
+// migration decides as a real one.
+type Decider interface {
+	Decide(RoundFacts) Decision
 }
 
 // Policy decides, round by round, whether pre-copy goes on, stops and
-// copies, or gives up. It has no I/O and no clock: it is fed the facts of
+// copies, or gives up: the Decider of a Config. It has no I/O and no clock: it is fed the facts of
 // each round. A Policy is used by one migration at a time.
 type Policy struct {
 	cfg      Config
@@ -125,13 +160,23 @@ func (p *Policy) Throttle() float64 { return p.throttle }
 //     deferred count as planned, not as progress. StallRounds stalls in a
 //     row, or reaching MaxRounds, is non-convergence, handled by
 //     OnNonConvergence (Abort fails; StopAndCopy and Throttle stop; Throttle
-//     stops only at MaxRounds).
+//     stops only at MaxRounds; PostCopy hands off).
 //  3. Under the Throttle policy, a round that dirtied more than
 //     ThrottleTrigger of the pages it planned is a strike; two strikes in a row
 //     raise the throttle (20 %, then +10 %, at most 99 %), as QEMU's
 //     auto-converge does.
 //  4. Otherwise, continue.
+//
+// With Config.AlwaysPostCopy every stop is a SwitchToPostCopy.
 func (p *Policy) Decide(f RoundFacts) Decision {
+	d := p.decide(f)
+	if d.Action == Stop && p.cfg.AlwaysPostCopy {
+		d.Action, d.Reason = SwitchToPostCopy, d.Reason+"; the rest by post-copy"
+	}
+	return d
+}
+
+func (p *Policy) decide(f RoundFacts) Decision {
 	var d Decision
 	left := float64(f.DirtyPages) * float64(f.PageSize)
 	if f.Duration > 0 {
@@ -197,6 +242,8 @@ func (p *Policy) Decide(f RoundFacts) Decision {
 	switch p.cfg.OnNonConvergence {
 	case Abort:
 		d.Action, d.Reason = Fail, why
+	case PostCopy:
+		d.Action, d.Reason = SwitchToPostCopy, why+"; the rest by post-copy"
 	case Throttle:
 		if maxed {
 			d.Action, d.Reason = Stop, why+"; stopping with throttle "+fmt.Sprintf("%.0f%%", 100*p.throttle)

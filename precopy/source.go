@@ -53,29 +53,42 @@ type Source = livemig.Source
 // earlier write is in the dirty log: Migrate checks that a sync after the
 // last round finds nothing, and fails (resuming the guest) if it does.
 func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (*livemig.Report, error) {
+	if cfg.OnNonConvergence == PostCopy || cfg.AlwaysPostCopy {
+		conn.Close()
+		return nil, fmt.Errorf("precopy: Migrate cannot go on by post-copy (OnNonConvergence PostCopy, AlwaysPostCopy): use package hybrid: %w", livemig.ErrNotSupported)
+	}
+	rep, _, err := migrate(ctx, conn, src, cfg, false)
+	return rep, err
+}
+
+// migrate is Migrate, and with handOff HandOff.
+func migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config, handOff bool) (*livemig.Report, *Handoff, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	if src.Memory == nil || src.Dirty == nil || src.VM == nil {
 		conn.Close()
-		return nil, errors.New("precopy: Source needs Memory, Dirty and VM")
+		return nil, nil, errors.New("precopy: Source needs Memory, Dirty and VM")
 	}
 	if _, ok := src.VM.(livemig.Throttler); !ok && cfg.OnNonConvergence == Throttle {
 		conn.Close()
-		return nil, fmt.Errorf("precopy: the Throttle policy needs a VM that implements livemig.Throttler: %w", livemig.ErrNotSupported)
+		return nil, nil, fmt.Errorf("precopy: the Throttle policy needs a VM that implements livemig.Throttler: %w", livemig.ErrNotSupported)
 	}
 	m := &migration{
 		cfg:     cfg,
 		src:     src,
 		conn:    conn,
-		policy:  NewPolicy(cfg),
+		policy:  cfg.Decider,
 		pages:   src.Memory.PageCount(),
 		ps:      src.Memory.PageSize(),
 		ret:     make(chan retMsg, 4),
 		stop:    make(chan struct{}),
 		session: rand.Uint64() | 1,
+	}
+	if m.policy == nil {
+		m.policy = NewPolicy(cfg)
 	}
 	m.report = &livemig.Report{Algorithm: "pre-copy", GuestPages: m.pages, PageSize: m.ps}
 	if !cfg.NoVerify {
@@ -101,7 +114,7 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	pipe, err := codec.NewPipeline(ccfg, src.Memory, m.digest, m.send)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("precopy: %w", err)
+		return nil, nil, fmt.Errorf("precopy: %w", err)
 	}
 	m.pipe = pipe
 	defer pipe.Close()
@@ -110,12 +123,12 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 		p, ok := src.Dirty.(livemig.DirtyPeeker)
 		if !ok {
 			conn.Close()
-			return nil, fmt.Errorf("precopy: Defer needs a DirtySource that implements livemig.DirtyPeeker: %w", livemig.ErrNotSupported)
+			return nil, nil, fmt.Errorf("precopy: Defer needs a DirtySource that implements livemig.DirtyPeeker: %w", livemig.ErrNotSupported)
 		}
 		d, err := reorder.NewDeferrer(m.pages, reorder.DeferConfig{PeekEvery: peekInterval(m.pages)})
 		if err != nil {
 			conn.Close()
-			return nil, fmt.Errorf("precopy: %w", err)
+			return nil, nil, fmt.Errorf("precopy: %w", err)
 		}
 		m.peeker, m.deferrer = p, d
 	}
@@ -124,14 +137,20 @@ func Migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config) (
 	m.conn = transport.Metered(conn)
 	m.meter = m.conn.(transport.Meter)
 	m.w0 = m.meter.Written()
+	m.handOff = handOff
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
 	m.report.BytesSent = m.wireBytes()
+	if err == nil && m.handoff != nil {
+		// The reader ended at the barrier: the connection is the caller's.
+		m.handoff.Report = m.report
+		return m.report, m.handoff, nil
+	}
 	conn.Close()
 	close(m.stop)
 	for range m.ret { // wait for the reader to end
 	}
-	return m.report, err
+	return m.report, nil, err
 }
 
 type retMsg struct {
@@ -140,14 +159,15 @@ type retMsg struct {
 }
 
 type migration struct {
-	cfg    Config
-	src    Source
-	conn   transport.Conn
-	policy *Policy
-	report *livemig.Report
-	digest *verify.Digest
-	pipe   *codec.Pipeline
-	codecs bool // XBZRLE or LZ4 configured
+	cfg      Config
+	src      Source
+	conn     transport.Conn
+	policy   Decider
+	throttle float64 // in force
+	report   *livemig.Report
+	digest   *verify.Digest
+	pipe     *codec.Pipeline
+	codecs   bool // XBZRLE or LZ4 configured
 
 	sendCtx context.Context // for send, which the pipeline calls
 	// The link's capacity for the codecs' adaptation: the time spent inside
@@ -168,6 +188,9 @@ type migration struct {
 	deferrer *reorder.Deferrer   // set when cfg.Defer
 
 	session  uint64
+	handOff  bool                           // HandOff: the policy may end the rounds by a Handoff
+	barrier  atomic.Bool                    // the reader ends at the next Ack(AckRound)
+	handoff  *Handoff                       // set once the rounds ended by a hand-off
 	peerFail atomic.Pointer[wire.PeerError] // the destination's KindError, once it came
 	doneSent bool                           // the destination may be in Ready
 	start    time.Time
@@ -212,8 +235,8 @@ func (m *migration) readReturnPath(ctx context.Context) {
 		case <-m.stop:
 			return
 		}
-		if err != nil {
-			return
+		if err != nil || (m.barrier.Load() && msg.Kind == wire.KindAck && msg.Arg == wire.AckRound) {
+			return // failed, or at the hand-off's barrier: read no further
 		}
 	}
 }
@@ -225,7 +248,7 @@ func (m *migration) event(k EventKind, round int, dirty uint64, reason string, e
 	m.cfg.OnEvent(Event{
 		Kind: k, Round: round, Pages: dirty, PagesSent: m.report.PagesSent,
 		BytesSent: m.report.BytesSent, Elapsed: m.cfg.Clock.Now().Sub(m.start),
-		ExpectedDowntime: expected, Throttle: m.policy.Throttle(), Reason: reason,
+		ExpectedDowntime: expected, Throttle: m.throttle, Reason: reason,
 	})
 }
 
@@ -252,7 +275,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 			}
 			m.paused = false
 		}
-		if th, ok := m.src.VM.(livemig.Throttler); ok && m.policy.Throttle() > 0 {
+		if th, ok := m.src.VM.(livemig.Throttler); ok && m.throttle > 0 {
 			th.SetThrottle(0)
 		}
 		tell, cancel := context.WithTimeout(bg, 2*time.Second) // the link may be gone
@@ -308,7 +331,7 @@ func (m *migration) run(ctx context.Context) (err error) {
 		}
 		d := m.policy.Decide(RoundFacts{
 			Round: round, SentBytes: r.Bytes, SentPages: r.PagesSent, Planned: r.DirtyPages, Duration: r.Duration,
-			DirtyPages: left, PageSize: m.ps,
+			DirtyPages: left, PageSize: m.ps, Codecs: m.pipe.Codecs(), Throttle: m.throttle,
 		})
 		m.event(RoundEnded, round, left, d.Reason, d.ExpectedDowntime)
 		log.Debug("round ended", "round", round, "sent", r.PagesSent, "left", left,
@@ -319,14 +342,29 @@ func (m *migration) run(ctx context.Context) (err error) {
 				return fmt.Errorf("precopy: throttle policy but the VM does not implement livemig.Throttler: %w", livemig.ErrNotSupported)
 			}
 			th.SetThrottle(d.Throttle)
-			m.report.Throttle = d.Throttle
+			m.throttle = d.Throttle
+			m.report.Throttle = max(m.report.Throttle, d.Throttle)
 			m.event(Throttled, round, left, d.Reason, d.ExpectedDowntime)
 			log.Info("throttling guest", "throttle", d.Throttle, "round", round)
+		}
+		if d.Codecs != nil {
+			if err := m.pipe.SetCodecs(*d.Codecs); err != nil {
+				return fmt.Errorf("precopy: after round %d: %w", round, err)
+			}
+			m.codecs = m.codecs || d.Codecs.XBZRLE || d.Codecs.LZ4
+			log.Info("codecs switched", "round", round, "codecs", d.Codecs.String(), "reason", d.Reason)
 		}
 		switch d.Action {
 		case Fail:
 			log.Info("pre-copy did not converge; aborting", "reason", d.Reason)
 			return fmt.Errorf("precopy: %s after round %d: %w", d.Reason, round, livemig.ErrNotConverged)
+		case SwitchToPostCopy:
+			if !m.handOff {
+				return fmt.Errorf("precopy: the decider asked for post-copy after round %d (%s), but Migrate cannot go on by post-copy: use package hybrid: %w",
+					round, d.Reason, livemig.ErrNotSupported)
+			}
+			log.Info("handing off to post-copy", "round", round, "left", left, "reason", d.Reason)
+			return m.barrierAndHandOff(ctx, round)
 		case Stop:
 			m.report.Converged = d.Converged
 			log.Info("stop-and-copy", "round", round+1, "left", left, "expected_downtime", d.ExpectedDowntime, "reason", d.Reason)

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,8 +23,12 @@ import (
 )
 
 // detConn is the deterministic link of the differential test, at the
-// source: a transport.Conn over a real in-memory pipe that advances the
-// source's virtual clock as PostCopy's model of the link does (every record
+// source. A hybrid migration's rounds are pre-copy's engine in both worlds,
+// over the scenario's simulated link: there detConn wraps a
+// transport.SimLink on clocks of its own and carries their time over to
+// the source's clock (link), until the hand-off's barrier is answered.
+// From then on (and always for post-copy, over a real in-memory pipe) it
+// advances the source's virtual clock as PostCopy's model of the link does (every record
 // the source writes takes its size at the bandwidth; an answer the source
 // waits for, a round trip's record), records the pages written, and plays
 // the script's requests: after the k-th page written since the switchover
@@ -38,8 +43,10 @@ type detConn struct {
 	pages  *[]uint64
 	script map[int]uint64
 
-	paused bool // the switchover went
-	writes int  // pages written since
+	link   *livemig.VirtualClock // the SimLink's source clock, for the rounds
+	mirror atomic.Bool           // the link times the source (the rounds)
+	paused bool                  // the switchover went
+	writes int                   // pages written since
 	inject chan injected
 	taken  chan struct{} // the reader's next Recv after an injected request (its Recv goroutine's alone)
 	pump   chan recvd
@@ -82,12 +89,33 @@ func newDetConn(c transport.Conn, clock *livemig.VirtualClock, bw float64, mu *s
 
 func (c *detConn) tx(n int) time.Duration { return time.Duration(float64(n) * 8 * 1e9 / c.bw) }
 
+func (c *detConn) Flush(ctx context.Context) error {
+	if !c.mirror.Load() {
+		return c.Conn.Flush(ctx)
+	}
+	c.link.AdvanceTo(c.clock.Now())
+	err := c.Conn.Flush(ctx)
+	c.clock.AdvanceTo(c.link.Now())
+	return err
+}
+
 func (c *detConn) Close() error {
 	c.once.Do(func() { close(c.closed) })
 	return c.Conn.Close()
 }
 
 func (c *detConn) Send(ctx context.Context, m transport.Msg) error {
+	if c.mirror.Load() {
+		c.link.AdvanceTo(c.clock.Now())
+		err := c.Conn.Send(ctx, m)
+		c.clock.AdvanceTo(c.link.Now())
+		if m.Kind == wire.KindPage {
+			c.mu.Lock()
+			*c.pages = append(*c.pages, m.Page)
+			c.mu.Unlock()
+		}
+		return err
+	}
 	if err := c.Conn.Send(ctx, m); err != nil {
 		return err
 	}
@@ -140,7 +168,11 @@ func (c *detConn) Recv(ctx context.Context, m *transport.Msg) error {
 	case r := <-c.pump:
 		*m = r.m
 		if r.err == nil && m.Kind == wire.KindAck && m.Arg == wire.AckRound {
-			c.clock.Advance(c.tx(transport.RecordOverhead)) // the Ack's record
+			if c.mirror.Swap(false) { // the hand-off's barrier: the rounds end
+				c.clock.AdvanceTo(c.link.Now())
+			} else {
+				c.clock.Advance(c.tx(transport.RecordOverhead)) // the Ack's record
+			}
 		}
 		return r.err
 	case <-c.closed:
@@ -186,6 +218,9 @@ func TestDifferentialPostCopy(t *testing.T) {
 	// Requests for pages the push has not reached, for one it has, one
 	// twice, and neighbours of pages asked for.
 	script := map[int]uint64{3: 1500, 4: 1501, 10: 2, 40: 700, 41: 1500, 300: 699, 900: 2047}
+	// A downtime target no round meets: the hybrid runs all its rounds
+	// (with the default, the first round converges and hands off).
+	short := precopy.Config{DowntimeTarget: time.Microsecond}
 	cases := []struct {
 		name string
 		pc   PostCopy
@@ -195,8 +230,9 @@ func TestDifferentialPostCopy(t *testing.T) {
 		{"post-copy requests", PostCopy{script: script}, Workload{Kind: "hotcold", Rate: 20000}},
 		{"post-copy urgent requests", PostCopy{Urgent: true, script: script, Prepage: 4}, Workload{Kind: "hotcold", Rate: 20000}},
 		{"post-copy lz4 capped", PostCopy{LZ4: true, PushBandwidth: 16 << 20, script: script}, Workload{Kind: "mix", Rate: 20000}},
-		{"hybrid", PostCopy{PreCopyRounds: 3}, Workload{Kind: "hotcold", Rate: 30000}},
-		{"hybrid lz4 ordered urgent", PostCopy{PreCopyRounds: 4, LZ4: true, Order: freq, Urgent: true, script: script},
+		{"hybrid", PostCopy{PreCopyRounds: 3, PreCopy: short}, Workload{Kind: "hotcold", Rate: 30000}},
+		{"hybrid converged", PostCopy{PreCopyRounds: 3}, Workload{Kind: "hotcold", Rate: 30000}},
+		{"hybrid lz4 ordered urgent", PostCopy{PreCopyRounds: 4, PreCopy: short, LZ4: true, Order: freq, Urgent: true, script: script},
 			Workload{Kind: "mix", Rate: 30000}},
 	}
 	for _, c := range cases {
@@ -248,6 +284,13 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 		t.Fatal(err)
 	}
 	clock := livemig.NewVirtualClock()
+	var conn, dconn transport.Conn
+	var link *livemig.VirtualClock
+	if pc.PreCopyRounds > 0 {
+		conn, dconn, link = openSim(t, sc, pages, clock)
+	} else {
+		conn, dconn = openPipe(t, pages)
+	}
 	guest, err := sim.NewGuest(sim.GuestConfig{Pages: pages, PageSize: 4096, Seed: sc.Seed, StateSize: 256 << 10}, w, clock)
 	if err != nil {
 		t.Fatal(err)
@@ -260,9 +303,12 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, dconn := openPipe(t, pages)
 	var mu sync.Mutex
 	src := newDetConn(conn, clock, sc.Bandwidth, &mu, &main, pc.script)
+	if link != nil {
+		src.link = link
+		src.mirror.Store(true)
+	}
 	cfg := postcopy.Config{Clock: clock, LZ4: pc.LZ4, PushBandwidth: pc.PushBandwidth, Prepage: pc.Prepage}
 	var dcfg postcopy.Config
 	if pc.Urgent {
@@ -283,7 +329,9 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 	}()
 	gsrc := livemig.Source{Memory: guest, Dirty: guest, VM: guest}
 	if pc.PreCopyRounds > 0 {
-		rep, err = hybridpkg.Migrate(ctx, src, gsrc, hybridpkg.Config{Rounds: pc.PreCopyRounds, Config: cfg})
+		hc := hybridpkg.Config{Rounds: pc.PreCopyRounds, Config: cfg, PreCopy: pc.PreCopy}
+		hc.PreCopy.Codec.Cost = sc.Cost
+		rep, err = hybridpkg.Migrate(ctx, src, gsrc, hc)
 	} else {
 		rep, err = postcopy.Migrate(ctx, src, gsrc, cfg)
 	}
@@ -313,6 +361,32 @@ func openPipe(t *testing.T, pages uint64) (a, b transport.Conn) {
 		t.Fatalf("handshake: %v, %v", err, berr)
 	}
 	return a, b
+}
+
+// openSim returns the two ends of a simulated link as Run makes it,
+// handshaken, with clocks of its own (the source's is returned) at the
+// instant Run's guest starts, which clock is taken to too.
+func openSim(t *testing.T, sc Scenario, pages uint64, clock *livemig.VirtualClock) (a, b transport.Conn, link *livemig.VirtualClock) {
+	t.Helper()
+	link, dclock := livemig.NewVirtualClock(), livemig.NewVirtualClock()
+	la, lb := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, link, dclock)
+	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
+	var berr error
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		b, _, berr = transport.Open(context.Background(), lb, hello, transport.Config{Liveness: -1})
+	}()
+	a, _, err := transport.Open(context.Background(), la, hello, transport.Config{Liveness: -1})
+	<-opened
+	if err != nil || berr != nil {
+		t.Fatalf("handshake: %v, %v", err, berr)
+	}
+	t0 := livemig.VirtualEpoch.Add(handshakeTime)
+	for _, c := range []*livemig.VirtualClock{link, dclock, clock} {
+		c.AdvanceTo(t0)
+	}
+	return a, b, link
 }
 
 // urgentBatches checks that the two reports' bytes differ by whole batch

@@ -10,7 +10,9 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/bitmap"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/hybrid"
 	"github.com/livemig/livemig/postcopy"
+	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/sim"
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/wire"
@@ -32,11 +34,16 @@ const (
 // PostCopy is a post-copy migration in the simulated world, or with
 // PreCopyRounds > 0 a hybrid one; its Migrate method is a Migrator.
 //
-// It runs package postcopy's Core, the engine's own decisions (the
-// pre-copy rounds and their stop rule, the discard of stale copies, the
-// push in the Order's order at its rate cap, the pages a request brings
-// and the send-once rule, and every counter of the report), in an event
-// loop over a model of the link and of the destination's vCPU:
+// A hybrid migration's pre-copy rounds are pre-copy's own engine, as
+// hybrid.Migrate runs them (precopy.HandOff with hybrid.Config's
+// PreCopyConfig): over the scenario's simulated link, package precopy's
+// Receive applying them to the sink, the codecs' CPU charged by the
+// scenario's cost model. From where they end (or from the start, for
+// post-copy) it runs package postcopy's Core, the engine's own decisions
+// (the discard of stale copies, the push in the Order's order at its rate
+// cap, the pages a request brings and the send-once rule, and every
+// counter of the report), in an event loop over a model of the link and
+// of the destination's vCPU:
 //
 //   - The link carries one record at a time at the scenario's bandwidth;
 //     each arrives a latency after its last byte left. The source keeps
@@ -68,9 +75,13 @@ const (
 // with Rounds (pre-copy rounds, then the post-copy phase), Downtime from
 // the pause to the destination's Ack(Resumed) at the source, and PostCopy.
 type PostCopy struct {
-	// Prepage, PreCopyRounds and PushBandwidth are as in postcopy.Config.
+	// Prepage and PushBandwidth are as in postcopy.Config; PreCopyRounds
+	// and PreCopy are hybrid.Config's Rounds and PreCopy (its Clock and
+	// Codec.Cost are the scenario's): with PreCopyRounds > 0 the migration
+	// is hybrid.
 	Prepage       int
 	PreCopyRounds int
+	PreCopy       precopy.Config
 	PushBandwidth int64
 	// Urgent sends requested pages (and their pre-paged neighbours) ahead
 	// of the push, as postcopy.Config.Urgent does.
@@ -97,10 +108,12 @@ type PostCopy struct {
 }
 
 // Migrate runs the model on e; see PostCopy. It closes e's connections,
-// which it does not use.
+// which only a hybrid migration's rounds use.
 func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
-	e.Source.Close()
-	e.Dest.Close()
+	if p.PreCopyRounds == 0 {
+		e.Source.Close()
+		e.Dest.Close()
+	}
 	if p.QueueBytes == 0 {
 		p.QueueBytes = DefaultQueueBytes
 	}
@@ -110,6 +123,8 @@ func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
 	if p.QueueBytes < 0 || p.Quantum < 0 || p.PreCopyRounds < 0 || p.PushBandwidth < 0 {
 		err := fmt.Errorf("scenario: post-copy model: negative parameter (QueueBytes %d, Quantum %v, PreCopyRounds %d, PushBandwidth %d)",
 			p.QueueBytes, p.Quantum, p.PreCopyRounds, p.PushBandwidth)
+		e.Source.Close()
+		e.Dest.Close()
 		return Outcome{Err: err, DestErr: err}
 	}
 	m := &pcModel{cfg: p, e: e, g: e.Guest, sink: e.Sink, pages: e.Pages, ps: e.PageSize,
@@ -118,6 +133,8 @@ func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
 		o, err := p.Order(e.Pages)
 		if err != nil {
 			err = fmt.Errorf("scenario: post-copy model: page order: %w", err)
+			e.Source.Close()
+			e.Dest.Close()
 			return Outcome{Err: err, DestErr: err}
 		}
 		m.order = o
@@ -286,11 +303,13 @@ type pcModel struct {
 	// framing, and the discard chunks' frames (the Core sizes them).
 	mainFr, urgFr transport.Framing
 	discards      uint64
+	preBytes      uint64 // written by a hybrid migration's rounds
 }
 
-// written is the bytes the source has written on its connections.
+// written is the bytes the source has written on its connections: the
+// rounds' (on the link), then the model's.
 func (m *pcModel) written() uint64 {
-	return m.mainFr.Written() + m.urgFr.Written() + m.discards
+	return m.preBytes + m.mainFr.Written() + m.urgFr.Written() + m.discards
 }
 
 // control counts a control message of n data bytes on the main connection.
@@ -321,7 +340,7 @@ func (m *pcModel) run(ctx context.Context) error {
 	m.mainFr, m.urgFr = transport.NewFraming(0, 0), transport.NewFraming(0, 0)
 	m.touch = func(page uint64, _ bool) { m.acc = append(m.acc, page) }
 	start := clock.Now()
-	core, err := postcopy.NewCore(postcopy.CoreConfig{Pages: m.pages, PageSize: m.ps, PreCopyRounds: m.cfg.PreCopyRounds,
+	core, err := postcopy.NewCore(postcopy.CoreConfig{Pages: m.pages, PageSize: m.ps,
 		PushBandwidth: m.cfg.PushBandwidth, LZ4: m.cfg.LZ4, Order: m.order, Prepage: prepageBase(m.cfg.Prepage),
 		Urgent: m.cfg.Urgent}, start)
 	if err != nil {
@@ -331,7 +350,12 @@ func (m *pcModel) run(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("scenario: post-copy model: %w", err)
 	}
-	if err := m.precopy(ctx); err != nil {
+	if m.cfg.PreCopyRounds > 0 {
+		if err := m.rounds(ctx); err != nil {
+			return err
+		}
+	}
+	if err := m.beforePause(); err != nil {
 		return err
 	}
 	end, err := m.handover(ctx)
@@ -364,39 +388,82 @@ func prepageBase(p int) int {
 	return p
 }
 
-// precopy carries out the Core's steps up to the pause: the pre-copy rounds
-// of a hybrid migration, the source writing page after page as the link
-// takes them, and the discard of the copies they left stale, which waits a
-// round trip for the destination's answer.
-func (m *pcModel) precopy(ctx context.Context) error {
-	clock := m.e.SourceClock
-	for i := 0; ; i++ {
-		if i%4096 == 0 {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("scenario: post-copy model: %w", err)
-			}
+// rounds runs a hybrid migration's pre-copy rounds with the engine's own
+// code: precopy.HandOff configured as hybrid.Migrate configures it, over
+// the scenario's link, with package precopy's Receive applying the pages to
+// the sink. The Core goes on from where they ended, and so does the
+// model, without the link.
+func (m *pcModel) rounds(ctx context.Context) error {
+	hc := hybrid.Config{Rounds: m.cfg.PreCopyRounds, Config: postcopy.Config{LZ4: m.cfg.LZ4, Order: m.order}, PreCopy: m.cfg.PreCopy}
+	pcfg, err := hc.PreCopyConfig()
+	if err != nil {
+		m.e.Source.Close()
+		m.e.Dest.Close()
+		return fmt.Errorf("scenario: hybrid model: %w", err)
+	}
+	pcfg.Clock, pcfg.Codec.Cost = m.e.SourceClock, m.e.Scenario.Cost
+	dctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	received := make(chan struct{})
+	go func() {
+		defer close(received)
+		// It ends when the source's end closes below: its error says so.
+		_, _ = precopy.Receive(dctx, m.e.Dest, precopy.Destination{Sink: m.sink, VM: m.sink, Pages: m.pages, PageSize: m.ps},
+			precopy.Config{Clock: m.e.DestClock})
+	}()
+	var conn transport.Conn = m.e.Source
+	if m.cfg.trace != nil {
+		conn = traceConn{conn, m.cfg.trace}
+	}
+	rep, h, err := precopy.HandOff(ctx, conn, livemig.Source{Memory: m.g, Dirty: m.g, VM: m.g}, pcfg)
+	if h != nil {
+		h.Conn.Close()
+	}
+	cancel()
+	<-received
+	if h == nil {
+		m.report = rep
+		if err == nil {
+			err = errors.New("pre-copy ended without a hand-off")
 		}
+		return fmt.Errorf("scenario: hybrid model: %w", err)
+	}
+	m.report, m.preBytes = h.Report, h.Report.BytesSent
+	m.report.Algorithm = "hybrid"
+	if err := m.core.AfterPreCopy(h.Sent, h.Dirty, h.Report); err != nil {
+		return fmt.Errorf("scenario: hybrid model: %w", err)
+	}
+	// What the rounds sent is at the destination (the stale copies until
+	// the Core has them discarded).
+	now := m.e.SourceClock.Now()
+	sent, _ := bitmap.FromWords(h.Sent, m.pages)
+	for n := range sent.All() {
+		m.dem.Placed(n, now)
+	}
+	return nil
+}
+
+// traceConn shows the differential test every page record its Conn sends.
+type traceConn struct {
+	transport.Conn
+	trace func(page uint64, urgent bool)
+}
+
+func (c traceConn) Send(ctx context.Context, msg transport.Msg) error {
+	if msg.Kind == wire.KindPage {
+		c.trace(msg.Page, false)
+	}
+	return c.Conn.Send(ctx, msg)
+}
+
+// beforePause carries out the Core's steps up to the pause: after a hybrid
+// migration's rounds, the discard of the copies they left stale, which
+// waits a round trip for the destination's answer.
+func (m *pcModel) beforePause() error {
+	clock := m.e.SourceClock
+	for {
 		o := m.core.Next(clock.Now(), false)
 		switch o.Op {
-		case postcopy.OpSync:
-			if err := m.g.SyncDirty(m.core.DirtyLog()); err != nil {
-				return fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
-			}
-			m.core.Written(m.written())
-			if err := m.core.Synced(clock.Now()); err != nil {
-				return fmt.Errorf("scenario: post-copy model: %w", err)
-			}
-		case postcopy.OpPage:
-			size, cpu, err := m.sendPage(o)
-			if err != nil {
-				return err
-			}
-			m.mainFr.Page(wire.KindPage, size-recOverhead)
-			m.dem.Placed(o.Page, clock.Now())
-			clock.Advance(max(m.tx(size), cpu))
-		case postcopy.OpEndRound:
-			m.control(0)
-			clock.Advance(m.tx(recOverhead))
 		case postcopy.OpDiscard:
 			// The chunks and an EndRound asking for Ack(AckRound).
 			m.discarded(o.Bytes)
@@ -430,7 +497,7 @@ func (m *pcModel) handover(ctx context.Context) (time.Time, error) {
 	if err := m.g.Pause(ctx); err != nil {
 		return time.Time{}, fmt.Errorf("scenario: post-copy model: pause: %w", err)
 	}
-	if m.cfg.PreCopyRounds > 0 {
+	if m.cfg.PreCopyRounds > 0 { // the dirty log runs since the rounds
 		if err := m.g.SyncDirty(m.core.DirtyLog()); err != nil {
 			return time.Time{}, fmt.Errorf("scenario: post-copy model: sync dirty log: %w", err)
 		}

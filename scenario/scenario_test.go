@@ -155,7 +155,7 @@ func BenchmarkSimulated(b *testing.B) {
 	} {
 		sc := base
 		sc.Name, sc.Workload = w.Kind, w
-		for _, alg := range []Algorithm{preCopy, preempt, hybrid} {
+		for _, alg := range []Algorithm{preCopy, preempt, hybridAlg} {
 			b.Run(w.Kind+"/"+alg.Name, func(b *testing.B) { benchScenario(b, sc, alg) })
 		}
 	}

@@ -112,6 +112,11 @@ const (
 	// Ack(AckRound) once it has applied everything sent before. Such an
 	// EndRound ends no round.
 	FlagAck = 1 << 33
+	// FlagPostCopy, in KindSwitchover's Arg, says the destination resumes
+	// the guest before it holds every page (post-copy, hybrid); without it
+	// the switchover is pre-copy's stop-and-copy: the rest of the pages,
+	// the state and Done follow before the Commit.
+	FlagPostCopy = 1 << 34
 )
 
 // ErrorNotResumed, in the Arg of a KindError a destination sends with the

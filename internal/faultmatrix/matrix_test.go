@@ -21,6 +21,7 @@ import (
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
+	"github.com/livemig/livemig/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -82,9 +83,15 @@ const (
 	preCopy engine = iota
 	postCopy
 	hybrid
+	// adaptive is hybrid.Config.Adaptive: pre-copy that would go on by
+	// post-copy if it did not converge. Here it converges: its cells are
+	// pre-copy's end (stop-and-copy) at a post-copy destination.
+	adaptive
 )
 
-func (e engine) String() string { return [...]string{"precopy", "postcopy", "hybrid"}[e] }
+var engines = []engine{preCopy, postCopy, hybrid, adaptive}
+
+func (e engine) String() string { return [...]string{"precopy", "postcopy", "hybrid", "adaptive"}[e] }
 
 // phase names a moment of the migration as a trigger on the source's
 // direction (s2d) and, where the return path has a frame there, on the
@@ -100,12 +107,16 @@ func trig(kind faultproxy.Kind, nth int, arg func(uint64) bool) *faultproxy.Trig
 }
 
 var phases = []phase{
-	{"bulk", trig(faultproxy.KindPage, 10, nil), trig(faultproxy.AnyKind, 1, nil), []engine{preCopy, hybrid}},
-	{"later-round", trig(faultproxy.KindEndRound, 1, faultproxy.ArgIs(1)), nil, []engine{preCopy, hybrid}},
-	{"stop-and-copy", trig(faultproxy.KindSwitchover, 1, nil), nil, []engine{preCopy, postCopy, hybrid}},
-	{"before-commit", trig(faultproxy.KindCommit, 1, nil), trig(faultproxy.KindAck, 1, faultproxy.ArgIs(faultproxy.AckReady)), []engine{preCopy, postCopy, hybrid}},
+	{"bulk", trig(faultproxy.KindPage, 10, nil), trig(faultproxy.AnyKind, 1, nil), []engine{preCopy, hybrid, adaptive}},
+	{"later-round", trig(faultproxy.KindEndRound, 1, faultproxy.ArgIs(1)), nil, []engine{preCopy, hybrid, adaptive}},
+	// The hybrid's rounds end at a barrier (an EndRound flagged FlagAck,
+	// answered by Ack(AckRound)) before post-copy takes the connection.
+	{"hand-off", trig(faultproxy.KindEndRound, 1, func(a uint64) bool { return a&wire.FlagAck != 0 }),
+		trig(faultproxy.KindAck, 1, faultproxy.ArgIs(wire.AckRound)), []engine{hybrid}},
+	{"stop-and-copy", trig(faultproxy.KindSwitchover, 1, nil), nil, []engine{preCopy, postCopy, hybrid, adaptive}},
+	{"before-commit", trig(faultproxy.KindCommit, 1, nil), trig(faultproxy.KindAck, 1, faultproxy.ArgIs(faultproxy.AckReady)), []engine{preCopy, postCopy, hybrid, adaptive}},
 	{"after-commit", &faultproxy.Trigger{Kind: faultproxy.KindCommit, Nth: 1, After: true},
-		trig(faultproxy.KindAck, 1, faultproxy.ArgIs(faultproxy.AckResumed)), []engine{preCopy, postCopy, hybrid}},
+		trig(faultproxy.KindAck, 1, faultproxy.ArgIs(faultproxy.AckResumed)), []engine{preCopy, postCopy, hybrid, adaptive}},
 	// The push: the 10th page frame after the Commit (a hybrid migration
 	// sends pages in its pre-copy rounds before it).
 	{"push", &faultproxy.Trigger{Kind: faultproxy.KindPage, Nth: 10, Since: faultproxy.KindCommit}, nil, []engine{postCopy, hybrid}},
@@ -163,14 +174,14 @@ var faults = []fault{
 
 // TestFaultMatrix runs every engine × phase × fault cell.
 func TestFaultMatrix(t *testing.T) {
-	for _, e := range []engine{preCopy, postCopy, hybrid} {
+	for _, e := range engines {
 		for _, p := range phases {
 			if !has(p.engines, e) {
 				continue
 			}
 			for _, f := range faults {
 				rule, ok := f.rule(p)
-				if !ok || (f.name == "urgent" && e == preCopy) {
+				if !ok || (f.name == "urgent" && (e == preCopy || e == adaptive)) {
 					continue
 				}
 				t.Run(fmt.Sprintf("%v/%s/%s", e, p.name, f.name), func(t *testing.T) {
@@ -189,7 +200,7 @@ func TestFaultMatrix(t *testing.T) {
 // TestLoadStateFailure: a destination that cannot load the device state
 // says so before Ready, and the source resumes its guest, for each engine.
 func TestLoadStateFailure(t *testing.T) {
-	for _, e := range []engine{preCopy, postCopy, hybrid} {
+	for _, e := range engines {
 		t.Run(e.String(), func(t *testing.T) {
 			c := runCell(t, e, faultproxy.Rule{}, true)
 			if c.derr == nil || !bytes.Contains([]byte(c.derr.Error()), []byte("device state refused")) {
@@ -367,9 +378,16 @@ func runCell(t *testing.T, e engine, rule faultproxy.Rule, loadFail bool) cell {
 			}
 			urgC <- ucn
 			cfg := postcopy.Config{Urgent: ucn, Redial: dial, RedialUrgent: dial}
-			if e == hybrid {
+			switch e {
+			case hybrid:
 				c.rep, c.err = hybridpkg.Migrate(ctx, conn, s, hybridpkg.Config{Rounds: 2, Config: cfg})
-			} else {
+			case adaptive:
+				c.rep, c.err = hybridpkg.Migrate(ctx, conn, s, hybridpkg.Config{Adaptive: true, Config: cfg,
+					PreCopy: precopy.Config{HandoverTimeout: 2 * liveness}})
+				if c.err == nil && c.rep.PostCopy != nil {
+					t.Errorf("the adaptive migration went on by post-copy: %v", c.rep)
+				}
+			default:
 				c.rep, c.err = postcopy.Migrate(ctx, conn, s, cfg)
 			}
 		}
