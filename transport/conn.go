@@ -112,7 +112,8 @@ var (
 //
 // Page records (ClassRecords) go out in batch frames of about
 // cfg.BatchBytes; any other message flushes the batch and then goes out as
-// its own frame. Every frame goes to the link in one Write. A blob
+// its own frame. Every frame goes to the link in one Write (on a Pipe end,
+// in one hand-over of its buffer, without a copy: see Pipe). A blob
 // (ClassBlob) longer than a frame goes as several frames, which Recv
 // reassembles into one message.
 //
