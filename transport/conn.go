@@ -112,7 +112,8 @@ var (
 //
 // Page records (ClassRecords) go out in batch frames of about
 // cfg.BatchBytes; any other message flushes the batch and then goes out as
-// its own frame. Every frame goes to the link in one Write. A blob
+// its own frame. Every frame goes to the link in one Write (on a Pipe end,
+// in one hand-over of its buffer, without a copy: see Pipe). A blob
 // (ClassBlob) longer than a frame goes as several frames, which Recv
 // reassembles into one message.
 //
@@ -135,6 +136,7 @@ func NewConn(link Link, cfg Config) Conn {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.abortFn = c.abort
+	c.fl, _ = link.(frameLink)
 	c.pageSize = cfg.PageSize
 	if c.pageSize <= 0 {
 		c.pageSize = livemig.DefaultPageSize
@@ -155,6 +157,7 @@ func NewConn(link Link, cfg Config) Conn {
 		c.batchBytes = DefaultBatchBytes
 	}
 	c.batchBytes = min(c.batchBytes, c.maxFrame)
+	c.wcap = frameHeaderSize + max(c.batchBytes, recordHeaderSize+MaxEncodedLen(c.pageSize)) + frameTrailerSize
 	c.fr = NewFraming(c.batchBytes, c.maxFrame)
 	c.maxState = cfg.MaxState
 	if c.maxState <= 0 {
@@ -179,6 +182,8 @@ type conn struct {
 	maxState   int
 	cfgErr     error
 	abortFn    func()
+	fl         frameLink // link, when it moves frames without copying (Pipe)
+	wcap       int       // wbuf's capacity: a full batch or one largest record, and the CRC
 
 	closed   atomic.Bool
 	once     sync.Once
@@ -209,6 +214,8 @@ type conn struct {
 
 	// receiver
 	rbuf      []byte  // the current frame, header included; then read-ahead bytes
+	rown      []byte  // the conn's own receive buffer while rbuf is a taken frame
+	rtaken    []byte  // a frame taken from fl, borrowed by the caller until the next frame
 	roff      int64   // stream offset of the next frame
 	foff      int64   // stream offset of the current frame
 	rpos      int     // offset in rbuf of the next record to return
@@ -273,8 +280,7 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 		return fmt.Errorf("transport: send: %w", err)
 	}
 	if c.wbuf == nil {
-		c.wbuf = make([]byte, frameHeaderSize,
-			frameHeaderSize+max(c.batchBytes, recordHeaderSize+MaxEncodedLen(c.pageSize))+frameTrailerSize)
+		c.wbuf = make([]byte, frameHeaderSize, c.wcap)
 	}
 	switch cl := m.Kind.Class(); cl {
 	case ClassRecords:
@@ -407,8 +413,8 @@ func (c *conn) writeSealed(ctx context.Context, b []byte) error {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
 	}
-	err := c.write(b)
-	c.wbuf = b[:frameHeaderSize]
+	next, err := c.write(b)
+	c.wbuf = next[:frameHeaderSize]
 	c.wcount = 0
 	if stop != nil && !stop() {
 		c.werr = fmt.Errorf("transport: send: %w", ctx.Err())
@@ -536,6 +542,12 @@ func (c *conn) recvFrame(ctx context.Context, m *Msg) error {
 
 // readFrame reads one whole frame into rbuf and checks its header and CRC.
 func (c *conn) readFrame(ctx context.Context) (frameHeader, error) {
+	if c.rtaken != nil {
+		// The previous frame's data is no longer borrowed: its buffer goes
+		// back to the link, for the peer's next frames.
+		c.fl.release(c.rtaken)
+		c.rtaken, c.rbuf, c.rown = nil, c.rown[:0], nil
+	}
 	if c.rbuf == nil {
 		c.rbuf = make([]byte, 0, c.rbufSize(DefaultBatchBytes+recordHeaderSize+c.pageSize))
 	}
@@ -581,6 +593,13 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	// ahead to the front.
 	have := copy(c.rbuf[:cap(c.rbuf)], c.rbuf[len(c.rbuf):len(c.rbuf)+c.ahead])
 	c.ahead = 0
+	if have == 0 && c.aheadErr == nil && c.fl != nil {
+		if b := c.fl.nextFrame(); b != nil {
+			return c.takeFrame(b)
+		}
+		// Bytes written with Write come first, or the link has ended:
+		// Read returns them, or its error.
+	}
 	hb := c.rbuf[:frameHeaderSize]
 	if have < frameHeaderSize {
 		if c.aheadErr != nil {
@@ -637,6 +656,38 @@ func (c *conn) readFrameBody() (frameHeader, error) {
 	c.ahead = have - need
 	c.roff += int64(need)
 	if crc, want := w.acc, binary.LittleEndian.Uint32(buf[end:]); crc != want {
+		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, crc, want))
+	}
+	return h, nil
+}
+
+// takeFrame checks the frame b, handed over whole by the peer's Conn
+// through fl, and makes it the current frame: its records are returned from
+// b itself, which readFrame gives back to fl at the next frame. b is checked
+// as a frame read byte by byte is: header CRC, header, length, frame CRC.
+func (c *conn) takeFrame(b []byte) (frameHeader, error) {
+	c.rprog.Add(1) // bytes came (the liveness watcher's count)
+	c.rown, c.rbuf, c.rtaken = c.rbuf, b[:len(b):len(b)], b
+	if len(b) < frameHeaderSize {
+		return frameHeader{}, corruptf(c.foff, fmt.Sprintf("frame of %d bytes, shorter than a header", len(b)))
+	}
+	h, ok := parseFrameHeader(b)
+	if !ok {
+		return h, corruptf(c.foff, fmt.Sprintf("frame header %x: header CRC mismatch", b[:frameHeaderSize]))
+	}
+	if bad := checkHeader(h, c.maxFrame); bad != "" {
+		return h, corruptf(c.foff, bad)
+	}
+	need := frameHeaderSize + h.length + frameTrailerSize
+	if len(b) != need {
+		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes handed over in %d bytes", h.kind, h.length, len(b)))
+	}
+	end := need - frameTrailerSize
+	w := &c.rcrc
+	w.start(h, c.shift, end)
+	w.feed(b, 0, end)
+	c.roff += int64(need)
+	if crc, want := w.acc, binary.LittleEndian.Uint32(b[end:]); crc != want {
 		return h, corruptf(c.foff, fmt.Sprintf("%v frame of %d bytes: CRC %#08x, want %#08x", h.kind, h.length, crc, want))
 	}
 	return h, nil

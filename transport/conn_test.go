@@ -55,3 +55,14 @@ func TestConnSuiteNetPipe(t *testing.T) {
 		return transport.NewConn(la, transport.Config{}), transport.NewConn(lb, transport.Config{})
 	})
 }
+
+func TestConnSuitePipe(t *testing.T) {
+	for name, size := range map[string]int{"Default": 0, "Small": 5000} {
+		t.Run(name, func(t *testing.T) {
+			transporttest.RunConnSuite(t, func(t *testing.T) (a, b transport.Conn) {
+				la, lb := transport.Pipe(size)
+				return transport.NewConn(la, transport.Config{}), transport.NewConn(lb, transport.Config{})
+			})
+		})
+	}
+}

@@ -31,22 +31,38 @@ func (c *conn) startLiveness(d time.Duration) {
 	go c.beatLoop()
 }
 
-// write writes one whole frame to the link, one writer at a time, and keeps
-// the progress the watcher looks at (nothing more when liveness is off).
-func (c *conn) write(b []byte) error {
+// write writes one whole frame, b (in wbuf), to the link, one writer at a
+// time, and keeps the progress the watcher looks at (nothing more when
+// liveness is off). It returns the buffer for the next frame: b, or, on a
+// frameLink, which takes b, a spare buffer of at least wcap bytes.
+func (c *conn) write(b []byte) ([]byte, error) {
 	if c.stop == nil {
-		n, err := c.link.Write(b)
-		c.written.Add(uint64(n))
-		return err
+		return c.put(b)
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wbusy.Store(true)
-	n, err := c.link.Write(b)
-	c.written.Add(uint64(n))
+	next, err := c.put(b)
 	c.wbusy.Store(false)
 	c.wdone.Add(1)
-	return err
+	return next, err
+}
+
+// put is write's I/O.
+func (c *conn) put(b []byte) ([]byte, error) {
+	if c.fl == nil {
+		n, err := c.link.Write(b)
+		c.written.Add(uint64(n))
+		return b, err
+	}
+	next, err := c.fl.handOff(b) // b is the link's now, whatever err
+	if err == nil {
+		c.written.Add(uint64(len(b)))
+	}
+	if cap(next) < c.wcap {
+		next = make([]byte, 0, c.wcap)
+	}
+	return next, err
 }
 
 // stalled returns the stall the watcher found, or nil.
