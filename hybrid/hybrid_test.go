@@ -50,6 +50,10 @@ func TestMigrate(t *testing.T) {
 			PreCopy: precopy.Config{DowntimeTarget: never, StallRounds: 3, Codec: codec.Config{XBZRLE: true}}}, 3, 3, "hybrid"},
 		{"adaptive converges", hybrid.Config{Adaptive: true}, 1, 30, "pre-copy"},
 		{"adaptive switches", hybrid.Config{Adaptive: true, Rounds: 2, PreCopy: precopy.Config{DowntimeTarget: never}}, 2, 2, "hybrid"},
+		// With an urgent connection, which pre-copy's end leaves unused.
+		{"adaptive converges urgent", hybrid.Config{Adaptive: true, Config: postcopy.Config{Urgent: urgentMark}}, 1, 30, "pre-copy"},
+		{"adaptive switches urgent", hybrid.Config{Adaptive: true, Rounds: 2, Config: postcopy.Config{Urgent: urgentMark},
+			PreCopy: precopy.Config{DowntimeTarget: never}}, 2, 2, "hybrid"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const pages = 1024
@@ -67,12 +71,26 @@ func TestMigrate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			var dcfg hybrid.Config
+			if tc.cfg.Urgent != nil {
+				ua, ub := transport.Pipe(1 << 20)
+				uca, ucb, err := testkit.OpenPair(ctx, ua, ub, transport.Hello{PageSize: pageSize, PageCount: pages})
+				if err != nil {
+					t.Fatal(err)
+				}
+				tc.cfg.Urgent, dcfg.Urgent = uca, ucb
+			}
+			// A link lost on the way would show as a reconnection.
+			dcfg.Reaccept = func(context.Context) (transport.Conn, error) {
+				t.Error("the destination lost its link")
+				return nil, errors.New("no reconnection here")
+			}
 			var drep *hybrid.ReceiveReport
 			var derr error
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				drep, derr = hybrid.Receive(ctx, cb, hybrid.Destination{Memory: mem, VM: vm, Pages: pages, PageSize: pageSize}, hybrid.Config{})
+				drep, derr = hybrid.Receive(ctx, cb, hybrid.Destination{Memory: mem, VM: vm, Pages: pages, PageSize: pageSize}, dcfg)
 			}()
 			rep, err := hybrid.Migrate(ctx, ca, precopy.Source{Memory: src, Dirty: dirtier{src}, VM: src}, tc.cfg)
 			<-done
@@ -102,6 +120,9 @@ func TestMigrate(t *testing.T) {
 		})
 	}
 }
+
+// urgentMark in a case's Config asks for an urgent connection.
+var urgentMark transport.Conn = struct{ transport.Conn }{}
 
 // dirtier writes a page of the guest as each sync of the dirty log begins
 // while the guest runs, so that every round leaves something dirty

@@ -335,6 +335,11 @@ func (r *receiver) resume(ctx context.Context) error {
 	if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed}); err != nil {
 		r.log.Debug("could not tell the source of the resume", "err", err)
 	}
+	if r.stopCopy && r.urgent != nil {
+		// Pre-copy's end: every page is here, no request will go.
+		r.urgent.Close()
+		r.urgent = nil
+	}
 	r.startSession(ctx)
 	if r.dst.Faults != nil {
 		if q, ok := r.dst.Faults.(*FaultQueue); ok {

@@ -75,12 +75,16 @@ const (
 // with Rounds (pre-copy rounds, then the post-copy phase), Downtime from
 // the pause to the destination's Ack(Resumed) at the source, and PostCopy.
 type PostCopy struct {
-	// Prepage and PushBandwidth are as in postcopy.Config; PreCopyRounds
-	// and PreCopy are hybrid.Config's Rounds and PreCopy (its Clock and
-	// Codec.Cost are the scenario's): with PreCopyRounds > 0 the migration
-	// is hybrid.
+	// Prepage and PushBandwidth are as in postcopy.Config; PreCopyRounds,
+	// Adaptive and PreCopy are hybrid.Config's Rounds, Adaptive and PreCopy
+	// (its Clock and Codec.Cost are the scenario's): with PreCopyRounds > 0
+	// the migration is hybrid, and with Adaptive it ends as pre-copy does
+	// when pre-copy converges (precopy.Receive's report is the Outcome's
+	// Receive then). A PreCopy.Decider serves one Run: set a fresh one
+	// each time.
 	Prepage       int
 	PreCopyRounds int
+	Adaptive      bool
 	PreCopy       precopy.Config
 	PushBandwidth int64
 	// Urgent sends requested pages (and their pre-paged neighbours) ahead
@@ -140,6 +144,13 @@ func (p PostCopy) Migrate(ctx context.Context, e Endpoints) Outcome {
 		m.order = o
 	}
 	err := m.run(ctx)
+	if m.stopCopy != nil { // pre-copy converged and ended
+		o := *m.stopCopy
+		if o.Report == nil {
+			o.Report = m.report
+		}
+		return o
+	}
 	if err != nil && m.resumed {
 		err = fmt.Errorf("scenario: post-copy model: guest handed over, memory not all at the destination: %w (%w)",
 			livemig.ErrIncomplete, err)
@@ -304,6 +315,9 @@ type pcModel struct {
 	mainFr, urgFr transport.Framing
 	discards      uint64
 	preBytes      uint64 // written by a hybrid migration's rounds
+	// stopCopy is the outcome of an adaptive hybrid that converged and
+	// ended by pre-copy's stop-and-copy, without the model.
+	stopCopy *Outcome
 }
 
 // written is the bytes the source has written on its connections: the
@@ -351,7 +365,7 @@ func (m *pcModel) run(ctx context.Context) error {
 		return fmt.Errorf("scenario: post-copy model: %w", err)
 	}
 	if m.cfg.PreCopyRounds > 0 {
-		if err := m.rounds(ctx); err != nil {
+		if err := m.rounds(ctx); err != nil || m.stopCopy != nil {
 			return err
 		}
 	}
@@ -392,9 +406,11 @@ func prepageBase(p int) int {
 // code: precopy.HandOff configured as hybrid.Migrate configures it, over
 // the scenario's link, with package precopy's Receive applying the pages to
 // the sink. The Core goes on from where they ended, and so does the
-// model, without the link.
+// model, without the link; or, Adaptive, pre-copy converged and ended the
+// migration (m.stopCopy).
 func (m *pcModel) rounds(ctx context.Context) error {
-	hc := hybrid.Config{Rounds: m.cfg.PreCopyRounds, Config: postcopy.Config{LZ4: m.cfg.LZ4, Order: m.order}, PreCopy: m.cfg.PreCopy}
+	hc := hybrid.Config{Rounds: m.cfg.PreCopyRounds, Adaptive: m.cfg.Adaptive,
+		Config: postcopy.Config{LZ4: m.cfg.LZ4, Order: m.order}, PreCopy: m.cfg.PreCopy}
 	pcfg, err := hc.PreCopyConfig()
 	if err != nil {
 		m.e.Source.Close()
@@ -405,10 +421,13 @@ func (m *pcModel) rounds(ctx context.Context) error {
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	received := make(chan struct{})
+	var drep *precopy.ReceiveReport
+	var derr error
 	go func() {
 		defer close(received)
-		// It ends when the source's end closes below: its error says so.
-		_, _ = precopy.Receive(dctx, m.e.Dest, precopy.Destination{Sink: m.sink, VM: m.sink, Pages: m.pages, PageSize: m.ps},
+		// After a hand-off it ends when the source's end closes below:
+		// its error says so.
+		drep, derr = precopy.Receive(dctx, m.e.Dest, precopy.Destination{Sink: m.sink, VM: m.sink, Pages: m.pages, PageSize: m.ps},
 			precopy.Config{Clock: m.e.DestClock})
 	}()
 	var conn transport.Conn = m.e.Source
@@ -416,18 +435,16 @@ func (m *pcModel) rounds(ctx context.Context) error {
 		conn = traceConn{conn, m.cfg.trace}
 	}
 	rep, h, err := precopy.HandOff(ctx, conn, livemig.Source{Memory: m.g, Dirty: m.g, VM: m.g}, pcfg)
-	if h != nil {
-		h.Conn.Close()
+	if h == nil {
+		// Pre-copy's end: the destination finishes on its own.
+		<-received
+		m.report = rep
+		m.stopCopy = &Outcome{Report: rep, Err: err, DestErr: derr, Receive: drep, DestResumed: drep != nil && drep.Resumed}
+		return nil
 	}
+	h.Conn.Close()
 	cancel()
 	<-received
-	if h == nil {
-		m.report = rep
-		if err == nil {
-			err = errors.New("pre-copy ended without a hand-off")
-		}
-		return fmt.Errorf("scenario: hybrid model: %w", err)
-	}
 	m.report, m.preBytes = h.Report, h.Report.BytesSent
 	m.report.Algorithm = "hybrid"
 	if err := m.core.AfterPreCopy(h.Sent, h.Dirty, h.Report); err != nil {

@@ -303,3 +303,23 @@ func TestPostCopyPushBandwidth(t *testing.T) {
 		t.Fatalf("push of %d bytes took %v, want about %v at %g B/s", push.Bytes, got, want, float64(limit))
 	}
 }
+
+// An adaptive hybrid (hybrid.Config.Adaptive) ends as pre-copy does when
+// pre-copy converges, and goes on by post-copy when it does not: both ends
+// verified against the source.
+func TestAdaptiveHybrid(t *testing.T) {
+	adaptive := func(target time.Duration) Algorithm {
+		return Algorithm{Name: "adaptive", Migrate: PostCopy{PreCopyRounds: 30, Adaptive: true, Urgent: true,
+			PreCopy: precopy.Config{DowntimeTarget: target}}.Migrate}
+	}
+	res := mustRun(t, tiny("idle", Workload{Kind: "idle"}), adaptive(0))
+	if rep := res.Report; rep.Algorithm != "pre-copy" || rep.PostCopy != nil || res.Receive == nil || !res.Receive.Resumed || !res.Verified {
+		t.Fatalf("idle guest: %v, destination %+v; want pre-copy's end, verified", rep, res.Receive)
+	}
+	hot := tiny("hot", Workload{Kind: "hotcold", Rate: 60000, HotBytes: 8 * mib, HotFraction: 0.95})
+	res = mustRun(t, hot, adaptive(time.Millisecond))
+	if rep := res.Report; rep.Algorithm != "hybrid" || rep.PostCopy == nil || !res.Verified || len(rep.Rounds) < 2 {
+		t.Fatalf("hot guest, 1 ms target: %v; want pre-copy rounds, then post-copy, verified", rep)
+	}
+	t.Logf("hot guest: %d rounds before post-copy, %d pages pushed", len(res.Report.Rounds)-1, res.Report.PostCopy.PagesPushed)
+}

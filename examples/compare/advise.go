@@ -195,14 +195,20 @@ func predictionsNear(m measured) (total, bytes, down bool) {
 		near(ms2(p.Downtime), m.row.DowntimeMS, 0.2, 5)
 }
 
+// measureRow is algorithm alg's row of case c in the objective's terms.
+func measureRow(c validationCase, alg string, row scenario.Row) measured {
+	m := measured{alg: alg, row: row, ok: row.Error == "" && row.Verified,
+		cost: row.TotalMS + row.FaultWaitMS, downtime: row.DowntimeMS}
+	m.meets = m.ok && row.DowntimeMS <= ms2(c.target)
+	return m
+}
+
 // score scores one case from its rows, one per algorithm of
 // advisor.Algorithms, in that order.
 func score(c validationCase, adv advisor.Advice, rows []scenario.Row) scored {
 	var s scored
 	for i, row := range rows {
-		m := measured{alg: advisor.Algorithms[i], row: row, ok: row.Error == "" && row.Verified,
-			cost: row.TotalMS + row.FaultWaitMS, downtime: row.DowntimeMS}
-		m.meets = m.ok && row.DowntimeMS <= ms2(c.target)
+		m := measureRow(c, advisor.Algorithms[i], row)
 		for _, p := range adv.Candidates {
 			if p.Algorithm == m.alg {
 				m.predicted = p
@@ -232,7 +238,8 @@ func runCases(ctx context.Context, cases []validationCase, maxRounds int, parall
 			return nil, nil, err
 		}
 		advs[i] = adv
-		algs, err := chooseAlgorithms(strings.Join(advisor.Algorithms, ","), registry(c.target, maxRounds))
+		// Every algorithm the advisor knows, then the adaptive engine.
+		algs, err := chooseAlgorithms(strings.Join(append(slices.Clone(advisor.Algorithms), "adaptive"), ","), registry(c.target, maxRounds))
 		if err != nil {
 			return nil, nil, err
 		}
@@ -283,8 +290,12 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 		}
 		return "miss " + fmtMS(m.downtime)
 	}
+	var adWorse, adBeats, pcStuck, adMeets int // the adaptive engine against plain pre-copy
+	var adWorseNames []string
 	for i, c := range cases {
-		s := score(c, advs[i], rows[i])
+		na := len(advisor.Algorithms)
+		s := score(c, advs[i], rows[i][:na])
+		ad := measureRow(c, "adaptive", rows[i][na])
 		count := func(ok bool, n *int) {
 			if ok {
 				*n++
@@ -303,6 +314,15 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 		if !plain.meets {
 			pcMiss++
 			count(s.advised.meets, &rescued)
+			count(ad.meets, &adMeets)
+		}
+		if better(plain, ad) && !within(ad, plain, 0) {
+			adWorse++
+			adWorseNames = append(adWorseNames, c.sc.Name)
+		}
+		if !plain.row.Converged {
+			pcStuck++
+			count(better(ad, plain), &adBeats)
 		}
 		for _, m := range s.runs {
 			all++
@@ -344,6 +364,8 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 	fmt.Fprintf(w, "  every algorithm's predictions, all three within: %d/%d (%.0f%%)\n", allOK, all, pct(allOK, all))
 	fmt.Fprintf(w, "  against plain pre-copy: the advice is worse by the objective in %d/%d %v; plain pre-copy misses the target in %d, the advice meets it in %d of those\n",
 		worse, len(cases), worseNames, pcMiss, rescued)
+	fmt.Fprintf(w, "  the adaptive engine (advisor.Adaptive) against plain pre-copy: worse by the objective in %d/%d %v; plain pre-copy does not converge in %d, the adaptive engine beats it in %d of those; it meets the target in %d of the %d where plain pre-copy misses it\n",
+		adWorse, len(cases), adWorseNames, pcStuck, adBeats, adMeets, pcMiss)
 	fmt.Fprintf(w, "\npredicted/measured per algorithm, median [10th-90th percentile]:\n")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "algorithm\ttotal\tdowntime\tbytes\tfault wait\t")

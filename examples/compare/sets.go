@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/livemig/livemig/advisor"
+	"github.com/livemig/livemig/codec"
 	"github.com/livemig/livemig/delta"
 	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/reorder"
@@ -76,7 +79,35 @@ func registry(downtime time.Duration, maxRounds int) []algorithm {
 		{"hybrid", scenario.Algorithm{Name: "hybrid", Migrate: scenario.PostCopy{PreCopyRounds: 1, Urgent: true}.Migrate}},
 		{"postcopy-preempt-lz4", scenario.Algorithm{Name: "post-copy+preempt+lz4",
 			Migrate: scenario.PostCopy{Urgent: true, LZ4: true}.Migrate}},
+		// The adaptive engine: pre-copy whose rounds package advisor's
+		// Adaptive decides from the guest's profile (taken first, as
+		// -advise takes it), switching in time to codecs, throttle, or
+		// post-copy for the rest; ending as pre-copy when it converges.
+		{"adaptive", scenario.Algorithm{Name: "adaptive", Migrate: func(ctx context.Context, e scenario.Endpoints) scenario.Outcome {
+			return adaptiveRun(ctx, e, downtime, maxRounds, cache)
+		}}},
 	}
+}
+
+// adaptiveRun migrates e by the adaptive engine: the guest profiled
+// (profileScenario), then hybrid.Config.Adaptive's rounds with
+// advisor.Adaptive deciding, the codecs allowed and starting off, the
+// default objective.
+func adaptiveRun(ctx context.Context, e scenario.Endpoints, downtime time.Duration, maxRounds int, cache delta.CacheConfig) scenario.Outcome {
+	sc := e.Scenario
+	p, err := profileScenario(ctx, sc, advisor.ObserveConfig{Seed: sc.Seed})
+	if err != nil {
+		e.Source.Close()
+		e.Dest.Close()
+		return scenario.Outcome{Err: fmt.Errorf("adaptive: profile: %w", err), DestErr: err}
+	}
+	codecs := codec.Codecs{XBZRLE: true, LZ4: true}
+	dec := advisor.NewAdaptive(advisor.AdaptiveConfig{Profile: p,
+		Link:   advisor.Link{Bandwidth: sc.Bandwidth, Latency: sc.Latency, Cost: sc.Cost},
+		Target: advisor.Target{Downtime: downtime, MaxRounds: maxRounds, CacheBytes: uint64(cache.Bytes)}, Codecs: codecs, Throttle: true})
+	pc := precopy.Config{DowntimeTarget: downtime, MaxRounds: maxRounds, Decider: dec,
+		Codec: codec.Config{XBZRLE: true, LZ4: true, StartOff: true, Cache: cache}}
+	return scenario.PostCopy{PreCopyRounds: maxRounds, Adaptive: true, Urgent: true, PreCopy: pc}.Migrate(ctx, e)
 }
 
 // chooseAlgorithms resolves a comma-separated list of names, or "all".

@@ -10,8 +10,10 @@
 //	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024 -mode postcopy
 //	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -mode postcopy -lz4
 //
-// With -mode postcopy or hybrid (one pre-copy round, then post-copy) the
-// destination's memory is a userfaultfd region (package faultmem; Linux,
+// With -mode postcopy, hybrid (one pre-copy round, then post-copy) or
+// adaptive (pre-copy that hands what is left to post-copy when it does not
+// converge, QEMU's postcopy-after-precopy; converging, it ends by
+// stop-and-copy) the destination's memory is a userfaultfd region (package faultmem; Linux,
 // root or vm.unprivileged_userfaultfd=1), requested pages go on a second
 // connection, and the guest's -writers goroutines carry on writing at the
 // destination from the moment it resumes, each blocking in the kernel on a
@@ -22,13 +24,16 @@
 // how it grows, XBZRLE deltas and LZ4 on sampled pages), asks the advisor
 // which algorithm suits a link of -link-bandwidth and -link-latency (given,
 // not measured) under -downtime and -objective, says on stderr what it
-// chose and why, and migrates by it: pre-copy with the codecs and policy
-// the pick names, post-copy (with LZ4) or hybrid; the report's algorithm
-// reads "auto: " and the pick. The destination follows what the source
-// announces in the handshake. After each pre-copy round the source also
-// prints advisor.Adapt's decision (stay, compress, throttle or post-copy
-// for the rest), from the round's facts and the profile: reported only, as
-// the engine cannot switch codecs or hand over to post-copy mid-migration.
+// chose and why, and migrates by it: post-copy (with LZ4), hybrid, or for a
+// pre-copy pick the adaptive engine. That is pre-copy whose rounds
+// advisor.Adaptive decides from the profile: after each round the source
+// prints the decision (stay, compress, throttle, or post-copy for the
+// rest) and the engine acts on it; it ends by stop-and-copy when pre-copy
+// converges. Unless -objective no-postcopy it runs as hybrid.Config's
+// Adaptive over post-copy's connections, so that it can hand the rest to
+// post-copy. The report's algorithm reads "auto: ", the pick, and how the
+// adaptive engine ended. The destination follows what the source
+// announces in the handshake.
 //
 //	go run ./examples/memmigrate -listen 127.0.0.1:4444 -size 1024 -mode auto
 //	go run ./examples/memmigrate -connect 127.0.0.1:4444 -size 1024 -mode auto -rate 50000 -link-bandwidth 1e9
@@ -154,7 +159,7 @@ type options struct {
 	cert, key, ca    string
 	timeout          time.Duration
 	verbose, noCheck bool
-	mode             string // precopy, postcopy, hybrid, auto
+	mode             string // precopy, postcopy, hybrid, auto; adaptive (auto's pick)
 	lz4              bool
 	// -mode auto: the source profiles its guest and takes the advisor's
 	// pick (package advisor) for a link of linkBandwidth bits/s and
@@ -176,10 +181,10 @@ func (o options) postCopy() (bool, error) {
 	switch o.mode {
 	case "precopy", "auto":
 		return false, nil // auto: the source decides, the destination follows
-	case "postcopy", "hybrid":
-		return true, nil
+	case "postcopy", "hybrid", "adaptive":
+		return true, nil // adaptive: -mode auto's pre-copy that may hand off
 	}
-	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid or auto", o.mode)
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid, adaptive or auto", o.mode)
 }
 
 // nonConvergence is the -policy's precopy.NonConvergence.
@@ -281,7 +286,7 @@ func main() {
 	flag.DurationVar(&o.recoverWait, "recover-wait", defaultRecoverWait, "after a cut, how long each side waits for the other to come back")
 	flag.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up after this long")
 	flag.BoolVar(&o.verbose, "v", false, "log the engine's decisions on stderr")
-	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, or auto: the source profiles its guest and takes the advisor's pick (the same on both sides)")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, adaptive (pre-copy that hands the rest to post-copy if it does not converge), or auto: the source profiles its guest and takes the advisor's pick (the same on both sides)")
 	flag.StringVar(&o.objective, "objective", "balanced", "-mode auto's objective: balanced, no-postcopy, min-downtime")
 	flag.Float64Var(&o.linkBandwidth, "link-bandwidth", 10e9, "-mode auto: the link's bandwidth in bits/s, as the advisor takes it")
 	flag.DurationVar(&o.linkLatency, "link-latency", 100*time.Microsecond, "-mode auto: the link's one-way latency")
@@ -829,13 +834,17 @@ func source(ctx context.Context, o options) error {
 	defer func() { stopWriters(); _ = mem.Resume(context.Background()); wg.Wait() }()
 
 	var advice *advisor.Advice
-	var profile advisor.Profile
+	var adaptive *advisor.Adaptive // -mode auto's adaptive engine
+	codecs := codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4}
 	if o.auto {
-		adv, p, err := autoMode(ctx, &o, mem)
+		pk, acfg, err := autoMode(ctx, &o, mem)
 		if err != nil {
 			return err
 		}
-		advice, profile = &adv, p
+		advice = &pk.Advice
+		if pk.Adaptive() {
+			adaptive, codecs = pk.Decider(acfg, true), pk.Codec()
+		}
 		pc, _ = o.postCopy()
 	}
 	pol, err := o.nonConvergence()
@@ -856,35 +865,18 @@ func source(ctx context.Context, o options) error {
 			conn.Close()
 			return fmt.Errorf("urgent connection: %w", err)
 		}
-		return postCopySource(ctx, o, g, conn, urgent, dial, advice)
+		return postCopySource(ctx, o, g, conn, urgent, dial, advice, adaptive, codecs)
 	}
 	// stopping: the stop-and-copy began, so the Commit may have gone out.
 	stopping := false
-	var watch roundWatch // -mode auto: each round's facts, for advisor.Adapt
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
-		HandoverTimeout: o.waitToRecover(),
-		Codec:           codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4},
+		HandoverTimeout: o.waitToRecover(), Codec: codecs, Decider: adaptiveDecider(adaptive),
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
 			}
-			switch e.Kind {
-			case precopy.RoundEnded, precopy.Stopping, precopy.Throttled:
-				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %8d pages left  %s sent  %v elapsed  expected downtime %v  throttle %.0f%%\n",
-					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
-					e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
-			}
-			if f, ok := watch.observe(e); ok && advice != nil {
-				// The adaptive decision after the round. The engine cannot
-				// turn codecs on or hand over to post-copy in the middle
-				// of a migration, so it is reported, not acted on.
-				obj, _ := advisor.ParseObjective(o.objective)
-				d := advisor.Adapt(advisor.Progress{Round: f, Codecs: o.codecs, Throttle: e.Throttle}, profile,
-					advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
-					advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, obj)
-				fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", f.Round, d.Switch, d.Reason)
-			}
+			preCopyEvent(e, adaptive)
 		},
 	}
 	if !o.noRecover {
@@ -892,9 +884,7 @@ func source(ctx context.Context, o options) error {
 	}
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.writers, o.rate)
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
-	if rep != nil && advice != nil {
-		rep.Algorithm = "auto: " + advice.Algorithm
-	}
+	autoAlgorithm(rep, advice, adaptive)
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
@@ -912,12 +902,12 @@ func source(ctx context.Context, o options) error {
 // requested pages on urgent; unless -no-recover, dial reconnects after a
 // cut, each outage bounded by -recover-wait.
 func postCopySource(ctx context.Context, o options, g *guest, conn, urgent transport.Conn,
-	dial func(context.Context) (transport.Conn, error), advice *advisor.Advice) error {
+	dial func(context.Context) (transport.Conn, error), advice *advisor.Advice, adaptive *advisor.Adaptive, codecs codec.Config) error {
 	mctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
 	u := &outage{wait: o.waitToRecover(), giveUp: giveUp}
 	defer u.end()
-	handed := false
+	handed, stopping := false, false
 	cfg := postcopy.Config{Urgent: urgent, LZ4: o.lz4, Logger: logger(o),
 		OnEvent: func(e postcopy.Event) {
 			switch e.Kind {
@@ -925,6 +915,12 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 				handed = true
 			case postcopy.Reconnected:
 				u.end()
+			case precopy.Stopping: // the adaptive engine's pre-copy end
+				stopping = true
+			}
+			if o.mode == "adaptive" && !handed {
+				preCopyEvent(e, adaptive)
+				return
 			}
 			switch e.Kind {
 			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
@@ -939,14 +935,17 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s by %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.mode, o.writers, o.rate)
 	var rep *livemig.Report
 	var err error
-	if o.mode == "hybrid" {
+	switch o.mode {
+	case "hybrid":
 		rep, err = hybrid.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, hybrid.Config{Rounds: 1, Config: cfg})
-	} else {
+	case "adaptive":
+		rep, err = hybrid.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, hybrid.Config{Adaptive: true, Config: cfg,
+			PreCopy: precopy.Config{DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, HandoverTimeout: o.waitToRecover(),
+				Decider: adaptiveDecider(adaptive), Codec: codecs}})
+	default:
 		rep, err = postcopy.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	}
-	if rep != nil && advice != nil {
-		rep.Algorithm = "auto: " + advice.Algorithm
-	}
+	autoAlgorithm(rep, advice, adaptive)
 	if rep != nil {
 		out, _ := json.MarshalIndent(rep, "", "  ")
 		fmt.Println(string(out))
@@ -954,10 +953,22 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w: %w", cause, err) // the outage's end: why the engine stopped
 	}
-	if err := outcome.PostCopySource(err, handed, g.Paused()); err != nil {
+	if o.mode == "adaptive" && !handed {
+		// The adaptive engine ended (or failed) before any hand-over to
+		// post-copy: pre-copy's outcomes.
+		if err := outcome.PreCopySource(err, g.Paused(), stopping); err != nil {
+			return err
+		}
+	} else if err := outcome.PostCopySource(err, handed, g.Paused()); err != nil {
 		return err
 	}
 	pcs := rep.PostCopy
+	if pcs == nil { // the adaptive engine converged: pre-copy's end
+		fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, verified %v\n",
+			rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
+			len(rep.Rounds), rep.Verified)
+		return nil
+	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination, verified %v\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
 		pcs.PagesPushed, pcs.PagesPulled, pcs.DemandFaults, rep.Verified)
@@ -969,51 +980,76 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 // examples/internal/autopick) for -link-bandwidth, -link-latency,
 // -downtime and -objective, says what it chose and why, and sets o's mode,
 // codecs and policy to the pick.
-func autoMode(ctx context.Context, o *options, mem *region.Region) (advisor.Advice, advisor.Profile, error) {
+func autoMode(ctx context.Context, o *options, mem *region.Region) (autopick.Pick, autopick.Config, error) {
 	obj, err := advisor.ParseObjective(o.objective)
 	if err != nil {
-		return advisor.Advice{}, advisor.Profile{}, err
+		return autopick.Pick{}, autopick.Config{}, err
 	}
-	pk, err := autopick.Choose(ctx, mem, autopick.Config{
+	cfg := autopick.Config{
 		Link:   advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
 		Target: advisor.Target{Downtime: o.downtime, MaxRounds: o.maxRounds, StateBytes: 64}, Objective: obj,
-		Window: o.profileWindow, Logger: logger(*o), Log: os.Stderr, Prefix: "source: "})
+		Window: o.profileWindow, Logger: logger(*o), Log: os.Stderr, Prefix: "source: "}
+	pk, err := autopick.Choose(ctx, mem, cfg)
 	if err != nil {
-		return pk.Advice, pk.Profile, err
+		return pk, cfg, err
 	}
-	applyPick(o, pk)
-	return pk.Advice, pk.Profile, nil
+	applyPick(o, pk, obj)
+	return pk, cfg, nil
 }
 
-// roundWatch turns pre-copy's events into the facts of each round, as
-// precopy.Policy is fed them: the bytes and pages a round sent and its
-// time, from the counters of its RoundStarted and RoundEnded, and the
-// pages it left dirty.
-type roundWatch struct {
-	started             bool
-	at                  time.Duration
-	bytes, pages, dirty uint64 // at the round's start; dirty: the pages it set out to send
+// adaptiveDecider is a's precopy.Decider, or nil (the Policy) without one.
+func adaptiveDecider(a *advisor.Adaptive) precopy.Decider {
+	if a == nil {
+		return nil
+	}
+	return a
 }
 
-// observe takes an event and, at a RoundEnded, returns the round's facts.
-func (w *roundWatch) observe(e precopy.Event) (precopy.RoundFacts, bool) {
+// preCopyEvent prints a pre-copy round's progress and, with the adaptive
+// engine, its decision after the round and why.
+func preCopyEvent(e precopy.Event, adaptive *advisor.Adaptive) {
 	switch e.Kind {
-	case precopy.RoundStarted:
-		w.started, w.at, w.bytes, w.pages, w.dirty = true, e.Elapsed, e.BytesSent, e.PagesSent, e.Pages
-	case precopy.RoundEnded:
-		if !w.started || e.BytesSent < w.bytes || e.PagesSent < w.pages {
-			return precopy.RoundFacts{}, false
-		}
-		w.started = false
-		return precopy.RoundFacts{Round: e.Round, SentBytes: e.BytesSent - w.bytes, SentPages: e.PagesSent - w.pages,
-			Planned: w.dirty, Duration: e.Elapsed - w.at, DirtyPages: e.Pages, PageSize: livemig.DefaultPageSize}, true
+	case precopy.RoundEnded, precopy.Stopping, precopy.Throttled:
+		fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %8d pages left  %s sent  %v elapsed  expected downtime %v  throttle %.0f%%\n",
+			e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
+			e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
 	}
-	return precopy.RoundFacts{}, false
+	if adaptive != nil && e.Kind == precopy.RoundEnded {
+		if ds := adaptive.Decisions(); len(ds) > 0 {
+			d := ds[len(ds)-1]
+			fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", e.Round, d.Switch, d.Reason)
+		}
+	}
 }
 
-// applyPick sets o to run pk.
-func applyPick(o *options, pk autopick.Pick) {
+// autoAlgorithm names, in -mode auto's report, the pick and how the
+// adaptive engine ended.
+func autoAlgorithm(rep *livemig.Report, advice *advisor.Advice, adaptive *advisor.Adaptive) {
+	if rep == nil || advice == nil {
+		return
+	}
+	alg := "auto: " + advice.Algorithm
+	if adaptive != nil {
+		switch {
+		case rep.PostCopy != nil:
+			alg += fmt.Sprintf(" (adaptive: post-copy for the rest after round %d)", len(rep.Rounds)-1)
+		case rep.Codec != nil && rep.Codec.Codecs != "" && rep.Codec.Codecs != "none":
+			alg += " (adaptive: pre-copy, codecs " + rep.Codec.Codecs + ")"
+		default:
+			alg += " (adaptive: pre-copy)"
+		}
+	}
+	rep.Algorithm = alg
+}
+
+// applyPick sets o to run pk by objective obj: a pre-copy pick as the
+// adaptive engine, over post-copy's connections unless obj rules post-copy
+// out.
+func applyPick(o *options, pk autopick.Pick, obj advisor.Objective) {
 	o.mode, o.codecs, o.lz4 = pk.Mode, pk.Codecs, pk.LZ4
+	if pk.Adaptive() && obj != advisor.NoPostCopy {
+		o.mode = "adaptive"
+	}
 	if pk.Throttle {
 		o.policy = "throttle"
 	}

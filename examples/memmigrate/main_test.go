@@ -15,7 +15,6 @@ import (
 	"github.com/livemig/livemig/faultmem"
 	"github.com/livemig/livemig/internal/faultproxy"
 	"github.com/livemig/livemig/internal/testkit"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -57,15 +56,21 @@ func migrateVia(t *testing.T, o options, rules []faultproxy.Rule) (srcErr, dstEr
 }
 
 // Both ends of memmigrate, in one process: pre-copy, and post-copy and
-// hybrid into userfaultfd memory whose writers run from the resume.
+// hybrid into userfaultfd memory whose writers run from the resume; and
+// adaptive (pre-copy that hands off to post-copy when it does not
+// converge) both ways: converging under the default target, handing off
+// under one no round meets.
 func TestMemmigrate(t *testing.T) {
-	for _, mode := range []string{"precopy", "postcopy", "hybrid"} {
+	for _, mode := range []string{"precopy", "postcopy", "hybrid", "adaptive", "adaptive-stuck"} {
 		t.Run(mode, func(t *testing.T) {
 			if mode != "precopy" && !uffdUsable(t) {
 				return
 			}
 			o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
 				policy: "stop", timeout: time.Minute, mode: mode, lz4: mode == "hybrid"}
+			if mode == "adaptive-stuck" {
+				o.mode, o.downtime, o.maxRounds = "adaptive", time.Nanosecond, 3
+			}
 			if srcErr, dstErr := migrate(t, o); srcErr != nil || dstErr != nil {
 				t.Fatalf("source: %v; destination: %v", srcErr, dstErr)
 			}
@@ -105,7 +110,7 @@ func uffdUsable(t *testing.T) bool {
 }
 
 func TestModes(t *testing.T) {
-	for mode, want := range map[string]bool{"precopy": false, "postcopy": true, "hybrid": true} {
+	for mode, want := range map[string]bool{"precopy": false, "postcopy": true, "hybrid": true, "adaptive": true} {
 		if pc, err := (options{mode: mode}).postCopy(); err != nil || pc != want {
 			t.Errorf("%s: %v %v", mode, pc, err)
 		}
@@ -287,46 +292,29 @@ func TestMemmigrateAuto(t *testing.T) {
 
 func TestApplyAdvice(t *testing.T) {
 	for alg, want := range map[string]options{
-		"precopy":              {mode: "precopy", policy: "stop"},
-		"precopy-throttle":     {mode: "precopy", policy: "throttle"},
-		"precopy-xbzrle-lz4":   {mode: "precopy", policy: "stop", codecs: codec.Codecs{XBZRLE: true, LZ4: true}},
-		"precopy-lz4":          {mode: "precopy", policy: "stop", codecs: codec.Codecs{LZ4: true}},
+		"precopy":              {mode: "adaptive", policy: "stop"},
+		"precopy-throttle":     {mode: "adaptive", policy: "throttle"},
+		"precopy-xbzrle-lz4":   {mode: "adaptive", policy: "stop", codecs: codec.Codecs{XBZRLE: true, LZ4: true}},
+		"precopy-lz4":          {mode: "adaptive", policy: "stop", codecs: codec.Codecs{LZ4: true}},
 		"postcopy-preempt-lz4": {mode: "postcopy", policy: "stop", lz4: true},
 		"hybrid":               {mode: "hybrid", policy: "stop"},
 	} {
 		o := options{mode: "auto", policy: "stop"}
-		applyPick(&o, autopick.Of(alg))
+		applyPick(&o, autopick.Of(alg), advisor.Balanced)
 		if o.mode != want.mode || o.policy != want.policy || o.codecs != want.codecs || o.lz4 != want.lz4 {
 			t.Errorf("%s: %+v", alg, o)
+		}
+		// Never post-copy: a pre-copy pick stays on pre-copy's connection.
+		o = options{mode: "auto", policy: "stop"}
+		if applyPick(&o, autopick.Of(alg), advisor.NoPostCopy); want.mode == "adaptive" && o.mode != "precopy" {
+			t.Errorf("%s, no post-copy: mode %q", alg, o.mode)
 		}
 	}
 	for _, alg := range advisor.Algorithms {
 		o := options{mode: "auto", policy: "stop"}
-		applyPick(&o, autopick.Of(alg))
+		applyPick(&o, autopick.Of(alg), advisor.Balanced)
 		if _, err := o.postCopy(); err != nil || o.mode == "auto" {
 			t.Errorf("%s: mode %q, %v", alg, o.mode, err)
 		}
-	}
-}
-
-// roundWatch makes each round's facts from pre-copy's cumulative events.
-func TestRoundWatch(t *testing.T) {
-	var w roundWatch
-	ev := func(k livemig.EventKind, round int, pages, sent, bytes uint64, ms int) livemig.Event {
-		return livemig.Event{Kind: k, Round: round, Pages: pages, PagesSent: sent, BytesSent: bytes, Elapsed: time.Duration(ms) * time.Millisecond}
-	}
-	if _, ok := w.observe(ev(livemig.RoundEnded, 1, 10, 100, 1000, 5)); ok {
-		t.Error("a round's end without its start")
-	}
-	w.observe(ev(livemig.RoundStarted, 2, 300, 4096, 16<<20, 100))
-	w.observe(ev(livemig.Throttled, 2, 0, 4200, 17<<20, 110))
-	f, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130))
-	want := precopy.RoundFacts{Round: 2, SentBytes: 300 * 4109, SentPages: 300, Planned: 300, Duration: 30 * time.Millisecond,
-		DirtyPages: 120, PageSize: livemig.DefaultPageSize}
-	if !ok || f != want {
-		t.Errorf("facts %+v, want %+v", f, want)
-	}
-	if _, ok := w.observe(ev(livemig.RoundEnded, 2, 120, 4396, 16<<20+300*4109, 130)); ok {
-		t.Error("a round ended twice")
 	}
 }

@@ -81,3 +81,27 @@ func Of(alg string) Pick {
 	return Pick{Mode: "precopy", Throttle: alg == "precopy-throttle",
 		Codecs: codec.Codecs{XBZRLE: strings.Contains(alg, "xbzrle"), LZ4: strings.Contains(alg, "lz4")}}
 }
+
+// Adaptive says whether the pick runs as the adaptive engine: a pre-copy
+// pick does, so that the rounds can still switch (advisor.Adaptive). With
+// an objective that allows post-copy the commands run it as
+// hybrid.Config.Adaptive (mode "adaptive": post-copy's connections, a
+// destination that takes either end); under NoPostCopy as pre-copy with
+// the decider.
+func (pk Pick) Adaptive() bool { return pk.Mode == "precopy" }
+
+// Decider is the adaptive engine's decider for pk: advisor.Adaptive with
+// pk's profile and cfg's link, target and objective, every codec allowed,
+// throttling when the VM can (throttle).
+func (pk Pick) Decider(cfg Config, throttle bool) *advisor.Adaptive {
+	return advisor.NewAdaptive(advisor.AdaptiveConfig{Profile: pk.Profile, Link: cfg.Link, Target: cfg.Target,
+		Objective: cfg.Objective, Codecs: codec.Codecs{XBZRLE: true, LZ4: true}, Throttle: throttle})
+}
+
+// Codec is the adaptive engine's pre-copy codecs for pk: both allowed, on
+// from the start when the pick names either (the pipeline's adaptation
+// turns off one that slows the migration), off otherwise (the decider
+// turns them on when pre-copy will not converge without).
+func (pk Pick) Codec() codec.Config {
+	return codec.Config{XBZRLE: true, LZ4: true, StartOff: !pk.Codecs.XBZRLE && !pk.Codecs.LZ4}
+}
