@@ -45,6 +45,10 @@ type ReceiveReport struct {
 	Verified      bool // the digest matched the source's
 	Resumed       bool // the guest was resumed here
 	Complete      bool // every page arrived and was verified
+	// StopAndCopy says the source ended by pre-copy's stop-and-copy (an
+	// adaptive hybrid that converged, precopy.HandOff): every page came
+	// before the resume.
+	StopAndCopy bool
 	// PostCopy holds the fault figures (demand faults, wait percentiles,
 	// last page); the pushed/pulled split is known only to the source.
 	PostCopy livemig.PostCopyStats
@@ -57,6 +61,14 @@ type ReceiveReport struct {
 // page belongs to the running guest), requests the pages the guest faults on
 // (dst.Faults) on the return path, and returns once the source's Done
 // arrives and it holds every page with a digest equal to the source's.
+//
+// It takes pre-copy's end too (precopy.HandOff that stops and copies, a
+// switchover without wire.FlagPostCopy): then the rest of the pages, the
+// state and Done come before the Commit, it says Ready only once every
+// page is here, verified, and the state loaded, and it resumes on the
+// Commit with nothing left to fetch, as package precopy's Receive does.
+// XBZRLE pages of pre-copy rounds are decoded against dst.Memory, which
+// must then implement livemig.PageReader.
 //
 // Receive owns conn (and cfg.Urgent) and closes them before it returns.
 // Before the resume, failure is clean: the guest is not resumed and the
@@ -193,7 +205,7 @@ func (r *receiver) run(ctx context.Context) error {
 		// AckReleased is left to wait for (answering AckResumed to a source
 		// that comes back to ask).
 		r.completeAck = transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed}
-		r.rep.Complete = true
+		r.rep.Complete, r.rep.StopAndCopy = true, true
 		r.release(ctx)
 		return nil
 	}

@@ -210,7 +210,7 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 	}
 	dst := postcopy.Destination{Memory: m.region, VM: m, Faults: faults, Pages: g.pages(), PageSize: livemig.DefaultPageSize}
 	var rep *postcopy.ReceiveReport
-	if o.mode == "hybrid" || o.auto { // auto: hybrid's Receive takes post-copy's stream too
+	if o.mode == "hybrid" || o.mode == "adaptive" || o.auto { // hybrid's Receive takes post-copy's and pre-copy's ends too
 		rep, err = hybrid.Receive(ctx, conn, dst, hybrid.Config{Config: cfg})
 	} else {
 		rep, err = postcopy.Receive(ctx, conn, dst, cfg)
@@ -218,6 +218,9 @@ func postCopyDestination(ctx context.Context, o options, g geometry, a *acceptor
 	if rep != nil {
 		res.Resumed, res.Complete, res.Verified = rep.Resumed, rep.Complete, rep.Verified
 		res.PagesReceived, res.Rounds, res.Reconnects = rep.PagesReceived, rep.Rounds, rep.Reconnects
+		if rep.StopAndCopy && o.auto {
+			res.Mode = "auto: adaptive, ended by pre-copy's stop-and-copy"
+		}
 		pcs := rep.PostCopy
 		res.DemandFaults, res.FaultP50MS, res.FaultP99MS, res.FaultMaxMS = pcs.DemandFaults, ms(pcs.FaultP50), ms(pcs.FaultP99), ms(pcs.FaultMax)
 	}

@@ -16,9 +16,13 @@
 // through the KVM dirty log for -profile-window, asks package advisor for
 // the link given by -link-bandwidth and -link-latency, -downtime and
 // -objective, prints what it chose and why, and runs the pick (the
-// report's algorithm reads "auto: " and the pick); the destination follows
-// the source's hello. This guest cannot be throttled: a pick of
-// auto-converge runs as plain pre-copy, and says so.
+// report's algorithm reads "auto: ", the pick, and how the adaptive engine
+// ended); the destination follows the source's hello. A pre-copy pick runs
+// as the adaptive engine: advisor.Adaptive decides after each round
+// (printed), turning codecs on or, unless -objective no-postcopy, handing
+// what is left to post-copy (-mode adaptive, hybrid.Config.Adaptive) when
+// pre-copy will not converge. This guest cannot be throttled: a pick of
+// auto-converge runs without it, and says so.
 //
 //	go run ./examples/kvm -listen 127.0.0.1:4444 -mode auto -json
 //	go run ./examples/kvm -connect 127.0.0.1:4444 -mode auto -link-bandwidth 1e9 -json
@@ -125,6 +129,10 @@ type options struct {
 	codecs        codec.Codecs // pre-copy's, from the pick
 	lz4           bool         // post-copy's, from the pick
 	picked        string       // the advisor's pick, for the report
+	// adaptive decides the rounds of a pre-copy pick (the adaptive
+	// engine), with adaptCodec its codecs.
+	adaptive   *advisor.Adaptive
+	adaptCodec codec.Config
 	// observe, if set (tests), is told at the end of each side whether the
 	// guest's vCPU runs there, just before the side stops it.
 	observe func(side string, running bool)
@@ -135,12 +143,12 @@ func (o options) postCopy() (bool, error) {
 	switch o.mode {
 	case "precopy":
 		return false, nil
-	case "postcopy", "hybrid":
-		return true, nil
+	case "postcopy", "hybrid", "adaptive":
+		return true, nil // adaptive: pre-copy that may hand off to post-copy
 	case "auto":
 		return false, nil // the source decides, the destination follows
 	}
-	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid or auto", o.mode)
+	return false, fmt.Errorf("-mode %q: want precopy, postcopy, hybrid, adaptive or auto", o.mode)
 }
 
 // check returns the usage error in o's flags, if any.
@@ -213,7 +221,7 @@ func main() {
 	var o options
 	flag.StringVar(&o.listen, "listen", "", "run the destination, listening on `ADDR`")
 	flag.StringVar(&o.connect, "connect", "", "run the source, connecting to `ADDR`")
-	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, or auto: the source profiles its guest and runs the advisor's pick (the same on both sides)")
+	flag.StringVar(&o.mode, "mode", "precopy", "precopy, postcopy, hybrid, adaptive (pre-copy that hands the rest to post-copy if it does not converge), or auto: the source profiles its guest and runs the advisor's pick (the same on both sides)")
 	flag.StringVar(&o.objective, "objective", "balanced", "-mode auto's objective: balanced, no-postcopy, min-downtime")
 	flag.Float64Var(&o.linkBandwidth, "link-bandwidth", 10e9, "-mode auto: the link's bandwidth in bits/s, as the advisor takes it")
 	flag.DurationVar(&o.linkLatency, "link-latency", 100*time.Microsecond, "-mode auto: the link's one-way latency")

@@ -79,10 +79,11 @@ func pickMode(ctx context.Context, o *options, m *machine) error {
 	if err != nil {
 		return err
 	}
-	pk, err := autopick.Choose(ctx, kvmGuest{m}, autopick.Config{
+	acfg := autopick.Config{
 		Link:   advisor.Link{Bandwidth: o.linkBandwidth, Latency: o.linkLatency},
 		Target: advisor.Target{Downtime: o.downtime, StateBytes: 4 << 10}, Objective: obj,
-		Window: o.profileWindow, Logger: o.logger(), Log: os.Stderr, Prefix: "source: "})
+		Window: o.profileWindow, Logger: o.logger(), Log: os.Stderr, Prefix: "source: "}
+	pk, err := autopick.Choose(ctx, kvmGuest{m}, acfg)
 	if err != nil {
 		return err
 	}
@@ -90,15 +91,59 @@ func pickMode(ctx context.Context, o *options, m *machine) error {
 		fmt.Fprintln(os.Stderr, "source: -mode auto: this guest cannot be throttled: pre-copy without auto-converge")
 	}
 	o.mode, o.codecs, o.lz4, o.picked = pk.Mode, pk.Codecs, pk.LZ4, pk.Advice.Algorithm
+	if pk.Adaptive() {
+		// The adaptive engine: advisor.Adaptive decides each round (no
+		// throttle: this guest cannot be slowed), over post-copy's
+		// connections unless the objective rules post-copy out.
+		o.adaptive, o.adaptCodec = pk.Decider(acfg, false), pk.Codec()
+		if obj != advisor.NoPostCopy {
+			o.mode = "adaptive"
+		}
+	}
 	return nil
 }
 
-// autoNamed names rep's algorithm "auto: " and the pick under -mode auto.
+// autoNamed names rep's algorithm "auto: " and the pick under -mode auto,
+// and how the adaptive engine ended.
 func autoNamed(o options, rep *livemig.Report) *livemig.Report {
 	if rep != nil && o.auto {
 		rep.Algorithm = "auto: " + o.picked
+		if o.adaptive != nil {
+			if rep.PostCopy != nil {
+				rep.Algorithm += fmt.Sprintf(" (adaptive: post-copy for the rest after round %d)", len(rep.Rounds)-1)
+			} else {
+				rep.Algorithm += " (adaptive: pre-copy)"
+			}
+		}
 	}
 	return rep
+}
+
+// decider is o's adaptive decider as a precopy.Decider, or nil.
+func (o options) decider() precopy.Decider {
+	if o.adaptive == nil {
+		return nil
+	}
+	return o.adaptive
+}
+
+// preCopyCodec is the pre-copy codecs o runs with.
+func (o options) preCopyCodec() codec.Config {
+	if o.adaptive != nil {
+		return o.adaptCodec
+	}
+	return codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4}
+}
+
+// adaptiveLine prints the adaptive engine's decision after a round.
+func adaptiveLine(o options, e precopy.Event) {
+	if o.adaptive == nil || e.Kind != precopy.RoundEnded {
+		return
+	}
+	if ds := o.adaptive.Decisions(); len(ds) > 0 {
+		d := ds[len(ds)-1]
+		fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", e.Round, d.Switch, d.Reason)
+	}
 }
 
 // kvmGuest is the source guest as the advisor observes it: its memory
@@ -149,15 +194,12 @@ func preCopySource(ctx context.Context, o options, m *machine, conn transport.Co
 	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
 	stopping := false // the stop-and-copy began: the Commit may have gone out
 	cfg := precopy.Config{DowntimeTarget: o.downtime, Logger: o.logger(), HandoverTimeout: o.recoverWait,
-		Codec: codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4},
+		Codec: o.preCopyCodec(), Decider: o.decider(),
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
 			}
-			if e.Kind == precopy.RoundEnded || e.Kind == precopy.Stopping {
-				fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %6d pages left  %s sent  %v elapsed\n",
-					e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond))
-			}
+			preCopyLine(o, e)
 		}}
 	if !o.noRecover {
 		cfg.Redial = dial
@@ -172,17 +214,34 @@ func preCopySource(ctx context.Context, o options, m *machine, conn transport.Co
 	return rep, nil
 }
 
-// postCopySource migrates m by post-copy or hybrid over conn, requested
-// pages on urgent, and says where the guest is.
+// preCopyLine prints a pre-copy round's progress, and the adaptive
+// engine's decision after it.
+func preCopyLine(o options, e precopy.Event) {
+	if e.Kind == precopy.RoundEnded || e.Kind == precopy.Stopping {
+		fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %6d pages left  %s sent  %v elapsed\n",
+			e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond))
+	}
+	adaptiveLine(o, e)
+}
+
+// postCopySource migrates m by post-copy, hybrid or the adaptive engine
+// over conn, requested pages on urgent, and says where the guest is.
 func postCopySource(ctx context.Context, o options, m *machine, conn, urgent transport.Conn,
 	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
 	mctx, giveUp := context.WithCancelCause(ctx)
 	defer giveUp(nil)
-	handed := false
+	handed, stopping := false, false
 	cfg := postcopy.Config{Urgent: urgent, PushBandwidth: o.pushBandwidth, LZ4: o.lz4, Logger: o.logger(),
 		OnEvent: func(e postcopy.Event) {
-			if e.Kind == postcopy.HandedOver {
+			switch e.Kind {
+			case postcopy.HandedOver:
 				handed = true
+			case precopy.Stopping: // the adaptive engine's pre-copy end
+				stopping = true
+			}
+			if o.mode == "adaptive" && !handed {
+				preCopyLine(o, e)
+				return
 			}
 			switch e.Kind {
 			case postcopy.RoundEnded, postcopy.HandedOver, postcopy.PushDone, postcopy.LinkCut, postcopy.Reconnected:
@@ -196,16 +255,32 @@ func postCopySource(ctx context.Context, o options, m *machine, conn, urgent tra
 	src := livemig.Source{Memory: m.layout, Dirty: m.dirty, VM: m}
 	var rep *livemig.Report
 	var err error
-	if o.mode == "hybrid" {
+	switch o.mode {
+	case "hybrid":
 		rep, err = hybrid.Migrate(mctx, conn, src, hybrid.Config{Rounds: o.rounds, Config: cfg})
-	} else {
+	case "adaptive":
+		rep, err = hybrid.Migrate(mctx, conn, src, hybrid.Config{Adaptive: true, Config: cfg,
+			PreCopy: precopy.Config{DowntimeTarget: o.downtime, HandoverTimeout: o.recoverWait, Decider: o.decider(), Codec: o.preCopyCodec()}})
+	default:
 		rep, err = postcopy.Migrate(mctx, conn, src, cfg)
 	}
 	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w: %w", cause, err)
 	}
-	if err := outcome.PostCopySource(err, handed, !m.run.Running()); err != nil {
+	if o.mode == "adaptive" && !handed {
+		// Ended (or failed) before any hand-over to post-copy: pre-copy's
+		// outcomes.
+		if err := outcome.PreCopySource(err, !m.run.Running(), stopping); err != nil {
+			return rep, err
+		}
+	} else if err := outcome.PostCopySource(err, handed, !m.run.Running()); err != nil {
 		return rep, err
+	}
+	if rep.PostCopy == nil { // the adaptive engine converged: pre-copy's end
+		fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d rounds, %d guest batches here\n",
+			rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
+			len(rep.Rounds), m.run.Batches())
+		return rep, nil
 	}
 	fmt.Fprintf(os.Stderr, "source: done: total %v, downtime %v, %s sent, %d pushed, %d pulled, %d demand faults at the destination\n",
 		rep.TotalTime.Round(time.Millisecond), rep.Downtime.Round(time.Microsecond), livemig.FormatBytes(rep.BytesSent),
