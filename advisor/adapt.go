@@ -80,9 +80,8 @@ type AdaptDecision struct {
 // NoPostCopy). With no profile: post-copy if allowed, else compression if
 // off, else throttle.
 //
-// No engine acts on it yet: package precopy cannot turn codecs on or hand
-// over to post-copy mid-migration. examples/memmigrate -mode auto prints
-// its decision after each pre-copy round.
+// Adaptive is the engine that acts on it (precopy.Config.Decider, with
+// hybrid.Config.Adaptive for the hand-off to post-copy).
 func Adapt(pr Progress, p Profile, l Link, t Target, o Objective) AdaptDecision {
 	t = t.norm()
 	f := pr.Round

@@ -76,6 +76,16 @@
 //		fmt.Println(" -", r)
 //	}
 //
+// # The adaptive engine
+//
+// Adapt is the decision after each pre-copy round: will pre-copy, as it
+// runs, converge; if not, what to switch to in time (codecs, a throttle,
+// post-copy for what is left), by the advisor's ranking of what is not in
+// force yet. Adaptive acts on it as pre-copy's Decider
+// (precopy.Config.Decider): with hybrid.Config.Adaptive the hand-off to
+// post-copy is real, and a migration that converges ends by pre-copy's
+// stop-and-copy.
+//
 // examples/compare -advise profiles a simulated guest and prints the
 // advice; -validate N runs N random scenarios by every algorithm and
 // prints how often the advice is within 10 % of the best and how close the

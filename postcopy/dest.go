@@ -258,35 +258,12 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 				return err
 			}
 		case wire.KindSwitchover:
-			if r.switched {
-				return fmt.Errorf("postcopy: second switchover: %w", livemig.ErrCorrupt)
-			}
-			r.switched, r.session = true, msg.Page
-			if msg.Arg&wire.FlagPostCopy == 0 {
-				// Pre-copy converged (precopy.HandOff ended by
-				// stop-and-copy): the rest, the state and Done follow.
-				r.stopCopy = true
-				continue
-			}
-			if (msg.Arg&wire.FlagUrgent != 0) != (r.urgent != nil) {
-				return fmt.Errorf("postcopy: the source's use of an urgent connection (%v) differs from ours (%v): %w",
-					msg.Arg&wire.FlagUrgent != 0, r.urgent != nil, livemig.ErrVersion)
+			if err := r.switchover(msg); err != nil {
+				return err
 			}
 		case wire.KindState:
-			if !r.switched || r.stateLoaded || r.state != nil {
-				return fmt.Errorf("postcopy: state before the switchover or twice: %w", livemig.ErrCorrupt)
-			}
-			r.state = append(make([]byte, 0, len(msg.Data)), msg.Data...)
-			r.rep.StateBytes = len(r.state)
-			if r.stopCopy {
-				continue // loaded once every page is here (Done)
-			}
-			if err := r.dst.VM.LoadState(ctx, r.state); err != nil {
-				return fmt.Errorf("postcopy: load state: %w", err)
-			}
-			r.stateLoaded = true
-			if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady}); err != nil {
-				return fmt.Errorf("postcopy: acknowledge the state: %w (%w)", livemig.ErrIncomplete, err)
+			if err := r.takeState(ctx, msg.Data); err != nil {
+				return err
 			}
 		case wire.KindDone:
 			if err := r.readyToStop(ctx, msg.Arg); err != nil {
@@ -303,6 +280,47 @@ func (r *receiver) beforeResume(ctx context.Context) error {
 			return fmt.Errorf("postcopy: unexpected %v message before the resume: %w", msg.Kind, livemig.ErrCorrupt)
 		}
 	}
+}
+
+// switchover takes the source's Switchover: post-copy's (wire.FlagPostCopy,
+// checked against our urgent connection) or pre-copy's stop-and-copy.
+func (r *receiver) switchover(msg transport.Msg) error {
+	if r.switched {
+		return fmt.Errorf("postcopy: second switchover: %w", livemig.ErrCorrupt)
+	}
+	r.switched, r.session = true, msg.Page
+	if msg.Arg&wire.FlagPostCopy == 0 {
+		// Pre-copy converged (precopy.HandOff ended by stop-and-copy): the
+		// rest, the state and Done follow.
+		r.stopCopy = true
+		return nil
+	}
+	if (msg.Arg&wire.FlagUrgent != 0) != (r.urgent != nil) {
+		return fmt.Errorf("postcopy: the source's use of an urgent connection (%v) differs from ours (%v): %w",
+			msg.Arg&wire.FlagUrgent != 0, r.urgent != nil, livemig.ErrVersion)
+	}
+	return nil
+}
+
+// takeState takes the device state: after post-copy's switchover it loads
+// it and says Ready; after pre-copy's it keeps it for Done.
+func (r *receiver) takeState(ctx context.Context, state []byte) error {
+	if !r.switched || r.stateLoaded || r.state != nil {
+		return fmt.Errorf("postcopy: state before the switchover or twice: %w", livemig.ErrCorrupt)
+	}
+	r.state = append(make([]byte, 0, len(state)), state...)
+	r.rep.StateBytes = len(r.state)
+	if r.stopCopy {
+		return nil // loaded once every page is here (Done)
+	}
+	if err := r.dst.VM.LoadState(ctx, r.state); err != nil {
+		return fmt.Errorf("postcopy: load state: %w", err)
+	}
+	r.stateLoaded = true
+	if err := r.send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady}); err != nil {
+		return fmt.Errorf("postcopy: acknowledge the state: %w (%w)", livemig.ErrIncomplete, err)
+	}
+	return nil
 }
 
 // readyToStop takes pre-copy's Done (with the source's digest sum) after a
@@ -575,17 +593,7 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		return fmt.Errorf("postcopy: the source resumes with an urgent connection and we have no ReacceptUrgent: %w", livemig.ErrVersion)
 	}
 	if r.stopCopy {
-		// Pre-copy's source in doubt after its Commit (precopy.Resolve):
-		// every page is here, the source committed; resume and say so.
-		if !r.rep.Resumed {
-			if err := r.resume(ctx); err != nil {
-				return err
-			}
-		}
-		r.connMu.Lock()
-		r.conn = conn
-		r.connMu.Unlock()
-		return conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed})
+		return r.rejoinStopCopy(ctx, conn)
 	}
 	if msg.Arg&wire.FlagUrgent != 0 {
 		u, err := r.cfg.ReacceptUrgent(ctx)
@@ -639,6 +647,21 @@ func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 		}
 	}
 	return nil
+}
+
+// rejoinStopCopy answers, after pre-copy's end, a source in doubt after its
+// Commit (precopy.Resolve): every page is here and the source committed, so
+// the guest resumes (if it has not) and the source is told.
+func (r *receiver) rejoinStopCopy(ctx context.Context, conn transport.Conn) error {
+	if !r.rep.Resumed {
+		if err := r.resume(ctx); err != nil {
+			return err
+		}
+	}
+	r.connMu.Lock()
+	r.conn = conn
+	r.connMu.Unlock()
+	return conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckResumed})
 }
 
 // urgentReceiver places the pages that arrive on the urgent connection
