@@ -348,6 +348,12 @@ func runDriver(t *testing.T, sc Scenario, pc PostCopy) (rep *livemig.Report, mai
 func openPipe(t *testing.T, pages uint64) (a, b transport.Conn) {
 	t.Helper()
 	la, lb := transport.Pipe(1 << 20)
+	return handshake(t, la, lb, pages)
+}
+
+// handshake opens Conns on the two ends of a link, without heartbeats.
+func handshake(t *testing.T, la, lb transport.Link, pages uint64) (a, b transport.Conn) {
+	t.Helper()
 	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
 	var berr error
 	opened := make(chan struct{})
@@ -370,18 +376,7 @@ func openSim(t *testing.T, sc Scenario, pages uint64, clock *livemig.VirtualCloc
 	t.Helper()
 	link, dclock := livemig.NewVirtualClock(), livemig.NewVirtualClock()
 	la, lb := transport.SimLink(transport.SimConfig{Bandwidth: sc.Bandwidth, Latency: sc.Latency}, link, dclock)
-	hello := transport.Hello{PageSize: 4096, PageCount: pages, Features: transport.FeatPostCopy | transport.FeatDigest}
-	var berr error
-	opened := make(chan struct{})
-	go func() {
-		defer close(opened)
-		b, _, berr = transport.Open(context.Background(), lb, hello, transport.Config{Liveness: -1})
-	}()
-	a, _, err := transport.Open(context.Background(), la, hello, transport.Config{Liveness: -1})
-	<-opened
-	if err != nil || berr != nil {
-		t.Fatalf("handshake: %v, %v", err, berr)
-	}
+	a, b = handshake(t, la, lb, pages)
 	t0 := livemig.VirtualEpoch.Add(handshakeTime)
 	for _, c := range []*livemig.VirtualClock{link, dclock, clock} {
 		c.AdvanceTo(t0)
