@@ -288,6 +288,10 @@ type Row struct {
 	// guest time lost waiting on faults, in total and at the 99th
 	// percentile of one fault (the degradation post-copy trades for its
 	// downtime).
+	// PostCopy says the guest resumed at the destination before all its
+	// memory was there: post-copy, hybrid, or the adaptive engine's
+	// hand-off.
+	PostCopy     bool    `json:"post_copy,omitempty"`
 	DemandFaults uint64  `json:"demand_faults,omitempty"`
 	PagesPulled  uint64  `json:"pages_pulled,omitempty"`
 	FaultWaitMS  float64 `json:"fault_wait_ms,omitempty"`
@@ -309,6 +313,7 @@ func (r Result) Row() Row {
 			row.Codecs = rep.Codec.Codecs
 		}
 		if pc := rep.PostCopy; pc != nil {
+			row.PostCopy = true
 			row.DemandFaults, row.PagesPulled = pc.DemandFaults, pc.PagesPulled
 			row.FaultWaitMS = float64(pc.WaitTotal) / float64(time.Millisecond)
 			row.FaultP99MS = float64(pc.FaultP99) / float64(time.Millisecond)

@@ -275,7 +275,7 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\ttarget\tadvised\tbest\tadvised cost\tbest cost\thit\ttotal pred/meas\tdowntime pred/meas\tMB pred/meas\tfault wait pred/meas\t")
+	fmt.Fprintln(tw, "scenario\ttarget\tadvised\tbest\tadvised cost\tbest cost\thit\ttotal pred/meas\tdowntime pred/meas\tMB pred/meas\tfault wait pred/meas\tpre-copy cost\tadaptive cost\tadaptive ended\t")
 	var hits, predOK, all, allOK int
 	var totOK, bytesOK, downOK int
 	var worse, pcMiss, rescued int // against plain pre-copy
@@ -345,9 +345,17 @@ func validate(ctx context.Context, n int, seed uint64, maxRounds int, cost *code
 			}
 		}
 		a, p := s.advised, s.advised.predicted
-		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%v\t%s/%s\t%s/%s\t%.0f/%.0f\t%s/%s\t\n", c.sc.Name, c.target, a.alg, s.best.alg,
+		ended := "pre-copy"
+		if ad.row.PostCopy {
+			ended = "post-copy"
+		}
+		if ad.row.Codecs != "" && ad.row.Codecs != "none" {
+			ended += ", " + ad.row.Codecs
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\t%v\t%s/%s\t%s/%s\t%.0f/%.0f\t%s/%s\t%s\t%s\t%s\t\n", c.sc.Name, c.target, a.alg, s.best.alg,
 			costOf(a), costOf(s.best), s.hit, fmtMS(ms2(p.Total)), fmtMS(a.row.TotalMS), fmtMS(ms2(p.Downtime)), fmtMS(a.row.DowntimeMS),
-			float64(p.BytesSent)/1e6, float64(a.row.BytesSent)/1e6, fmtMS(ms2(p.FaultWait)), fmtMS(a.row.FaultWaitMS))
+			float64(p.BytesSent)/1e6, float64(a.row.BytesSent)/1e6, fmtMS(ms2(p.FaultWait)), fmtMS(a.row.FaultWaitMS),
+			costOf(plain), costOf(ad), ended)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

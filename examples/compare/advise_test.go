@@ -67,7 +67,8 @@ func TestAdviseText(t *testing.T) {
 // whole pages faster than the link, a video server on a fast link far
 // away, an idle guest), the advice is within 10 % of the best algorithm by
 // the default objective and its predictions of total time and bytes within
-// 20 % (downtime: or 5 ms). The full validation is compare -validate 40
+// 20 % (downtime: or 5 ms); and the adaptive engine is no worse than plain
+// pre-copy by that objective. The full validation is compare -validate 40
 // (docs/EVALUATION.md); this is its smoke test, small enough for go test.
 func TestAdviceOnSmallSet(t *testing.T) {
 	skipFigures(t)
@@ -85,8 +86,15 @@ func TestAdviceOnSmallSet(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, c := range cases {
-		s := score(c, advs[i], rows[i])
+		na := len(advisor.Algorithms)
+		s := score(c, advs[i], rows[i][:na])
 		a, p := s.advised, s.advised.predicted
+		ad := measureRow(c, "adaptive", rows[i][na])
+		plain := s.runs[0] // advisor.Algorithms[0], plain pre-copy
+		if !ad.ok || (better(plain, ad) && !within(ad, plain, 0)) {
+			t.Errorf("%s: the adaptive engine (cost %.1f ms, downtime %.1f ms, %s) worse than plain pre-copy (%.1f ms, %.1f ms)",
+				c.sc.Name, ad.cost, ad.downtime, ad.row.Error, plain.cost, plain.downtime)
+		}
 		t.Logf("%s: advised %s (cost %.1f ms, downtime %.1f ms), best %s (%.1f ms, %.1f ms); predicted total %v, downtime %v, %d bytes; measured %.1f ms, %.1f ms, %d bytes",
 			c.sc.Name, a.alg, a.cost, a.downtime, s.best.alg, s.best.cost, s.best.downtime, p.Total, p.Downtime, p.BytesSent,
 			a.row.TotalMS, a.row.DowntimeMS, a.row.BytesSent)
