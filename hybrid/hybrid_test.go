@@ -14,7 +14,6 @@ import (
 	"github.com/livemig/livemig/internal/testkit"
 	"github.com/livemig/livemig/postcopy"
 	"github.com/livemig/livemig/precopy"
-	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -92,7 +91,7 @@ func TestMigrate(t *testing.T) {
 				defer close(done)
 				drep, derr = hybrid.Receive(ctx, cb, hybrid.Destination{Memory: mem, VM: vm, Pages: pages, PageSize: pageSize}, dcfg)
 			}()
-			rep, err := hybrid.Migrate(ctx, ca, precopy.Source{Memory: src, Dirty: dirtier{src}, VM: src}, tc.cfg)
+			rep, err := hybrid.Migrate(ctx, ca, precopy.Source{Memory: src, Dirty: testkit.DirtyOnSync(src, 7), VM: src}, tc.cfg)
 			<-done
 			// The source stays paused after the hand-over: its memory is
 			// the guest at the pause.
@@ -123,20 +122,6 @@ func TestMigrate(t *testing.T) {
 
 // urgentMark in a case's Config asks for an urgent connection.
 var urgentMark transport.Conn = struct{ transport.Conn }{}
-
-// dirtier writes a page of the guest as each sync of the dirty log begins
-// while the guest runs, so that every round leaves something dirty
-// however little the writer goroutines ran.
-type dirtier struct{ *region.Region }
-
-func (d dirtier) SyncDirty(dst []uint64) error {
-	if !d.Paused() {
-		if err := d.Write(7, 0, []byte{0x5a}); err != nil {
-			return err
-		}
-	}
-	return d.Region.SyncDirty(dst)
-}
 
 // A destination memory that cannot discard is refused, and so are negative
 // Rounds.

@@ -76,6 +76,27 @@ func Writers(src *region.Region, n int) (stop func(), total func() uint64) {
 	}, count.Load
 }
 
+// DirtyOnSync is src's dirty log that first writes page n of src (a byte
+// at its start) at each sync while src runs, so that every round leaves
+// that page dirty however little a test's writer goroutines ran. Syncs
+// come from the migrating goroutine, which is also the one that pauses src:
+// the write never waits on a pause.
+func DirtyOnSync(src *region.Region, n uint64) livemig.DirtySource { return dirtyOnSync{src, n} }
+
+type dirtyOnSync struct {
+	*region.Region
+	n uint64
+}
+
+func (d dirtyOnSync) SyncDirty(dst []uint64) error {
+	if !d.Paused() {
+		if err := d.Write(d.n, 0, []byte{0x5a}); err != nil {
+			return err
+		}
+	}
+	return d.Region.SyncDirty(dst)
+}
+
 // SkipOrFail ends a test that could not get what, a facility of the machine
 // (userfaultfd, /dev/kvm, QEMU), with err: it skips when err wraps
 // livemig.ErrNotSupported, unless the environment variable env is "1" (as
