@@ -143,7 +143,8 @@ type retMsg struct {
 // urgent sender.
 type session struct {
 	conn, urgent transport.Conn
-	ret          chan retMsg // the return path, but requests
+	ret          chan retMsg   // the return path, but requests
+	readerDone   chan struct{} // closed when the reader has ended
 	stop         chan struct{}
 	wg           sync.WaitGroup
 	failOnce     sync.Once
@@ -270,9 +271,10 @@ func (m *migration) newSession(ctx context.Context, conn, urgent transport.Conn)
 	}
 	s := &session{
 		conn: conn, urgent: urgent,
-		ret:    make(chan retMsg, 256),
-		stop:   make(chan struct{}),
-		failed: make(chan struct{}),
+		ret:        make(chan retMsg, 256),
+		stop:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+		failed:     make(chan struct{}),
 	}
 	s.base = s.counted()
 	s.wg.Add(1)
@@ -284,6 +286,7 @@ func (m *migration) newSession(ctx context.Context, conn, urgent transport.Conn)
 // everything else to s.ret.
 func (m *migration) reader(ctx context.Context, s *session) {
 	defer s.wg.Done()
+	defer close(s.readerDone)
 	var msg transport.Msg // one for the loop: Recv's argument escapes
 	for {
 		err := s.conn.Recv(ctx, &msg)
@@ -965,11 +968,19 @@ func linkErr(what string, err error) error {
 // explain replaces a cut by the destination's error message when one is
 // already on the return path: a peer that gives up closes the link, and its
 // message says why. Only the migrating goroutine calls it.
+//
+// A peer that gives up sends its message and closes: a write of ours can
+// fail on the close before the return-path reader has read the message
+// ahead of it. So explain waits for the reader up to explainWait: it
+// gets the message, or the link's end, at once when the peer closed, and
+// a link that merely stalls costs that much before a reconnection.
 func (m *migration) explain(s *session, err error) error {
 	var ce *cutError
 	if !errors.As(err, &ce) {
 		return err
 	}
+	wait := time.NewTimer(explainWait)
+	defer wait.Stop()
 	for {
 		select {
 		case rm := <-s.ret:
@@ -979,11 +990,16 @@ func (m *migration) explain(s *session, err error) error {
 			if rm.err != nil {
 				return err
 			}
-		default:
+		case <-s.readerDone:
+			return err
+		case <-wait.C:
 			return err
 		}
 	}
 }
+
+// explainWait bounds how long explain waits for the peer's last words.
+const explainWait = 50 * time.Millisecond
 
 // wireBytes returns the bytes written on every connection of the
 // migration so far.
