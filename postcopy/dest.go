@@ -518,7 +518,7 @@ func (r *receiver) release(ctx context.Context) {
 			r.conn = c
 			r.connMu.Unlock()
 			conn = c
-			fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait)
+			fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait(c))
 			err = c.Recv(fctx, &msg)
 			cancel()
 			if err == nil && msg.Kind == wire.KindResume && msg.Page == r.session {
@@ -576,7 +576,7 @@ func (r *receiver) recoverLink(ctx context.Context, cause error) error {
 // rejoin runs the recovery exchange on a new connection and installs it.
 func (r *receiver) rejoin(ctx context.Context, conn transport.Conn) error {
 	var msg transport.Msg
-	fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait) // a silent peer must not hold us
+	fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait(conn)) // a silent peer must not hold us
 	err := conn.Recv(fctx, &msg)
 	cancel()
 	if err != nil {

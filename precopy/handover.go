@@ -141,7 +141,7 @@ func awaitResume(ctx context.Context, cfg *Config, session uint64, resumed bool,
 			return nil, errors.Join(fmt.Errorf("precopy: no source came back: %w", err), cause)
 		}
 		var msg transport.Msg
-		fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait)
+		fctx, cancel := context.WithTimeout(ctx, handover.FirstMessageWait(conn))
 		err = conn.Recv(fctx, &msg)
 		cancel()
 		switch {

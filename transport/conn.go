@@ -164,7 +164,8 @@ func NewConn(link Link, cfg Config) Conn {
 		c.maxState = DefaultMaxState
 	}
 	if c.cfgErr == nil {
-		c.startLiveness(liveness(cfg, link))
+		c.live = liveness(cfg, link)
+		c.startLiveness(c.live)
 	}
 	return c
 }
@@ -181,6 +182,7 @@ type conn struct {
 	maxFrame   int
 	maxState   int
 	cfgErr     error
+	live       time.Duration // the liveness bound in effect; 0: off
 	abortFn    func()
 	fl         frameLink // link, when it moves frames without copying (Pipe)
 	wcap       int       // wbuf's capacity: a full batch or one largest record, and the CRC

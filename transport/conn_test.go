@@ -3,6 +3,7 @@ package transport_test
 import (
 	"net"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig/transport"
 	"github.com/livemig/livemig/transport/transporttest"
@@ -64,5 +65,24 @@ func TestConnSuitePipe(t *testing.T) {
 				return transport.NewConn(la, transport.Config{}), transport.NewConn(lb, transport.Config{})
 			})
 		})
+	}
+}
+
+// LivenessOf says the bound a Conn watches its peer with, and nothing for a
+// Conn without one.
+func TestLivenessOf(t *testing.T) {
+	a, b := transport.Pipe(1 << 16)
+	on := transport.NewConn(a, transport.Config{Liveness: 3 * time.Second})
+	off := transport.NewConn(b, transport.Config{Liveness: -1})
+	defer on.Close()
+	defer off.Close()
+	if d, ok := transport.LivenessOf(on); !ok || d != 3*time.Second {
+		t.Errorf("liveness on: %v %v", d, ok)
+	}
+	if _, ok := transport.LivenessOf(off); ok {
+		t.Error("liveness off, yet a bound")
+	}
+	if _, ok := transport.LivenessOf(struct{ transport.Conn }{on}); ok {
+		t.Error("a Conn of another kind has a bound")
 	}
 }

@@ -12,10 +12,16 @@ import (
 )
 
 // FirstMessageWait bounds how long a destination waiting for its source to
-// come back waits for the first message on a connection it accepted: a
+// come back waits for the first message on c, a connection it accepted: a
 // peer that connects and says nothing (its heartbeats keep the link alive)
-// must not hold the wait.
-const FirstMessageWait = transport.DefaultLiveness
+// must not hold the wait. It is c's liveness bound (a source that comes
+// back speaks at once), or transport.DefaultLiveness when c has none.
+func FirstMessageWait(c transport.Conn) time.Duration {
+	if d, ok := transport.LivenessOf(c); ok {
+		return d
+	}
+	return transport.DefaultLiveness
+}
 
 // Abandon tells, best effort, a destination that may wait for this source
 // to come back (its state loaded, the Commit not sent) that the source gave
