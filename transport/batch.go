@@ -87,6 +87,10 @@ func (b *Batch) Count() int { return b.n }
 // the frame's payload.
 func (b *Batch) Len() int { return len(b.buf) - frameHeaderSize }
 
+// Limit returns the payload bytes past which Reserve refuses a record when
+// b holds records already: the Conn's Config.BatchBytes.
+func (b *Batch) Limit() int { return b.c.batchBytes }
+
 // Reserve opens a record of page page with room for n bytes of data, and
 // returns those n bytes for the caller to fill (see Batch for their
 // ownership), or nil if the record does not fit: b holds records already
@@ -135,7 +139,7 @@ func (b *Batch) Commit(enc Encoding, n int, dataCRC uint32, haveCRC bool) error 
 	r[8] = byte(enc)
 	binary.LittleEndian.PutUint32(r[9:], uint32(n))
 	b.crc = crc32.Update(b.crc, castagnoli, r[:recordHeaderSize])
-	if haveCRC && n == b.c.shift.Len() {
+	if haveCRC && enc == EncRaw && n == b.c.shift.Len() {
 		b.crc = b.c.shift.Combine(b.crc, dataCRC)
 	} else {
 		b.crc = crc32.Update(b.crc, castagnoli, r[recordHeaderSize:])
