@@ -352,3 +352,82 @@ func TestBatchFaults(t *testing.T) {
 		}
 	})
 }
+
+// FuzzBatch drives a Batch with the fuzzer's operations (reserve, write,
+// commit as any encoding and length, with or without a CRC, cancel) and
+// checks it against Send: what Commit refuses Send refuses too, and
+// SendBatch writes byte for byte what Send and Flush write for the
+// records committed.
+func FuzzBatch(f *testing.F) {
+	f.Add([]byte{0, 64, 0, 1, 1, 0, 0, 2, 3, 10, 3, 4, 200, 0})
+	f.Add([]byte{0, 200, 0, 2, 128, 1, 9, 3, 0, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		const ps = 64
+		cfg := Config{PageSize: ps, PageCount: 200, BatchBytes: 1024, Liveness: -1}
+		l := &bufLink{r: bytes.NewReader(nil)}
+		c := NewConn(l, cfg).(*conn)
+		defer c.Close()
+		b := c.NewBatch(kindPage)
+		var msgs []Msg
+		var res []byte
+		var page uint64
+		for len(ops) >= 4 {
+			op, x, y, z := ops[0]%4, int(ops[1]), ops[2], ops[3]
+			ops = ops[4:]
+			switch op {
+			case 0: // reserve x bytes for page y, write z-based bytes
+				page = uint64(y)
+				res = b.Reserve(page, x)
+				for i := range res {
+					res[i] = z + byte(i)
+				}
+			case 1, 2: // commit as encoding y%5, x bytes; op 2 with the CRC
+				enc, n := Encoding(y%5), min(x, len(res))
+				if y&0x80 != 0 {
+					n = x // possibly past the reservation
+				}
+				var data []byte
+				if n <= len(res) {
+					data = bytes.Clone(res[:n])
+				}
+				err := b.Commit(enc, n, crc32.Checksum(data, castagnoli), op == 2)
+				serr := c.checkPage(page, enc, n)
+				if res == nil || n > len(res) {
+					serr = ErrInvalid
+				}
+				if (err == nil) != (serr == nil) {
+					t.Fatalf("Commit(%d, %d) of page %d: %v; Send's rules: %v", enc, n, page, err, serr)
+				}
+				if err == nil {
+					msgs = append(msgs, Msg{Kind: kindPage, Page: page, Enc: enc, Data: data})
+				}
+				res = nil
+			default:
+				b.Cancel()
+				res = nil
+			}
+		}
+		var got []Msg
+		for m := range b.Records() {
+			got = append(got, m)
+		}
+		if !sameMsgs(got, msgs) {
+			t.Fatalf("Records: %d, committed %d", len(got), len(msgs))
+		}
+		if len(msgs) == 0 {
+			return
+		}
+		// Send would split the records where a batch fills; the Batch
+		// refuses a record that does not fit, so they make one frame.
+		want := encode(t, Config{PageSize: ps, PageCount: 200, BatchBytes: 1 << 20, Liveness: -1}, msgs...)
+		if err := c.SendBatch(bg, b); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(l.w.Bytes(), want) {
+			t.Fatalf("SendBatch wrote %d bytes, Send %d; they differ", l.w.Len(), len(want))
+		}
+		if back, err := decode(want, cfg); err != io.EOF || !sameMsgs(back, msgs) {
+			t.Fatalf("received %d records (%v), sent %d", len(back), err, len(msgs))
+		}
+	})
+}
