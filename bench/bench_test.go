@@ -154,6 +154,10 @@ func BenchmarkXBZRLE(b *testing.B) {
 // beside raw io.Copy of as many bytes over another loopback connection;
 // each op does both of its pair, in alternating order. ns/op and MB/s are
 // the migration's; pipe/memcpy and tcp/io.Copy its speed over the limit's.
+// cpu-ms/op is the process's CPU time (user and system, both sides of the
+// migration, getrusage) during the migration alone, and cores that over
+// its wall-clock time: on a machine of C cores a migration at C cores is
+// CPU-bound, below it waits on something else.
 func BenchmarkPrecopyIdleGuest(b *testing.B) {
 	size := *guestMiB << 20
 	src, dst := idleGuest(b, size)
@@ -161,7 +165,8 @@ func BenchmarkPrecopyIdleGuest(b *testing.B) {
 	run := func(b *testing.B, tcp bool) {
 		b.SetBytes(int64(size))
 		b.ReportAllocs()
-		var mig, limit time.Duration
+		var mig, limit, cpu time.Duration
+		cpuOK := true
 		var rep *livemig.Report
 		for i := 0; b.Loop(); i++ {
 			b.StopTimer()
@@ -184,10 +189,14 @@ func BenchmarkPrecopyIdleGuest(b *testing.B) {
 				x, y = transport.Pipe(4 << 20)
 			}
 			b.StartTimer()
+			c0, ok0 := cpuTime()
 			t0 := time.Now()
 			r, err := migrate(ctx, x, y, src, dst)
 			mig += time.Since(t0)
+			c1, ok1 := cpuTime()
 			b.StopTimer()
+			cpu += c1 - c0
+			cpuOK = cpuOK && ok0 && ok1
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -205,6 +214,10 @@ func BenchmarkPrecopyIdleGuest(b *testing.B) {
 		b.ReportMetric(float64(size)*float64(b.N)/limit.Seconds()/1e9, "limit-GB/s")
 		b.ReportMetric(float64(rep.Downtime)/float64(time.Millisecond), "downtime-ms")
 		b.ReportMetric(float64(rep.BytesSent)/1e6, "MB-sent")
+		if cpuOK {
+			b.ReportMetric(cpu.Seconds()*1e3/float64(b.N), "cpu-ms/op")
+			b.ReportMetric(cpu.Seconds()/mig.Seconds(), "cores")
+		}
 	}
 	b.Run("pipe", func(b *testing.B) { run(b, false) })
 	b.Run("tcp", func(b *testing.B) { run(b, true) })

@@ -22,7 +22,10 @@
 //   - BenchmarkPrecopyIdleGuest: pre-copy of an idle guest (1 GiB unless
 //     -guest-mib says otherwise) through precopy.Migrate and
 //     precopy.Receive, over the in-memory pipe beside a memcpy of the guest,
-//     and over loopback TCP beside raw io.Copy of as many bytes.
+//     and over loopback TCP beside raw io.Copy of as many bytes; with the
+//     migration's CPU time (cpu-ms/op, both sides, getrusage where there
+//     is one) and the cores it kept busy (cores): the figures to compare
+//     on a shared machine, where the wall clock is the other work's too.
 //
 // Where contenders share a benchmark, they run in turn, batch by batch, a
 // different one first each round, and each is credited with its fastest

@@ -53,6 +53,10 @@ const queueDepth = 2
 // pipeline also advances that clock by the modelled encode and decode
 // time (see the package doc's "Virtual time").
 //
+// With SendBatches, the workers build the batch frames themselves, in
+// buffers the Conn lends (transport.Batch): a page is read straight into
+// its record in the frame, and send is not called.
+//
 // Stats, RoundStats and Codecs may be called from any goroutine.
 type Pipeline struct {
 	cfg   Config
@@ -63,6 +67,11 @@ type Pipeline struct {
 	batchPages int
 	send       func(transport.Msg) error
 	allowed    Codecs
+	// SendBatches: the Conn that lends the batches' frames, and the
+	// function that sends one; nil when records go one by one to send.
+	batches   transport.BatchSender
+	sendBatch func(*transport.Batch) error
+	submitted bool // a page was submitted: SendBatches is too late
 
 	// Owned by the engine's goroutine.
 	par          params
@@ -79,14 +88,15 @@ type Pipeline struct {
 	slot []byte
 
 	// Workers > 1.
-	in      []chan *batch
-	out     chan *batch
-	free    chan *batch
-	pending []*batch // per worker, being filled
-	tokens  []*batch // barrier tokens, one per worker
-	barrier chan struct{}
-	workers sync.WaitGroup
-	collect chan struct{} // closed when the collector ends
+	in       []chan *batch
+	out      chan *batch
+	free     chan *batch
+	pending  []*batch // per worker, being filled
+	perBatch int      // bytes of a batch's arena
+	tokens   []*batch // barrier tokens, one per worker
+	barrier  chan struct{}
+	workers  sync.WaitGroup
+	collect  chan struct{} // closed when the collector ends
 
 	failed            atomic.Bool
 	mu                sync.Mutex
@@ -104,7 +114,11 @@ type batch struct {
 	n     int
 	pages [batchSize]uint64
 	recs  [batchSize]record
+	// Where the records' data go: arena, a slot of a page per page (made
+	// at the batch's first use), or, with SendBatches, frame, the batch
+	// frame the worker builds the records in.
 	arena []byte
+	frame *transport.Batch
 	ctr   counters
 }
 
@@ -166,10 +180,9 @@ func NewPipeline(cfg Config, mem livemig.Memory, digest *verify.Digest, send fun
 	p.barrier = make(chan struct{}, 1)
 	p.collect = make(chan struct{})
 	p.batchPages = max(1, min(batchSize, batchBytes/p.ps))
-	per := p.batchPages * p.ps
-	arena := make([]byte, nb*per)
-	for i := range nb {
-		p.free <- &batch{arena: arena[i*per : (i+1)*per : (i+1)*per]}
+	p.perBatch = p.batchPages * p.ps
+	for range nb {
+		p.free <- &batch{}
 	}
 	for i := range W {
 		p.in[i] = make(chan *batch, queueDepth)
@@ -215,6 +228,7 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 	if n >= p.pages {
 		return &livemig.PageError{Op: "submit", Page: n, Err: livemig.ErrPageRange}
 	}
+	p.submitted = true
 	if p.sw != nil {
 		var (
 			c   counters
@@ -247,6 +261,13 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 			return p.fail(fmt.Errorf("codec: submit page %d: %w", n, ctx.Err()))
 		}
 		b.par, b.seq, b.n = p.par, p.seq, 0
+		if p.batches != nil {
+			if b.frame == nil {
+				b.frame, b.arena = p.batches.NewBatch(wire.KindPage), nil
+			}
+		} else if b.arena == nil {
+			b.arena = make([]byte, p.perBatch)
+		}
 		p.pending[w] = b
 	}
 	b.pages[b.n] = n
@@ -267,6 +288,42 @@ func (p *Pipeline) dispatch(ctx context.Context, w int) error {
 		p.free <- b
 		return p.fail(fmt.Errorf("codec: hand pages to a worker: %w", ctx.Err()))
 	}
+}
+
+// SendBatches makes the workers build the records of each batch of pages
+// in a batch frame that bs lends (transport.Batch) and pass the frame to
+// send whole, instead of passing each record to the send function given to
+// NewPipeline: a page is read (ReadPage, or copied from its PageView)
+// straight into its record in the frame, zero-checked, CRC'd and encoded
+// there, and an encoded or zero page's record shrinks in place (see
+// transport.Batch for who owns the bytes when). send is called as that
+// send function is, from one goroutine at a time; the Batch is borrowed
+// for the call and must go to bs.SendBatch, which empties it; the records
+// of a batch in which a page could not be read are sent, up to that page,
+// before the pipeline stops with the read error.
+//
+// A raw page goes with the CRC its digest term was made of
+// (transport.Batch.Commit with the CRC): one pass over the page at the
+// source for both. The pipeline's batches end where a frame would (at the
+// Conn's Config.BatchBytes), so the frames are those the Conn builds, but
+// their boundaries follow the pipeline's batches.
+//
+// Call it before the first Submit. It reports whether it took effect: it
+// does not with one worker (Submit sends each record before it returns)
+// or in virtual time (Config.VirtualTime, Config.Clock), where the records
+// and the bytes a simulated link carries must depend only on the calls.
+func (p *Pipeline) SendBatches(bs transport.BatchSender, send func(*transport.Batch) error) bool {
+	if bs == nil || send == nil || p.sw != nil || p.vs != nil || p.cfg.VirtualTime || p.submitted || p.closed {
+		return false
+	}
+	f := bs.NewBatch(wire.KindPage)
+	p.batchPages = max(1, min(p.batchPages, f.Limit()/(p.ps+recordOverhead)))
+	p.batches, p.sendBatch = bs, send
+	p.par.inPlace = true
+	b := <-p.free // all are there: nothing was submitted
+	b.frame = f
+	p.free <- b
+	return true
 }
 
 // Barrier returns once every page submitted so far has been passed to
@@ -542,16 +599,51 @@ func (p *Pipeline) work(w *worker, in <-chan *batch) {
 	for b := range in {
 		if !b.token {
 			b.ctr = counters{}
-			for i := range b.n {
-				slot := b.arena[i*p.ps : (i+1)*p.ps : (i+1)*p.ps]
-				w.encode(&b.par, b.pages[i], slot, &b.recs[i], &b.ctr)
-				if b.recs[i].err != nil {
-					b.n = i + 1
-					break
+			if b.frame != nil {
+				p.build(w, b)
+			} else {
+				for i := range b.n {
+					slot := b.arena[i*p.ps : (i+1)*p.ps : (i+1)*p.ps]
+					w.encode(&b.par, b.pages[i], slot, &b.recs[i], &b.ctr)
+					if b.recs[i].err != nil {
+						b.n = i + 1
+						break
+					}
 				}
 			}
 		}
 		p.out <- b
+	}
+}
+
+// build encodes b's pages into b.frame (SendBatches): for each page it
+// reserves a page's bytes in the frame, has the worker read and encode the
+// page there, and commits the record (shrunk to the encoding's length, no
+// data for a zero page) or gives the bytes back (a page unchanged since its
+// cached copy, an error). A page that cannot be read ends the batch: its
+// record is b.recs[b.n-1], with the error, and the frame holds the records
+// before it.
+func (p *Pipeline) build(w *worker, b *batch) {
+	f := b.frame
+	for i := range b.n {
+		r := &b.recs[i]
+		slot := f.Reserve(b.pages[i], p.ps)
+		if slot == nil { // cannot happen: batchPages records of a page fit
+			*r = record{page: b.pages[i], err: fmt.Errorf("codec: page %d does not fit its batch frame (%d records, %d bytes)", b.pages[i], f.Count(), f.Len())}
+			b.n = i + 1
+			return
+		}
+		w.encode(&b.par, b.pages[i], slot, r, &b.ctr)
+		if r.err == nil && !r.skip {
+			// The CRC is the page's: the record's data only when raw.
+			r.err = f.Commit(r.enc, len(r.data), r.crc, r.haveCRC && r.enc == transport.EncRaw)
+		}
+		f.Cancel() // unchanged or failed: the bytes go back
+		r.data = nil
+		if r.err != nil {
+			b.n = i + 1
+			return
+		}
 	}
 }
 
@@ -568,6 +660,10 @@ func (p *Pipeline) collector() {
 				default: // an abandoned Barrier's signal is still there
 				}
 			}
+			continue
+		}
+		if b.frame != nil {
+			p.collectFrame(b)
 			continue
 		}
 		if !p.failed.Load() {
@@ -593,4 +689,29 @@ func (p *Pipeline) collector() {
 		clear(b.recs[:b.n]) // drop references to guest memory and errors
 		p.free <- b
 	}
+}
+
+// collectFrame sends batch b's frame (SendBatches) and returns b to the
+// free list: the records a worker built, then the error that ended the
+// batch, if any.
+func (p *Pipeline) collectFrame(b *batch) {
+	if !p.failed.Load() {
+		var err error
+		if b.frame.Count() > 0 {
+			err = p.sendBatch(b.frame)
+		}
+		if err == nil && b.n > 0 {
+			err = b.recs[b.n-1].err
+		}
+		if err != nil {
+			p.fail(err)
+		} else {
+			p.mu.Lock()
+			p.total.add(&b.ctr)
+			p.mu.Unlock()
+		}
+	}
+	b.frame.Reset() // not sent: the pipeline stopped
+	clear(b.recs[:b.n])
+	p.free <- b
 }

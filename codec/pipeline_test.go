@@ -2,12 +2,16 @@ package codec
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/livemig/livemig"
@@ -50,6 +54,14 @@ var variants = []variant{
 // and a Decoder, changing pages with pat between rounds, and checks after
 // each round that the destination equals the source and the digests agree.
 func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int, seed uint64) runResult {
+	t.Helper()
+	return migrateVia(t, cfg, pat, view, false, pages, rounds, seed)
+}
+
+// migrateVia is migrate, with batches: the workers build the frames
+// (SendBatches) of a Conn on a Pipe, and the records checked and applied
+// are those a Conn at the other end receives.
+func migrateVia(t testing.TB, cfg Config, pat pattern, view, batches bool, pages, rounds int, seed uint64) runResult {
 	t.Helper()
 	ctx := context.Background()
 	src := newMem(testPS, pages, seed)
@@ -112,6 +124,26 @@ func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int
 		t.Fatal(err)
 	}
 	defer pl.Close()
+	endRound := func() {}
+	if batches {
+		sc, rc, marks := batchLink(t, testPS, send)
+		if !pl.SendBatches(sc, func(b *transport.Batch) error { return sc.SendBatch(ctx, b) }) {
+			t.Fatal("SendBatches did not take effect")
+		}
+		endRound = func() {
+			if err := sc.Send(ctx, transport.Msg{Kind: wire.KindEndRound}); err != nil {
+				t.Fatal(err)
+			}
+			if err := sc.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-marks; err != nil {
+				t.Fatal(err)
+			}
+		}
+		defer rc.Close()
+		defer sc.Close()
+	}
 	rng := rand.New(rand.NewPCG(seed, 2))
 	for round = 1; round <= rounds; round++ {
 		var dirty []uint64
@@ -142,6 +174,7 @@ func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int
 		if err := pl.Barrier(ctx); err != nil {
 			t.Fatalf("round %d: barrier: %v", round, err)
 		}
+		endRound()
 		if t.Failed() {
 			t.FailNow()
 		}
@@ -170,6 +203,192 @@ func migrate(t testing.TB, cfg Config, pat pattern, view bool, pages, rounds int
 	}
 	res.stats = pl.Stats()
 	return res
+}
+
+// batchConn is the source's Conn of batchLink.
+type batchConn interface {
+	transport.Conn
+	transport.BatchSender
+}
+
+// batchLink returns a Conn on a Pipe for SendBatches, and the Conn at its
+// other end, whose records a goroutine passes to send (checking that a
+// raw page's CRC is its data's), until it is closed. At each
+// wire.KindEndRound it sends the result on marks: nil, or the error that
+// stopped it.
+func batchLink(t testing.TB, ps int, send func(transport.Msg) error) (batchConn, transport.Conn, <-chan error) {
+	t.Helper()
+	la, lb := transport.Pipe(1 << 20)
+	cfg := transport.Config{PageSize: ps, Liveness: -1}
+	sc, rc := transport.NewConn(la, cfg), transport.NewConn(lb, cfg)
+	bs, ok := sc.(batchConn)
+	if !ok {
+		t.Fatal("a Conn on a Pipe is no BatchSender")
+	}
+	marks := make(chan error, 1)
+	done := make(chan struct{})
+	t.Cleanup(func() { rc.Close(); <-done })
+	go func() {
+		defer close(done)
+		var m transport.Msg
+		var failed error
+		for {
+			if err := rc.Recv(context.Background(), &m); err != nil {
+				if failed == nil && !errors.Is(err, livemig.ErrClosed) && err != io.EOF {
+					marks <- err
+				}
+				return
+			}
+			if m.Kind == wire.KindEndRound {
+				marks <- failed
+				continue
+			}
+			if m.Enc == transport.EncRaw && (!m.HaveCRC || m.DataCRC != verify.CRC(m.Data)) {
+				failed = fmt.Errorf("page %d: raw record without its CRC", m.Page)
+			}
+			if err := send(m); err != nil && failed == nil {
+				failed = err
+			}
+		}
+	}()
+	return bs, rc, marks
+}
+
+// TestRoundTripBatches runs TestRoundTrip's migrations with the workers
+// building the frames (SendBatches): every page read straight into its
+// record in a frame, and shrunk there when it turns out zero (pages become
+// zero between rounds), compressible or a delta. The destination, the
+// digests and RoundStats agree as before (migrate checks them), and the
+// records received are those the record-by-record pipeline sends.
+func TestRoundTripBatches(t *testing.T) {
+	for _, v := range variants {
+		for _, pat := range patterns {
+			for _, view := range []bool{false, true} {
+				name := v.name + "/" + pat.name
+				if view {
+					name += "/view"
+				}
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					cfg := v.cfg
+					cfg.Workers = 4
+					got := migrateVia(t, cfg, pat, view, true, 128, 5, 7)
+					want := migrateVia(t, cfg, pat, view, false, 128, 5, 7)
+					order := func(a, b sent) int {
+						return cmp.Or(cmp.Compare(a.round, b.round), cmp.Compare(a.page, b.page))
+					}
+					slices.SortFunc(got.records, order)
+					slices.SortFunc(want.records, order)
+					if !slices.Equal(got.records, want.records) {
+						t.Fatalf("%d records in batches, %d one by one; they differ", len(got.records), len(want.records))
+					}
+					if got.stats != want.stats {
+						t.Fatalf("stats %+v in batches, %+v one by one", got.stats, want.stats)
+					}
+				})
+			}
+		}
+	}
+}
+
+// TestReadErrorBatches: a page that cannot be read in the middle of a
+// worker's batch frame. The frame goes out whole with the records before
+// it (the receiver sees no bad frame), the page's reserved bytes are given
+// back, and the pipeline stops with the read error.
+func TestReadErrorBatches(t *testing.T) {
+	ctx := context.Background()
+	const pages, bad, workers = 256, 77, 3
+	src := newMem(testPS, pages, 1)
+	src.failAt, src.failErr = bad, errBoom
+	var got []uint64
+	sc, rc, marks := batchLink(t, testPS, func(m transport.Msg) error {
+		got = append(got, m.Page)
+		if m.Enc == transport.EncRaw {
+			if !bytes.Equal(m.Data, src.page(m.Page)) {
+				return fmt.Errorf("page %d's data differ", m.Page)
+			}
+		}
+		return nil
+	})
+	pl, err := NewPipeline(Config{Workers: workers}, src, nil, func(transport.Msg) error {
+		t.Error("a record went to send")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !pl.SendBatches(sc, func(b *transport.Batch) error { return sc.SendBatch(ctx, b) }) {
+		t.Fatal("SendBatches did not take effect")
+	}
+	var serr error
+	for n := range uint64(pages) {
+		if serr = pl.Submit(ctx, n); serr != nil {
+			break
+		}
+	}
+	if serr == nil {
+		serr = pl.Barrier(ctx)
+	}
+	var pe *livemig.PageError
+	if !errors.As(serr, &pe) || pe.Page != bad || pe.Op != "read" || !errors.Is(serr, errBoom) {
+		t.Fatalf("got %v, want a read PageError for page %d", serr, bad)
+	}
+	pl.Close()
+	if err := sc.Send(ctx, transport.Msg{Kind: wire.KindEndRound}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-marks; err != nil {
+		t.Fatalf("the receiver: %v", err)
+	}
+	rc.Close()
+	// The bad page's batch held bad%workers, +workers, ...: those before it
+	// went out in its frame.
+	for n := uint64(bad % workers); n < bad; n += workers {
+		if !slices.Contains(got, n) {
+			t.Errorf("page %d, before the bad one in its batch, was not received (got %v)", n, got)
+		}
+	}
+	if slices.Contains(got, bad) {
+		t.Errorf("the page that could not be read was received")
+	}
+}
+
+// TestSendBatchesWhen: SendBatches takes effect only with several workers,
+// in real time, before the first Submit.
+func TestSendBatchesWhen(t *testing.T) {
+	ctx := context.Background()
+	src := newMem(testPS, 8, 1)
+	none := func(transport.Msg) error { return nil }
+	sc, _, _ := batchLink(t, testPS, none)
+	sendB := func(b *transport.Batch) error { return sc.SendBatch(ctx, b) }
+	for _, tc := range []struct {
+		name   string
+		cfg    Config
+		submit bool
+		want   bool
+	}{
+		{"TwoWorkers", Config{Workers: 2}, false, true},
+		{"OneWorker", Config{Workers: 1}, false, false},
+		{"VirtualTime", Config{Workers: 2, VirtualTime: true}, false, false},
+		{"AfterSubmit", Config{Workers: 2}, true, false},
+	} {
+		pl, err := NewPipeline(tc.cfg, src, nil, none)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.submit {
+			if err := pl.Submit(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := pl.SendBatches(sc, sendB); got != tc.want {
+			t.Errorf("%s: SendBatches = %v, want %v", tc.name, got, tc.want)
+		}
+		pl.Close()
+	}
 }
 
 func TestRoundTrip(t *testing.T) {

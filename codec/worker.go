@@ -20,6 +20,10 @@ type params struct {
 	lz4     bool   // LZ4 on (adaptation)
 	epoch   uint64 // XBZRLE cache epoch: a new one empties the caches
 	timeOff bool   // VirtualTime: read no clock
+	// inPlace: the slot is the record's place in a batch frame
+	// (Pipeline.SendBatches), so the record's data is always a prefix
+	// of it, never guest memory: a PageView's page is copied in.
+	inPlace bool
 }
 
 // record is one encoded page on its way to send.
@@ -27,7 +31,7 @@ type record struct {
 	page uint64
 	enc  transport.Encoding
 	skip bool   // unchanged since its cached copy: nothing to send
-	data []byte // a worker slot, or a PageView for raw pages
+	data []byte // a prefix of the worker's slot, or a PageView for raw pages
 	// crc is data's CRC32C for a raw page read into a slot (haveCRC): the
 	// digest's, which the transport takes for the frame's CRC. Not for a
 	// PageView, whose bytes the guest may change before the transport
@@ -152,12 +156,15 @@ func (w *worker) syncEpoch(p *params, use bool) bool {
 }
 
 // encode reads page n, updates the digest, and fills rec. slot is a page
-// sized buffer the record's data may point into; it stays untouched until
-// the record has been sent.
+// sized buffer the record's data may point into (a prefix of it); it stays
+// untouched until the record has been sent. With p.inPlace the data is
+// always slot's prefix (or nil), and slot holds the page read whatever the
+// record.
 func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counters) {
 	ps := len(slot)
 	*rec = record{page: n}
 	var src []byte
+	viewed := false // src is guest memory, not slot
 	if w.view != nil {
 		v, err := w.view.View(n)
 		if err == nil && len(v) != ps {
@@ -167,7 +174,14 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			rec.err = &livemig.PageError{Op: "read", Page: n, Err: err}
 			return
 		}
-		src = v
+		if p.inPlace {
+			// The frame is where the page goes: copy it in once, and
+			// take the digest's and the frame's CRC of that copy.
+			copy(slot, v)
+			src = slot
+		} else {
+			src, viewed = v, true
+		}
 	} else {
 		if err := w.mem.ReadPage(n, slot); err != nil {
 			rec.err = &livemig.PageError{Op: "read", Page: n, Err: err}
@@ -189,7 +203,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		useX = w.syncEpoch(p, p.xbzrle && p.cached)
 	}
 	zero := false
-	if w.view != nil {
+	if viewed {
 		zero = IsZero(src) // guest memory, mostly not in cache
 	} else {
 		zero = isZeroCopied(src) // just copied: in L1
@@ -213,7 +227,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		w.charge(&o, ps, rec, c)
 		return
 	}
-	if w.view != nil {
+	if viewed {
 		if !useX && !p.lz4 {
 			// Raw: send straight from guest memory, valid to the round's end.
 			if w.digest != nil {

@@ -137,6 +137,9 @@ func migrate(ctx context.Context, conn transport.Conn, src Source, cfg Config, h
 	m.conn = transport.Metered(conn)
 	m.meter = m.conn.(transport.Meter)
 	m.w0 = m.meter.Written()
+	if bs, ok := m.conn.(transport.BatchSender); ok && pipe.SendBatches(bs, m.sendBatch) {
+		m.batches = bs // the workers build the frames: no record goes through send
+	}
 	m.handOff = handOff
 	go m.readReturnPath(ctx)
 	err = m.run(ctx)
@@ -169,7 +172,8 @@ type migration struct {
 	pipe     *codec.Pipeline
 	codecs   bool // XBZRLE or LZ4 configured
 
-	sendCtx context.Context // for send, which the pipeline calls
+	sendCtx context.Context       // for send and sendBatch, which the pipeline calls
+	batches transport.BatchSender // the conn, when the pipeline builds its frames
 	// The link's capacity for the codecs' adaptation: the time spent inside
 	// conn.Send, on cfg.Clock, and the wire bytes sent, since the last
 	// look (written by the goroutine that calls send, read by the engine's
@@ -677,6 +681,26 @@ func (m *migration) send(msg transport.Msg) error {
 		m.resent++
 	}
 	return nil
+}
+
+// sendBatch puts a batch frame the pipeline's workers built on the link
+// (from one goroutine at a time), as send does one record: it counts the
+// re-sent pages first, while the batch still holds its records.
+func (m *migration) sendBatch(b *transport.Batch) error {
+	for r := range b.Records() {
+		if !bitmap.Words(m.sent).Set(r.Page) {
+			m.resent++
+		}
+	}
+	if !m.codecs {
+		return m.batches.SendBatch(m.sendCtx, b)
+	}
+	n := b.Len() // the records' bytes, as send counts them
+	t0 := m.cfg.Clock.Now()
+	err := m.batches.SendBatch(m.sendCtx, b)
+	m.sendTime.Add(int64(m.cfg.Clock.Now().Sub(t0)))
+	m.sendBytes.Add(uint64(n))
+	return err
 }
 
 // sendErr explains a pipeline error: a page that could not be read, or the

@@ -295,11 +295,8 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 }
 
 func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encoding, data []byte, dataCRC uint32, haveCRC bool) error {
-	if bad := checkRecord(enc, len(data), c.pageSize); bad != "" {
-		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %s (encoding %d, %d bytes)", ErrInvalid, bad, enc, len(data))}
-	}
-	if c.pageCount != 0 && page >= c.pageCount {
-		return &livemig.PageError{Op: "send", Page: page, Err: fmt.Errorf("%w: %w", ErrInvalid, livemig.ErrPageRange)}
+	if err := c.checkPage(page, enc, len(data)); err != nil {
+		return err
 	}
 	rec := recordHeaderSize + len(data)
 	if c.fr.Page(kind, len(data)) { // the open batch ends before this record
@@ -411,30 +408,37 @@ func (c *conn) writeFrame(ctx context.Context) error {
 
 // writeSealed writes b, the frame in wbuf with its trailer, and empties wbuf.
 func (c *conn) writeSealed(ctx context.Context, b []byte) error {
+	next, err := c.writeOut(ctx, b)
+	c.wbuf = next[:frameHeaderSize]
+	c.wcount = 0
+	return err
+}
+
+// writeOut writes b, a whole frame with its trailer, and returns the
+// buffer for the next frame (see write) and the Send side's error.
+func (c *conn) writeOut(ctx context.Context, b []byte) ([]byte, error) {
 	var stop func() bool
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, c.abortFn)
 	}
 	next, err := c.write(b)
-	c.wbuf = next[:frameHeaderSize]
-	c.wcount = 0
 	if stop != nil && !stop() {
 		c.werr = fmt.Errorf("transport: send: %w", ctx.Err())
-		return c.werr
+		return next, c.werr
 	}
 	if err != nil {
 		if serr := c.stalled(); serr != nil {
 			c.werr = fmt.Errorf("transport: send: %w", serr)
-			return c.werr
+			return next, c.werr
 		}
 		if c.closed.Load() {
-			return errConnSendClosed
+			return next, errConnSendClosed
 		}
 		c.werr = fmt.Errorf("transport: send: %w", err)
 		c.log.LogAttrs(ctx, slog.LevelDebug, "transport: send failed", slog.Any("err", err))
-		return c.werr
+		return next, c.werr
 	}
-	return nil
+	return next, nil
 }
 
 // Recv receives the next message; see Conn.

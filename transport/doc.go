@@ -58,6 +58,10 @@
 // livemig.ErrCorrupt, at the stream offset of the bad frame or record; a
 // link cut inside a frame is io.ErrUnexpectedEOF; a link that ends between
 // frames is io.EOF. Sending or receiving a page record allocates nothing.
+// A caller that encodes pages itself can build a batch frame's records in
+// place, in a buffer the Conn lends (BatchSender, Batch: reserve a record,
+// write its data there, commit it or give it back), and send the frame
+// whole: the bytes are those Send would have framed.
 //
 // # Several streams
 //

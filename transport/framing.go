@@ -64,6 +64,13 @@ func (f *Framing) Flush() bool {
 	return true
 }
 
+// Batch counts a batch frame of payload bytes built whole (a Conn's
+// BatchSender.SendBatch): it closes the open batch, then takes one frame.
+func (f *Framing) Batch(payload int) {
+	f.Flush()
+	f.written += uint64(FrameOverhead + payload)
+}
+
 // Control counts a message of any other class with dataLen bytes of data:
 // it closes the open batch, then takes one frame, or several for a blob
 // longer than a frame's payload of maxFrame bytes (0 or less:
