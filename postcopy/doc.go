@@ -5,9 +5,13 @@
 // which neither host holds the whole guest, which this package survives: a
 // link cut after the switchover is recovered by reconnecting.
 //
-// Package hybrid runs the same engine as a hybrid migration (a bounded
-// pre-copy phase, then post-copy for the rest); the number of rounds is its
-// setting (hybrid.Config.Rounds) alone.
+// Package hybrid composes it with pre-copy: a bounded number of rounds of
+// package precopy's engine (precopy.HandOff), ended without a pause at a
+// barrier the destination answers, then this engine from where they left
+// the migration (Continue); the number of rounds is hybrid.Config.Rounds.
+// Receive takes all three ends: post-copy's, hybrid's, and pre-copy's
+// stop-and-copy when an adaptive hybrid converged (a Switchover without
+// wire.FlagPostCopy).
 //
 // # Protocol
 //
@@ -15,14 +19,16 @@
 // pages, like QEMU's postcopy-preempt channel):
 //
 //	source                                  destination
-//	[pre-copy rounds: Page..., EndRound]    stores them (newest wins)
+//	[pre-copy rounds: Page..., EndRound     stores them (newest wins)
+//	  (precopy.HandOff); EndRound
+//	  (Arg: ack flag): the barrier]   <--   Ack(AckRound)
 //	[Discard chunks: copies the last  -->   makes those pages missing again
 //	  round left stale; EndRound
 //	  (Arg: ack flag)]                <--   Ack(AckRound)
 //	pause
 //	[Discard chunks: stale since]     -->   makes those pages missing again
-//	Switchover (Page: session id,
-//	  Arg: round | urgent flag)       -->
+//	Switchover (Page: session id, Arg:
+//	  round | post-copy | urgent flag) -->
 //	State                             -->   loads it
 //	                                  <--   Ack(AckReady)
 //	Commit                            -->   resumes the guest at once
@@ -82,14 +88,15 @@
 //
 // # One core, two worlds
 //
-// Every decision of the source (the pre-copy rounds and their stop rule,
-// which copies are stale, the push order and its rate, what a request
+// Every decision of the source's post-copy phase (which copies a hybrid's
+// rounds left stale, the push order and its rate, what a request
 // brings, what is sent once, the report's counters) is made by Core, a
 // deterministic state machine fed facts and time. Migrate drives it with
 // goroutines and connections; package scenario's PostCopy drives the same
 // Core in an event loop over a model of the link and of the destination's
 // vCPU, so that examples/compare sets post-copy and hybrid beside
-// pre-copy. The destination's side is Demand (which faults become
+// pre-copy (a hybrid's rounds run there by package precopy's engine, as
+// here). The destination's side is Demand (which faults become
 // requests, when a wait ends, the fault figures), kept by Receive and by
 // the model's destination alike. A differential test in package scenario
 // checks that both worlds send the same pages in the same order and report

@@ -12,7 +12,7 @@
 //	Page        records   s → d      Page: page number, Enc, Data: the page
 //	EndRound    control   s → d      Arg: round number (| FlagAck)
 //	State       blob      s → d      Data: CPU and device state
-//	Switchover  control   s → d      Page: session id, Arg: final round (| FlagUrgent)
+//	Switchover  control   s → d      Page: session id, Arg: final round (| FlagPostCopy | FlagUrgent)
 //	Done        control   s → d      Arg: digest of the memory (0: none)
 //	Commit      control   s → d      —
 //	Error       priority  both       Data: message; Arg: ErrorNotResumed, Page: session
@@ -48,8 +48,13 @@
 //	                           <--  Ack(AckResumed)               the guest runs at the destination
 //	Ack(AckReleased)           -->                                the source knows it
 //
+// Hybrid's pre-copy rounds (precopy.HandOff) end at a barrier: an EndRound
+// with FlagAck, which the destination answers with Ack(AckRound) once
+// everything before it is applied; nothing of the return path is read past
+// it, so post-copy's engine takes the connection from there.
+//
 // Post-copy (and hybrid, after its pre-copy rounds and the Discard of the
-// pages they left stale) sends Switchover and State, waits for AckReady
+// pages they left stale) sends Switchover (with FlagPostCopy) and State, waits for AckReady
 // (the state is loaded), sends Commit (the destination resumes at once and
 // says AckResumed when it can), pushes the pages, serving Requests first,
 // sends Done, and waits for Ack(AckComplete), which it answers with
