@@ -4,7 +4,9 @@
 # (plus a small -size, a short -liveness and -recover-wait to keep it fast),
 # talk through internal/faultproxy, which injects one fault per run:
 #
-#   modes   precopy, postcopy, hybrid
+#   modes   precopy, postcopy, hybrid, adaptive (pre-copy that would hand
+#           off to post-copy; converging here, its cells are pre-copy's end
+#           at a post-copy destination)
 #   phases  bulk       the bulk round        (Page frame 20)
 #           later      a later round         (after the EndRound of round 1)
 #           stopcopy   the stop-and-copy     (the Switchover frame)
@@ -47,7 +49,7 @@
 # processes get SIGTERM) before the logs are removed.
 set -u
 
-ALL_MODES="precopy postcopy hybrid"
+ALL_MODES="precopy postcopy hybrid adaptive"
 ALL_PHASES="bulk later stopcopy precommit postcommit push"
 ALL_FAULTS="close stall flip-header flip-payload half-open return-path urgent-only"
 
@@ -55,7 +57,7 @@ ALL_FAULTS="close stall flip-header flip-payload half-open return-path urgent-on
 trigger() {
 	local mode=$1 phase=$2 fault=$3
 	case $mode/$phase in
-	precopy/push | postcopy/bulk | postcopy/later)
+	precopy/push | postcopy/bulk | postcopy/later | adaptive/push)
 		echo n/a
 		return
 		;;
@@ -77,7 +79,9 @@ trigger() {
 		return
 		;;
 	urgent-only)
-		if [ "$mode" = precopy ]; then
+		# Pre-copy has no urgent connection; pre-copy's end of an adaptive
+		# migration sends nothing on it.
+		if [ "$mode" = precopy ] || { [ "$mode" = adaptive ] && [ "$phase" != bulk ]; }; then
 			echo n/a
 			return
 		fi
@@ -97,11 +101,7 @@ trigger() {
 	stopcopy) at="-kind Switchover" ;;
 	precommit) at="-kind Commit" ;;
 	postcommit) at="-kind Commit -after" ;;
-	push)
-		# Pure post-copy sends every page after the Commit; hybrid's bulk
-		# round takes about 265 Page frames at -size 64.
-		if [ "$mode" = hybrid ]; then at="-kind Page -nth $((SIZE * 256 / 63 + 40))"; else at="-kind Page -nth 20"; fi
-		;;
+	push) at="-kind Page -nth 20 -since Commit" ;; # the 20th Page frame of the push
 	esac
 	case $fault in
 	flip-header | flip-payload)
