@@ -678,17 +678,23 @@ func (p *Pipeline) collector() {
 					break
 				}
 			}
-			if err != nil {
-				p.fail(err)
-			} else {
-				p.mu.Lock()
-				p.total.add(&b.ctr)
-				p.mu.Unlock()
-			}
+			p.account(b, err)
 		}
 		clear(b.recs[:b.n]) // drop references to guest memory and errors
 		p.free <- b
 	}
+}
+
+// account ends batch b's sending: the pipeline fails with err, or b's
+// figures join the totals.
+func (p *Pipeline) account(b *batch, err error) {
+	if err != nil {
+		p.fail(err)
+		return
+	}
+	p.mu.Lock()
+	p.total.add(&b.ctr)
+	p.mu.Unlock()
 }
 
 // collectFrame sends batch b's frame (SendBatches) and returns b to the
@@ -703,13 +709,7 @@ func (p *Pipeline) collectFrame(b *batch) {
 		if err == nil && b.n > 0 {
 			err = b.recs[b.n-1].err
 		}
-		if err != nil {
-			p.fail(err)
-		} else {
-			p.mu.Lock()
-			p.total.add(&b.ctr)
-			p.mu.Unlock()
-		}
+		p.account(b, err)
 	}
 	b.frame.Reset() // not sent: the pipeline stopped
 	clear(b.recs[:b.n])

@@ -201,14 +201,8 @@ func (c *conn) SendBatch(ctx context.Context, b *Batch) error {
 		return nil
 	}
 	defer b.Reset()
-	if c.closed.Load() {
-		return errConnSendClosed
-	}
-	if c.werr != nil {
-		return c.werr
-	}
-	if err := ctxDone(ctx); err != nil {
-		return fmt.Errorf("transport: send: %w", err)
+	if err := c.sendable(ctx); err != nil {
+		return err
 	}
 	if b.kind.Class() != ClassRecords {
 		return fmt.Errorf("transport: send batch: kind %d: %w", b.kind, ErrInvalid)

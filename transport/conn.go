@@ -270,8 +270,9 @@ func ctxDone(ctx context.Context) error {
 	}
 }
 
-// Send queues m; see Conn.
-func (c *conn) Send(ctx context.Context, m Msg) error {
+// sendable says whether a send may go on: the Conn open, no earlier write
+// failed, ctx not done.
+func (c *conn) sendable(ctx context.Context) error {
 	if c.closed.Load() {
 		return errConnSendClosed
 	}
@@ -280,6 +281,14 @@ func (c *conn) Send(ctx context.Context, m Msg) error {
 	}
 	if err := ctxDone(ctx); err != nil {
 		return fmt.Errorf("transport: send: %w", err)
+	}
+	return nil
+}
+
+// Send queues m; see Conn.
+func (c *conn) Send(ctx context.Context, m Msg) error {
+	if err := c.sendable(ctx); err != nil {
+		return err
 	}
 	if c.wbuf == nil {
 		c.wbuf = make([]byte, frameHeaderSize, c.wcap)
