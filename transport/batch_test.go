@@ -266,18 +266,7 @@ func TestBatchPipe(t *testing.T) {
 		if err := src.SendBatch(bg, b); err != nil {
 			t.Fatal(err)
 		}
-		var m Msg
-		for i := range uint64(n) {
-			if err := dst.Recv(bg, &m); err != nil {
-				t.Fatal(err)
-			}
-			if m.Page != i || !bytes.Equal(m.Data, page) || !m.HaveCRC || m.DataCRC != crc {
-				t.Fatalf("record %d: page %d, %d bytes, CRC %v", i, m.Page, len(m.Data), m.HaveCRC)
-			}
-			if !inside(m.Data, dst.rtaken) {
-				t.Fatalf("record %d: Data is not in the frame handed over", i)
-			}
-		}
+		recvTaken(t, dst, n, page)
 	}
 	round()
 	if a := testing.AllocsPerRun(20, round); a != 0 && !raceEnabled {

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"errors"
+	"hash/crc32"
 	"io"
 	"strings"
 	"testing"
@@ -150,18 +151,7 @@ func TestConnPipeTakesFrames(t *testing.T) {
 		if err := src.Flush(bg); err != nil {
 			t.Fatal(err)
 		}
-		var m Msg
-		for i := range uint64(n) {
-			if err := dst.Recv(bg, &m); err != nil {
-				t.Fatal(err)
-			}
-			if m.Page != i || !bytes.Equal(m.Data, page) || !m.HaveCRC {
-				t.Fatalf("record %d: page %d, %d bytes, CRC %v", i, m.Page, len(m.Data), m.HaveCRC)
-			}
-			if !inside(m.Data, dst.rtaken) {
-				t.Fatalf("record %d: Data is not in the frame taken from the sender", i)
-			}
-		}
+		recvTaken(t, dst, n, page)
 	}
 	round()
 	if a := testing.AllocsPerRun(20, round); a != 0 && !raceEnabled {
@@ -169,6 +159,26 @@ func TestConnPipeTakesFrames(t *testing.T) {
 	}
 	if src.Written() == 0 {
 		t.Fatal("the frames handed over were not metered")
+	}
+}
+
+// recvTaken receives pages 0..n-1, each holding page, and checks that each
+// record's Data lies in the frame dst took from its sender (no copy) and
+// carries the page's CRC.
+func recvTaken(t *testing.T, dst *conn, n uint64, page []byte) {
+	t.Helper()
+	crc := crc32.Checksum(page, castagnoli)
+	var m Msg
+	for i := range n {
+		if err := dst.Recv(bg, &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.Page != i || !bytes.Equal(m.Data, page) || !m.HaveCRC || m.DataCRC != crc {
+			t.Fatalf("record %d: page %d, %d bytes, CRC %v %08x", i, m.Page, len(m.Data), m.HaveCRC, m.DataCRC)
+		}
+		if !inside(m.Data, dst.rtaken) {
+			t.Fatalf("record %d: Data is not in the frame taken from the sender", i)
+		}
 	}
 }
 
