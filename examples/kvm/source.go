@@ -107,24 +107,9 @@ func pickMode(ctx context.Context, o *options, m *machine) error {
 // and how the adaptive engine ended.
 func autoNamed(o options, rep *livemig.Report) *livemig.Report {
 	if rep != nil && o.auto {
-		rep.Algorithm = "auto: " + o.picked
-		if o.adaptive != nil {
-			if rep.PostCopy != nil {
-				rep.Algorithm += fmt.Sprintf(" (adaptive: post-copy for the rest after round %d)", len(rep.Rounds)-1)
-			} else {
-				rep.Algorithm += " (adaptive: pre-copy)"
-			}
-		}
+		rep.Algorithm = autopick.Name(o.picked, rep, o.adaptive != nil)
 	}
 	return rep
-}
-
-// decider is o's adaptive decider as a precopy.Decider, or nil.
-func (o options) decider() precopy.Decider {
-	if o.adaptive == nil {
-		return nil
-	}
-	return o.adaptive
 }
 
 // preCopyCodec is the pre-copy codecs o runs with.
@@ -133,17 +118,6 @@ func (o options) preCopyCodec() codec.Config {
 		return o.adaptCodec
 	}
 	return codec.Config{XBZRLE: o.codecs.XBZRLE, LZ4: o.codecs.LZ4}
-}
-
-// adaptiveLine prints the adaptive engine's decision after a round.
-func adaptiveLine(o options, e precopy.Event) {
-	if o.adaptive == nil || e.Kind != precopy.RoundEnded {
-		return
-	}
-	if ds := o.adaptive.Decisions(); len(ds) > 0 {
-		d := ds[len(ds)-1]
-		fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", e.Round, d.Switch, d.Reason)
-	}
 }
 
 // kvmGuest is the source guest as the advisor observes it: its memory
@@ -194,7 +168,7 @@ func preCopySource(ctx context.Context, o options, m *machine, conn transport.Co
 	dial func(context.Context) (transport.Conn, error)) (*livemig.Report, error) {
 	stopping := false // the stop-and-copy began: the Commit may have gone out
 	cfg := precopy.Config{DowntimeTarget: o.downtime, Logger: o.logger(), HandoverTimeout: o.recoverWait,
-		Codec: o.preCopyCodec(), Decider: o.decider(),
+		Codec: o.preCopyCodec(), Decider: autopick.AsDecider(o.adaptive),
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
@@ -221,7 +195,9 @@ func preCopyLine(o options, e precopy.Event) {
 		fmt.Fprintf(os.Stderr, "source: %-12s round %2d  %6d pages left  %s sent  %v elapsed\n",
 			e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond))
 	}
-	adaptiveLine(o, e)
+	if line, ok := autopick.DecisionLine(o.adaptive, e); ok {
+		fmt.Fprintln(os.Stderr, "source: "+line)
+	}
 }
 
 // postCopySource migrates m by post-copy, hybrid or the adaptive engine
@@ -260,7 +236,7 @@ func postCopySource(ctx context.Context, o options, m *machine, conn, urgent tra
 		rep, err = hybrid.Migrate(mctx, conn, src, hybrid.Config{Rounds: o.rounds, Config: cfg})
 	case "adaptive":
 		rep, err = hybrid.Migrate(mctx, conn, src, hybrid.Config{Adaptive: true, Config: cfg,
-			PreCopy: precopy.Config{DowntimeTarget: o.downtime, HandoverTimeout: o.recoverWait, Decider: o.decider(), Codec: o.preCopyCodec()}})
+			PreCopy: precopy.Config{DowntimeTarget: o.downtime, HandoverTimeout: o.recoverWait, Decider: autopick.AsDecider(o.adaptive), Codec: o.preCopyCodec()}})
 	default:
 		rep, err = postcopy.Migrate(mctx, conn, src, cfg)
 	}

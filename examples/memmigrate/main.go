@@ -871,7 +871,7 @@ func source(ctx context.Context, o options) error {
 	stopping := false
 	cfg := precopy.Config{
 		DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, OnNonConvergence: pol, Logger: logger(o),
-		HandoverTimeout: o.waitToRecover(), Codec: codecs, Decider: adaptiveDecider(adaptive),
+		HandoverTimeout: o.waitToRecover(), Codec: codecs, Decider: autopick.AsDecider(adaptive),
 		OnEvent: func(e precopy.Event) {
 			if e.Kind == precopy.Stopping {
 				stopping = true
@@ -941,7 +941,7 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 	case "adaptive":
 		rep, err = hybrid.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, hybrid.Config{Adaptive: true, Config: cfg,
 			PreCopy: precopy.Config{DowntimeTarget: o.downtime, MaxRounds: o.maxRounds, HandoverTimeout: o.waitToRecover(),
-				Decider: adaptiveDecider(adaptive), Codec: codecs}})
+				Decider: autopick.AsDecider(adaptive), Codec: codecs}})
 	default:
 		rep, err = postcopy.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	}
@@ -997,14 +997,6 @@ func autoMode(ctx context.Context, o *options, mem *region.Region) (autopick.Pic
 	return pk, cfg, nil
 }
 
-// adaptiveDecider is a's precopy.Decider, or nil (the Policy) without one.
-func adaptiveDecider(a *advisor.Adaptive) precopy.Decider {
-	if a == nil {
-		return nil
-	}
-	return a
-}
-
 // preCopyEvent prints a pre-copy round's progress and, with the adaptive
 // engine, its decision after the round and why.
 func preCopyEvent(e precopy.Event, adaptive *advisor.Adaptive) {
@@ -1014,32 +1006,17 @@ func preCopyEvent(e precopy.Event, adaptive *advisor.Adaptive) {
 			e.Kind, e.Round, e.Pages, livemig.FormatBytes(e.BytesSent), e.Elapsed.Round(time.Millisecond),
 			e.ExpectedDowntime.Round(time.Microsecond), 100*e.Throttle)
 	}
-	if adaptive != nil && e.Kind == precopy.RoundEnded {
-		if ds := adaptive.Decisions(); len(ds) > 0 {
-			d := ds[len(ds)-1]
-			fmt.Fprintf(os.Stderr, "source: adaptive     round %2d  %s: %s\n", e.Round, d.Switch, d.Reason)
-		}
+	if line, ok := autopick.DecisionLine(adaptive, e); ok {
+		fmt.Fprintln(os.Stderr, "source: "+line)
 	}
 }
 
 // autoAlgorithm names, in -mode auto's report, the pick and how the
 // adaptive engine ended.
 func autoAlgorithm(rep *livemig.Report, advice *advisor.Advice, adaptive *advisor.Adaptive) {
-	if rep == nil || advice == nil {
-		return
+	if rep != nil && advice != nil {
+		rep.Algorithm = autopick.Name(advice.Algorithm, rep, adaptive != nil)
 	}
-	alg := "auto: " + advice.Algorithm
-	if adaptive != nil {
-		switch {
-		case rep.PostCopy != nil:
-			alg += fmt.Sprintf(" (adaptive: post-copy for the rest after round %d)", len(rep.Rounds)-1)
-		case rep.Codec != nil && rep.Codec.Codecs != "" && rep.Codec.Codecs != "none":
-			alg += " (adaptive: pre-copy, codecs " + rep.Codec.Codecs + ")"
-		default:
-			alg += " (adaptive: pre-copy)"
-		}
-	}
-	rep.Algorithm = alg
 }
 
 // applyPick sets o to run pk by objective obj: a pre-copy pick as the

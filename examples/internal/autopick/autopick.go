@@ -15,6 +15,7 @@ import (
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/precopy"
 )
 
 // Config is what the source knows besides its guest: the link (given, not
@@ -104,4 +105,45 @@ func (pk Pick) Decider(cfg Config, throttle bool) *advisor.Adaptive {
 // turns them on when pre-copy will not converge without).
 func (pk Pick) Codec() codec.Config {
 	return codec.Config{XBZRLE: true, LZ4: true, StartOff: !pk.Codecs.XBZRLE && !pk.Codecs.LZ4}
+}
+
+// AsDecider is a as a precopy.Config.Decider, or nil (pre-copy's own
+// Policy) when there is none: never an interface holding a nil pointer.
+func AsDecider(a *advisor.Adaptive) precopy.Decider {
+	if a == nil {
+		return nil
+	}
+	return a
+}
+
+// DecisionLine is the adaptive engine's decision after the round that event
+// e ends, as the commands print it; false for another event or without an
+// engine.
+func DecisionLine(a *advisor.Adaptive, e livemig.Event) (string, bool) {
+	if a == nil || e.Kind != livemig.RoundEnded {
+		return "", false
+	}
+	ds := a.Decisions()
+	if len(ds) == 0 {
+		return "", false
+	}
+	d := ds[len(ds)-1]
+	return fmt.Sprintf("adaptive     round %2d  %s: %s", e.Round, d.Switch, d.Reason), true
+}
+
+// Name is a -mode auto report's algorithm: "auto: " and the pick, and with
+// the adaptive engine how it ended (post-copy for the rest after round n,
+// or pre-copy, with the codecs on at the end).
+func Name(pick string, rep *livemig.Report, adaptive bool) string {
+	alg := "auto: " + pick
+	if !adaptive {
+		return alg
+	}
+	switch {
+	case rep.PostCopy != nil:
+		return alg + fmt.Sprintf(" (adaptive: post-copy for the rest after round %d)", len(rep.Rounds)-1)
+	case rep.Codec != nil && rep.Codec.Codecs != "" && rep.Codec.Codecs != "none":
+		return alg + " (adaptive: pre-copy, codecs " + rep.Codec.Codecs + ")"
+	}
+	return alg + " (adaptive: pre-copy)"
 }

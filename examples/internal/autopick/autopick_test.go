@@ -2,10 +2,14 @@ package autopick
 
 import (
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/advisor"
 	"github.com/livemig/livemig/codec"
+	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/transport"
 )
 
@@ -50,5 +54,41 @@ func TestHelloCheckPeer(t *testing.T) {
 	}
 	if CheckPeer("auto", true, pre) != nil || CheckPeer("auto", true, post) != nil {
 		t.Error("auto refused a peer")
+	}
+}
+
+// The adaptive engine's pieces the commands share: no interface holding a
+// nil decider, the decision line after a round's end only, and the
+// report's name by how the engine ended.
+func TestAdaptiveHelpers(t *testing.T) {
+	if d := AsDecider(nil); d != nil {
+		t.Fatalf("AsDecider(nil) = %#v, want a nil interface", d)
+	}
+	a := Of("precopy").Decider(Config{Link: advisor.Link{Bandwidth: 8e9}}, false)
+	if _, ok := DecisionLine(a, livemig.Event{Kind: livemig.RoundEnded, Round: 1}); ok {
+		t.Error("a decision line before any decision")
+	}
+	a.Decide(precopy.RoundFacts{Round: 1, SentBytes: 1e9, SentPages: 250000, Planned: 250000, Duration: time.Second,
+		DirtyPages: 1000, PageSize: 4096})
+	if line, ok := DecisionLine(a, livemig.Event{Kind: livemig.RoundEnded, Round: 1}); !ok || !strings.Contains(line, "round  1  stay: ") {
+		t.Errorf("decision line %q, %v", line, ok)
+	}
+	if _, ok := DecisionLine(a, livemig.Event{Kind: livemig.RoundStarted, Round: 2}); ok {
+		t.Error("a decision line at a round's start")
+	}
+	for _, c := range []struct {
+		rep      livemig.Report
+		adaptive bool
+		want     string
+	}{
+		{livemig.Report{}, false, "auto: precopy"},
+		{livemig.Report{}, true, "auto: precopy (adaptive: pre-copy)"},
+		{livemig.Report{Codec: &livemig.CodecStats{Codecs: "lz4"}}, true, "auto: precopy (adaptive: pre-copy, codecs lz4)"},
+		{livemig.Report{PostCopy: &livemig.PostCopyStats{}, Rounds: make([]livemig.Round, 4)}, true,
+			"auto: precopy (adaptive: post-copy for the rest after round 3)"},
+	} {
+		if got := Name("precopy", &c.rep, c.adaptive); got != c.want {
+			t.Errorf("Name = %q, want %q", got, c.want)
+		}
 	}
 }
