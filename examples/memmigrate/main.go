@@ -149,18 +149,18 @@ import (
 const defaultRecoverWait = 30 * time.Second
 
 type options struct {
-	listen, connect  string
-	sizeMiB          int
-	writers          int
-	rate             float64
-	downtime         time.Duration
-	maxRounds        int
-	policy           string
-	cert, key, ca    string
-	timeout          time.Duration
-	verbose, noCheck bool
-	mode             string // precopy, postcopy, hybrid, auto; adaptive (auto's pick)
-	lz4              bool
+	listen, connect string
+	sizeMiB         int
+	writers         int
+	rate            float64
+	downtime        time.Duration
+	maxRounds       int
+	policy          string
+	cert, key, ca   string
+	timeout         time.Duration
+	verbose         bool
+	mode            string // precopy, postcopy, hybrid, auto; adaptive (auto's pick)
+	lz4             bool
 	// -mode auto: the source profiles its guest and takes the advisor's
 	// pick (package advisor) for a link of linkBandwidth bits/s and
 	// linkLatency, by objective; the destination follows the source.
