@@ -173,6 +173,9 @@ type options struct {
 	noRecover     bool
 	recoverWait   time.Duration // 0: defaultRecoverWait
 	psk           []byte        // from -psk-file
+	// report, if set (tests), receives the source's report instead of
+	// standard output.
+	report func(rep *livemig.Report)
 	liveness      time.Duration // transport.Config.Liveness
 }
 
@@ -885,10 +888,7 @@ func source(ctx context.Context, o options) error {
 	fmt.Fprintf(os.Stderr, "source: migrating %d MiB to %s with %d writers at %.0f pages/s\n", o.sizeMiB, o.connect, o.writers, o.rate)
 	rep, err := precopy.Migrate(ctx, conn, precopy.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	autoAlgorithm(rep, advice, adaptive)
-	if rep != nil {
-		out, _ := json.MarshalIndent(rep, "", "  ")
-		fmt.Println(string(out))
-	}
+	o.printReport(rep)
 	if err := outcome.PreCopySource(err, mem.Paused(), stopping); err != nil {
 		return err
 	}
@@ -946,10 +946,7 @@ func postCopySource(ctx context.Context, o options, g *guest, conn, urgent trans
 		rep, err = postcopy.Migrate(mctx, conn, livemig.Source{Memory: g, Dirty: g, VM: g}, cfg)
 	}
 	autoAlgorithm(rep, advice, adaptive)
-	if rep != nil {
-		out, _ := json.MarshalIndent(rep, "", "  ")
-		fmt.Println(string(out))
-	}
+	o.printReport(rep)
 	if cause := context.Cause(mctx); err != nil && ctx.Err() == nil && mctx.Err() != nil && !errors.Is(err, cause) {
 		err = fmt.Errorf("%w: %w", cause, err) // the outage's end: why the engine stopped
 	}
@@ -1008,6 +1005,19 @@ func preCopyEvent(e precopy.Event, adaptive *advisor.Adaptive) {
 	}
 	if line, ok := autopick.DecisionLine(adaptive, e); ok {
 		fmt.Fprintln(os.Stderr, "source: "+line)
+	}
+}
+
+// printReport prints the source's report, if any, as JSON on standard
+// output, or hands it to o.report.
+func (o options) printReport(rep *livemig.Report) {
+	switch {
+	case rep == nil:
+	case o.report != nil:
+		o.report(rep)
+	default:
+		out, _ := json.MarshalIndent(rep, "", "  ")
+		fmt.Println(string(out))
 	}
 }
 

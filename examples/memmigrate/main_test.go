@@ -68,11 +68,33 @@ func TestMemmigrate(t *testing.T) {
 			}
 			o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
 				policy: "stop", timeout: time.Minute, mode: mode, lz4: mode == "hybrid"}
-			if mode == "adaptive-stuck" {
-				o.mode, o.downtime, o.maxRounds = "adaptive", time.Nanosecond, 3
+			if mode == "adaptive" {
+				// A target every round meets, however loaded the machine
+				// (-race): pre-copy's end at a post-copy destination.
+				o.downtime = time.Minute
 			}
+			if mode == "adaptive-stuck" {
+				// One round, a target no round meets: not converged, so
+				// the rest goes by post-copy.
+				o.mode, o.downtime, o.maxRounds, o.rate = "adaptive", time.Nanosecond, 1, 20000
+			}
+			var rep *livemig.Report
+			o.report = func(r *livemig.Report) { rep = r }
 			if srcErr, dstErr := migrate(t, o); srcErr != nil || dstErr != nil {
 				t.Fatalf("source: %v; destination: %v", srcErr, dstErr)
+			}
+			if rep == nil || !rep.Verified {
+				t.Fatalf("source's report %v: want one, verified", rep)
+			}
+			switch mode {
+			case "adaptive":
+				if rep.PostCopy != nil {
+					t.Errorf("adaptive with a target every round meets went on by post-copy: %v", rep)
+				}
+			case "adaptive-stuck":
+				if rep.PostCopy == nil || rep.Algorithm != "hybrid" {
+					t.Errorf("adaptive with a target no round meets ended by pre-copy: %v", rep)
+				}
 			}
 		})
 	}
