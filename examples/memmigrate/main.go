@@ -175,8 +175,8 @@ type options struct {
 	psk           []byte        // from -psk-file
 	// report, if set (tests), receives the source's report instead of
 	// standard output.
-	report func(rep *livemig.Report)
-	liveness      time.Duration // transport.Config.Liveness
+	report   func(rep *livemig.Report)
+	liveness time.Duration // transport.Config.Liveness
 }
 
 // postCopy says whether the mode hands the guest over before its memory.
