@@ -31,8 +31,9 @@ type Config struct {
 	XBZRLE bool
 	// Cache configures the XBZRLE page cache. The zero value is QEMU's: 64
 	// MiB, direct-mapped. Ways > 0 selects delta.SetAssoc. With several
-	// workers the cache is split: each worker owns the pages p with
-	// p % Workers == w and a cache of Bytes/Workers bytes (rounded down to a
+	// workers the cache is split: each worker owns the pages of its
+	// stripes, runs of 64 consecutive pages dealt to the workers in turn
+	// ((p / 64) % Workers == w), and a cache of Bytes/Workers bytes (rounded down to a
 	// power of two pages for the direct-mapped policy). Cache.PageSize is
 	// taken from PageSize.
 	Cache delta.CacheConfig

@@ -31,9 +31,11 @@
 //
 // Config.Workers goroutines (default: one per CPU) encode pages in batches
 // of 64; one collector goroutine calls send, so send is never called
-// concurrently. The XBZRLE cache is sharded: worker w owns the pages p with
-// p % Workers == w and a cache of Config.Cache.Bytes / Workers, keyed by
-// p / Workers, so the hot path takes no lock. Pages of one round reach send
+// concurrently. The XBZRLE cache is sharded: the pages are dealt to the
+// workers in stripes of 64 consecutive pages, worker w owning the pages p
+// with (p / 64) % Workers == w, and a cache of Config.Cache.Bytes /
+// Workers keyed by the page's rank among its own, so the hot path takes no
+// lock (and two workers never write one cache line of the digest). Pages of one round reach send
 // in any order; Pipeline.Barrier, which the engine calls before it ends a
 // round, orders rounds, which keeps newest-wins. Batches and their buffers
 // are recycled: zero allocations per page at steady state. With Workers ==

@@ -21,6 +21,22 @@ const batchSize = 64
 // 2 MiB, in 14 batches for 2 workers, took 1.3 GiB).
 const batchBytes = 256 << 10
 
+// stripePages is how many consecutive pages go to one worker before the
+// next worker's stripe begins: page n goes to worker (n / stripePages) % W,
+// always the same one, since each worker keeps the XBZRLE copies of its
+// own pages. Stripes of a batch's pages, not single pages, so that
+// workers write neither the same cache lines of the digest (8 bytes a
+// page) nor read neighbouring pages of the guest: with pages dealt one by
+// one, two workers wrote every digest line in turn.
+const stripePages = batchSize
+
+// stripe returns the worker of page n among w, and the page's key in that
+// worker's XBZRLE cache: the pages of a worker numbered from 0, densely.
+func stripe(n uint64, w int) (worker int, key uint64) {
+	s, off := n/stripePages, n%stripePages
+	return int(s % uint64(w)), s/uint64(w)*stripePages + off
+}
+
 // queueDepth is how many batches may wait for each worker.
 const queueDepth = 2
 
@@ -246,7 +262,7 @@ func (p *Pipeline) Submit(ctx context.Context, n uint64) error {
 		p.mu.Unlock()
 		return nil
 	}
-	w := int(n % uint64(len(p.in)))
+	w, _ := stripe(n, len(p.in))
 	b := p.pending[w]
 	if b != nil && b.seq != p.seq {
 		if err := p.dispatch(ctx, w); err != nil {

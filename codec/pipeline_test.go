@@ -344,9 +344,10 @@ func TestReadErrorBatches(t *testing.T) {
 		t.Fatalf("the receiver: %v", err)
 	}
 	rc.Close()
-	// The bad page's batch held bad%workers, +workers, ...: those before it
-	// went out in its frame.
-	for n := uint64(bad % workers); n < bad; n += workers {
+	// The bad page's batch held its stripe, bad rounded down to a
+	// multiple of stripePages, and on: those before it went out in its
+	// frame.
+	for n := uint64(bad / stripePages * stripePages); n < bad; n++ {
 		if !slices.Contains(got, n) {
 			t.Errorf("page %d, before the bad one in its batch, was not received (got %v)", n, got)
 		}

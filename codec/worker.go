@@ -100,7 +100,7 @@ const sampleEvery = 8
 // the XBZRLE cache.
 type worker struct {
 	cfg    *Config
-	shards uint64 // page p is cached under key p / shards
+	shards int // workers: page p is cached under stripe(p, shards)'s key
 	mem    livemig.Memory
 	view   livemig.PageView
 	digest *verify.Digest
@@ -110,17 +110,22 @@ type worker struct {
 	epoch   uint64
 	pe      PageEncoder // LZ4 or raw, once zero pages and XBZRLE are done
 	scratch []byte      // encoder output
-	tick    int
-	cost    *CostModel // in virtual time (Config.Clock), else nil
+	// page is where a page that will likely shrink (XBZRLE or LZ4 in use)
+	// is read: the worker's own, it stays in its core's cache, and only
+	// what is sent is copied into the record's slot.
+	page []byte
+	tick int
+	cost *CostModel // in virtual time (Config.Clock), else nil
 }
 
 func newWorker(cfg *Config, mem livemig.Memory, digest *verify.Digest) (*worker, error) {
 	w := &worker{
 		cfg:     cfg,
-		shards:  uint64(cfg.Workers),
+		shards:  cfg.Workers,
 		mem:     mem,
 		digest:  digest,
 		scratch: make([]byte, 0, 2*cfg.PageSize+16),
+		page:    make([]byte, cfg.PageSize),
 	}
 	w.view, _ = mem.(livemig.PageView)
 	if cfg.Clock != nil {
@@ -155,16 +160,37 @@ func (w *worker) syncEpoch(p *params, use bool) bool {
 	return use && w.enc != nil
 }
 
+// key is page n's key in the worker's XBZRLE cache.
+func (w *worker) key(n uint64) uint64 {
+	_, k := stripe(n, max(w.shards, 1))
+	return k
+}
+
 // encode reads page n, updates the digest, and fills rec. slot is a page
 // sized buffer the record's data may point into (a prefix of it); it stays
 // untouched until the record has been sent. With p.inPlace the data is
-// always slot's prefix (or nil), and slot holds the page read whatever the
-// record.
+// always slot's prefix (or nil), never guest memory.
+//
+// Where the page is read: into slot when no codec is in use (the page goes
+// raw, and is read once, straight where it is sent); else into the
+// worker's own page, hot in its core's cache, so that a page found
+// unchanged, zero or encoded costs no write to slot but its encoding: slot
+// is a batch's memory, last read by the goroutine that sent the batch
+// before (mostly on the other core), and writing a page there costs a
+// cache miss per line. A page that goes raw after all is then copied in.
 func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counters) {
 	ps := len(slot)
 	*rec = record{page: n}
+	useX := false
+	if w.cfg.XBZRLE {
+		useX = w.syncEpoch(p, p.xbzrle && p.cached)
+	}
+	hold := slot
+	if useX || p.lz4 {
+		hold = w.page[:ps]
+	}
 	var src []byte
-	viewed := false // src is guest memory, not slot
+	viewed := false // src is guest memory, not hold
 	if w.view != nil {
 		v, err := w.view.View(n)
 		if err == nil && len(v) != ps {
@@ -177,17 +203,17 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		if p.inPlace {
 			// The frame is where the page goes: copy it in once, and
 			// take the digest's and the frame's CRC of that copy.
-			copy(slot, v)
-			src = slot
+			copy(hold, v)
+			src = hold
 		} else {
 			src, viewed = v, true
 		}
 	} else {
-		if err := w.mem.ReadPage(n, slot); err != nil {
+		if err := w.mem.ReadPage(n, hold); err != nil {
 			rec.err = &livemig.PageError{Op: "read", Page: n, Err: err}
 			return
 		}
-		src = slot
+		src = hold
 	}
 	c.pages++
 	o := Outcome{NoDigest: w.digest == nil}
@@ -197,10 +223,6 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			w.tick, sample = 0, true
 			c.sampled += uint64(ps)
 		}
-	}
-	useX := false
-	if w.cfg.XBZRLE {
-		useX = w.syncEpoch(p, p.xbzrle && p.cached)
 	}
 	zero := false
 	if viewed {
@@ -218,7 +240,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			// later delta would apply to a stale copy (QEMU's
 			// xbzrle_cache_zero_page). A put for a cached page always
 			// succeeds; a declined one leaves the page uncached.
-			_ = w.cache.Put(n/w.shards, p.gen, zeroPage[:ps])
+			_ = w.cache.Put(w.key(n), p.gen, zeroPage[:ps])
 		}
 		c.zero++
 		c.records++
@@ -238,8 +260,8 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			return
 		}
 		// The encoders and the cache need bytes that hold still.
-		copy(slot, src)
-		src = slot
+		copy(hold, src)
+		src = hold
 	}
 	if w.digest != nil {
 		rec.crc, rec.haveCRC = verify.CRC(src), true
@@ -252,7 +274,7 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 	}
 	if useX {
 		c.xRan++
-		out, res := w.enc.Encode(w.scratch[:0], n/w.shards, p.gen, src, p.last)
+		out, res := w.enc.Encode(w.scratch[:0], w.key(n), p.gen, src, p.last)
 		if sample {
 			t1 = time.Now()
 			c.xNs += uint64(t1.Sub(t0))
@@ -307,6 +329,9 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 		return
 	}
 	c.stats.RawBytes -= uint64(ps) // raw adds it back
+	if &src[0] != &slot[0] {
+		src = slot[:copy(slot, src)] // read into w.page: sent from slot
+	}
 	w.raw(rec, src, c)
 	w.charge(&o, ps, rec, c)
 }

@@ -23,14 +23,30 @@ import (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Digest is the running digest of a guest's pages. Update and Zero may be
-// called from several goroutines at once for distinct pages; Sum may be
-// called at any time and reflects every update that happened before it.
+// called from several goroutines at once for distinct pages; Sum and
+// Covered may be called at any time and reflect every update that
+// happened before them (an update concurrent with them may count in part:
+// call them where the updates have stopped, as the engines do).
 type Digest struct {
-	terms    []uint64
-	sum      atomic.Uint64
-	covered  atomic.Uint64
+	terms []uint64
+	// The sum and the count of pages seen are kept in tallies, page n's
+	// in tallies[(n/tallyRun)%len(tallies)], each on a cache line of its
+	// own: goroutines that update runs of pages far apart (the codec's
+	// workers) then share no line, where one sum took a cache miss per
+	// page on each of them.
+	tallies  [16]tally
 	zeroCRC  uint32
 	pageSize int
+}
+
+// tallyRun is how many consecutive pages share a tally: the codec
+// pipeline's stripes (64 pages a worker).
+const tallyRun = 64
+
+// tally is a sum of terms and a count of pages, padded to a cache line.
+type tally struct {
+	sum, covered atomic.Uint64
+	_            [48]byte
 }
 
 // New returns the digest of a guest of pages pages of pageSize bytes whose
@@ -77,17 +93,30 @@ func (d *Digest) Zero(n uint64) { d.set(n, Term(n, d.zeroCRC)) }
 
 func (d *Digest) set(n uint64, t uint64) {
 	old := atomic.SwapUint64(&d.terms[n], t)
-	d.sum.Add(t - old)
+	y := &d.tallies[(n/tallyRun)%uint64(len(d.tallies))]
+	y.sum.Add(t - old)
 	if old == 0 {
-		d.covered.Add(1)
+		y.covered.Add(1)
 	}
 }
 
 // Covered returns how many distinct pages were updated at least once.
-func (d *Digest) Covered() uint64 { return d.covered.Load() }
+func (d *Digest) Covered() uint64 {
+	var c uint64
+	for i := range d.tallies {
+		c += d.tallies[i].covered.Load()
+	}
+	return c
+}
 
 // Sum returns the digest.
-func (d *Digest) Sum() uint64 { return d.sum.Load() }
+func (d *Digest) Sum() uint64 {
+	var s uint64
+	for i := range d.tallies {
+		s += d.tallies[i].sum.Load()
+	}
+	return s
+}
 
 // Pages returns how many pages the digest covers.
 func (d *Digest) Pages() uint64 { return uint64(len(d.terms)) }
