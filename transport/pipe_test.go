@@ -59,15 +59,16 @@ func TestPipeHandOffOrder(t *testing.T) {
 	if n, _ := b.Read(p); string(p[:n]) != "me-two" {
 		t.Fatalf("Read %q, want me-two", p[:n])
 	}
-	// Released buffers come back to the writer, most recent first.
+	// Released buffers come back to the writer, the longest released
+	// first: f2, read whole with Read, then f1.
 	r.release(f1)
 	spare, err := w.handOff([]byte("x"))
-	if err != nil || cap(spare) != cap(f1) || &spare[:1][0] != &f1[0] {
-		t.Fatalf("handOff returned spare of cap %d (%v), want the released buffer", cap(spare), err)
+	if err != nil || spare == nil || &spare[:1][0] != &f2[0] {
+		t.Fatalf("handOff returned spare of cap %d (%v), want f2, read whole with Read", cap(spare), err)
 	}
 	spare, _ = w.handOff(nil)
-	if spare == nil || &spare[:1][0] != &f2[0] {
-		t.Fatal("a buffer read whole with Read did not come back to the writer")
+	if spare == nil || cap(spare) != cap(f1) || &spare[:1][0] != &f1[0] {
+		t.Fatal("the released buffer did not come back to the writer after the older one")
 	}
 	a.Close()
 	if n, _ := b.Read(p); string(p[:n]) != "x" {
