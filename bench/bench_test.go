@@ -189,11 +189,11 @@ func BenchmarkPrecopyIdleGuest(b *testing.B) {
 				x, y = transport.Pipe(4 << 20)
 			}
 			b.StartTimer()
-			c0, ok0 := cpuTime()
+			c0, ok0 := benchkit.CPUTime()
 			t0 := time.Now()
 			r, err := migrate(ctx, x, y, src, dst)
 			mig += time.Since(t0)
-			c1, ok1 := cpuTime()
+			c1, ok1 := benchkit.CPUTime()
 			b.StopTimer()
 			cpu += c1 - c0
 			cpuOK = cpuOK && ok0 && ok1

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig/delta"
 	"github.com/livemig/livemig/internal/benchkit"
@@ -318,7 +320,10 @@ func BenchmarkPipeline(b *testing.B) {
 				var wire uint64
 				b.SetBytes(testPS)
 				b.ReportAllocs()
+				runtime.GC() // the sets' and caches' garbage: not during the timing
 				b.ResetTimer()
+				c0, ok0 := benchkit.CPUTime()
+				t0 := time.Now()
 				left := b.N
 				for left > 0 {
 					k := min(left, benchPages)
@@ -328,6 +333,11 @@ func BenchmarkPipeline(b *testing.B) {
 					left -= k
 				}
 				b.StopTimer()
+				// cores: the process's CPU time over the wall-clock time
+				// of the rounds timed; 2 when both workers are busy.
+				if c1, ok1 := benchkit.CPUTime(); ok0 && ok1 {
+					b.ReportMetric((c1-c0).Seconds()/time.Since(t0).Seconds(), "cores")
+				}
 				// Unchanged pages send nothing: the ratio is then infinite.
 				b.ReportMetric(float64(wire)/float64(b.N), "wireB/page")
 				if wire > 0 {

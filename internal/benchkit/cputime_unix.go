@@ -1,15 +1,15 @@
 //go:build unix
 
-package bench
+package benchkit
 
 import (
 	"syscall"
 	"time"
 )
 
-// cpuTime returns the CPU time this process has used so far, user and
+// CPUTime returns the CPU time this process has used so far, user and
 // system, all threads (getrusage RUSAGE_SELF), and whether it could.
-func cpuTime() (time.Duration, bool) {
+func CPUTime() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0, false
