@@ -138,11 +138,11 @@ func (b *Batch) Commit(enc Encoding, n int, dataCRC uint32, haveCRC bool) error 
 	binary.LittleEndian.PutUint64(r, page)
 	r[8] = byte(enc)
 	binary.LittleEndian.PutUint32(r[9:], uint32(n))
-	b.crc = crc32.Update(b.crc, castagnoli, r[:recordHeaderSize])
+	b.crc = crc32c.Update(b.crc, r[:recordHeaderSize])
 	if haveCRC && enc == EncRaw && n == b.c.shift.Len() {
 		b.crc = b.c.shift.Combine(b.crc, dataCRC)
 	} else {
-		b.crc = crc32.Update(b.crc, castagnoli, r[recordHeaderSize:])
+		b.crc = crc32c.Update(b.crc, r[recordHeaderSize:])
 	}
 	b.buf = b.buf[:off+len(r)]
 	b.n++

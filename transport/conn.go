@@ -320,7 +320,7 @@ func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encodin
 	b[off+8] = byte(enc)
 	binary.LittleEndian.PutUint32(b[off+9:], uint32(len(data)))
 	copy(b[off+recordHeaderSize:], data)
-	c.wcrc = crc32.Update(c.wcrc, castagnoli, b[off:off+recordHeaderSize])
+	c.wcrc = crc32c.Update(c.wcrc, b[off:off+recordHeaderSize])
 	if haveCRC && len(data) == c.shift.Len() {
 		// The caller read the page for its CRC already (the digest's):
 		// the frame's CRC takes it instead of reading the bytes again.
@@ -330,7 +330,7 @@ func (c *conn) sendPage(ctx context.Context, kind Kind, page uint64, enc Encodin
 		// The copy's bytes, not data's: data may be guest memory that
 		// changes under us (a PageView), and the frame must carry the
 		// CRC of what it carries.
-		c.wcrc = crc32.Update(c.wcrc, castagnoli, b[off+recordHeaderSize:off+rec])
+		c.wcrc = crc32c.Update(c.wcrc, b[off+recordHeaderSize:off+rec])
 	}
 	c.wbuf = b
 	c.wcount++

@@ -2,7 +2,6 @@ package transport
 
 import (
 	"encoding/binary"
-	"hash/crc32"
 	"sync"
 
 	"github.com/livemig/livemig/internal/crc32c"
@@ -62,7 +61,7 @@ func (w *crcWalk) feed(buf []byte, from, to int) {
 	for from < to {
 		if w.inPage {
 			upto := min(to, w.pageEnd)
-			w.seg = crc32.Update(w.seg, castagnoli, buf[from:upto])
+			w.seg = crc32c.Update(w.seg, buf[from:upto])
 			from = upto
 			if from == w.pageEnd {
 				w.acc = w.shift.Combine(w.acc, w.seg)
@@ -76,7 +75,7 @@ func (w *crcWalk) feed(buf []byte, from, to int) {
 		if w.left > 0 && hdrEnd <= w.end {
 			stop = min(to, hdrEnd)
 		}
-		w.acc = crc32.Update(w.acc, castagnoli, buf[from:stop])
+		w.acc = crc32c.Update(w.acc, buf[from:stop])
 		from = stop
 		if w.left == 0 || from != hdrEnd {
 			continue

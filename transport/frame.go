@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 
 	"github.com/livemig/livemig"
+	"github.com/livemig/livemig/internal/crc32c"
 )
 
 // Frame layout (all integers little-endian):
@@ -213,7 +214,7 @@ func checkBatch(p []byte, count, pageSize int, pageCount uint64) (off int, what 
 // sealFrame appends the trailer, the CRC32C of b (a frame's header and
 // payload), and returns the extended slice.
 func sealFrame(b []byte) []byte {
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	return binary.LittleEndian.AppendUint32(b, crc32c.Checksum(b))
 }
 
 // corruptf builds the error for bad data at stream offset off.

@@ -18,6 +18,8 @@ import (
 	"hash/crc32"
 	"math/bits"
 	"sync/atomic"
+
+	"github.com/livemig/livemig/internal/crc32c"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -76,7 +78,7 @@ func Term(n uint64, crc uint32) uint64 {
 
 // Update records that page n now holds data. n must be below the page count.
 func (d *Digest) Update(n uint64, data []byte) {
-	d.set(n, Term(n, crc32.Checksum(data, castagnoli)))
+	d.set(n, Term(n, crc32c.Checksum(data)))
 }
 
 // UpdateCRC records that page n now holds contents whose CRC32C
@@ -86,7 +88,7 @@ func (d *Digest) Update(n uint64, data []byte) {
 func (d *Digest) UpdateCRC(n uint64, crc uint32) { d.set(n, Term(n, crc)) }
 
 // CRC returns the CRC32C of a page's contents as Update takes it.
-func CRC(data []byte) uint32 { return crc32.Checksum(data, castagnoli) }
+func CRC(data []byte) uint32 { return crc32c.Checksum(data) }
 
 // Zero records that page n is now all zeros.
 func (d *Digest) Zero(n uint64) { d.set(n, Term(n, d.zeroCRC)) }

@@ -1,8 +1,15 @@
-// Package crc32c combines CRC32C (Castagnoli) checksums: the CRC of a
-// concatenation from the CRCs of its parts, without reading the bytes
-// again. The transport builds a frame's CRC from its page records' CRCs,
-// which the end-to-end digest needs anyway, so that each page is read for
-// a CRC once on each side rather than twice.
+// Package crc32c computes and combines CRC32C (Castagnoli) checksums.
+//
+// Update and Checksum are hash/crc32's, faster where the CPU has AVX-512
+// VPCLMULQDQ: 256 bytes a step by carry-less multiplication, about twice
+// the speed of the CRC32 instruction hash/crc32 uses (BenchmarkUpdate).
+// Every page a migration sends is CRC'd once on each side, so this is on
+// its hot path.
+//
+// Combine gives the CRC of a concatenation from the CRCs of its parts,
+// without reading the bytes again. The transport builds a frame's CRC from
+// its page records' CRCs, which the end-to-end digest needs anyway, so
+// that each page is read for a CRC once on each side rather than twice.
 //
 // The mathematics (CRCs as polynomials over GF(2), a CRC shifted past n
 // zero bytes is a multiplication by x^(8n) modulo the polynomial) is the
