@@ -52,6 +52,34 @@ type Msg struct {
 	HaveCRC bool
 }
 
+// PageHandler applies one page record (a message of ClassRecords) that
+// arrived on stream; see ParallelReceiver. m and m.Data are the Conn's,
+// valid for the call only. An error fails the Conn with it.
+type PageHandler func(stream int, m *Msg) error
+
+// ParallelReceiver is a Conn that can apply the page records it receives
+// on its own goroutines, one per stream, instead of returning them from
+// Recv: a multi-stream Conn (NewMulti over several connections) is one.
+// The streams' goroutines then read, check and apply at once, and the
+// records are not copied for Recv; since the records of a page always take
+// the same stream, applying each stream's records in its order keeps the
+// newest copy of every page (newest wins).
+//
+// HandlePages has every page record received from then on passed to h, on
+// the goroutine of the stream it came on, in that stream's order; h may be
+// called from Streams() goroutines at once, for distinct pages. Recv
+// returns every other message as before, and a barrier (ClassControl,
+// ClassBlob, ClassBitmap) only once every page record sent before it has
+// been passed to h and h has returned. If h returns an error the Conn
+// fails: Recv and every later call return that error. Call HandlePages
+// once, before the first Recv; otherwise it returns an error wrapping
+// ErrInvalid and changes nothing.
+type ParallelReceiver interface {
+	Conn
+	Streams() int
+	HandlePages(h PageHandler) error
+}
+
 // Conn is a framed, checksummed connection carrying Msgs in both directions.
 //
 // Send queues m. Page records (ClassRecords) are batched and reach the link

@@ -67,11 +67,13 @@
 //
 // NewMulti (DialMulti, AcceptConn) stripes a session over several Conns,
 // like QEMU's multifd, by class: the page records of page p on stream
-// p % N, so that the copies of a page keep their order; ClassPriority
-// messages on stream 0 alone, free to overtake records that other streams
-// still hold; every other message as a barrier, written on every stream
-// behind its pending records and received only once every stream has
-// delivered it, hence after everything sent before it.
+// (p / StreamRun) % N, so that the copies of a page keep their order;
+// ClassPriority messages on stream 0 alone, free to overtake records that
+// other streams still hold; every other message as a barrier, written on
+// every stream behind its pending records and received only once every
+// stream has delivered it, hence after everything sent before it. At the
+// receiving end the streams' page records can be applied on the streams'
+// own goroutines (ParallelReceiver), in parallel.
 //
 // # Liveness
 //

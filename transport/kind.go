@@ -32,8 +32,8 @@ const (
 	// (EncRaw: exactly the page size; EncZero: no data; EncXBZRLE, EncLZ4:
 	// at most MaxEncodedLen); Arg is not carried (Recv sets it to 0).
 	// Records travel in batch frames. On a multi-stream Conn the record of
-	// page p goes on stream p % N, so that the copies of a page keep their
-	// order.
+	// page p goes on stream (p / StreamRun) % N, so that the copies of a
+	// page keep their order.
 	ClassRecords
 	// ClassControl: one frame of Page, Arg and Data up to a frame. On a
 	// multi-stream Conn it is a barrier: written on every stream after

@@ -16,6 +16,10 @@ import (
 // MaxStreams is the most connections a multi-stream session may have.
 const MaxStreams = 256
 
+// StreamRun is how many consecutive pages take the same stream of a
+// multi-stream Conn: page p's records go on stream (p / StreamRun) % N.
+const StreamRun = 64
+
 // DefaultStreamWait is ListenConfig.StreamWait's default.
 const DefaultStreamWait = 30 * time.Second
 
@@ -38,9 +42,11 @@ var zeroWord [8]byte
 // Both peers must build it over the same streams in the same order.
 //
 // Which streams a message takes depends on its kind's Class. Sending: a
-// page record (ClassRecords) for page p goes on conns[p % N], so that each
-// page always takes the same stream and the stream's order keeps the newest
-// copy of a page behind the older ones (newest wins). A ClassPriority
+// page record (ClassRecords) for page p goes on conns[(p / StreamRun) % N],
+// so that each page always takes the same stream and the stream's order
+// keeps the newest copy of a page behind the older ones (newest wins); runs
+// of consecutive pages share a stream, so that the goroutines applying them
+// at the destination (ParallelReceiver) touch memory far apart. A ClassPriority
 // message goes on stream 0 only: not a barrier. Every other message
 // (ClassControl, ClassBlob, ClassBitmap) is a barrier: it is written on
 // every stream, after that stream's pending page records, with its Data on
@@ -53,7 +59,9 @@ var zeroWord [8]byte
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
 // messages, whose buffers are recycled: receiving a page allocates nothing),
 // so a peer blocked sending on one full stream cannot deadlock with a Recv
-// waiting on another. Recv returns page records as they come, in order for
+// waiting on another. The readers start at the first Recv. With
+// HandlePages (the Conn is a ParallelReceiver) they apply the page records
+// themselves, each on its stream's goroutine, and Recv returns the rest. Recv returns page records as they come, in order for
 // each page; it returns a barrier only once every stream has delivered its
 // copy, hence after every page record sent before it, and holds back what
 // the streams deliver after their copy until then. ClassPriority messages
@@ -88,23 +96,50 @@ func NewMulti(conns []Conn) Conn {
 	for i := range c.streams {
 		s := &c.streams[i]
 		s.free = make(chan int32, multiSlots)
+		s.resume = make(chan struct{}, 1)
 		for k := range multiSlots {
 			s.free <- int32(k)
 		}
 	}
-	c.wg.Add(n)
-	for i := range n {
+	return c
+}
+
+// start starts the readers, once, unless the Conn is shutting down.
+func (c *multiConn) start() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started || c.stopping {
+		return
+	}
+	c.started = true
+	c.wg.Add(len(c.conns))
+	for i := range c.conns {
 		go c.reader(i)
 	}
-	return c
+}
+
+// Streams returns how many streams the Conn has: how many goroutines may
+// call a PageHandler at once.
+func (c *multiConn) Streams() int { return len(c.conns) }
+
+// HandlePages implements ParallelReceiver.
+func (c *multiConn) HandlePages(h PageHandler) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if h == nil || c.started || c.handler != nil {
+		return fmt.Errorf("transport: multi-stream: HandlePages with a nil handler, after Recv or twice: %w", ErrInvalid)
+	}
+	c.handler = h
+	return nil
 }
 
 // multiItem is what a stream's reader hands to Recv: a filled slot, or the
 // error that ended the stream (slot -1).
 type multiItem struct {
-	stream int32
-	slot   int32
-	err    error
+	stream  int32
+	slot    int32
+	err     error
+	handler bool // err is the PageHandler's: the Conn fails with it as it is
 }
 
 // multiSlot holds one received message; buf owns its Data.
@@ -116,8 +151,9 @@ type multiSlot struct {
 // multiStream is the state of one stream. slots and free are shared between
 // its reader and Recv, under the channel handoffs; the rest belongs to Recv.
 type multiStream struct {
-	slots [multiSlots]multiSlot
-	free  chan int32 // slots the reader may fill
+	slots  [multiSlots]multiSlot
+	free   chan int32    // slots the reader may fill
+	resume chan struct{} // with a PageHandler: the barrier was taken
 
 	pend     [multiSlots + 1]multiItem // items held back behind a barrier
 	pendHead int
@@ -145,25 +181,32 @@ type multiConn struct {
 	done  chan struct{} // closed when the Conn is closed or failed
 	wg    sync.WaitGroup
 
-	mu       sync.Mutex // guards failErr and the shutdown
+	mu       sync.Mutex // guards failErr, the readers' start and the shutdown
 	failErr  error
 	shutOnce sync.Once
 	closed   atomic.Bool
+	started  bool        // the readers run (Recv was called)
+	stopping bool        // shutdown began: no reader may start
+	handler  PageHandler // set before the readers start, then read-only
 
 	// receiver's state
 	streams []multiStream
 	held    multiItem // slot lent to the caller of Recv until the next
 	holding bool
-	pending int // items held back, all streams
-	parkedN int
-	endedN  int
-	rerr    error // sticky receive error (io.EOF once every stream ended)
+	// heldBarrier: the held item is a barrier; with a PageHandler the
+	// readers wait for the next Recv to go on.
+	heldBarrier bool
+	pending     int // items held back, all streams
+	parkedN     int
+	endedN      int
+	rerr        error // sticky receive error (io.EOF once every stream ended)
 }
 
 func (c *multiConn) reader(i int) {
 	defer c.wg.Done()
 	s := &c.streams[i]
 	conn := c.conns[i]
+	h := c.handler // set before start, under mu
 	for {
 		var k int32
 		select {
@@ -172,21 +215,52 @@ func (c *multiConn) reader(i int) {
 			return
 		}
 		sl := &s.slots[k]
-		if err := conn.Recv(context.Background(), &sl.m); err != nil {
-			select {
-			case c.items <- multiItem{stream: int32(i), slot: -1, err: err}:
-			case <-c.done:
+		for {
+			if err := conn.Recv(context.Background(), &sl.m); err != nil {
+				select {
+				case c.items <- multiItem{stream: int32(i), slot: -1, err: err}:
+				case <-c.done:
+				}
+				return
 			}
-			return
+			if h == nil || sl.m.Kind.Class() != ClassRecords {
+				break
+			}
+			// Applied here, from the stream's own buffer: no copy, and
+			// the slot is filled again.
+			if err := h(i, &sl.m); err != nil {
+				select {
+				case c.items <- multiItem{stream: int32(i), slot: -1, err: err, handler: true}:
+				case <-c.done:
+				}
+				return
+			}
 		}
 		sl.buf = append(sl.buf[:0], sl.m.Data...)
 		sl.m.Data = sl.buf
+		barrier := sl.m.Kind.Class().barrier()
 		select {
 		case c.items <- multiItem{stream: int32(i), slot: k}:
 		case <-c.done:
 			return
 		}
+		if h != nil && barrier {
+			// The records sent after a barrier wait until the caller
+			// has had it from Recv and called Recv again: applied
+			// before, they could change memory the caller is checking.
+			select {
+			case <-s.resume:
+			case <-c.done:
+				return
+			}
+		}
 	}
+}
+
+// barrier reports whether a message of class cl is a barrier on a
+// multi-stream Conn: sent on every stream, returned once all delivered it.
+func (cl Class) barrier() bool {
+	return cl == ClassControl || cl == ClassBlob || cl == ClassBitmap
 }
 
 // fail records err as the reason the Conn failed, unless it is already
@@ -215,6 +289,9 @@ func (c *multiConn) state() error {
 
 func (c *multiConn) shutdown() {
 	c.shutOnce.Do(func() {
+		c.mu.Lock()
+		c.stopping = true
+		c.mu.Unlock()
 		close(c.done)
 		for _, cn := range c.conns {
 			cn.Close()
@@ -239,7 +316,7 @@ func (c *multiConn) Send(ctx context.Context, m Msg) error {
 	var err error
 	switch cl := m.Kind.Class(); cl {
 	case ClassRecords:
-		err = c.conns[m.Page%n].Send(ctx, m)
+		err = c.conns[m.Page/StreamRun%n].Send(ctx, m)
 	case ClassPriority, ClassNone, ClassHeartbeat:
 		// Stream 0 alone; it refuses kinds it may not send.
 		err = c.conns[0].Send(ctx, m)
@@ -293,9 +370,19 @@ func (c *multiConn) release(it multiItem) {
 
 // Recv implements Conn.Recv; see NewMulti for the order it keeps.
 func (c *multiConn) Recv(ctx context.Context, out *Msg) error {
+	c.start()
 	if c.holding {
 		c.holding = false
 		c.release(c.held)
+	}
+	if c.heldBarrier {
+		c.heldBarrier = false
+		for i := range c.streams {
+			select {
+			case c.streams[i].resume <- struct{}{}:
+			default: // its reader has ended
+			}
+		}
 	}
 	if err := c.state(); err != nil {
 		return err
@@ -344,6 +431,9 @@ func (c *multiConn) Recv(ctx context.Context, out *Msg) error {
 func (c *multiConn) take(it multiItem, out *Msg) (bool, error) {
 	s := &c.streams[it.stream]
 	if it.err != nil {
+		if it.handler {
+			return false, c.fail(it.err)
+		}
 		if !errors.Is(it.err, io.EOF) {
 			return false, c.fail(fmt.Errorf("transport: multi-stream: stream %d: %w", it.stream, it.err))
 		}
@@ -398,6 +488,7 @@ func (c *multiConn) completeBarrier(out *Msg) error {
 	}
 	*out = *m0
 	c.held, c.holding = first, true
+	c.heldBarrier = c.handler != nil
 	return nil
 }
 

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"math/bits"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -109,7 +112,13 @@ func TestConnSuiteMulti(t *testing.T) {
 // in a seeded shuffled order, with an EndRound barrier after each round, and
 // checks at the destination that each page's versions rise and that every
 // page has its round's version when the round's EndRound arrives.
-func ltNewestWins(t *testing.T, a, b transport.Conn) {
+func ltNewestWins(t *testing.T, a, b transport.Conn) { ltNewestWinsBy(t, a, b, false) }
+
+// ltNewestWinsBy is ltNewestWins; with handle, the pages are applied by a
+// PageHandler on b's streams' goroutines (b must be a ParallelReceiver),
+// and a round's EndRound must also come before any page of the next round
+// is applied, and more than one stream must have applied pages.
+func ltNewestWinsBy(t *testing.T, a, b transport.Conn, handle bool) {
 	const pages, rounds = 300, 25
 	ctx := context.Background()
 	sent := make(chan error, 1)
@@ -142,6 +151,30 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 		sent <- a.Send(ctx, transport.Msg{Kind: wire.KindDone})
 	}()
 	version := make([]uint64, pages)
+	apply := func(m *transport.Msg) error {
+		if p := binary.LittleEndian.Uint64(m.Data); p != m.Page {
+			return fmt.Errorf("page %d carries data of page %d", m.Page, p)
+		}
+		v := binary.LittleEndian.Uint64(m.Data[8:])
+		if v <= version[m.Page] {
+			return fmt.Errorf("page %d: version %d landed after version %d", m.Page, v, version[m.Page])
+		}
+		version[m.Page] = v
+		return nil
+	}
+	var streams atomic.Uint64 // a bit per stream that applied a page
+	if handle {
+		pr, ok := b.(transport.ParallelReceiver)
+		if !ok {
+			t.Fatalf("%T is not a ParallelReceiver", b)
+		}
+		if err := pr.HandlePages(func(stream int, m *transport.Msg) error {
+			streams.Or(1 << stream)
+			return apply(m)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	rounds0 := 0
 	for {
 		var m transport.Msg
@@ -150,14 +183,12 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 		}
 		switch m.Kind {
 		case wire.KindPage:
-			if p := binary.LittleEndian.Uint64(m.Data); p != m.Page {
-				t.Fatalf("page %d carries data of page %d", m.Page, p)
+			if handle {
+				t.Fatalf("Recv returned page %d: the handler should have had it", m.Page)
 			}
-			v := binary.LittleEndian.Uint64(m.Data[8:])
-			if v <= version[m.Page] {
-				t.Fatalf("page %d: version %d landed after version %d", m.Page, v, version[m.Page])
+			if err := apply(&m); err != nil {
+				t.Fatal(err)
 			}
-			version[m.Page] = v
 		case wire.KindEndRound:
 			rounds0++
 			if m.Arg != uint64(rounds0) {
@@ -174,6 +205,9 @@ func ltNewestWins(t *testing.T, a, b transport.Conn) {
 			}
 			if err := <-sent; err != nil {
 				t.Fatal(err)
+			}
+			if handle && bits.OnesCount64(streams.Load()) < 2 {
+				t.Fatalf("pages applied on streams %b: want several", streams.Load())
 			}
 			return
 		default:
@@ -201,6 +235,87 @@ func TestMultiNewestWins(t *testing.T) {
 		defer b.Close()
 		ltNewestWins(t, a, b)
 	})
+}
+
+// The streams' goroutines apply the pages (HandlePages), in parallel, and
+// still the newest copy of each page wins and each barrier comes after the
+// pages sent before it and before those sent after it.
+func TestMultiHandlePages(t *testing.T) {
+	t.Run("Pipe4", func(t *testing.T) {
+		defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+		a, b, _ := ltPipeMulti(4, 0)
+		defer a.Close()
+		defer b.Close()
+		ltNewestWinsBy(t, a, b, true)
+	})
+	t.Run("Pipe5Tiny", func(t *testing.T) {
+		a, b, _ := ltPipeMulti(5, 100)
+		defer a.Close()
+		defer b.Close()
+		ltNewestWinsBy(t, a, b, true)
+	})
+	t.Run("TCP3", func(t *testing.T) {
+		a, b := ltNetMulti(t, transport.ListenConfig{}, transport.DialConfig{})
+		defer a.Close()
+		defer b.Close()
+		ltNewestWinsBy(t, a, b, true)
+	})
+}
+
+// A handler's error fails the Conn with that error; HandlePages after the
+// first Recv, twice or with nil is refused.
+func TestMultiHandlePagesErrors(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ctx := context.Background()
+	a, b, _ := ltPipeMulti(3, 0)
+	defer a.Close()
+	defer b.Close()
+	pr := b.(transport.ParallelReceiver)
+	if n := pr.Streams(); n != 3 {
+		t.Fatalf("Streams() = %d, want 3", n)
+	}
+	if err := pr.HandlePages(nil); !errors.Is(err, transport.ErrInvalid) {
+		t.Fatalf("HandlePages(nil): %v, want ErrInvalid", err)
+	}
+	errBad := errors.New("page 200 is bad")
+	if err := pr.HandlePages(func(_ int, m *transport.Msg) error {
+		if m.Page == 200 {
+			return errBad
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := pr.HandlePages(func(int, *transport.Msg) error { return nil }); !errors.Is(err, transport.ErrInvalid) {
+		t.Fatalf("HandlePages twice: %v, want ErrInvalid", err)
+	}
+	go func() {
+		for p := range 400 {
+			if a.Send(ctx, transport.Msg{Kind: wire.KindPage, Enc: transport.EncZero, Page: uint64(p)}) != nil {
+				return
+			}
+		}
+		_ = a.Send(ctx, transport.Msg{Kind: wire.KindDone})
+	}()
+	var m transport.Msg
+	err := b.Recv(ctx, &m)
+	if !errors.Is(err, errBad) {
+		t.Fatalf("Recv: %v (%v), want the handler's error", err, m.Kind)
+	}
+	if err := b.Recv(ctx, &m); !errors.Is(err, errBad) {
+		t.Fatalf("Recv again: %v, want the handler's error", err)
+	}
+
+	c, d, _ := ltPipeMulti(2, 0)
+	defer c.Close()
+	defer d.Close()
+	go func() { _ = c.Send(ctx, transport.Msg{Kind: wire.KindDone}) }()
+	if err := d.Recv(ctx, &m); err != nil || m.Kind != wire.KindDone {
+		t.Fatalf("Recv: %v %v", err, m.Kind)
+	}
+	if err := d.(transport.ParallelReceiver).HandlePages(func(int, *transport.Msg) error { return nil }); !errors.Is(err, transport.ErrInvalid) {
+		t.Fatalf("HandlePages after Recv: %v, want ErrInvalid", err)
+	}
 }
 
 func TestMultiStreamCorruptFailsConn(t *testing.T) {
