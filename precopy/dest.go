@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/livemig/livemig"
@@ -72,6 +73,8 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		cancel()
 		cfg.Logger.Info("pre-copy receive failed; guest not resumed", "err", err)
 	}
+	rv.conn.Close() // no page is applied after this
+	rv.rep.PagesReceived, rv.rep.ZeroPages = rv.pages.Load(), rv.zeros.Load()
 	return rv.rep, err
 }
 
@@ -82,6 +85,62 @@ type receiver struct {
 	cfg     *Config
 	rep     *ReceiveReport
 	session uint64
+	digest  *verify.Digest
+	// The pages applied (rep's figures), from the receiving goroutine or
+	// the streams' (applyStreams).
+	pages, zeros atomic.Uint64
+	// ready: everything is received, verified and loaded; a page record
+	// now is an error (set before the Ready goes out).
+	ready atomic.Bool
+}
+
+// applyPage applies page record m with dec and records it in the digest.
+// It may run on several goroutines at once (applyStreams), for distinct
+// pages, each with its own dec.
+func (rv *receiver) applyPage(dec *codec.Decoder, m *transport.Msg) error {
+	if rv.ready.Load() {
+		return fmt.Errorf("precopy: page %d after the source said done: %w", m.Page, livemig.ErrCorrupt)
+	}
+	if m.Page >= rv.dst.Pages {
+		return &livemig.PageError{Op: "receive", Page: m.Page, Err: livemig.ErrPageRange}
+	}
+	page, err := dec.Apply(rv.dst.Sink, m.Page, m.Enc, m.Data)
+	if err != nil {
+		return err
+	}
+	switch {
+	case page == nil:
+		rv.digest.Zero(m.Page)
+		rv.zeros.Add(1)
+	case m.Enc == transport.EncRaw && m.HaveCRC:
+		rv.digest.UpdateCRC(m.Page, m.DataCRC) // the transport's: page is m.Data
+	default:
+		rv.digest.Update(m.Page, page)
+	}
+	rv.pages.Add(1)
+	return nil
+}
+
+// applyStreams has a multi-stream connection apply the page records on its
+// streams' goroutines (transport.ParallelReceiver), one decoder each: the
+// destination applies pages on as many cores as there are streams. It
+// reports whether it did; with one stream, or a Conn that cannot, the
+// receiving goroutine applies them.
+func (rv *receiver) applyStreams() bool {
+	pr, ok := rv.conn.(transport.ParallelReceiver)
+	if !ok || pr.Streams() < 2 {
+		return false
+	}
+	decs := make([]*codec.Decoder, pr.Streams())
+	for i := range decs {
+		decs[i] = codec.NewDecoder(codec.Config{PageSize: rv.dst.PageSize})
+	}
+	return pr.HandlePages(func(stream int, m *transport.Msg) error {
+		if m.Kind != wire.KindPage {
+			return fmt.Errorf("precopy: unexpected record kind %d: %w", m.Kind, livemig.ErrCorrupt)
+		}
+		return rv.applyPage(decs[stream], m)
+	}) == nil
 }
 
 // reconnect replaces a failed connection (cause) by the source's new one,
@@ -103,8 +162,10 @@ func (rv *receiver) reconnect(ctx context.Context, resumed bool, cause error) er
 
 func (rv *receiver) receive(ctx context.Context) error {
 	dst, rep := rv.dst, rv.rep
-	digest := verify.New(dst.Pages, dst.PageSize)
+	rv.digest = verify.New(dst.Pages, dst.PageSize)
+	digest := rv.digest
 	dec := codec.NewDecoder(codec.Config{PageSize: dst.PageSize})
+	rv.applyStreams()
 	var (
 		msg      transport.Msg
 		state    []byte
@@ -117,7 +178,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rep.PagesReceived, rep.Rounds, livemig.ErrIncomplete, err)
+			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rv.pages.Load(), rep.Rounds, livemig.ErrIncomplete, err)
 			if !ready {
 				return err
 			}
@@ -138,22 +199,9 @@ func (rv *receiver) receive(ctx context.Context) error {
 		}
 		switch msg.Kind {
 		case wire.KindPage:
-			if msg.Page >= dst.Pages {
-				return &livemig.PageError{Op: "receive", Page: msg.Page, Err: livemig.ErrPageRange}
-			}
-			page, err := dec.Apply(dst.Sink, msg.Page, msg.Enc, msg.Data)
-			if err != nil {
+			if err := rv.applyPage(dec, &msg); err != nil {
 				return err
 			}
-			if page == nil {
-				digest.Zero(msg.Page)
-				rep.ZeroPages++
-			} else if msg.Enc == transport.EncRaw && msg.HaveCRC {
-				digest.UpdateCRC(msg.Page, msg.DataCRC) // the transport's: page is msg.Data
-			} else {
-				digest.Update(msg.Page, page)
-			}
-			rep.PagesReceived++
 		case wire.KindEndRound:
 			if msg.Arg&wire.FlagAck != 0 {
 				// A barrier (HandOff's): everything before it is applied.
@@ -193,6 +241,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 				return fmt.Errorf("precopy: load state: %w", err)
 			}
 			ready = true
+			rv.ready.Store(true)
 			if err := rv.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady, Page: sum}); err != nil {
 				if err := rv.reconnect(ctx, false, fmt.Errorf("precopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)); err != nil {
 					return err

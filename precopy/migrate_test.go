@@ -422,3 +422,83 @@ func TestMigrateWithCodecs(t *testing.T) {
 		})
 	}
 }
+
+// countingPR counts the page records a multi-stream Conn's streams apply.
+type countingPR struct {
+	transport.ParallelReceiver
+	perStream [8]atomic.Uint64
+}
+
+func (c *countingPR) HandlePages(h transport.PageHandler) error {
+	return c.ParallelReceiver.HandlePages(func(s int, m *transport.Msg) error {
+		c.perStream[s].Add(1)
+		return h(s, m)
+	})
+}
+
+// Over three streams of loopback TCP (DialMulti, AcceptConn) the
+// destination applies the pages on the streams' goroutines, every one of
+// them, and the migration of memory written the whole time is exact.
+func TestMigrateMultiStream(t *testing.T) {
+	const pages, streams = 8192, 3
+	src := newSource(t, pages)
+	dst := newDest(t, pages)
+	stop, total := writers(src, 2)
+	defer stop()
+	ctx := context.Background()
+	ln, err := transport.Listen(ctx, "127.0.0.1:0", transport.ListenConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hello := func(r *region.Region) transport.Hello {
+		return transport.Hello{PageSize: pageSize, PageCount: r.PageCount(), Features: transport.FeatDigest}
+	}
+	var res result
+	var counted *countingPR
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		conn, _, err := ln.AcceptConn(ctx, hello(dst), transport.Config{})
+		if err != nil {
+			res.derr = err
+			return
+		}
+		pr, ok := conn.(transport.ParallelReceiver)
+		if !ok {
+			conn.Close()
+			res.derr = fmt.Errorf("%T is not a ParallelReceiver", conn)
+			return
+		}
+		counted = &countingPR{ParallelReceiver: pr}
+		res.drep, res.derr = precopy.Receive(ctx, counted, precopy.Destination{Sink: dst, VM: dst, Pages: pages, PageSize: pageSize}, precopy.Config{})
+	}()
+	conn, _, err := transport.DialMulti(ctx, ln.Addr().String(), streams, transport.DialConfig{}, hello(src), transport.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.rep, res.err = precopy.Migrate(ctx, conn, precopy.Source{Memory: src, Dirty: src, VM: src},
+		precopy.Config{DowntimeTarget: 50 * time.Millisecond, MaxRounds: 10})
+	<-done
+	if res.err != nil || res.derr != nil {
+		t.Fatalf("source: %v; destination: %v", res.err, res.derr)
+	}
+	if !bytes.Equal(src.Bytes(), dst.Bytes()) {
+		t.Fatalf("destination differs from the source at pause time in %d pages", diffPages(src.Bytes(), dst.Bytes()))
+	}
+	if !res.rep.Verified || !res.drep.Verified || !res.drep.Resumed || total() == 0 {
+		t.Fatalf("verified %v/%v, resumed %v, %d writes", res.rep.Verified, res.drep.Verified, res.drep.Resumed, total())
+	}
+	var applied uint64
+	for s := range streams {
+		n := counted.perStream[s].Load()
+		if n == 0 {
+			t.Errorf("stream %d applied no page", s)
+		}
+		applied += n
+	}
+	if applied != res.drep.PagesReceived || applied < pages {
+		t.Fatalf("the streams applied %d pages, the report says %d received (guest of %d)", applied, res.drep.PagesReceived, pages)
+	}
+	t.Logf("%d rounds, %d pages applied on %d streams, %d writes", len(res.rep.Rounds), applied, streams, total())
+}
