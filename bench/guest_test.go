@@ -83,7 +83,8 @@ func migrate(ctx context.Context, a, l transport.Link, src, dst *region.Region) 
 
 // TestSuiteHelpers is the suite's quick self-check, run by go test without
 // -bench: the idle guest migrates whole over the pipe and loopback TCP (and
-// again, as the benchmark does), the raw TCP copy moves its bytes, and
+// again, as the benchmark does) and over one and three pipes with the
+// handshake (BenchmarkPrecopyStreams), the raw TCP copy moves its bytes, and
 // every Encode path the suite switches to is the one in use.
 func TestSuiteHelpers(t *testing.T) {
 	const size = 4 << 20
@@ -102,6 +103,17 @@ func TestSuiteHelpers(t *testing.T) {
 		}
 		if !bytes.Equal(src.Bytes(), dst.Bytes()) || !rep.Verified || rep.PagesSent < size/pageSize {
 			t.Fatalf("tcp %v: destination differs or report %v", tcp, rep)
+		}
+	}
+	for _, n := range []int{1, 3} { // BenchmarkPrecopyStreams's
+		clear(dst.Bytes())
+		a, b, err := openStreams(context.Background(), n, src, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := migrateConns(context.Background(), a, b, src, dst)
+		if err != nil || !bytes.Equal(src.Bytes(), dst.Bytes()) || !rep.Verified {
+			t.Fatalf("%d streams: %v, destination equal %v", n, err, bytes.Equal(src.Bytes(), dst.Bytes()))
 		}
 	}
 	if d := benchkit.RawTCPCopy(t, 3<<20+5); d <= 0 {
