@@ -43,8 +43,8 @@ type Config struct {
 	// Workers is how many goroutines encode pages; 0 means
 	// runtime.GOMAXPROCS(0), at most 256. With 1 the pipeline starts no
 	// goroutine and is deterministic. With more, the batches in flight
-	// copy about 1 MiB of pages per worker (4 batches of at most 256 KiB),
-	// besides each worker's share of the XBZRLE cache.
+	// hold about 2.5 MiB of pages per worker (10 batches of at most 256
+	// KiB), besides each worker's share of the XBZRLE cache.
 	Workers int
 	// StartOff starts the pipeline with XBZRLE and LZ4 off: as configured
 	// they are allowed (the cache is made), and Pipeline.SetCodecs turns

@@ -37,8 +37,13 @@ func stripe(n uint64, w int) (worker int, key uint64) {
 	return int(s % uint64(w)), s/uint64(w)*stripePages + off
 }
 
-// queueDepth is how many batches may wait for each worker.
-const queueDepth = 2
+// queueDepth is how many batches may wait for each worker. Cheap pages
+// (unchanged, small deltas) take 10-20 µs a batch, about what it takes the
+// engine and the collector, sharing the cores with the workers, to be
+// scheduled: with 2 batches a worker, two workers waited for work a third
+// of the time and were no faster than one; with 8 they ran 1.4-1.5x one
+// on those patterns (BenchmarkPipeline, docs/BENCHMARKS.md).
+const queueDepth = 8
 
 // Pipeline is the source's side: it turns page numbers into page records
 // and passes them to a send function.
