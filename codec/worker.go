@@ -201,8 +201,10 @@ func (w *worker) encode(p *params, n uint64, slot []byte, rec *record, c *counte
 			return
 		}
 		if p.inPlace {
-			// The frame is where the page goes: copy it in once, and
-			// take the digest's and the frame's CRC of that copy.
+			// The record's data is never guest memory: copy the page
+			// (into the frame, or the worker's page if a codec may
+			// shrink it) and take the digest's and the frame's CRC of
+			// that copy.
 			copy(hold, v)
 			src = hold
 		} else {

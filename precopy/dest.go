@@ -74,7 +74,7 @@ func Receive(ctx context.Context, conn transport.Conn, dst Destination, cfg Conf
 		cfg.Logger.Info("pre-copy receive failed; guest not resumed", "err", err)
 	}
 	rv.conn.Close() // no page is applied after this
-	rv.rep.PagesReceived, rv.rep.ZeroPages = rv.pages.Load(), rv.zeros.Load()
+	rv.rep.PagesReceived, rv.rep.ZeroPages = rv.applied()
 	return rv.rep, err
 }
 
@@ -86,18 +86,39 @@ type receiver struct {
 	rep     *ReceiveReport
 	session uint64
 	digest  *verify.Digest
-	// The pages applied (rep's figures), from the receiving goroutine or
-	// the streams' (applyStreams).
-	pages, zeros atomic.Uint64
+	// The pages applied (rep's figures): counts[0] by the receiving
+	// goroutine, counts[i] by stream i's (applyStreams).
+	counts []applyCount
 	// ready: everything is received, verified and loaded; a page record
 	// now is an error (set before the Ready goes out).
 	ready atomic.Bool
 }
 
-// applyPage applies page record m with dec and records it in the digest.
-// It may run on several goroutines at once (applyStreams), for distinct
-// pages, each with its own dec.
-func (rv *receiver) applyPage(dec *codec.Decoder, m *transport.Msg) error {
+// applyCount is what one goroutine applied, on a cache line of its own.
+type applyCount struct {
+	pages, zeros atomic.Uint64
+	_            [48]byte
+}
+
+// applied returns the pages and zero pages applied so far.
+func (rv *receiver) applied() (pages, zeros uint64) {
+	for i := range rv.counts {
+		pages += rv.counts[i].pages.Load()
+		zeros += rv.counts[i].zeros.Load()
+	}
+	return pages, zeros
+}
+
+// pagesApplied returns the pages applied so far.
+func (rv *receiver) pagesApplied() uint64 {
+	p, _ := rv.applied()
+	return p
+}
+
+// applyPage applies page record m with dec, records it in the digest and
+// counts it in c. It may run on several goroutines at once (applyStreams),
+// for distinct pages, each with its own dec and c.
+func (rv *receiver) applyPage(dec *codec.Decoder, c *applyCount, m *transport.Msg) error {
 	if rv.ready.Load() {
 		return fmt.Errorf("precopy: page %d after the source said done: %w", m.Page, livemig.ErrCorrupt)
 	}
@@ -111,13 +132,13 @@ func (rv *receiver) applyPage(dec *codec.Decoder, m *transport.Msg) error {
 	switch {
 	case page == nil:
 		rv.digest.Zero(m.Page)
-		rv.zeros.Add(1)
+		c.zeros.Add(1)
 	case m.Enc == transport.EncRaw && m.HaveCRC:
 		rv.digest.UpdateCRC(m.Page, m.DataCRC) // the transport's: page is m.Data
 	default:
 		rv.digest.Update(m.Page, page)
 	}
-	rv.pages.Add(1)
+	c.pages.Add(1)
 	return nil
 }
 
@@ -135,11 +156,12 @@ func (rv *receiver) applyStreams() bool {
 	for i := range decs {
 		decs[i] = codec.NewDecoder(codec.Config{PageSize: rv.dst.PageSize})
 	}
+	rv.counts = make([]applyCount, 1+len(decs))
 	return pr.HandlePages(func(stream int, m *transport.Msg) error {
 		if m.Kind != wire.KindPage {
 			return fmt.Errorf("precopy: unexpected record kind %d: %w", m.Kind, livemig.ErrCorrupt)
 		}
-		return rv.applyPage(decs[stream], m)
+		return rv.applyPage(decs[stream], &rv.counts[1+stream], m)
 	}) == nil
 }
 
@@ -165,6 +187,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 	rv.digest = verify.New(dst.Pages, dst.PageSize)
 	digest := rv.digest
 	dec := codec.NewDecoder(codec.Config{PageSize: dst.PageSize})
+	rv.counts = make([]applyCount, 1)
 	rv.applyStreams()
 	var (
 		msg      transport.Msg
@@ -178,7 +201,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rv.pages.Load(), rep.Rounds, livemig.ErrIncomplete, err)
+			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rv.pagesApplied(), rep.Rounds, livemig.ErrIncomplete, err)
 			if !ready {
 				return err
 			}
@@ -199,7 +222,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 		}
 		switch msg.Kind {
 		case wire.KindPage:
-			if err := rv.applyPage(dec, &msg); err != nil {
+			if err := rv.applyPage(dec, &rv.counts[0], &msg); err != nil {
 				return err
 			}
 		case wire.KindEndRound:
