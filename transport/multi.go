@@ -45,9 +45,10 @@ var zeroWord [8]byte
 // page record (ClassRecords) for page p goes on conns[(p / StreamRun) % N],
 // so that each page always takes the same stream and the stream's order
 // keeps the newest copy of a page behind the older ones (newest wins); runs
-// of consecutive pages share a stream, so that the goroutines applying them
-// at the destination (ParallelReceiver) touch memory far apart. A ClassPriority
-// message goes on stream 0 only: not a barrier. Every other message
+// of consecutive pages share a stream, so that the goroutines applying
+// them at the destination (ParallelReceiver) touch memory far apart. A
+// ClassPriority message goes on stream 0 only: not a barrier. Every other
+// message
 // (ClassControl, ClassBlob, ClassBitmap) is a barrier: it is written on
 // every stream, after that stream's pending page records, with its Data on
 // stream 0 only (the other streams' copies of a ClassBitmap message carry
@@ -61,10 +62,11 @@ var zeroWord [8]byte
 // so a peer blocked sending on one full stream cannot deadlock with a Recv
 // waiting on another. The readers start at the first Recv. With
 // HandlePages (the Conn is a ParallelReceiver) they apply the page records
-// themselves, each on its stream's goroutine, and Recv returns the rest. Recv returns page records as they come, in order for
-// each page; it returns a barrier only once every stream has delivered its
-// copy, hence after every page record sent before it, and holds back what
-// the streams deliver after their copy until then. ClassPriority messages
+// themselves, each on its stream's goroutine, and Recv returns the rest.
+// Recv returns page records as they come, in order for each page; it
+// returns a barrier only once every stream has delivered its copy, hence
+// after every page record sent before it, and holds back what the streams
+// deliver after their copy until then. ClassPriority messages
 // from stream 0 come in stream 0's order, possibly before page records
 // that other streams still hold: a peer that relies on their order does not
 // also send pages.
