@@ -50,10 +50,10 @@ var zeroWord [8]byte
 // ClassPriority message goes on stream 0 only: not a barrier. Every other
 // message (ClassControl, ClassBlob, ClassBitmap) is a barrier: it is
 // written on every stream, after that stream's pending page records, with
-// its Data on stream 0 only (the other streams' copies of a ClassBitmap message carry
-// one zero word, since a bitmap is not valid without words). A barrier that
-// names pages (say, pages to forget) is thus received only after every
-// older copy of them. A message Send refuses (ErrInvalid) leaves the Conn
+// its Data on stream 0 only (the other streams' copies of a ClassBitmap
+// message carry one zero word, since a bitmap is not valid without words).
+// A barrier that names pages (say, pages to forget) is thus received only
+// after every older copy of them. A message Send refuses (ErrInvalid) leaves the Conn
 // usable, as a single Conn does.
 //
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
