@@ -161,6 +161,7 @@ type options struct {
 	verbose         bool
 	mode            string // precopy, postcopy, hybrid, auto; adaptive (auto's pick)
 	lz4             bool
+	streams         int // -mode precopy: connections (multi-stream)
 	// -mode auto: the source profiles its guest and takes the advisor's
 	// pick (package advisor) for a link of linkBandwidth bits/s and
 	// linkLatency, by objective; the destination follows the source.
@@ -175,7 +176,10 @@ type options struct {
 	psk           []byte        // from -psk-file
 	// report, if set (tests), receives the source's report instead of
 	// standard output.
-	report   func(rep *livemig.Report)
+	report func(rep *livemig.Report)
+	// accepted, if set (tests), learns how many streams each connection
+	// the destination accepts has.
+	accepted func(streams int)
 	liveness time.Duration // transport.Config.Liveness
 }
 
@@ -234,6 +238,12 @@ func (o options) check() error {
 	}
 	if o.liveness < 0 {
 		return fmt.Errorf("-liveness %v: must not be negative", o.liveness)
+	}
+	if o.streams < 0 || o.streams > transport.MaxStreams {
+		return fmt.Errorf("-streams %d: want 1 to %d", o.streams, transport.MaxStreams)
+	}
+	if o.streams > 1 && o.mode != "precopy" {
+		return fmt.Errorf("-streams %d: only -mode precopy runs over several connections", o.streams)
 	}
 	return nil
 }
@@ -295,6 +305,7 @@ func main() {
 	flag.DurationVar(&o.linkLatency, "link-latency", 100*time.Microsecond, "-mode auto: the link's one-way latency")
 	flag.DurationVar(&o.profileWindow, "profile-window", 2*time.Second, "-mode auto: how long the source watches its guest before choosing")
 	flag.BoolVar(&o.lz4, "lz4", false, "post-copy and hybrid: compress the pages sent with LZ4")
+	flag.IntVar(&o.streams, "streams", 1, "-mode precopy, at the source: migrate over this many TCP connections (like QEMU's multifd channels); the destination applies each one's pages on a goroutine of its own")
 	flag.Parse()
 	// A usage error ends here, before any work, with status 2.
 	usage := func(msg string) {
@@ -422,6 +433,14 @@ func serve(ctx context.Context, o options, l *transport.Listener, pages uint64, 
 		if err := o.checkPeer(peer); err != nil {
 			conn.Close()
 			return nil, err
+		}
+		streams := 1
+		if pr, ok := conn.(transport.ParallelReceiver); ok {
+			streams = pr.Streams()
+			fmt.Fprintf(os.Stderr, "destination: %d streams, each applying its own pages\n", streams)
+		}
+		if o.accepted != nil {
+			o.accepted(streams)
 		}
 		return conn, nil
 	}
@@ -702,14 +721,23 @@ func dialer(o options, pages uint64) (dial func(context.Context) (transport.Conn
 		return nil, err
 	}
 	dial = func(ctx context.Context) (transport.Conn, error) {
-		link, err := transport.Dial(ctx, o.connect, transport.DialConfig{TLS: tc, PSK: o.psk})
-		if err != nil {
-			return nil, err
-		}
-		conn, peer, err := transport.Open(ctx, link, o.hello(pages), o.connConfig())
-		if err != nil {
-			link.Close()
-			return nil, err
+		dc := transport.DialConfig{TLS: tc, PSK: o.psk}
+		var conn transport.Conn
+		var peer transport.Hello
+		if o.streams > 1 {
+			conn, peer, err = transport.DialMulti(ctx, o.connect, o.streams, dc, o.hello(pages), o.connConfig())
+			if err != nil {
+				return nil, err
+			}
+		} else {
+			link, err := transport.Dial(ctx, o.connect, dc)
+			if err != nil {
+				return nil, err
+			}
+			if conn, peer, err = transport.Open(ctx, link, o.hello(pages), o.connConfig()); err != nil {
+				link.Close()
+				return nil, err
+			}
 		}
 		if err := o.checkPeer(peer); err != nil {
 			conn.Close()

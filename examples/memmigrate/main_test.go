@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -61,13 +62,18 @@ func migrateVia(t *testing.T, o options, rules []faultproxy.Rule) (srcErr, dstEr
 // converge) both ways: converging under the default target, handing off
 // under one no round meets.
 func TestMemmigrate(t *testing.T) {
-	for _, mode := range []string{"precopy", "postcopy", "hybrid", "adaptive", "adaptive-stuck"} {
+	for _, mode := range []string{"precopy", "precopy-streams", "postcopy", "hybrid", "adaptive", "adaptive-stuck"} {
 		t.Run(mode, func(t *testing.T) {
-			if mode != "precopy" && !uffdUsable(t) {
+			if !strings.HasPrefix(mode, "precopy") && !uffdUsable(t) {
 				return
 			}
 			o := options{sizeMiB: 16, writers: 2, rate: 5000, downtime: 300 * time.Millisecond, maxRounds: 30,
 				policy: "stop", timeout: time.Minute, mode: mode, lz4: mode == "hybrid"}
+			var streams atomic.Int64
+			if mode == "precopy-streams" {
+				o.mode, o.streams = "precopy", 3 // DialMulti; AcceptConn
+				o.accepted = func(n int) { streams.Store(int64(n)) }
+			}
 			if mode == "adaptive" {
 				// A target every round meets, however loaded the machine
 				// (-race): pre-copy's end at a post-copy destination.
@@ -87,6 +93,10 @@ func TestMemmigrate(t *testing.T) {
 				t.Fatalf("source's report %v: want one, verified", rep)
 			}
 			switch mode {
+			case "precopy-streams":
+				if n := streams.Load(); n != 3 {
+					t.Errorf("the destination accepted %d streams, want 3", n)
+				}
 			case "adaptive":
 				if rep.PostCopy != nil {
 					t.Errorf("adaptive with a target every round meets went on by post-copy: %v", rep)
@@ -236,6 +246,8 @@ func TestCheck(t *testing.T) {
 		"recover-wait": func(o *options) { o.recoverWait = 0 },
 		"timeout":      func(o *options) { o.timeout = 0 },
 		"liveness":     func(o *options) { o.liveness = -time.Second },
+		"streams mode": func(o *options) { o.mode, o.streams = "hybrid", 2 },
+		"streams":      func(o *options) { o.streams = transport.MaxStreams + 1 },
 	} {
 		o := good
 		bad(&o)
