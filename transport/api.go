@@ -54,7 +54,8 @@ type Msg struct {
 
 // PageHandler applies one page record (a message of ClassRecords) that
 // arrived on stream; see ParallelReceiver. m and m.Data are the Conn's,
-// valid for the call only. An error fails the Conn with it.
+// valid for the call only. An error fails the Conn with it. It should not
+// block: closing the Conn waits for the calls under way to return.
 type PageHandler func(stream int, m *Msg) error
 
 // ParallelReceiver is a Conn that can apply the page records it receives
