@@ -197,14 +197,13 @@ func BenchmarkPrecopyIdleGuest(b *testing.B) {
 				x, y = transport.Pipe(4 << 20)
 			}
 			b.StartTimer()
-			c0, ok0 := benchkit.CPUTime()
-			t0 := time.Now()
-			r, err := migrate(ctx, x, y, src, dst)
-			mig += time.Since(t0)
-			c1, ok1 := benchkit.CPUTime()
+			var r *livemig.Report
+			w, c, ok, err := timed(func() (err error) {
+				r, err = migrate(ctx, x, y, src, dst)
+				return err
+			})
 			b.StopTimer()
-			cpu += c1 - c0
-			cpuOK = cpuOK && ok0 && ok1
+			mig, cpu, cpuOK = mig+w, cpu+c, cpuOK && ok
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"sync"
 	"testing"
+	"time"
 
 	"github.com/livemig/livemig"
 	"github.com/livemig/livemig/internal/benchkit"
@@ -45,40 +45,75 @@ func idleGuest(tb testing.TB, size int) (src, dst *region.Region) {
 }
 
 // migrate migrates src to dst with pre-copy (default Config) over the two
-// ends of a link, the destination's side on a goroutine of its own, as a
-// user of precopy.Migrate and precopy.Receive would, and returns the
-// source's report. The source is resumed afterwards, so that src can be
-// migrated again.
-func migrate(ctx context.Context, a, l transport.Link, src, dst *region.Region) (*livemig.Report, error) {
-	hello := func(r *region.Region) transport.Hello {
-		return transport.Hello{PageSize: pageSize, PageCount: r.PageCount(), Features: transport.FeatDigest}
-	}
-	var derr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		conn, _, err := transport.Open(ctx, l, hello(dst), transport.Config{})
-		if err != nil {
-			l.Close()
-			derr = err
-			return
-		}
-		_, derr = precopy.Receive(ctx, conn, precopy.Destination{Sink: dst, VM: dst, Pages: dst.PageCount(), PageSize: pageSize}, precopy.Config{})
-	}()
-	var rep *livemig.Report
-	conn, _, err := transport.Open(ctx, a, hello(src), transport.Config{})
+// ends of a link, as a user of precopy.Migrate and precopy.Receive would
+// (openPair, then migrateConns), and returns the source's report. The
+// source is resumed afterwards, so that src can be migrated again.
+func migrate(ctx context.Context, x, y transport.Link, src, dst *region.Region) (*livemig.Report, error) {
+	a, b, err := openPair(ctx, x, y, src, dst, 1, 0)
 	if err != nil {
-		a.Close()
-	} else {
-		rep, err = precopy.Migrate(ctx, conn, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
+		return nil, err
 	}
-	wg.Wait()
+	return migrateConns(ctx, a, b, src, dst)
+}
+
+// openPair runs the handshake on both ends of a link at once, x the
+// source's (src), y the destination's (dst), as stream i of n, and returns
+// their Conns. On error both links are closed.
+func openPair(ctx context.Context, x, y transport.Link, src, dst *region.Region, n, i int) (a, b transport.Conn, err error) {
+	hello := func(r *region.Region) transport.Hello {
+		return transport.Hello{PageSize: pageSize, PageCount: r.PageCount(), Features: transport.FeatDigest,
+			Streams: uint16(n), Stream: uint16(i)}
+	}
+	var berr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b, _, berr = transport.Open(ctx, y, hello(dst), transport.Config{})
+	}()
+	a, _, err = transport.Open(ctx, x, hello(src), transport.Config{})
+	if err != nil {
+		x.Close() // the destination's handshake fails too
+	}
+	<-done
+	if err == nil && berr != nil {
+		a.Close()
+		err = berr
+	}
+	if err != nil {
+		y.Close()
+		return nil, nil, err
+	}
+	return a, b, nil
+}
+
+// migrateConns migrates src to dst with pre-copy over the Conns a and b, the
+// destination on a goroutine of its own, and resumes the source after.
+func migrateConns(ctx context.Context, a, b transport.Conn, src, dst *region.Region) (*livemig.Report, error) {
+	var derr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, derr = precopy.Receive(ctx, b, precopy.Destination{Sink: dst, VM: dst, Pages: dst.PageCount(), PageSize: pageSize}, precopy.Config{})
+	}()
+	rep, err := precopy.Migrate(ctx, a, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
+	<-done
 	_ = src.Resume(ctx)
 	if err != nil || derr != nil {
 		return rep, fmt.Errorf("source: %v, destination: %v", err, derr)
 	}
 	return rep, nil
+}
+
+// timed runs f and returns its wall-clock time, the process's CPU time
+// during it (benchkit.CPUTime; cpuOK false where it is not measured), and
+// f's error.
+func timed(f func() error) (wall, cpu time.Duration, cpuOK bool, err error) {
+	c0, ok0 := benchkit.CPUTime()
+	t0 := time.Now()
+	err = f()
+	wall = time.Since(t0)
+	c1, ok1 := benchkit.CPUTime()
+	return wall, c1 - c0, ok0 && ok1, err
 }
 
 // TestSuiteHelpers is the suite's quick self-check, run by go test without

@@ -3,13 +3,10 @@ package bench
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/livemig/livemig"
-	"github.com/livemig/livemig/internal/benchkit"
-	"github.com/livemig/livemig/precopy"
 	"github.com/livemig/livemig/region"
 	"github.com/livemig/livemig/transport"
 )
@@ -49,13 +46,12 @@ func BenchmarkPrecopyStreams(b *testing.B) {
 					bs = plainConn{bs} // not a ParallelReceiver: Receive applies in its loop
 				}
 				b.StartTimer()
-				c0, ok0 := benchkit.CPUTime()
-				t0 := time.Now()
-				rep, err := migrateConns(ctx, as, bs, src, dst)
-				wall += time.Since(t0)
-				c1, ok1 := benchkit.CPUTime()
-				cpu += c1 - c0
-				cpuOK = cpuOK && ok0 && ok1
+				var rep *livemig.Report
+				w, c, ok, err := timed(func() (err error) {
+					rep, err = migrateConns(ctx, as, bs, src, dst)
+					return err
+				})
+				wall, cpu, cpuOK = wall+w, cpu+c, cpuOK && ok
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -69,51 +65,24 @@ func BenchmarkPrecopyStreams(b *testing.B) {
 	}
 }
 
-// openStreams opens n pipes, each with the handshake, and returns the
-// source's and the destination's Conn over them (NewMulti when n > 1).
+// openStreams opens n pipes, each with the handshake (openPair), and
+// returns the source's and the destination's Conn over them (NewMulti when
+// n > 1). On error every Conn opened is closed.
 func openStreams(ctx context.Context, n int, src, dst *region.Region) (a, b transport.Conn, err error) {
-	as, bs := make([]transport.Conn, n), make([]transport.Conn, n)
-	hello := func(r *region.Region, i int) transport.Hello {
-		return transport.Hello{PageSize: pageSize, PageCount: r.PageCount(), Features: transport.FeatDigest, Streams: uint16(n), Stream: uint16(i)}
-	}
+	as, bs := make([]transport.Conn, 0, n), make([]transport.Conn, 0, n)
 	for i := range n {
 		x, y := transport.Pipe(4 << 20)
-		var wg sync.WaitGroup
-		var berr error
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			bs[i], _, berr = transport.Open(ctx, y, hello(dst, i), transport.Config{})
-		}()
-		as[i], _, err = transport.Open(ctx, x, hello(src, i), transport.Config{})
-		wg.Wait()
-		if err == nil {
-			err = berr
-		}
+		ca, cb, err := openPair(ctx, x, y, src, dst, n, i)
 		if err != nil {
+			for k := range as {
+				as[k].Close()
+				bs[k].Close()
+			}
 			return nil, nil, err
 		}
+		as, bs = append(as, ca), append(bs, cb)
 	}
 	return transport.NewMulti(as), transport.NewMulti(bs), nil
-}
-
-// migrateConns migrates src to dst with pre-copy over the Conns a and b, the
-// destination on a goroutine of its own, and resumes the source after.
-func migrateConns(ctx context.Context, a, b transport.Conn, src, dst *region.Region) (*livemig.Report, error) {
-	var derr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_, derr = precopy.Receive(ctx, b, precopy.Destination{Sink: dst, VM: dst, Pages: dst.PageCount(), PageSize: pageSize}, precopy.Config{})
-	}()
-	rep, err := precopy.Migrate(ctx, a, precopy.Source{Memory: src, Dirty: src, VM: src}, precopy.Config{})
-	wg.Wait()
-	_ = src.Resume(ctx)
-	if err != nil || derr != nil {
-		return rep, fmt.Errorf("source: %v, destination: %v", err, derr)
-	}
-	return rep, nil
 }
 
 // plainConn hides every method of a Conn but Conn's own.
