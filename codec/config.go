@@ -33,9 +33,9 @@ type Config struct {
 	// MiB, direct-mapped. Ways > 0 selects delta.SetAssoc. With several
 	// workers the cache is split: each worker owns the pages of its
 	// stripes, runs of 64 consecutive pages dealt to the workers in turn
-	// ((p / 64) % Workers == w), and a cache of Bytes/Workers bytes (rounded down to a
-	// power of two pages for the direct-mapped policy). Cache.PageSize is
-	// taken from PageSize.
+	// ((p / 64) % Workers == w), and a cache of Bytes/Workers bytes
+	// (rounded down to a power of two pages for the direct-mapped
+	// policy). Cache.PageSize is taken from PageSize.
 	Cache delta.CacheConfig
 	// LZ4 sends a page as an LZ4 block when the block saves at least 1/64
 	// of the page (MaxLZ4; and no XBZRLE delta was sent).

@@ -27,8 +27,10 @@ const batchBytes = 256 << 10
 // own pages. Stripes of a batch's pages, not single pages, so that
 // workers write neither the same cache lines of the digest (8 bytes a
 // page) nor read neighbouring pages of the guest: with pages dealt one by
-// one, two workers wrote every digest line in turn.
-const stripePages = batchSize
+// one, two workers wrote every digest line in turn. They are a
+// multi-stream Conn's runs, so that with as many workers as streams each
+// worker's pages take one stream.
+const stripePages = transport.StreamRun
 
 // stripe returns the worker of page n among w, and the page's key in that
 // worker's XBZRLE cache: the pages of a worker numbered from 0, densely.
@@ -41,8 +43,8 @@ func stripe(n uint64, w int) (worker int, key uint64) {
 // (unchanged, small deltas) take 10-20 µs a batch, about what it takes the
 // engine and the collector, sharing the cores with the workers, to be
 // scheduled: with 2 batches a worker, two workers waited for work a third
-// of the time and were no faster than one; with 8 they ran 1.4-1.5x one
-// on those patterns (BenchmarkPipeline, docs/BENCHMARKS.md).
+// of the time; with 8, two workers took 205-211 ns an unchanged page
+// instead of 297 (BenchmarkPipeline, docs/BENCHMARKS.md).
 const queueDepth = 8
 
 // Pipeline is the source's side: it turns page numbers into page records

@@ -15,14 +15,11 @@
 package verify
 
 import (
-	"hash/crc32"
 	"math/bits"
 	"sync/atomic"
 
 	"github.com/livemig/livemig/internal/crc32c"
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Digest is the running digest of a guest's pages. Update and Zero may be
 // called from several goroutines at once for distinct pages; Sum and
@@ -41,8 +38,10 @@ type Digest struct {
 	pageSize int
 }
 
-// tallyRun is how many consecutive pages share a tally: the codec
-// pipeline's stripes (64 pages a worker).
+// tallyRun is how many consecutive pages share a tally: as many as the
+// codec pipeline's stripes and a multi-stream Conn's runs
+// (transport.StreamRun), so that the goroutines that update the digest
+// at once touch distinct tallies.
 const tallyRun = 64
 
 // tally is a sum of terms and a count of pages, padded to a cache line.
@@ -56,7 +55,7 @@ type tally struct {
 func New(pages uint64, pageSize int) *Digest {
 	return &Digest{
 		terms:    make([]uint64, pages),
-		zeroCRC:  crc32.Checksum(make([]byte, pageSize), castagnoli),
+		zeroCRC:  crc32c.Checksum(make([]byte, pageSize)),
 		pageSize: pageSize,
 	}
 }
