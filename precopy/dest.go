@@ -109,12 +109,6 @@ func (rv *receiver) applied() (pages, zeros uint64) {
 	return pages, zeros
 }
 
-// pagesApplied returns the pages applied so far.
-func (rv *receiver) pagesApplied() uint64 {
-	p, _ := rv.applied()
-	return p
-}
-
 // applyPage applies page record m with dec, records it in the digest and
 // counts it in c. It may run on several goroutines at once (applyStreams),
 // for distinct pages, each with its own dec and c.
@@ -144,25 +138,26 @@ func (rv *receiver) applyPage(dec *codec.Decoder, c *applyCount, m *transport.Ms
 
 // applyStreams has a multi-stream connection apply the page records on its
 // streams' goroutines (transport.ParallelReceiver), one decoder each: the
-// destination applies pages on as many cores as there are streams. It
-// reports whether it did; with one stream, or a Conn that cannot, the
-// receiving goroutine applies them.
-func (rv *receiver) applyStreams() bool {
+// destination applies pages on as many cores as there are streams. With
+// one stream, or a Conn that cannot, the receiving goroutine applies them.
+func (rv *receiver) applyStreams() {
 	pr, ok := rv.conn.(transport.ParallelReceiver)
 	if !ok || pr.Streams() < 2 {
-		return false
+		return
 	}
 	decs := make([]*codec.Decoder, pr.Streams())
 	for i := range decs {
 		decs[i] = codec.NewDecoder(codec.Config{PageSize: rv.dst.PageSize})
 	}
-	rv.counts = make([]applyCount, 1+len(decs))
-	return pr.HandlePages(func(stream int, m *transport.Msg) error {
+	counts := make([]applyCount, 1+len(decs))
+	if pr.HandlePages(func(stream int, m *transport.Msg) error {
 		if m.Kind != wire.KindPage {
 			return fmt.Errorf("precopy: unexpected record kind %d: %w", m.Kind, livemig.ErrCorrupt)
 		}
-		return rv.applyPage(decs[stream], &rv.counts[1+stream], m)
-	}) == nil
+		return rv.applyPage(decs[stream], &counts[1+stream], m)
+	}) == nil {
+		rv.counts = counts
+	}
 }
 
 // reconnect replaces a failed connection (cause) by the source's new one,
@@ -194,15 +189,15 @@ func (rv *receiver) receive(ctx context.Context) error {
 		state    []byte
 		gotState bool
 		switched bool
-		ready    bool
 	)
 	for {
 		if err := rv.conn.Recv(ctx, &msg); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
 			}
-			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", rv.pagesApplied(), rep.Rounds, livemig.ErrIncomplete, err)
-			if !ready {
+			pages, _ := rv.applied()
+			err = fmt.Errorf("precopy: receive after %d pages, %d rounds: %w (%w)", pages, rep.Rounds, livemig.ErrIncomplete, err)
+			if !rv.ready.Load() {
 				return err
 			}
 			// Ready: the source may have sent the Commit.
@@ -211,7 +206,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 			}
 			continue
 		}
-		if ready && msg.Kind != wire.KindCommit && msg.Kind != wire.KindError {
+		if rv.ready.Load() && msg.Kind != wire.KindCommit && msg.Kind != wire.KindError {
 			// Ready: everything is received, verified and loaded; only the
 			// Commit or the source's giving up may come.
 			err := fmt.Errorf("precopy: %v message after the source said done: %w", msg.Kind, livemig.ErrCorrupt)
@@ -263,7 +258,6 @@ func (rv *receiver) receive(ctx context.Context) error {
 			if err := dst.VM.LoadState(ctx, state); err != nil {
 				return fmt.Errorf("precopy: load state: %w", err)
 			}
-			ready = true
 			rv.ready.Store(true)
 			if err := rv.conn.Send(ctx, transport.Msg{Kind: wire.KindAck, Arg: wire.AckReady, Page: sum}); err != nil {
 				if err := rv.reconnect(ctx, false, fmt.Errorf("precopy: acknowledge done: %w (%w)", livemig.ErrIncomplete, err)); err != nil {
@@ -271,7 +265,7 @@ func (rv *receiver) receive(ctx context.Context) error {
 				}
 			}
 		case wire.KindCommit:
-			if !ready {
+			if !rv.ready.Load() {
 				return fmt.Errorf("precopy: hand-over before the source said done: %w", livemig.ErrCorrupt)
 			}
 			if err := dst.VM.Resume(ctx); err != nil {
