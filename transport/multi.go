@@ -53,8 +53,8 @@ var zeroWord [8]byte
 // its Data on stream 0 only (the other streams' copies of a ClassBitmap
 // message carry one zero word, since a bitmap is not valid without words).
 // A barrier that names pages (say, pages to forget) is thus received only
-// after every older copy of them. A message Send refuses (ErrInvalid) leaves the Conn
-// usable, as a single Conn does.
+// after every older copy of them. A message Send refuses (ErrInvalid)
+// leaves the Conn usable, as a single Conn does.
 //
 // Receiving: one goroutine per stream reads ahead (up to a bounded number of
 // messages, whose buffers are recycled: receiving a page allocates nothing),
@@ -65,10 +65,10 @@ var zeroWord [8]byte
 // Recv returns page records as they come, in order for each page; it
 // returns a barrier only once every stream has delivered its copy, hence
 // after every page record sent before it, and holds back what the streams
-// deliver after their copy until then. ClassPriority messages
-// from stream 0 come in stream 0's order, possibly before page records
-// that other streams still hold: a peer that relies on their order does not
-// also send pages.
+// deliver after their copy until then. ClassPriority messages from stream
+// 0 come in stream 0's order, possibly before page records that other
+// streams still hold: a peer that relies on their order does not also
+// send pages.
 //
 // Errors: an error on any stream fails the whole Conn and closes every
 // stream. A stream the peer closed cleanly (io.EOF) just ends; Recv returns
@@ -105,14 +105,19 @@ func NewMulti(conns []Conn) Conn {
 	return c
 }
 
-// start starts the readers, once, unless the Conn is shutting down.
+// start starts the readers, once, unless the Conn is shutting down. Recv
+// calls it every time: after the first, it is one atomic load.
 func (c *multiConn) start() {
+	if c.running.Load() {
+		return
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.started || c.stopping {
 		return
 	}
 	c.started = true
+	c.running.Store(true)
 	c.wg.Add(len(c.conns))
 	for i := range c.conns {
 		go c.reader(i)
@@ -187,6 +192,7 @@ type multiConn struct {
 	shutOnce sync.Once
 	closed   atomic.Bool
 	started  bool        // the readers run (Recv was called)
+	running  atomic.Bool // started, for Recv without the lock
 	stopping bool        // shutdown began: no reader may start
 	handler  PageHandler // set before the readers start, then read-only
 
@@ -259,9 +265,12 @@ func (c *multiConn) reader(i int) {
 }
 
 // barrier reports whether a message of class cl is a barrier on a
-// multi-stream Conn: sent on every stream, returned once all delivered it.
+// multi-stream Conn (ClassControl, ClassBlob, ClassBitmap: every class but
+// records and priority messages that a Conn's Recv returns): sent on every
+// stream, returned once all delivered it. Recv parks a stream on it, and
+// with a PageHandler the stream's reader waits after it.
 func (cl Class) barrier() bool {
-	return cl == ClassControl || cl == ClassBlob || cl == ClassBitmap
+	return cl != ClassRecords && cl != ClassPriority
 }
 
 // fail records err as the reason the Conn failed, unless it is already
@@ -443,14 +452,13 @@ func (c *multiConn) take(it multiItem, out *Msg) (bool, error) {
 		return false, c.checkEnded()
 	}
 	m := &s.slots[it.slot].m
-	switch m.Kind.Class() {
-	case ClassRecords:
-	case ClassPriority:
+	switch cl := m.Kind.Class(); {
+	case cl == ClassPriority:
 		if it.stream != 0 {
 			c.release(it)
 			return false, c.fail(fmt.Errorf("transport: multi-stream: %v on stream %d, not 0: %w", m.Kind, it.stream, livemig.ErrCorrupt))
 		}
-	default:
+	case cl.barrier():
 		s.parked = true
 		s.barrier = it
 		c.parkedN++
