@@ -248,15 +248,16 @@ func isAny(err error, targets []error) bool {
 }
 
 // cancellingSink stands for a destination that dies: after some pages it
-// cancels the destination's context.
+// cancels the destination's context. Streams may write it at once.
 type cancellingSink struct {
 	*region.Region
-	n, after int
-	cancel   context.CancelFunc
+	n      atomic.Int64
+	after  int64
+	cancel context.CancelFunc
 }
 
 func (s *cancellingSink) WritePage(n uint64, data []byte) error {
-	if s.n++; s.n == s.after {
+	if s.n.Add(1) == s.after {
 		s.cancel()
 	}
 	return s.Region.WritePage(n, data)
@@ -501,4 +502,159 @@ func TestMigrateMultiStream(t *testing.T) {
 		t.Fatalf("the streams applied %d pages, the report says %d received (guest of %d)", applied, res.drep.PagesReceived, pages)
 	}
 	t.Logf("%d rounds, %d pages applied on %d streams, %d writes", len(res.rep.Rounds), applied, streams, total())
+}
+
+// failingSink fails every write after some pages, as a destination whose
+// memory gives out would; streams may write it at once.
+type failingSink struct {
+	*region.Region
+	n, after atomic.Int64
+}
+
+var errSinkFull = errors.New("sink: out of memory")
+
+func (s *failingSink) WritePage(n uint64, data []byte) error {
+	if s.n.Add(1) > s.after.Load() {
+		return errSinkFull
+	}
+	return s.Region.WritePage(n, data)
+}
+
+// openMulti opens n pipes with the handshake and returns the multi-stream
+// Conns over them, stream cut's source link wrapped in a CutLink.
+func openMulti(t *testing.T, n, cut int, pages uint64) (a, b transport.Conn, c *testkit.CutLink) {
+	t.Helper()
+	as, bs := make([]transport.Conn, n), make([]transport.Conn, n)
+	for i := range n {
+		x, y := transport.Pipe(1 << 20)
+		var lx transport.Link = x
+		if i == cut {
+			c = testkit.NewCut(x)
+			lx = c
+		}
+		hello := transport.Hello{PageSize: pageSize, PageCount: pages, Features: transport.FeatDigest, Streams: uint16(n), Stream: uint16(i)}
+		var berr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			bs[i], _, berr = transport.Open(context.Background(), y, hello, transport.Config{})
+		}()
+		var err error
+		as[i], _, err = transport.Open(context.Background(), lx, hello, transport.Config{})
+		<-done
+		if err != nil || berr != nil {
+			t.Fatalf("stream %d: %v; %v", i, err, berr)
+		}
+	}
+	return transport.NewMulti(as), transport.NewMulti(bs), c
+}
+
+// Faults on one stream of three, in each phase, and a destination that
+// fails on its streams' goroutines (the pages are applied there): the
+// source ends running and unchanged, the destination never resumes, each
+// says what happened, and no goroutine leaks (TestMain).
+func TestMultiStreamFailureIsClean(t *testing.T) {
+	const pages, streams = 2048, 3
+	type knobs struct {
+		cut      *testkit.CutLink
+		cancel   context.CancelFunc
+		dst      *region.Region
+		sink     livemig.PageSink
+		onEvents func(e precopy.Event)
+	}
+	tests := []struct {
+		name   string
+		setup  func(k *knobs)
+		srcErr []error
+		dstErr []error
+	}{
+		{"cut in the bulk round", func(k *knobs) { k.cut.Arm(1 << 20) },
+			[]error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
+		{"cut in a later round", func(k *knobs) {
+			k.onEvents = func(e precopy.Event) {
+				if e.Kind == precopy.RoundStarted && e.Round == 2 {
+					k.cut.Arm(100 << 10)
+				}
+			}
+		}, []error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
+		{"cut in stop-and-copy", func(k *knobs) {
+			k.onEvents = func(e precopy.Event) {
+				if e.Kind == precopy.Stopping {
+					k.cut.Arm(16 << 10)
+				}
+			}
+		}, []error{io.ErrClosedPipe, livemig.ErrClosed}, []error{livemig.ErrIncomplete}},
+		{"corrupt frame", func(k *knobs) { k.cut.Flip = true; k.cut.Arm(1 << 20) },
+			[]error{livemig.ErrPeer, livemig.ErrClosed, io.ErrClosedPipe, io.EOF, io.ErrUnexpectedEOF}, []error{livemig.ErrCorrupt}},
+		{"sink fails on a stream", func(k *knobs) {
+			fs := &failingSink{Region: k.dst}
+			fs.after.Store(700)
+			k.sink = fs
+		}, []error{livemig.ErrPeer, livemig.ErrClosed, io.ErrClosedPipe, io.EOF, io.ErrUnexpectedEOF}, []error{errSinkFull}},
+		{"destination gone", func(k *knobs) { k.sink = &cancellingSink{Region: k.dst, after: 500, cancel: k.cancel} },
+			[]error{livemig.ErrPeer, livemig.ErrClosed, io.ErrClosedPipe, io.EOF, io.ErrUnexpectedEOF}, []error{context.Canceled}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := newSource(t, pages)
+			before := bytes.Clone(src.Bytes())
+			srcVM := &vm{VM: src}
+			dst := newDest(t, pages)
+			dstVM := &vm{VM: dst}
+			a, b, cut := openMulti(t, streams, 1, pages)
+			dctx, cancelDst := context.WithCancel(context.Background())
+			defer cancelDst()
+			k := &knobs{cut: cut, cancel: cancelDst, dst: dst, sink: dst}
+			tc.setup(k)
+			cfg := precopy.Config{
+				DowntimeTarget: time.Nanosecond, MaxRounds: 4,
+				OnEvent: func(e precopy.Event) {
+					if (e.Kind == precopy.RoundStarted && e.Round <= 3) || e.Kind == precopy.Stopping {
+						for i := uint64(0); i < 300; i++ {
+							_ = src.Write((i*7+uint64(e.Round))%pages, 0, []byte{byte(e.Round), 0xEE})
+						}
+					}
+					if k.onEvents != nil {
+						k.onEvents(e)
+					}
+				},
+			}
+			var res result
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				res.drep, res.derr = precopy.Receive(dctx, b, precopy.Destination{Sink: k.sink, VM: dstVM, Pages: pages, PageSize: pageSize}, precopy.Config{})
+			}()
+			res.rep, res.err = precopy.Migrate(context.Background(), a, precopy.Source{Memory: src, Dirty: src, VM: srcVM}, cfg)
+			<-done
+			if !cut.Armed() && tc.name != "sink fails on a stream" && tc.name != "destination gone" {
+				t.Fatal("the cut was never armed: the case tests nothing")
+			}
+			if res.err == nil || res.derr == nil {
+				t.Fatalf("want two errors; source: %v, destination: %v", res.err, res.derr)
+			}
+			if !isAny(res.err, tc.srcErr) {
+				t.Errorf("source error %v, want one wrapping %v", res.err, tc.srcErr)
+			}
+			if !isAny(res.derr, tc.dstErr) {
+				t.Errorf("destination error %v, want one wrapping %v", res.derr, tc.dstErr)
+			}
+			if src.Paused() {
+				t.Error("source left paused")
+			}
+			if dstVM.resumes.Load() != 0 || dstVM.loads.Load() != 0 || (res.drep != nil && res.drep.Resumed) {
+				t.Errorf("destination resumed %d times, loaded state %d times", dstVM.resumes.Load(), dstVM.loads.Load())
+			}
+			got := src.Bytes()
+			for off := 0; off < len(got); off += pageSize {
+				if !bytes.Equal(got[off+2:off+pageSize], before[off+2:off+pageSize]) {
+					t.Fatalf("source page %d changed beyond the test's writes", off/pageSize)
+				}
+			}
+			if err := src.Write(0, 0, []byte{1}); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("source: %v\ndestination: %v", res.err, res.derr)
+		})
+	}
 }
