@@ -189,52 +189,69 @@ func TestFailureIsClean(t *testing.T) {
 				sink = &cancellingSink{Region: dst, after: 500, cancel: cancelDst}
 			}
 			cfg := precopy.Config{
-				// Dirty 300 pages during each of the first rounds and just
-				// before the pause, so that there are later rounds and a
-				// stop-and-copy with pages in it.
 				DowntimeTarget: time.Nanosecond, MaxRounds: 4,
-				OnEvent: func(e precopy.Event) {
-					if (e.Kind == precopy.RoundStarted && e.Round <= 3) || e.Kind == precopy.Stopping {
-						for i := uint64(0); i < 300; i++ {
-							_ = src.Write((i*7+uint64(e.Round))%pages, 0, []byte{byte(e.Round), 0xEE})
-						}
-					}
+				OnEvent: dirtyRounds(src, pages, func(e precopy.Event) {
 					if tc.onEvent != nil {
 						tc.onEvent(k, e)
 					}
-				},
+				}),
 			}
 			// The destination's sink may be wrapped: run the pair by hand.
 			res := migrateWithSink(t, sctx, k.cut, b, src, k.srcVM, dst, sink, dstVM, cfg, dctx)
-			if res.err == nil || res.derr == nil {
-				t.Fatalf("want two errors; source: %v, destination: %v", res.err, res.derr)
-			}
-			if !isAny(res.err, tc.srcErr) {
-				t.Errorf("source error %v, want one wrapping %v", res.err, tc.srcErr)
-			}
-			if !isAny(res.derr, tc.dstErr) {
-				t.Errorf("destination error %v, want one wrapping %v", res.derr, tc.dstErr)
-			}
-			if src.Paused() {
-				t.Error("source left paused")
-			}
-			if dstVM.resumes.Load() != 0 || dstVM.loads.Load() != 0 || (res.drep != nil && res.drep.Resumed) {
-				t.Errorf("destination resumed %d times, loaded state %d times", dstVM.resumes.Load(), dstVM.loads.Load())
-			}
-			// Unchanged: the migration wrote nothing into the source; only
-			// the test's own writes differ from the memory it started with.
-			got := src.Bytes()
-			for off := 0; off < len(got); off += pageSize {
-				if !bytes.Equal(got[off+2:off+pageSize], before[off+2:off+pageSize]) {
-					t.Fatalf("source page %d changed beyond the test's writes", off/pageSize)
-				}
-			}
-			// And it still runs: a write goes through.
-			if err := src.Write(0, 0, []byte{1}); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("source: %v\ndestination: %v", res.err, res.derr)
+			checkClean(t, res, tc.srcErr, tc.dstErr, src, before, dstVM)
 		})
+	}
+}
+
+// checkClean checks a failed migration's outcome: both sides failed, with
+// errors wrapping one of srcErr and of dstErr; the source runs, holding
+// what it held before (before) but for the test's own writes (the first
+// two bytes of pages); the destination never loaded the state nor resumed.
+func checkClean(t *testing.T, res result, srcErr, dstErr []error, src *region.Region, before []byte, dstVM *vm) {
+	t.Helper()
+	if res.err == nil || res.derr == nil {
+		t.Fatalf("want two errors; source: %v, destination: %v", res.err, res.derr)
+	}
+	if !isAny(res.err, srcErr) {
+		t.Errorf("source error %v, want one wrapping %v", res.err, srcErr)
+	}
+	if !isAny(res.derr, dstErr) {
+		t.Errorf("destination error %v, want one wrapping %v", res.derr, dstErr)
+	}
+	if src.Paused() {
+		t.Error("source left paused")
+	}
+	if dstVM.resumes.Load() != 0 || dstVM.loads.Load() != 0 || (res.drep != nil && res.drep.Resumed) {
+		t.Errorf("destination resumed %d times, loaded state %d times", dstVM.resumes.Load(), dstVM.loads.Load())
+	}
+	// Unchanged: the migration wrote nothing into the source; only the
+	// test's own writes differ from the memory it started with.
+	got := src.Bytes()
+	for off := 0; off < len(got); off += pageSize {
+		if !bytes.Equal(got[off+2:off+pageSize], before[off+2:off+pageSize]) {
+			t.Fatalf("source page %d changed beyond the test's writes", off/pageSize)
+		}
+	}
+	// And it still runs: a write goes through.
+	if err := src.Write(0, 0, []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("source: %v\ndestination: %v", res.err, res.derr)
+}
+
+// dirtyRounds dirties 300 pages of src during each of the first rounds and
+// just before the pause, so that there are later rounds and a
+// stop-and-copy with pages in it, and passes each event on to then.
+func dirtyRounds(src *region.Region, pages uint64, then func(precopy.Event)) func(precopy.Event) {
+	return func(e precopy.Event) {
+		if (e.Kind == precopy.RoundStarted && e.Round <= 3) || e.Kind == precopy.Stopping {
+			for i := uint64(0); i < 300; i++ {
+				_ = src.Write((i*7+uint64(e.Round))%pages, 0, []byte{byte(e.Round), 0xEE})
+			}
+		}
+		if then != nil {
+			then(e)
+		}
 	}
 }
 
@@ -608,16 +625,11 @@ func TestMultiStreamFailureIsClean(t *testing.T) {
 			tc.setup(k)
 			cfg := precopy.Config{
 				DowntimeTarget: time.Nanosecond, MaxRounds: 4,
-				OnEvent: func(e precopy.Event) {
-					if (e.Kind == precopy.RoundStarted && e.Round <= 3) || e.Kind == precopy.Stopping {
-						for i := uint64(0); i < 300; i++ {
-							_ = src.Write((i*7+uint64(e.Round))%pages, 0, []byte{byte(e.Round), 0xEE})
-						}
-					}
+				OnEvent: dirtyRounds(src, pages, func(e precopy.Event) {
 					if k.onEvents != nil {
 						k.onEvents(e)
 					}
-				},
+				}),
 			}
 			var res result
 			done := make(chan struct{})
@@ -630,31 +642,7 @@ func TestMultiStreamFailureIsClean(t *testing.T) {
 			if !cut.Armed() && tc.name != "sink fails on a stream" && tc.name != "destination gone" {
 				t.Fatal("the cut was never armed: the case tests nothing")
 			}
-			if res.err == nil || res.derr == nil {
-				t.Fatalf("want two errors; source: %v, destination: %v", res.err, res.derr)
-			}
-			if !isAny(res.err, tc.srcErr) {
-				t.Errorf("source error %v, want one wrapping %v", res.err, tc.srcErr)
-			}
-			if !isAny(res.derr, tc.dstErr) {
-				t.Errorf("destination error %v, want one wrapping %v", res.derr, tc.dstErr)
-			}
-			if src.Paused() {
-				t.Error("source left paused")
-			}
-			if dstVM.resumes.Load() != 0 || dstVM.loads.Load() != 0 || (res.drep != nil && res.drep.Resumed) {
-				t.Errorf("destination resumed %d times, loaded state %d times", dstVM.resumes.Load(), dstVM.loads.Load())
-			}
-			got := src.Bytes()
-			for off := 0; off < len(got); off += pageSize {
-				if !bytes.Equal(got[off+2:off+pageSize], before[off+2:off+pageSize]) {
-					t.Fatalf("source page %d changed beyond the test's writes", off/pageSize)
-				}
-			}
-			if err := src.Write(0, 0, []byte{1}); err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("source: %v\ndestination: %v", res.err, res.derr)
+			checkClean(t, res, tc.srcErr, tc.dstErr, src, before, dstVM)
 		})
 	}
 }
