@@ -639,8 +639,8 @@ func TestMultiStreamFailureIsClean(t *testing.T) {
 			}()
 			res.rep, res.err = precopy.Migrate(context.Background(), a, precopy.Source{Memory: src, Dirty: src, VM: srcVM}, cfg)
 			<-done
-			if !cut.Armed() && tc.name != "sink fails on a stream" && tc.name != "destination gone" {
-				t.Fatal("the cut was never armed: the case tests nothing")
+			if k.sink == livemig.PageSink(dst) && !cut.Armed() {
+				t.Fatal("a case of the link whose cut was never armed tests nothing")
 			}
 			checkClean(t, res, tc.srcErr, tc.dstErr, src, before, dstVM)
 		})
